@@ -1,0 +1,5 @@
+"""`python -m proxy` runs the `tokenbooth` command."""
+
+from proxy.cli import main
+
+raise SystemExit(main())

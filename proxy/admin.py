@@ -1,0 +1,168 @@
+"""Our own routes: /healthz, /readyz, /metrics and the read-only /api/* (usage, calls,
+budgets, and the live SSE feed). Handlers reach state only through state.py keys."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import sqlite3
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy import query, state
+from proxy.forward import error_response
+from proxy.sinks.ledger import connect_readonly
+
+__all__ = ["routes"]
+
+KEEPALIVE_SECONDS = 15.0
+
+
+def _authorized(request: web.Request) -> bool:
+    token = request.app[state.CONFIG].admin.token
+    if not token:
+        return True
+    got = request.headers.get("Authorization", "")
+    return hmac.compare_digest(got.encode(), f"Bearer {token}".encode())
+
+
+def _deny() -> web.Response:
+    resp = error_response(401, "unauthorized", "admin.token is set: send "
+                                               "'Authorization: Bearer <token>'")
+    resp.headers["WWW-Authenticate"] = "Bearer"
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    life = request.app[state.LIFECYCLE]
+    if life.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if not life.ready:
+        return web.json_response({"status": "starting"}, status=503)
+    return web.json_response({"status": "ready", "inflight": life.inflight})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    config = request.app[state.CONFIG]
+    if config.metrics.require_auth and not _authorized(request):
+        return _deny()
+    m = request.app[state.METRICS]
+    m.ledger_queue.set(request.app[state.LEDGER].queue.qsize())
+    body = generate_latest(m.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _filters(request: web.Request) -> tuple[str | None, str | None, dict[str, str | None]]:
+    q = request.query
+    unknown = set(q) - {"since", "until", "group_by", "limit", *query.FILTERS}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise query.QueryError(name, "unknown parameter")
+    since = query.parse_time("since", q.get("since"))
+    until = query.parse_time("until", q.get("until"))
+    return since, until, {k: q.get(k) for k in query.FILTERS}
+
+
+async def _read(request: web.Request, fn: Any, *args: Any) -> Any:
+    path = request.app[state.LEDGER].path
+
+    def run() -> Any:
+        conn = connect_readonly(path)
+        try:
+            return fn(conn, *args)
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(run)
+
+
+def _api(handler: Any) -> Any:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        if not _authorized(request):
+            return _deny()
+        try:
+            result: web.StreamResponse = await handler(request)
+            return result
+        except query.QueryError as exc:
+            return error_response(400, "invalid_parameter", str(exc),
+                                  extra={"param": exc.param})
+        except sqlite3.Error as exc:
+            return error_response(503, "ledger_unavailable", f"ledger not readable: {exc}")
+    return wrapped
+
+
+@_api
+async def api_usage(request: web.Request) -> web.Response:
+    since, until, filters = _filters(request)
+    group_by = query.parse_group_by(request.query.get("group_by"))
+    return web.json_response(await _read(request, query.usage, group_by, since, until, filters))
+
+
+@_api
+async def api_calls(request: web.Request) -> web.Response:
+    since, until, filters = _filters(request)
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise query.QueryError("limit", f"{raw!r} is not a whole number from 1 to 10000")
+    rows = await _read(request, query.calls, since, until, filters, int(raw))
+    return web.json_response({"calls": rows})
+
+
+@_api
+async def api_call(request: web.Request) -> web.Response:
+    call_id = request.match_info["call_id"]
+    rows = await _read(request, query.calls, None, None, {}, 1, call_id)
+    if not rows:
+        return error_response(404, "not_found", f"no call {call_id!r} in the ledger")
+    return web.json_response(rows[0])
+
+
+@_api
+async def api_budgets(request: web.Request) -> web.Response:
+    return web.json_response({"budgets": request.app[state.BUDGETS].snapshot()})
+
+
+@_api
+async def api_live(request: web.Request) -> web.StreamResponse:
+    feed = request.app[state.FEED]
+    recorder = request.app[state.RECORDER]
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    sub = feed.subscribe()
+    try:
+        snapshot = [c.to_json() for c in recorder.inflight.values()]
+        await resp.write(f"event: snapshot\ndata: {json.dumps({'calls': snapshot})}\n\n"
+                         .encode())
+        while True:
+            try:
+                kind, data = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            await resp.write(f"event: {kind}\ndata: {data}\n\n".encode())
+    except ConnectionResetError:
+        pass
+    finally:
+        feed.unsubscribe(sub)
+    return resp
+
+
+def routes() -> list[web.AbstractRouteDef]:
+    return [
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", metrics),
+        web.get("/api/usage", api_usage),
+        web.get("/api/calls", api_calls),
+        web.get("/api/calls/{call_id}", api_call),
+        web.get("/api/budgets", api_budgets),
+        web.get("/api/live", api_live),
+    ]

@@ -1,0 +1,91 @@
+"""make_app(config): the composition root. Builds every dependency and wires the routes.
+
+Imported only by proxy.cli and the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from proxy import admin, state
+from proxy.config import Config
+from proxy.estimate import Estimator
+from proxy.forward import Forwarder
+from proxy.lifecycle import Lifecycle
+from proxy.pricing import PriceBook
+from proxy.recorder import KeyFingerprinter, Recorder
+from proxy.sinks.base import Sink
+from proxy.sinks.budgets import Budgets
+from proxy.sinks.feed import Broadcaster
+from proxy.sinks.ledger import Ledger
+from proxy.sinks.metrics import Metrics
+
+__all__ = ["make_app"]
+
+
+def make_app(config: Config, *, estimator: Estimator | None = None,
+             extra_sinks: tuple[Sink, ...] = ()) -> web.Application:
+    """The whole proxy as an aiohttp Application; nothing starts until it runs."""
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    registry = CollectorRegistry()
+    prices = PriceBook(config.prices)
+    est = estimator or Estimator(dict(config.estimation_factors))
+    metrics = Metrics(registry, max_label_values=config.metrics.max_label_values,
+                      tag_labels=config.metrics.tag_labels, prices_version=prices.library_version)
+    ledger = Ledger(config.ledger.path, queue_rows=config.ledger.queue_rows,
+                    flush_seconds=config.ledger.flush_seconds,
+                    on_rows=metrics.ledger_rows_changed)
+    feed = Broadcaster()
+    budgets = Budgets(config.budgets, registry, prices, est)
+    recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets,
+                                                       *extra_sinks],
+                        on_sink_error=metrics.sink_failed)
+    lifecycle = Lifecycle()
+    app[state.CONFIG] = config
+    app[state.METRICS] = metrics
+    app[state.LEDGER] = ledger
+    app[state.FEED] = feed
+    app[state.BUDGETS] = budgets
+    app[state.RECORDER] = recorder
+    app[state.LIFECYCLE] = lifecycle
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        if not est.loaded:
+            await asyncio.to_thread(est.load)
+        recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,
+                                                       config.ledger.path)
+        await ledger.open()
+        await asyncio.to_thread(budgets.restore, config.ledger.path)
+        s = config.server
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.max_connections, limit_per_host=0,
+                                           ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, connect=s.connect_timeout_seconds,
+                                          sock_connect=s.connect_timeout_seconds,
+                                          sock_read=s.idle_timeout_seconds),
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        )
+        app[state.FORWARDER] = Forwarder(config, session, recorder, lifecycle, budgets)
+        recorder.start()
+        lifecycle.ready = True
+        try:
+            yield
+        finally:
+            lifecycle.draining = True
+            await recorder.aclose()  # records every finished call, then flushes the ledger
+            await session.close()
+
+    app.cleanup_ctx.append(lifetime)
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        return await request.app[state.FORWARDER].handle(request)
+
+    app.add_routes(admin.routes())
+    app.router.add_route("*", "/{upstream}/{rest:.*}", forward)
+    return app

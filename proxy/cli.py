@@ -1,0 +1,143 @@
+"""The `tokenbooth` command: serve | check-config | report | calls | prices."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from proxy import __version__
+from proxy.config import Config, ConfigError, LedgerConfig, load
+
+__all__ = ["main"]
+
+log = logging.getLogger("tokenbooth")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load(args.config)
+    if getattr(args, "host", None):
+        config = replace(config, host=args.host)
+    if getattr(args, "port", None) is not None:
+        config = replace(config, port=args.port)
+    if getattr(args, "db", None):
+        config = replace(config, ledger=replace(config.ledger, path=args.db))
+    return config
+
+
+async def _serve(config: Config) -> None:
+    from aiohttp import web
+
+    from proxy import state
+    from proxy.app import make_app
+
+    app = make_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=config.server.drain_seconds)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+    await site.start()
+    log.info("tokenbooth %s listening on http://%s:%d (ledger %s)", __version__, config.host,
+             config.port, config.ledger.path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    life = app[state.LIFECYCLE]
+    life.draining = True
+    log.info("draining: %d call(s) in flight, up to %gs", life.inflight,
+             config.server.drain_seconds)
+    await site.stop()
+    if not await life.wait_idle(config.server.drain_seconds):
+        log.warning("drain deadline reached with %d call(s) in flight", life.inflight)
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a Linux dependency
+        runner = asyncio.run
+    try:
+        runner(_serve(config))
+    except OSError as exc:
+        print(f"tokenbooth: cannot listen on {config.host}:{config.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    config = _config(args)
+    print(yaml.safe_dump(config.masked(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_prices(args: argparse.Namespace) -> int:
+    from proxy.pricing import PriceBook
+
+    config = _config(args)
+    info = PriceBook(config.prices).describe(args.model, args.upstream)
+    if info["source"] is None:
+        print(f"{args.model}: no price known (calls are recorded with cost NULL, "
+              f"counted as unpriced)")
+        return 1
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser, db: bool = True) -> None:
+    p.add_argument("--config", help="config file (default ./config.yaml if present)")
+    if db:
+        p.add_argument("--db", help="ledger path (default from config: ./tokenbooth.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from proxy import reports
+
+    parser = argparse.ArgumentParser(prog="tokenbooth", description="Metering LLM proxy.")
+    parser.add_argument("--version", action="version", version=f"tokenbooth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the proxy")
+    _add_common(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("check-config", help="validate and print the effective config")
+    _add_common(p, db=False)
+    p.set_defaults(func=cmd_check_config)
+    p = sub.add_parser("prices", help="the price that would apply to MODEL, and its source")
+    _add_common(p, db=False)
+    p.add_argument("model")
+    p.add_argument("--upstream")
+    p.set_defaults(func=cmd_prices)
+    reports.add_commands(sub, _add_common, _config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"tokenbooth: config error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

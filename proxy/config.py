@@ -1,0 +1,378 @@
+"""Configuration: YAML file -> frozen dataclasses, validated once at start-up.
+
+Every error is a ConfigError whose message names the YAML path of the bad key
+(`upstreams.openai.url: ...`), so `check-config` and `serve` can print one clear line.
+`${NAME}` anywhere in a string value is replaced from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "RESERVED_NAMES",
+    "AdminConfig",
+    "BudgetConfig",
+    "Config",
+    "ConfigError",
+    "ModelPrice",
+    "ServerConfig",
+    "Upstream",
+    "load",
+    "parse",
+]
+
+RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "api", "ui"})
+DIALECTS = ("openai", "anthropic", "gemini", "ollama")
+BUDGET_WINDOWS = ("day", "week", "month", "total")
+BUDGET_ACTIONS = ("alert", "block")
+BUDGET_MATCH_KEYS_FIXED = ("upstream", "model", "client")
+
+BUILTIN_UPSTREAMS: dict[str, dict[str, Any]] = {
+    "openai": {"url": "https://api.openai.com", "dialect": "openai"},
+    "anthropic": {"url": "https://api.anthropic.com", "dialect": "anthropic"},
+    "gemini": {"url": "https://generativelanguage.googleapis.com", "dialect": "gemini"},
+    "openrouter": {"url": "https://openrouter.ai/api", "dialect": "openai"},
+    "groq": {"url": "https://api.groq.com/openai", "dialect": "openai"},
+    "mistral": {"url": "https://api.mistral.ai", "dialect": "openai"},
+    "deepseek": {"url": "https://api.deepseek.com", "dialect": "openai"},
+    "xai": {"url": "https://api.x.ai", "dialect": "openai"},
+    "ollama": {"url": "http://127.0.0.1:11434", "dialect": "ollama", "free": True},
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    url: str
+    dialect: str
+    inject_stream_usage: bool
+    api_key: str | None = None
+    free: bool = False  # local inference (ollama): priced at 0, not "unknown"
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """Per-million-token prices in USD from config (override or add to genai-prices)."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    name: str
+    match: Mapping[str, str]
+    limit_usd: float
+    window: str
+    action: str
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    tag_labels: tuple[str, ...] = ()
+    max_label_values: int = 100
+    require_auth: bool = False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Forwarding knobs (not in the SPEC example, all optional)."""
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    connect_timeout_seconds: float = 10.0
+    idle_timeout_seconds: float = 300.0
+    drain_seconds: float = 30.0
+    max_connections: int = 4096
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    path: str = "./tokenbooth.db"
+    queue_rows: int = 100_000
+    flush_seconds: float = 0.2
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)
+    client_keys: Mapping[str, str] = field(default_factory=dict)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    estimation_factors: Mapping[str, float] = field(default_factory=dict)
+    budgets: tuple[BudgetConfig, ...] = ()
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets replaced by '***'."""
+        return {
+            "listen": {"host": self.host, "port": self.port},
+            "ledger": {"path": self.ledger.path, "queue_rows": self.ledger.queue_rows,
+                       "flush_seconds": self.ledger.flush_seconds},
+            "upstreams": {
+                n: {"url": u.url, "dialect": u.dialect,
+                    "inject_stream_usage": u.inject_stream_usage,
+                    "api_key": _mask(u.api_key), "free": u.free}
+                for n, u in sorted(self.upstreams.items())
+            },
+            "auth": {"client_keys": {n: "***" for n in self.client_keys}},
+            "admin": {"token": _mask(self.admin.token)},
+            "metrics": {"tag_labels": list(self.metrics.tag_labels),
+                        "max_label_values": self.metrics.max_label_values,
+                        "require_auth": self.metrics.require_auth},
+            "pricing": {"models": {m: {k: v for k, v in vars(p).items() if v is not None}
+                                   for m, p in self.prices.items()}},
+            "estimation": {"factors": dict(self.estimation_factors)},
+            "budgets": [{"name": b.name, "match": dict(b.match), "limit_usd": b.limit_usd,
+                         "window": b.window, "action": b.action} for b in self.budgets],
+            "server": dict(vars(self.server)),
+        }
+
+
+def _mask(value: str | None) -> str | None:
+    return None if value is None else "***"
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: Any, path: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            if m.group(1) not in env:
+                raise ConfigError(f"{path}: environment variable {m.group(1)} is not set")
+            return env[m.group(1)]
+        return _ENV.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+class _Reader:
+    """Typed access to one mapping of the YAML tree; remembers its path for errors."""
+
+    def __init__(self, data: Any, path: str, allowed: tuple[str, ...]) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+        unknown = sorted(set(map(str, data)) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"{_join(path, unknown[0])}: unknown key (allowed: {', '.join(allowed)})")
+        self.data = data
+        self.path = path
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.data or self.data[key] is None and default is None:
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind in (int, float):
+            raise ConfigError(f"{_join(self.path, key)}: expected {_kind(kind)}, got bool")
+        if not isinstance(value, kind):
+            raise ConfigError(
+                f"{_join(self.path, key)}: expected {_kind(kind)}, got {type(value).__name__}")
+        return value
+
+    def child(self, key: str, allowed: tuple[str, ...]) -> _Reader:
+        return _Reader(self.data.get(key), _join(self.path, key), allowed)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _positive(path: str, value: float) -> float:
+    if value <= 0:
+        raise ConfigError(f"{path}: must be greater than 0")
+    return value
+
+
+def _upstream(name: str, raw: Any, base: dict[str, Any] | None) -> Upstream:
+    path = f"upstreams.{name}"
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"{path}: '{name}' is a reserved name "
+                          f"(reserved: {', '.join(sorted(RESERVED_NAMES))})")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"{path}: upstream names may use letters, digits, '_', '-', '.'")
+    r = _Reader(raw, path, ("url", "dialect", "inject_stream_usage", "api_key", "free"))
+    merged = {**(base or {}), **{k: v for k, v in r.data.items() if v is not None}}
+    url = merged.get("url")
+    if not isinstance(url, str) or not re.match(r"https?://[^/]+", url):
+        raise ConfigError(f"{path}.url: expected an http(s) URL, got {url!r}")
+    dialect = merged.get("dialect", "openai")
+    if dialect not in DIALECTS:
+        raise ConfigError(f"{path}.dialect: unknown dialect {dialect!r} "
+                          f"(known: {', '.join(DIALECTS)})")
+    inject = r.get("inject_stream_usage", bool, dialect == "openai")
+    api_key = r.get("api_key", str, None)
+    free = r.get("free", bool, bool(merged.get("free", False)))
+    return Upstream(name, url.rstrip("/"), dialect, inject, api_key, free)
+
+
+def _price(model: str, raw: Any) -> ModelPrice:
+    r = _Reader(raw, f"pricing.models.{model}", ("input", "output", "cache_read", "cache_write"))
+    for key in ("input", "output"):
+        if key not in r.data:
+            raise ConfigError(f"pricing.models.{model}.{key}: required (USD per million tokens)")
+    values = {k: r.get(k, float, None) for k in ("input", "output", "cache_read", "cache_write")}
+    for k, v in values.items():
+        if v is not None and v < 0:
+            raise ConfigError(f"pricing.models.{model}.{k}: must not be negative")
+    return ModelPrice(**values)
+
+
+def _budget(i: int, raw: Any, names: set[str]) -> BudgetConfig:
+    path = f"budgets[{i}]"
+    r = _Reader(raw, path, ("name", "match", "limit_usd", "window", "action"))
+    name = r.get("name", str, None)
+    if not name:
+        raise ConfigError(f"{path}.name: required")
+    if name in names:
+        raise ConfigError(f"{path}.name: duplicate budget name {name!r}")
+    names.add(name)
+    match_raw = r.data.get("match") or {}
+    if not isinstance(match_raw, dict):
+        raise ConfigError(f"{path}.match: expected a mapping of tag/upstream/model/client to value")
+    match = {}
+    for k, v in match_raw.items():
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            raise ConfigError(f"{path}.match.{k}: expected a string")
+        match[str(k)] = str(v)
+    if "limit_usd" not in r.data:
+        raise ConfigError(f"{path}.limit_usd: required")
+    limit = _positive(f"{path}.limit_usd", r.get("limit_usd", float, None))
+    window = r.get("window", str, "day")
+    if window not in BUDGET_WINDOWS:
+        raise ConfigError(f"{path}.window: {window!r} is not one of {', '.join(BUDGET_WINDOWS)}")
+    action = r.get("action", str, "alert")
+    if action not in BUDGET_ACTIONS:
+        raise ConfigError(f"{path}.action: {action!r} is not one of {', '.join(BUDGET_ACTIONS)}")
+    return BudgetConfig(name, match, limit, window, action)
+
+
+def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a YAML tree (already loaded) into a Config."""
+    data = _expand(raw if raw is not None else {}, "", os.environ if env is None else env)
+    top = _Reader(data, "", ("listen", "ledger", "upstreams", "auth", "admin", "metrics",
+                             "pricing", "estimation", "budgets", "server"))
+    listen = top.child("listen", ("host", "port"))
+    port = listen.get("port", int, 8787)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"listen.port: {port} is not a TCP port")
+    ledger_r = top.child("ledger", ("path", "queue_rows", "flush_seconds"))
+    ledger = LedgerConfig(
+        path=ledger_r.get("path", str, "./tokenbooth.db"),
+        queue_rows=int(_positive("ledger.queue_rows", ledger_r.get("queue_rows", int, 100_000))),
+        flush_seconds=_positive("ledger.flush_seconds", ledger_r.get("flush_seconds", float, 0.2)),
+    )
+    ups_raw = top.data.get("upstreams") or {}
+    if not isinstance(ups_raw, dict):
+        raise ConfigError("upstreams: expected a mapping of name to upstream")
+    upstreams = {n: _upstream(n, None, b) for n, b in BUILTIN_UPSTREAMS.items()}
+    for name, raw_up in ups_raw.items():
+        upstreams[str(name)] = _upstream(str(name), raw_up, BUILTIN_UPSTREAMS.get(str(name)))
+    auth = top.child("auth", ("client_keys",))
+    keys = auth.get("client_keys", dict, {}) or {}
+    for n, k in keys.items():
+        if not isinstance(k, str) or not k:
+            raise ConfigError(f"auth.client_keys.{n}: expected a non-empty string")
+    if any(u.api_key for u in upstreams.values()) and not keys:
+        raise ConfigError("auth.client_keys: required when an upstream has api_key "
+                          "(otherwise anyone could spend that key)")
+    admin = top.child("admin", ("token",))
+    metrics_r = top.child("metrics", ("tag_labels", "max_label_values", "require_auth"))
+    tag_labels = metrics_r.get("tag_labels", list, [])
+    for i, t in enumerate(tag_labels):
+        if not isinstance(t, str) or not re.fullmatch(r"[a-z_][a-z0-9_]*", t):
+            raise ConfigError(f"metrics.tag_labels[{i}]: expected a lowercase tag name")
+        if t in ("session", "run"):
+            raise ConfigError(f"metrics.tag_labels[{i}]: '{t}' is never a label (unbounded)")
+    metrics = MetricsConfig(
+        tuple(tag_labels),
+        int(_positive("metrics.max_label_values", metrics_r.get("max_label_values", int, 100))),
+        metrics_r.get("require_auth", bool, False),
+    )
+    pricing = top.child("pricing", ("models",))
+    models_raw = pricing.get("models", dict, {}) or {}
+    prices = {str(m): _price(str(m), p) for m, p in models_raw.items()}
+    est = top.child("estimation", ("factors",))
+    factors_raw = est.get("factors", dict, {}) or {}
+    factors = {}
+    for k, v in factors_raw.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            raise ConfigError(f"estimation.factors.{k}: expected a positive number")
+        factors[str(k)] = float(v)
+    budgets_raw = top.get("budgets", list, []) or []
+    names: set[str] = set()
+    budgets = tuple(_budget(i, b, names) for i, b in enumerate(budgets_raw))
+    srv = top.child("server", ("max_body_bytes", "connect_timeout_seconds",
+                               "idle_timeout_seconds", "drain_seconds", "max_connections"))
+    num: Callable[[str, type, Any], Any] = srv.get
+    server = ServerConfig(
+        max_body_bytes=int(_positive("server.max_body_bytes", num("max_body_bytes", int, 32 << 20))),
+        connect_timeout_seconds=_positive("server.connect_timeout_seconds",
+                                          num("connect_timeout_seconds", float, 10.0)),
+        idle_timeout_seconds=_positive("server.idle_timeout_seconds",
+                                       num("idle_timeout_seconds", float, 300.0)),
+        drain_seconds=num("drain_seconds", float, 30.0),
+        max_connections=int(_positive("server.max_connections",
+                                      num("max_connections", int, 4096))),
+    )
+    return Config(
+        host=listen.get("host", str, "127.0.0.1"), port=port, ledger=ledger,
+        upstreams=upstreams, client_keys={str(k): v for k, v in keys.items()},
+        admin=AdminConfig(admin.get("token", str, None)), metrics=metrics, prices=prices,
+        estimation_factors=factors, budgets=budgets, server=server,
+    )
+
+
+def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; None means ./config.yaml if present, else defaults."""
+    if path is None:
+        default = Path("config.yaml")
+        if not default.exists():
+            return parse({}, env)
+        path = default
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML") from exc
+    return parse(raw, env)

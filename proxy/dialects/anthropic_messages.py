@@ -1,0 +1,117 @@
+"""Anthropic Messages (also Bedrock/Vertex-shaped bodies and Anthropic-compatible servers).
+
+Stream usage starts from `message_start.message.usage`; every later `message_delta.usage`
+field replaces the one before (cumulative, latest wins, never summed). The 5m/1h cache
+split exists only in `message_start`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from proxy.dialects.base import Observation, RequestInfo, StreamAcc, error_text, loads
+from proxy.usage import from_anthropic
+
+__all__ = ["MessagesDialect"]
+
+
+def _text_of_block(block: Any, acc: StreamAcc) -> None:
+    if not isinstance(block, dict):
+        return
+    for key in ("text", "thinking", "partial_json"):
+        acc.text.add(block.get(key))
+    if block.get("type") == "tool_use" and isinstance(block.get("input"), dict | list):
+        acc.text.add(json.dumps(block["input"]))
+
+
+class _Stream:
+    __slots__ = ("acc", "errors", "raw", "delta_seen")
+
+    def __init__(self) -> None:
+        self.acc = StreamAcc()
+        self.errors = 0
+        self.raw: dict[str, Any] | None = None
+        self.delta_seen = False
+
+    def _merge(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        self.raw = {**(self.raw or {}), **usage}
+        self.acc.usage_raw = self.raw
+        self.acc.usage = from_anthropic(self.raw)
+
+    def on_frame(self, name: str | None, data: bytes) -> None:
+        try:
+            obj = loads(data)
+        except ValueError:
+            self.errors += 1
+            return
+        if not isinstance(obj, dict):
+            return
+        kind = obj.get("type") or name
+        acc = self.acc
+        if kind == "content_block_delta":
+            _text_of_block(obj.get("delta"), acc)
+        elif kind == "message_delta":
+            self.delta_seen = True
+            self._merge(obj.get("usage"))
+        elif kind == "message_start":
+            msg = obj.get("message")
+            if isinstance(msg, dict):
+                self._merge(msg.get("usage"))
+                if isinstance(msg.get("model"), str):
+                    acc.model = msg["model"]
+                if msg.get("id"):
+                    acc.request_id = str(msg["id"])
+        elif kind == "message_stop":
+            if acc.status != "error":
+                acc.status = "complete"
+        elif kind == "error":
+            acc.status = "error"
+            acc.error = error_text(obj.get("error"))
+
+    def result(self) -> Observation:
+        acc = self.acc
+        if acc.status == "unknown":
+            acc.status = "incomplete"
+        if acc.usage is not None and not self.delta_seen:
+            # message_start's output_tokens is a placeholder: only message_delta is real.
+            acc.usage = replace(acc.usage, output_tokens=None, reasoning_tokens=None)
+        return acc.build(self.errors)
+
+
+class MessagesDialect:
+    name: ClassVar[str] = "anthropic.messages"
+
+    def request_info(self, doc: Any) -> RequestInfo:
+        if not isinstance(doc, dict):
+            return RequestInfo()
+        meta = doc.get("metadata")
+        user = meta.get("user_id") if isinstance(meta, dict) else None
+        model = doc.get("model")
+        mt = doc.get("max_tokens")
+        return RequestInfo(model if isinstance(model, str) else None, doc.get("stream") is True,
+                           user if isinstance(user, str) else None,
+                           mt if isinstance(mt, int) and not isinstance(mt, bool) else None)
+
+    def from_json(self, doc: Any) -> Observation:
+        if not isinstance(doc, dict):
+            return Observation(parse_errors=1)
+        acc = StreamAcc()
+        if doc.get("type") == "error":
+            acc.status, acc.error = "error", error_text(doc.get("error"))
+            return acc.build()
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            acc.usage_raw, acc.usage = usage, from_anthropic(usage)
+        acc.model = doc.get("model") if isinstance(doc.get("model"), str) else None
+        acc.request_id = str(doc["id"]) if doc.get("id") else None
+        acc.status = "complete"
+        for block in doc.get("content") or ():
+            _text_of_block(block, acc)
+        return acc.build()
+
+    def new_stream(self) -> _Stream:
+        return _Stream()

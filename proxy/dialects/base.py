@@ -1,0 +1,112 @@
+"""The small interface every provider API parser implements, and the values it returns.
+
+A Dialect reads a request body (model, stream flag, end user) and a response, either whole
+(`from_json`) or as frames fed to a per-call StreamState. Sans-IO: values in, values out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, ClassVar, Protocol
+
+from proxy.usage import Usage
+
+__all__ = ["Dialect", "Observation", "RequestInfo", "StreamAcc", "StreamState", "TextBuffer",
+           "error_text", "loads"]
+
+MAX_TEXT_CHARS = 1 << 20  # visible output kept for estimation; beyond it we count chars only
+
+
+def loads(data: bytes | str) -> Any:
+    return json.loads(data)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    model: str | None = None
+    stream: bool = False
+    end_user: str | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a response told us. `usage` None = the provider reported nothing."""
+
+    usage: Usage | None = None
+    usage_raw: Any = None
+    response_model: str | None = None
+    upstream_request_id: str | None = None
+    status: str = "unknown"  # complete | incomplete | error | unknown
+    error: str | None = None
+    output_text: str = ""
+    output_chars_dropped: int = 0
+    provider_cost_usd: Decimal | None = None
+    parse_errors: int = 0
+
+
+class TextBuffer:
+    """Visible output text, capped; what spills over is counted, not kept."""
+
+    __slots__ = ("parts", "size", "dropped")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped = 0
+
+    def add(self, text: Any) -> None:
+        if not isinstance(text, str) or not text:
+            return
+        if self.size + len(text) > MAX_TEXT_CHARS:
+            self.dropped += len(text)
+            return
+        self.parts.append(text)
+        self.size += len(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class StreamState(Protocol):
+    def on_frame(self, name: str | None, data: bytes) -> None: ...
+    def result(self) -> Observation: ...
+
+
+class Dialect(Protocol):
+    name: ClassVar[str]
+
+    def request_info(self, doc: Any) -> RequestInfo: ...
+    def from_json(self, doc: Any) -> Observation: ...
+    def new_stream(self) -> StreamState: ...
+
+
+@dataclass
+class StreamAcc:
+    """Mutable fields most stream states share; `build()` freezes them."""
+
+    usage: Usage | None = None
+    usage_raw: Any = None
+    model: str | None = None
+    request_id: str | None = None
+    status: str = "unknown"
+    error: str | None = None
+    cost: Decimal | None = None
+    text: TextBuffer = field(default_factory=TextBuffer)
+
+    def build(self, parse_errors: int = 0) -> Observation:
+        return Observation(self.usage, self.usage_raw, self.model, self.request_id, self.status,
+                           self.error, self.text.text(), self.text.dropped, self.cost,
+                           parse_errors)
+
+
+def error_text(err: Any) -> str:
+    """A short error reason: type and code only; provider messages may echo the prompt."""
+    if isinstance(err, dict):
+        parts = [str(err[k]) for k in ("type", "code", "status") if err.get(k) not in (None, "")]
+        return ":".join(parts)[:120] or "error"
+    if isinstance(err, str):
+        return "error"
+    return "error"

@@ -1,0 +1,82 @@
+"""Ollama native /api/chat, /api/generate, /api/embed: usage on the `done: true` object."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from proxy.dialects.base import Observation, RequestInfo, StreamAcc, error_text, loads
+from proxy.usage import from_ollama
+
+__all__ = ["OllamaDialect"]
+
+_USAGE_KEYS = ("prompt_eval_count", "eval_count")
+
+
+def _apply(acc: StreamAcc, obj: dict[str, Any]) -> None:
+    if isinstance(obj.get("model"), str):
+        acc.model = obj["model"]
+    if obj.get("error") is not None:
+        acc.status, acc.error = "error", error_text(obj["error"])
+        return
+    msg = obj.get("message")
+    if isinstance(msg, dict):
+        acc.text.add(msg.get("content"))
+        acc.text.add(msg.get("thinking"))
+    acc.text.add(obj.get("response"))
+    if obj.get("done") is True or "embeddings" in obj:
+        acc.status = "complete"
+        raw = {k: obj[k] for k in (*_USAGE_KEYS, "total_duration", "load_duration",
+                                   "prompt_eval_duration", "eval_duration") if k in obj}
+        acc.usage_raw = raw
+        acc.usage = from_ollama(obj)
+        if "embeddings" in obj and acc.usage.output_tokens is None:
+            from dataclasses import replace
+
+            acc.usage = replace(acc.usage, output_tokens=0)
+
+
+class _Stream:
+    __slots__ = ("acc", "errors")
+
+    def __init__(self) -> None:
+        self.acc = StreamAcc()
+        self.errors = 0
+
+    def on_frame(self, name: str | None, data: bytes) -> None:
+        try:
+            obj = loads(data)
+        except ValueError:
+            self.errors += 1
+            return
+        if isinstance(obj, dict):
+            _apply(self.acc, obj)
+
+    def result(self) -> Observation:
+        if self.acc.status == "unknown":
+            self.acc.status = "incomplete"
+        return self.acc.build(self.errors)
+
+
+class OllamaDialect:
+    name: ClassVar[str] = "ollama.native"
+
+    def request_info(self, doc: Any) -> RequestInfo:
+        if not isinstance(doc, dict):
+            return RequestInfo()
+        opts = doc.get("options")
+        mt = opts.get("num_predict") if isinstance(opts, dict) else None
+        model = doc.get("model")
+        # Streaming is Ollama's default; only an explicit false turns it off.
+        return RequestInfo(model if isinstance(model, str) else None,
+                           doc.get("stream") is not False and "input" not in doc, None,
+                           mt if isinstance(mt, int) and mt > 0 else None)
+
+    def from_json(self, doc: Any) -> Observation:
+        stream = _Stream()
+        if not isinstance(doc, dict):
+            return Observation(parse_errors=1)
+        _apply(stream.acc, doc)
+        return stream.result()
+
+    def new_stream(self) -> _Stream:
+        return _Stream()

@@ -1,0 +1,143 @@
+"""OpenAI Chat Completions, legacy Completions and Embeddings, and the compatible family.
+
+Usage is taken from a non-null `usage` (never from `choices == []`: Azure's first chunk has
+empty choices, DeepSeek/Mistral/OpenRouter put usage on the finish chunk) or from Groq's
+`x_groq.usage`; the latest snapshot wins (vLLM continuous stats, Gemini compat).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from proxy.dialects._openai_common import openai_request_info, provider_cost
+from proxy.dialects.base import Observation, RequestInfo, StreamAcc, TextBuffer, error_text, loads
+from proxy.usage import from_openai
+
+__all__ = ["ChatDialect", "CompletionsDialect", "EmbeddingsDialect"]
+
+
+def _usage_of(obj: dict[str, Any]) -> Any:
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        return usage
+    xg = obj.get("x_groq")
+    if isinstance(xg, dict) and isinstance(xg.get("usage"), dict):
+        return xg["usage"]
+    return None
+
+
+def _collect_text(choices: Any, text: TextBuffer, key: str) -> bool:
+    """Add visible text of each choice; True when a choice finished."""
+    finished = False
+    if not isinstance(choices, list):
+        return False
+    for ch in choices:
+        if not isinstance(ch, dict):
+            continue
+        if ch.get("finish_reason"):
+            finished = True
+        part = ch.get(key) if key != "text" else ch
+        if not isinstance(part, dict):
+            continue
+        if key == "text":
+            text.add(part.get("text"))
+            continue
+        text.add(part.get("content"))
+        text.add(part.get("reasoning_content"))
+        text.add(part.get("reasoning"))
+        for call in part.get("tool_calls") or ():
+            if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                text.add(call["function"].get("name"))
+                text.add(call["function"].get("arguments"))
+    return finished
+
+
+class _ChatStream:
+    __slots__ = ("acc", "errors", "key", "done")
+
+    def __init__(self, key: str) -> None:
+        self.acc = StreamAcc()
+        self.errors = 0
+        self.key = key
+        self.done = False
+
+    def on_frame(self, name: str | None, data: bytes) -> None:
+        if data == b"[DONE]":
+            self.done = True
+            return
+        try:
+            obj = loads(data)
+        except ValueError:
+            self.errors += 1
+            return
+        if not isinstance(obj, dict):
+            return
+        acc = self.acc
+        usage = _usage_of(obj)
+        if usage is not None:
+            acc.usage_raw = usage
+            acc.usage = from_openai(usage)
+            acc.cost = provider_cost(usage) or acc.cost
+        if obj.get("error") is not None or obj.get("object") == "error":
+            acc.status = "error"
+            acc.error = error_text(obj.get("error") or obj)
+        model = obj.get("model")
+        if model and isinstance(model, str):
+            acc.model = model
+        if acc.request_id is None and obj.get("id"):
+            acc.request_id = str(obj["id"])
+        if _collect_text(obj.get("choices"), acc.text, self.key) and acc.status != "error":
+            acc.status = "complete"
+
+    def result(self) -> Observation:
+        if self.acc.status == "unknown" or (self.acc.status == "complete" and not self.done
+                                             and self.acc.usage is None):
+            self.acc.status = "complete" if self.done else "incomplete"
+        return self.acc.build(self.errors)
+
+
+def _from_json(doc: Any, key: str) -> Observation:
+    if not isinstance(doc, dict):
+        return Observation(parse_errors=1)
+    acc = StreamAcc()
+    usage = _usage_of(doc)
+    if usage is not None:
+        acc.usage_raw, acc.usage, acc.cost = usage, from_openai(usage), provider_cost(usage)
+    if doc.get("error") is not None:
+        acc.status, acc.error = "error", error_text(doc["error"])
+    else:
+        acc.status = "complete"
+    acc.model = doc.get("model") if isinstance(doc.get("model"), str) else None
+    acc.request_id = str(doc["id"]) if doc.get("id") else None
+    _collect_text(doc.get("choices"), acc.text, key)
+    return acc.build()
+
+
+class ChatDialect:
+    name: ClassVar[str] = "openai.chat"
+    text_key: ClassVar[str] = "delta"
+
+    def request_info(self, doc: Any) -> RequestInfo:
+        return openai_request_info(doc)
+
+    def from_json(self, doc: Any) -> Observation:
+        return _from_json(doc, "message")
+
+    def new_stream(self) -> _ChatStream:
+        return _ChatStream(self.text_key)
+
+
+class CompletionsDialect(ChatDialect):
+    name: ClassVar[str] = "openai.completions"
+    text_key: ClassVar[str] = "text"
+
+    def from_json(self, doc: Any) -> Observation:
+        return _from_json(doc, "text")
+
+
+class EmbeddingsDialect(ChatDialect):
+    name: ClassVar[str] = "openai.embeddings"
+
+    def from_json(self, doc: Any) -> Observation:
+        obs = _from_json(doc, "none")
+        return obs

@@ -1,0 +1,101 @@
+"""OpenAI Responses API: usage only in the terminal event (completed/incomplete/failed)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from proxy.dialects._openai_common import openai_request_info, provider_cost
+from proxy.dialects.base import Observation, RequestInfo, StreamAcc, error_text, loads
+from proxy.usage import from_openai
+
+__all__ = ["ResponsesDialect"]
+
+_TERMINAL = {"response.completed": "complete", "response.incomplete": "incomplete",
+             "response.failed": "error"}
+_TEXT_EVENTS = frozenset({
+    "response.output_text.delta", "response.function_call_arguments.delta",
+    "response.reasoning_summary_text.delta", "response.reasoning_text.delta",
+    "response.refusal.delta",
+})
+
+
+def _apply_response(acc: StreamAcc, resp: Any) -> None:
+    if not isinstance(resp, dict):
+        return
+    if isinstance(resp.get("model"), str) and resp["model"]:
+        acc.model = resp["model"]
+    if resp.get("id"):
+        acc.request_id = str(resp["id"])
+    usage = resp.get("usage")
+    if isinstance(usage, dict):
+        acc.usage_raw, acc.usage = usage, from_openai(usage, responses=True)
+        acc.cost = provider_cost(usage) or acc.cost
+    if resp.get("error"):
+        acc.error = error_text(resp["error"])
+
+
+def _output_text(resp: dict[str, Any], acc: StreamAcc) -> None:
+    for item in resp.get("output") or ():
+        if not isinstance(item, dict):
+            continue
+        acc.text.add(item.get("arguments"))
+        for part in item.get("content") or ():
+            if isinstance(part, dict):
+                acc.text.add(part.get("text"))
+
+
+class _Stream:
+    __slots__ = ("acc", "errors")
+
+    def __init__(self) -> None:
+        self.acc = StreamAcc()
+        self.errors = 0
+
+    def on_frame(self, name: str | None, data: bytes) -> None:
+        try:
+            obj = loads(data)
+        except ValueError:
+            self.errors += 1
+            return
+        if not isinstance(obj, dict):
+            return
+        kind = obj.get("type") or name
+        acc = self.acc
+        if kind in _TEXT_EVENTS:
+            acc.text.add(obj.get("delta"))
+        elif kind in _TERMINAL:
+            acc.status = _TERMINAL[kind]
+            _apply_response(acc, obj.get("response"))
+        elif kind == "error":
+            acc.status = "error"
+            acc.error = error_text(obj)
+        elif kind in ("response.created", "response.in_progress", "response.queued"):
+            _apply_response(acc, obj.get("response"))
+
+    def result(self) -> Observation:
+        if self.acc.status == "unknown":
+            self.acc.status = "incomplete"
+        return self.acc.build(self.errors)
+
+
+class ResponsesDialect:
+    name: ClassVar[str] = "openai.responses"
+
+    def request_info(self, doc: Any) -> RequestInfo:
+        return openai_request_info(doc)
+
+    def from_json(self, doc: Any) -> Observation:
+        if not isinstance(doc, dict):
+            return Observation(parse_errors=1)
+        acc = StreamAcc()
+        _apply_response(acc, doc)
+        status = doc.get("status")
+        acc.status = {"completed": "complete", "incomplete": "incomplete",
+                      "failed": "error"}.get(str(status), "complete")
+        if doc.get("error") and acc.status == "complete":
+            acc.status = "error"
+        _output_text(doc, acc)
+        return acc.build()
+
+    def new_stream(self) -> _Stream:
+        return _Stream()

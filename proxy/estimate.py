@@ -1,0 +1,219 @@
+"""Token estimates for calls whose provider reported nothing (or only half).
+
+Vocabularies ship inside the package (`proxy/data/*.tiktoken.gz`, sha256-checked) and are
+loaded once, off the event loop, by `Estimator.load()`; nothing is ever downloaded. The
+fallback order is o200k_base -> cl100k_base -> characters/4, and every estimate says which
+one produced it. Non-OpenAI tokenizers are approximated with a per-provider factor.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Estimate", "Estimator"]
+
+log = logging.getLogger("tokenbooth.estimate")
+
+DATA_DIR = Path(__file__).parent / "data"
+_SHA256 = {
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+}
+_PATTERNS = {
+    "cl100k_base": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",  # noqa: E501
+    "o200k_base": "|".join([
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",  # noqa: E501
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",  # noqa: E501
+        r"""\p{N}{1,3}""", r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""", r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""", r"""\s+""",
+    ]),
+}
+_SPECIAL = {
+    "cl100k_base": {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258,
+                    "<|fim_middle|>": 100259, "<|fim_suffix|>": 100260,
+                    "<|endofprompt|>": 100276},
+    "o200k_base": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+}
+_CL100K_PREFIXES = ("gpt-4-", "gpt-3.5", "gpt-35", "text-embedding-", "davinci", "babbage")
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    tokens: int
+    estimator: str  # e.g. "tiktoken:o200k_base" or "tiktoken:o200k_base*1.2" or "chars/4"
+
+
+def _load_encoding(name: str, data_dir: Path) -> Any:
+    import tiktoken
+
+    raw = gzip.decompress((data_dir / f"{name}.tiktoken.gz").read_bytes())
+    if hashlib.sha256(raw).hexdigest() != _SHA256[name]:
+        raise ValueError(f"{name}: vocabulary file fails its sha256 check")
+    ranks = {base64.b64decode(tok): int(rank)
+             for tok, rank in (line.split() for line in raw.splitlines() if line)}
+    return tiktoken.Encoding(name=name, pat_str=_PATTERNS[name], mergeable_ranks=ranks,
+                             special_tokens=_SPECIAL[name])
+
+
+class Estimator:
+    """Counts tokens with the best encoding available; `load()` is blocking (run in a thread)."""
+
+    def __init__(self, factors: dict[str, float] | None = None,
+                 data_dir: Path = DATA_DIR, encodings: tuple[str, ...] = ("o200k_base",
+                                                                          "cl100k_base")) -> None:
+        self.factors = {"anthropic": 1.2, "gemini": 1.0, **(factors or {})}
+        self._data_dir = data_dir
+        self._wanted = encodings
+        self._enc: dict[str, Any] = {}
+        self.loaded = False
+
+    def load(self) -> None:
+        for name in self._wanted:
+            try:
+                self._enc[name] = _load_encoding(name, self._data_dir)
+            except Exception as exc:  # a missing or corrupt vocabulary degrades, never fails
+                log.warning("tokenizer %s unavailable (%s); falling back", name, exc)
+        self.loaded = True
+
+    def _counter(self, model: str | None) -> tuple[str, Callable[[str], int]]:
+        order = ["o200k_base", "cl100k_base"]
+        if model and model.lower().startswith(_CL100K_PREFIXES):
+            order.reverse()
+        for name in order:
+            enc = self._enc.get(name)
+            if enc is not None:
+                return f"tiktoken:{name}", lambda t, e=enc: len(e.encode(t, disallowed_special=()))
+        return "chars/4", lambda t: math.ceil(len(t) / 4)
+
+    def count_text(self, text: str, model: str | None = None) -> Estimate:
+        name, count = self._counter(model)
+        return Estimate(count(text) if text else 0, name)
+
+    def _scaled(self, tokens: int, name: str, family: str) -> Estimate:
+        factor = self.factors.get(family, 1.0)
+        if factor == 1.0:
+            return Estimate(tokens, name)
+        return Estimate(math.ceil(tokens * factor), f"{name}*{factor:g}")
+
+    def output(self, text: str, model: str | None, family: str, extra_chars: int = 0) -> Estimate:
+        est = self.count_text(text, model)
+        tokens = est.tokens + (math.ceil(extra_chars / 4) if extra_chars else 0)
+        return self._scaled(tokens, est.estimator, family)
+
+    def input(self, parser: str | None, doc: Any, model: str | None, family: str) -> Estimate:
+        """Input estimate from a request body, by the API's own shape."""
+        name, count = self._counter(model)
+        if not isinstance(doc, dict):
+            return Estimate(0, name)
+        if parser == "openai.chat" and isinstance(doc.get("messages"), list):
+            tokens = chat_tokens(doc["messages"], count) + tools_tokens(doc.get("tools"), count)
+        elif parser == "anthropic.messages":
+            tokens = _anthropic_tokens(doc, count)
+        elif parser == "gemini.generate":
+            tokens = sum(count(t) for t in _strings(
+                [doc.get("systemInstruction"), doc.get("contents"), doc.get("tools")]))
+        elif parser == "openai.responses":
+            tokens = sum(count(t) for t in _strings([doc.get("instructions"),
+                                                     doc.get("input")])) + 3
+        elif parser == "openai.embeddings":
+            inp = doc.get("input")
+            tokens = sum(count(t) for t in _strings(inp)) + sum(
+                len(x) for x in (inp if isinstance(inp, list) else []) if isinstance(x, list))
+        elif parser == "openai.completions":
+            tokens = sum(count(t) for t in _strings(doc.get("prompt")))
+        elif parser == "ollama.native":
+            tokens = sum(count(t) for t in _strings(
+                [doc.get("system"), doc.get("prompt"), doc.get("messages"), doc.get("input")]))
+        else:
+            tokens = 0
+        return self._scaled(tokens, name, family)
+
+
+def _strings(obj: Any) -> list[str]:
+    """Every text value in a nested request body (content, text, prompt...), no keys."""
+    out: list[str] = []
+    stack = [obj]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, str):
+            out.append(cur)
+        elif isinstance(cur, list):
+            stack.extend(cur)
+        elif isinstance(cur, dict):
+            for k, v in cur.items():
+                if k in ("type", "role", "cache_control", "inlineData", "image_url", "source",
+                         "mimeType", "data"):
+                    continue
+                stack.append(v)
+    return out
+
+
+def chat_tokens(messages: list[Any], count: Callable[[str], int]) -> int:
+    """OpenAI cookbook: 3 per message, every string value, +1 per name, +3 reply priming."""
+    total = 3
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        total += 3
+        for key, value in msg.items():
+            if isinstance(value, str):
+                total += count(value)
+            elif key == "content" and isinstance(value, list):
+                for part in value:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        total += count(part["text"])
+                    elif isinstance(part, dict) and part.get("type") == "image_url":
+                        total += 85  # low-detail image tile; a floor, not exact
+            elif key == "tool_calls" and isinstance(value, list):
+                total += sum(count(s) for s in _strings(value))
+            if key == "name":
+                total += 1
+    return total
+
+
+def tools_tokens(tools: Any, count: Callable[[str], int]) -> int:
+    """OpenAI cookbook `num_tokens_for_tools` (gpt-4o family constants)."""
+    if not isinstance(tools, list) or not tools:
+        return 0
+    func_init, prop_init, prop_key, enum_init, enum_item, func_end = 7, 3, 3, -3, 3, 12
+    total = 0
+    for tool in tools:
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict):
+            continue
+        total += func_init
+        desc = str(fn.get("description", "")).rstrip(".")
+        total += count(f"{fn.get('name', '')}:{desc}")
+        props = (fn.get("parameters") or {}).get("properties") or {}
+        if props:
+            total += prop_init
+            for key, spec in props.items():
+                spec = spec if isinstance(spec, dict) else {}
+                total += prop_key
+                if isinstance(spec.get("enum"), list):
+                    total += enum_init
+                    for item in spec["enum"]:
+                        total += enum_item + count(str(item))
+                p_desc = str(spec.get("description", ""))
+                if p_desc.endswith("."):
+                    p_desc = p_desc[:-1]
+                total += count(f"{key}:{spec.get('type', '')}:{p_desc}")
+    return total + func_end
+
+
+def _anthropic_tokens(doc: dict[str, Any], count: Callable[[str], int]) -> int:
+    total = sum(count(t) for t in _strings(doc.get("system")))
+    for msg in doc.get("messages") or ():
+        total += 3 + sum(count(t) for t in _strings(msg))
+    if doc.get("tools"):
+        total += count(json.dumps(doc["tools"], separators=(",", ":")))
+    return total

@@ -1,0 +1,271 @@
+"""The catch-all handler: request -> upstream -> StreamResponse, with a Meter on the side.
+
+Forward first, observe second: each upstream chunk is written to the client as it arrives
+(`iter_any`, never re-framed), then fed to the meter. Whatever way the call ends (normal,
+upstream error, client abort, upstream cut, timeout, unreachable, rejected), exactly one
+CallFacts goes to the recorder, from the `finally` block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from proxy import headers as hdr
+from proxy.config import Config, Upstream
+from proxy.dialects import DIALECTS, Observation
+from proxy.inject import UsageStripper, inject
+from proxy.lifecycle import Lifecycle
+from proxy.meter import Meter
+from proxy.record import CallFacts, LiveCall, iso_utc
+from proxy.recorder import Recorder
+from proxy.routing import Route, resolve
+
+__all__ = ["Forwarder", "error_response"]
+
+log = logging.getLogger("tokenbooth.forward")
+PROGRESS_SECONDS = 0.5
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "apim-request-id")
+
+
+def error_response(status: int, kind: str, message: str, *, call_id: str | None = None,
+                   extra: dict[str, Any] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": {"type": kind, "message": message, **(extra or {})}}
+    resp = web.json_response(body, status=status)
+    if call_id:
+        resp.headers["X-Meter-Call-Id"] = call_id
+    return resp
+
+
+class _Ended(Exception):
+    """Internal: the call ended early with this response (already decided)."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+
+
+class Forwarder:
+    """Holds what every call needs; built once in make_app()."""
+
+    def __init__(self, config: Config, session: aiohttp.ClientSession, recorder: Recorder,
+                 lifecycle: Lifecycle, budgets: Any = None) -> None:
+        self.config = config
+        self.session = session
+        self.recorder = recorder
+        self.lifecycle = lifecycle
+        self.budgets = budgets
+        self.no_inject: set[str] = set()  # upstreams that answered 400 to injected requests
+        self._client_keys = {v: k for k, v in config.client_keys.items()}
+        self._known = ", ".join(sorted(config.upstreams))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["upstream"]
+        rest = request.match_info["rest"]
+        up = self.config.upstreams.get(name)
+        call_id = os.urandom(12).hex()
+        facts = CallFacts(call_id, time.time(), time.monotonic(), name,
+                          up.dialect if up else None, "other", request.method,
+                          f"/{name}/{rest}")
+        tagset = hdr.parse_tags(request.headers)
+        facts.tags = tagset.tags
+        lifecycle = self.lifecycle
+        lifecycle.enter()
+        live: LiveCall | None = None
+        try:
+            if up is None:
+                facts.outcome, facts.error = "rejected", "unknown upstream"
+                return error_response(404, "unknown_upstream",
+                                      f"unknown upstream {name!r}; known: {self._known}",
+                                      call_id=call_id)
+            facts.free = up.free
+            route = resolve(up, request.method, rest)
+            facts.operation, facts.parser = route.operation, route.parser
+            facts.path_model, facts.stream = route.path_model, route.path_stream
+            facts.credential = hdr.credential(request.headers)
+            replace_auth = self._authenticate(up, facts)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                facts.outcome, facts.error = "rejected", "request body too large"
+                return error_response(
+                    413, "request_too_large",
+                    f"request body exceeds server.max_body_bytes "
+                    f"({self.config.server.max_body_bytes} bytes)", call_id=call_id)
+            facts.request_body = body
+            live = LiveCall(call_id, iso_utc(facts.started), name, route.operation, False,
+                            facts.tags.get("agent"), facts.tags.get("session"),
+                            facts.tags.get("run"), route.path_model)
+            if self.budgets is not None and self.budgets.blocking:
+                denied = await self.budgets.admit(facts, route, body)
+                if denied is not None:
+                    facts.outcome, facts.error = "rejected", f"budget {denied.name} exhausted"
+                    return denied.response(call_id)
+            self.recorder.started(live)
+            return await self._forward(request, route, body, facts, live, replace_auth)
+        except _Ended as ended:
+            return ended.response
+        except asyncio.CancelledError:
+            facts.outcome, facts.error = "client_aborted", "client disconnected"
+            raise
+        finally:
+            facts.ended = time.monotonic()
+            self.recorder.submit(facts)
+            lifecycle.leave()
+
+    def _authenticate(self, up: Upstream, facts: CallFacts) -> dict[str, str] | None:
+        """With `api_key` on the upstream, clients present a client key and we supply ours."""
+        if not up.api_key:
+            return None
+        client = self._client_keys.get(facts.credential or "")
+        if client is None:
+            facts.outcome, facts.error = "rejected", "client authentication failed"
+            raise _Ended(error_response(
+                401, "authentication_error",
+                "this upstream needs a client key from auth.client_keys", call_id=facts.call_id))
+        facts.client = client
+        if up.dialect == "anthropic":
+            return {"x-api-key": up.api_key}
+        if up.dialect == "gemini":
+            return {"x-goog-api-key": up.api_key}
+        return {"Authorization": f"Bearer {up.api_key}"}
+
+    async def _open(self, request: web.Request, url: str, body: bytes, injected: bool,
+                    replace_auth: dict[str, str] | None) -> aiohttp.ClientResponse:
+        return await self.session.request(
+            request.method, url, data=body if body else None, allow_redirects=False,
+            headers=hdr.outbound(request.headers, identity=injected, replace_auth=replace_auth),
+        )
+
+    async def _forward(self, request: web.Request, route: Route, body: bytes, facts: CallFacts,
+                       live: LiveCall, replace_auth: dict[str, str] | None
+                       ) -> web.StreamResponse:
+        up = route.upstream
+        injected_body = None
+        if (up.inject_stream_usage and route.parser in ("openai.chat", "openai.completions")
+                and up.name not in self.no_inject):
+            injected_body = inject(body)
+        url = route.url
+        if request.query_string:
+            url = f"{url}?{request.query_string}"
+        try:
+            resp = await self._open(request, url, injected_body or body, injected_body is not None,
+                                    replace_auth)
+            if injected_body is not None and resp.status == 400:
+                # Older Azure api-versions reject stream_options: resend once, remember.
+                resp.close()
+                self.no_inject.add(up.name)
+                log.warning("upstream %s rejected stream_options; injection off for it", up.name)
+                injected_body = None
+                resp = await self._open(request, url, body, False, replace_auth)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, TimeoutError):
+                facts.outcome, facts.error = "timeout", "upstream connect timeout"
+                return error_response(504, "upstream_timeout",
+                                      f"upstream {up.name} did not accept a connection in time",
+                                      call_id=facts.call_id)
+            facts.outcome, facts.error = "unreachable", "upstream unreachable"
+            return error_response(502, "upstream_unreachable",
+                                  f"upstream {up.name} is unreachable", call_id=facts.call_id)
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            facts.outcome, facts.error = "timeout", "upstream timeout before response"
+            return error_response(504, "upstream_timeout",
+                                  f"upstream {up.name} did not answer in time",
+                                  call_id=facts.call_id)
+        except aiohttp.ClientError as exc:
+            facts.outcome, facts.error = "unreachable", f"upstream error: {type(exc).__name__}"
+            return error_response(502, "upstream_unreachable",
+                                  f"upstream {up.name} failed: {type(exc).__name__}",
+                                  call_id=facts.call_id)
+        return await self._relay(request, route, resp, facts, live, injected_body is not None)
+
+    async def _relay(self, request: web.Request, route: Route, resp: aiohttp.ClientResponse,
+                     facts: CallFacts, live: LiveCall, injected: bool) -> web.StreamResponse:
+        facts.status_code = resp.status
+        rh = resp.headers
+        for h in _REQUEST_ID_HEADERS:
+            if h in rh:
+                facts.request_id_header = rh[h]
+                break
+        content_type = rh.get("Content-Type")
+        meter = Meter(DIALECTS.get(route.parser) if route.parser else None, content_type,
+                      rh.get("Content-Encoding"), route.path_stream)
+        facts.stream = live.stream = meter.streaming
+        stripper = UsageStripper() if injected and meter.streaming else None
+        out = web.StreamResponse(status=resp.status, reason=resp.reason,
+                                 headers=hdr.inbound(rh, drop_length=stripper is not None))
+        out.headers["X-Meter-Call-Id"] = facts.call_id
+        clean = False
+        progress_at = time.monotonic() + PROGRESS_SECONDS
+        try:
+            await out.prepare(request)
+            write, feed = out.write, meter.feed
+            async for chunk in resp.content.iter_any():
+                if facts.first_byte is None:
+                    facts.first_byte = time.monotonic()
+                if stripper is not None:
+                    data = stripper.feed(chunk)
+                    if data:
+                        await write(data)
+                else:
+                    await write(chunk)
+                feed(chunk)
+                if meter.streaming and time.monotonic() >= progress_at:
+                    progress_at = time.monotonic() + PROGRESS_SECONDS
+                    self._progress(live, meter.progress())
+            if stripper is not None:
+                tail = stripper.flush()
+                if tail:
+                    await write(tail)
+            await out.write_eof()
+            clean = True
+            facts.outcome = "ok" if resp.status < 400 else "upstream_error"
+            if resp.status >= 400:
+                facts.error = f"upstream status {resp.status}"
+        except aiohttp.ClientPayloadError:
+            facts.outcome, facts.error = "upstream_aborted", "upstream closed the stream early"
+            _break(request)
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            facts.outcome, facts.error = "timeout", "upstream idle timeout mid-response"
+            _break(request)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            facts.outcome, facts.error = "client_aborted", "client disconnected"
+        except aiohttp.ClientError as exc:
+            facts.outcome, facts.error = "upstream_aborted", f"upstream error: {type(exc).__name__}"
+            _break(request)
+        finally:
+            facts.observation = meter.finish()
+            if clean:
+                resp.release()
+            else:
+                resp.close()  # closes the upstream connection: generation stops promptly
+        return out
+
+    def _progress(self, live: LiveCall, obs: Observation | None) -> None:
+        if obs is None:
+            return
+        usage = obs.usage
+        if usage is not None and usage.output_tokens is not None:
+            live.input_tokens, live.output_tokens = usage.input_tokens, usage.output_tokens
+            live.usage_source = "reported"
+        else:
+            if usage is not None:
+                live.input_tokens = usage.input_tokens
+            live.output_tokens = (len(obs.output_text) + 3) // 4
+            live.usage_source = "estimated"
+        if obs.response_model:
+            live.model = obs.response_model
+        self.recorder.progress(live)
+
+
+def _break(request: web.Request) -> None:
+    """End the client's response as broken: no clean end, no forged [DONE]."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+

@@ -1,0 +1,97 @@
+"""Server-Sent Events framing: bytes -> SseEvent(name, data).
+
+LF, CRLF and CR line ends (a CR at the end of one chunk may pair with an LF that starts
+the next), comments, multi-line `data:` joined with LF, events split anywhere. Data stays
+bytes: UTF-8 is decoded by the JSON parser, once the event is whole. A chunk with no line
+end is only appended, so a several-MiB event costs linear time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SseEvent", "SseFramer"]
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    name: str | None
+    data: bytes
+
+
+class SseFramer:
+    def __init__(self, max_event_bytes: int = 64 << 20) -> None:
+        self._parts: list[bytes] = []
+        self._pending_cr = False
+        self._name: str | None = None
+        self._data: list[bytes] = []
+        self._size = 0
+        self._max = max_event_bytes
+        self.oversized = 0
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        if self._pending_cr:
+            self._pending_cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if b"\r" in chunk:
+            if chunk[-1:] == b"\r":
+                self._pending_cr = True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\n" not in chunk:
+            if chunk:
+                self._parts.append(chunk)
+                self._size += len(chunk)
+                if self._size > self._max:
+                    self._drop_oversized()
+            return []
+        if self._parts:
+            self._parts.append(chunk)
+            chunk = b"".join(self._parts)
+            self._parts = []
+            self._size = 0
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        if tail:
+            self._parts.append(tail)
+            self._size = len(tail)
+        events: list[SseEvent] = []
+        for line in lines:
+            self._line(line, events)
+        return events
+
+    def flush(self) -> list[SseEvent]:
+        """End of stream: a last event without its blank line still counts."""
+        events: list[SseEvent] = []
+        if self._parts:
+            self._line(b"".join(self._parts), events)
+            self._parts = []
+        self._line(b"", events)
+        return events
+
+    def _drop_oversized(self) -> None:
+        self._parts = []
+        self._size = 0
+        self._data = []
+        self.oversized += 1
+
+    def _line(self, line: bytes, events: list[SseEvent]) -> None:
+        if not line:
+            if self._data:
+                data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                events.append(SseEvent(self._name, data))
+            self._name = None
+            self._data = []
+            return
+        if line[:1] == b":":
+            return
+        field, sep, value = line.partition(b":")
+        if sep and value[:1] == b" ":
+            value = value[1:]
+        if field == b"data":
+            self._data.append(value)
+        elif field == b"event":
+            self._name = value.decode("utf-8", "replace")
+        elif not sep and line[:1] in (b"{", b"["):
+            # Gemini sends stream errors as raw JSON without a data: prefix.
+            self._data.append(line)

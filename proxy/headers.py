@@ -1,0 +1,107 @@
+"""Header hygiene both ways, and attribution tags from `X-Meter-*` request headers.
+
+Hop-by-hop headers (RFC 9110 section 7.6.1, plus any header named in `Connection`)
+never cross the proxy. `X-Meter-*` headers are ours and never reach the upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = ["HOP_BY_HOP", "TagSet", "inbound", "outbound", "parse_tags", "credential"]
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+})
+METER_PREFIX = "x-meter-"
+MAX_TAG_CHARS = 256
+MAX_TAGS = 32
+_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+
+
+def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    listed: set[str] = set()
+    for value in headers.getall("Connection", []):
+        listed.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return listed
+
+
+def _filtered(items: Iterable[tuple[str, str]], drop: set[str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for k, v in items:
+        lk = k.lower()
+        if lk in drop or lk in HOP_BY_HOP:
+            continue
+        out.add(k, v)
+    return out
+
+
+def outbound(headers: CIMultiDictProxy[str], *, identity: bool = False,
+             replace_auth: Mapping[str, str] | None = None) -> CIMultiDict[str]:
+    """Request headers for the upstream: no hop-by-hop, no Host, no X-Meter-*."""
+    drop = _connection_listed(headers) | {"host", "content-length"}
+    drop.update(k.lower() for k in headers if k.lower().startswith(METER_PREFIX))
+    if replace_auth is not None:
+        drop.update(_CREDENTIAL_HEADERS)
+    out = _filtered(headers.items(), drop)
+    if identity:
+        out["Accept-Encoding"] = "identity"
+    if replace_auth:
+        out.update(replace_auth)
+    return out
+
+
+def inbound(headers: CIMultiDictProxy[str], *, drop_length: bool = False) -> CIMultiDict[str]:
+    """Response headers for the client: no hop-by-hop (the body bytes pass unchanged)."""
+    drop = _connection_listed(headers)
+    if drop_length:
+        drop.add("content-length")
+    return _filtered(headers.items(), drop)
+
+
+@dataclass
+class TagSet:
+    tags: dict[str, str] = field(default_factory=dict)
+    cleaned: int = 0  # values truncated or stripped of unprintable characters
+
+
+def _clean(value: str) -> tuple[str, bool]:
+    text = "".join(ch for ch in value if ch.isprintable()).strip()
+    changed = text != value
+    if len(text) > MAX_TAG_CHARS:
+        text, changed = text[:MAX_TAG_CHARS], True
+    return text, changed
+
+
+def parse_tags(headers: Mapping[str, str]) -> TagSet:
+    """`X-Meter-Parent-Run: r-6` -> {"parent_run": "r-6"}; never raises."""
+    result = TagSet()
+    for k, v in headers.items():
+        lk = k.lower()
+        if not lk.startswith(METER_PREFIX) or len(lk) == len(METER_PREFIX):
+            continue
+        key = lk[len(METER_PREFIX):].replace("-", "_")
+        key, key_changed = _clean(key[:64])
+        value, changed = _clean(v)
+        if not key:
+            result.cleaned += 1
+            continue
+        if len(result.tags) >= MAX_TAGS and key not in result.tags:
+            result.cleaned += 1
+            continue
+        result.tags[key] = value
+        result.cleaned += changed or key_changed
+    return result
+
+
+def credential(headers: Mapping[str, str]) -> str | None:
+    """The provider credential the client sent, to fingerprint (never stored)."""
+    for name in _CREDENTIAL_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value.removeprefix("Bearer ").strip()
+    return None

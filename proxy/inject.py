@@ -1,0 +1,83 @@
+"""Stream-usage injection for OpenAI-dialect chat/completions streams.
+
+`inject()` adds `stream_options.include_usage` to a streaming request that did not ask for
+it. `UsageStripper` then removes from the client's copy what that flag added (the extra
+usage chunk and the `"usage":null` fields), so the client receives the stream it would have
+received without it. The meter still reads the upstream bytes, usage included.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = ["UsageStripper", "inject"]
+
+
+def inject(body: bytes) -> bytes | None:
+    """The rewritten body, or None when the request is not a stream lacking usage."""
+    if b'"stream"' not in body:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("stream") is not True:
+        return None
+    opts = doc.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        return None
+    if isinstance(opts, dict) and opts.get("include_usage") is not None:
+        return None  # the client decided; pass untouched
+    doc["stream_options"] = {**(opts or {}), "include_usage": True}
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
+
+
+class UsageStripper:
+    """Filters whole SSE events of the client's copy; bytes of other events pass unchanged."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self._buf + chunk if self._buf else chunk
+        out: list[bytes] = []
+        pos = 0
+        for m in _BOUNDARY.finditer(buf):
+            out.append(self._event(buf[pos:m.end()]))
+            pos = m.end()
+        self._buf = buf[pos:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        rest, self._buf = self._buf, b""
+        return self._event(rest) if rest else b""
+
+    @staticmethod
+    def _event(raw: bytes) -> bytes:
+        if b'"usage"' not in raw:
+            return raw
+        if _NULL_USAGE.search(raw) and b'"usage":{' not in raw.replace(b" ", b""):
+            return _NULL_USAGE.sub(b"", raw, count=1)
+        lines = raw.splitlines(keepends=True)
+        for i, line in enumerate(lines):
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                obj: Any = json.loads(line[5:])
+            except ValueError:
+                return raw
+            if not isinstance(obj, dict) or not isinstance(obj.get("usage"), dict):
+                return raw
+            if obj.get("choices") == []:
+                return b""  # the chunk the flag added
+            del obj["usage"]
+            ending = line[len(line.rstrip(b"\r\n")):]
+            lines[i] = b"data: " + json.dumps(obj, ensure_ascii=False,
+                                              separators=(",", ":")).encode() + ending
+        return b"".join(lines)

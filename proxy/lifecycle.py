@@ -1,0 +1,40 @@
+"""Readiness and draining: what /readyz reports and what SIGTERM waits for."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+__all__ = ["Lifecycle"]
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.ready = False
+        self.draining = False
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight <= 0:
+            self.inflight = 0
+            self._idle.set()
+
+    async def wait_idle(self, deadline_seconds: float) -> bool:
+        """Wait for in-flight calls to end; False when the deadline came first."""
+        end = time.monotonic() + deadline_seconds
+        while self.inflight > 0:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._idle.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True

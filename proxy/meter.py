@@ -1,0 +1,128 @@
+"""Meter: the side copy of one response. content decoder -> framer -> dialect state.
+
+Sans-IO and exception-proof: `feed()` never raises (a failure is counted and metering of
+that call stops), so observing can never break forwarding.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from proxy.dialects import Dialect, Observation
+from proxy.dialects.base import loads
+from proxy.framing import (
+    JsonArrayFramer,
+    JsonBodyBuffer,
+    NdjsonFramer,
+    SseFramer,
+    make_decoder,
+)
+
+__all__ = ["Meter"]
+
+log = logging.getLogger("tokenbooth.meter")
+
+
+class Meter:
+    __slots__ = ("_dialect", "_decoder", "_framer", "_state", "_sse", "errors", "broken",
+                 "bytes_seen", "streaming")
+
+    def __init__(self, dialect: Dialect | None, content_type: str | None,
+                 content_encoding: str | None, path_stream: bool = False) -> None:
+        self._dialect = dialect
+        self.errors = 0
+        self.broken = dialect is None
+        self.bytes_seen = 0
+        self._sse = False
+        self._state: Any = None
+        self._framer: Any = None
+        self._decoder = None
+        ct = (content_type or "").lower()
+        self.streaming = "event-stream" in ct or "ndjson" in ct or path_stream
+        if dialect is None:
+            return
+        try:
+            self._decoder = make_decoder(content_encoding)
+        except ValueError as exc:
+            log.warning("cannot meter body: %s", exc)
+            self.broken = True
+            self.errors += 1
+            return
+        if "event-stream" in ct:
+            self._framer, self._sse = SseFramer(), True
+        elif "ndjson" in ct:
+            self._framer = NdjsonFramer()
+        elif path_stream:
+            self._framer = JsonArrayFramer()
+        else:
+            self._framer = JsonBodyBuffer()
+            return
+        self._state = dialect.new_stream()
+
+    def feed(self, chunk: bytes) -> None:
+        self.bytes_seen += len(chunk)
+        if self.broken:
+            return
+        try:
+            if self._decoder is not None:
+                chunk = self._decoder.decode(chunk)
+            self._frames(self._framer.feed(chunk))
+        except Exception:
+            log.exception("metering failed; the call goes on unmetered")
+            self.errors += 1
+            self.broken = True
+
+    def _frames(self, frames: list[Any]) -> None:
+        if not frames or self._state is None:
+            return
+        on_frame = self._state.on_frame
+        if self._sse:
+            for ev in frames:
+                on_frame(ev.name, ev.data)
+        else:
+            for data in frames:
+                on_frame(None, data)
+
+    def progress(self) -> Observation | None:
+        """A look at the running state (live feed), without ending it."""
+        if self._state is None or self.broken:
+            return None
+        try:
+            result: Observation = self._state.result()
+            return result
+        except Exception:
+            return None
+
+    def finish(self) -> Observation:
+        dialect = self._dialect
+        if dialect is None:
+            return Observation(parse_errors=self.errors)
+        try:
+            if not self.broken:
+                if self._decoder is not None:
+                    self._frames(self._framer.feed(self._decoder.flush()))
+                if self._state is not None:
+                    self._frames(self._framer.flush())
+                    obs: Observation = self._state.result()
+                else:
+                    bodies = self._framer.flush()
+                    obs = dialect.from_json(loads(bodies[0])) if bodies else Observation()
+                if self.errors:
+                    from dataclasses import replace
+
+                    obs = replace(obs, parse_errors=obs.parse_errors + self.errors)
+                return obs
+        except Exception:
+            log.warning("unreadable response body (%d bytes); usage not reported",
+                        self.bytes_seen)
+            self.errors += 1
+        if self._state is not None:
+            try:
+                from dataclasses import replace
+
+                partial: Observation = self._state.result()
+                return replace(partial, parse_errors=partial.parse_errors + self.errors)
+            except Exception:
+                pass
+        return Observation(parse_errors=self.errors)

@@ -1,0 +1,154 @@
+"""Prices: genai-prices' bundled snapshot (never updated at run time) under config overrides.
+
+`PriceBook.price()` answers (cost, source, model priced). Unknown models give cost None,
+never 0. A provider-reported cost (OpenRouter `cost`, xAI ticks) wins with source
+`provider`. Money is Decimal while computing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib.metadata import version
+from typing import Any
+
+from proxy.config import ModelPrice
+from proxy.usage import Usage
+
+__all__ = ["Price", "PriceBook", "candidate_names"]
+
+MILLION = Decimal(1_000_000)
+
+# upstream name -> genai-prices provider id
+PROVIDER_IDS = {
+    "openai": "openai", "anthropic": "anthropic", "gemini": "google", "openrouter": "openrouter",
+    "groq": "groq", "mistral": "mistral", "deepseek": "deepseek", "xai": "x-ai",
+}
+_DATED = re.compile(r"^(.*?)-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    cost_usd: Decimal | None
+    source: str | None
+    model: str | None  # the name that was priced
+
+
+def candidate_names(model: str) -> list[str]:
+    """Spellings to try, most specific first: as given, without provider/`models/` prefixes,
+    without a Vertex `@version`, and without a dated-snapshot suffix."""
+    names = [model]
+    m = model.removeprefix("models/")
+    if "@" in m:
+        m = m.split("@", 1)[0]
+    if "/" in m:
+        m = m.rsplit("/", 1)[1]
+    for n in (m, _DATED.sub(r"\1", m)):
+        if n and n not in names:
+            names.append(n)
+    return names
+
+
+class PriceBook:
+    def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
+        self._overrides = dict(overrides or {})
+        self._cache: dict[tuple[str, str | None], Any] = {}
+        self.library_version = f"genai-prices {version('genai-prices')}"
+
+    def _lookup(self, model: str, provider_id: str | None) -> Any:
+        """The genai-prices (provider, model) pair for `model`, or None; cached."""
+        key = (model, provider_id)
+        if key in self._cache:
+            return self._cache[key]
+        from genai_prices import data_snapshot
+
+        snap = data_snapshot.get_snapshot()
+        found = None
+        for name in candidate_names(model):
+            for pid in (provider_id, None) if provider_id else (None,):
+                try:
+                    found = snap.find_provider_model(name, None, pid, None)
+                    break
+                except LookupError:
+                    continue
+            if found is not None:
+                break
+        self._cache[key] = found
+        return found
+
+    def _override(self, model: str) -> tuple[str, ModelPrice] | None:
+        for name in candidate_names(model):
+            if name in self._overrides:
+                return name, self._overrides[name]
+        return None
+
+    def price(self, model: str | None, upstream: str, usage: Usage, *,
+              free: bool = False, provider_cost: Decimal | None = None) -> Price:
+        if provider_cost is not None:
+            return Price(provider_cost, "provider", model)
+        if free:
+            return Price(Decimal(0), "free", model)
+        if not model or usage.input_tokens is None and usage.output_tokens is None:
+            return Price(None, None, model)
+        over = self._override(model)
+        if over is not None:
+            return Price(_config_cost(over[1], usage), "config", over[0])
+        found = self._lookup(model, PROVIDER_IDS.get(upstream))
+        if found is None:
+            return Price(None, None, model)
+        provider, info = found
+        return Price(_library_cost(provider, info, usage), self.library_version, info.id)
+
+    def describe(self, model: str, upstream: str | None = None) -> dict[str, Any]:
+        """For `tokenbooth prices`: the per-million prices and where they come from."""
+        over = self._override(model)
+        if over is not None:
+            return {"model": over[0], "source": "config",
+                    "prices_per_million_usd": {k: v for k, v in vars(over[1]).items()
+                                               if v is not None}}
+        found = self._lookup(model, PROVIDER_IDS.get(upstream or ""))
+        if found is None:
+            return {"model": model, "source": None, "prices_per_million_usd": None}
+        provider, info = found
+        from datetime import UTC, datetime
+
+        mp = info.get_prices(datetime.now(tz=UTC))
+        prices = {k: str(v) if isinstance(v, Decimal) else repr(v)
+                  for k, v in vars(mp).items() if v is not None and not k.startswith("_")}
+        return {"model": info.id, "provider": provider.id, "source": self.library_version,
+                "prices_per_million_usd": prices}
+
+
+def _config_cost(p: ModelPrice, u: Usage) -> Decimal:
+    inp, out = u.input_tokens or 0, u.output_tokens or 0
+    read, write = u.cache_read_tokens or 0, u.cache_write_tokens or 0
+    price_in = Decimal(repr(p.input))
+    read_price = Decimal(repr(p.cache_read)) if p.cache_read is not None else price_in
+    write_price = Decimal(repr(p.cache_write)) if p.cache_write is not None else price_in
+    total = (Decimal(max(inp - read - write, 0)) * price_in + Decimal(read) * read_price
+             + Decimal(write) * write_price + Decimal(out) * Decimal(repr(p.output)))
+    return total / MILLION
+
+
+def _library_cost(provider: Any, info: Any, u: Usage) -> Decimal:
+    from datetime import UTC, datetime
+
+    from genai_prices import Usage as LibUsage
+
+    kwargs: dict[str, int] = {}
+    if u.input_tokens is not None:
+        kwargs["input_tokens"] = u.input_tokens
+    if u.output_tokens is not None:
+        kwargs["output_tokens"] = u.output_tokens
+    if u.cache_read_tokens:
+        kwargs["cache_read_tokens"] = u.cache_read_tokens
+    if u.cache_write_tokens:
+        kwargs["cache_write_tokens"] = u.cache_write_tokens
+        if u.cache_write_1h_tokens:
+            kwargs["cache_write_1h_tokens"] = u.cache_write_1h_tokens
+            kwargs["cache_write_5m_tokens"] = u.cache_write_tokens - u.cache_write_1h_tokens
+    calc = info.calc_price(LibUsage(**kwargs), provider, genai_request_timestamp=datetime.now(UTC),
+                           auto_update_timestamp=None)
+    return Decimal(calc.total_price)

@@ -1,0 +1,145 @@
+"""CallFacts (what the handler saw) and CallRecord (the one immutable record of a call).
+
+Every sink (ledger, metrics, live feed, budgets) reads the same CallRecord; `to_row()` is
+the ledger's column order and `to_json()` the API's row shape, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from proxy.dialects.base import Observation
+
+__all__ = ["COLUMNS", "CallFacts", "CallRecord", "LiveCall", "iso_utc"]
+
+COLUMNS = (
+    "call_id", "started_at", "ended_at", "duration_ms", "ttft_ms", "upstream", "dialect",
+    "operation", "method", "path", "request_model", "response_model", "model", "stream",
+    "status_code", "outcome", "input_tokens", "cache_read_tokens", "cache_write_tokens",
+    "output_tokens", "reasoning_tokens", "total_tokens", "usage_source", "estimator",
+    "cost_usd", "price_source", "agent", "session", "run", "tags", "end_user", "client",
+    "key_id", "upstream_request_id", "error", "usage_raw",
+)
+
+
+def iso_utc(ts: float) -> str:
+    """ISO 8601 UTC with milliseconds and a Z suffix."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(slots=True)
+class CallFacts:
+    """Raw facts from the handler; the recorder turns them into a CallRecord."""
+
+    call_id: str
+    started: float  # wall clock, seconds
+    t0: float  # monotonic at start
+    upstream: str
+    dialect: str | None
+    operation: str
+    method: str
+    path: str
+    parser: str | None = None
+    path_model: str | None = None
+    request_body: bytes = b""
+    tags: dict[str, str] = field(default_factory=dict)
+    client: str | None = None
+    credential: str | None = None
+    status_code: int | None = None
+    outcome: str = "ok"
+    error: str | None = None
+    first_byte: float | None = None  # monotonic
+    ended: float = 0.0  # monotonic
+    stream: bool = False
+    observation: Observation = field(default_factory=Observation)
+    request_id_header: str | None = None
+    free: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    call_id: str
+    started_at: str
+    ended_at: str
+    duration_ms: float
+    ttft_ms: float | None
+    upstream: str
+    dialect: str | None
+    operation: str
+    method: str
+    path: str
+    request_model: str | None
+    response_model: str | None
+    model: str | None
+    stream: bool
+    status_code: int | None
+    outcome: str
+    input_tokens: int | None
+    cache_read_tokens: int | None
+    cache_write_tokens: int | None
+    output_tokens: int | None
+    reasoning_tokens: int | None
+    total_tokens: int | None
+    usage_source: str
+    estimator: str | None
+    cost_usd: Decimal | None
+    price_source: str | None
+    agent: str | None
+    session: str | None
+    run: str | None
+    tags: dict[str, str]
+    end_user: str | None
+    client: str | None
+    key_id: str | None
+    upstream_request_id: str | None
+    error: str | None
+    usage_raw: str | None
+    # Not columns: how each token class was obtained, for the metrics' `source` label.
+    input_source: str = "none"  # reported | estimated | none
+    output_source: str = "none"
+
+    def to_row(self) -> tuple[Any, ...]:
+        return (
+            self.call_id, self.started_at, self.ended_at, self.duration_ms, self.ttft_ms,
+            self.upstream, self.dialect, self.operation, self.method, self.path,
+            self.request_model, self.response_model, self.model, int(self.stream),
+            self.status_code, self.outcome, self.input_tokens, self.cache_read_tokens,
+            self.cache_write_tokens, self.output_tokens, self.reasoning_tokens,
+            self.total_tokens, self.usage_source, self.estimator,
+            None if self.cost_usd is None else float(self.cost_usd), self.price_source,
+            self.agent, self.session, self.run,
+            json.dumps(self.tags, ensure_ascii=False, sort_keys=True), self.end_user,
+            self.client, self.key_id, self.upstream_request_id, self.error, self.usage_raw,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        row = dict(zip(COLUMNS, self.to_row(), strict=True))
+        row["stream"] = self.stream
+        row["tags"] = dict(self.tags)
+        return row
+
+
+@dataclass(slots=True)
+class LiveCall:
+    """A call in flight, as the live feed and the in-flight gauge see it."""
+
+    call_id: str
+    started_at: str
+    upstream: str
+    operation: str
+    stream: bool
+    agent: str | None
+    session: str | None
+    run: str | None
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    usage_source: str = "none"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]

@@ -1,0 +1,250 @@
+"""Recorder: turns CallFacts into one CallRecord (estimate -> price) and fans it out.
+
+`submit()` is a non-blocking put from the request path; a full queue is a counted drop,
+never a failed call. The worker builds each record exactly once, off the client's latency,
+and hands it to every sink; a failing sink is logged and counted and the others still run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from proxy.dialects import DIALECTS
+from proxy.estimate import Estimator
+from proxy.pricing import PriceBook
+from proxy.record import CallFacts, CallRecord, LiveCall, iso_utc
+from proxy.sinks.base import Sink
+from proxy.tasks import spawn
+from proxy.usage import Usage
+
+__all__ = ["KeyFingerprinter", "Recorder", "build_record"]
+
+log = logging.getLogger("tokenbooth.recorder")
+_THREAD_BYTES = 64 * 1024  # bodies larger than this are estimated in a worker thread
+
+
+class KeyFingerprinter:
+    """HMAC of a credential with a per-install secret kept beside the database (0600)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+        self._cache: dict[str, str] = {}
+
+    @classmethod
+    def beside(cls, db_path: str) -> KeyFingerprinter:
+        path = Path(f"{db_path}.secret")
+        try:
+            secret = path.read_bytes().strip()
+        except FileNotFoundError:
+            secret = secrets.token_hex(32).encode()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secret)
+        return cls(secret)
+
+    def __call__(self, credential: str | None) -> str | None:
+        if not credential:
+            return None
+        fp = self._cache.get(credential)
+        if fp is None:
+            fp = "k_" + hmac.new(self._secret, credential.encode(), hashlib.sha256).hexdigest()[:16]
+            if len(self._cache) < 10_000:
+                self._cache[credential] = fp
+        return fp
+
+
+def _source(reported: bool, estimated: bool) -> str:
+    return "reported" if reported else "estimated" if estimated else "none"
+
+
+def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
+                 fingerprint: Callable[[str | None], str | None]) -> CallRecord:
+    """The only code that combines usage, estimation and price. Pure and synchronous."""
+    obs = facts.observation
+    dialect = DIALECTS.get(facts.parser) if facts.parser else None
+    doc: Any = None
+    if dialect is not None and facts.request_body:
+        try:
+            doc = json.loads(facts.request_body)
+        except ValueError:
+            doc = None
+    info = dialect.request_info(doc) if dialect is not None else None
+    request_model = (info.model if info else None) or facts.path_model
+    usage = obs.usage or Usage()
+    family = facts.dialect or "openai"
+    estimator_name = None
+    model_hint = obs.response_model or request_model
+    reached = facts.status_code is not None and facts.status_code < 400
+    in_reported, out_reported = usage.has_input, usage.has_output
+    in_est = out_est = False
+    if dialect is not None and reached:  # the provider took the call: it may have billed
+        if not in_reported and doc is not None:
+            est = estimator.input(facts.parser, doc, model_hint, family)
+            usage = replace(usage, input_tokens=est.tokens, cache_read_tokens=0,
+                            cache_write_tokens=0)
+            in_est, estimator_name = True, est.estimator
+        if not out_reported and facts.parser not in ("openai.embeddings",):
+            est = estimator.output(obs.output_text, model_hint, family, obs.output_chars_dropped)
+            usage = replace(usage, output_tokens=est.tokens, reasoning_tokens=None)
+            out_est, estimator_name = True, est.estimator
+        elif not out_reported:
+            usage = replace(usage, output_tokens=0)
+            out_reported = True
+    if in_reported and out_reported:
+        usage_source = "reported"
+    elif (in_reported or out_reported) and (in_est or out_est):
+        usage_source = "partial"
+    elif in_est or out_est:
+        usage_source = "estimated"
+    elif in_reported or out_reported:
+        usage_source = "partial"
+    else:
+        usage_source = "none"
+    if usage.input_tokens is not None:
+        usage = replace(usage, cache_read_tokens=usage.cache_read_tokens or 0,
+                        cache_write_tokens=usage.cache_write_tokens or 0)
+    model = obs.response_model or request_model
+    if usage_source == "none":
+        price_cost: Decimal | None = Decimal(0) if facts.parser == "free.count_tokens" else None
+        price_src, priced_model = ("free" if price_cost is not None else None), model
+    else:
+        price = prices.price(model, facts.upstream, usage, free=facts.free or
+                             facts.parser == "free.count_tokens",
+                             provider_cost=obs.provider_cost_usd)
+        if price.cost_usd is None and model != request_model and request_model:
+            price = prices.price(request_model, facts.upstream, usage, free=facts.free)
+        price_cost, price_src, priced_model = price.cost_usd, price.source, price.model
+    ttft = None
+    if facts.stream and facts.first_byte is not None:
+        ttft = round((facts.first_byte - facts.t0) * 1000, 3)
+    duration = max(facts.ended - facts.t0, 0.0)
+    error = facts.error
+    if error is None and obs.status == "error":
+        error = f"provider error: {obs.error or 'in body'}"
+    tags = facts.tags
+    return CallRecord(
+        call_id=facts.call_id, started_at=iso_utc(facts.started),
+        ended_at=iso_utc(facts.started + duration), duration_ms=round(duration * 1000, 3),
+        ttft_ms=ttft, upstream=facts.upstream, dialect=facts.dialect,
+        operation=facts.operation, method=facts.method, path=facts.path,
+        request_model=request_model, response_model=obs.response_model, model=priced_model,
+        stream=facts.stream, status_code=facts.status_code, outcome=facts.outcome,
+        input_tokens=usage.input_tokens, cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
+        reasoning_tokens=usage.reasoning_tokens, total_tokens=usage.total_tokens,
+        usage_source=usage_source, estimator=estimator_name if (in_est or out_est) else None,
+        cost_usd=price_cost, price_source=price_src, agent=tags.get("agent"),
+        session=tags.get("session"), run=tags.get("run"), tags=tags,
+        end_user=info.end_user if info else None, client=facts.client,
+        key_id=fingerprint(facts.credential),
+        upstream_request_id=obs.upstream_request_id or facts.request_id_header, error=error,
+        usage_raw=json.dumps(obs.usage_raw, separators=(",", ":"))
+        if obs.usage_raw is not None else None,
+        input_source=_source(in_reported, in_est), output_source=_source(out_reported, out_est),
+    )
+
+
+class Recorder:
+    def __init__(self, estimator: Estimator, prices: PriceBook,
+                 fingerprint: Callable[[str | None], str | None], sinks: Sequence[Sink],
+                 queue_size: int = 10_000,
+                 on_sink_error: Callable[[str], None] | None = None) -> None:
+        self.estimator = estimator
+        self.prices = prices
+        self.fingerprint = fingerprint
+        self.sinks = list(sinks)
+        self._queue: asyncio.Queue[CallFacts | None] = asyncio.Queue(queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self.inflight: dict[str, LiveCall] = {}
+        self.dropped = 0
+        self.recorded = 0
+        self._on_sink_error = on_sink_error
+
+    def start(self) -> None:
+        self._task = spawn(self._run(), name="tokenbooth-recorder")
+
+    def started(self, call: LiveCall) -> None:
+        self.inflight[call.call_id] = call
+        for sink in self.sinks:
+            try:
+                sink.started(call)
+            except Exception:
+                self._sink_failed(sink.name)
+
+    def progress(self, call: LiveCall) -> None:
+        for sink in self.sinks:
+            try:
+                sink.progress(call)
+            except Exception:
+                self._sink_failed(sink.name)
+
+    def submit(self, facts: CallFacts) -> None:
+        """Never blocks, never raises: a full queue is a logged, counted drop."""
+        try:
+            self._queue.put_nowait(facts)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.inflight.pop(facts.call_id, None)
+            log.error("recorder queue full: call %s dropped", facts.call_id)
+
+    async def _build(self, facts: CallFacts) -> CallRecord:
+        big = len(facts.request_body) > _THREAD_BYTES or \
+            len(facts.observation.output_text) > _THREAD_BYTES
+        needs_estimate = facts.observation.usage is None or not (
+            facts.observation.usage.has_input and facts.observation.usage.has_output)
+        if big and needs_estimate:
+            return await asyncio.to_thread(build_record, facts, self.estimator, self.prices,
+                                           self.fingerprint)
+        return build_record(facts, self.estimator, self.prices, self.fingerprint)
+
+    async def _run(self) -> None:
+        while True:
+            facts = await self._queue.get()
+            if facts is None:
+                return
+            try:
+                record = await self._build(facts)
+            except Exception:
+                log.exception("could not build the record of call %s", facts.call_id)
+                self.inflight.pop(facts.call_id, None)
+                continue
+            self.inflight.pop(facts.call_id, None)
+            self.recorded += 1
+            for sink in self.sinks:
+                try:
+                    await sink.handle(record)
+                except Exception:
+                    log.exception("sink %s failed on call %s", sink.name, record.call_id)
+                    self._sink_failed(sink.name)
+
+    def _sink_failed(self, name: str) -> None:
+        if self._on_sink_error is not None:
+            self._on_sink_error(name)
+
+    async def drain(self) -> None:
+        """Record everything queued so far, then stop the worker."""
+        if self._task is None:
+            return
+        await self._queue.put(None)
+        await self._task
+        self._task = None
+
+    async def aclose(self) -> None:
+        await self.drain()
+        for sink in self.sinks:
+            try:
+                await sink.aclose()
+            except Exception:
+                log.exception("sink %s failed to close", sink.name)

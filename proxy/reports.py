@@ -1,0 +1,169 @@
+"""`tokenbooth report` and `tokenbooth calls`: the ledger as tables, CSV or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import csv
+import io
+import json
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from proxy import query
+from proxy.sinks.ledger import connect_readonly
+
+__all__ = ["add_commands", "format_table", "month_to_date"]
+
+_REPORT_COLS = ("calls", "input_tokens", "cache_read_tokens", "cache_write_tokens",
+                "output_tokens", "reasoning_tokens", "total_tokens", "cost_usd",
+                "unpriced_calls", "estimated_calls")
+_CALL_COLS = ("started_at", "call_id", "agent", "session", "run", "upstream", "model",
+              "outcome", "input_tokens", "output_tokens", "usage_source", "cost_usd")
+
+
+def _cell(value: Any, key: str) -> str:
+    if value is None:
+        return "unpriced" if key == "cost_usd" else "-"
+    if key == "cost_usd":
+        return f"${value:,.6f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
+    cells = [[_cell(r.get(c), c) for c in cols] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(cols)]
+    numeric = [all(isinstance(r.get(c), int | float) or r.get(c) is None for r in rows)
+               for c in cols]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w)
+                         for v, w, n in zip(values, widths, numeric, strict=True)).rstrip()
+
+    out = [line(list(cols)), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in cells)
+    return "\n".join(out)
+
+
+def month_to_date(conn: sqlite3.Connection, now: datetime) -> dict[str, Any]:
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    since = start.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    totals = query.usage(conn, [], since, None, {})["totals"]
+    days = calendar.monthrange(now.year, now.month)[1]
+    elapsed = max((now - start).total_seconds() / 86400, 1 / 24)
+    spent = totals["cost_usd"] or 0.0
+    return {"month": start.strftime("%Y-%m"), "cost_usd": spent,
+            "forecast_usd": round(spent / elapsed * days, 6),
+            "unpriced_calls": totals["unpriced_calls"],
+            "estimated_calls": totals["estimated_calls"]}
+
+
+def _emit(rows: list[dict[str, Any]], cols: Sequence[str], fmt: str,
+          extra: dict[str, Any] | None = None) -> None:
+    if fmt == "json":
+        print(json.dumps({"rows": rows, **(extra or {})}, indent=2, default=str))
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(cols), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        print(buf.getvalue(), end="")
+    else:
+        print(format_table(rows, cols) if rows else "(no calls in this range)")
+
+
+def _open(args: argparse.Namespace, config: Any) -> sqlite3.Connection:
+    path = config.ledger.path
+    if not Path(path).exists():
+        raise query.QueryError("--db", f"no ledger at {path}")
+    return connect_readonly(path)
+
+
+def cmd_report(args: argparse.Namespace, config: Any) -> int:
+    group_by = query.parse_group_by(args.by)
+    since = query.parse_time("--since", args.since)
+    until = query.parse_time("--until", args.until)
+    filters = {k: getattr(args, k, None) for k in ("agent", "session", "run", "model",
+                                                   "upstream")}
+    conn = _open(args, config)
+    try:
+        result = query.usage(conn, group_by, since, until, filters)
+        mtd = month_to_date(conn, datetime.now(UTC))
+    finally:
+        conn.close()
+    rows = [*result["groups"], {**{k: "TOTAL" for k in group_by[:1]}, **result["totals"]}]
+    cols = [*group_by, *_REPORT_COLS]
+    if args.format == "json":
+        _emit(result["groups"], cols, "json", {"totals": result["totals"], "since": since,
+                                               "until": until, "month_to_date": mtd})
+        return 0
+    _emit(rows if args.format == "table" else result["groups"], cols, args.format)
+    if args.format == "table":
+        note = []
+        if result["totals"]["unpriced_calls"]:
+            note.append(f"{result['totals']['unpriced_calls']} unpriced call(s) are not in "
+                        f"cost_usd")
+        if result["totals"]["estimated_calls"]:
+            note.append(f"{result['totals']['estimated_calls']} call(s) hold estimated tokens")
+        print(f"\nMonth to date ({mtd['month']}): ${mtd['cost_usd']:,.4f}; "
+              f"forecast for the month ${mtd['forecast_usd']:,.4f}")
+        for n in note:
+            print(f"Note: {n}")
+    return 0
+
+
+def cmd_calls(args: argparse.Namespace, config: Any) -> int:
+    if args.limit < 1:
+        raise query.QueryError("--limit", "must be at least 1")
+    filters = {"session": args.session, "agent": args.agent, "run": args.run}
+    conn = _open(args, config)
+    try:
+        rows = query.calls(conn, query.parse_time("--since", args.since), None, filters,
+                           args.limit)
+    finally:
+        conn.close()
+    _emit(rows, _CALL_COLS if args.format != "json" else list(rows[0]) if rows else [],
+          args.format)
+    return 0
+
+
+def add_commands(sub: Any, add_common: Callable[..., None],
+                 load_config: Callable[[argparse.Namespace], Any]) -> None:
+    def runner(fn: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace],
+                                                                        int]:
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return fn(args, load_config(args))
+            except query.QueryError as exc:
+                print(f"tokenbooth: {exc}", file=sys.stderr)
+                return 2
+            except sqlite3.Error as exc:
+                print(f"tokenbooth: cannot read the ledger: {exc}", file=sys.stderr)
+                return 1
+        return run
+
+    p = sub.add_parser("report", help="usage and spend grouped by any key")
+    add_common(p)
+    p.add_argument("--by", default="agent,model",
+                   help=f"comma-separated: {', '.join(query.GROUP_KEYS)}, tag:<key>")
+    p.add_argument("--since", help="7d, 12h, 2w, or a date like 2026-11-01")
+    p.add_argument("--until")
+    for f in ("agent", "session", "run", "model", "upstream"):
+        p.add_argument(f"--{f}")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=runner(cmd_report))
+    p = sub.add_parser("calls", help="recent calls for a session, agent or run")
+    add_common(p)
+    p.add_argument("--session")
+    p.add_argument("--agent")
+    p.add_argument("--run")
+    p.add_argument("--since")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=runner(cmd_calls))

@@ -1,0 +1,18 @@
+"""The Sink interface (mitmproxy-addon style): react to records; failures are contained."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from proxy.record import CallRecord, LiveCall
+
+__all__ = ["Sink"]
+
+
+class Sink(Protocol):
+    name: str
+
+    def started(self, call: LiveCall) -> None: ...
+    def progress(self, call: LiveCall) -> None: ...
+    async def handle(self, record: CallRecord) -> None: ...
+    async def aclose(self) -> None: ...

@@ -1,0 +1,222 @@
+"""Budgets: spend per matching window, restored from the ledger, kept current by records.
+
+A blocking budget admits a call only if spend + open reservations + the call's worst-case
+cost stay within the limit, and reserves that worst case until the record settles it, so
+concurrent calls cannot overshoot. Failing closed here is the user's explicit choice
+(`action: block`); alert budgets never block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
+
+from proxy.config import BudgetConfig
+from proxy.estimate import Estimator
+from proxy.pricing import PriceBook
+from proxy.record import CallFacts, CallRecord, LiveCall
+from proxy.routing import Route
+from proxy.usage import Usage
+
+__all__ = ["Budgets", "Denied", "window_bounds"]
+
+log = logging.getLogger("tokenbooth.budgets")
+
+
+def window_bounds(window: str, now: datetime) -> tuple[datetime | None, datetime | None]:
+    """UTC calendar window containing `now`: (start, end); `total` has no bounds."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if window == "day":
+        return day, day + timedelta(days=1)
+    if window == "week":
+        start = day - timedelta(days=day.weekday())
+        return start, start + timedelta(days=7)
+    if window == "month":
+        start = day.replace(day=1)
+        nxt = (start + timedelta(days=32)).replace(day=1)
+        return start, nxt
+    return None, None
+
+
+@dataclass
+class _State:
+    cfg: BudgetConfig
+    spend: Decimal = Decimal(0)
+    reserved: dict[str, Decimal] = field(default_factory=dict)
+    window_end: datetime | None = None
+
+    @property
+    def limit(self) -> Decimal:
+        return Decimal(repr(self.cfg.limit_usd))
+
+    def roll(self, now: datetime) -> None:
+        if self.window_end is not None and now >= self.window_end:
+            self.spend = Decimal(0)
+            self.window_end = window_bounds(self.cfg.window, now)[1]
+
+    def state(self) -> str:
+        total = self.spend
+        if total >= self.limit:
+            return "exceeded"
+        if total >= self.limit * Decimal("0.8"):
+            return "warning"
+        return "ok"
+
+
+@dataclass(frozen=True)
+class Denied:
+    name: str
+    limit_usd: float
+    dialect: str | None
+
+    def response(self, call_id: str) -> web.Response:
+        message = (f"Tokenbooth budget '{self.name}' (limit ${self.limit_usd:g}) is exhausted "
+                   f"for this window; the request was not sent.")
+        if self.dialect == "anthropic":
+            body: dict[str, Any] = {"type": "error", "error": {
+                "type": "rate_limit_error", "message": message, "budget": self.name}}
+        else:
+            body = {"error": {"message": message, "type": "budget_exceeded",
+                              "code": "budget_exceeded", "param": None, "budget": self.name}}
+        resp = web.json_response(body, status=429)
+        resp.headers["X-Meter-Call-Id"] = call_id
+        resp.headers["X-Meter-Budget"] = self.name
+        return resp
+
+
+def _matches(cfg: BudgetConfig, ctx: dict[str, str | None]) -> bool:
+    return all(ctx.get(k) == v for k, v in cfg.match.items())
+
+
+class Budgets:
+    name = "budgets"
+
+    def __init__(self, configs: tuple[BudgetConfig, ...], registry: CollectorRegistry,
+                 prices: PriceBook, estimator: Estimator) -> None:
+        now = datetime.now(UTC)
+        self._states = [_State(c, window_end=window_bounds(c.window, now)[1]) for c in configs]
+        self.blocking = any(c.action == "block" for c in configs)
+        self._prices = prices
+        self._estimator = estimator
+        self._spend = Gauge("tokenbooth_budget_spend_usd", "Spend in the budget's window.",
+                            ("budget",), registry=registry)
+        self._limit = Gauge("tokenbooth_budget_limit_usd", "The budget's limit.", ("budget",),
+                            registry=registry)
+        for s in self._states:
+            self._limit.labels(s.cfg.name).set(s.cfg.limit_usd)
+            self._spend.labels(s.cfg.name).set(0)
+
+    def restore(self, db_path: str) -> None:
+        """Spend so far in each window, from the ledger (blocking: run in a thread)."""
+        try:
+            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error:
+            return
+        now = datetime.now(UTC)
+        try:
+            for s in self._states:
+                start = window_bounds(s.cfg.window, now)[0]
+                where, args = ["cost_usd IS NOT NULL"], []
+                if start is not None:
+                    where.append("started_at >= ?")
+                    args.append(start.strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+                for k, v in s.cfg.match.items():
+                    if k in ("upstream", "model", "client", "agent", "session", "run"):
+                        where.append(f"{k} = ?")
+                    else:
+                        where.append("json_extract(tags, ?) = ?")
+                        args.append(f"$.{k}")
+                    args.append(v)
+                row = conn.execute(f"SELECT COALESCE(SUM(cost_usd), 0) FROM llm_usage "
+                                   f"WHERE {' AND '.join(where)}", args).fetchone()
+                s.spend = Decimal(repr(row[0]))
+                self._spend.labels(s.cfg.name).set(float(s.spend))
+        except sqlite3.Error as exc:
+            log.warning("could not restore budget spend from the ledger: %s", exc)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _ctx(tags: dict[str, str], upstream: str, model: str | None,
+             client: str | None) -> dict[str, str | None]:
+        return {**tags, "upstream": upstream, "model": model, "client": client}
+
+    async def admit(self, facts: CallFacts, route: Route, body: bytes) -> Denied | None:
+        """Before forwarding: None to admit (with a reservation), or the Denied budget."""
+        from proxy.dialects import DIALECTS
+
+        dialect = DIALECTS.get(route.parser) if route.parser else None
+        doc: Any = None
+        if dialect is not None and body:
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                doc = None
+        info = dialect.request_info(doc) if dialect is not None else None
+        model = (info.model if info else None) or route.path_model
+        ctx = self._ctx(facts.tags, facts.upstream, model, facts.client)
+        states = [s for s in self._states if s.cfg.action == "block" and _matches(s.cfg, ctx)]
+        if not states:
+            return None
+        worst = Decimal(0)
+        if dialect is not None and doc is not None:
+            est_in = await asyncio.to_thread(self._estimator.input, route.parser, doc, model,
+                                             route.upstream.dialect) if len(body) > 65536 \
+                else self._estimator.input(route.parser, doc, model, route.upstream.dialect)
+            out = info.max_tokens if info and info.max_tokens else 0
+            price = self._prices.price(model, facts.upstream,
+                                       Usage(est_in.tokens, 0, 0, None, out, None),
+                                       free=route.upstream.free)
+            worst = price.cost_usd or Decimal(0)
+        now = datetime.now(UTC)
+        for s in states:  # check all, then reserve all: no await in between
+            s.roll(now)
+            if s.spend + sum(s.reserved.values(), Decimal(0)) + worst > s.limit or \
+                    s.spend >= s.limit:
+                return Denied(s.cfg.name, s.cfg.limit_usd, route.upstream.dialect)
+        for s in states:
+            s.reserved[facts.call_id] = worst
+        return None
+
+    def started(self, call: LiveCall) -> None:
+        return None
+
+    def progress(self, call: LiveCall) -> None:
+        return None
+
+    async def handle(self, record: CallRecord) -> None:
+        ctx = self._ctx(record.tags, record.upstream, record.model, record.client)
+        ctx_req = {**ctx, "model": record.request_model}
+        now = datetime.now(UTC)
+        for s in self._states:
+            reserved = s.reserved.pop(record.call_id, None)
+            if reserved is None and not (_matches(s.cfg, ctx) or _matches(s.cfg, ctx_req)):
+                continue
+            s.roll(now)
+            if record.cost_usd is not None:
+                s.spend += record.cost_usd
+            self._spend.labels(s.cfg.name).set(float(s.spend))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now = datetime.now(UTC)
+        out = []
+        for s in self._states:
+            s.roll(now)
+            out.append({"name": s.cfg.name, "window": s.cfg.window,
+                        "limit_usd": s.cfg.limit_usd, "spend_usd": float(s.spend),
+                        "reserved_usd": float(sum(s.reserved.values(), Decimal(0))),
+                        "action": s.cfg.action, "match": dict(s.cfg.match),
+                        "state": s.state()})
+        return out
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,66 @@
+"""The live feed: per-subscriber bounded queues; a slow subscriber loses its oldest events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from proxy.record import CallRecord, LiveCall
+
+__all__ = ["Broadcaster", "Subscription"]
+
+
+class Subscription:
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(size)
+        self.dropped = 0
+
+    def put(self, event: tuple[str, str]) -> None:
+        while True:
+            try:
+                self.queue.put_nowait(event)
+                return
+            except asyncio.QueueFull:
+                try:
+                    self.queue.get_nowait()
+                    self.dropped += 1
+                except asyncio.QueueEmpty:  # pragma: no cover - raced empty
+                    return
+
+
+class Broadcaster:
+    name = "feed"
+
+    def __init__(self, queue_size: int = 1000) -> None:
+        self._subs: set[Subscription] = set()
+        self._size = queue_size
+        self.dropped = 0
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self._size)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+        self.dropped += sub.dropped
+
+    def publish(self, kind: str, payload: Any) -> None:
+        if not self._subs:
+            return
+        event = (kind, json.dumps(payload, ensure_ascii=False, default=str))
+        for sub in self._subs:
+            sub.put(event)
+
+    def started(self, call: LiveCall) -> None:
+        self.publish("call_started", call.to_json())
+
+    def progress(self, call: LiveCall) -> None:
+        self.publish("call_progress", call.to_json())
+
+    async def handle(self, record: CallRecord) -> None:
+        self.publish("call_finished", record.to_json())
+
+    async def aclose(self) -> None:
+        self._subs.clear()

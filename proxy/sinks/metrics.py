@@ -1,0 +1,163 @@
+"""Prometheus metrics (SPEC section 6) on the app's own CollectorRegistry.
+
+Every counter moves from the same CallRecord the ledger stores, so the two agree. Each
+label keeps at most `max_label_values` distinct values; later ones become `other`.
+`session` and `run` are never labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from proxy import __version__
+from proxy.record import CallRecord, LiveCall
+
+__all__ = ["LabelCap", "Metrics"]
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+_TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
+
+
+class LabelCap:
+    """Bounded label values per label name: the first N are kept, the rest are `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: dict[str, set[str]] = {}
+        self.overflowed = 0
+
+    def __call__(self, label: str, value: str | None) -> str:
+        v = value if value else "none"
+        seen = self._seen.setdefault(label, set())
+        if v in seen:
+            return v
+        if len(seen) >= self.limit:
+            self.overflowed += 1
+            return "other"
+        seen.add(v)
+        return v
+
+
+class Metrics:
+    name = "metrics"
+
+    def __init__(self, registry: CollectorRegistry, *, max_label_values: int = 100,
+                 tag_labels: Sequence[str] = (), prices_version: str = "") -> None:
+        self.registry = registry
+        self.cap = LabelCap(max_label_values)
+        self.tag_labels = tuple(tag_labels)
+        t = self.tag_labels
+        r = registry
+        self.requests = Counter("tokenbooth_requests", "Proxied calls.",
+                                ("upstream", "operation", "model", "agent", "outcome", "code", *t),
+                                registry=r)
+        self.input_tokens = Counter("tokenbooth_input_tokens", "Input tokens by cache class.",
+                                    ("upstream", "model", "agent", "cache", "source", *t),
+                                    registry=r)
+        self.output_tokens = Counter("tokenbooth_output_tokens", "Output tokens by phase.",
+                                     ("upstream", "model", "agent", "phase", "source", *t),
+                                     registry=r)
+        self.cost = Counter("tokenbooth_cost_usd", "Spend in USD (priced calls only).",
+                            ("upstream", "model", "agent", *t), registry=r)
+        self.unpriced = Counter("tokenbooth_unpriced_requests",
+                                "Calls with usage but no known price.", ("upstream", "model"),
+                                registry=r)
+        self.duration = Histogram("tokenbooth_request_duration_seconds", "Call duration.",
+                                  ("upstream", "operation", "model", "stream"),
+                                  buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("tokenbooth_time_to_first_token_seconds",
+                              "Time to the first body byte of a stream.",
+                              ("upstream", "operation", "model"), buckets=_TTFT_BUCKETS,
+                              registry=r)
+        self.inflight = Gauge("tokenbooth_inflight_requests", "Calls in flight.", ("upstream",),
+                              registry=r)
+        self.ledger_rows = Counter("tokenbooth_ledger_rows", "Ledger rows by result.",
+                                   ("result",), registry=r)
+        for result in ("written", "spooled", "dropped"):
+            self.ledger_rows.labels(result)
+        self.ledger_queue = Gauge("tokenbooth_ledger_queue_rows", "Rows waiting for the ledger.",
+                                  registry=r)
+        self.sink_errors = Counter("tokenbooth_sink_errors", "Sink failures.", ("sink",),
+                                   registry=r)
+        self.tag_cleaned = Counter("tokenbooth_tag_values_cleaned",
+                                   "X-Meter-* values truncated or cleaned.", registry=r)
+        self.parse_errors = Counter("tokenbooth_parse_errors",
+                                    "Response events the meter could not read.", ("upstream",),
+                                    registry=r)
+        self.estimated = Counter("tokenbooth_estimated_requests",
+                                 "Calls whose usage was estimated in whole or part.",
+                                 ("upstream", "source"), registry=r)
+        build = Gauge("tokenbooth_build_info", "Build information.", ("version", "prices"),
+                      registry=r)
+        build.labels(__version__, prices_version).set(1)
+        self._live: dict[str, str] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def started(self, call: LiveCall) -> None:
+        up = self.cap("upstream", call.upstream)
+        self._live[call.call_id] = up
+        self._child(self.inflight, (up,)).inc()
+
+    def progress(self, call: LiveCall) -> None:
+        return None
+
+    async def handle(self, record: CallRecord) -> None:
+        self.observe(record)
+
+    def observe(self, rec: CallRecord) -> None:
+        cap = self.cap
+        up = cap("upstream", rec.upstream)
+        live_up = self._live.pop(rec.call_id, None)
+        if live_up is not None:
+            self._child(self.inflight, (live_up,)).dec()
+        op = cap("operation", rec.operation)
+        model = cap("model", rec.model or rec.request_model or "unknown")
+        agent = cap("agent", rec.agent)
+        tags = tuple(cap(f"tag:{t}", rec.tags.get(t)) for t in self.tag_labels)
+        code = str(rec.status_code) if rec.status_code is not None else "none"
+        child = self._child
+        child(self.requests, (up, op, model, agent, rec.outcome, code, *tags)).inc()
+        if rec.input_tokens is not None and rec.input_source != "none":
+            read, write = rec.cache_read_tokens or 0, rec.cache_write_tokens or 0
+            src = rec.input_source
+            for cache, n in (("none", rec.input_tokens - read - write), ("read", read),
+                             ("write", write)):
+                if n:
+                    child(self.input_tokens, (up, model, agent, cache, src, *tags)).inc(n)
+        if rec.output_tokens is not None and rec.output_source != "none":
+            reasoning = rec.reasoning_tokens or 0
+            src = rec.output_source
+            for phase, n in (("response", rec.output_tokens - reasoning),
+                             ("reasoning", reasoning)):
+                if n:
+                    child(self.output_tokens, (up, model, agent, phase, src, *tags)).inc(n)
+        if rec.cost_usd is not None:
+            if rec.cost_usd:
+                child(self.cost, (up, model, agent, *tags)).inc(float(rec.cost_usd))
+        elif rec.usage_source != "none":
+            child(self.unpriced, (up, model)).inc()
+        if rec.usage_source in ("estimated", "partial"):
+            child(self.estimated, (up, rec.usage_source)).inc()
+        child(self.duration, (up, op, model, "true" if rec.stream else "false")).observe(
+            rec.duration_ms / 1000)
+        if rec.ttft_ms is not None:
+            child(self.ttft, (up, op, model)).observe(rec.ttft_ms / 1000)
+
+    def ledger_rows_changed(self, result: str, n: int) -> None:
+        self._child(self.ledger_rows, (result,)).inc(n)
+
+    def sink_failed(self, sink: str) -> None:
+        self._child(self.sink_errors, (sink,)).inc()
+
+    async def aclose(self) -> None:
+        return None

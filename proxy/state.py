@@ -1,0 +1,29 @@
+"""Typed application keys: the only way handlers reach shared state."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from proxy.config import Config
+    from proxy.forward import Forwarder
+    from proxy.lifecycle import Lifecycle
+    from proxy.recorder import Recorder
+    from proxy.sinks.budgets import Budgets
+    from proxy.sinks.feed import Broadcaster
+    from proxy.sinks.ledger import Ledger
+    from proxy.sinks.metrics import Metrics
+
+__all__ = ["BUDGETS", "CONFIG", "FEED", "FORWARDER", "LEDGER", "LIFECYCLE", "METRICS",
+           "RECORDER"]
+
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
+RECORDER: web.AppKey[Recorder] = web.AppKey("recorder")
+LEDGER: web.AppKey[Ledger] = web.AppKey("ledger")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+FEED: web.AppKey[Broadcaster] = web.AppKey("feed")
+BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
+LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
