@@ -1,0 +1,231 @@
+"""Shared fixtures: a scriptable fake provider on 127.0.0.1, the proxy in front of it, a
+loaded estimator, and a sink that collects every record."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.app import make_app
+from proxy.config import Config, parse
+from proxy.estimate import Estimator
+from proxy.record import CallRecord, LiveCall
+
+
+@dataclass
+class Reply:
+    """One scripted upstream answer."""
+
+    chunks: list[bytes] = field(default_factory=lambda: [b'{"ok": true}'])
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    delay: float = 0.0  # between chunks
+    first_delay: float = 0.0  # before the headers
+    cut: bool = False  # drop the connection after the chunks
+    gzip: bool = False
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class FakeUpstream:
+    """A real aiohttp server that replays scripted replies and remembers every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[Seen] = []
+        self.replies: dict[str, Reply | Callable[[web.Request], Awaitable[web.StreamResponse]]] = {}
+        self.default = Reply()
+        self.disconnected = asyncio.Event()
+        self.sent: list[float] = []  # loop time of each chunk sent
+        self.server: TestServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("")).rstrip("/")
+
+    def on(self, path: str, reply: Reply | Callable[[web.Request],
+                                                      Awaitable[web.StreamResponse]]) -> None:
+        self.replies[path] = reply
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(Seen(request.method, request.path, request.query_string,
+                                  dict(request.headers), body))
+        reply = self.replies.get(request.path, self.default)
+        if not isinstance(reply, Reply):
+            return await reply(request)
+        if reply.first_delay:
+            await asyncio.sleep(reply.first_delay)
+        headers = dict(reply.headers)
+        chunks = reply.chunks
+        if reply.gzip:
+            chunks = [gzip.compress(b"".join(chunks))]
+            headers["Content-Encoding"] = "gzip"
+        resp = web.StreamResponse(status=reply.status, headers=headers)
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        try:
+            for i, chunk in enumerate(chunks):
+                if i and reply.delay:
+                    await asyncio.sleep(reply.delay)
+                await resp.write(chunk)
+                self.sent.append(loop.time())
+            if reply.cut:
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnected.set()
+            raise
+        return resp
+
+
+class Collector:
+    """A sink that keeps every record (and every start) for assertions."""
+
+    name = "collector"
+
+    def __init__(self) -> None:
+        self.records: list[CallRecord] = []
+        self.started_calls: list[LiveCall] = []
+        self.event = asyncio.Event()
+
+    def started(self, call: LiveCall) -> None:
+        self.started_calls.append(call)
+
+    def progress(self, call: LiveCall) -> None:
+        return None
+
+    async def handle(self, record: CallRecord) -> None:
+        self.records.append(record)
+        self.event.set()
+
+    async def aclose(self) -> None:
+        return None
+
+    async def wait_for(self, n: int, timeout: float = 5.0) -> list[CallRecord]:
+        async def until() -> None:
+            while len(self.records) < n:
+                self.event.clear()
+                await self.event.wait()
+
+        await asyncio.wait_for(until(), timeout)
+        return self.records
+
+
+@pytest.fixture(scope="session")
+def estimator() -> Estimator:
+    est = Estimator()
+    est.load()
+    return est
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> FakeUpstream:
+    fake = FakeUpstream()
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    fake.server = await aiohttp_server(app)
+    return fake
+
+
+def make_config(tmp_path: Path, upstream_url: str, **extra: Any) -> Config:
+    raw: dict[str, Any] = {
+        "ledger": {"path": str(tmp_path / "ledger.db"), "flush_seconds": 0.05},
+        "upstreams": {name: {"url": upstream_url} for name in
+                      ("openai", "anthropic", "gemini", "openrouter", "groq", "ollama",
+                       "deepseek", "xai", "mistral")},
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return parse(raw, env={})
+
+
+@dataclass
+class Proxy:
+    server: TestServer
+    app: web.Application
+    collector: Collector
+    config: Config
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+
+StartProxy = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+async def start_proxy(aiohttp_server: Any, tmp_path: Path, upstream: FakeUpstream,
+                      estimator: Estimator) -> StartProxy:
+    async def start(**extra: Any) -> Proxy:
+        config = make_config(tmp_path, upstream.url, **extra)
+        collector = Collector()
+        app = make_app(config, estimator=estimator, extra_sinks=(collector,))
+        server = await aiohttp_server(app)
+        return Proxy(server, app, collector, config)
+
+    return start
+
+
+@pytest.fixture
+async def proxy(start_proxy: StartProxy) -> Proxy:
+    return await start_proxy()
+
+
+def sse(*events: str) -> list[bytes]:
+    return [f"{e}\n\n".encode() for e in events]
+
+
+class Sdks:
+    """Real openai/anthropic SDK clients, closed at teardown (no leaked transports)."""
+
+    def __init__(self) -> None:
+        self._clients: list[Any] = []
+
+    def openai(self, base: str, **kw: Any) -> Any:
+        import openai
+
+        c = openai.AsyncOpenAI(base_url=base, api_key=kw.pop("api_key", "sk-test-key"),
+                               max_retries=0, **kw)
+        self._clients.append(c)
+        return c
+
+    def anthropic(self, base: str, **kw: Any) -> Any:
+        import anthropic
+
+        c = anthropic.AsyncAnthropic(base_url=base, api_key=kw.pop("api_key", "sk-ant-test"),
+                                     max_retries=0, **kw)
+        self._clients.append(c)
+        return c
+
+    async def aclose(self) -> None:
+        for c in self._clients:
+            await c.close()
+
+
+@pytest.fixture
+async def sdk() -> Any:
+    s = Sdks()
+    yield s
+    await s.aclose()

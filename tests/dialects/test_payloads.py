@@ -1,0 +1,54 @@
+"""Every recorded-shape payload, fed whole, byte by byte and in random cuts, gives exactly
+the expected normalized observation."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.payloads import Payload, all_payloads, run_chunks, usage_dict
+
+PAYLOADS = all_payloads()
+
+
+def check(p: Payload, chunks: list[bytes]) -> None:
+    obs = run_chunks(p, chunks)
+    exp = p.expected
+    assert usage_dict(obs) == exp["usage"], p.id
+    assert obs.response_model == exp["response_model"]
+    assert obs.upstream_request_id == exp["upstream_request_id"]
+    assert obs.status == exp["status"]
+    assert obs.parse_errors == 0
+    if "output_text" in exp:
+        assert obs.output_text == exp["output_text"]
+    cost = exp.get("provider_cost_usd")
+    assert obs.provider_cost_usd == (Decimal(cost) if cost else None)
+
+
+@pytest.mark.parametrize("p", PAYLOADS, ids=[p.id for p in PAYLOADS])
+def test_whole_body(p: Payload) -> None:
+    check(p, [p.body])
+
+
+@pytest.mark.parametrize("p", PAYLOADS, ids=[p.id for p in PAYLOADS])
+def test_one_byte_at_a_time(p: Payload) -> None:
+    check(p, [p.body[i:i + 1] for i in range(len(p.body))])
+
+
+@pytest.mark.parametrize("p", PAYLOADS, ids=[p.id for p in PAYLOADS])
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_random_cuts_never_change_the_result(p: Payload, data: st.DataObject) -> None:
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(p.body) - 1, 1)), max_size=12)))
+    bounds = [0, *cuts, len(p.body)]
+    check(p, [p.body[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
+
+
+def test_payload_set_covers_every_dialect() -> None:
+    from proxy.dialects import DIALECTS
+
+    covered = {p.expected["parser"] for p in PAYLOADS}
+    assert covered >= set(DIALECTS) - {"free.count_tokens"}
