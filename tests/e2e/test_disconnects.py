@@ -1,0 +1,156 @@
+"""Every ending: the status and JSON body the client gets, and exactly one record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
+
+SSE = {"Content-Type": "text/event-stream"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def post(url: str, **kw: object) -> tuple[int, dict[str, object], str]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, **kw) as r:  # type: ignore[arg-type]
+            return r.status, await r.json(), r.headers.get("X-Meter-Call-Id", "")
+
+
+async def test_unknown_upstream_is_404_listing_known(proxy: Proxy) -> None:
+    status, body, call_id = await post(f"{proxy.url}/nosuch/v1/chat/completions", json={})
+    assert status == 404
+    err = body["error"]
+    assert isinstance(err, dict) and err["type"] == "unknown_upstream"
+    assert "openai" in str(err["message"]) and "anthropic" in str(err["message"])
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "rejected" and rec.call_id == call_id and rec.status_code is None
+
+
+async def test_unreachable_upstream_is_502(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(upstreams={"dead": {"url": f"http://127.0.0.1:{free_port()}"}})
+    status, body, _ = await post(f"{proxy.url}/dead/v1/chat/completions", json={})
+    assert status == 502 and body["error"]["type"] == "upstream_unreachable"  # type: ignore
+    await asyncio.sleep(0.1)
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "unreachable" and len(proxy.collector.records) == 1
+
+
+async def test_upstream_timeout_is_504(upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(server={"idle_timeout_seconds": 0.3})
+    upstream.on("/v1/chat/completions", Reply(first_delay=2.0))
+    t = time.monotonic()
+    status, body, _ = await post(f"{proxy.url}/openai/v1/chat/completions", json={})
+    assert status == 504 and body["error"]["type"] == "upstream_timeout"  # type: ignore
+    assert time.monotonic() - t < 1.5
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "timeout"
+
+
+async def test_oversize_body_is_413_and_nothing_goes_upstream(upstream: FakeUpstream,
+                                                              start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(server={"max_body_bytes": 1024})
+    status, body, _ = await post(f"{proxy.url}/openai/v1/chat/completions",
+                                 data=b"x" * 4096)
+    assert status == 413 and body["error"]["type"] == "request_too_large"  # type: ignore
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "rejected"
+    assert upstream.requests == []
+
+
+async def test_client_abort_closes_upstream_within_a_second(upstream: FakeUpstream,
+                                                            proxy: Proxy) -> None:
+    chunks = [b'data: {"choices":[{"delta":{"content":"tok"}}]}\n\n'] * 200
+    upstream.on("/v1/chat/completions", Reply(chunks, headers=SSE, delay=0.05))
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(f"{proxy.url}/openai/v1/chat/completions", json={"stream": True})
+        await resp.content.readany()
+        aborted = time.monotonic()
+        resp.close()
+    await asyncio.wait_for(upstream.disconnected.wait(), 1.0)
+    assert time.monotonic() - aborted < 1.0
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "client_aborted"
+    assert rec.usage_source == "estimated" and (rec.output_tokens or 0) > 0
+
+
+async def test_upstream_cut_mid_stream_breaks_the_client_stream(upstream: FakeUpstream,
+                                                               proxy: Proxy) -> None:
+    chunks = [b'data: {"id":"c","model":"gpt-4o","choices":[{"delta":{"content":"Hel"}}]}\n\n',
+              b'data: {"id":"c","model":"gpt-4o","choices":[{"delta":{"content":"lo"}}]}\n\n']
+    upstream.on("/v1/chat/completions", Reply(chunks, headers=SSE, cut=True))
+    received = b""
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions",
+                              json={"model": "gpt-4o", "stream": True,
+                                    "messages": [{"role": "user", "content": "hi"}]}) as r:
+                async for chunk in r.content.iter_any():
+                    received += chunk
+    assert b"[DONE]" not in received
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "upstream_aborted"
+    assert rec.usage_source == "estimated" and rec.input_tokens and rec.output_tokens
+
+
+async def test_upstream_http_error_is_passed_through(upstream: FakeUpstream,
+                                                     proxy: Proxy) -> None:
+    err = {"error": {"message": "bad", "type": "invalid_request_error", "code": None}}
+    upstream.on("/v1/chat/completions", Reply([json.dumps(err).encode()], status=400))
+    status, body, _ = await post(f"{proxy.url}/openai/v1/chat/completions", json={})
+    assert status == 400 and body == err
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "upstream_error" and rec.status_code == 400
+
+
+async def test_sigterm_lets_the_stream_finish_then_exits_zero(upstream: FakeUpstream,
+                                                              tmp_path: Path) -> None:
+    chunks = [f'data: {{"n":{i}}}\n\n'.encode() for i in range(10)] + [b"data: [DONE]\n\n"]
+    upstream.on("/v1/chat/completions", Reply(chunks, headers=SSE, delay=0.1))
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
+                   f"ledger: {{path: '{tmp_path / 'l.db'}'}}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+            async with s.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
+                              json={"stream": True}) as r:
+                first = await r.content.readany()
+                os.kill(proc.pid, signal.SIGTERM)
+                rest = await r.read()
+        assert first + rest == b"".join(chunks)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "l.db")
+    assert conn.execute("SELECT outcome FROM llm_usage").fetchall() == [("ok",)]
+    conn.close()
