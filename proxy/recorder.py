@@ -123,8 +123,6 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         price = prices.price(model, facts.upstream, usage, free=facts.free or
                              facts.parser == "free.count_tokens",
                              provider_cost=obs.provider_cost_usd)
-        if price.cost_usd is None and model != request_model and request_model:
-            price = prices.price(request_model, facts.upstream, usage, free=facts.free)
         price_cost, price_src, priced_model = price.cost_usd, price.source, price.model
     ttft = None
     if facts.stream and facts.first_byte is not None:

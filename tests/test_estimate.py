@@ -1,0 +1,108 @@
+"""Estimates against hand counts with the same encoding, and the fallback chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.estimate import Estimator, chat_tokens, tools_tokens
+
+# The OpenAI cookbook's worked example ("How to count tokens with tiktoken").
+COOKBOOK = [
+    {"role": "system", "content": "You are a helpful, pattern-following assistant that "
+                                  "translates corporate jargon into plain English."},
+    {"role": "system", "name": "example_user",
+     "content": "New synergies will help drive top-line growth."},
+    {"role": "system", "name": "example_assistant",
+     "content": "Things working well together will increase revenue."},
+    {"role": "system", "name": "example_user",
+     "content": "Let's circle back when we have more bandwidth to touch base on opportunities "
+                "for increased leverage."},
+    {"role": "system", "name": "example_assistant",
+     "content": "Let's talk later when we're less busy about how to do better."},
+    {"role": "user", "content": "This late pivot means we don't have time to boil the ocean "
+                                "for the client deliverable."},
+]
+
+
+def test_cookbook_example_matches_published_prompt_tokens(estimator: Estimator) -> None:
+    # The cookbook reports 124 prompt tokens for gpt-4o and 129 for gpt-4 from the API.
+    assert estimator.input("openai.chat", {"messages": COOKBOOK}, "gpt-4o", "openai").tokens \
+        == 124
+    est = estimator.input("openai.chat", {"messages": COOKBOOK}, "gpt-4-0613", "openai")
+    assert est == type(est)(129, "tiktoken:cl100k_base")
+
+
+def test_chat_with_names_by_hand(estimator: Estimator) -> None:
+    enc = estimator._enc["o200k_base"]
+    n = lambda s: len(enc.encode(s))  # noqa: E731
+    msgs = [{"role": "user", "name": "alice", "content": "Hello there"},
+            {"role": "assistant", "content": "Hi Alice!"}]
+    hand = 3 + (3 + n("user") + n("alice") + 1 + n("Hello there")) \
+        + (3 + n("assistant") + n("Hi Alice!"))
+    assert chat_tokens(msgs, n) == hand
+
+
+def test_tools_rules_by_hand(estimator: Estimator) -> None:
+    enc = estimator._enc["o200k_base"]
+    n = lambda s: len(enc.encode(s))  # noqa: E731
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Get the weather.",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "description": "City name."},
+            "unit": {"type": "string", "enum": ["c", "f"], "description": ""}}}}}]
+    hand = 7 + n("get_weather:Get the weather") + 3 \
+        + 3 + n("city:string:City name") \
+        + 3 - 3 + (3 + n("c")) + (3 + n("f")) + n("unit:string:") + 12
+    assert tools_tokens(tools, n) == hand
+
+
+def test_anthropic_and_gemini_are_scaled_by_factor(estimator: Estimator) -> None:
+    enc = estimator._enc["o200k_base"]
+    doc = {"system": "Be brief.", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is the capital of France?"}]}]}
+    raw = len(enc.encode("Be brief.")) + 3 + len(enc.encode("What is the capital of France?"))
+    est = estimator.input("anthropic.messages", doc, "claude-sonnet-4-6", "anthropic")
+    assert est.tokens == -(-raw * 12 // 10) and est.estimator == "tiktoken:o200k_base*1.2"
+    gdoc = {"contents": [{"role": "user", "parts": [{"text": "Tell me a joke"}]}]}
+    g = estimator.input("gemini.generate", gdoc, None, "gemini")
+    assert g.tokens == len(enc.encode("Tell me a joke")) and g.estimator == "tiktoken:o200k_base"
+    out = estimator.output("Bonjour à tous", None, "anthropic")
+    assert out.tokens == -(-len(enc.encode("Bonjour à tous")) * 12 // 10)
+
+
+def test_fallback_o200k_then_cl100k_then_chars(tmp_path: Path) -> None:
+    only_cl = tmp_path / "cl"
+    only_cl.mkdir()
+    src = Path(__file__).parents[1] / "proxy" / "data" / "cl100k_base.tiktoken.gz"
+    (only_cl / "cl100k_base.tiktoken.gz").write_bytes(src.read_bytes())
+    est = Estimator(data_dir=only_cl)
+    est.load()
+    assert est.count_text("hello world", "gpt-4o").estimator == "tiktoken:cl100k_base"
+    none = Estimator(data_dir=tmp_path / "missing")
+    none.load()
+    assert none.count_text("abcdefghij", "gpt-4o") == type(none.count_text(""))(3, "chars/4")
+
+
+def test_corrupt_vocabulary_is_refused(tmp_path: Path) -> None:
+    import gzip
+
+    (tmp_path / "o200k_base.tiktoken.gz").write_bytes(gzip.compress(b"aGVsbG8= 0\n"))
+    est = Estimator(data_dir=tmp_path, encodings=("o200k_base",))
+    est.load()
+    assert est.count_text("hello").estimator == "chars/4"
+
+
+@pytest.mark.parametrize("parser,doc,texts,overhead", [
+    ("openai.responses", {"instructions": "Be terse.", "input": "Hello"},
+     ["Be terse.", "Hello"], 3),
+    ("openai.embeddings", {"input": ["alpha", "beta"]}, ["alpha", "beta"], 0),
+    ("openai.completions", {"prompt": "Once upon"}, ["Once upon"], 0),
+    ("ollama.native", {"messages": [{"role": "user", "content": "Hello"}]}, ["Hello"], 0),
+])
+def test_other_shapes_count_their_text(estimator: Estimator, parser: str, doc: dict,
+                                       texts: list[str], overhead: int) -> None:
+    enc = estimator._enc["o200k_base"]
+    hand = sum(len(enc.encode(t)) for t in texts) + overhead
+    assert estimator.input(parser, doc, None, "openai").tokens == hand

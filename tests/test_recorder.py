@@ -1,0 +1,106 @@
+"""build_record: usage_source at every cut point, malformed input never raises, the
+count-tokens and unpriced rules, and the key fingerprint."""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.dialects import DIALECTS
+from proxy.estimate import Estimator
+from proxy.meter import Meter
+from proxy.pricing import PriceBook
+from proxy.record import CallFacts
+from proxy.recorder import KeyFingerprinter, build_record
+from tests.payloads import ROOT
+
+BODIES = {
+    "openai.chat": json.dumps({"model": "gpt-4o", "stream": True,
+                               "messages": [{"role": "user", "content": "hi"}]}).encode(),
+    "openai.responses": json.dumps({"model": "gpt-5", "input": "hi", "stream": True}).encode(),
+    "anthropic.messages": json.dumps({"model": "claude-sonnet-4-20250514", "max_tokens": 9,
+                                      "messages": [{"role": "user", "content": "hi"}]}).encode(),
+    "gemini.generate": json.dumps({"contents": [{"parts": [{"text": "hi"}]}]}).encode(),
+}
+
+# (payload, parser, dialect, number of events after which usage is fully reported,
+#  number after which it is partially reported)
+CUTS = [
+    ("openai_chat/stream_include_usage.sse", "openai.chat", "openai", 4, 4),
+    ("openai_responses/stream_completed.sse", "openai.responses", "openai", 4, 4),
+    ("anthropic_messages/stream_web_search.sse", "anthropic.messages", "anthropic", 6, 1),
+    ("gemini_generate/stream_crlf.sse", "gemini.generate", "gemini", 1, 1),
+]
+
+
+def facts_for(parser: str, dialect: str, obs: object, status: int = 200,
+              outcome: str = "upstream_aborted") -> CallFacts:
+    f = CallFacts("c1", 1767000000.0, 10.0, dialect, dialect, "chat", "POST", "/x",
+                  parser=parser, request_body=BODIES.get(parser, b""), status_code=status,
+                  outcome=outcome, ended=11.0, stream=True, path_model="gemini-2.5-flash")
+    f.observation = obs  # type: ignore[assignment]
+    return f
+
+
+@pytest.mark.parametrize("name,parser,dialect,full_at,partial_at", CUTS)
+def test_cut_at_every_event_boundary(estimator: Estimator, name: str, parser: str,
+                                     dialect: str, full_at: int, partial_at: int) -> None:
+    body = (ROOT / name).read_bytes()
+    ends = [m.end() for m in re.finditer(rb"\r\n\r\n|\n\n", body)]
+    for i, cut in enumerate([0, *ends]):
+        meter = Meter(DIALECTS[parser], "text/event-stream", None)
+        meter.feed(body[:cut])
+        rec = build_record(facts_for(parser, dialect, meter.finish()), estimator, PriceBook(),
+                           lambda c: None)
+        want = "reported" if i >= full_at else "partial" if i >= partial_at else "estimated"
+        assert rec.usage_source == want, (name, i)
+        assert rec.input_tokens is not None and rec.output_tokens is not None
+        assert rec.total_tokens == rec.input_tokens + rec.output_tokens
+        assert (rec.estimator is None) == (want == "reported")
+        assert rec.cost_usd is not None
+
+
+@pytest.mark.parametrize("parser", sorted(DIALECTS))
+@pytest.mark.parametrize("ctype", ["text/event-stream", "application/x-ndjson",
+                                   "application/json"])
+@settings(max_examples=30, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=64) | st.sampled_from(
+    [b"data: {", b"data: [1,2]\n\n", b"data: null\n\n", b'data: {"usage": 5}\n\n',
+     b'data: {"type":"message_delta","usage":[]}\n\n', b"\r", b"\n\n", b'{"done": true}\n',
+     b'data: {"choices": 7, "usage": {"prompt_tokens": "x"}}\n\n']), max_size=10))
+def test_malformed_input_never_raises(parser: str, ctype: str, chunks: list[bytes]) -> None:
+    meter = Meter(DIALECTS[parser], ctype, None)
+    for c in chunks:
+        meter.feed(c)
+    obs = meter.finish()
+    assert obs.status in ("complete", "incomplete", "error", "unknown")
+
+
+def test_count_tokens_is_free_not_consumption(estimator: Estimator) -> None:
+    meter = Meter(DIALECTS["free.count_tokens"], "application/json", None)
+    meter.feed(b'{"input_tokens": 2095}')
+    f = facts_for("free.count_tokens", "anthropic", meter.finish(), outcome="ok")
+    rec = build_record(f, estimator, PriceBook(), lambda c: None)
+    assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (0, 0, Decimal(0))
+    assert json.loads(rec.usage_raw or "") == {"input_tokens": 2095}
+
+
+def test_unpriced_model_has_null_cost(estimator: Estimator) -> None:
+    meter = Meter(DIALECTS["openai.chat"], "application/json", None)
+    meter.feed(b'{"model":"mystery-7b","usage":{"prompt_tokens":5,"completion_tokens":2}}')
+    rec = build_record(facts_for("openai.chat", "local", meter.finish(), outcome="ok"),
+                       estimator, PriceBook(), lambda c: None)
+    assert rec.cost_usd is None and rec.price_source is None and rec.usage_source == "reported"
+
+
+def test_key_fingerprint_is_keyed_and_stable(tmp_path: object) -> None:
+    a = KeyFingerprinter(b"secret-a")
+    b = KeyFingerprinter(b"secret-b")
+    assert a("sk-live-123") == a("sk-live-123") != b("sk-live-123")
+    assert "sk-live" not in (a("sk-live-123") or "")
+    assert a(None) is None
