@@ -31,6 +31,7 @@ INSERT = (f"INSERT OR IGNORE INTO llm_usage ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' * len(COLUMNS))})")
 BATCH_ROWS = 2000
 BUSY_TIMEOUT_MS = 1000
+RETRY_SECONDS = 0.5
 
 
 def connect_readonly(path: str) -> sqlite3.Connection:
@@ -107,7 +108,15 @@ class Ledger:
     async def _writer(self) -> None:
         stop = False
         while not stop:
-            first = await self.queue.get()
+            if self.spool_path.exists():
+                # Spooled rows wait for SQLite to work again: retry even with no new traffic.
+                try:
+                    first = await asyncio.wait_for(self.queue.get(), RETRY_SECONDS)
+                except TimeoutError:
+                    await self._write([])
+                    continue
+            else:
+                first = await self.queue.get()
             if first is None:
                 self.queue.task_done()
                 break
@@ -134,6 +143,8 @@ class Ledger:
             finally:
                 for _ in rows:
                     self.queue.task_done()
+        if self.spool_path.exists():
+            await self._write([])  # last chance before exit; what fails stays spooled
 
     async def _write(self, rows: list[tuple[Any, ...]]) -> None:
         try:
@@ -141,14 +152,17 @@ class Ledger:
             assert self._conn is not None
             if self.spool_path.exists():
                 await self._replay()
-            await self._conn.executemany(INSERT, rows)
-            await self._conn.commit()
-            self._count("written", len(rows))
+            if rows:
+                await self._conn.executemany(INSERT, rows)
+                await self._conn.commit()
+                self._count("written", len(rows))
             self.healthy = True
         except (sqlite3.Error, OSError) as exc:
             self.healthy = False
-            log.warning("ledger write failed (%s): %d rows spooled", exc, len(rows))
             await self._rollback()
+            if not rows:
+                return
+            log.warning("ledger write failed (%s): %d rows spooled", exc, len(rows))
             try:
                 await asyncio.to_thread(self._spool, rows)
                 self._count("spooled", len(rows))

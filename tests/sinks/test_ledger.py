@@ -1,0 +1,184 @@
+"""The ledger under trouble: locked or read-only during traffic spools and replays exactly
+once; a SIGKILL leaves a sound database; the schema is versioned."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from proxy import state
+from proxy.sinks.ledger import Ledger, migrate
+from proxy.sinks.migrations import MIGRATIONS
+from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
+from tests.e2e.test_disconnects import free_port
+from tests.factories import make_record
+
+USAGE = json.dumps({"model": "gpt-4o", "usage": {"prompt_tokens": 10,
+                                                 "completion_tokens": 2}}).encode()
+
+
+async def burst(proxy: Proxy, n: int, start: int = 0) -> list[int]:
+    async with aiohttp.ClientSession() as s:
+        async def one(i: int) -> int:
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions", json={"n": i}) as r:
+                await r.read()
+                return r.status
+        return list(await asyncio.gather(*(one(i) for i in range(start, start + n))))
+
+
+def count_rows(path: str) -> tuple[int, int]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT COUNT(*), COUNT(DISTINCT call_id) FROM llm_usage").fetchone()
+    finally:
+        conn.close()
+
+
+async def wait_until(cond: object, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if cond():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_locked_database_spools_then_replays_exactly_once(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    upstream.on("/v1/chat/completions", Reply([USAGE]))
+    proxy = await start_proxy()
+    ledger = proxy.app[state.LEDGER]
+    assert await burst(proxy, 5) == [200] * 5
+    await proxy.collector.wait_for(5)
+    await ledger.flush()
+    locker = sqlite3.connect(proxy.config.ledger.path, timeout=0, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        assert await burst(proxy, 20, 5) == [200] * 20  # no request fails
+        await proxy.collector.wait_for(25)
+        await ledger.flush()
+        assert ledger.counts["spooled"] == 20 and ledger.spool_path.exists()
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    await wait_until(lambda: not ledger.spool_path.exists())
+    assert await burst(proxy, 3, 25) == [200] * 3
+    await proxy.collector.wait_for(28)
+    await ledger.flush()
+    assert count_rows(proxy.config.ledger.path) == (28, 28)
+
+
+async def test_read_only_database_spools_then_replays(upstream: FakeUpstream,
+                                                      start_proxy: StartProxy) -> None:
+    upstream.on("/v1/chat/completions", Reply([USAGE]))
+    proxy = await start_proxy()
+    ledger = proxy.app[state.LEDGER]
+    await burst(proxy, 1)
+    await proxy.collector.wait_for(1)
+    await ledger.flush()
+    # As root, file modes do not stop writes; SQLite's query_only gives the same
+    # SQLITE_READONLY failure on the ledger's own connection.
+    assert ledger._conn is not None
+    await ledger._conn.execute("PRAGMA query_only=ON")
+    assert await burst(proxy, 10, 1) == [200] * 10
+    await proxy.collector.wait_for(11)
+    await ledger.flush()
+    assert ledger.counts["spooled"] == 10
+    await ledger._conn.execute("PRAGMA query_only=OFF")
+    await wait_until(lambda: not ledger.spool_path.exists())
+    assert count_rows(proxy.config.ledger.path) == (11, 11)
+
+
+async def test_replay_twice_never_duplicates(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path / "l.db"), flush_seconds=0.01)
+    await ledger.open()
+    try:
+        rows = [make_record(call_id=f"c{i}").to_row() for i in range(3)]
+        ledger._spool(rows)
+        ledger._spool(rows[:2])  # a crash between commit and unlink replays these again
+        await ledger.handle(make_record(call_id="c9"))
+        await ledger.flush()
+    finally:
+        await ledger.aclose()
+    assert count_rows(str(tmp_path / "l.db")) == (4, 4)
+
+
+async def test_migrations_set_the_schema_version(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "m.db")
+    try:
+        assert migrate(conn) == len(MIGRATIONS)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert migrate(conn) == len(MIGRATIONS)  # idempotent
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(llm_usage)")]
+        from proxy.record import COLUMNS
+
+        assert cols == ["id", *COLUMNS]
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(llm_usage)")}
+        assert {"llm_usage_started", "llm_usage_agent", "llm_usage_session",
+                "llm_usage_model"} <= indexes
+    finally:
+        conn.close()
+
+
+async def test_batched_throughput(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path / "t.db"), flush_seconds=0.05)
+    await ledger.open()
+    try:
+        for i in range(5000):
+            await ledger.handle(make_record(call_id=f"t{i}"))
+        await ledger.flush()
+    finally:
+        await ledger.aclose()
+    assert count_rows(str(tmp_path / "t.db")) == (5000, 5000)
+    assert ledger.counts == {"written": 5000, "spooled": 0, "dropped": 0}
+
+
+async def test_sigkill_leaves_a_sound_database(upstream: FakeUpstream, tmp_path: Path) -> None:
+    upstream.on("/v1/chat/completions", Reply([USAGE]))
+    port = free_port()
+    db = tmp_path / "k.db"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
+                   f"ledger: {{path: '{db}', flush_seconds: 0.01}}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+
+            async def one(i: int) -> None:
+                try:
+                    async with s.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
+                                      json={"i": i}) as r:
+                        await r.read()
+                except aiohttp.ClientError:
+                    pass
+
+            tasks = [asyncio.ensure_future(one(i)) for i in range(300)]
+            await asyncio.sleep(0.3)
+            os.kill(proc.pid, signal.SIGKILL)
+            await asyncio.gather(*tasks)
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT COUNT(*) FROM llm_usage").fetchone()[0] >= 0
+    finally:
+        conn.close()
