@@ -182,6 +182,11 @@ class Recorder:
                 self._sink_failed(sink.name)
 
     def progress(self, call: LiveCall) -> None:
+        """Running counts of a stream in flight (at most every 0.5 s per call), priced."""
+        if call.model and call.usage_source != "none":
+            price = self.prices.price(call.model, call.upstream,
+                                      Usage(call.input_tokens, 0, 0, None, call.output_tokens))
+            call.cost_usd = float(price.cost_usd) if price.cost_usd is not None else None
         for sink in self.sinks:
             try:
                 sink.progress(call)

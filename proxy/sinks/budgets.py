@@ -111,9 +111,24 @@ class Budgets:
                             ("budget",), registry=registry)
         self._limit = Gauge("tokenbooth_budget_limit_usd", "The budget's limit.", ("budget",),
                             registry=registry)
+        self._window_end = Gauge("tokenbooth_budget_window_end_timestamp_seconds",
+                                 "When the budget's current window ends (0 for total).",
+                                 ("budget",), registry=registry)
         for s in self._states:
             self._limit.labels(s.cfg.name).set(s.cfg.limit_usd)
             self._spend.labels(s.cfg.name).set(0)
+            self._set_window(s)
+
+    def _set_window(self, s: _State) -> None:
+        end = s.window_end.timestamp() if s.window_end is not None else 0
+        self._window_end.labels(s.cfg.name).set(end)
+
+    def _roll(self, s: _State, now: datetime) -> None:
+        before = s.window_end
+        s.roll(now)
+        if s.window_end != before:
+            self._spend.labels(s.cfg.name).set(float(s.spend))
+            self._set_window(s)
 
     def restore(self, db_path: str) -> None:
         """Spend so far in each window, from the ledger (blocking: run in a thread)."""
@@ -179,7 +194,7 @@ class Budgets:
             worst = price.cost_usd or Decimal(0)
         now = datetime.now(UTC)
         for s in states:  # check all, then reserve all: no await in between
-            s.roll(now)
+            self._roll(s, now)
             if s.spend + sum(s.reserved.values(), Decimal(0)) + worst > s.limit or \
                     s.spend >= s.limit:
                 return Denied(s.cfg.name, s.cfg.limit_usd, route.upstream.dialect)
@@ -201,7 +216,7 @@ class Budgets:
             reserved = s.reserved.pop(record.call_id, None)
             if reserved is None and not (_matches(s.cfg, ctx) or _matches(s.cfg, ctx_req)):
                 continue
-            s.roll(now)
+            self._roll(s, now)
             if record.cost_usd is not None:
                 s.spend += record.cost_usd
             self._spend.labels(s.cfg.name).set(float(s.spend))
@@ -210,7 +225,7 @@ class Budgets:
         now = datetime.now(UTC)
         out = []
         for s in self._states:
-            s.roll(now)
+            self._roll(s, now)
             out.append({"name": s.cfg.name, "window": s.cfg.window,
                         "limit_usd": s.cfg.limit_usd, "spend_usd": float(s.spend),
                         "reserved_usd": float(sum(s.reserved.values(), Decimal(0))),
