@@ -1,0 +1,132 @@
+"""Budgets: a blocking budget admits no more than fits, even under concurrency; the 429
+parses in both SDKs; alert budgets never block; spend is restored from the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import anthropic
+import openai
+import pytest
+
+from proxy import state
+from proxy.estimate import Estimator
+from tests.conftest import FakeUpstream, Reply, Sdks, StartProxy
+
+MSGS = [{"role": "user", "content": "Summarise the quarterly report in one line."}]
+PRICES = {"models": {"budget-model": {"input": 1.0, "output": 1.0}}}
+
+
+def worst_case(estimator: Estimator) -> tuple[int, Decimal]:
+    est = estimator.input("openai.chat", {"messages": MSGS}, "budget-model", "openai").tokens
+    return est, Decimal(est + 1000) / Decimal(1_000_000)
+
+
+async def test_fifty_concurrent_against_a_budget_that_fits_ten(
+        upstream: FakeUpstream, start_proxy: StartProxy, estimator: Estimator,
+        sdk: Sdks) -> None:
+    est, worst = worst_case(estimator)
+    limit = float(worst * 10 + worst / 2)
+    proxy = await start_proxy(pricing=PRICES, budgets=[
+        {"name": "bot-cap", "match": {"agent": "bot"}, "limit_usd": limit, "window": "total",
+         "action": "block"}])
+    upstream.on("/v1/chat/completions", Reply([json.dumps({
+        "id": "c", "object": "chat.completion", "created": 1, "model": "budget-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": est, "completion_tokens": 1000}}).encode()],
+        first_delay=0.3))
+    client = sdk.openai(f"{proxy.url}/openai/v1", default_headers={"X-Meter-Agent": "bot"})
+
+    async def one() -> Any:
+        try:
+            return await client.chat.completions.create(model="budget-model", messages=MSGS,
+                                                        max_tokens=1000)
+        except openai.RateLimitError as exc:
+            return exc
+
+    results = await asyncio.gather(*(one() for _ in range(50)))
+    admitted = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert len(admitted) == 10 and len(refused) == 40
+    assert len(upstream.requests) == 10
+    err = refused[0]
+    assert err.status_code == 429 and "bot-cap" in err.message
+    assert isinstance(err.body, dict) and err.body["code"] == "budget_exceeded"
+    await proxy.collector.wait_for(50)
+    _, body = await _get(proxy.url, "/api/budgets")
+    (b,) = body["budgets"]
+    assert b["spend_usd"] == pytest.approx(float(worst * 10))
+    assert b["spend_usd"] <= b["limit_usd"] and b["state"] == "warning"
+    assert sum(r.outcome == "rejected" for r in proxy.collector.records) == 40
+
+
+async def test_anthropic_sdk_gets_its_own_error_shape(upstream: FakeUpstream,
+                                                      start_proxy: StartProxy,
+                                                      sdk: Sdks) -> None:
+    proxy = await start_proxy(budgets=[{"name": "zero", "match": {"upstream": "anthropic"},
+                                        "limit_usd": 0.000001, "window": "day",
+                                        "action": "block"}],
+                              pricing={"models": {"claude-x": {"input": 100, "output": 100}}})
+    client = sdk.anthropic(f"{proxy.url}/anthropic")
+    with pytest.raises(anthropic.RateLimitError) as info:
+        await client.messages.create(model="claude-x", max_tokens=100, messages=MSGS)
+    assert info.value.status_code == 429 and "zero" in info.value.message
+    assert isinstance(info.value.body, dict) and info.value.body["type"] == "error"
+    assert upstream.requests == []
+
+
+async def test_alert_budget_never_blocks(upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(pricing=PRICES, budgets=[
+        {"name": "watch", "match": {"agent": "bot"}, "limit_usd": 0.000001, "window": "day",
+         "action": "alert"}])
+    upstream.on("/v1/chat/completions", Reply([json.dumps({
+        "model": "budget-model", "usage": {"prompt_tokens": 1000, "completion_tokens": 1000}
+    }).encode()]))
+    async with aiohttp.ClientSession(headers={"X-Meter-Agent": "bot"}) as s:
+        for _ in range(3):
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions",
+                              json={"model": "budget-model"}) as r:
+                assert r.status == 200
+    await proxy.collector.wait_for(3)
+    _, body = await _get(proxy.url, "/api/budgets")
+    assert body["budgets"][0]["state"] == "exceeded"
+    assert body["budgets"][0]["spend_usd"] == pytest.approx(0.006)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{proxy.url}/metrics") as r:
+            text = await r.text()
+    assert 'tokenbooth_budget_spend_usd{budget="watch"} 0.006' in text
+    assert 'tokenbooth_budget_limit_usd{budget="watch"} 1e-06' in text
+
+
+async def test_spend_is_restored_from_the_ledger(upstream: FakeUpstream,
+                                                 start_proxy: StartProxy) -> None:
+    budgets = [{"name": "month", "match": {"agent": "bot"}, "limit_usd": 10, "window": "month",
+                "action": "alert"},
+               {"name": "tagged", "match": {"team": "red"}, "limit_usd": 10, "window": "week",
+                "action": "alert"}]
+    proxy = await start_proxy(pricing=PRICES, budgets=budgets)
+    upstream.on("/v1/chat/completions", Reply([json.dumps({
+        "model": "budget-model", "usage": {"prompt_tokens": 500, "completion_tokens": 500}
+    }).encode()]))
+    async with aiohttp.ClientSession(headers={"X-Meter-Agent": "bot",
+                                              "X-Meter-Team": "red"}) as s:
+        for _ in range(4):
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions",
+                              json={"model": "budget-model"}) as r:
+                await r.read()
+    await proxy.collector.wait_for(4)
+    await proxy.app[state.LEDGER].flush()
+    again = await start_proxy(pricing=PRICES, budgets=budgets)
+    _, body = await _get(again.url, "/api/budgets")
+    assert [b["spend_usd"] for b in body["budgets"]] == [pytest.approx(0.004)] * 2
+
+
+async def _get(base: str, path: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{base}{path}") as r:
+            return r.status, await r.json()
