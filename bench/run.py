@@ -1,0 +1,223 @@
+"""Load driver: direct vs the bare floor vs Tokenbooth, on the same fake upstream.
+
+The proxy under test runs alone on CPU 0; the fake upstream and this driver share CPU 1.
+For each scenario and concurrency it prints the proxy's CPU microseconds per request
+(from /proc/<pid>/stat), added latency p50/p99 against direct, added first-chunk latency
+for streams, and at the end each proxy's peak RSS (VmHWM).
+
+    python bench/run.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+HERE = Path(__file__).parent
+TICK = os.sysconf("SC_CLK_TCK")
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Capital of Portugal?"}]}
+SCENARIOS = {
+    "chat_json": ("openai", "v1/chat/completions", CHAT),
+    "chat_sse": ("openai", "v1/chat/completions", {**CHAT, "stream": True}),
+    "anthropic_sse": ("anthropic", "v1/messages", {"model": "claude-sonnet-4-20250514",
+                                                    "max_tokens": 100, "stream": True,
+                                                    "messages": CHAT["messages"]}),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(args: list[str], cpu: int) -> subprocess.Popen[bytes]:
+    cpus = os.sched_getaffinity(0)
+    pin = {cpu} if cpu in cpus else cpus
+    return subprocess.Popen(args, preexec_fn=lambda: os.sched_setaffinity(0, pin),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def wait_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+async def one(session: aiohttp.ClientSession, url: str, body: dict[str, object]
+              ) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    first = None
+    async with session.post(url, json=body) as r:
+        async for _ in r.content.iter_any():
+            if first is None:
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return end - t0, (first or end) - t0
+
+
+async def load(base: str, scenario: str, conc: int, n: int) -> list[tuple[float, float]]:
+    up, path, body = SCENARIOS[scenario]
+    url = f"{base}/{path}" if base.endswith("/direct") is False else base
+    results: list[tuple[float, float]] = []
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        queue = iter(range(n))
+
+        async def worker() -> None:
+            for _ in queue:
+                results.append(await one(s, url, body))
+
+        await asyncio.gather(*(worker() for _ in range(conc)))
+    return results
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def measure(name: str, base_for: dict[str, str], pid: int | None, levels: list[int],
+                  per_level: dict[int, int]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for scenario, (up, path, _) in SCENARIOS.items():
+        url = f"{base_for[up]}/{path}"
+        await load_url(url, scenario, 4, 40)  # warm-up: connections, caches, first encodes
+        for conc in levels:
+            n = per_level[conc]
+            c0 = cpu_seconds(pid) if pid else 0.0
+            res = await load_url(url, scenario, conc, n)
+            c1 = cpu_seconds(pid) if pid else 0.0
+            lat = [r[0] for r in res]
+            first = [r[1] for r in res]
+            out[f"{scenario}@{conc}"] = {
+                "n": n, "cpu_us_per_req": (c1 - c0) / n * 1e6 if pid else None,
+                "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3,
+                "first_p50_ms": pct(first, 0.5) * 1e3,
+                "mean_ms": statistics.fmean(lat) * 1e3,
+            }
+            print(f"  {name:10s} {scenario:14s} c={conc:<3d} p50={pct(lat, .5) * 1e3:7.2f}ms "
+                  f"p99={pct(lat, .99) * 1e3:7.2f}ms first={pct(first, .5) * 1e3:6.2f}ms "
+                  + (f"cpu={(c1 - c0) / n * 1e6:7.0f}us/req" if pid else ""), flush=True)
+    if pid:
+        out["peak_rss_mib"] = peak_rss_mib(pid)
+    return out
+
+
+async def load_url(url: str, scenario: str, conc: int, n: int) -> list[tuple[float, float]]:
+    body = SCENARIOS[scenario][2]
+    results: list[tuple[float, float]] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        counter = iter(range(n))
+
+        async def worker() -> None:
+            for _ in counter:
+                results.append(await one(s, url, body))
+
+        await asyncio.gather(*(worker() for _ in range(conc)))
+    return results
+
+
+async def main_async(quick: bool) -> None:
+    levels = [1, 16, 64]
+    per_level = {1: 60, 16: 320, 64: 640} if quick else {1: 150, 16: 800, 64: 1600}
+    os.sched_setaffinity(0, {1} if 1 in os.sched_getaffinity(0) else os.sched_getaffinity(0))
+    up_port, floor_port, tb_port = free_port(), free_port(), free_port()
+    upstream = spawn([sys.executable, str(HERE / "fake_upstream.py"), str(up_port)], cpu=1)
+    procs = [upstream]
+    tmp = tempfile.mkdtemp(prefix="tb-bench-")
+    cfg = Path(tmp) / "config.yaml"
+    cfg.write_text(
+        f"upstreams:\n  openai: {{url: 'http://127.0.0.1:{up_port}'}}\n"
+        f"  anthropic: {{url: 'http://127.0.0.1:{up_port}'}}\n"
+        f"ledger: {{path: '{tmp}/bench.db'}}\n")
+    results: dict[str, object] = {}
+    try:
+        await wait_port(up_port)
+        direct = f"http://127.0.0.1:{up_port}"
+        print("direct (no proxy):", flush=True)
+        results["direct"] = await measure("direct", {"openai": direct, "anthropic": direct},
+                                          None, levels, per_level)
+        floor = spawn([sys.executable, str(HERE / "floor_proxy.py"), str(floor_port), direct],
+                      cpu=0)
+        procs.append(floor)
+        await wait_port(floor_port)
+        print("bare floor (aiohttp + uvloop pass-through):", flush=True)
+        fb = f"http://127.0.0.1:{floor_port}/x"
+        results["floor"] = await measure("floor", {"openai": fb, "anthropic": fb}, floor.pid,
+                                         levels, per_level)
+        floor.terminate()
+        floor.wait()
+        tb = spawn([sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port",
+                    str(tb_port)], cpu=0)
+        procs.append(tb)
+        await wait_port(tb_port)
+        await asyncio.sleep(1.0)  # vocabularies load off the loop at start-up
+        print("tokenbooth (usage, ledger, metrics on):", flush=True)
+        tbb = f"http://127.0.0.1:{tb_port}"
+        results["tokenbooth"] = await measure(
+            "tokenbooth", {"openai": f"{tbb}/openai", "anthropic": f"{tbb}/anthropic"}, tb.pid,
+            levels, per_level)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+    summarize(results)
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "latest.json").write_text(json.dumps(results, indent=2))
+
+
+def summarize(results: dict[str, object]) -> None:
+    d, f, t = (results[k] for k in ("direct", "floor", "tokenbooth"))
+    assert isinstance(d, dict) and isinstance(f, dict) and isinstance(t, dict)
+    print("\nsummary (added = through the proxy minus direct):")
+    print(f"{'case':22s} {'floor cpu':>10s} {'tb cpu':>9s} {'ratio':>6s} "
+          f"{'tb +p50':>8s} {'tb +p99':>8s} {'floor +p50':>10s} {'tb +first':>9s}")
+    ratios = []
+    for key in d:
+        fc, tc = f[key]["cpu_us_per_req"], t[key]["cpu_us_per_req"]
+        ratios.append(tc / fc)
+        print(f"{key:22s} {fc:8.0f}us {tc:7.0f}us {tc / fc:6.2f} "
+              f"{t[key]['p50_ms'] - d[key]['p50_ms']:6.2f}ms "
+              f"{t[key]['p99_ms'] - d[key]['p99_ms']:6.2f}ms "
+              f"{f[key]['p50_ms'] - d[key]['p50_ms']:8.2f}ms "
+              f"{t[key]['first_p50_ms'] - d[key]['first_p50_ms']:7.2f}ms")
+    print(f"\nCPU ratio tokenbooth/floor: mean {statistics.fmean(ratios):.2f}, "
+          f"max {max(ratios):.2f}")
+    print(f"peak RSS: floor {f['peak_rss_mib']:.0f} MiB, tokenbooth {t['peak_rss_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer requests per level")
+    asyncio.run(main_async(parser.parse_args().quick))
