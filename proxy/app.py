@@ -45,6 +45,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets,
                                                        *extra_sinks],
                         on_sink_error=metrics.sink_failed)
+    recorder.watching = lambda: feed.active
     lifecycle = Lifecycle()
     app[state.CONFIG] = config
     app[state.METRICS] = metrics

@@ -204,7 +204,7 @@ class Forwarder:
         progress_at = time.monotonic() + PROGRESS_SECONDS
         try:
             await out.prepare(request)
-            write, feed = out.write, meter.feed
+            write, feed, watching = out.write, meter.feed, self.recorder.watching
             async for chunk in resp.content.iter_any():
                 if facts.first_byte is None:
                     facts.first_byte = time.monotonic()
@@ -215,7 +215,7 @@ class Forwarder:
                 else:
                     await write(chunk)
                 feed(chunk)
-                if meter.streaming and time.monotonic() >= progress_at:
+                if meter.streaming and watching() and time.monotonic() >= progress_at:
                     progress_at = time.monotonic() + PROGRESS_SECONDS
                     self._progress(live, meter.progress())
             if stripper is not None:
@@ -256,7 +256,7 @@ class Forwarder:
         else:
             if usage is not None:
                 live.input_tokens = usage.input_tokens
-            live.output_tokens = (len(obs.output_text) + 3) // 4
+            live.output_tokens = (len(obs.output_text) + obs.output_chars_dropped + 3) // 4
             live.usage_source = "estimated"
         if obs.response_model:
             live.model = obs.response_model

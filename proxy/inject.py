@@ -42,26 +42,44 @@ class UsageStripper:
     """Filters whole SSE events of the client's copy; bytes of other events pass unchanged."""
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._parts: list[bytes] = []
 
     def feed(self, chunk: bytes) -> bytes:
-        buf = self._buf + chunk if self._buf else chunk
+        if b"\n" not in chunk and b"\r" not in chunk:
+            self._parts.append(chunk)  # no event can end here: hold the partial event
+            return b""
+        if self._parts:
+            self._parts.append(chunk)
+            buf = b"".join(self._parts)
+            self._parts = []
+        else:
+            buf = chunk
         out: list[bytes] = []
         pos = 0
-        for m in _BOUNDARY.finditer(buf):
-            out.append(self._event(buf[pos:m.end()]))
-            pos = m.end()
-        self._buf = buf[pos:]
-        return b"".join(out)
+        if b"\r" in buf:
+            for m in _BOUNDARY.finditer(buf):
+                out.append(self._event(buf[pos:m.end()]))
+                pos = m.end()
+        else:
+            find = buf.find
+            while (i := find(b"\n\n", pos)) >= 0:
+                out.append(self._event(buf[pos:i + 2]))
+                pos = i + 2
+        if pos < len(buf):
+            self._parts.append(buf[pos:])
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def flush(self) -> bytes:
-        rest, self._buf = self._buf, b""
+        rest = b"".join(self._parts)
+        self._parts = []
         return self._event(rest) if rest else b""
 
     @staticmethod
     def _event(raw: bytes) -> bytes:
         if b'"usage"' not in raw:
             return raw
+        if b',"usage":null' in raw:  # OpenAI's own spelling: the common case
+            return raw.replace(b',"usage":null', b"", 1)
         if _NULL_USAGE.search(raw) and b'"usage":{' not in raw.replace(b" ", b""):
             return _NULL_USAGE.sub(b"", raw, count=1)
         lines = raw.splitlines(keepends=True)

@@ -55,6 +55,7 @@ class PriceBook:
     def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
         self._overrides = dict(overrides or {})
         self._cache: dict[tuple[str, str | None], Any] = {}
+        self._mp_cache: dict[int, tuple[float, Any]] = {}
         self.library_version = f"genai-prices {version('genai-prices')}"
 
     def _lookup(self, model: str, provider_id: str | None) -> Any:
@@ -99,7 +100,23 @@ class PriceBook:
         if found is None:
             return Price(None, None, model)
         provider, info = found
-        return Price(_library_cost(provider, info, usage), self.library_version, info.id)
+        cost = _fast_cost(self._model_price(info), usage)
+        if cost is None:
+            cost = _library_cost(provider, info, usage)
+        return Price(cost, self.library_version, info.id)
+
+    def _model_price(self, info: Any) -> Any:
+        """The model's current ModelPrice, cached for an hour (prices change by date)."""
+        import time
+        from datetime import UTC, datetime
+
+        now = time.monotonic()
+        hit = self._mp_cache.get(id(info))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        mp = info.get_prices(datetime.now(UTC))
+        self._mp_cache[id(info)] = (now + 3600, mp)
+        return mp
 
     def describe(self, model: str, upstream: str | None = None) -> dict[str, Any]:
         """For `tokenbooth prices`: the per-million prices and where they come from."""
@@ -129,6 +146,44 @@ def _config_cost(p: ModelPrice, u: Usage) -> Decimal:
     write_price = Decimal(repr(p.cache_write)) if p.cache_write is not None else price_in
     total = (Decimal(max(inp - read - write, 0)) * price_in + Decimal(read) * read_price
              + Decimal(write) * write_price + Decimal(out) * Decimal(repr(p.output)))
+    return total / MILLION
+
+
+def _tier(price: Any, total_input: int) -> Decimal | None:
+    """genai-prices' cliff rule: the highest tier whose start the total input exceeds."""
+    if isinstance(price, Decimal):
+        return price
+    if price is None or not hasattr(price, "tiers"):
+        return None
+    for tier in reversed(price.tiers):
+        if total_input > tier.start:
+            return Decimal(tier.price)
+    return Decimal(price.base)
+
+
+def _fast_cost(mp: Any, u: Usage) -> Decimal | None:
+    """The same arithmetic as genai-prices for plain token classes, ~50x cheaper.
+
+    Returns None (use the library) whenever a class with tokens has no price of its own,
+    so every fallback rule stays the library's. A property test checks equality.
+    """
+    inp, out = u.input_tokens or 0, u.output_tokens or 0
+    read, write = u.cache_read_tokens or 0, u.cache_write_tokens or 0
+    write_1h = u.cache_write_1h_tokens or 0
+    write_5m = write - write_1h
+    uncached = inp - read - write
+    if uncached < 0 or write_5m < 0:
+        return None
+    parts = ((uncached, "input_mtok"), (read, "cache_read_mtok"), (write_5m, "cache_write_mtok"),
+             (write_1h, "cache_write_1h_mtok"), (out, "output_mtok"))
+    total = Decimal(0)
+    for count, key in parts:
+        if not count:
+            continue
+        price = _tier(getattr(mp, key, None), inp)
+        if price is None:
+            return None
+        total += price * count
     return total / MILLION
 
 

@@ -169,6 +169,8 @@ class Recorder:
         self.dropped = 0
         self.recorded = 0
         self._on_sink_error = on_sink_error
+        # Whether anyone watches calls in flight (the live feed); progress is skipped if not.
+        self.watching: Callable[[], bool] = lambda: False
 
     def start(self) -> None:
         self._task = spawn(self._run(), name="tokenbooth-recorder")
@@ -203,8 +205,9 @@ class Recorder:
             log.error("recorder queue full: call %s dropped", facts.call_id)
 
     async def _build(self, facts: CallFacts) -> CallRecord:
-        big = len(facts.request_body) > _THREAD_BYTES or \
-            len(facts.observation.output_text) > _THREAD_BYTES
+        text = facts.observation.text
+        big = len(facts.request_body) > _THREAD_BYTES or (text is not None and
+                                                          text.size > _THREAD_BYTES)
         needs_estimate = facts.observation.usage is None or not (
             facts.observation.usage.has_input and facts.observation.usage.has_output)
         if big and needs_estimate:

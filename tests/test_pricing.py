@@ -69,3 +69,26 @@ def test_model_name_normalization() -> None:
     assert a.cost_usd == b.cost_usd == Decimal("0.0025")
     assert book.price("models/gemini-2.5-flash", "gemini",
                       Usage(1_000_000, 0, 0, None, 0, 0)).cost_usd == Decimal("0.30")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from proxy.pricing import _library_cost  # noqa: E402
+
+MODELS = [("gpt-4o", "openai"), ("claude-sonnet-4-20250514", "anthropic"),
+          ("gemini-2.5-pro", "gemini"), ("gemini-2.5-flash", "gemini"),
+          ("deepseek-chat", "deepseek"), ("claude-opus-4-1", "anthropic")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(MODELS), st.integers(0, 400_000), st.integers(0, 100_000),
+       st.integers(0, 50_000), st.integers(0, 50_000), st.integers(0, 30_000))
+def test_fast_path_equals_the_library(model: tuple[str, str], uncached: int, read: int,
+                                      write: int, write_1h: int, out: int) -> None:
+    book = PriceBook()
+    write_1h = min(write_1h, write)
+    u = Usage(uncached + read + write, read, write, write_1h, out, None)
+    fast = book.price(model[0], model[1], u).cost_usd
+    provider, info = book._lookup(model[0], {"gemini": "google"}.get(model[1], model[1]))
+    assert fast == _library_cost(provider, info, u)

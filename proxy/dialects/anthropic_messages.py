@@ -11,19 +11,34 @@ import json
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from proxy.dialects.base import Observation, RequestInfo, StreamAcc, error_text, loads
+from proxy.dialects.base import (
+    Observation,
+    RequestInfo,
+    StreamAcc,
+    TextBuffer,
+    error_text,
+    loads,
+)
 from proxy.usage import from_anthropic
 
 __all__ = ["MessagesDialect"]
 
 
-def _text_of_block(block: Any, acc: StreamAcc) -> None:
+def _block_text(block: Any, out: TextBuffer) -> None:
     if not isinstance(block, dict):
         return
     for key in ("text", "thinking", "partial_json"):
-        acc.text.add(block.get(key))
+        out.add(block.get(key))
     if block.get("type") == "tool_use" and isinstance(block.get("input"), dict | list):
-        acc.text.add(json.dumps(block["input"]))
+        out.add(json.dumps(block["input"]))
+
+
+def _text_of_block(block: Any, acc: StreamAcc) -> None:
+    _block_text(block, acc.text)
+
+
+def _delta_text(obj: dict[str, Any], out: TextBuffer) -> None:
+    _block_text(obj.get("delta"), out)
 
 
 class _Stream:
@@ -43,6 +58,11 @@ class _Stream:
         self.acc.usage = from_anthropic(self.raw)
 
     def on_frame(self, name: str | None, data: bytes) -> None:
+        if name == "content_block_delta":  # text only: read later, if ever needed
+            self.acc.text.add_raw(data, _delta_text)
+            return
+        if name == "ping":
+            return
         try:
             obj = loads(data)
         except ValueError:

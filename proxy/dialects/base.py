@@ -7,6 +7,7 @@ A Dialect reads a request body (model, stream flag, end user) and a response, ei
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar, Protocol
@@ -41,19 +42,31 @@ class Observation:
     upstream_request_id: str | None = None
     status: str = "unknown"  # complete | incomplete | error | unknown
     error: str | None = None
-    output_text: str = ""
-    output_chars_dropped: int = 0
+    text: TextBuffer | None = None  # visible output, read only when an estimate needs it
     provider_cost_usd: Decimal | None = None
     parse_errors: int = 0
 
+    @property
+    def output_text(self) -> str:
+        return self.text.text() if self.text is not None else ""
+
+    @property
+    def output_chars_dropped(self) -> int:
+        return self.text.dropped if self.text is not None else 0
+
 
 class TextBuffer:
-    """Visible output text, capped; what spills over is counted, not kept."""
+    """Visible output text, capped; what spills over is counted, not kept.
+
+    `add_raw()` keeps a frame's bytes and the function that reads its text, so plain
+    delta frames are only JSON-parsed if an estimate is ever needed (the provider's usage
+    usually arrives and they are dropped unread). That keeps parsing off the per-chunk path.
+    """
 
     __slots__ = ("parts", "size", "dropped")
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        self.parts: list[Any] = []
         self.size = 0
         self.dropped = 0
 
@@ -66,8 +79,31 @@ class TextBuffer:
         self.parts.append(text)
         self.size += len(text)
 
+    def add_raw(self, data: bytes, extract: Callable[[Any, TextBuffer], None]) -> None:
+        if self.size + len(data) > MAX_TEXT_CHARS:
+            _extract(data, extract, self)
+            return
+        self.parts.append((data, extract))
+        self.size += len(data)
+
     def text(self) -> str:
+        if any(type(p) is tuple for p in self.parts):
+            parts, self.parts, self.size = self.parts, [], 0
+            for p in parts:
+                if type(p) is tuple:
+                    _extract(p[0], p[1], self)
+                else:
+                    self.add(p)
         return "".join(self.parts)
+
+
+def _extract(data: bytes, extract: Callable[[Any, TextBuffer], None], out: TextBuffer) -> None:
+    try:
+        obj = loads(data)
+    except ValueError:
+        return
+    if isinstance(obj, dict):
+        extract(obj, out)
 
 
 class StreamState(Protocol):
@@ -98,8 +134,7 @@ class StreamAcc:
 
     def build(self, parse_errors: int = 0) -> Observation:
         return Observation(self.usage, self.usage_raw, self.model, self.request_id, self.status,
-                           self.error, self.text.text(), self.text.dropped, self.cost,
-                           parse_errors)
+                           self.error, self.text, self.cost, parse_errors)
 
 
 def error_text(err: Any) -> str:

@@ -52,18 +52,34 @@ def _collect_text(choices: Any, text: TextBuffer, key: str) -> bool:
     return finished
 
 
+def _may_carry(data: bytes) -> bool:
+    """Could this frame hold usage, an error or metadata? False positives only cost a
+    parse; a plain delta frame is the only kind ever answered False."""
+    return (b'"usage"' in data and b'"usage":null' not in data) or b'"error"' in data
+
+
 class _ChatStream:
-    __slots__ = ("acc", "errors", "key", "done")
+    __slots__ = ("acc", "errors", "key", "done", "finished")
 
     def __init__(self, key: str) -> None:
         self.acc = StreamAcc()
         self.errors = 0
         self.key = key
         self.done = False
+        self.finished = False
+
+    def _text(self, obj: Any, out: TextBuffer) -> None:
+        _collect_text(obj.get("choices"), out, self.key)
 
     def on_frame(self, name: str | None, data: bytes) -> None:
         if data == b"[DONE]":
             self.done = True
+            return
+        acc = self.acc
+        if acc.model and not _may_carry(data):
+            acc.text.add_raw(data, self._text)
+            if b'"finish_reason":"' in data:
+                self.finished = True
             return
         try:
             obj = loads(data)
@@ -72,7 +88,6 @@ class _ChatStream:
             return
         if not isinstance(obj, dict):
             return
-        acc = self.acc
         usage = _usage_of(obj)
         if usage is not None:
             acc.usage_raw = usage
@@ -86,14 +101,15 @@ class _ChatStream:
             acc.model = model
         if acc.request_id is None and obj.get("id"):
             acc.request_id = str(obj["id"])
-        if _collect_text(obj.get("choices"), acc.text, self.key) and acc.status != "error":
-            acc.status = "complete"
+        if _collect_text(obj.get("choices"), acc.text, self.key):
+            self.finished = True
 
     def result(self) -> Observation:
-        if self.acc.status == "unknown" or (self.acc.status == "complete" and not self.done
-                                             and self.acc.usage is None):
-            self.acc.status = "complete" if self.done else "incomplete"
-        return self.acc.build(self.errors)
+        acc = self.acc
+        if acc.status != "error":
+            acc.status = "complete" if self.done or (self.finished and acc.usage is not None) \
+                else "incomplete"
+        return acc.build(self.errors)
 
 
 def _from_json(doc: Any, key: str) -> Observation:

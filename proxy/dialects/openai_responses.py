@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from proxy.dialects._openai_common import openai_request_info, provider_cost
-from proxy.dialects.base import Observation, RequestInfo, StreamAcc, error_text, loads
+from proxy.dialects.base import (
+    Observation,
+    RequestInfo,
+    StreamAcc,
+    TextBuffer,
+    error_text,
+    loads,
+)
 from proxy.usage import from_openai
 
 __all__ = ["ResponsesDialect"]
@@ -44,6 +51,10 @@ def _output_text(resp: dict[str, Any], acc: StreamAcc) -> None:
                 acc.text.add(part.get("text"))
 
 
+def _delta_text(obj: dict[str, Any], out: TextBuffer) -> None:
+    out.add(obj.get("delta"))
+
+
 class _Stream:
     __slots__ = ("acc", "errors")
 
@@ -52,6 +63,9 @@ class _Stream:
         self.errors = 0
 
     def on_frame(self, name: str | None, data: bytes) -> None:
+        if name in _TEXT_EVENTS:  # the event line names it: no need to parse now
+            self.acc.text.add_raw(data, _delta_text)
+            return
         try:
             obj = loads(data)
         except ValueError:

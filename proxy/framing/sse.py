@@ -50,15 +50,38 @@ class SseFramer:
             chunk = b"".join(self._parts)
             self._parts = []
             self._size = 0
+        events: list[SseEvent] = []
+        if not self._data and self._name is None:
+            chunk = self._whole_events(chunk, events)
         lines = chunk.split(b"\n")
         tail = lines.pop()
         if tail:
             self._parts.append(tail)
             self._size = len(tail)
-        events: list[SseEvent] = []
         for line in lines:
             self._line(line, events)
         return events
+
+    def _whole_events(self, chunk: bytes, events: list[SseEvent]) -> bytes:
+        """Fast path for the common shapes, `data: X` and `event: N` + `data: X` events,
+        taken only at an event boundary; returns what is left for the line parser."""
+        pos = 0
+        find = chunk.find
+        while (end := find(b"\n\n", pos)) >= 0:
+            block = chunk[pos:end]
+            nl = block.find(b"\n")
+            if nl < 0 and block[:6] == b"data: ":
+                events.append(SseEvent(None, block[6:]))
+            elif (nl >= 0 and block[:7] == b"event: " and block[nl + 1:nl + 7] == b"data: "
+                  and block.find(b"\n", nl + 1) < 0):
+                events.append(SseEvent(block[7:nl].decode("utf-8", "replace"),
+                                       block[nl + 7:]))
+            else:
+                for line in block.split(b"\n"):
+                    self._line(line, events)
+                self._line(b"", events)
+            pos = end + 2
+        return chunk[pos:] if pos else chunk
 
     def flush(self) -> list[SseEvent]:
         """End of stream: a last event without its blank line still counts."""

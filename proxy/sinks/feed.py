@@ -37,6 +37,10 @@ class Broadcaster:
         self._size = queue_size
         self.dropped = 0
 
+    @property
+    def active(self) -> bool:
+        return bool(self._subs)
+
     def subscribe(self) -> Subscription:
         sub = Subscription(self._size)
         self._subs.add(sub)

@@ -29,7 +29,7 @@ __all__ = ["Ledger", "connect_readonly"]
 log = logging.getLogger("tokenbooth.ledger")
 INSERT = (f"INSERT OR IGNORE INTO llm_usage ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' * len(COLUMNS))})")
-BATCH_ROWS = 2000
+BATCH_ROWS = 20_000
 BUSY_TIMEOUT_MS = 1000
 RETRY_SECONDS = 0.5
 
@@ -121,18 +121,13 @@ class Ledger:
                 self.queue.task_done()
                 break
             rows = [first]
-            deadline = time.monotonic() + self.flush_seconds
+            # Batch: let rows gather for one flush interval, then take all that came.
+            await asyncio.sleep(self.flush_seconds)
             while len(rows) < BATCH_ROWS:
                 try:
                     item = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or len(rows) >= 64:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), remaining)
-                    except TimeoutError:
-                        break
+                    break
                 if item is None:
                     stop = True
                     self.queue.task_done()
