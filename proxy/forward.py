@@ -247,6 +247,13 @@ class Forwarder:
         return out
 
     def _progress(self, live: LiveCall, obs: Observation | None) -> None:
+        """Running counts for the live feed; a failure here never touches the call."""
+        try:
+            self._update_live(live, obs)
+        except Exception:
+            log.exception("live progress failed for call %s", live.call_id)
+
+    def _update_live(self, live: LiveCall, obs: Observation | None) -> None:
         if obs is None:
             return
         usage = obs.usage

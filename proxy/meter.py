@@ -26,7 +26,7 @@ log = logging.getLogger("tokenbooth.meter")
 
 class Meter:
     __slots__ = ("_dialect", "_decoder", "_framer", "_state", "_sse", "errors", "broken",
-                 "bytes_seen", "streaming")
+                 "bytes_seen", "streaming", "_quiet", "_end")
 
     def __init__(self, dialect: Dialect | None, content_type: str | None,
                  content_encoding: str | None, path_stream: bool = False) -> None:
@@ -38,6 +38,8 @@ class Meter:
         self._state: Any = None
         self._framer: Any = None
         self._decoder = None
+        self._quiet: Any = None
+        self._end = b"\n\n"
         ct = (content_type or "").lower()
         self.streaming = "event-stream" in ct or "ndjson" in ct or path_stream
         if dialect is None:
@@ -52,19 +54,28 @@ class Meter:
         if "event-stream" in ct:
             self._framer, self._sse = SseFramer(), True
         elif "ndjson" in ct:
-            self._framer = NdjsonFramer()
+            self._framer, self._end = NdjsonFramer(), b"\n"
         elif path_stream:
             self._framer = JsonArrayFramer()
         else:
             self._framer = JsonBodyBuffer()
             return
         self._state = dialect.new_stream()
+        if self._decoder is None and not path_stream:
+            self._quiet = self._state.quiet
 
     def feed(self, chunk: bytes) -> None:
         self.bytes_seen += len(chunk)
         if self.broken:
             return
         try:
+            quiet = self._quiet
+            if (quiet is not None and chunk.endswith(self._end) and self._framer.idle
+                    and quiet.search(chunk) is None and self._state.ready()):
+                # Whole frames that cannot hold usage: keep them unread for a possible
+                # estimate instead of framing and parsing them now.
+                self._state.acc.text.add_chunk(chunk, self._read_later)
+                return
             if self._decoder is not None:
                 chunk = self._decoder.decode(chunk)
             self._frames(self._framer.feed(chunk))
@@ -83,6 +94,15 @@ class Meter:
         else:
             for data in frames:
                 on_frame(None, data)
+
+    def _read_later(self, chunk: bytes, out: Any) -> None:
+        framer: Any = SseFramer() if self._sse else NdjsonFramer()
+        text_of = self._state.frame_text
+        for frame in framer.feed(chunk) + framer.flush():
+            if self._sse:
+                text_of(frame.name, frame.data, out)
+            else:
+                text_of(None, frame, out)
 
     def progress(self) -> Observation | None:
         """A look at the running state (live feed), without ending it."""

@@ -8,6 +8,7 @@ split exists only in `message_start`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -43,6 +44,15 @@ def _delta_text(obj: dict[str, Any], out: TextBuffer) -> None:
 
 class _Stream:
     __slots__ = ("acc", "errors", "raw", "delta_seen")
+    quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
+        rb'message_(?:start|delta|stop)|"error"|event: error')
+
+    def ready(self) -> bool:
+        return True
+
+    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
+        if name == "content_block_delta" or (name is None and b"content_block_delta" in data):
+            out.add_raw(data, _delta_text)
 
     def __init__(self) -> None:
         self.acc = StreamAcc()

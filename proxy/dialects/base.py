@@ -7,6 +7,7 @@ A Dialect reads a request body (model, stream flag, end user) and a response, ei
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -86,14 +87,24 @@ class TextBuffer:
         self.parts.append((data, extract))
         self.size += len(data)
 
+    def add_chunk(self, data: bytes, reader: Callable[[bytes, TextBuffer], None]) -> None:
+        """A whole chunk of frames nobody needed to read yet; `reader` frames it later."""
+        if self.size + len(data) > MAX_TEXT_CHARS:
+            reader(data, self)
+            return
+        self.parts.append((data, reader, None))
+        self.size += len(data)
+
     def text(self) -> str:
-        if any(type(p) is tuple for p in self.parts):
+        while any(type(p) is tuple for p in self.parts):  # a chunk resolves into frames
             parts, self.parts, self.size = self.parts, [], 0
             for p in parts:
-                if type(p) is tuple:
-                    _extract(p[0], p[1], self)
-                else:
+                if type(p) is not tuple:
                     self.add(p)
+                elif len(p) == 3:
+                    p[1](p[0], self)
+                else:
+                    _extract(p[0], p[1], self)
         return "".join(self.parts)
 
 
@@ -107,7 +118,16 @@ def _extract(data: bytes, extract: Callable[[Any, TextBuffer], None], out: TextB
 
 
 class StreamState(Protocol):
+    """Per-call stream parser. `quiet` (a regex, or None) matches every chunk that may
+    matter; once `ready()`, a chunk of whole frames it does not match is not framed at all,
+    only kept for `frame_text()` in case an estimate is needed."""
+
+    quiet: ClassVar[re.Pattern[bytes] | None]
+    acc: StreamAcc
+
     def on_frame(self, name: str | None, data: bytes) -> None: ...
+    def ready(self) -> bool: ...
+    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None: ...
     def result(self) -> Observation: ...
 
 

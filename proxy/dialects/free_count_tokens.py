@@ -6,9 +6,10 @@ kept in `usage_raw` for audit.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
-from proxy.dialects.base import Observation, RequestInfo, StreamAcc, error_text
+from proxy.dialects.base import Observation, RequestInfo, StreamAcc, TextBuffer, error_text
 from proxy.usage import Usage
 
 __all__ = ["CountTokensDialect", "ZERO"]
@@ -17,6 +18,14 @@ ZERO = Usage(0, 0, 0, 0, 0, 0)
 
 
 class _Nothing:
+    quiet: ClassVar[re.Pattern[bytes] | None] = None
+
+    def ready(self) -> bool:
+        return False
+
+    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
+        return None
+
     def on_frame(self, name: str | None, data: bytes) -> None:
         return None
 

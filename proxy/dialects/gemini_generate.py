@@ -6,9 +6,17 @@ chunk carries running totals in `usageMetadata`: the last one wins.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
-from proxy.dialects.base import Observation, RequestInfo, StreamAcc, error_text, loads
+from proxy.dialects.base import (
+    Observation,
+    RequestInfo,
+    StreamAcc,
+    TextBuffer,
+    error_text,
+    loads,
+)
 from proxy.usage import from_gemini
 
 __all__ = ["GenerateDialect"]
@@ -41,7 +49,16 @@ def _apply(acc: StreamAcc, obj: dict[str, Any]) -> None:
 
 
 class _Stream:
+    """Every chunk carries running usage totals: nothing can be skipped."""
+
     __slots__ = ("acc", "errors")
+    quiet: ClassVar[re.Pattern[bytes] | None] = None
+
+    def ready(self) -> bool:
+        return False
+
+    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
+        return None
 
     def __init__(self) -> None:
         self.acc = StreamAcc()

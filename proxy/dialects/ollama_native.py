@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from typing import Any, ClassVar
 
-from proxy.dialects.base import Observation, RequestInfo, StreamAcc, error_text, loads
+from proxy.dialects.base import (
+    Observation,
+    RequestInfo,
+    StreamAcc,
+    TextBuffer,
+    error_text,
+    loads,
+)
 from proxy.usage import from_ollama
 
 __all__ = ["OllamaDialect"]
@@ -18,11 +27,7 @@ def _apply(acc: StreamAcc, obj: dict[str, Any]) -> None:
     if obj.get("error") is not None:
         acc.status, acc.error = "error", error_text(obj["error"])
         return
-    msg = obj.get("message")
-    if isinstance(msg, dict):
-        acc.text.add(msg.get("content"))
-        acc.text.add(msg.get("thinking"))
-    acc.text.add(obj.get("response"))
+    _line_text(obj, acc.text)
     if obj.get("done") is True or "embeddings" in obj:
         acc.status = "complete"
         raw = {k: obj[k] for k in (*_USAGE_KEYS, "total_duration", "load_duration",
@@ -30,13 +35,27 @@ def _apply(acc: StreamAcc, obj: dict[str, Any]) -> None:
         acc.usage_raw = raw
         acc.usage = from_ollama(obj)
         if "embeddings" in obj and acc.usage.output_tokens is None:
-            from dataclasses import replace
-
             acc.usage = replace(acc.usage, output_tokens=0)
+
+
+def _line_text(obj: dict[str, Any], out: TextBuffer) -> None:
+    msg = obj.get("message")
+    if isinstance(msg, dict):
+        out.add(msg.get("content"))
+        out.add(msg.get("thinking"))
+    out.add(obj.get("response"))
 
 
 class _Stream:
     __slots__ = ("acc", "errors")
+    quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
+        rb'"done"\s*:\s*true|"error"|"embeddings"')
+
+    def ready(self) -> bool:
+        return bool(self.acc.model)
+
+    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
+        out.add_raw(data, _line_text)
 
     def __init__(self) -> None:
         self.acc = StreamAcc()

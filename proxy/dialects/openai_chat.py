@@ -7,6 +7,7 @@ empty choices, DeepSeek/Mistral/OpenRouter put usage on the finish chunk) or fro
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from proxy.dialects._openai_common import openai_request_info, provider_cost
@@ -60,6 +61,8 @@ def _may_carry(data: bytes) -> bool:
 
 class _ChatStream:
     __slots__ = ("acc", "errors", "key", "done", "finished")
+    quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
+        rb'"usage"\s*:\s*\{|"x_groq"|"error"|\[DONE\]|"finish_reason"\s*:\s*"')
 
     def __init__(self, key: str) -> None:
         self.acc = StreamAcc()
@@ -70,6 +73,13 @@ class _ChatStream:
 
     def _text(self, obj: Any, out: TextBuffer) -> None:
         _collect_text(obj.get("choices"), out, self.key)
+
+    def ready(self) -> bool:
+        return bool(self.acc.model)
+
+    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
+        if data != b"[DONE]":
+            out.add_raw(data, self._text)
 
     def on_frame(self, name: str | None, data: bytes) -> None:
         if data == b"[DONE]":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from proxy.dialects._openai_common import openai_request_info, provider_cost
@@ -57,6 +58,16 @@ def _delta_text(obj: dict[str, Any], out: TextBuffer) -> None:
 
 class _Stream:
     __slots__ = ("acc", "errors")
+    quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
+        rb"response\.(?:completed|incomplete|failed|created|in_progress|queued)|\"error\"|"
+        rb"event: error")
+
+    def ready(self) -> bool:
+        return True
+
+    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
+        if name in _TEXT_EVENTS or (name is None and b".delta" in data):
+            out.add_raw(data, _delta_text)
 
     def __init__(self) -> None:
         self.acc = StreamAcc()

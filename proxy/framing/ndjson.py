@@ -9,6 +9,10 @@ class NdjsonFramer:
     def __init__(self) -> None:
         self._parts: list[bytes] = []
 
+    @property
+    def idle(self) -> bool:
+        return not self._parts
+
     def feed(self, chunk: bytes) -> list[bytes]:
         if b"\n" not in chunk:
             if chunk:

@@ -29,6 +29,12 @@ class SseFramer:
         self._max = max_event_bytes
         self.oversized = 0
 
+    @property
+    def idle(self) -> bool:
+        """At an event boundary: nothing partial is held."""
+        return not self._parts and not self._data and self._name is None and \
+            not self._pending_cr
+
     def feed(self, chunk: bytes) -> list[SseEvent]:
         if self._pending_cr:
             self._pending_cr = False

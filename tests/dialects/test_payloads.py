@@ -52,3 +52,29 @@ def test_payload_set_covers_every_dialect() -> None:
 
     covered = {p.expected["parser"] for p in PAYLOADS}
     assert covered >= set(DIALECTS) - {"free.count_tokens"}
+
+
+@pytest.mark.parametrize("p", PAYLOADS, ids=[p.id for p in PAYLOADS])
+def test_one_event_per_chunk(p: Payload) -> None:
+    """How providers really send: each chunk a whole event (the meter's skip path)."""
+    import re
+
+    ends = [m.end() for m in re.finditer(rb"\r\n\r\n|\n\n|(?<=\})\n", p.body)]
+    bounds = [0, *ends, len(p.body)]
+    check(p, [p.body[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a])
+
+
+def test_skipped_chunks_still_give_the_estimate_text() -> None:
+    from proxy.dialects import DIALECTS
+    from proxy.meter import Meter
+
+    meter = Meter(DIALECTS["anthropic.messages"], "text/event-stream", None)
+    meter.feed(b'event: message_start\ndata: {"type":"message_start","message":{"id":"m",'
+               b'"model":"claude-x","usage":{"input_tokens":5,"output_tokens":1}}}\n\n')
+    for word in ("alpha ", "beta ", "gamma"):
+        meter.feed(b'event: content_block_delta\ndata: {"type":"content_block_delta",'
+                   b'"index":0,"delta":{"type":"text_delta","text":"' + word.encode() + b'"}}\n\n')
+    obs = meter.finish()
+    assert obs.text is not None and any(type(x) is tuple for x in obs.text.parts)
+    assert obs.output_text == "alpha beta gamma"
+    assert obs.usage is not None and obs.usage.output_tokens is None
