@@ -8,8 +8,10 @@ never 0. A provider-reported cost (OpenRouter `cost`, xAI ticks) wins with sourc
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.metadata import version
 from typing import Any
@@ -56,6 +58,7 @@ class PriceBook:
         self._overrides = dict(overrides or {})
         self._cache: dict[tuple[str, str | None], Any] = {}
         self._mp_cache: dict[int, tuple[float, Any]] = {}
+        self._override_cache: dict[str, tuple[str, ModelPrice] | None] = {}
         self.library_version = f"genai-prices {version('genai-prices')}"
 
     def _lookup(self, model: str, provider_id: str | None) -> Any:
@@ -76,14 +79,21 @@ class PriceBook:
                     continue
             if found is not None:
                 break
-        self._cache[key] = found
+        if len(self._cache) < 10_000:  # model names come from clients: bounded
+            self._cache[key] = found
         return found
 
     def _override(self, model: str) -> tuple[str, ModelPrice] | None:
+        if model in self._override_cache:
+            return self._override_cache[model]
+        found = None
         for name in candidate_names(model):
             if name in self._overrides:
-                return name, self._overrides[name]
-        return None
+                found = name, self._overrides[name]
+                break
+        if len(self._override_cache) < 10_000:  # model names come from clients: bounded
+            self._override_cache[model] = found
+        return found
 
     def price(self, model: str | None, upstream: str, usage: Usage, *,
               free: bool = False, provider_cost: Decimal | None = None) -> Price:
@@ -107,9 +117,6 @@ class PriceBook:
 
     def _model_price(self, info: Any) -> Any:
         """The model's current ModelPrice, cached for an hour (prices change by date)."""
-        import time
-        from datetime import UTC, datetime
-
         now = time.monotonic()
         hit = self._mp_cache.get(id(info))
         if hit is not None and hit[0] > now:
@@ -129,8 +136,6 @@ class PriceBook:
         if found is None:
             return {"model": model, "source": None, "prices_per_million_usd": None}
         provider, info = found
-        from datetime import UTC, datetime
-
         mp = info.get_prices(datetime.now(tz=UTC))
         prices = {k: str(v) if isinstance(v, Decimal) else repr(v)
                   for k, v in vars(mp).items() if v is not None and not k.startswith("_")}
@@ -188,8 +193,6 @@ def _fast_cost(mp: Any, u: Usage) -> Decimal | None:
 
 
 def _library_cost(provider: Any, info: Any, u: Usage) -> Decimal:
-    from datetime import UTC, datetime
-
     from genai_prices import Usage as LibUsage
 
     kwargs: dict[str, int] = {}

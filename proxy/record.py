@@ -7,8 +7,9 @@ the ledger's column order and `to_json()` the API's row shape, so they cannot di
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,9 +27,23 @@ COLUMNS = (
 )
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def iso_utc(ts: float) -> str:
-    """ISO 8601 UTC with milliseconds and a Z suffix."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """ISO 8601 UTC with milliseconds and a Z suffix (same digits as datetime's rounding).
+
+    Called for every call record; strftime runs once per wall-clock second, not per call.
+    """
+    sec = math.floor(ts)
+    micros = round((ts - sec) * 1e6)
+    if micros >= 1_000_000:
+        sec, micros = sec + 1, micros - 1_000_000
+    cached = _second
+    if cached[0] != sec:
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        cached[0] = sec
+    return f"{cached[1]}.{micros // 1000:03d}Z"
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -15,7 +16,7 @@ from proxy.dialects import DIALECTS
 from proxy.estimate import Estimator
 from proxy.meter import Meter
 from proxy.pricing import PriceBook
-from proxy.record import CallFacts
+from proxy.record import CallFacts, iso_utc
 from proxy.recorder import KeyFingerprinter, build_record
 from tests.payloads import ROOT
 
@@ -104,3 +105,9 @@ def test_key_fingerprint_is_keyed_and_stable(tmp_path: object) -> None:
     assert a("sk-live-123") == a("sk-live-123") != b("sk-live-123")
     assert "sk-live" not in (a("sk-live-123") or "")
     assert a(None) is None
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_iso_utc_matches_datetime_formatting(ts: float) -> None:
+    expected = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    assert iso_utc(ts) == expected
