@@ -84,7 +84,7 @@ class Forwarder:
                                       f"unknown upstream {name!r}; known: {self._known}",
                                       call_id=call_id)
             facts.free = up.free
-            route = resolve(up, request.method, rest)
+            route = resolve(up, request.method, rest, _raw_rest(request, name))
             facts.operation, facts.parser = route.operation, route.parser
             facts.path_model, facts.stream = route.path_model, route.path_stream
             facts.credential = hdr.credential(request.headers)
@@ -268,6 +268,13 @@ class Forwarder:
         if obs.response_model:
             live.model = obs.response_model
         self.recorder.progress(live)
+
+
+def _raw_rest(request: web.Request, name: str) -> str | None:
+    """The path after `/{name}/` as the client encoded it (None if it cannot be cut)."""
+    raw = request.raw_path.partition("?")[0]
+    prefix = f"/{name}/"
+    return raw[len(prefix):] if raw.startswith(prefix) else None
 
 
 def _break(request: web.Request) -> None:

@@ -58,9 +58,13 @@ _AZURE_DEPLOYMENT = re.compile(r"(?:^|/)deployments/([^/]+)/")
 _TABLES = {"openai": _OPENAI, "anthropic": _ANTHROPIC, "ollama": _OLLAMA}
 
 
-def resolve(upstream: Upstream, method: str, rest: str) -> Route:
-    """Map `rest` (the path after `/{upstream}/`) to a Route; never raises."""
-    url = f"{upstream.url}/{rest}"
+def resolve(upstream: Upstream, method: str, rest: str, raw_rest: str | None = None) -> Route:
+    """Map `rest` (the decoded path after `/{upstream}/`) to a Route; never raises.
+
+    The upstream URL is built from `raw_rest`, the path as the client encoded it, so
+    `%2F` or `%3F` in a path segment reach the upstream exactly as sent.
+    """
+    url = f"{upstream.url}/{rest if raw_rest is None else raw_rest}"
     path = rest.rstrip("/")
     if method != "POST":
         return Route(upstream, url, "other", None)

@@ -40,6 +40,7 @@ class Seen:
     query: str
     headers: dict[str, str]
     body: bytes
+    raw_path: str = ""
 
 
 class FakeUpstream:
@@ -65,7 +66,7 @@ class FakeUpstream:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(Seen(request.method, request.path, request.query_string,
-                                  dict(request.headers), body))
+                                  dict(request.headers), body, request.raw_path))
         reply = self.replies.get(request.path, self.default)
         if not isinstance(reply, Reply):
             return await reply(request)

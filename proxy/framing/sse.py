@@ -114,6 +114,11 @@ class SseFramer:
             return
         if line[:1] == b":":
             return
+        if line[:1] in (b"{", b"["):
+            # Gemini sends stream errors as raw JSON without a data: prefix; no SSE field
+            # name starts with a brace, so such a line is data.
+            self._data.append(line)
+            return
         field, sep, value = line.partition(b":")
         if sep and value[:1] == b" ":
             value = value[1:]
@@ -121,6 +126,3 @@ class SseFramer:
             self._data.append(value)
         elif field == b"event":
             self._name = value.decode("utf-8", "replace")
-        elif not sep and line[:1] in (b"{", b"["):
-            # Gemini sends stream errors as raw JSON without a data: prefix.
-            self._data.append(line)

@@ -1,0 +1,140 @@
+"""Configuration: the shipped default, every kind of bad config, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxy.config import ConfigError, load, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_config_is_valid_and_matches_the_spec_defaults() -> None:
+    config = load(ROOT / "config.yaml", env={})
+    assert (config.host, config.port) == ("127.0.0.1", 8787)
+    assert config.ledger.path == "./tokenbooth.db"
+    assert config.upstreams["local"].url == "http://127.0.0.1:8000"
+    assert config.upstreams["openai"].inject_stream_usage is True
+    assert config.upstreams["anthropic"].dialect == "anthropic"  # built-ins stay merged in
+    assert config.prices["my-finetune"].cache_write == 1.25
+    assert config.budgets[0].name == "researcher-daily"
+    assert config.server.max_body_bytes == 32 << 20
+    assert config.server.idle_timeout_seconds == 300
+
+
+def test_empty_config_gives_the_defaults() -> None:
+    config = parse(None, env={})
+    assert config.port == 8787 and config.ledger.path == "./tokenbooth.db"
+    assert sorted(config.upstreams) == ["anthropic", "deepseek", "gemini", "groq", "mistral",
+                                        "ollama", "openai", "openrouter", "xai"]
+    assert config.upstreams["ollama"].free and not config.upstreams["openai"].free
+    assert config.server.connect_timeout_seconds == 10 and config.server.drain_seconds == 30
+
+
+BAD = [
+    ({"listne": {}}, r"^listne: unknown key \(allowed: listen, "),
+    ({"listen": {"port": "80"}}, r"^listen\.port: expected int, got str$"),
+    ({"listen": {"port": 70000}}, r"^listen\.port: 70000 is not a TCP port$"),
+    ({"ledger": {"flush_seconds": 0}}, r"^ledger\.flush_seconds: must be greater than 0$"),
+    ({"upstreams": {"api": {"url": "http://x"}}}, r"^upstreams\.api: 'api' is a reserved name"),
+    ({"upstreams": {"metrics": {"url": "http://x"}}}, r"^upstreams\.metrics: 'metrics' is"),
+    ({"upstreams": {"mine": {"dialect": "openai"}}}, r"^upstreams\.mine\.url: expected an http"),
+    ({"upstreams": {"mine": {"url": "ftp://x"}}}, r"^upstreams\.mine\.url: expected an http"),
+    ({"upstreams": {"mine": {"url": "http://x", "dialect": "cohere"}}},
+     r"^upstreams\.mine\.dialect: unknown dialect 'cohere'"),
+    ({"upstreams": {"mine": {"url": "http://x", "inject_stream_usage": "yes"}}},
+     r"^upstreams\.mine\.inject_stream_usage: expected bool"),
+    ({"upstreams": {"mine": {"url": "http://x", "timeout": 3}}},
+     r"^upstreams\.mine\.timeout: unknown key"),
+    ({"upstreams": {"openai": {"api_key": "sk-x"}}}, r"^auth\.client_keys: required when"),
+    ({"metrics": {"tag_labels": ["session"]}}, r"^metrics\.tag_labels\[0\]: 'session' is never"),
+    ({"metrics": {"tag_labels": ["Team Name"]}}, r"^metrics\.tag_labels\[0\]: expected a lower"),
+    ({"pricing": {"models": {"m": {"input": 1}}}}, r"^pricing\.models\.m\.output: required"),
+    ({"pricing": {"models": {"m": {"input": -1, "output": 1}}}},
+     r"^pricing\.models\.m\.input: must not be negative$"),
+    ({"estimation": {"factors": {"anthropic": 0}}}, r"^estimation\.factors\.anthropic: expected"),
+    ({"budgets": [{"match": {}, "limit_usd": 1}]}, r"^budgets\[0\]\.name: required$"),
+    ({"budgets": [{"name": "b", "limit_usd": 1, "window": "year"}]},
+     r"^budgets\[0\]\.window: 'year' is not one of day, week, month, total$"),
+    ({"budgets": [{"name": "b", "limit_usd": 1, "action": "stop"}]},
+     r"^budgets\[0\]\.action: 'stop' is not one of alert, block$"),
+    ({"budgets": [{"name": "b", "limit_usd": 1}, {"name": "b", "limit_usd": 2}]},
+     r"^budgets\[1\]\.name: duplicate budget name 'b'$"),
+    ({"budgets": [{"name": "b"}]}, r"^budgets\[0\]\.limit_usd: required$"),
+    ({"server": {"max_body_bytes": -5}}, r"^server\.max_body_bytes: must be greater than 0$"),
+    ({"server": {"idle_timeout": 5}}, r"^server\.idle_timeout: unknown key"),
+    ({"admin": {"token": "${TB_MISSING_TOKEN}"}}, r"^admin\.token: environment variable TB_MISSING_TOKEN is not set$"),
+]
+
+
+@pytest.mark.parametrize("raw,message", BAD, ids=[m for _, m in BAD])
+def test_bad_config_names_the_key(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(raw, env={})
+    assert re.search(message, str(info.value)), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_env_references_are_expanded() -> None:
+    config = parse({"admin": {"token": "${TB_TOKEN}"},
+                    "upstreams": {"local": {"url": "http://127.0.0.1:${PORT}"}}},
+                   env={"TB_TOKEN": "s3cret", "PORT": "9000"})
+    assert config.admin.token == "s3cret"
+    assert config.upstreams["local"].url == "http://127.0.0.1:9000"
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+
+
+def test_check_config_prints_the_effective_config_with_secrets_masked(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "upstreams": {"openai": {"api_key": "sk-live-canary-123"}},
+        "auth": {"client_keys": {"team-a": "ck-canary-456"}}, "admin": {"token": "adm-789"}}))
+    done = cli("check-config", "--config", "c.yaml", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    shown = yaml.safe_load(done.stdout)
+    assert shown["upstreams"]["openai"]["api_key"] == "***"
+    assert shown["auth"]["client_keys"] == {"team-a": "***"}
+    for secret in ("sk-live-canary-123", "ck-canary-456", "adm-789"):
+        assert secret not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_bad_config_is_one_line_and_exit_1(tmp_path: Path, command: str) -> None:
+    (tmp_path / "config.yaml").write_text("upstreams:\n  healthz: {url: 'http://x'}\n")
+    done = cli(command, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "tokenbooth: config error: upstreams.healthz: 'healthz' is a reserved name "
+        "(reserved: api, healthz, metrics, readyz, ui)"]
+
+
+def test_invalid_yaml_and_missing_file_are_clear(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("listen: {host: [\n")
+    done = cli("check-config", "--config", "broken.yaml", cwd=tmp_path)
+    assert done.returncode == 1 and "invalid YAML" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = cli("check-config", "--config", "nope.yaml", cwd=tmp_path)
+    assert done.returncode == 1 and "nope.yaml: cannot read config file" in done.stderr
+
+
+def test_readme_documents_every_config_key() -> None:
+    readme = (ROOT / "README.md").read_text()
+    config = parse(None, env={})
+    keys = {f"{section}.{k}" for section, body in config.masked().items()
+            if isinstance(body, dict) for k in body if section not in ("upstreams",)}
+    keys -= {"auth.client_keys", "pricing.models", "estimation.factors"}
+    keys |= {"auth.client_keys.<name>", "pricing.models.<model>",
+             "estimation.factors.<dialect>", "budgets[]"}
+    keys |= {f"upstreams.<name>.{k}" for k in config.masked()["upstreams"]["openai"]}
+    missing = {k for k in keys if f"`{k}`" not in readme}
+    assert not missing, f"README config reference lacks: {sorted(missing)}"
