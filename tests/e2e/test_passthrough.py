@@ -213,3 +213,22 @@ async def test_unknown_upstream_path_still_recorded(upstream: FakeUpstream, star
             assert r.status == 200
     (rec,) = await proxy.collector.wait_for(1)
     assert rec.operation == "other" and rec.usage_source == "none" and rec.cost_usd is None
+
+
+async def test_slow_client_holds_the_upstream_back(upstream: FakeUpstream, proxy: Proxy) -> None:
+    """Backpressure: while the client reads nothing, the upstream cannot get far ahead, so
+    the proxy never holds the stream in memory; once the client reads, everything arrives."""
+    chunk = b"data: " + b"y" * (256 << 10) + b"\n\n"
+    total = 160  # 40 MiB in all
+    upstream.on("/v1/chat/completions", Reply([chunk] * total, headers=SSE))
+    got = 0
+    async with aiohttp.ClientSession(read_bufsize=1 << 16) as s:
+        async with s.post(f"{proxy.url}/openai/v1/chat/completions", json={}) as r:
+            got += len(await r.content.readany())
+            await asyncio.sleep(1.0)  # a stalled client
+            ahead = len(upstream.sent)
+            while data := await r.content.readany():
+                got += len(data)
+    assert ahead < total // 2, f"upstream sent {ahead} of {total} chunks to a stalled client"
+    assert got == len(chunk) * total
+    assert len(upstream.sent) == total

@@ -126,7 +126,7 @@ async def test_migrations_set_the_schema_version(tmp_path: Path) -> None:
         conn.close()
 
 
-async def test_batched_throughput(tmp_path: Path) -> None:
+async def test_many_rows_in_batches_all_written_and_counted(tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path / "t.db"), flush_seconds=0.05)
     await ledger.open()
     try:
