@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 import logging
 import math
@@ -59,9 +60,14 @@ def _load_encoding(name: str, data_dir: Path) -> Any:
     if hashlib.sha256(raw).hexdigest() != _SHA256[name]:
         raise ValueError(f"{name}: vocabulary file fails its sha256 check")
     ranks = {base64.b64decode(tok): int(rank)
-             for tok, rank in (line.split() for line in raw.splitlines() if line)}
-    return tiktoken.Encoding(name=name, pat_str=_PATTERNS[name], mergeable_ranks=ranks,
-                             special_tokens=_SPECIAL[name])
+             for tok, rank in (line.split() for line in io.BytesIO(raw) if line.strip())}
+    del raw
+    enc = tiktoken.Encoding(name=name, pat_str=_PATTERNS[name], mergeable_ranks=ranks,
+                            special_tokens=_SPECIAL[name])
+    # The Rust core keeps its own copy; the Python dict (~20 MB for o200k) only serves
+    # pickling, which we never do. Dropping it keeps the proxy's resident memory down.
+    enc._mergeable_ranks = {}
+    return enc
 
 
 class Estimator:
