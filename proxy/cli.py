@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from proxy import __version__
-from proxy.config import Config, ConfigError, LedgerConfig, load
+from proxy.config import Config, ConfigError, load
 
 __all__ = ["main"]
 

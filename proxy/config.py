@@ -341,7 +341,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
                                "idle_timeout_seconds", "drain_seconds", "max_connections"))
     num: Callable[[str, type, Any], Any] = srv.get
     server = ServerConfig(
-        max_body_bytes=int(_positive("server.max_body_bytes", num("max_body_bytes", int, 32 << 20))),
+        max_body_bytes=int(_positive("server.max_body_bytes",
+                                     num("max_body_bytes", int, 32 << 20))),
         connect_timeout_seconds=_positive("server.connect_timeout_seconds",
                                           num("connect_timeout_seconds", float, 10.0)),
         idle_timeout_seconds=_positive("server.idle_timeout_seconds",

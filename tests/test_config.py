@@ -69,7 +69,8 @@ BAD = [
     ({"budgets": [{"name": "b"}]}, r"^budgets\[0\]\.limit_usd: required$"),
     ({"server": {"max_body_bytes": -5}}, r"^server\.max_body_bytes: must be greater than 0$"),
     ({"server": {"idle_timeout": 5}}, r"^server\.idle_timeout: unknown key"),
-    ({"admin": {"token": "${TB_MISSING_TOKEN}"}}, r"^admin\.token: environment variable TB_MISSING_TOKEN is not set$"),
+    ({"admin": {"token": "${TB_MISSING_TOKEN}"}},
+     r"^admin\.token: environment variable TB_MISSING_TOKEN is not set$"),
 ]
 
 

@@ -13,12 +13,12 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from proxy.dialects.base import (
+    BaseStream,
     Observation,
     RequestInfo,
     StreamAcc,
     TextBuffer,
     error_text,
-    loads,
 )
 from proxy.usage import from_anthropic
 
@@ -42,21 +42,17 @@ def _delta_text(obj: dict[str, Any], out: TextBuffer) -> None:
     _block_text(obj.get("delta"), out)
 
 
-class _Stream:
-    __slots__ = ("acc", "errors", "raw", "delta_seen")
+class _Stream(BaseStream):
+    __slots__ = ("raw", "delta_seen")
     quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
         rb'message_(?:start|delta|stop)|"error"|event: error')
-
-    def ready(self) -> bool:
-        return True
 
     def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
         if name == "content_block_delta" or (name is None and b"content_block_delta" in data):
             out.add_raw(data, _delta_text)
 
     def __init__(self) -> None:
-        self.acc = StreamAcc()
-        self.errors = 0
+        super().__init__()
         self.raw: dict[str, Any] | None = None
         self.delta_seen = False
 
@@ -73,11 +69,7 @@ class _Stream:
             return
         if name == "ping":
             return
-        try:
-            obj = loads(data)
-        except ValueError:
-            self.errors += 1
-            return
+        obj = self._load(data)
         if not isinstance(obj, dict):
             return
         kind = obj.get("type") or name
@@ -104,12 +96,10 @@ class _Stream:
 
     def result(self) -> Observation:
         acc = self.acc
-        if acc.status == "unknown":
-            acc.status = "incomplete"
         if acc.usage is not None and not self.delta_seen:
             # message_start's output_tokens is a placeholder: only message_delta is real.
             acc.usage = replace(acc.usage, output_tokens=None, reasoning_tokens=None)
-        return acc.build(self.errors)
+        return super().result()
 
 
 class MessagesDialect:

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Protocol
 
 from proxy.usage import Usage
 
-__all__ = ["Dialect", "Observation", "RequestInfo", "StreamAcc", "StreamState", "TextBuffer",
-           "error_text", "loads"]
+__all__ = ["BaseStream", "Dialect", "Observation", "RequestInfo", "StreamAcc", "StreamState",
+           "TextBuffer", "error_text", "loads"]
 
 MAX_TEXT_CHARS = 1 << 20  # visible output kept for estimation; beyond it we count chars only
 
@@ -155,6 +155,33 @@ class StreamAcc:
     def build(self, parse_errors: int = 0) -> Observation:
         return Observation(self.usage, self.usage_raw, self.model, self.request_id, self.status,
                            self.error, self.text, self.cost, parse_errors)
+
+
+class BaseStream:
+    """What the dialects' stream states share: the accumulator, JSON reading that counts a
+    bad frame instead of raising, and "no terminal event seen" meaning incomplete."""
+
+    __slots__ = ("acc", "errors")
+
+    def __init__(self) -> None:
+        self.acc = StreamAcc()
+        self.errors = 0
+
+    def ready(self) -> bool:
+        return True
+
+    def _load(self, data: bytes) -> Any:
+        """The frame's JSON, or None (counted) when it is not JSON."""
+        try:
+            return loads(data)
+        except ValueError:
+            self.errors += 1
+            return None
+
+    def result(self) -> Observation:
+        if self.acc.status == "unknown":
+            self.acc.status = "incomplete"
+        return self.acc.build(self.errors)
 
 
 def error_text(err: Any) -> str:

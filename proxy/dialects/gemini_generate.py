@@ -10,12 +10,12 @@ import re
 from typing import Any, ClassVar
 
 from proxy.dialects.base import (
+    BaseStream,
     Observation,
     RequestInfo,
     StreamAcc,
     TextBuffer,
     error_text,
-    loads,
 )
 from proxy.usage import from_gemini
 
@@ -48,10 +48,10 @@ def _apply(acc: StreamAcc, obj: dict[str, Any]) -> None:
         acc.status = "complete"
 
 
-class _Stream:
+class _Stream(BaseStream):
     """Every chunk carries running usage totals: nothing can be skipped."""
 
-    __slots__ = ("acc", "errors")
+    __slots__ = ()
     quiet: ClassVar[re.Pattern[bytes] | None] = None
 
     def ready(self) -> bool:
@@ -60,27 +60,14 @@ class _Stream:
     def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
         return None
 
-    def __init__(self) -> None:
-        self.acc = StreamAcc()
-        self.errors = 0
-
     def on_frame(self, name: str | None, data: bytes) -> None:
-        try:
-            obj = loads(data)
-        except ValueError:
-            self.errors += 1
-            return
+        obj = self._load(data)
         if isinstance(obj, list):  # an error array, or a whole array in one frame
             for item in obj:
                 if isinstance(item, dict):
                     _apply(self.acc, item)
         elif isinstance(obj, dict):
             _apply(self.acc, obj)
-
-    def result(self) -> Observation:
-        if self.acc.status == "unknown":
-            self.acc.status = "incomplete"
-        return self.acc.build(self.errors)
 
 
 class GenerateDialect:

@@ -7,12 +7,12 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from proxy.dialects.base import (
+    BaseStream,
     Observation,
     RequestInfo,
     StreamAcc,
     TextBuffer,
     error_text,
-    loads,
 )
 from proxy.usage import from_ollama
 
@@ -46,8 +46,8 @@ def _line_text(obj: dict[str, Any], out: TextBuffer) -> None:
     out.add(obj.get("response"))
 
 
-class _Stream:
-    __slots__ = ("acc", "errors")
+class _Stream(BaseStream):
+    __slots__ = ()
     quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
         rb'"done"\s*:\s*true|"error"|"embeddings"')
 
@@ -57,23 +57,10 @@ class _Stream:
     def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
         out.add_raw(data, _line_text)
 
-    def __init__(self) -> None:
-        self.acc = StreamAcc()
-        self.errors = 0
-
     def on_frame(self, name: str | None, data: bytes) -> None:
-        try:
-            obj = loads(data)
-        except ValueError:
-            self.errors += 1
-            return
+        obj = self._load(data)
         if isinstance(obj, dict):
             _apply(self.acc, obj)
-
-    def result(self) -> Observation:
-        if self.acc.status == "unknown":
-            self.acc.status = "incomplete"
-        return self.acc.build(self.errors)
 
 
 class OllamaDialect:

@@ -11,7 +11,14 @@ import re
 from typing import Any, ClassVar
 
 from proxy.dialects._openai_common import openai_request_info, provider_cost
-from proxy.dialects.base import Observation, RequestInfo, StreamAcc, TextBuffer, error_text, loads
+from proxy.dialects.base import (
+    BaseStream,
+    Observation,
+    RequestInfo,
+    StreamAcc,
+    TextBuffer,
+    error_text,
+)
 from proxy.usage import from_openai
 
 __all__ = ["ChatDialect", "CompletionsDialect", "EmbeddingsDialect"]
@@ -59,14 +66,13 @@ def _may_carry(data: bytes) -> bool:
     return (b'"usage"' in data and b'"usage":null' not in data) or b'"error"' in data
 
 
-class _ChatStream:
-    __slots__ = ("acc", "errors", "key", "done", "finished")
+class _ChatStream(BaseStream):
+    __slots__ = ("key", "done", "finished")
     quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
         rb'"usage"\s*:\s*\{|"x_groq"|"error"|\[DONE\]|"finish_reason"\s*:\s*"')
 
     def __init__(self, key: str) -> None:
-        self.acc = StreamAcc()
-        self.errors = 0
+        super().__init__()
         self.key = key
         self.done = False
         self.finished = False
@@ -91,11 +97,7 @@ class _ChatStream:
             if b'"finish_reason":"' in data:
                 self.finished = True
             return
-        try:
-            obj = loads(data)
-        except ValueError:
-            self.errors += 1
-            return
+        obj = self._load(data)
         if not isinstance(obj, dict):
             return
         usage = _usage_of(obj)

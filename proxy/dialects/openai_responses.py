@@ -7,12 +7,12 @@ from typing import Any, ClassVar
 
 from proxy.dialects._openai_common import openai_request_info, provider_cost
 from proxy.dialects.base import (
+    BaseStream,
     Observation,
     RequestInfo,
     StreamAcc,
     TextBuffer,
     error_text,
-    loads,
 )
 from proxy.usage import from_openai
 
@@ -56,32 +56,21 @@ def _delta_text(obj: dict[str, Any], out: TextBuffer) -> None:
     out.add(obj.get("delta"))
 
 
-class _Stream:
-    __slots__ = ("acc", "errors")
+class _Stream(BaseStream):
+    __slots__ = ()
     quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
         rb"response\.(?:completed|incomplete|failed|created|in_progress|queued)|\"error\"|"
         rb"event: error")
-
-    def ready(self) -> bool:
-        return True
 
     def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
         if name in _TEXT_EVENTS or (name is None and b".delta" in data):
             out.add_raw(data, _delta_text)
 
-    def __init__(self) -> None:
-        self.acc = StreamAcc()
-        self.errors = 0
-
     def on_frame(self, name: str | None, data: bytes) -> None:
         if name in _TEXT_EVENTS:  # the event line names it: no need to parse now
             self.acc.text.add_raw(data, _delta_text)
             return
-        try:
-            obj = loads(data)
-        except ValueError:
-            self.errors += 1
-            return
+        obj = self._load(data)
         if not isinstance(obj, dict):
             return
         kind = obj.get("type") or name
@@ -96,11 +85,6 @@ class _Stream:
             acc.error = error_text(obj)
         elif kind in ("response.created", "response.in_progress", "response.queued"):
             _apply_response(acc, obj.get("response"))
-
-    def result(self) -> Observation:
-        if self.acc.status == "unknown":
-            self.acc.status = "incomplete"
-        return self.acc.build(self.errors)
 
 
 class ResponsesDialect:

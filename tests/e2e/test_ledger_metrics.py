@@ -14,7 +14,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy, sse
+from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy
 from tests.e2e.test_injection import openai_like
 from tests.e2e.test_passthrough import ANTHROPIC_JSON, CHAT_JSON, CHAT_STREAM, SSE
 

@@ -94,8 +94,8 @@ async def test_anthropic_sdk_both_modes(upstream: FakeUpstream, proxy: Proxy, sd
     upstream.on("/v1/messages", Reply(ANTHROPIC_STREAM, headers=SSE))
     direct_ev = [e.model_dump() async for e in await sdk.anthropic(upstream.url).messages.create(
         **args, stream=True)]
-    via_ev = [e.model_dump() async for e in await sdk.anthropic(f"{proxy.url}/anthropic").messages.create(
-        **args, stream=True)]
+    via = sdk.anthropic(f"{proxy.url}/anthropic")
+    via_ev = [e.model_dump() async for e in await via.messages.create(**args, stream=True)]
     assert via_ev == direct_ev
     recs = await proxy.collector.wait_for(2)
     assert (recs[0].input_tokens, recs[0].cache_read_tokens, recs[0].cache_write_tokens,
