@@ -209,6 +209,8 @@ class Budgets:
         return None
 
     async def handle(self, record: CallRecord) -> None:
+        if not self._states:
+            return
         ctx = self._ctx(record.tags, record.upstream, record.model, record.client)
         ctx_req = {**ctx, "model": record.request_model}
         now = datetime.now(UTC)

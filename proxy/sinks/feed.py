@@ -57,14 +57,19 @@ class Broadcaster:
         for sub in self._subs:
             sub.put(event)
 
+    # With nobody watching (the usual case) no event is even built.
+
     def started(self, call: LiveCall) -> None:
-        self.publish("call_started", call.to_json())
+        if self._subs:
+            self.publish("call_started", call.to_json())
 
     def progress(self, call: LiveCall) -> None:
-        self.publish("call_progress", call.to_json())
+        if self._subs:
+            self.publish("call_progress", call.to_json())
 
     async def handle(self, record: CallRecord) -> None:
-        self.publish("call_finished", record.to_json())
+        if self._subs:
+            self.publish("call_finished", record.to_json())
 
     async def aclose(self) -> None:
         self._subs.clear()
