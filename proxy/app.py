@@ -66,9 +66,10 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=s.max_connections, limit_per_host=0,
                                            ttl_dns_cache=300),
+            # No total deadline (streams run for minutes) and no sock_read: the idle timeout
+            # is the Forwarder's (one deadline for the head, an IdleWatch for the body).
             timeout=aiohttp.ClientTimeout(total=None, connect=s.connect_timeout_seconds,
-                                          sock_connect=s.connect_timeout_seconds,
-                                          sock_read=s.idle_timeout_seconds),
+                                          sock_connect=s.connect_timeout_seconds),
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )

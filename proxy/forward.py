@@ -20,6 +20,7 @@ from aiohttp import web
 from proxy import headers as hdr
 from proxy.config import Config, Upstream
 from proxy.dialects import DIALECTS, Observation
+from proxy.idle import IdleWatch
 from proxy.inject import UsageStripper, inject
 from proxy.lifecycle import Lifecycle
 from proxy.meter import Meter
@@ -137,10 +138,14 @@ class Forwarder:
 
     async def _open(self, request: web.Request, url: str, body: bytes, injected: bool,
                     replace_auth: dict[str, str] | None) -> aiohttp.ClientResponse:
-        return await self.session.request(
-            request.method, url, data=body if body else None, allow_redirects=False,
-            headers=hdr.outbound(request.headers, identity=injected, replace_auth=replace_auth),
-        )
+        # Until the response head arrives the idle timeout is one deadline; after it, the
+        # body's IdleWatch takes over (the session itself has no read timeout).
+        async with asyncio.timeout(self.config.server.idle_timeout_seconds):
+            return await self.session.request(
+                request.method, url, data=body if body else None, allow_redirects=False,
+                headers=hdr.outbound(request.headers, identity=injected,
+                                     replace_auth=replace_auth),
+            )
 
     async def _forward(self, request: web.Request, route: Route, body: bytes, facts: CallFacts,
                        live: LiveCall, replace_auth: dict[str, str] | None
@@ -202,20 +207,25 @@ class Forwarder:
         out.headers["X-Meter-Call-Id"] = facts.call_id
         clean = False
         progress_at = time.monotonic() + PROGRESS_SECONDS
+        loop = asyncio.get_running_loop()
+        watch = IdleWatch(loop, self.config.server.idle_timeout_seconds, resp.content)
         try:
             await out.prepare(request)
-            write, feed, watching = out.write, meter.feed, self.recorder.watching
+            write, feed, watching, now = out.write, meter.feed, self.recorder.watching, loop.time
             async for chunk in resp.content.iter_any():
+                watch.last = now()
                 if facts.first_byte is None:
                     facts.first_byte = time.monotonic()
+                watch.writing = True
                 if stripper is not None:
                     data = stripper.feed(chunk)
                     if data:
                         await write(data)
                 else:
                     await write(chunk)
+                watch.writing = False
                 feed(chunk)
-                if meter.streaming and watching() and time.monotonic() >= progress_at:
+                if meter.streaming and time.monotonic() >= progress_at and watching():
                     progress_at = time.monotonic() + PROGRESS_SECONDS
                     self._progress(live, meter.progress())
             if stripper is not None:
@@ -239,6 +249,7 @@ class Forwarder:
             facts.outcome, facts.error = "upstream_aborted", f"upstream error: {type(exc).__name__}"
             _break(request)
         finally:
+            watch.cancel()
             facts.observation = meter.finish()
             if clean:
                 resp.release()

@@ -45,7 +45,14 @@ class UsageStripper:
         self._parts: list[bytes] = []
 
     def feed(self, chunk: bytes) -> bytes:
-        if b"\n" not in chunk and b"\r" not in chunk:
+        if not self._parts and chunk.endswith(b"\n\n") and chunk.find(b"\r") < 0:
+            # Whole LF events, the usual shape: only the usage markers need a look.
+            usage = chunk.count(b'"usage"')
+            if not usage:
+                return chunk
+            if usage == 1 and chunk.find(b',"usage":null') >= 0:
+                return chunk.replace(b',"usage":null', b"", 1)
+        if chunk.find(b"\n") < 0 and chunk.find(b"\r") < 0:
             self._parts.append(chunk)  # no event can end here: hold the partial event
             return b""
         if self._parts:
@@ -56,7 +63,7 @@ class UsageStripper:
             buf = chunk
         out: list[bytes] = []
         pos = 0
-        if b"\r" in buf:
+        if buf.find(b"\r") >= 0:
             for m in _BOUNDARY.finditer(buf):
                 out.append(self._event(buf[pos:m.end()]))
                 pos = m.end()
@@ -76,9 +83,9 @@ class UsageStripper:
 
     @staticmethod
     def _event(raw: bytes) -> bytes:
-        if b'"usage"' not in raw:
+        if raw.find(b'"usage"') < 0:
             return raw
-        if b',"usage":null' in raw:  # OpenAI's own spelling: the common case
+        if raw.find(b',"usage":null') >= 0:  # OpenAI's own spelling: the common case
             return raw.replace(b',"usage":null', b"", 1)
         if _NULL_USAGE.search(raw) and b'"usage":{' not in raw.replace(b" ", b""):
             return _NULL_USAGE.sub(b"", raw, count=1)

@@ -24,9 +24,12 @@ __all__ = ["Meter"]
 log = logging.getLogger("tokenbooth.meter")
 
 
+HOLD_BYTES = 64 * 1024  # whole chunks screened together, at the latest every this many bytes
+
+
 class Meter:
     __slots__ = ("_dialect", "_decoder", "_framer", "_state", "_sse", "errors", "broken",
-                 "bytes_seen", "streaming", "_quiet", "_end")
+                 "bytes_seen", "streaming", "_quiet", "_end", "_held", "_held_bytes")
 
     def __init__(self, dialect: Dialect | None, content_type: str | None,
                  content_encoding: str | None, path_stream: bool = False) -> None:
@@ -40,6 +43,8 @@ class Meter:
         self._decoder = None
         self._quiet: Any = None
         self._end = b"\n\n"
+        self._held: list[bytes] = []
+        self._held_bytes = 0
         ct = (content_type or "").lower()
         self.streaming = "event-stream" in ct or "ndjson" in ct or path_stream
         if dialect is None:
@@ -65,24 +70,62 @@ class Meter:
             self._quiet = self._state.quiet
 
     def feed(self, chunk: bytes) -> None:
+        """Called for every chunk, after it was forwarded: keep it cheap."""
         self.bytes_seen += len(chunk)
         if self.broken:
             return
+        if self._quiet is not None:
+            # Screened in batches: one literal search over many chunks, not one per chunk.
+            self._held.append(chunk)
+            self._held_bytes += len(chunk)
+            if self._held_bytes >= HOLD_BYTES:
+                self._release()
+            return
         try:
-            quiet = self._quiet
-            if (quiet is not None and chunk.endswith(self._end) and self._framer.idle
-                    and quiet.search(chunk) is None and self._state.ready()):
-                # Whole frames that cannot hold usage: keep them unread for a possible
-                # estimate instead of framing and parsing them now.
-                self._state.acc.text.add_chunk(chunk, self._read_later)
-                return
             if self._decoder is not None:
                 chunk = self._decoder.decode(chunk)
             self._frames(self._framer.feed(chunk))
         except Exception:
-            log.exception("metering failed; the call goes on unmetered")
-            self.errors += 1
-            self.broken = True
+            self._failed()
+
+    def _failed(self) -> None:
+        log.exception("metering failed; the call goes on unmetered")
+        self.errors += 1
+        self.broken = True
+
+    def _release(self) -> None:
+        """Read the held chunks. A leading run of whole frames that cannot matter (once the
+        state is `ready()`) is kept unread for a possible estimate instead of being framed
+        and parsed; the rest goes through the framer."""
+        held, self._held, self._held_bytes = self._held, [], 0
+        if not held or self.broken:
+            return
+        try:
+            framer, state, i = self._framer, self._state, 0
+            while i < len(held) and not (framer.idle and state.ready()):
+                self._frames(framer.feed(held[i]))
+                i += 1
+            if i == len(held):
+                return
+            buf = held[i] if i == len(held) - 1 else b"".join(held[i:])
+            cut = self._quiet_prefix(buf)
+            if cut:
+                state.acc.text.add_chunk(buf[:cut] if cut < len(buf) else buf, self._read_later)
+            if cut < len(buf):
+                self._frames(framer.feed(buf[cut:] if cut else buf))
+        except Exception:
+            self._failed()
+
+    def _quiet_prefix(self, buf: bytes) -> int:
+        """Length of the leading whole frames of `buf` that nothing of interest is in."""
+        end = self._end
+        first = self._quiet.first(buf)
+        if first < 0:
+            if buf.endswith(end):
+                return len(buf)
+            first = len(buf)
+        cut = buf.rfind(end, 0, first)
+        return cut + len(end) if cut >= 0 else 0
 
     def _frames(self, frames: list[Any]) -> None:
         if not frames or self._state is None:
@@ -106,6 +149,7 @@ class Meter:
 
     def progress(self) -> Observation | None:
         """A look at the running state (live feed), without ending it."""
+        self._release()
         if self._state is None or self.broken:
             return None
         try:
@@ -118,6 +162,7 @@ class Meter:
         dialect = self._dialect
         if dialect is None:
             return Observation(parse_errors=self.errors)
+        self._release()
         try:
             if not self.broken:
                 if self._decoder is not None:

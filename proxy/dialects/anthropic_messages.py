@@ -8,7 +8,6 @@ split exists only in `message_start`.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -16,6 +15,7 @@ from proxy.dialects.base import (
     BaseStream,
     Observation,
     RequestInfo,
+    Screen,
     StreamAcc,
     TextBuffer,
     error_text,
@@ -44,8 +44,8 @@ def _delta_text(obj: dict[str, Any], out: TextBuffer) -> None:
 
 class _Stream(BaseStream):
     __slots__ = ("raw", "delta_seen")
-    quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
-        rb'message_(?:start|delta|stop)|"error"|event: error')
+    quiet: ClassVar[Screen | None] = Screen(
+        (b'"error"', b"event: error", b"message_start", b"message_delta", b"message_stop"))
 
     def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
         if name == "content_block_delta" or (name is None and b"content_block_delta" in data):

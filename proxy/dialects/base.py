@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Protocol
 
 from proxy.usage import Usage
 
-__all__ = ["BaseStream", "Dialect", "Observation", "RequestInfo", "StreamAcc", "StreamState",
-           "TextBuffer", "error_text", "loads"]
+__all__ = ["BaseStream", "Dialect", "Observation", "RequestInfo", "Screen", "StreamAcc",
+           "StreamState", "TextBuffer", "error_text", "loads"]
 
 MAX_TEXT_CHARS = 1 << 20  # visible output kept for estimation; beyond it we count chars only
 
@@ -117,12 +117,47 @@ def _extract(data: bytes, extract: Callable[[Any, TextBuffer], None], out: TextB
         extract(obj, out)
 
 
+class Screen:
+    """Finds where bytes may start to matter (usage, an error, an ending) by literal search.
+
+    Bytes matter where they hold one of the `plain` needles, or a match of a `keyed`
+    pattern. A keyed pattern is only run when its needle occurs more often than its
+    harmless forms do (`"usage"` beyond `"usage":null`), so the usual stream is screened by
+    a few C-speed `find`/`count` calls over many chunks at once. A false "matters" only
+    costs a parse, never a wrong count.
+    """
+
+    __slots__ = ("_plain", "_keyed")
+
+    def __init__(self, plain: tuple[bytes, ...] = (),
+                 keyed: tuple[tuple[bytes, tuple[bytes, ...], bytes], ...] = ()) -> None:
+        self._plain = plain
+        self._keyed = tuple((needle, harmless, re.compile(pattern))
+                            for needle, harmless, pattern in keyed)
+
+    def first(self, buf: bytes) -> int:
+        """Where the first thing that may matter starts in `buf`, or -1."""
+        first = -1
+        for needle in self._plain:
+            i = buf.find(needle)
+            if i >= 0 and (first < 0 or i < first):
+                first = i
+        count = buf.count
+        for needle, harmless, pattern in self._keyed:
+            n = count(needle)
+            if n and n > sum(count(h) for h in harmless):
+                m = pattern.search(buf)
+                if m is not None and (first < 0 or m.start() < first):
+                    first = m.start()
+        return first
+
+
 class StreamState(Protocol):
-    """Per-call stream parser. `quiet` (a regex, or None) matches every chunk that may
-    matter; once `ready()`, a chunk of whole frames it does not match is not framed at all,
+    """Per-call stream parser. `quiet` (a Screen, or None) finds every chunk that may
+    matter; once `ready()`, a chunk of whole frames it passes over is not framed at all,
     only kept for `frame_text()` in case an estimate is needed."""
 
-    quiet: ClassVar[re.Pattern[bytes] | None]
+    quiet: ClassVar[Screen | None]
     acc: StreamAcc
 
     def on_frame(self, name: str | None, data: bytes) -> None: ...

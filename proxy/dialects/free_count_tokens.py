@@ -6,10 +6,16 @@ kept in `usage_raw` for audit.
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
-from proxy.dialects.base import Observation, RequestInfo, StreamAcc, TextBuffer, error_text
+from proxy.dialects.base import (
+    Observation,
+    RequestInfo,
+    Screen,
+    StreamAcc,
+    TextBuffer,
+    error_text,
+)
 from proxy.usage import Usage
 
 __all__ = ["CountTokensDialect", "ZERO"]
@@ -18,7 +24,7 @@ ZERO = Usage(0, 0, 0, 0, 0, 0)
 
 
 class _Nothing:
-    quiet: ClassVar[re.Pattern[bytes] | None] = None
+    quiet: ClassVar[Screen | None] = None
 
     def ready(self) -> bool:
         return False

@@ -6,13 +6,13 @@ chunk carries running totals in `usageMetadata`: the last one wins.
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 from proxy.dialects.base import (
     BaseStream,
     Observation,
     RequestInfo,
+    Screen,
     StreamAcc,
     TextBuffer,
     error_text,
@@ -52,7 +52,7 @@ class _Stream(BaseStream):
     """Every chunk carries running usage totals: nothing can be skipped."""
 
     __slots__ = ()
-    quiet: ClassVar[re.Pattern[bytes] | None] = None
+    quiet: ClassVar[Screen | None] = None
 
     def ready(self) -> bool:
         return False

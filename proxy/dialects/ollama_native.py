@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -10,6 +9,7 @@ from proxy.dialects.base import (
     BaseStream,
     Observation,
     RequestInfo,
+    Screen,
     StreamAcc,
     TextBuffer,
     error_text,
@@ -48,8 +48,9 @@ def _line_text(obj: dict[str, Any], out: TextBuffer) -> None:
 
 class _Stream(BaseStream):
     __slots__ = ()
-    quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
-        rb'"done"\s*:\s*true|"error"|"embeddings"')
+    quiet: ClassVar[Screen | None] = Screen(
+        (b'"error"', b'"embeddings"', b'"done":true'),
+        ((b'"done"', (b'"done":false', b'"done": false'), rb'"done"\s*:\s*true'),))
 
     def ready(self) -> bool:
         return bool(self.acc.model)

@@ -7,7 +7,6 @@ empty choices, DeepSeek/Mistral/OpenRouter put usage on the finish chunk) or fro
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 from proxy.dialects._openai_common import openai_request_info, provider_cost
@@ -15,6 +14,7 @@ from proxy.dialects.base import (
     BaseStream,
     Observation,
     RequestInfo,
+    Screen,
     StreamAcc,
     TextBuffer,
     error_text,
@@ -68,8 +68,11 @@ def _may_carry(data: bytes) -> bool:
 
 class _ChatStream(BaseStream):
     __slots__ = ("key", "done", "finished")
-    quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
-        rb'"usage"\s*:\s*\{|"x_groq"|"error"|\[DONE\]|"finish_reason"\s*:\s*"')
+    quiet: ClassVar[Screen | None] = Screen(
+        (b'"x_groq"', b'"error"', b"[DONE]", b'"usage":{', b'"finish_reason":"'),
+        ((b'"usage"', (b'"usage":null', b'"usage": null'), rb'"usage"\s*:\s*\{'),
+         (b'"finish_reason"', (b'"finish_reason":null', b'"finish_reason": null'),
+          rb'"finish_reason"\s*:\s*"')))
 
     def __init__(self, key: str) -> None:
         super().__init__()

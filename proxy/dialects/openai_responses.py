@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 from proxy.dialects._openai_common import openai_request_info, provider_cost
@@ -10,6 +9,7 @@ from proxy.dialects.base import (
     BaseStream,
     Observation,
     RequestInfo,
+    Screen,
     StreamAcc,
     TextBuffer,
     error_text,
@@ -58,9 +58,9 @@ def _delta_text(obj: dict[str, Any], out: TextBuffer) -> None:
 
 class _Stream(BaseStream):
     __slots__ = ()
-    quiet: ClassVar[re.Pattern[bytes] | None] = re.compile(
-        rb"response\.(?:completed|incomplete|failed|created|in_progress|queued)|\"error\"|"
-        rb"event: error")
+    quiet: ClassVar[Screen | None] = Screen(
+        (b'"error"', b"event: error", b"response.completed", b"response.incomplete",
+         b"response.failed", b"response.created", b"response.in_progress", b"response.queued"))
 
     def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
         if name in _TEXT_EVENTS or (name is None and b".delta" in data):

@@ -14,7 +14,7 @@ class NdjsonFramer:
         return not self._parts
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        if b"\n" not in chunk:
+        if chunk.find(b"\n") < 0:
             if chunk:
                 self._parts.append(chunk)
             return []

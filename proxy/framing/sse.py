@@ -40,11 +40,11 @@ class SseFramer:
             self._pending_cr = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        if b"\r" in chunk:
+        if chunk.find(b"\r") >= 0:
             if chunk[-1:] == b"\r":
                 self._pending_cr = True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if b"\n" not in chunk:
+        if chunk.find(b"\n") < 0:
             if chunk:
                 self._parts.append(chunk)
                 self._size += len(chunk)

@@ -78,3 +78,53 @@ def test_skipped_chunks_still_give_the_estimate_text() -> None:
     assert obs.text is not None and any(type(x) is tuple for x in obs.text.parts)
     assert obs.output_text == "alpha beta gamma"
     assert obs.usage is not None and obs.usage.output_tokens is None
+
+
+def _spaced_chat_stream(n: int, pad: int = 0) -> list[bytes]:
+    """An OpenAI-compatible server that writes JSON with Python's default separators."""
+    import json
+
+    def event(doc: dict[str, object]) -> bytes:
+        return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+    base = {"id": "c-1", "object": "chat.completion.chunk", "model": "local-m"}
+    chunks = [event({**base, "choices": [{"index": 0, "delta": {"content": f"w{i}" + "x" * pad},
+                                          "finish_reason": None}], "usage": None})
+              for i in range(n)]
+    chunks.append(event({**base, "choices": [{"index": 0, "delta": {},
+                                              "finish_reason": "stop"}], "usage": None}))
+    chunks.append(event({**base, "choices": [],
+                         "usage": {"prompt_tokens": 11, "completion_tokens": n,
+                                   "total_tokens": 11 + n}}))
+    return [*chunks, b"data: [DONE]\n\n"]
+
+
+@pytest.mark.parametrize("pad", [0, 5000])  # 5000: held chunks are released mid-stream
+def test_spaced_json_usage_is_found_among_held_chunks(pad: int) -> None:
+    """`"usage": null` and `"finish_reason": null` in every chunk are harmless forms; the
+    spaced `"usage": {` at the end must still be read, whatever the batch boundaries."""
+    from proxy.dialects import DIALECTS
+    from proxy.meter import Meter
+
+    meter = Meter(DIALECTS["openai.chat"], "text/event-stream", None)
+    for chunk in _spaced_chat_stream(40, pad):
+        meter.feed(chunk)
+    obs = meter.finish()
+    assert obs.usage is not None
+    assert (obs.usage.input_tokens, obs.usage.output_tokens) == (11, 40)
+    assert obs.status == "complete" and obs.response_model == "local-m"
+    assert obs.output_text.startswith("w0") and obs.output_text.count("w") >= 40
+
+
+def test_screen_finds_what_matters_and_passes_harmless_forms() -> None:
+    from proxy.dialects.openai_chat import _ChatStream
+
+    screen = _ChatStream.quiet
+    assert screen is not None
+    quiet = b'data: {"usage":null,"finish_reason":null}\n\ndata: {"usage": null}\n\n'
+    assert screen.first(quiet) == -1
+    for loud in (b'"usage": {"prompt_tokens": 1}}', b'"usage" :{"a":1}}',
+                 b'"finish_reason": "stop"}', b'"error": {}}', b"[DONE]"):
+        assert screen.first(quiet + loud) == len(quiet), loud
+    # the earliest of several things that matter
+    assert screen.first(b'xx{"finish_reason":"stop"}{"usage":{}}') == 3

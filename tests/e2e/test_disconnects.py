@@ -61,6 +61,55 @@ async def test_upstream_timeout_is_504(upstream: FakeUpstream, start_proxy: Star
     assert rec.outcome == "timeout"
 
 
+async def test_upstream_silent_mid_stream_is_a_timeout(upstream: FakeUpstream,
+                                                      start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(server={"idle_timeout_seconds": 0.3})
+    chunks = [b'data: {"id":"c","model":"gpt-4o","choices":[{"delta":{"content":"Hi"}}]}\n\n',
+              b"data: [DONE]\n\n"]
+    upstream.on("/v1/chat/completions", Reply(chunks, headers=SSE, delay=3.0))
+    received = b""
+    t = time.monotonic()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions",
+                              json={"model": "gpt-4o", "stream": True}) as r:
+                async for chunk in r.content.iter_any():
+                    received += chunk
+    assert 0.3 <= time.monotonic() - t < 1.5
+    assert received == chunks[0]  # what came, came; then a broken end, no forged [DONE]
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "timeout" and rec.error == "upstream idle timeout mid-response"
+
+
+async def test_idle_timeout_is_between_bytes_not_a_deadline(upstream: FakeUpstream,
+                                                            start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(server={"idle_timeout_seconds": 0.3})
+    chunks = [b"data: {}\n\n"] * 8  # 8 x 0.1 s: the stream outlasts the timeout
+    upstream.on("/v1/chat/completions", Reply(chunks, headers=SSE, delay=0.1))
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}/openai/v1/chat/completions", json={}) as r:
+            assert await r.read() == b"".join(chunks)
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "ok" and rec.duration_ms > 600
+
+
+async def test_a_slow_client_is_not_an_idle_upstream(upstream: FakeUpstream,
+                                                     start_proxy: StartProxy) -> None:
+    """The proxy blocked on writing to a client that stopped reading is not upstream
+    silence: the call ends ok once the client reads on, however long it paused."""
+    proxy = await start_proxy(server={"idle_timeout_seconds": 0.3})
+    chunks = [bytes([65 + i % 26]) * (256 << 10) for i in range(96)]  # 24 MiB at once
+    upstream.on("/v1/files/big", Reply(chunks, headers={"Content-Type": "text/plain"}))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{proxy.url}/openai/v1/files/big") as r:
+            first = await r.content.readany()
+            await asyncio.sleep(1.0)
+            rest = await r.read()
+    assert first + rest == b"".join(chunks)
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "ok"
+
+
 async def test_oversize_body_is_413_and_nothing_goes_upstream(upstream: FakeUpstream,
                                                               start_proxy: StartProxy) -> None:
     proxy = await start_proxy(server={"max_body_bytes": 1024})
