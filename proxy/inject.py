@@ -45,13 +45,16 @@ class UsageStripper:
         self._parts: list[bytes] = []
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self._parts and chunk.endswith(b"\n\n") and chunk.find(b"\r") < 0:
-            # Whole LF events, the usual shape: only the usage markers need a look.
+        if not self._parts and chunk.endswith(b"\n\n"):
+            # Whole events, the usual shape (any `X\n\n` ends an event, whatever line ends
+            # came before): with no usage, or only OpenAI's own null marker, no need to split.
             usage = chunk.count(b'"usage"')
             if not usage:
                 return chunk
-            if usage == 1 and chunk.find(b',"usage":null') >= 0:
-                return chunk.replace(b',"usage":null', b"", 1)
+            if usage == 1:
+                out = chunk.replace(b',"usage":null', b"", 1)
+                if len(out) < len(chunk):
+                    return out
         if chunk.find(b"\n") < 0 and chunk.find(b"\r") < 0:
             self._parts.append(chunk)  # no event can end here: hold the partial event
             return b""
