@@ -97,30 +97,47 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def measure(name: str, base_for: dict[str, str], pid: int | None, levels: list[int],
-                  per_level: dict[int, int]) -> dict[str, object]:
-    out: dict[str, object] = {}
+async def measure(name: str, url: str, scenario: str, pid: int | None, conc: int,
+                  n: int) -> dict[str, float | None]:
+    c0 = cpu_seconds(pid) if pid else 0.0
+    res = await load_url(url, scenario, conc, n)
+    c1 = cpu_seconds(pid) if pid else 0.0
+    lat = [r[0] for r in res]
+    first = [r[1] for r in res]
+    return {"cpu_us_per_req": (c1 - c0) / n * 1e6 if pid else None,
+            "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3,
+            "first_p50_ms": pct(first, 0.5) * 1e3, "mean_ms": statistics.fmean(lat) * 1e3}
+
+
+def median_of(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+    return {k: (statistics.median(r[k] for r in runs) if runs[0][k] is not None else None)
+            for k in runs[0]}
+
+
+async def measure_all(targets: dict[str, tuple[dict[str, str], int | None]], levels: list[int],
+                      per_level: dict[int, int], rounds: int) -> dict[str, dict[str, object]]:
+    """Each scenario and level runs direct, floor, tokenbooth back to back, `rounds` times
+    (medians kept): the machine's drift then hits all three alike."""
+    out: dict[str, dict[str, object]] = {name: {} for name in targets}
     for scenario, (up, path, _) in SCENARIOS.items():
-        url = f"{base_for[up]}/{path}"
-        await load_url(url, scenario, 4, 40)  # warm-up: connections, caches, first encodes
+        for base_for, _pid in targets.values():  # warm-up: connections, caches, encodes
+            await load_url(f"{base_for[up]}/{path}", scenario, 4, 40)
         for conc in levels:
-            n = per_level[conc]
-            c0 = cpu_seconds(pid) if pid else 0.0
-            res = await load_url(url, scenario, conc, n)
-            c1 = cpu_seconds(pid) if pid else 0.0
-            lat = [r[0] for r in res]
-            first = [r[1] for r in res]
-            out[f"{scenario}@{conc}"] = {
-                "n": n, "cpu_us_per_req": (c1 - c0) / n * 1e6 if pid else None,
-                "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3,
-                "first_p50_ms": pct(first, 0.5) * 1e3,
-                "mean_ms": statistics.fmean(lat) * 1e3,
-            }
-            print(f"  {name:10s} {scenario:14s} c={conc:<3d} p50={pct(lat, .5) * 1e3:7.2f}ms "
-                  f"p99={pct(lat, .99) * 1e3:7.2f}ms first={pct(first, .5) * 1e3:6.2f}ms "
-                  + (f"cpu={(c1 - c0) / n * 1e6:7.0f}us/req" if pid else ""), flush=True)
-    if pid:
-        out["peak_rss_mib"] = peak_rss_mib(pid)
+            runs: dict[str, list[dict[str, float | None]]] = {name: [] for name in targets}
+            for _ in range(rounds):
+                for name, (base_for, pid) in targets.items():
+                    runs[name].append(await measure(name, f"{base_for[up]}/{path}", scenario,
+                                                    pid, conc, per_level[conc]))
+            for name in targets:
+                m = median_of(runs[name])
+                out[name][f"{scenario}@{conc}"] = {"n": per_level[conc], "rounds": rounds, **m}
+                cpu = m["cpu_us_per_req"]
+                print(f"  {name:10s} {scenario:14s} c={conc:<3d} p50={m['p50_ms']:7.2f}ms "
+                      f"p99={m['p99_ms']:7.2f}ms first={m['first_p50_ms']:6.2f}ms "
+                      + (f"cpu={cpu:7.0f}us/req" if cpu is not None else ""), flush=True)
+    for name, (_, pid) in targets.items():
+        if pid:
+            out[name]["peak_rss_mib"] = peak_rss_mib(pid)
     return out
 
 
@@ -138,7 +155,8 @@ async def load_url(url: str, scenario: str, conc: int, n: int) -> list[tuple[flo
     return results
 
 
-async def main_async(quick: bool, levels: list[int], scenarios: list[str]) -> None:
+async def main_async(quick: bool, levels: list[int], scenarios: list[str],
+                     rounds: int) -> None:
     for name in list(SCENARIOS):
         if name not in scenarios:
             del SCENARIOS[name]
@@ -153,33 +171,26 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str]) -> No
         f"upstreams:\n  openai: {{url: 'http://127.0.0.1:{up_port}'}}\n"
         f"  anthropic: {{url: 'http://127.0.0.1:{up_port}'}}\n"
         f"ledger: {{path: '{tmp}/bench.db'}}\n")
-    results: dict[str, object] = {}
     try:
-        await wait_port(up_port)
         direct = f"http://127.0.0.1:{up_port}"
-        print("direct (no proxy):", flush=True)
-        results["direct"] = await measure("direct", {"openai": direct, "anthropic": direct},
-                                          None, levels, per_level)
+        # Both proxies on CPU 0; only the one under load uses it at any time.
         floor = spawn([sys.executable, str(HERE / "floor_proxy.py"), str(floor_port), direct],
                       cpu=0)
-        procs.append(floor)
-        await wait_port(floor_port)
-        print("bare floor (aiohttp + uvloop pass-through):", flush=True)
-        fb = f"http://127.0.0.1:{floor_port}/x"
-        results["floor"] = await measure("floor", {"openai": fb, "anthropic": fb}, floor.pid,
-                                         levels, per_level)
-        floor.terminate()
-        floor.wait()
         tb = spawn([sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port",
                     str(tb_port)], cpu=0)
-        procs.append(tb)
-        await wait_port(tb_port)
+        procs += [floor, tb]
+        for port in (up_port, floor_port, tb_port):
+            await wait_port(port)
         await asyncio.sleep(1.0)  # vocabularies load off the loop at start-up
-        print("tokenbooth (usage, ledger, metrics on):", flush=True)
-        tbb = f"http://127.0.0.1:{tb_port}"
-        results["tokenbooth"] = await measure(
-            "tokenbooth", {"openai": f"{tbb}/openai", "anthropic": f"{tbb}/anthropic"}, tb.pid,
-            levels, per_level)
+        fb, tbb = f"http://127.0.0.1:{floor_port}/x", f"http://127.0.0.1:{tb_port}"
+        print(f"direct / bare floor (aiohttp + uvloop pass-through) / tokenbooth (usage, "
+              f"ledger, metrics on); medians of {rounds} interleaved round(s):", flush=True)
+        results = await measure_all({
+            "direct": ({"openai": direct, "anthropic": direct}, None),
+            "floor": ({"openai": fb, "anthropic": fb}, floor.pid),
+            "tokenbooth": ({"openai": f"{tbb}/openai", "anthropic": f"{tbb}/anthropic"},
+                           tb.pid),
+        }, levels, per_level, rounds)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -191,7 +202,7 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str]) -> No
     (out_dir / "latest.json").write_text(json.dumps(results, indent=2))
 
 
-def summarize(results: dict[str, object]) -> None:
+def summarize(results: dict[str, dict[str, object]]) -> None:
     d, f, t = (results[k] for k in ("direct", "floor", "tokenbooth"))
     assert isinstance(d, dict) and isinstance(f, dict) and isinstance(t, dict)
     print("\nsummary (added = through the proxy minus direct):")
@@ -216,6 +227,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
     parser.add_argument("--levels", default="1,16,64", help="concurrency levels")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds per level; medians are reported")
     a = parser.parse_args()
     asyncio.run(main_async(a.quick, [int(x) for x in a.levels.split(",")],
-                           a.scenarios.split(",")))
+                           a.scenarios.split(","), a.rounds))
