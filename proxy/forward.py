@@ -154,7 +154,9 @@ class Forwarder:
         injected_body = None
         if (up.inject_stream_usage and route.parser in ("openai.chat", "openai.completions")
                 and up.name not in self.no_inject):
-            injected_body = inject(body)
+            injected_body, doc = inject(body)
+            if doc is not None:
+                facts.request_info = DIALECTS[route.parser].request_info(doc)
         url = route.url
         if request.query_string:
             url = f"{url}?{request.query_string}"

@@ -1,9 +1,10 @@
 """Stream-usage injection for OpenAI-dialect chat/completions streams.
 
 `inject()` adds `stream_options.include_usage` to a streaming request that did not ask for
-it. `UsageStripper` then removes from the client's copy what that flag added (the extra
-usage chunk and the `"usage":null` fields), so the client receives the stream it would have
-received without it. The meter still reads the upstream bytes, usage included.
+it, touching nothing else in the body. `UsageStripper` then removes from the client's copy
+what that flag added (the extra usage chunk and the `"usage":null` fields), so the client
+receives the stream it would have received without it. The meter still reads the upstream
+bytes, usage included.
 """
 
 from __future__ import annotations
@@ -15,23 +16,34 @@ from typing import Any
 __all__ = ["UsageStripper", "inject"]
 
 
-def inject(body: bytes) -> bytes | None:
-    """The rewritten body, or None when the request is not a stream lacking usage."""
-    if b'"stream"' not in body:
-        return None
+_OPTION = b'"stream_options":{"include_usage":true},'
+
+
+def inject(body: bytes) -> tuple[bytes | None, Any]:
+    """(the rewritten body, or None when the request is not a stream lacking usage; the
+    parsed request, or None when it was not parsed), so the caller need not parse again.
+
+    Where the request has no `stream_options` the member is spliced in after the opening
+    brace: the client's own bytes (key order, spacing, escapes) reach the upstream as sent.
+    """
+    if body.find(b'"stream"') < 0:
+        return None, None
     try:
         doc = json.loads(body)
     except ValueError:
-        return None
+        return None, None
     if not isinstance(doc, dict) or doc.get("stream") is not True:
-        return None
-    opts = doc.get("stream_options")
+        return None, doc
+    if "stream_options" not in doc:
+        brace = body.find(b"{")
+        return body[:brace + 1] + _OPTION + body[brace + 1:], doc
+    opts = doc["stream_options"]
     if opts is not None and not isinstance(opts, dict):
-        return None
+        return None, doc
     if isinstance(opts, dict) and opts.get("include_usage") is not None:
-        return None  # the client decided; pass untouched
-    doc["stream_options"] = {**(opts or {}), "include_usage": True}
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        return None, doc  # the client decided; pass untouched
+    rewritten = {**doc, "stream_options": {**(opts or {}), "include_usage": True}}
+    return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode(), doc
 
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")

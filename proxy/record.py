@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from proxy.dialects.base import Observation
+from proxy.dialects.base import Observation, RequestInfo
 
 __all__ = ["COLUMNS", "CallFacts", "CallRecord", "LiveCall", "iso_utc"]
 
@@ -61,6 +61,7 @@ class CallFacts:
     parser: str | None = None
     path_model: str | None = None
     request_body: bytes = b""
+    request_info: RequestInfo | None = None  # when the request path parsed the body already
     tags: dict[str, str] = field(default_factory=dict)
     client: str | None = None
     credential: str | None = None

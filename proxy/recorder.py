@@ -74,15 +74,18 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     """The only code that combines usage, estimation and price. Pure and synchronous."""
     obs = facts.observation
     dialect = DIALECTS.get(facts.parser) if facts.parser else None
+    usage = obs.usage or Usage()
+    info = facts.request_info
     doc: Any = None
-    if dialect is not None and facts.request_body:
+    # The body is parsed here only if the request path did not, or input needs an estimate.
+    if dialect is not None and facts.request_body and (info is None or not usage.has_input):
         try:
             doc = json.loads(facts.request_body)
         except ValueError:
             doc = None
-    info = dialect.request_info(doc) if dialect is not None else None
+    if info is None and dialect is not None:
+        info = dialect.request_info(doc)
     request_model = (info.model if info else None) or facts.path_model
-    usage = obs.usage or Usage()
     family = facts.dialect or "openai"
     estimator_name = None
     model_hint = obs.response_model or request_model

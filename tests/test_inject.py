@@ -55,3 +55,39 @@ def test_usage_in_the_text_is_left_alone() -> None:
     """A delta that merely talks about usage is not a usage field."""
     chunk = b'data: {"choices":[{"delta":{"content":"the \\"usage\\": null bit"}}]}\n\n'
     assert UsageStripper().feed(chunk) == chunk
+
+
+def test_inject_splices_the_option_and_keeps_the_clients_bytes() -> None:
+    from proxy.inject import inject
+
+    body = b'{ "model" : "gpt-4o",  "stream": true, "messages": [{"content": "caf\\u00e9"}]}'
+    new, doc = inject(body)
+    assert new is not None and doc["model"] == "gpt-4o"
+    assert new.replace(b'"stream_options":{"include_usage":true},', b"", 1) == body
+    assert json.loads(new)["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize(("body", "sent_options"), [
+    (b'{"stream":true,"stream_options":null}', {"include_usage": True}),
+    (b'{"stream":true,"stream_options":{"x":1}}', {"x": 1, "include_usage": True}),
+    (b'{"stream":true,"stream_options":{"include_usage":false}}', None),  # client decided
+    (b'{"stream":false}', None),
+    (b'{"stream":true,"stream_options":"odd"}', None),
+])
+def test_inject_merges_or_leaves_existing_options(body: bytes,
+                                                  sent_options: dict[str, object] | None) -> None:
+    from proxy.inject import inject
+
+    new, doc = inject(body)
+    assert doc == json.loads(body)  # the parsed request comes back unchanged
+    if sent_options is None:
+        assert new is None
+    else:
+        assert new is not None and json.loads(new)["stream_options"] == sent_options
+
+
+def test_inject_does_not_parse_what_cannot_be_a_stream() -> None:
+    from proxy.inject import inject
+
+    assert inject(b'{"model":"m"}') == (None, None)
+    assert inject(b'not json "stream"') == (None, None)

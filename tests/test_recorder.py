@@ -111,3 +111,25 @@ def test_key_fingerprint_is_keyed_and_stable(tmp_path: object) -> None:
 def test_iso_utc_matches_datetime_formatting(ts: float) -> None:
     expected = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     assert iso_utc(ts) == expected
+
+
+def test_request_info_from_the_request_path_spares_a_second_parse(estimator: Estimator) -> None:
+    """The forwarder parsed the body for injection: the record takes its RequestInfo and,
+    with input usage reported, never parses the body again."""
+    from proxy.dialects.base import Observation, RequestInfo
+    from proxy.usage import Usage
+
+    obs = Observation(Usage(12, 0, 0, None, 3), response_model="gpt-4o-2024-08-06",
+                      status="complete")
+    f = facts_for("openai.chat", "openai", obs, outcome="ok")
+    f.request_body = b"{ not json: a parse here would fail }"
+    f.request_info = RequestInfo("gpt-4o", True, "user-7", None)
+    rec = build_record(f, estimator, PriceBook(), lambda c: None)
+    assert (rec.request_model, rec.end_user) == ("gpt-4o", "user-7")
+    assert (rec.input_tokens, rec.output_tokens, rec.usage_source) == (12, 3, "reported")
+    # input not reported: the body is parsed after all, for the estimate
+    f2 = facts_for("openai.chat", "openai", Observation(Usage(None, None, None, None, 3)),
+                   outcome="ok")
+    f2.request_info = RequestInfo("gpt-4o", True, None, None)
+    rec2 = build_record(f2, estimator, PriceBook(), lambda c: None)
+    assert rec2.input_source == "estimated" and (rec2.input_tokens or 0) > 0
