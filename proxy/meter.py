@@ -94,38 +94,37 @@ class Meter:
         self.broken = True
 
     def _release(self) -> None:
-        """Read the held chunks. A leading run of whole frames that cannot matter (once the
-        state is `ready()`) is kept unread for a possible estimate instead of being framed
-        and parsed; the rest goes through the framer."""
+        """Read the held chunks. Runs of whole frames that cannot matter (once the state is
+        `ready()`) are kept unread for a possible estimate instead of being framed and
+        parsed; only the frames that may matter go through the framer."""
         held, self._held, self._held_bytes = self._held, [], 0
         if not held or self.broken:
             return
         try:
-            framer, state, i = self._framer, self._state, 0
-            while i < len(held) and not (framer.idle and state.ready()):
-                self._frames(framer.feed(held[i]))
-                i += 1
-            if i == len(held):
-                return
-            buf = held[i] if i == len(held) - 1 else b"".join(held[i:])
-            cut = self._quiet_prefix(buf)
-            if cut:
-                state.acc.text.add_chunk(buf[:cut] if cut < len(buf) else buf, self._read_later)
-            if cut < len(buf):
-                self._frames(framer.feed(buf[cut:] if cut else buf))
+            buf = held[0] if len(held) == 1 else b"".join(held)
+            framer, state, end, screen = self._framer, self._state, self._end, self._quiet
+            pos, size = 0, len(buf)
+            while pos < size:
+                if framer.idle and state.ready():
+                    first = screen.first(buf, pos)
+                    if first < 0 and buf.endswith(end):
+                        state.acc.text.add_chunk(buf[pos:] if pos else buf, self._read_later)
+                        return
+                    cut = buf.rfind(end, pos, first if first >= 0 else size)
+                    if cut >= 0:
+                        state.acc.text.add_chunk(buf[pos:cut + len(end)], self._read_later)
+                        pos = cut + len(end)
+                    if first < 0:
+                        first = pos
+                else:
+                    first = pos
+                # Frame what may matter, up to the end of its frame (or of the buffer).
+                stop = buf.find(end, first)
+                stop = size if stop < 0 else stop + len(end)
+                self._frames(framer.feed(buf[pos:stop] if pos or stop < size else buf))
+                pos = stop
         except Exception:
             self._failed()
-
-    def _quiet_prefix(self, buf: bytes) -> int:
-        """Length of the leading whole frames of `buf` that nothing of interest is in."""
-        end = self._end
-        first = self._quiet.first(buf)
-        if first < 0:
-            if buf.endswith(end):
-                return len(buf)
-            first = len(buf)
-        cut = buf.rfind(end, 0, first)
-        return cut + len(end) if cut >= 0 else 0
 
     def _frames(self, frames: list[Any]) -> None:
         if not frames or self._state is None:

@@ -135,18 +135,18 @@ class Screen:
         self._keyed = tuple((needle, harmless, re.compile(pattern))
                             for needle, harmless, pattern in keyed)
 
-    def first(self, buf: bytes) -> int:
-        """Where the first thing that may matter starts in `buf`, or -1."""
+    def first(self, buf: bytes, start: int = 0) -> int:
+        """Where the first thing that may matter starts in `buf[start:]`, or -1."""
         first = -1
         for needle in self._plain:
-            i = buf.find(needle)
+            i = buf.find(needle, start)
             if i >= 0 and (first < 0 or i < first):
                 first = i
         count = buf.count
         for needle, harmless, pattern in self._keyed:
-            n = count(needle)
-            if n and n > sum(count(h) for h in harmless):
-                m = pattern.search(buf)
+            n = count(needle, start)
+            if n and n > sum(count(h, start) for h in harmless):
+                m = pattern.search(buf, start)
                 if m is not None and (first < 0 or m.start() < first):
                     first = m.start()
         return first
