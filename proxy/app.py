@@ -58,6 +58,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         if not est.loaded:
             await asyncio.to_thread(est.load)
+        await asyncio.to_thread(prices.warm)
         recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,
                                                        config.ledger.path)
         await ledger.open()

@@ -61,6 +61,13 @@ class PriceBook:
         self._override_cache: dict[str, tuple[str, ModelPrice] | None] = {}
         self.library_version = f"genai-prices {version('genai-prices')}"
 
+    def warm(self) -> None:
+        """Load the genai-prices snapshot now (~0.1 s), in a thread at start-up, so the first
+        priced call does not do it on the event loop."""
+        from genai_prices import data_snapshot
+
+        data_snapshot.get_snapshot()
+
     def _lookup(self, model: str, provider_id: str | None) -> Any:
         """The genai-prices (provider, model) pair for `model`, or None; cached."""
         key = (model, provider_id)
