@@ -208,14 +208,15 @@ class Forwarder:
                                  headers=hdr.inbound(rh, drop_length=stripper is not None))
         out.headers["X-Meter-Call-Id"] = facts.call_id
         clean = False
-        progress_at = time.monotonic() + PROGRESS_SECONDS
         loop = asyncio.get_running_loop()
         watch = IdleWatch(loop, self.config.server.idle_timeout_seconds, resp.content)
+        # Progress for the live feed, at most every PROGRESS_SECONDS, only for streams.
+        progress_at = watch.last + PROGRESS_SECONDS if meter.streaming else float("inf")
         try:
             await out.prepare(request)
             write, feed, watching, now = out.write, meter.feed, self.recorder.watching, loop.time
             async for chunk in resp.content.iter_any():
-                watch.last = now()
+                t = watch.last = now()
                 if facts.first_byte is None:
                     facts.first_byte = time.monotonic()
                 watch.writing = True
@@ -227,8 +228,8 @@ class Forwarder:
                     await write(chunk)
                 watch.writing = False
                 feed(chunk)
-                if meter.streaming and time.monotonic() >= progress_at and watching():
-                    progress_at = time.monotonic() + PROGRESS_SECONDS
+                if t >= progress_at and watching():
+                    progress_at = t + PROGRESS_SECONDS
                     self._progress(live, meter.progress())
             if stripper is not None:
                 tail = stripper.flush()
