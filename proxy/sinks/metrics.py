@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from proxy import __version__
 from proxy.record import CallRecord, LiveCall
+from proxy.sinks.tally import CounterTally, GaugeTally, HistogramTally, Tallies
 
 __all__ = ["LabelCap", "Metrics"]
 
@@ -51,29 +52,35 @@ class Metrics:
         self.tag_labels = tuple(tag_labels)
         t = self.tag_labels
         r = registry
-        self.requests = Counter("tokenbooth_requests", "Proxied calls.",
-                                ("upstream", "operation", "model", "agent", "outcome", "code", *t),
-                                registry=r)
-        self.input_tokens = Counter("tokenbooth_input_tokens", "Input tokens by cache class.",
-                                    ("upstream", "model", "agent", "cache", "source", *t),
-                                    registry=r)
-        self.output_tokens = Counter("tokenbooth_output_tokens", "Output tokens by phase.",
-                                     ("upstream", "model", "agent", "phase", "source", *t),
-                                     registry=r)
-        self.cost = Counter("tokenbooth_cost_usd", "Spend in USD (priced calls only).",
-                            ("upstream", "model", "agent", *t), registry=r)
-        self.unpriced = Counter("tokenbooth_unpriced_requests",
-                                "Calls with usage but no known price.", ("upstream", "model"),
-                                registry=r)
-        self.duration = Histogram("tokenbooth_request_duration_seconds", "Call duration.",
-                                  ("upstream", "operation", "model", "stream"),
-                                  buckets=_LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("tokenbooth_time_to_first_token_seconds",
-                              "Time to the first body byte of a stream.",
-                              ("upstream", "operation", "model"), buckets=_TTFT_BUCKETS,
-                              registry=r)
-        self.inflight = Gauge("tokenbooth_inflight_requests", "Calls in flight.", ("upstream",),
-                              registry=r)
+        # The families every call moves are plain-dict tallies (see proxy/sinks/tally.py).
+        tallies = Tallies()
+        self.requests = tallies.add(CounterTally(
+            "tokenbooth_requests", "Proxied calls.",
+            ("upstream", "operation", "model", "agent", "outcome", "code", *t)))
+        self.input_tokens = tallies.add(CounterTally(
+            "tokenbooth_input_tokens", "Input tokens by cache class.",
+            ("upstream", "model", "agent", "cache", "source", *t)))
+        self.output_tokens = tallies.add(CounterTally(
+            "tokenbooth_output_tokens", "Output tokens by phase.",
+            ("upstream", "model", "agent", "phase", "source", *t)))
+        self.cost = tallies.add(CounterTally(
+            "tokenbooth_cost_usd", "Spend in USD (priced calls only).",
+            ("upstream", "model", "agent", *t)))
+        self.unpriced = tallies.add(CounterTally(
+            "tokenbooth_unpriced_requests", "Calls with usage but no known price.",
+            ("upstream", "model")))
+        self.estimated = tallies.add(CounterTally(
+            "tokenbooth_estimated_requests", "Calls whose usage was estimated in whole or part.",
+            ("upstream", "source")))
+        self.duration = tallies.add(HistogramTally(
+            "tokenbooth_request_duration_seconds", "Call duration.",
+            ("upstream", "operation", "model", "stream"), _LATENCY_BUCKETS))
+        self.ttft = tallies.add(HistogramTally(
+            "tokenbooth_time_to_first_token_seconds", "Time to the first body byte of a stream.",
+            ("upstream", "operation", "model"), _TTFT_BUCKETS))
+        self.inflight = tallies.add(GaugeTally(
+            "tokenbooth_inflight_requests", "Calls in flight.", ("upstream",)))
+        r.register(tallies)
         self.ledger_rows = Counter("tokenbooth_ledger_rows", "Ledger rows by result.",
                                    ("result",), registry=r)
         for result in ("written", "spooled", "dropped"):
@@ -87,9 +94,6 @@ class Metrics:
         self.parse_errors = Counter("tokenbooth_parse_errors",
                                     "Response events the meter could not read.", ("upstream",),
                                     registry=r)
-        self.estimated = Counter("tokenbooth_estimated_requests",
-                                 "Calls whose usage was estimated in whole or part.",
-                                 ("upstream", "source"), registry=r)
         build = Gauge("tokenbooth_build_info", "Build information.", ("version", "prices"),
                       registry=r)
         build.labels(__version__, prices_version).set(1)
@@ -106,7 +110,7 @@ class Metrics:
     def started(self, call: LiveCall) -> None:
         up = self.cap("upstream", call.upstream)
         self._live[call.call_id] = up
-        self._child(self.inflight, (up,)).inc()
+        self.inflight.add((up,), 1)
 
     def progress(self, call: LiveCall) -> None:
         return None
@@ -119,39 +123,38 @@ class Metrics:
         up = cap("upstream", rec.upstream)
         live_up = self._live.pop(rec.call_id, None)
         if live_up is not None:
-            self._child(self.inflight, (live_up,)).dec()
+            self.inflight.add((live_up,), -1)
         op = cap("operation", rec.operation)
         model = cap("model", rec.model or rec.request_model or "unknown")
         agent = cap("agent", rec.agent)
         tags = tuple(cap(f"tag:{t}", rec.tags.get(t)) for t in self.tag_labels)
         code = str(rec.status_code) if rec.status_code is not None else "none"
-        child = self._child
-        child(self.requests, (up, op, model, agent, rec.outcome, code, *tags)).inc()
+        self.requests.inc((up, op, model, agent, rec.outcome, code, *tags))
         if rec.input_tokens is not None and rec.input_source != "none":
             read, write = rec.cache_read_tokens or 0, rec.cache_write_tokens or 0
             src = rec.input_source
             for cache, n in (("none", rec.input_tokens - read - write), ("read", read),
                              ("write", write)):
                 if n:
-                    child(self.input_tokens, (up, model, agent, cache, src, *tags)).inc(n)
+                    self.input_tokens.inc((up, model, agent, cache, src, *tags), n)
         if rec.output_tokens is not None and rec.output_source != "none":
             reasoning = rec.reasoning_tokens or 0
             src = rec.output_source
             for phase, n in (("response", rec.output_tokens - reasoning),
                              ("reasoning", reasoning)):
                 if n:
-                    child(self.output_tokens, (up, model, agent, phase, src, *tags)).inc(n)
+                    self.output_tokens.inc((up, model, agent, phase, src, *tags), n)
         if rec.cost_usd is not None:
             if rec.cost_usd:
-                child(self.cost, (up, model, agent, *tags)).inc(float(rec.cost_usd))
+                self.cost.inc((up, model, agent, *tags), float(rec.cost_usd))
         elif rec.usage_source != "none":
-            child(self.unpriced, (up, model)).inc()
+            self.unpriced.inc((up, model))
         if rec.usage_source in ("estimated", "partial"):
-            child(self.estimated, (up, rec.usage_source)).inc()
-        child(self.duration, (up, op, model, "true" if rec.stream else "false")).observe(
-            rec.duration_ms / 1000)
+            self.estimated.inc((up, rec.usage_source))
+        self.duration.observe((up, op, model, "true" if rec.stream else "false"),
+                              rec.duration_ms / 1000)
         if rec.ttft_ms is not None:
-            child(self.ttft, (up, op, model)).observe(rec.ttft_ms / 1000)
+            self.ttft.observe((up, op, model), rec.ttft_ms / 1000)
 
     def ledger_rows_changed(self, result: str, n: int) -> None:
         self._child(self.ledger_rows, (result,)).inc(n)

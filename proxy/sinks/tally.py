@@ -1,0 +1,108 @@
+"""Per-call metric families kept as plain dicts, exposed through prometheus-client at scrape.
+
+prometheus-client's Counter/Histogram children take a lock and check their type on every
+`inc()`; a call moves about ten of them. Here a call does a few dict updates on the event
+loop's thread (the only writer, so no lock), and `collect()` hands the families to
+prometheus-client's exposition when /metrics is scraped. Names, labels, `_total`, `_bucket`
+`le` strings, `_sum` and `_count` come out exactly as prometheus-client's own metrics would
+(without the optional `_created` samples).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+__all__ = ["CounterTally", "GaugeTally", "HistogramTally", "Tallies"]
+
+Key = tuple[str, ...]
+T = TypeVar("T", bound="CounterTally | HistogramTally")
+
+
+class CounterTally:
+    __slots__ = ("name", "doc", "labels", "values")
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+        self.name, self.doc, self.labels = name, doc, list(labels)
+        self.values: dict[Key, float] = {}
+
+    def inc(self, key: Key, n: float = 1.0) -> None:
+        if n < 0:
+            raise ValueError("counters only go up")
+        values = self.values
+        values[key] = values.get(key, 0.0) + n
+
+    def family(self) -> Metric:
+        fam = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, value in self.values.items():
+            fam.add_metric(list(key), value)
+        return fam
+
+
+class GaugeTally(CounterTally):
+    __slots__ = ()
+
+    def add(self, key: Key, n: float) -> None:
+        values = self.values
+        values[key] = values.get(key, 0.0) + n
+
+    def family(self) -> Metric:
+        fam = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, value in self.values.items():
+            fam.add_metric(list(key), value)
+        return fam
+
+
+class HistogramTally:
+    __slots__ = ("name", "doc", "labels", "bounds", "_le", "series")
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str],
+                 buckets: Sequence[float]) -> None:
+        self.name, self.doc, self.labels = name, doc, list(labels)
+        self.bounds = tuple(float(b) for b in buckets)
+        self._le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        # per series: the count in each bucket (not cumulative; last is beyond every bound),
+        # then the sum of the observed values
+        self.series: dict[Key, list[float]] = {}
+
+    def observe(self, key: Key, value: float) -> None:
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = [0.0] * (len(self.bounds) + 2)
+        s[bisect_left(self.bounds, value)] += 1  # bucket `le` holds value <= le
+        s[-1] += value
+
+    def family(self) -> Metric:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, s in self.series.items():
+            running, buckets = 0.0, []
+            for le, n in zip(self._le, s[:-1], strict=True):
+                running += n
+                buckets.append((le, running))
+            fam.add_metric(list(key), buckets, sum_value=s[-1])
+        return fam
+
+
+class Tallies(Collector):
+    """Registered once on the app's registry; yields every tally's family at scrape."""
+
+    def __init__(self) -> None:
+        self._tallies: list[CounterTally | HistogramTally] = []
+
+    def add(self, tally: T) -> T:
+        self._tallies.append(tally)
+        return tally
+
+    def collect(self) -> Iterator[Metric]:
+        for tally in self._tallies:
+            yield tally.family()
