@@ -115,7 +115,8 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         usage_source = "partial"
     else:
         usage_source = "none"
-    if usage.input_tokens is not None:
+    if usage.input_tokens is not None and (usage.cache_read_tokens is None
+                                           or usage.cache_write_tokens is None):
         usage = replace(usage, cache_read_tokens=usage.cache_read_tokens or 0,
                         cache_write_tokens=usage.cache_write_tokens or 0)
     model = obs.response_model or request_model
