@@ -31,6 +31,7 @@ T = TypeVar("T", bound="CounterTally | HistogramTally")
 
 class CounterTally:
     __slots__ = ("name", "doc", "labels", "values")
+    _family: type[CounterMetricFamily] | type[GaugeMetricFamily] = CounterMetricFamily
 
     def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
         self.name, self.doc, self.labels = name, doc, list(labels)
@@ -43,7 +44,7 @@ class CounterTally:
         values[key] = values.get(key, 0.0) + n
 
     def family(self) -> Metric:
-        fam = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        fam = self._family(self.name, self.doc, labels=self.labels)
         for key, value in self.values.items():
             fam.add_metric(list(key), value)
         return fam
@@ -51,16 +52,11 @@ class CounterTally:
 
 class GaugeTally(CounterTally):
     __slots__ = ()
+    _family = GaugeMetricFamily
 
     def add(self, key: Key, n: float) -> None:
         values = self.values
         values[key] = values.get(key, 0.0) + n
-
-    def family(self) -> Metric:
-        fam = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
-        for key, value in self.values.items():
-            fam.add_metric(list(key), value)
-        return fam
 
 
 class HistogramTally:
