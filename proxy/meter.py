@@ -102,11 +102,12 @@ class Meter:
             return
         try:
             buf = held[0] if len(held) == 1 else b"".join(held)
-            framer, state, end, screen = self._framer, self._state, self._end, self._quiet
+            framer, state, end = self._framer, self._state, self._end
+            scan = self._quiet.over(buf)
             pos, size = 0, len(buf)
             while pos < size:
                 if framer.idle and state.ready():
-                    first = screen.first(buf, pos)
+                    first = scan.next(pos)
                     if first < 0 and buf.endswith(end):
                         state.acc.text.add_chunk(buf[pos:] if pos else buf, self._read_later)
                         return

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Protocol
 
 from proxy.usage import Usage
 
-__all__ = ["BaseStream", "Dialect", "Observation", "RequestInfo", "Screen", "StreamAcc",
-           "StreamState", "TextBuffer", "error_text", "loads"]
+__all__ = ["BaseStream", "Dialect", "Observation", "RequestInfo", "Screen", "ScreenScan",
+           "StreamAcc", "StreamState", "TextBuffer", "error_text", "loads"]
 
 MAX_TEXT_CHARS = 1 << 20  # visible output kept for estimation; beyond it we count chars only
 
@@ -135,21 +135,48 @@ class Screen:
         self._keyed = tuple((needle, harmless, re.compile(pattern))
                             for needle, harmless, pattern in keyed)
 
+    def over(self, buf: bytes) -> ScreenScan:
+        return ScreenScan(buf, self._plain, self._keyed)
+
     def first(self, buf: bytes, start: int = 0) -> int:
         """Where the first thing that may matter starts in `buf[start:]`, or -1."""
-        first = -1
-        for needle in self._plain:
-            i = buf.find(needle, start)
-            if i >= 0 and (first < 0 or i < first):
-                first = i
+        return self.over(buf).next(start)
+
+
+class ScreenScan:
+    """A Screen over one buffer, asked again and again as the reader moves on: each needle
+    or pattern is searched again only once the reader has passed its last hit, so a buffer
+    in which every frame matters is still scanned in linear time."""
+
+    __slots__ = ("_searches", "_hits")
+
+    def __init__(self, buf: bytes, plain: tuple[bytes, ...],
+                 keyed: tuple[tuple[bytes, tuple[bytes, ...], re.Pattern[bytes]], ...]) -> None:
+        searches: list[Callable[[int], int]] = [
+            lambda pos, needle=needle: buf.find(needle, pos) for needle in plain]
         count = buf.count
-        for needle, harmless, pattern in self._keyed:
-            n = count(needle, start)
-            if n and n > sum(count(h, start) for h in harmless):
-                m = pattern.search(buf, start)
-                if m is not None and (first < 0 or m.start() < first):
-                    first = m.start()
-        return first
+        for needle, harmless, pattern in keyed:
+            # every occurrence a harmless form: nothing for the pattern to find in `buf`
+            if count(needle) > sum(count(h) for h in harmless):
+                searches.append(lambda pos, p=pattern: _match_at(p, buf, pos))
+        self._searches = searches
+        self._hits = [-2] * len(searches)  # -2: not searched yet; -1: no more hits
+
+    def next(self, pos: int) -> int:
+        """Where the first thing that may matter starts at or after `pos`, or -1."""
+        best = -1
+        hits = self._hits
+        for i, hit in enumerate(hits):
+            if hit == -2 or 0 <= hit < pos:
+                hit = hits[i] = self._searches[i](pos)
+            if hit >= 0 and (best < 0 or hit < best):
+                best = hit
+        return best
+
+
+def _match_at(pattern: re.Pattern[bytes], buf: bytes, pos: int) -> int:
+    m = pattern.search(buf, pos)
+    return m.start() if m is not None else -1
 
 
 class StreamState(Protocol):

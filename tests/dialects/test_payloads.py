@@ -128,3 +128,54 @@ def test_screen_finds_what_matters_and_passes_harmless_forms() -> None:
         assert screen.first(quiet + loud) == len(quiet), loud
     # the earliest of several things that matter
     assert screen.first(b'xx{"finish_reason":"stop"}{"usage":{}}') == 3
+
+
+FRAGMENTS = [b'data: {"usage":null}\n\n', b'data: {"usage": {"a":1}}\n\n',
+             b'data: {"finish_reason":null}\n\n', b'data: {"finish_reason": "stop"}\n\n',
+             b'data: {"x":"y"}\n\n', b"data: [DONE]\n\n", b'{"error":1}', b'"usage" :{']
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(st.sampled_from(FRAGMENTS), max_size=12),
+       steps=st.lists(st.integers(0, 40), max_size=8))
+def test_screen_scan_agrees_with_a_fresh_search(parts: list[bytes], steps: list[int]) -> None:
+    """Reused hits give the same answer as searching anew from each position."""
+    import re
+
+    from proxy.dialects.openai_chat import _ChatStream
+
+    screen = _ChatStream.quiet
+    assert screen is not None
+    buf = b"".join(parts)
+    fresh = re.compile(rb'"x_groq"|"error"|\[DONE\]|"usage"\s*:\s*\{|"finish_reason"\s*:\s*"')
+    scan, pos = screen.over(buf), 0
+    for step in steps:
+        pos = min(pos + step, len(buf))
+        m = fresh.search(buf, pos)
+        assert scan.next(pos) == (m.start() if m else -1)
+
+
+def test_screen_scan_searches_an_absent_needle_once() -> None:
+    """A batch in which every frame matters stays linear: what is not there is looked for
+    once, not again from every frame."""
+    from proxy.dialects.openai_chat import _ChatStream
+
+    screen = _ChatStream.quiet
+    assert screen is not None
+    frame = b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n'
+    buf = frame * 200
+    scan = screen.over(buf)
+    calls = [0] * len(scan._searches)
+
+    def counted(i: int, search: object) -> object:
+        def run(pos: int) -> int:
+            calls[i] += 1
+            return search(pos)  # type: ignore[operator]
+        return run
+
+    scan._searches = [counted(i, f) for i, f in enumerate(scan._searches)]  # type: ignore[misc]
+    for k in range(200):
+        assert scan.next(k * len(frame)) == k * len(frame) + buf[:len(frame)].find(b'"usage"')
+    # the plain needles: "x_groq", "error", [DONE], "usage":{ (present), "finish_reason":"
+    assert calls[0] == calls[1] == calls[2] == calls[4] == 1
+    assert calls[3] == 200
