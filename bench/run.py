@@ -1,11 +1,12 @@
 """Load driver: direct vs the bare floor vs Tokenbooth, on the same fake upstream.
 
-The proxy under test runs alone on CPU 0; the fake upstream and this driver share CPU 1.
-For each scenario and concurrency it prints the proxy's CPU microseconds per request
-(from /proc/<pid>/stat), added latency p50/p99 against direct, added first-chunk latency
-for streams, and at the end each proxy's peak RSS (VmHWM).
+Both proxies sit on CPU 0 (only the one under load uses it); the fake upstream and this
+driver share CPU 1. For each scenario and concurrency, direct, floor and Tokenbooth run back
+to back, `--rounds` times, and it prints medians of the proxy's CPU microseconds per request
+(all threads, from /proc/<pid>/task/*/schedstat), added latency p50/p99 against direct,
+added first-chunk latency for streams, and at the end each proxy's peak RSS (VmHWM).
 
-    python bench/run.py [--quick]
+    python bench/run.py [--quick] [--rounds N]
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def measure(name: str, url: str, scenario: str, pid: int | None, conc: int,
+async def measure(url: str, scenario: str, pid: int | None, conc: int,
                   n: int) -> dict[str, float | None]:
     c0 = cpu_seconds(pid) if pid else 0.0
     res = await load_url(url, scenario, conc, n)
@@ -126,8 +127,8 @@ async def measure_all(targets: dict[str, tuple[dict[str, str], int | None]], lev
             runs: dict[str, list[dict[str, float | None]]] = {name: [] for name in targets}
             for _ in range(rounds):
                 for name, (base_for, pid) in targets.items():
-                    runs[name].append(await measure(name, f"{base_for[up]}/{path}", scenario,
-                                                    pid, conc, per_level[conc]))
+                    runs[name].append(await measure(f"{base_for[up]}/{path}", scenario, pid,
+                                                    conc, per_level[conc]))
             for name in targets:
                 m = median_of(runs[name])
                 out[name][f"{scenario}@{conc}"] = {"n": per_level[conc], "rounds": rounds, **m}
@@ -204,7 +205,6 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str],
 
 def summarize(results: dict[str, dict[str, object]]) -> None:
     d, f, t = (results[k] for k in ("direct", "floor", "tokenbooth"))
-    assert isinstance(d, dict) and isinstance(f, dict) and isinstance(t, dict)
     print("\nsummary (added = through the proxy minus direct):")
     print(f"{'case':22s} {'floor cpu':>10s} {'tb cpu':>9s} {'ratio':>6s} "
           f"{'tb +p50':>8s} {'tb +p99':>8s} {'floor +p50':>10s} {'tb +first':>9s}")

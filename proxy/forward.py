@@ -211,7 +211,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         watch = IdleWatch(loop, self.config.server.idle_timeout_seconds, resp.content)
         # Progress for the live feed, at most every PROGRESS_SECONDS, only for streams.
-        progress_at = watch.last + PROGRESS_SECONDS if meter.streaming else float("inf")
+        progress_at = loop.time() + PROGRESS_SECONDS if meter.streaming else float("inf")
         try:
             await out.prepare(request)
             write, feed, watching, now = out.write, meter.feed, self.recorder.watching, loop.time
