@@ -44,7 +44,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     budgets = Budgets(config.budgets, registry, prices, est)
     recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets,
                                                        *extra_sinks],
-                        on_sink_error=metrics.sink_failed)
+                        on_sink_error=metrics.sink_failed, recorded=ledger.recorded)
     recorder.watching = lambda: feed.active
     lifecycle = Lifecycle()
     app[state.CONFIG] = config

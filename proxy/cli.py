@@ -96,10 +96,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_prices(args: argparse.Namespace) -> int:
+    from proxy.dialects import price_provider
     from proxy.pricing import PriceBook
 
     config = _config(args)
-    info = PriceBook(config.prices).describe(args.model, args.upstream)
+    up = config.upstreams.get(args.upstream or "")
+    pid = price_provider(up.dialect, up.name) if up is not None else None
+    info = PriceBook(config.prices).describe(args.model, pid)
     if info["source"] is None:
         print(f"{args.model}: no price known (calls are recorded with cost NULL, "
               f"counted as unpriced)")

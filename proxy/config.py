@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from proxy.dialects import BUILTIN_UPSTREAMS, DEFAULT_PROVIDER, PROVIDERS
+
 __all__ = [
     "RESERVED_NAMES",
     "AdminConfig",
@@ -30,22 +32,9 @@ __all__ = [
 ]
 
 RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "api", "ui"})
-DIALECTS = ("openai", "anthropic", "gemini", "ollama")
 BUDGET_WINDOWS = ("day", "week", "month", "total")
 BUDGET_ACTIONS = ("alert", "block")
 BUDGET_MATCH_KEYS_FIXED = ("upstream", "model", "client")
-
-BUILTIN_UPSTREAMS: dict[str, dict[str, Any]] = {
-    "openai": {"url": "https://api.openai.com", "dialect": "openai"},
-    "anthropic": {"url": "https://api.anthropic.com", "dialect": "anthropic"},
-    "gemini": {"url": "https://generativelanguage.googleapis.com", "dialect": "gemini"},
-    "openrouter": {"url": "https://openrouter.ai/api", "dialect": "openai"},
-    "groq": {"url": "https://api.groq.com/openai", "dialect": "openai"},
-    "mistral": {"url": "https://api.mistral.ai", "dialect": "openai"},
-    "deepseek": {"url": "https://api.deepseek.com", "dialect": "openai"},
-    "xai": {"url": "https://api.x.ai", "dialect": "openai"},
-    "ollama": {"url": "http://127.0.0.1:11434", "dialect": "ollama", "free": True},
-}
 
 
 class ConfigError(ValueError):
@@ -231,11 +220,11 @@ def _upstream(name: str, raw: Any, base: dict[str, Any] | None) -> Upstream:
     url = merged.get("url")
     if not isinstance(url, str) or not re.match(r"https?://[^/]+", url):
         raise ConfigError(f"{path}.url: expected an http(s) URL, got {url!r}")
-    dialect = merged.get("dialect", "openai")
-    if dialect not in DIALECTS:
+    dialect = merged.get("dialect", DEFAULT_PROVIDER)
+    if dialect not in PROVIDERS:
         raise ConfigError(f"{path}.dialect: unknown dialect {dialect!r} "
-                          f"(known: {', '.join(DIALECTS)})")
-    inject = r.get("inject_stream_usage", bool, dialect == "openai")
+                          f"(known: {', '.join(PROVIDERS)})")
+    inject = r.get("inject_stream_usage", bool, PROVIDERS[dialect].inject_by_default)
     api_key = r.get("api_key", str, None)
     free = r.get("free", bool, bool(merged.get("free", False)))
     return Upstream(name, url.rstrip("/"), dialect, inject, api_key, free)

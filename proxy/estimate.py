@@ -12,7 +12,6 @@ import base64
 import gzip
 import hashlib
 import io
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Estimate", "Estimator"]
+__all__ = ["Estimate", "Estimator", "strings"]
 
 log = logging.getLogger("tokenbooth.estimate")
 
@@ -115,36 +114,14 @@ class Estimator:
         tokens = est.tokens + (math.ceil(extra_chars / 4) if extra_chars else 0)
         return self._scaled(tokens, est.estimator, family)
 
-    def input(self, parser: str | None, doc: Any, model: str | None, family: str) -> Estimate:
-        """Input estimate from a request body, by the API's own shape."""
+    def input(self, dialect: Any, doc: Any, model: str | None) -> Estimate:
+        """Input estimate from a request body, by the API's own shape (the dialect's)."""
         name, count = self._counter(model)
-        if not isinstance(doc, dict):
-            return Estimate(0, name)
-        if parser == "openai.chat" and isinstance(doc.get("messages"), list):
-            tokens = chat_tokens(doc["messages"], count) + tools_tokens(doc.get("tools"), count)
-        elif parser == "anthropic.messages":
-            tokens = _anthropic_tokens(doc, count)
-        elif parser == "gemini.generate":
-            tokens = sum(count(t) for t in _strings(
-                [doc.get("systemInstruction"), doc.get("contents"), doc.get("tools")]))
-        elif parser == "openai.responses":
-            tokens = sum(count(t) for t in _strings([doc.get("instructions"),
-                                                     doc.get("input")])) + 3
-        elif parser == "openai.embeddings":
-            inp = doc.get("input")
-            tokens = sum(count(t) for t in _strings(inp)) + sum(
-                len(x) for x in (inp if isinstance(inp, list) else []) if isinstance(x, list))
-        elif parser == "openai.completions":
-            tokens = sum(count(t) for t in _strings(doc.get("prompt")))
-        elif parser == "ollama.native":
-            tokens = sum(count(t) for t in _strings(
-                [doc.get("system"), doc.get("prompt"), doc.get("messages"), doc.get("input")]))
-        else:
-            tokens = 0
-        return self._scaled(tokens, name, family)
+        tokens = dialect.estimate_input(doc, count, model) if isinstance(doc, dict) else 0
+        return self._scaled(tokens, name, dialect.family)
 
 
-def _strings(obj: Any) -> list[str]:
+def strings(obj: Any) -> list[str]:
     """Every text value in a nested request body (content, text, prompt...), no keys."""
     out: list[str] = []
     stack = [obj]
@@ -161,65 +138,3 @@ def _strings(obj: Any) -> list[str]:
                     continue
                 stack.append(v)
     return out
-
-
-def chat_tokens(messages: list[Any], count: Callable[[str], int]) -> int:
-    """OpenAI cookbook: 3 per message, every string value, +1 per name, +3 reply priming."""
-    total = 3
-    for msg in messages:
-        if not isinstance(msg, dict):
-            continue
-        total += 3
-        for key, value in msg.items():
-            if isinstance(value, str):
-                total += count(value)
-            elif key == "content" and isinstance(value, list):
-                for part in value:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        total += count(part["text"])
-                    elif isinstance(part, dict) and part.get("type") == "image_url":
-                        total += 85  # low-detail image tile; a floor, not exact
-            elif key == "tool_calls" and isinstance(value, list):
-                total += sum(count(s) for s in _strings(value))
-            if key == "name":
-                total += 1
-    return total
-
-
-def tools_tokens(tools: Any, count: Callable[[str], int]) -> int:
-    """OpenAI cookbook `num_tokens_for_tools` (gpt-4o family constants)."""
-    if not isinstance(tools, list) or not tools:
-        return 0
-    func_init, prop_init, prop_key, enum_init, enum_item, func_end = 7, 3, 3, -3, 3, 12
-    total = 0
-    for tool in tools:
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict):
-            continue
-        total += func_init
-        desc = str(fn.get("description", "")).rstrip(".")
-        total += count(f"{fn.get('name', '')}:{desc}")
-        props = (fn.get("parameters") or {}).get("properties") or {}
-        if props:
-            total += prop_init
-            for key, spec in props.items():
-                spec = spec if isinstance(spec, dict) else {}
-                total += prop_key
-                if isinstance(spec.get("enum"), list):
-                    total += enum_init
-                    for item in spec["enum"]:
-                        total += enum_item + count(str(item))
-                p_desc = str(spec.get("description", ""))
-                if p_desc.endswith("."):
-                    p_desc = p_desc[:-1]
-                total += count(f"{key}:{spec.get('type', '')}:{p_desc}")
-    return total + func_end
-
-
-def _anthropic_tokens(doc: dict[str, Any], count: Callable[[str], int]) -> int:
-    total = sum(count(t) for t in _strings(doc.get("system")))
-    for msg in doc.get("messages") or ():
-        total += 3 + sum(count(t) for t in _strings(msg))
-    if doc.get("tools"):
-        total += count(json.dumps(doc["tools"], separators=(",", ":")))
-    return total

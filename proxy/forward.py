@@ -9,9 +9,11 @@ CallFacts goes to the recorder, from the `finally` block.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -19,9 +21,8 @@ from aiohttp import web
 
 from proxy import headers as hdr
 from proxy.config import Config, Upstream
-from proxy.dialects import DIALECTS, Observation
+from proxy.dialects import DIALECTS, Observation, provider_by_headers
 from proxy.idle import IdleWatch
-from proxy.inject import UsageStripper, inject
 from proxy.lifecycle import Lifecycle
 from proxy.meter import Meter
 from proxy.record import CallFacts, LiveCall, iso_utc
@@ -32,16 +33,31 @@ __all__ = ["Forwarder", "error_response"]
 
 log = logging.getLogger("tokenbooth.forward")
 PROGRESS_SECONDS = 0.5
-_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "apim-request-id")
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "apim-request-id",
+                       "x-amzn-requestid")
 
 
 def error_response(status: int, kind: str, message: str, *, call_id: str | None = None,
-                   extra: dict[str, Any] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": {"type": kind, "message": message, **(extra or {})}}
-    resp = web.json_response(body, status=status)
+                   extra: dict[str, Any] | None = None, provider: Any = None) -> web.Response:
+    """Our own refusals, in the error shape the caller's SDK reads (its provider's)."""
+    if provider is not None:
+        body, headers = provider.error(status, kind, message, extra or {})
+    else:
+        body, headers = {"error": {"type": kind, "message": message, **(extra or {})}}, {}
+    resp = web.json_response(body, status=status, headers=headers)
     if call_id:
         resp.headers["X-Meter-Call-Id"] = call_id
     return resp
+
+
+def _parse(body: bytes) -> Any:
+    """The request body's JSON, parsed once per call for every consumer; None if not JSON."""
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 class _Ended(Exception):
@@ -83,13 +99,15 @@ class Forwarder:
                 facts.outcome, facts.error = "rejected", "unknown upstream"
                 return error_response(404, "unknown_upstream",
                                       f"unknown upstream {name!r}; known: {self._known}",
-                                      call_id=call_id)
+                                      call_id=call_id,
+                                      provider=provider_by_headers(request.headers))
             facts.free = up.free
             route = resolve(up, request.method, rest, _raw_rest(request, name))
             facts.operation, facts.parser = route.operation, route.parser
             facts.path_model, facts.stream = route.path_model, route.path_stream
+            facts.batch_id, facts.price_provider = route.batch_id, route.price_provider
             facts.credential = hdr.credential(request.headers)
-            replace_auth = self._authenticate(up, facts)
+            replace_auth = self._authenticate(up, route, facts)
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
@@ -97,17 +115,28 @@ class Forwarder:
                 return error_response(
                     413, "request_too_large",
                     f"request body exceeds server.max_body_bytes "
-                    f"({self.config.server.max_body_bytes} bytes)", call_id=call_id)
+                    f"({self.config.server.max_body_bytes} bytes)", call_id=call_id,
+                    provider=route.provider)
             facts.request_body = body
+            dialect = DIALECTS.get(route.parser) if route.parser else None
+            if dialect is not None:
+                facts.request_doc = _parse(body)
+                facts.request_info = dialect.request_info(facts.request_doc)
             live = LiveCall(call_id, iso_utc(facts.started), name, route.operation, False,
                             facts.tags.get("agent"), facts.tags.get("session"),
-                            facts.tags.get("run"), route.path_model)
+                            facts.tags.get("run"), route.path_model,
+                            price_provider=route.price_provider)
             if self.budgets is not None and self.budgets.blocking:
-                denied = await self.budgets.admit(facts, route, body)
+                denied = await self.budgets.admit(facts, route)
                 if denied is not None:
                     facts.outcome, facts.error = "rejected", f"budget {denied.name} exhausted"
-                    return denied.response(call_id)
-            self.recorder.started(live)
+                    resp = error_response(
+                        429, "budget_exceeded", denied.message, call_id=call_id,
+                        extra={"budget": denied.name}, provider=route.provider)
+                    resp.headers["X-Meter-Budget"] = denied.name
+                    return resp
+            if route.batch_id is None:  # a batch download is recorded as its result lines
+                self.recorder.started(live)
             return await self._forward(request, route, body, facts, live, replace_auth)
         except _Ended as ended:
             return ended.response
@@ -119,7 +148,8 @@ class Forwarder:
             self.recorder.submit(facts)
             lifecycle.leave()
 
-    def _authenticate(self, up: Upstream, facts: CallFacts) -> dict[str, str] | None:
+    def _authenticate(self, up: Upstream, route: Route,
+                      facts: CallFacts) -> dict[str, str] | None:
         """With `api_key` on the upstream, clients present a client key and we supply ours."""
         if not up.api_key:
             return None
@@ -128,13 +158,10 @@ class Forwarder:
             facts.outcome, facts.error = "rejected", "client authentication failed"
             raise _Ended(error_response(
                 401, "authentication_error",
-                "this upstream needs a client key from auth.client_keys", call_id=facts.call_id))
+                "this upstream needs a client key from auth.client_keys", call_id=facts.call_id,
+                provider=route.provider))
         facts.client = client
-        if up.dialect == "anthropic":
-            return {"x-api-key": up.api_key}
-        if up.dialect == "gemini":
-            return {"x-goog-api-key": up.api_key}
-        return {"Authorization": f"Bearer {up.api_key}"}
+        return route.provider.key_headers(up.api_key)
 
     async def _open(self, request: web.Request, url: str, body: bytes, injected: bool,
                     replace_auth: dict[str, str] | None) -> aiohttp.ClientResponse:
@@ -152,11 +179,10 @@ class Forwarder:
                        ) -> web.StreamResponse:
         up = route.upstream
         injected_body = None
-        if (up.inject_stream_usage and route.parser in ("openai.chat", "openai.completions")
-                and up.name not in self.no_inject):
-            injected_body, doc = inject(body)
-            if doc is not None:
-                facts.request_info = DIALECTS[route.parser].request_info(doc)
+        injector = route.provider.injector(route.parser) \
+            if up.inject_stream_usage and up.name not in self.no_inject else None
+        if injector is not None:
+            injected_body = injector.inject(body, facts.request_doc)
         url = route.url
         if request.query_string:
             url = f"{url}?{request.query_string}"
@@ -189,10 +215,11 @@ class Forwarder:
             return error_response(502, "upstream_unreachable",
                                   f"upstream {up.name} failed: {type(exc).__name__}",
                                   call_id=facts.call_id)
-        return await self._relay(request, route, resp, facts, live, injected_body is not None)
+        return await self._relay(request, route, resp, facts, live,
+                                 injector if injected_body is not None else None)
 
     async def _relay(self, request: web.Request, route: Route, resp: aiohttp.ClientResponse,
-                     facts: CallFacts, live: LiveCall, injected: bool) -> web.StreamResponse:
+                     facts: CallFacts, live: LiveCall, injector: Any) -> web.StreamResponse:
         facts.status_code = resp.status
         rh = resp.headers
         for h in _REQUEST_ID_HEADERS:
@@ -203,7 +230,7 @@ class Forwarder:
         meter = Meter(DIALECTS.get(route.parser) if route.parser else None, content_type,
                       rh.get("Content-Encoding"), route.path_stream)
         facts.stream = live.stream = meter.streaming
-        stripper = UsageStripper() if injected and meter.streaming else None
+        stripper = injector.stripper() if injector is not None and meter.streaming else None
         out = web.StreamResponse(status=resp.status, reason=resp.reason,
                                  headers=hdr.inbound(rh, drop_length=stripper is not None))
         out.headers["X-Meter-Call-Id"] = facts.call_id
@@ -274,11 +301,14 @@ class Forwarder:
         if usage is not None and usage.output_tokens is not None:
             live.input_tokens, live.output_tokens = usage.input_tokens, usage.output_tokens
             live.usage_source = "reported"
+            live.usage = usage  # every billed unit: priced as the final record will be
         else:
             if usage is not None:
                 live.input_tokens = usage.input_tokens
             live.output_tokens = (len(obs.output_text) + obs.output_chars_dropped + 3) // 4
             live.usage_source = "estimated"
+            live.usage = None if usage is None else replace(usage,
+                                                            output_tokens=live.output_tokens)
         if obs.response_model:
             live.model = obs.response_model
         self.recorder.progress(live)

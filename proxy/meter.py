@@ -12,6 +12,7 @@ from typing import Any
 from proxy.dialects import Dialect, Observation
 from proxy.dialects.base import loads
 from proxy.framing import (
+    EventStreamFramer,
     JsonArrayFramer,
     JsonBodyBuffer,
     NdjsonFramer,
@@ -46,7 +47,10 @@ class Meter:
         self._held: list[bytes] = []
         self._held_bytes = 0
         ct = (content_type or "").lower()
-        self.streaming = "event-stream" in ct or "ndjson" in ct or path_stream
+        eventstream = "vnd.amazon.eventstream" in ct
+        lines = dialect is not None and dialect.framing == "ndjson"  # a batch-results file
+        self.streaming = ("event-stream" in ct or "ndjson" in ct or path_stream
+                          or eventstream) and not lines
         if dialect is None:
             return
         try:
@@ -56,7 +60,11 @@ class Meter:
             self.broken = True
             self.errors += 1
             return
-        if "event-stream" in ct:
+        if lines:
+            self._framer, self._end = NdjsonFramer(), b"\n"
+        elif eventstream:
+            self._framer, self._sse = EventStreamFramer(), True
+        elif "event-stream" in ct:
             self._framer, self._sse = SseFramer(), True
         elif "ndjson" in ct:
             self._framer, self._end = NdjsonFramer(), b"\n"

@@ -1,8 +1,11 @@
 """Prices: genai-prices' bundled snapshot (never updated at run time) under config overrides.
 
-`PriceBook.price()` answers (cost, source, model priced). Unknown models give cost None,
-never 0. A provider-reported cost (OpenRouter `cost`, xAI ticks) wins with source
-`provider`. Money is Decimal while computing.
+`PriceBook.price()` answers (cost, source, model priced) for every billed unit of a call:
+the six token classes, the units beyond them (modalities, 1h cache writes, web searches),
+at the price variant of the tier that *served* the call, or of batch processing. Unknown
+models, and billed units, tiers or batch processing that have no price, give cost None
+(unpriced), never a smaller number. A provider-reported cost (OpenRouter `cost`, xAI
+ticks) wins with source `provider`. Money is Decimal while computing.
 """
 
 from __future__ import annotations
@@ -17,17 +20,13 @@ from importlib.metadata import version
 from typing import Any
 
 from proxy.config import ModelPrice
-from proxy.usage import Usage
+from proxy.usage import STANDARD_TIERS, Usage
 
-__all__ = ["Price", "PriceBook", "candidate_names"]
+__all__ = ["FREE_UNITS", "Price", "PriceBook", "candidate_names", "price_context"]
 
 MILLION = Decimal(1_000_000)
-
-# upstream name -> genai-prices provider id
-PROVIDER_IDS = {
-    "openai": "openai", "anthropic": "anthropic", "gemini": "google", "openrouter": "openrouter",
-    "groq": "groq", "mistral": "mistral", "deepseek": "deepseek", "xai": "x-ai",
-}
+# Billed units that cost nothing beyond their tokens (Anthropic web fetch).
+FREE_UNITS = frozenset({"web_fetches"})
 _DATED = re.compile(r"^(.*?)-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 
 
@@ -53,11 +52,62 @@ def candidate_names(model: str) -> list[str]:
     return names
 
 
+def price_context(usage: Usage) -> dict[str, str] | None:
+    """The genai-prices price context of the served tier or batch processing: {} for the
+    standard price."""
+    if usage.batch or usage.service_tier == "batch":
+        return {"processing": "batch"}
+    if usage.service_tier is None or usage.service_tier in STANDARD_TIERS:
+        return {}
+    return {"service_tier": usage.service_tier}
+
+
+def _has_variant(info: Any, context: dict[str, str]) -> bool:
+    return any(all(context.get(k) == v for k, v in variant.when.items()) and variant.when
+               for variant in info.price_variants or ())
+
+
+def _required(dims: Mapping[str, str]) -> dict[str, str]:
+    """The dimensions a unit's price must match: a billed unit is never priced at the rate
+    of a cheaper parent. Audio, image or video output, audio input and cache TTLs have
+    rates of their own; image and video input are billed as input tokens where no rate
+    of their own exists (Gemini, OpenAI); non-token units need their own price."""
+    req = {k: v for k, v in dims.items() if k == "cache_ttl"}
+    modality = dims.get("modality")
+    if modality == "audio" or (modality in ("image", "video") and dims.get("direction")
+                               == "output"):
+        req["modality"] = modality
+    if dims.get("family") != "tokens":
+        req["family"] = dims.get("family", "")
+    return req
+
+
+def unpriced_units(mp: Any, units: Mapping[str, int]) -> list[str]:
+    """The billed units (count > 0) that this model price cannot price."""
+    from genai_prices.units import _get_registry
+
+    registry = _get_registry()
+    priced = [u for u in registry.units.values() if getattr(mp, u.price_key, None) is not None]
+    missing = []
+    for key, count in units.items():
+        if not count or key in FREE_UNITS:
+            continue
+        unit = registry.units.get(key)
+        if unit is None:
+            missing.append(key)
+            continue
+        req = _required(unit.dimensions)
+        if not any(p.dimensions.items() <= unit.dimensions.items()
+                   and req.items() <= p.dimensions.items() for p in priced):
+            missing.append(key)
+    return missing
+
+
 class PriceBook:
     def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
         self._overrides = dict(overrides or {})
         self._cache: dict[tuple[str, str | None], Any] = {}
-        self._mp_cache: dict[int, tuple[float, Any]] = {}
+        self._mp_cache: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[float, Any]] = {}
         self._override_cache: dict[str, tuple[str, ModelPrice] | None] = {}
         self.library_version = f"genai-prices {version('genai-prices')}"
 
@@ -102,44 +152,60 @@ class PriceBook:
             self._override_cache[model] = found
         return found
 
-    def price(self, model: str | None, upstream: str, usage: Usage, *,
+    def price(self, model: str | None, provider_id: str | None, usage: Usage, *,
               free: bool = False, provider_cost: Decimal | None = None) -> Price:
+        """`provider_id` is the genai-prices provider (None: whichever knows the model)."""
         if provider_cost is not None:
             return Price(provider_cost, "provider", model)
         if free:
             return Price(Decimal(0), "free", model)
         if not model or usage.input_tokens is None and usage.output_tokens is None:
             return Price(None, None, model)
+        units = usage.priced_units() if usage.units else None
+        context = price_context(usage)
         over = self._override(model)
         if over is not None:
+            # Config prices plain tokens: a tier, batch or non-token unit has no price there.
+            if context or any(k in ("web_searches",) for k in units or ()):
+                return Price(None, None, over[0])
             return Price(_config_cost(over[1], usage), "config", over[0])
-        found = self._lookup(model, PROVIDER_IDS.get(upstream))
+        found = self._lookup(model, provider_id)
         if found is None:
             return Price(None, None, model)
         provider, info = found
-        cost = _fast_cost(self._model_price(info), usage)
+        if context and not _has_variant(info, context):
+            return Price(None, None, info.id)  # served at a tier with no known price
+        mp = self._model_price(info, context)
+        if units:
+            if unpriced_units(mp, units):
+                return Price(None, None, info.id)
+            cost = None
+        else:
+            cost = _fast_cost(mp, usage)
         if cost is None:
-            cost = _library_cost(provider, info, usage)
+            cost = _library_cost(provider, info, usage, context)
         return Price(cost, self.library_version, info.id)
 
-    def _model_price(self, info: Any) -> Any:
-        """The model's current ModelPrice, cached for an hour (prices change by date)."""
+    def _model_price(self, info: Any, context: dict[str, str] | None = None) -> Any:
+        """The model's current ModelPrice (at a tier or batch variant), cached for an hour
+        (prices change by date)."""
         now = time.monotonic()
-        hit = self._mp_cache.get(id(info))
+        key = (id(info), tuple(sorted((context or {}).items())))
+        hit = self._mp_cache.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
-        mp = info.get_prices(datetime.now(UTC))
-        self._mp_cache[id(info)] = (now + 3600, mp)
+        mp = info.get_prices(datetime.now(UTC), context or None)
+        self._mp_cache[key] = (now + 3600, mp)
         return mp
 
-    def describe(self, model: str, upstream: str | None = None) -> dict[str, Any]:
+    def describe(self, model: str, provider_id: str | None = None) -> dict[str, Any]:
         """For `tokenbooth prices`: the per-million prices and where they come from."""
         over = self._override(model)
         if over is not None:
             return {"model": over[0], "source": "config",
                     "prices_per_million_usd": {k: v for k, v in vars(over[1]).items()
                                                if v is not None}}
-        found = self._lookup(model, PROVIDER_IDS.get(upstream or ""))
+        found = self._lookup(model, provider_id)
         if found is None:
             return {"model": model, "source": None, "prices_per_million_usd": None}
         provider, info = found
@@ -199,10 +265,11 @@ def _fast_cost(mp: Any, u: Usage) -> Decimal | None:
     return total / MILLION
 
 
-def _library_cost(provider: Any, info: Any, u: Usage) -> Decimal:
+def _library_cost(provider: Any, info: Any, u: Usage,
+                  context: dict[str, str] | None = None) -> Decimal:
     from genai_prices import Usage as LibUsage
 
-    kwargs: dict[str, int] = {}
+    kwargs: dict[str, int] = {k: v for k, v in (u.units or {}).items() if k not in FREE_UNITS}
     if u.input_tokens is not None:
         kwargs["input_tokens"] = u.input_tokens
     if u.output_tokens is not None:
@@ -215,5 +282,5 @@ def _library_cost(provider: Any, info: Any, u: Usage) -> Decimal:
             kwargs["cache_write_1h_tokens"] = u.cache_write_1h_tokens
             kwargs["cache_write_5m_tokens"] = u.cache_write_tokens - u.cache_write_1h_tokens
     calc = info.calc_price(LibUsage(**kwargs), provider, genai_request_timestamp=datetime.now(UTC),
-                           auto_update_timestamp=None)
+                           auto_update_timestamp=None, price_context=context or None)
     return Decimal(calc.total_price)

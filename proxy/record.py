@@ -23,7 +23,8 @@ COLUMNS = (
     "status_code", "outcome", "input_tokens", "cache_read_tokens", "cache_write_tokens",
     "output_tokens", "reasoning_tokens", "total_tokens", "usage_source", "estimator",
     "cost_usd", "price_source", "agent", "session", "run", "tags", "end_user", "client",
-    "key_id", "upstream_request_id", "error", "usage_raw",
+    "key_id", "upstream_request_id", "error", "usage_raw", "service_tier", "priced_units",
+    "batch_id",
 )
 
 
@@ -61,7 +62,8 @@ class CallFacts:
     parser: str | None = None
     path_model: str | None = None
     request_body: bytes = b""
-    request_info: RequestInfo | None = None  # when the request path parsed the body already
+    request_info: RequestInfo | None = None  # what the request says (parsed once)
+    request_doc: Any = None  # the parsed request body, kept for an input estimate
     tags: dict[str, str] = field(default_factory=dict)
     client: str | None = None
     credential: str | None = None
@@ -74,6 +76,8 @@ class CallFacts:
     observation: Observation = field(default_factory=Observation)
     request_id_header: str | None = None
     free: bool = False
+    batch_id: str | None = None  # a batch-results download
+    price_provider: str | None = None  # genai-prices provider id
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,9 @@ class CallRecord:
     upstream_request_id: str | None
     error: str | None
     usage_raw: str | None
+    service_tier: str | None = None
+    priced_units: dict[str, int] | None = None
+    batch_id: str | None = None
     # Not columns: how each token class was obtained, for the metrics' `source` label.
     input_source: str = "none"  # reported | estimated | none
     output_source: str = "none"
@@ -130,12 +137,16 @@ class CallRecord:
             self.agent, self.session, self.run,
             json.dumps(self.tags, ensure_ascii=False, sort_keys=True), self.end_user,
             self.client, self.key_id, self.upstream_request_id, self.error, self.usage_raw,
+            self.service_tier,
+            json.dumps(self.priced_units, sort_keys=True) if self.priced_units else None,
+            self.batch_id,
         )
 
     def to_json(self) -> dict[str, Any]:
         row = dict(zip(COLUMNS, self.to_row(), strict=True))
         row["stream"] = self.stream
         row["tags"] = dict(self.tags)
+        row["priced_units"] = dict(self.priced_units or {})
         return row
 
 
@@ -156,6 +167,9 @@ class LiveCall:
     output_tokens: int | None = None
     cost_usd: float | None = None
     usage_source: str = "none"
+    price_provider: str | None = None  # not shown: how the running cost is priced
+    usage: Any = None  # the running Usage (every billed unit), priced like the record
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return {k: getattr(self, k) for k in self.__slots__  # type: ignore[attr-defined]
+                if k not in ("price_provider", "usage")}

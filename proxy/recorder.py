@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -28,7 +28,7 @@ from proxy.sinks.base import Sink
 from proxy.tasks import spawn
 from proxy.usage import Usage
 
-__all__ = ["KeyFingerprinter", "Recorder", "build_record"]
+__all__ = ["KeyFingerprinter", "Recorder", "batch_call_id", "build_record", "build_records"]
 
 log = logging.getLogger("tokenbooth.recorder")
 _THREAD_BYTES = 64 * 1024  # bodies larger than this are estimated in a worker thread
@@ -69,6 +69,27 @@ def _source(reported: bool, estimated: bool) -> str:
     return "reported" if reported else "estimated" if estimated else "none"
 
 
+def batch_call_id(upstream: str, batch_id: str, line_id: str) -> str:
+    """The same id every time a batch's result line is downloaded: written once."""
+    digest = hashlib.sha256(f"{upstream}\0{batch_id}\0{line_id}".encode()).hexdigest()
+    return f"b{digest[:23]}"
+
+
+def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
+                  fingerprint: Callable[[str | None], str | None]) -> list[CallRecord]:
+    """One record per call; a batch-results download is one call per result line (with
+    none of its own: the download itself bills nothing)."""
+    lines = facts.observation.batch_lines
+    if not lines or facts.batch_id is None:
+        return [build_record(facts, estimator, prices, fingerprint)]
+    return [build_record(replace(facts, call_id=batch_call_id(facts.upstream, facts.batch_id,
+                                                              line.line_id),
+                                 operation="batch", observation=line.observation,
+                                 outcome="ok" if line.observation.status == "complete"
+                                 else "upstream_error"),
+                         estimator, prices, fingerprint) for line in lines]
+
+
 def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
                  fingerprint: Callable[[str | None], str | None]) -> CallRecord:
     """The only code that combines usage, estimation and price. Pure and synchronous."""
@@ -76,9 +97,11 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     dialect = DIALECTS.get(facts.parser) if facts.parser else None
     usage = obs.usage or Usage()
     info = facts.request_info
-    doc: Any = None
-    # The body is parsed here only if the request path did not, or input needs an estimate.
-    if dialect is not None and facts.request_body and (info is None or not usage.has_input):
+    doc: Any = facts.request_doc
+    # Parsed here only when the handler did not (records built outside it) and input
+    # needs an estimate or the request's own facts.
+    if doc is None and dialect is not None and facts.request_body \
+            and (info is None or not usage.has_input):
         try:
             doc = json.loads(facts.request_body)
         except ValueError:
@@ -86,7 +109,8 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     if info is None and dialect is not None:
         info = dialect.request_info(doc)
     request_model = (info.model if info else None) or facts.path_model
-    family = facts.dialect or "openai"
+    family = dialect.family if dialect is not None else "openai"
+    free_call = dialect is not None and getattr(dialect, "free", False)
     estimator_name = None
     model_hint = obs.response_model or request_model
     reached = facts.status_code is not None and facts.status_code < 400
@@ -94,11 +118,11 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     in_est = out_est = False
     if dialect is not None and reached:  # the provider took the call: it may have billed
         if not in_reported and doc is not None:
-            est = estimator.input(facts.parser, doc, model_hint, family)
+            est = estimator.input(dialect, doc, model_hint)
             usage = replace(usage, input_tokens=est.tokens, cache_read_tokens=0,
                             cache_write_tokens=0)
             in_est, estimator_name = True, est.estimator
-        if not out_reported and facts.parser not in ("openai.embeddings",):
+        if not out_reported and getattr(dialect, "has_output", True):
             est = estimator.output(obs.output_text, model_hint, family, obs.output_chars_dropped)
             usage = replace(usage, output_tokens=est.tokens, reasoning_tokens=None)
             out_est, estimator_name = True, est.estimator
@@ -121,11 +145,10 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
                         cache_write_tokens=usage.cache_write_tokens or 0)
     model = obs.response_model or request_model
     if usage_source == "none":
-        price_cost: Decimal | None = Decimal(0) if facts.parser == "free.count_tokens" else None
+        price_cost: Decimal | None = Decimal(0) if free_call else None
         price_src, priced_model = ("free" if price_cost is not None else None), model
     else:
-        price = prices.price(model, facts.upstream, usage, free=facts.free or
-                             facts.parser == "free.count_tokens",
+        price = prices.price(model, facts.price_provider, usage, free=facts.free or free_call,
                              provider_cost=obs.provider_cost_usd)
         price_cost, price_src, priced_model = price.cost_usd, price.source, price.model
     ttft = None
@@ -154,6 +177,8 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         upstream_request_id=obs.upstream_request_id or facts.request_id_header, error=error,
         usage_raw=json.dumps(obs.usage_raw, separators=(",", ":"))
         if obs.usage_raw is not None else None,
+        service_tier=usage.service_tier, priced_units=usage.priced_units() or None,
+        batch_id=facts.batch_id if facts.operation == "batch" else None,
         input_source=_source(in_reported, in_est), output_source=_source(out_reported, out_est),
     )
 
@@ -162,7 +187,8 @@ class Recorder:
     def __init__(self, estimator: Estimator, prices: PriceBook,
                  fingerprint: Callable[[str | None], str | None], sinks: Sequence[Sink],
                  queue_size: int = 10_000,
-                 on_sink_error: Callable[[str], None] | None = None) -> None:
+                 on_sink_error: Callable[[str], None] | None = None,
+                 recorded: Callable[[list[str]], Awaitable[set[str]]] | None = None) -> None:
         self.estimator = estimator
         self.prices = prices
         self.fingerprint = fingerprint
@@ -173,6 +199,8 @@ class Recorder:
         self.dropped = 0
         self.recorded = 0
         self._on_sink_error = on_sink_error
+        # Which batch-line call ids were recorded before (the ledger knows): not again.
+        self._recorded = recorded
         # Whether anyone watches calls in flight (the live feed); progress is skipped if not.
         self.watching: Callable[[], bool] = lambda: False
 
@@ -190,8 +218,8 @@ class Recorder:
     def progress(self, call: LiveCall) -> None:
         """Running counts of a stream in flight (at most every 0.5 s per call), priced."""
         if call.model and call.usage_source != "none":
-            price = self.prices.price(call.model, call.upstream,
-                                      Usage(call.input_tokens, 0, 0, None, call.output_tokens))
+            usage = call.usage or Usage(call.input_tokens, 0, 0, None, call.output_tokens)
+            price = self.prices.price(call.model, call.price_provider, usage)
             call.cost_usd = float(price.cost_usd) if price.cost_usd is not None else None
         for sink in self.sinks:
             try:
@@ -208,16 +236,29 @@ class Recorder:
             self.inflight.pop(facts.call_id, None)
             log.error("recorder queue full: call %s dropped", facts.call_id)
 
-    async def _build(self, facts: CallFacts) -> CallRecord:
+    async def _build(self, facts: CallFacts) -> list[CallRecord]:
         text = facts.observation.text
         big = len(facts.request_body) > _THREAD_BYTES or (text is not None and
                                                           text.size > _THREAD_BYTES)
         needs_estimate = facts.observation.usage is None or not (
             facts.observation.usage.has_input and facts.observation.usage.has_output)
         if big and needs_estimate:
-            return await asyncio.to_thread(build_record, facts, self.estimator, self.prices,
+            return await asyncio.to_thread(build_records, facts, self.estimator, self.prices,
                                            self.fingerprint)
-        return build_record(facts, self.estimator, self.prices, self.fingerprint)
+        if facts.observation.batch_lines:  # maybe thousands of lines: off the loop
+            return await asyncio.to_thread(build_records, facts, self.estimator, self.prices,
+                                           self.fingerprint)
+        return [build_record(facts, self.estimator, self.prices, self.fingerprint)]
+
+    async def _new_only(self, records: list[CallRecord]) -> list[CallRecord]:
+        if self._recorded is None or not any(r.batch_id for r in records):
+            return records
+        try:
+            seen = await self._recorded([r.call_id for r in records])
+        except Exception:
+            log.exception("could not check batch lines against the ledger")
+            return records
+        return [r for r in records if r.call_id not in seen]
 
     async def _run(self) -> None:
         while True:
@@ -225,19 +266,20 @@ class Recorder:
             if facts is None:
                 return
             try:
-                record = await self._build(facts)
+                records = await self._new_only(await self._build(facts))
             except Exception:
                 log.exception("could not build the record of call %s", facts.call_id)
                 self.inflight.pop(facts.call_id, None)
                 continue
             self.inflight.pop(facts.call_id, None)
-            self.recorded += 1
-            for sink in self.sinks:
-                try:
-                    await sink.handle(record)
-                except Exception:
-                    log.exception("sink %s failed on call %s", sink.name, record.call_id)
-                    self._sink_failed(sink.name)
+            for record in records:
+                self.recorded += 1
+                for sink in self.sinks:
+                    try:
+                        await sink.handle(record)
+                    except Exception:
+                        log.exception("sink %s failed on call %s", sink.name, record.call_id)
+                        self._sink_failed(sink.name)
 
     def _sink_failed(self, name: str) -> None:
         if self._on_sink_error is not None:

@@ -12,7 +12,9 @@ from proxy.meter import Meter
 
 ROOT = Path(__file__).parent / "payloads"
 CONTENT_TYPES = {".sse": "text/event-stream", ".ndjson": "application/x-ndjson",
-                 ".json": "application/json", ".jsonarray": "application/json"}
+                 ".json": "application/json", ".jsonarray": "application/json",
+                 ".eventstream": "application/vnd.amazon.eventstream",
+                 ".jsonl": "application/octet-stream"}
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,19 @@ def run_chunks(p: Payload, chunks: list[bytes]) -> Observation:
     return meter.finish()
 
 
+USAGE_DEFAULTS = {"units": None, "service_tier": None, "batch": False}
+
+
 def usage_dict(obs: Observation) -> dict[str, Any] | None:
+    """Every billed unit of the observation; compare with `expected_usage()`."""
     if obs.usage is None:
         return None
     u = obs.usage
     return {k: getattr(u, k) for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens",
                                        "cache_write_1h_tokens", "output_tokens",
-                                       "reasoning_tokens")}
+                                       "reasoning_tokens", *USAGE_DEFAULTS)}
+
+
+def expected_usage(exp: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An expectation's usage, with the fields it leaves out at their defaults."""
+    return None if exp is None else {**USAGE_DEFAULTS, **exp}

@@ -31,8 +31,9 @@ def test_shipped_config_is_valid_and_matches_the_spec_defaults() -> None:
 def test_empty_config_gives_the_defaults() -> None:
     config = parse(None, env={})
     assert config.port == 8787 and config.ledger.path == "./tokenbooth.db"
-    assert sorted(config.upstreams) == ["anthropic", "deepseek", "gemini", "groq", "mistral",
-                                        "ollama", "openai", "openrouter", "xai"]
+    assert sorted(config.upstreams) == ["anthropic", "bedrock", "deepseek", "gemini", "groq",
+                                        "mistral", "ollama", "openai", "openrouter", "vertex",
+                                        "xai"]
     assert config.upstreams["ollama"].free and not config.upstreams["openai"].free
     assert config.server.connect_timeout_seconds == 10 and config.server.drain_seconds == 30
 

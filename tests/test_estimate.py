@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.estimate import Estimator, chat_tokens, tools_tokens
+from proxy.dialects import DIALECTS
+from proxy.dialects.openai.estimate import chat_tokens, tools_tokens
+from proxy.estimate import Estimator
 
 # The OpenAI cookbook's worked example ("How to count tokens with tiktoken").
 COOKBOOK = [
@@ -28,10 +30,35 @@ COOKBOOK = [
 
 def test_cookbook_example_matches_published_prompt_tokens(estimator: Estimator) -> None:
     # The cookbook reports 124 prompt tokens for gpt-4o and 129 for gpt-4 from the API.
-    assert estimator.input("openai.chat", {"messages": COOKBOOK}, "gpt-4o", "openai").tokens \
+    assert estimator.input(DIALECTS["openai.chat"], {"messages": COOKBOOK}, "gpt-4o").tokens \
         == 124
-    est = estimator.input("openai.chat", {"messages": COOKBOOK}, "gpt-4-0613", "openai")
+    est = estimator.input(DIALECTS["openai.chat"], {"messages": COOKBOOK}, "gpt-4-0613")
     assert est == type(est)(129, "tiktoken:cl100k_base")
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_current_weather", "description": "Get the current weather in a given location",
+    "parameters": {"type": "object", "properties": {
+        "location": {"type": "string",
+                     "description": "The city and state, e.g. San Francisco, CA"},
+        "unit": {"type": "string", "description": "The unit of temperature to return",
+                 "enum": ["celsius", "fahrenheit"]}},
+        "required": ["location"]}}}]
+TOOL_MESSAGES = [
+    {"role": "system",
+     "content": "You are a helpful assistant that can answer to questions about the weather."},
+    {"role": "user", "content": "What's the weather like in San Francisco?"},
+]
+
+
+@pytest.mark.parametrize(("model", "published"), [
+    ("gpt-4-0613", 105), ("gpt-3.5-turbo", 105), ("gpt-4o", 101), ("gpt-4o-mini", 101)])
+def test_cookbook_tools_example_matches_published_counts(estimator: Estimator, model: str,
+                                                         published: int) -> None:
+    # The cookbook's "counting tokens for chat completions with tool calls" table:
+    # gpt-3.5 and gpt-4 use a function init of 10, the gpt-4o family 7.
+    doc = {"messages": TOOL_MESSAGES, "tools": TOOLS}
+    assert estimator.input(DIALECTS["openai.chat"], doc, model).tokens == published
 
 
 def test_chat_with_names_by_hand(estimator: Estimator) -> None:
@@ -63,10 +90,10 @@ def test_anthropic_and_gemini_are_scaled_by_factor(estimator: Estimator) -> None
     doc = {"system": "Be brief.", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "What is the capital of France?"}]}]}
     raw = len(enc.encode("Be brief.")) + 3 + len(enc.encode("What is the capital of France?"))
-    est = estimator.input("anthropic.messages", doc, "claude-sonnet-4-6", "anthropic")
+    est = estimator.input(DIALECTS["anthropic.messages"], doc, "claude-sonnet-4-6")
     assert est.tokens == -(-raw * 12 // 10) and est.estimator == "tiktoken:o200k_base*1.2"
     gdoc = {"contents": [{"role": "user", "parts": [{"text": "Tell me a joke"}]}]}
-    g = estimator.input("gemini.generate", gdoc, None, "gemini")
+    g = estimator.input(DIALECTS["gemini.generate"], gdoc, None)
     assert g.tokens == len(enc.encode("Tell me a joke")) and g.estimator == "tiktoken:o200k_base"
     out = estimator.output("Bonjour à tous", None, "anthropic")
     assert out.tokens == -(-len(enc.encode("Bonjour à tous")) * 12 // 10)
@@ -105,4 +132,4 @@ def test_other_shapes_count_their_text(estimator: Estimator, parser: str, doc: d
                                        texts: list[str], overhead: int) -> None:
     enc = estimator._enc["o200k_base"]
     hand = sum(len(enc.encode(t)) for t in texts) + overhead
-    assert estimator.input(parser, doc, None, "openai").tokens == hand
+    assert estimator.input(DIALECTS[parser], doc, None).tokens == hand

@@ -15,8 +15,9 @@ from typing import Any, ClassVar, Protocol
 
 from proxy.usage import Usage
 
-__all__ = ["BaseStream", "Dialect", "Observation", "RequestInfo", "Screen", "ScreenScan",
-           "StreamAcc", "StreamState", "TextBuffer", "error_text", "loads"]
+__all__ = ["BaseStream", "BatchLine", "Dialect", "Match", "Observation", "Provider",
+           "RequestInfo", "Screen", "ScreenScan", "StreamAcc", "StreamState", "TextBuffer",
+           "error_text", "loads"]
 
 MAX_TEXT_CHARS = 1 << 20  # visible output kept for estimation; beyond it we count chars only
 
@@ -27,10 +28,33 @@ def loads(data: bytes | str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
+    """What the request says, read once per call for every consumer (injection, budgets,
+    estimation, record)."""
+
     model: str | None = None
     stream: bool = False
     end_user: str | None = None
     max_tokens: int | None = None
+    service_tier: str | None = None  # requested; never what is priced
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """What a provider's route table says of one request path."""
+
+    operation: str
+    parser: str | None  # key into DIALECTS
+    path_model: str | None = None  # model named in the URL (Gemini, Azure, Bedrock, Vertex)
+    path_stream: bool = False  # the URL itself asks for a stream
+    batch_id: str | None = None  # a batch-results download: the file or batch id
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """One result line of a downloaded batch file: one call, billed at the batch rate."""
+
+    line_id: str  # custom_id / key: unique within the batch
+    observation: Observation
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,7 @@ class Observation:
     text: TextBuffer | None = None  # visible output, read only when an estimate needs it
     provider_cost_usd: Decimal | None = None
     parse_errors: int = 0
+    batch_lines: tuple[BatchLine, ...] = ()  # a batch-results download: one per result
 
     @property
     def output_text(self) -> str:
@@ -194,11 +219,31 @@ class StreamState(Protocol):
 
 
 class Dialect(Protocol):
+    """One provider API's parser: request, whole response, stream, and input estimate."""
+
     name: ClassVar[str]
+    family: ClassVar[str]  # tokenizer family for estimates ("openai", "anthropic", ...)
+    framing: ClassVar[str]  # "auto" (by content type) or "ndjson" (batch files)
 
     def request_info(self, doc: Any) -> RequestInfo: ...
     def from_json(self, doc: Any) -> Observation: ...
     def new_stream(self) -> StreamState: ...
+    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
+                       model: str | None) -> int: ...
+
+
+class Provider(Protocol):
+    """Everything about one provider that is not a response parser: its routes, how the
+    proxy supplies its key, the error body its SDK expects, and stream-usage injection."""
+
+    name: ClassVar[str]  # the upstream `dialect` in config
+    inject_by_default: ClassVar[bool]
+
+    def match(self, method: str, path: str) -> Match | None: ...
+    def key_headers(self, api_key: str) -> dict[str, str]: ...
+    def error(self, status: int, kind: str, message: str,
+              extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]: ...
+    def injector(self, parser: str | None) -> Any: ...
 
 
 @dataclass

@@ -9,7 +9,6 @@ concurrent calls cannot overshoot. Failing closed here is the user's explicit ch
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from proxy.config import BudgetConfig
@@ -76,21 +74,11 @@ class _State:
 class Denied:
     name: str
     limit_usd: float
-    dialect: str | None
 
-    def response(self, call_id: str) -> web.Response:
-        message = (f"Tokenbooth budget '{self.name}' (limit ${self.limit_usd:g}) is exhausted "
-                   f"for this window; the request was not sent.")
-        if self.dialect == "anthropic":
-            body: dict[str, Any] = {"type": "error", "error": {
-                "type": "rate_limit_error", "message": message, "budget": self.name}}
-        else:
-            body = {"error": {"message": message, "type": "budget_exceeded",
-                              "code": "budget_exceeded", "param": None, "budget": self.name}}
-        resp = web.json_response(body, status=429)
-        resp.headers["X-Meter-Call-Id"] = call_id
-        resp.headers["X-Meter-Budget"] = self.name
-        return resp
+    @property
+    def message(self) -> str:
+        return (f"Tokenbooth budget '{self.name}' (limit ${self.limit_usd:g}) is exhausted "
+                f"for this window; the request was not sent.")
 
 
 def _matches(cfg: BudgetConfig, ctx: dict[str, str | None]) -> bool:
@@ -165,18 +153,13 @@ class Budgets:
              client: str | None) -> dict[str, str | None]:
         return {**tags, "upstream": upstream, "model": model, "client": client}
 
-    async def admit(self, facts: CallFacts, route: Route, body: bytes) -> Denied | None:
-        """Before forwarding: None to admit (with a reservation), or the Denied budget."""
+    async def admit(self, facts: CallFacts, route: Route) -> Denied | None:
+        """Before forwarding: None to admit (with a reservation), or the Denied budget.
+        Reads the request as the handler parsed it (`facts.request_doc`, `request_info`)."""
         from proxy.dialects import DIALECTS
 
         dialect = DIALECTS.get(route.parser) if route.parser else None
-        doc: Any = None
-        if dialect is not None and body:
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                doc = None
-        info = dialect.request_info(doc) if dialect is not None else None
+        doc, info = facts.request_doc, facts.request_info
         model = (info.model if info else None) or route.path_model
         ctx = self._ctx(facts.tags, facts.upstream, model, facts.client)
         states = [s for s in self._states if s.cfg.action == "block" and _matches(s.cfg, ctx)]
@@ -184,11 +167,11 @@ class Budgets:
             return None
         worst = Decimal(0)
         if dialect is not None and doc is not None:
-            est_in = await asyncio.to_thread(self._estimator.input, route.parser, doc, model,
-                                             route.upstream.dialect) if len(body) > 65536 \
-                else self._estimator.input(route.parser, doc, model, route.upstream.dialect)
+            est_in = await asyncio.to_thread(self._estimator.input, dialect, doc, model) \
+                if len(facts.request_body) > 65536 \
+                else self._estimator.input(dialect, doc, model)
             out = info.max_tokens if info and info.max_tokens else 0
-            price = self._prices.price(model, facts.upstream,
+            price = self._prices.price(model, route.price_provider,
                                        Usage(est_in.tokens, 0, 0, None, out, None),
                                        free=route.upstream.free)
             worst = price.cost_usd or Decimal(0)
@@ -197,9 +180,10 @@ class Budgets:
             self._roll(s, now)
             if s.spend + sum(s.reserved.values(), Decimal(0)) + worst > s.limit or \
                     s.spend >= s.limit:
-                return Denied(s.cfg.name, s.cfg.limit_usd, route.upstream.dialect)
-        for s in states:
-            s.reserved[facts.call_id] = worst
+                return Denied(s.cfg.name, s.cfg.limit_usd)
+        if worst:
+            for s in states:
+                s.reserved[facts.call_id] = worst
         return None
 
     def started(self, call: LiveCall) -> None:

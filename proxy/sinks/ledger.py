@@ -63,6 +63,7 @@ class Ledger:
         self._task: asyncio.Task[None] | None = None
         self.healthy = True
         self.counts = {"written": 0, "spooled": 0, "dropped": 0}
+        self._pending: set[str] = set()  # batch-line call ids handed on, maybe not written
 
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +189,9 @@ class Ledger:
         with open(self.spool_path, encoding="utf-8") as f:
             for line in f:
                 try:
-                    rows.append(tuple(json.loads(line)))
+                    row = tuple(json.loads(line))
+                    # a row spooled by an older version lacks the newer (trailing) columns
+                    rows.append(row + (None,) * (len(COLUMNS) - len(row)))
                 except ValueError:
                     log.error("unreadable spool line skipped")
         return rows
@@ -202,6 +205,27 @@ class Ledger:
             log.info("replayed %d spooled rows", len(rows))
             self._count("written", len(rows))
         self.spool_path.unlink(missing_ok=True)
+
+    async def recorded(self, call_ids: list[str]) -> set[str]:
+        """Which of these call ids the ledger holds already, or has queued or spooled:
+        batch result lines downloaded again must not be counted again by any sink."""
+        seen = {c for c in call_ids if c in self._pending}
+        ask = [c for c in call_ids if c not in seen]
+        try:
+            await self._connect()
+            assert self._conn is not None
+            for i in range(0, len(ask), 500):
+                part = ask[i:i + 500]
+                async with self._conn.execute(
+                        f"SELECT call_id FROM llm_usage WHERE call_id IN "
+                        f"({','.join('?' * len(part))})", part) as cur:
+                    seen.update(r[0] for r in await cur.fetchall())
+        except sqlite3.Error as exc:
+            log.warning("could not check batch lines against the ledger: %s", exc)
+        self._pending.update(call_ids)
+        if len(self._pending) > 200_000:  # bounded: the ledger answers for older ones
+            self._pending.clear()
+        return seen
 
     async def flush(self) -> None:
         """Wait until every row queued so far is written or spooled."""

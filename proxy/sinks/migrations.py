@@ -51,4 +51,9 @@ CREATE INDEX IF NOT EXISTS llm_usage_session ON llm_usage (session, started_at);
 CREATE INDEX IF NOT EXISTS llm_usage_run ON llm_usage (run, started_at);
 CREATE INDEX IF NOT EXISTS llm_usage_model ON llm_usage (model, started_at);
 """),
+    ("every billed dimension: served tier, priced units, batch id", """
+ALTER TABLE llm_usage ADD COLUMN service_tier TEXT;
+ALTER TABLE llm_usage ADD COLUMN priced_units TEXT;
+ALTER TABLE llm_usage ADD COLUMN batch_id TEXT;
+"""),
 ]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.payloads import Payload, all_payloads, run_chunks, usage_dict
+from tests.payloads import Payload, all_payloads, expected_usage, run_chunks, usage_dict
 
 PAYLOADS = all_payloads()
 
@@ -17,8 +17,14 @@ PAYLOADS = all_payloads()
 def check(p: Payload, chunks: list[bytes]) -> None:
     obs = run_chunks(p, chunks)
     exp = p.expected
-    assert usage_dict(obs) == exp["usage"], p.id
+    assert usage_dict(obs) == expected_usage(exp["usage"]), p.id
     assert obs.response_model == exp["response_model"]
+    lines = [{"line_id": ln.line_id, "usage": usage_dict(ln.observation),
+              "response_model": ln.observation.response_model,
+              "upstream_request_id": ln.observation.upstream_request_id,
+              "status": ln.observation.status} for ln in obs.batch_lines]
+    assert lines == [{**ln, "usage": expected_usage(ln["usage"])}
+                     for ln in exp.get("lines", [])]
     assert obs.upstream_request_id == exp["upstream_request_id"]
     assert obs.status == exp["status"]
     assert obs.parse_errors == 0
@@ -117,7 +123,7 @@ def test_spaced_json_usage_is_found_among_held_chunks(pad: int) -> None:
 
 
 def test_screen_finds_what_matters_and_passes_harmless_forms() -> None:
-    from proxy.dialects.openai_chat import _ChatStream
+    from proxy.dialects.openai.chat import _ChatStream
 
     screen = _ChatStream.quiet
     assert screen is not None
@@ -142,7 +148,7 @@ def test_screen_scan_agrees_with_a_fresh_search(parts: list[bytes], steps: list[
     """Reused hits give the same answer as searching anew from each position."""
     import re
 
-    from proxy.dialects.openai_chat import _ChatStream
+    from proxy.dialects.openai.chat import _ChatStream
 
     screen = _ChatStream.quiet
     assert screen is not None
@@ -158,7 +164,7 @@ def test_screen_scan_agrees_with_a_fresh_search(parts: list[bytes], steps: list[
 def test_screen_scan_searches_an_absent_needle_once() -> None:
     """A batch in which every frame matters stays linear: what is not there is looked for
     once, not again from every frame."""
-    from proxy.dialects.openai_chat import _ChatStream
+    from proxy.dialects.openai.chat import _ChatStream
 
     screen = _ChatStream.quiet
     assert screen is not None

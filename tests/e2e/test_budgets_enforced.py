@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from proxy import state
+from proxy.dialects import DIALECTS
 from proxy.estimate import Estimator
 from tests.conftest import FakeUpstream, Reply, Sdks, StartProxy
 
@@ -22,7 +23,7 @@ PRICES = {"models": {"budget-model": {"input": 1.0, "output": 1.0}}}
 
 
 def worst_case(estimator: Estimator) -> tuple[int, Decimal]:
-    est = estimator.input("openai.chat", {"messages": MSGS}, "budget-model", "openai").tokens
+    est = estimator.input(DIALECTS["openai.chat"], {"messages": MSGS}, "budget-model").tokens
     return est, Decimal(est + 1000) / Decimal(1_000_000)
 
 

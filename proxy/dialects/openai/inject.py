@@ -19,31 +19,25 @@ __all__ = ["UsageStripper", "inject"]
 _OPTION = b'"stream_options":{"include_usage":true},'
 
 
-def inject(body: bytes) -> tuple[bytes | None, Any]:
-    """(the rewritten body, or None when the request is not a stream lacking usage; the
-    parsed request, or None when it was not parsed), so the caller need not parse again.
+def inject(body: bytes, doc: Any) -> bytes | None:
+    """The rewritten body, or None when the request is not a stream lacking usage. `doc`
+    is the request as the proxy parsed it once for every consumer.
 
     Where the request has no `stream_options` the member is spliced in after the opening
     brace: the client's own bytes (key order, spacing, escapes) reach the upstream as sent.
     """
-    if body.find(b'"stream"') < 0:
-        return None, None
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None, None
     if not isinstance(doc, dict) or doc.get("stream") is not True:
-        return None, doc
+        return None
     if "stream_options" not in doc:
         brace = body.find(b"{")
-        return body[:brace + 1] + _OPTION + body[brace + 1:], doc
+        return body[:brace + 1] + _OPTION + body[brace + 1:]
     opts = doc["stream_options"]
     if opts is not None and not isinstance(opts, dict):
-        return None, doc
+        return None
     if isinstance(opts, dict) and opts.get("include_usage") is not None:
-        return None, doc  # the client decided; pass untouched
+        return None  # the client decided; pass untouched
     rewritten = {**doc, "stream_options": {**(opts or {}), "include_usage": True}}
-    return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode(), doc
+    return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -14,6 +15,7 @@ from proxy.dialects.base import (
     TextBuffer,
     error_text,
 )
+from proxy.estimate import strings
 from proxy.usage import from_ollama
 
 __all__ = ["OllamaDialect"]
@@ -66,6 +68,13 @@ class _Stream(BaseStream):
 
 class OllamaDialect:
     name: ClassVar[str] = "ollama.native"
+    family: ClassVar[str] = "ollama"
+    framing: ClassVar[str] = "auto"
+
+    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
+                       model: str | None) -> int:
+        return sum(count(t) for t in strings(
+            [doc.get("system"), doc.get("prompt"), doc.get("messages"), doc.get("input")]))
 
     def request_info(self, doc: Any) -> RequestInfo:
         if not isinstance(doc, dict):

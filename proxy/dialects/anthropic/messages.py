@@ -8,6 +8,7 @@ split exists only in `message_start`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ from proxy.dialects.base import (
     TextBuffer,
     error_text,
 )
+from proxy.estimate import strings
 from proxy.usage import from_anthropic
 
 __all__ = ["MessagesDialect"]
@@ -102,8 +104,23 @@ class _Stream(BaseStream):
         return super().result()
 
 
+def estimate_tokens(doc: dict[str, Any], count: Callable[[str], int]) -> int:
+    total = sum(count(t) for t in strings(doc.get("system")))
+    for msg in doc.get("messages") or ():
+        total += 3 + sum(count(t) for t in strings(msg))
+    if doc.get("tools"):
+        total += count(json.dumps(doc["tools"], separators=(",", ":")))
+    return total
+
+
 class MessagesDialect:
     name: ClassVar[str] = "anthropic.messages"
+    family: ClassVar[str] = "anthropic"
+    framing: ClassVar[str] = "auto"
+
+    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
+                       model: str | None) -> int:
+        return estimate_tokens(doc, count)
 
     def request_info(self, doc: Any) -> RequestInfo:
         if not isinstance(doc, dict):
@@ -112,9 +129,11 @@ class MessagesDialect:
         user = meta.get("user_id") if isinstance(meta, dict) else None
         model = doc.get("model")
         mt = doc.get("max_tokens")
+        tier = doc.get("service_tier")
         return RequestInfo(model if isinstance(model, str) else None, doc.get("stream") is True,
                            user if isinstance(user, str) else None,
-                           mt if isinstance(mt, int) and not isinstance(mt, bool) else None)
+                           mt if isinstance(mt, int) and not isinstance(mt, bool) else None,
+                           tier if isinstance(tier, str) else None)
 
     def from_json(self, doc: Any) -> Observation:
         if not isinstance(doc, dict):

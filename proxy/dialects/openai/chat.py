@@ -7,9 +7,9 @@ empty choices, DeepSeek/Mistral/OpenRouter put usage on the finish chunk) or fro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from proxy.dialects._openai_common import openai_request_info, provider_cost
 from proxy.dialects.base import (
     BaseStream,
     Observation,
@@ -19,6 +19,9 @@ from proxy.dialects.base import (
     TextBuffer,
     error_text,
 )
+from proxy.dialects.openai.common import openai_request_info, provider_cost
+from proxy.dialects.openai.estimate import chat_tokens, tools_tokens
+from proxy.estimate import strings
 from proxy.usage import from_openai
 
 __all__ = ["ChatDialect", "CompletionsDialect", "EmbeddingsDialect"]
@@ -106,7 +109,7 @@ class _ChatStream(BaseStream):
         usage = _usage_of(obj)
         if usage is not None:
             acc.usage_raw = usage
-            acc.usage = from_openai(usage)
+            acc.usage = from_openai(usage, tier=obj.get("service_tier"))
             acc.cost = provider_cost(usage) or acc.cost
         if obj.get("error") is not None or obj.get("object") == "error":
             acc.status = "error"
@@ -133,7 +136,8 @@ def _from_json(doc: Any, key: str) -> Observation:
     acc = StreamAcc()
     usage = _usage_of(doc)
     if usage is not None:
-        acc.usage_raw, acc.usage, acc.cost = usage, from_openai(usage), provider_cost(usage)
+        acc.usage_raw, acc.cost = usage, provider_cost(usage)
+        acc.usage = from_openai(usage, tier=doc.get("service_tier"))
     if doc.get("error") is not None:
         acc.status, acc.error = "error", error_text(doc["error"])
     else:
@@ -146,10 +150,19 @@ def _from_json(doc: Any, key: str) -> Observation:
 
 class ChatDialect:
     name: ClassVar[str] = "openai.chat"
+    family: ClassVar[str] = "openai"
+    framing: ClassVar[str] = "auto"
     text_key: ClassVar[str] = "delta"
 
     def request_info(self, doc: Any) -> RequestInfo:
         return openai_request_info(doc)
+
+    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
+                       model: str | None) -> int:
+        if not isinstance(doc.get("messages"), list):
+            return 0
+        return chat_tokens(doc["messages"], count) + tools_tokens(doc.get("tools"), count,
+                                                                  model)
 
     def from_json(self, doc: Any) -> Observation:
         return _from_json(doc, "message")
@@ -165,10 +178,20 @@ class CompletionsDialect(ChatDialect):
     def from_json(self, doc: Any) -> Observation:
         return _from_json(doc, "text")
 
+    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
+                       model: str | None) -> int:
+        return sum(count(t) for t in strings(doc.get("prompt")))
+
 
 class EmbeddingsDialect(ChatDialect):
     name: ClassVar[str] = "openai.embeddings"
+    has_output: ClassVar[bool] = False  # nothing generated: output is 0, not estimated
 
     def from_json(self, doc: Any) -> Observation:
-        obs = _from_json(doc, "none")
-        return obs
+        return _from_json(doc, "none")
+
+    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
+                       model: str | None) -> int:
+        inp = doc.get("input")
+        return sum(count(t) for t in strings(inp)) + sum(
+            len(x) for x in (inp if isinstance(inp, list) else []) if isinstance(x, list))

@@ -17,9 +17,11 @@ def openai_request_info(doc: Any) -> RequestInfo:
     max_tokens = doc.get("max_completion_tokens") or doc.get("max_tokens") \
         or doc.get("max_output_tokens")
     user = doc.get("user") or doc.get("safety_identifier")
+    tier = doc.get("service_tier")
     return RequestInfo(model if isinstance(model, str) else None, doc.get("stream") is True,
                        user if isinstance(user, str) else None,
-                       max_tokens if isinstance(max_tokens, int) else None)
+                       max_tokens if isinstance(max_tokens, int) else None,
+                       tier if isinstance(tier, str) else None)
 
 
 def provider_cost(usage: Any) -> Decimal | None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from proxy.dialects._openai_common import openai_request_info, provider_cost
 from proxy.dialects.base import (
     BaseStream,
     Observation,
@@ -14,6 +14,8 @@ from proxy.dialects.base import (
     TextBuffer,
     error_text,
 )
+from proxy.dialects.openai.common import openai_request_info, provider_cost
+from proxy.estimate import strings
 from proxy.usage import from_openai
 
 __all__ = ["ResponsesDialect"]
@@ -36,10 +38,27 @@ def _apply_response(acc: StreamAcc, resp: Any) -> None:
         acc.request_id = str(resp["id"])
     usage = resp.get("usage")
     if isinstance(usage, dict):
-        acc.usage_raw, acc.usage = usage, from_openai(usage, responses=True)
+        acc.usage_raw = usage
+        acc.usage = from_openai(usage, responses=True, tier=resp.get("service_tier"),
+                                web_searches=web_searches(resp.get("output")))
         acc.cost = provider_cost(usage) or acc.cost
     if resp.get("error"):
         acc.error = error_text(resp["error"])
+
+
+def web_searches(output: Any) -> int:
+    """Billed web searches: `web_search_call` items whose action is a search (or names no
+    action). Opening a page or finding in it is part of the same search, not a new one;
+    failed calls are not billed."""
+    n = 0
+    for item in output if isinstance(output, list) else ():
+        if not isinstance(item, dict) or item.get("type") != "web_search_call":
+            continue
+        action = item.get("action")
+        kind = action.get("type") if isinstance(action, dict) else None
+        if item.get("status") != "failed" and kind in (None, "search"):
+            n += 1
+    return n
 
 
 def _output_text(resp: dict[str, Any], acc: StreamAcc) -> None:
@@ -89,9 +108,15 @@ class _Stream(BaseStream):
 
 class ResponsesDialect:
     name: ClassVar[str] = "openai.responses"
+    family: ClassVar[str] = "openai"
+    framing: ClassVar[str] = "auto"
 
     def request_info(self, doc: Any) -> RequestInfo:
         return openai_request_info(doc)
+
+    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
+                       model: str | None) -> int:
+        return sum(count(t) for t in strings([doc.get("instructions"), doc.get("input")])) + 3
 
     def from_json(self, doc: Any) -> Observation:
         if not isinstance(doc, dict):

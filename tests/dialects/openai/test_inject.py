@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from proxy.inject import UsageStripper
+from proxy.dialects.openai.inject import UsageStripper
 
 
 def stream(with_usage: bool, spaced: bool, crlf: bool) -> bytes:
@@ -58,11 +58,11 @@ def test_usage_in_the_text_is_left_alone() -> None:
 
 
 def test_inject_splices_the_option_and_keeps_the_clients_bytes() -> None:
-    from proxy.inject import inject
+    from proxy.dialects.openai.inject import inject
 
     body = b'{ "model" : "gpt-4o",  "stream": true, "messages": [{"content": "caf\\u00e9"}]}'
-    new, doc = inject(body)
-    assert new is not None and doc["model"] == "gpt-4o"
+    new = inject(body, json.loads(body))
+    assert new is not None
     assert new.replace(b'"stream_options":{"include_usage":true},', b"", 1) == body
     assert json.loads(new)["stream_options"] == {"include_usage": True}
 
@@ -76,18 +76,17 @@ def test_inject_splices_the_option_and_keeps_the_clients_bytes() -> None:
 ])
 def test_inject_merges_or_leaves_existing_options(body: bytes,
                                                   sent_options: dict[str, object] | None) -> None:
-    from proxy.inject import inject
+    from proxy.dialects.openai.inject import inject
 
-    new, doc = inject(body)
-    assert doc == json.loads(body)  # the parsed request comes back unchanged
+    new = inject(body, json.loads(body))
     if sent_options is None:
         assert new is None
     else:
         assert new is not None and json.loads(new)["stream_options"] == sent_options
 
 
-def test_inject_does_not_parse_what_cannot_be_a_stream() -> None:
-    from proxy.inject import inject
+def test_inject_leaves_what_is_not_a_stream() -> None:
+    from proxy.dialects.openai.inject import inject
 
-    assert inject(b'{"model":"m"}') == (None, None)
-    assert inject(b'not json "stream"') == (None, None)
+    assert inject(b'{"model":"m"}', {"model": "m"}) is None
+    assert inject(b'not json "stream"', None) is None

@@ -1,0 +1,59 @@
+"""Anthropic: Messages (also the body and stream shape of Bedrock InvokeModel and Vertex
+rawPredict for Claude), count_tokens, and Message Batch results
+(`GET /v1/messages/batches/{id}/results`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+from urllib.parse import unquote
+
+from proxy.dialects.base import Match
+
+__all__ = ["AnthropicProvider", "error_body"]
+
+_POST = (
+    (re.compile(r"(?:^|/)messages/count_tokens$"), "count_tokens", "free.count_tokens"),
+    (re.compile(r"(?:^|/)messages$"), "messages", "anthropic.messages"),
+)
+_RESULTS = re.compile(r"(?:^|/)messages/batches/([^/]+)/results$")
+# Our error kinds -> the error types the anthropic SDK knows.
+_TYPES = {"budget_exceeded": "rate_limit_error", "authentication_error": "authentication_error",
+          "request_too_large": "request_too_large", "unknown_upstream": "not_found_error",
+          "bad_request": "invalid_request_error"}
+
+
+def error_body(kind: str, message: str, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": _TYPES.get(kind, "api_error"),
+                                       "message": message, **extra}}
+
+
+class AnthropicProvider:
+    name: ClassVar[str] = "anthropic"
+    sdk_headers: ClassVar[tuple[str, ...]] = ("anthropic-version",)
+    inject_by_default: ClassVar[bool] = False
+    builtins: ClassVar[dict[str, dict[str, Any]]] = {
+        "anthropic": {"url": "https://api.anthropic.com"}}
+    price_providers: ClassVar[dict[str, str]] = {}
+    price_provider: ClassVar[str | None] = "anthropic"
+
+    def match(self, method: str, path: str) -> Match | None:
+        if method == "GET":
+            m = _RESULTS.search(path)
+            return Match("batch", "anthropic.batch", batch_id=unquote(m.group(1))) if m else None
+        if method != "POST":
+            return None
+        for pattern, op, parser in _POST:
+            if pattern.search(path):
+                return Match(op, parser)
+        return None
+
+    def key_headers(self, api_key: str) -> dict[str, str]:
+        return {"x-api-key": api_key}
+
+    def error(self, status: int, kind: str, message: str,
+              extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        return error_body(kind, message, extra), {}
+
+    def injector(self, parser: str | None) -> None:
+        return None

@@ -1,0 +1,65 @@
+"""Amazon Bedrock runtime: Converse, ConverseStream, InvokeModel and
+InvokeModelWithResponseStream under `/model/{modelId}/...`. The model id (possibly an
+inference profile such as `us.anthropic...`, or an ARN) is URL-encoded in the path.
+
+Bedrock API keys (`Authorization: Bearer`) pass through. IAM-signed requests cannot survive
+the change of host, so with `upstreams.<name>.aws` set the proxy signs them again
+(`proxy.dialects.bedrock.sigv4`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+from urllib.parse import unquote
+
+from proxy.dialects.base import Match
+
+__all__ = ["BedrockProvider"]
+
+_ROUTE = re.compile(r"(?:^|/)model/([^/]+)/(converse|converse-stream|invoke|"
+                    r"invoke-with-response-stream)$")
+_OPS = {"converse": ("converse", "bedrock.converse", False),
+        "converse-stream": ("converse", "bedrock.converse", True),
+        "invoke": ("invoke", "bedrock.invoke", False),
+        "invoke-with-response-stream": ("invoke", "bedrock.invoke", True)}
+_COUNT = re.compile(r"(?:^|/)model/([^/]+)/count-tokens$")
+_ERRORS = {400: "ValidationException", 401: "AccessDeniedException",
+           403: "AccessDeniedException", 404: "ResourceNotFoundException",
+           413: "ValidationException", 429: "ThrottlingException",
+           502: "ServiceUnavailableException", 504: "ModelTimeoutException"}
+
+
+class BedrockProvider:
+    name: ClassVar[str] = "bedrock"
+    sdk_headers: ClassVar[tuple[str, ...]] = ("x-amz-date", "x-amz-security-token")
+    inject_by_default: ClassVar[bool] = False
+    builtins: ClassVar[dict[str, dict[str, Any]]] = {
+        "bedrock": {"url": "https://bedrock-runtime.us-east-1.amazonaws.com"}}
+    price_providers: ClassVar[dict[str, str]] = {}
+    price_provider: ClassVar[str | None] = "aws"
+
+    def match(self, method: str, path: str) -> Match | None:
+        if method != "POST":
+            return None
+        m = _ROUTE.search(path)
+        if m is not None:
+            op, parser, stream = _OPS[m.group(2)]
+            # path_stream is only a hint here: the event-stream content type decides framing
+            return Match(op, parser, unquote(m.group(1)), False)
+        m = _COUNT.search(path)
+        if m is not None:
+            return Match("count_tokens", "free.count_tokens", unquote(m.group(1)))
+        return None
+
+    def key_headers(self, api_key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"}
+
+    def error(self, status: int, kind: str, message: str,
+              extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """boto3 reads `x-amzn-ErrorType` and `message`."""
+        name = _ERRORS.get(status, "InternalServerException")
+        return {"message": message, "reason": kind, **extra}, {"x-amzn-ErrorType": name}
+
+    def injector(self, parser: str | None) -> None:
+        return None

@@ -1,0 +1,95 @@
+"""OpenAI and the OpenAI-compatible family (OpenRouter, Groq, Mistral, DeepSeek, xAI, vLLM,
+Azure deployments): routes, key header, error shape and stream-usage injection.
+
+Parsers: `chat` (chat/completions, completions, embeddings), `responses`, `batch` (Batch
+output files downloaded through `GET /v1/files/{id}/content`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+from urllib.parse import unquote
+
+from proxy.dialects.base import Match
+from proxy.dialects.openai import inject as injection
+
+__all__ = ["OpenAIProvider", "POST_ROUTES", "error_body", "injector", "match_post"]
+
+# (suffix regex, operation, parser) for POST, first match wins.
+POST_ROUTES = (
+    (re.compile(r"(?:^|/)chat/completions$"), "chat", "openai.chat"),
+    (re.compile(r"(?:^|/)responses/input_tokens$"), "count_tokens", "free.count_tokens"),
+    (re.compile(r"(?:^|/)responses$"), "responses", "openai.responses"),
+    (re.compile(r"(?:^|/)completions$"), "completions", "openai.completions"),
+    (re.compile(r"(?:^|/)embeddings$"), "embeddings", "openai.embeddings"),
+    (re.compile(r"(?:^|/)messages/count_tokens$"), "count_tokens", "free.count_tokens"),
+    (re.compile(r"(?:^|/)messages$"), "messages", "anthropic.messages"),
+)
+_AZURE_DEPLOYMENT = re.compile(r"(?:^|/)deployments/([^/]+)/")
+_FILE_CONTENT = re.compile(r"(?:^|/)files/([^/]+)/content$")
+_INJECTED = frozenset({"openai.chat", "openai.completions"})
+
+
+def match_post(path: str) -> Match | None:
+    """The OpenAI-compatible POST routes (also served by Gemini, Ollama and Vertex)."""
+    for pattern, op, parser in POST_ROUTES:
+        if pattern.search(path):
+            dep = _AZURE_DEPLOYMENT.search(path)
+            return Match(op, parser, unquote(dep.group(1)) if dep else None)
+    return None
+
+
+def error_body(kind: str, message: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The shape the openai SDK reads (`error.message`, `error.type`, `error.code`)."""
+    return {"error": {"message": message, "type": kind, "code": kind, "param": None, **extra}}
+
+
+class _Injector:
+    """`stream_options.include_usage` for chat/completions streams, and its undoing."""
+
+    inject = staticmethod(injection.inject)
+    stripper = staticmethod(injection.UsageStripper)
+
+
+def injector(parser: str | None) -> _Injector | None:
+    """Injection for the OpenAI-compatible chat/completions parsers, whoever serves them."""
+    return _Injector() if parser in _INJECTED else None
+
+
+class OpenAIProvider:
+    name: ClassVar[str] = "openai"
+    sdk_headers: ClassVar[tuple[str, ...]] = ()
+    inject_by_default: ClassVar[bool] = True
+    builtins: ClassVar[dict[str, dict[str, Any]]] = {
+        "openai": {"url": "https://api.openai.com"},
+        "openrouter": {"url": "https://openrouter.ai/api"},
+        "groq": {"url": "https://api.groq.com/openai"},
+        "mistral": {"url": "https://api.mistral.ai"},
+        "deepseek": {"url": "https://api.deepseek.com"},
+        "xai": {"url": "https://api.x.ai"},
+    }
+    # upstream name -> genai-prices provider id; other OpenAI-compatible servers: any.
+    price_providers: ClassVar[dict[str, str]] = {
+        "openai": "openai", "openrouter": "openrouter", "groq": "groq", "mistral": "mistral",
+        "deepseek": "deepseek", "xai": "x-ai", "azure": "azure"}
+    price_provider: ClassVar[str | None] = None
+
+    def match(self, method: str, path: str) -> Match | None:
+        if method == "GET":
+            m = _FILE_CONTENT.search(path)
+            # Any file's content: the batch parser records rows only for batch result lines.
+            return Match("batch", "openai.batch", batch_id=unquote(m.group(1))) if m else None
+        if method != "POST":
+            return None
+        return match_post(path)
+
+    def key_headers(self, api_key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"}
+
+    def error(self, status: int, kind: str, message: str,
+              extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        return error_body(kind, message, extra), {}
+
+    def injector(self, parser: str | None) -> _Injector | None:
+        return injector(parser)

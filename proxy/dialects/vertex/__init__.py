@@ -1,0 +1,50 @@
+"""Vertex AI: Gemini under `publishers/google/models/{m}:generateContent` (and
+streamGenerateContent, countTokens), Claude under `publishers/anthropic/models/{m}:rawPredict`
+/ `:streamRawPredict` (Anthropic bodies and streams; the model is only in the path), and
+the OpenAI-compatible `endpoints/openapi/chat/completions`. Auth is an OAuth bearer token.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+from urllib.parse import unquote
+
+from proxy.dialects.base import Match
+from proxy.dialects.gemini import error_body, match_method
+from proxy.dialects.openai import injector, match_post
+
+__all__ = ["VertexProvider"]
+
+_CLAUDE = re.compile(r"(?:^|/)publishers/anthropic/models/([^/:]+):(rawPredict|streamRawPredict)$")
+
+
+class VertexProvider:
+    name: ClassVar[str] = "vertex"
+    sdk_headers: ClassVar[tuple[str, ...]] = ()
+    inject_by_default: ClassVar[bool] = False
+    builtins: ClassVar[dict[str, dict[str, Any]]] = {
+        "vertex": {"url": "https://aiplatform.googleapis.com"}}
+    price_providers: ClassVar[dict[str, str]] = {}
+    price_provider: ClassVar[str | None] = "google"
+
+    def match(self, method: str, path: str) -> Match | None:
+        if method != "POST":
+            return None
+        m = _CLAUDE.search(path)
+        if m is not None:
+            model = unquote(m.group(1))
+            if model == "count-tokens":
+                return Match("count_tokens", "free.count_tokens")
+            return Match("messages", "anthropic.messages", model)
+        return match_method(path) or match_post(path)
+
+    def key_headers(self, api_key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"}
+
+    def error(self, status: int, kind: str, message: str,
+              extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        return error_body(status, message, {"reason": kind, **extra}), {}
+
+    def injector(self, parser: str | None) -> Any:
+        return injector(parser)
