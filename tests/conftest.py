@@ -151,7 +151,7 @@ def make_config(tmp_path: Path, upstream_url: str, **extra: Any) -> Config:
         "ledger": {"path": str(tmp_path / "ledger.db"), "flush_seconds": 0.05},
         "upstreams": {name: {"url": upstream_url} for name in
                       ("openai", "anthropic", "gemini", "openrouter", "groq", "ollama",
-                       "deepseek", "xai", "mistral")},
+                       "deepseek", "xai", "mistral", "bedrock", "vertex")},
     }
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):

@@ -1,4 +1,5 @@
-"""Prices computed by hand: cache read/write, long context, override, unpriced, free."""
+"""Prices computed by hand from the providers' published price lists: cache read/write,
+long context, served tier, batch, modalities, web searches, override, unpriced, free."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def test_anthropic_cache_write_5m_and_1h() -> None:
 
 def test_long_context_tier() -> None:
     book = PriceBook()
-    short = book.price("gemini-2.5-pro", "gemini", Usage(100_000, 0, 0, None, 1000, 0))
-    long = book.price("gemini-2.5-pro", "gemini", Usage(250_000, 0, 0, None, 1000, 0))
+    short = book.price("gemini-2.5-pro", "google", Usage(100_000, 0, 0, None, 1000, 0))
+    long = book.price("gemini-2.5-pro", "google", Usage(250_000, 0, 0, None, 1000, 0))
     assert short.cost_usd == (100_000 * Decimal("1.25") + 1000 * 10) / M
     assert long.cost_usd == (250_000 * Decimal("2.5") + 1000 * 15) / M
 
@@ -37,7 +38,7 @@ def test_long_context_tier() -> None:
 def test_config_override_wins() -> None:
     book = PriceBook({"my-finetune": ModelPrice(1.0, 2.0, 0.1, 1.25),
                       "gpt-4o": ModelPrice(1.0, 1.0)})
-    p = book.price("my-finetune", "local", Usage(1000, 100, 50, None, 500, None))
+    p = book.price("my-finetune", None, Usage(1000, 100, 50, None, 500, None))
     assert p.cost_usd == (850 * 1 + 100 * Decimal("0.1") + 50 * Decimal("1.25") + 500 * 2) / M
     assert p.source == "config"
     assert book.price("gpt-4o", "openai", Usage(1000, 0, 0, None, 0, 0)).cost_usd == \
@@ -45,13 +46,13 @@ def test_config_override_wins() -> None:
 
 
 def test_unpriced_is_none_never_zero() -> None:
-    p = PriceBook().price("totally-unknown-model-x", "local", Usage(10, 0, 0, None, 5, None))
+    p = PriceBook().price("totally-unknown-model-x", None, Usage(10, 0, 0, None, 5, None))
     assert p.cost_usd is None and p.source is None
 
 
 def test_free_and_provider_reported() -> None:
     book = PriceBook()
-    assert book.price("llama3.2", "ollama", Usage(10, None, None, None, 5, None),
+    assert book.price("llama3.2", None, Usage(10, None, None, None, 5, None),
                       free=True).cost_usd == 0
     p = book.price("openai/gpt-4o", "openrouter", Usage(220, 0, 128, None, 12, 0),
                    provider_cost=Decimal("0.00031"))
@@ -67,7 +68,7 @@ def test_model_name_normalization() -> None:
     a = book.price("openai/gpt-4o", "openai", Usage(1000, 0, 0, None, 0, 0))
     b = book.price("gpt-4o", "openai", Usage(1000, 0, 0, None, 0, 0))
     assert a.cost_usd == b.cost_usd == Decimal("0.0025")
-    assert book.price("models/gemini-2.5-flash", "gemini",
+    assert book.price("models/gemini-2.5-flash", "google",
                       Usage(1_000_000, 0, 0, None, 0, 0)).cost_usd == Decimal("0.30")
 
 
@@ -77,7 +78,7 @@ from hypothesis import strategies as st  # noqa: E402
 from proxy.pricing import _library_cost  # noqa: E402
 
 MODELS = [("gpt-4o", "openai"), ("claude-sonnet-4-20250514", "anthropic"),
-          ("gemini-2.5-pro", "gemini"), ("gemini-2.5-flash", "gemini"),
+          ("gemini-2.5-pro", "google"), ("gemini-2.5-flash", "google"),
           ("deepseek-chat", "deepseek"), ("claude-opus-4-1", "anthropic")]
 
 
@@ -90,5 +91,89 @@ def test_fast_path_equals_the_library(model: tuple[str, str], uncached: int, rea
     write_1h = min(write_1h, write)
     u = Usage(uncached + read + write, read, write, write_1h, out, None)
     fast = book.price(model[0], model[1], u).cost_usd
-    provider, info = book._lookup(model[0], {"gemini": "google"}.get(model[1], model[1]))
+    provider, info = book._lookup(model[0], model[1])
     assert fast == _library_cost(provider, info, u)
+
+
+# Every billed dimension. Each expectation is the provider's published price list, by hand:
+# OpenAI gpt-5 $1.25 / $10 per M (flex half: $0.625 / $5; priority $2.50 / $20);
+# gpt-4.1 priority $3.50 in, $0.875 cached, $14 out; web search tool calls $10 per 1,000;
+# Anthropic Sonnet 4 $3 / $15, web search $10 per 1,000; Sonnet 4.5 batch $1.50 / $7.50,
+# batch cache read $0.15; Gemini 2.5 Flash $0.30 text/image/video in, $1.00 audio in,
+# $2.50 out; 2.5 Flash Image $30 per M image output tokens; gpt-4o-mini batch $0.075/$0.30.
+
+
+def test_served_flex_and_priority_tiers_are_what_is_priced() -> None:
+    book = PriceBook()
+    flex = book.price("gpt-5-2025-08-07", "openai",
+                      Usage(1000, 0, 0, None, 500, 200, service_tier="flex"))
+    assert flex.cost_usd == (1000 * Decimal("0.625") + 500 * 5) / M
+    prio = book.price("gpt-5", "openai", Usage(1000, 0, 0, None, 500, 0, service_tier="priority"))
+    assert prio.cost_usd == (1000 * Decimal("2.5") + 500 * 20) / M
+    std = book.price("gpt-5", "openai", Usage(1000, 0, 0, None, 500, 0, service_tier="default"))
+    assert std.cost_usd == (1000 * Decimal("1.25") + 500 * 10) / M
+
+
+def test_a_tier_without_a_known_price_is_unpriced_never_the_standard_price() -> None:
+    # gpt-4o has no flex price: billing it at the standard rate would be a guess.
+    p = PriceBook().price("gpt-4o", "openai", Usage(1000, 0, 0, None, 10, 0, service_tier="flex"))
+    assert p.cost_usd is None and p.model == "gpt-4o"
+
+
+def test_priority_tier_with_cache_and_web_searches() -> None:
+    u = Usage(3000, 1000, None, None, 400, 0, {"web_searches": 2}, "priority")
+    p = PriceBook().price("gpt-4.1-2025-04-14", "openai", u)
+    hand = (2000 * Decimal("3.5") + 1000 * Decimal("0.875") + 400 * 14) / M + 2 * Decimal(10) / 1000
+    assert p.cost_usd == hand
+
+
+def test_anthropic_web_searches_are_billed_and_fetches_are_free() -> None:
+    u = Usage(21900, 0, 0, 0, 640, None, {"web_searches": 2, "web_fetches": 3}, "standard")
+    p = PriceBook().price("claude-sonnet-4-20250514", "anthropic", u)
+    assert p.cost_usd == (21900 * 3 + 640 * 15) / M + 2 * Decimal(10) / 1000
+
+
+def test_gemini_image_output_and_audio_input() -> None:
+    book = PriceBook()
+    img = book.price("gemini-2.5-flash-image", "google",
+                     Usage(20, 0, 0, None, 1300, None, {"output_image_tokens": 1290}))
+    assert img.cost_usd == (20 * Decimal("0.3") + 10 * Decimal("2.5") + 1290 * 30) / M
+    aud = book.price("gemini-2.5-flash", "google",
+                     Usage(1600, 0, 0, None, 100, 60,
+                           {"input_audio_tokens": 500, "input_tool_tokens": 100}))
+    # 1,100 text and tool-use prompt tokens at $0.30, 500 audio at $1.00, 100 out at $2.50
+    assert aud.cost_usd == (1100 * Decimal("0.3") + 500 * 1 + 100 * Decimal("2.5")) / M
+
+
+def test_batch_rate() -> None:
+    book = PriceBook()
+    oa = book.price("gpt-4o-mini-2024-07-18", "openai",
+                    Usage(1200, 0, None, None, 300, 0, service_tier="default", batch=True))
+    assert oa.cost_usd == (1200 * Decimal("0.075") + 300 * Decimal("0.3")) / M
+    an = book.price("claude-sonnet-4-5-20250929", "anthropic",
+                    Usage(5000, 4000, 0, None, 100, None, service_tier="batch"))
+    assert an.cost_usd == (1000 * Decimal("1.5") + 4000 * Decimal("0.15")
+                           + 100 * Decimal("7.5")) / M
+
+
+def test_unpriced_units_and_batch_give_none() -> None:
+    book = PriceBook()
+    # No audio price known for this model: audio at the text rate would be ~16x too low.
+    audio = book.price("gpt-4o-audio-preview", "openai",
+                       Usage(120, 0, None, None, 60, 0,
+                             {"input_audio_tokens": 100, "output_audio_tokens": 50}))
+    assert audio.cost_usd is None
+    # No batch price known for Sonnet 4.0.
+    assert book.price("claude-sonnet-4-20250514", "anthropic",
+                      Usage(100, 0, 0, None, 10, None, batch=True)).cost_usd is None
+    # Config prices are for plain tokens: a web search has no price there.
+    over = PriceBook({"my-tune": ModelPrice(1.0, 2.0)})
+    assert over.price("my-tune", None, Usage(10, 0, 0, None, 1, 0,
+                                             {"web_searches": 1})).cost_usd is None
+    assert over.price("my-tune", None, Usage(10, 0, 0, None, 1, 0)).cost_usd == Decimal(12) / M
+
+
+def test_bedrock_inference_profile_is_priced() -> None:
+    p = PriceBook().price("us.anthropic.claude-sonnet-4-20250514-v1:0", "aws",
+                          Usage(2512, 2000, 500, None, 5, None))
+    assert p.cost_usd == (12 * 3 + 2000 * Decimal("0.3") + 500 * Decimal("3.75") + 5 * 15) / M
