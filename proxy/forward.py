@@ -230,7 +230,10 @@ class Forwarder:
         meter = Meter(DIALECTS.get(route.parser) if route.parser else None, content_type,
                       rh.get("Content-Encoding"), route.path_stream)
         facts.stream = live.stream = meter.streaming
-        stripper = injector.stripper() if injector is not None and meter.streaming else None
+        # What changes the client's copy: the injection's undoing, or a provider's filter.
+        stripper = injector.stripper() if injector is not None and meter.streaming else \
+            route.provider.response_filter(request.method, route.url, route.upstream.url,
+                                           f"{request.scheme}://{request.host}/{route.upstream.name}")
         out = web.StreamResponse(status=resp.status, reason=resp.reason,
                                  headers=hdr.inbound(rh, drop_length=stripper is not None))
         out.headers["X-Meter-Call-Id"] = facts.call_id

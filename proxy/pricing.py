@@ -159,7 +159,11 @@ class PriceBook:
             return Price(provider_cost, "provider", model)
         if free:
             return Price(Decimal(0), "free", model)
-        if not model or usage.input_tokens is None and usage.output_tokens is None:
+        if usage.input_tokens is None and usage.output_tokens is None:
+            return Price(None, None, model)
+        if not usage.input_tokens and not usage.output_tokens and not usage.units:
+            return Price(Decimal(0), "free", model)  # nothing billed (a failed batch line)
+        if not model:
             return Price(None, None, model)
         units = usage.priced_units() if usage.units else None
         context = price_context(usage)

@@ -81,6 +81,8 @@ def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     none of its own: the download itself bills nothing)."""
     lines = facts.observation.batch_lines
     if not lines or facts.batch_id is None:
+        if facts.batch_id is not None:  # no result lines: an ordinary download
+            facts = replace(facts, operation="other", batch_id=None)
         return [build_record(facts, estimator, prices, fingerprint)]
     return [build_record(replace(facts, call_id=batch_call_id(facts.upstream, facts.batch_id,
                                                               line.line_id),
@@ -248,7 +250,7 @@ class Recorder:
         if facts.observation.batch_lines:  # maybe thousands of lines: off the loop
             return await asyncio.to_thread(build_records, facts, self.estimator, self.prices,
                                            self.fingerprint)
-        return [build_record(facts, self.estimator, self.prices, self.fingerprint)]
+        return build_records(facts, self.estimator, self.prices, self.fingerprint)
 
     async def _new_only(self, records: list[CallRecord]) -> list[CallRecord]:
         if self._recorded is None or not any(r.batch_id for r in records):

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from proxy.dialects.base import Match
+from proxy.dialects.rewrite import BytesReplacer
 
 __all__ = ["AnthropicProvider", "error_body"]
 
@@ -17,6 +18,7 @@ _POST = (
     (re.compile(r"(?:^|/)messages$"), "messages", "anthropic.messages"),
 )
 _RESULTS = re.compile(r"(?:^|/)messages/batches/([^/]+)/results$")
+_BATCHES = re.compile(r"(?:^|/)messages/batches(?:/[^/]+)?(?:/cancel)?$")
 # Our error kinds -> the error types the anthropic SDK knows.
 _TYPES = {"budget_exceeded": "rate_limit_error", "authentication_error": "authentication_error",
           "request_too_large": "request_too_large", "unknown_upstream": "not_found_error",
@@ -50,6 +52,15 @@ class AnthropicProvider:
 
     def key_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
+
+    def response_filter(self, method: str, path: str, upstream_url: str,
+                        public_url: str) -> BytesReplacer | None:
+        """A batch's `results_url` is absolute: point it back through the proxy, or the
+        SDK's `batches.results()` would download (unmetered) from the provider itself."""
+        if not _BATCHES.search(path.rstrip("/")):
+            return None
+        return BytesReplacer(*((f'"results_url":{sp}"{upstream_url}/'.encode(),
+                                f'"results_url":{sp}"{public_url}/'.encode()) for sp in ("", " ")))
 
     def error(self, status: int, kind: str, message: str,
               extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -52,6 +52,10 @@ class BedrockProvider:
             return Match("count_tokens", "free.count_tokens", unquote(m.group(1)))
         return None
 
+    def response_filter(self, method: str, path: str, upstream_url: str,
+                        public_url: str) -> None:
+        return None
+
     def key_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}
 

@@ -59,6 +59,10 @@ class GeminiProvider:
             return None
         return match_method(path) or match_post(path)  # or the OpenAI-compatible endpoint
 
+    def response_filter(self, method: str, path: str, upstream_url: str,
+                        public_url: str) -> None:
+        return None
+
     def key_headers(self, api_key: str) -> dict[str, str]:
         return {"x-goog-api-key": api_key}
 

@@ -84,6 +84,10 @@ class OpenAIProvider:
             return None
         return match_post(path)
 
+    def response_filter(self, method: str, path: str, upstream_url: str,
+                        public_url: str) -> None:
+        return None
+
     def key_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}
 

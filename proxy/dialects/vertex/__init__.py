@@ -39,6 +39,10 @@ class VertexProvider:
             return Match("messages", "anthropic.messages", model)
         return match_method(path) or match_post(path)
 
+    def response_filter(self, method: str, path: str, upstream_url: str,
+                        public_url: str) -> None:
+        return None
+
     def key_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}
 
