@@ -50,10 +50,16 @@ async def _serve(config: Config) -> None:
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=config.server.drain_seconds)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+    tls = None
+    if config.tls_cert and config.tls_key:
+        import ssl
+
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(config.tls_cert, config.tls_key)
+    site = web.TCPSite(runner, config.host, config.port, backlog=1024, ssl_context=tls)
     await site.start()
-    log.info("tokenbooth %s listening on http://%s:%d (ledger %s)", __version__, config.host,
-             config.port, config.ledger.path)
+    log.info("tokenbooth %s listening on %s://%s:%d (ledger %s)", __version__,
+             "https" if tls else "http", config.host, config.port, config.ledger.path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

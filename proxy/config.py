@@ -113,11 +113,14 @@ class Config:
     estimation_factors: Mapping[str, float] = field(default_factory=dict)
     budgets: tuple[BudgetConfig, ...] = ()
     server: ServerConfig = field(default_factory=ServerConfig)
+    tls_cert: str | None = None  # listen over HTTPS (boto3 sends bearer tokens only so)
+    tls_key: str | None = None
 
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, secrets replaced by '***'."""
         return {
-            "listen": {"host": self.host, "port": self.port},
+            "listen": {"host": self.host, "port": self.port, "tls_cert": self.tls_cert,
+                       "tls_key": self.tls_key},
             "ledger": {"path": self.ledger.path, "queue_rows": self.ledger.queue_rows,
                        "flush_seconds": self.ledger.flush_seconds},
             "upstreams": {
@@ -276,7 +279,10 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     data = _expand(raw if raw is not None else {}, "", os.environ if env is None else env)
     top = _Reader(data, "", ("listen", "ledger", "upstreams", "auth", "admin", "metrics",
                              "pricing", "estimation", "budgets", "server"))
-    listen = top.child("listen", ("host", "port"))
+    listen = top.child("listen", ("host", "port", "tls_cert", "tls_key"))
+    tls_cert, tls_key = listen.get("tls_cert", str, None), listen.get("tls_key", str, None)
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("listen.tls_cert and listen.tls_key: give both or neither")
     port = listen.get("port", int, 8787)
     if not 0 <= port <= 65535:
         raise ConfigError(f"listen.port: {port} is not a TCP port")
@@ -344,7 +350,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         host=listen.get("host", str, "127.0.0.1"), port=port, ledger=ledger,
         upstreams=upstreams, client_keys={str(k): v for k, v in keys.items()},
         admin=AdminConfig(admin.get("token", str, None)), metrics=metrics, prices=prices,
-        estimation_factors=factors, budgets=budgets, server=server,
+        estimation_factors=factors, budgets=budgets, server=server, tls_cert=tls_cert,
+        tls_key=tls_key,
     )
 
 

@@ -118,6 +118,51 @@ def cmd_report(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
+def cmd_reprice(args: argparse.Namespace, config: Any) -> int:
+    """Recompute cost_usd and price_source from stored tokens and priced_units."""
+    from collections import defaultdict
+    from decimal import Decimal
+
+    from proxy.pricing import PriceBook
+    from proxy.reprice import COLUMNS, reprice
+    from proxy.sinks.ledger import migrate
+
+    since = query.parse_time("--since", args.since)
+    until = query.parse_time("--until", args.until)
+    path = config.ledger.path
+    if not Path(path).exists():
+        raise query.QueryError("--db", f"no ledger at {path}")
+    conn = sqlite3.connect(path, timeout=30)
+    conn.row_factory = sqlite3.Row
+    try:
+        migrate(conn)  # a ledger from before priced_units gains its columns first
+        where, params = query._where(since, until, {})
+        rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM llm_usage {where}",
+                            params).fetchall()
+        changes = reprice(rows, PriceBook(config.prices), config.upstreams)
+        totals: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+        for c in changes:
+            t = totals[c.model or "(unknown)"]
+            t[0] += c.old_usd or 0
+            t[1] += c.new_usd or 0
+        changed = [c for c in changes if c.new_usd != c.old_usd]
+        if not args.dry_run:
+            conn.executemany("UPDATE llm_usage SET cost_usd = ?, price_source = ? "
+                             "WHERE call_id = ?",
+                             [(None if c.new_usd is None else float(c.new_usd), c.source,
+                               c.call_id) for c in changes])
+            conn.commit()
+    finally:
+        conn.close()
+    _emit([{"model": m, "calls": sum(1 for c in changes if (c.model or "(unknown)") == m),
+            "old_cost_usd": float(o), "new_cost_usd": float(n)}
+           for m, (o, n) in sorted(totals.items())],
+          ["model", "calls", "old_cost_usd", "new_cost_usd"], args.format)
+    verb = "would change" if args.dry_run else "changed"
+    print(f"\n{len(changes)} priced call(s) read; {verb} the cost of {len(changed)}")
+    return 0
+
+
 def cmd_calls(args: argparse.Namespace, config: Any) -> int:
     if args.limit < 1:
         raise query.QueryError("--limit", "must be at least 1")
@@ -158,6 +203,14 @@ def add_commands(sub: Any, add_common: Callable[..., None],
         p.add_argument(f"--{f}")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=runner(cmd_report))
+    p = sub.add_parser("reprice", help="recompute cost from stored tokens with current prices")
+    add_common(p)
+    p.add_argument("--since", required=True, help="7d, 12h, 2w, or a date like 2026-11-01")
+    p.add_argument("--until")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print old and new totals per model; change nothing")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=runner(cmd_reprice))
     p = sub.add_parser("calls", help="recent calls for a session, agent or run")
     add_common(p)
     p.add_argument("--session")

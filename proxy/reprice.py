@@ -1,0 +1,61 @@
+"""Re-pricing stored calls with the current prices (after a genai-prices upgrade or a
+config price change): the token columns and `priced_units` hold every billed unit, the
+`service_tier` column the served tier, `batch_id` whether it was a batch line. Pure: rows
+in, new (cost, source) out; `tokenbooth reprice` does the reading and writing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from proxy.config import Upstream
+from proxy.dialects import price_provider
+from proxy.pricing import PriceBook
+from proxy.usage import Usage
+
+__all__ = ["COLUMNS", "Repriced", "reprice", "usage_of_row"]
+
+COLUMNS = ("call_id", "upstream", "request_model", "response_model", "model", "input_tokens",
+           "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
+           "priced_units", "service_tier", "batch_id", "cost_usd", "price_source")
+# Costs that no price list changes: the provider's own charge, free calls.
+_KEEP = ("provider", "free")
+
+
+@dataclass(frozen=True, slots=True)
+class Repriced:
+    call_id: str
+    model: str | None
+    old_usd: Decimal | None
+    new_usd: Decimal | None
+    source: str | None
+
+
+def usage_of_row(row: Mapping[str, Any]) -> Usage:
+    units = json.loads(row["priced_units"]) if row["priced_units"] else {}
+    write_1h = units.pop("cache_write_1h_tokens", None)
+    return Usage(row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"],
+                 write_1h, row["output_tokens"], row["reasoning_tokens"], units or None,
+                 row["service_tier"], row["batch_id"] is not None)
+
+
+def reprice(rows: Iterable[Mapping[str, Any]], prices: PriceBook,
+            upstreams: Mapping[str, Upstream]) -> list[Repriced]:
+    out = []
+    for row in rows:
+        if row["price_source"] in _KEEP or (row["input_tokens"] is None
+                                             and row["output_tokens"] is None):
+            continue
+        up = upstreams.get(row["upstream"])
+        if up is not None and up.free:
+            continue
+        pid = price_provider(up.dialect, up.name) if up is not None else None
+        model = row["response_model"] or row["request_model"] or row["model"]
+        price = prices.price(model, pid, usage_of_row(row))
+        old = None if row["cost_usd"] is None else Decimal(repr(row["cost_usd"]))
+        out.append(Repriced(row["call_id"], price.model or model, old, price.cost_usd,
+                            price.source))
+    return out
