@@ -133,3 +133,26 @@ def test_request_info_from_the_request_path_spares_a_second_parse(estimator: Est
     f2.request_info = RequestInfo("gpt-4o", True, None, None)
     rec2 = build_record(f2, estimator, PriceBook(), lambda c: None)
     assert rec2.input_source == "estimated" and (rec2.input_tokens or 0) > 0
+
+
+def test_live_running_cost_is_priced_like_the_final_record(estimator: Estimator) -> None:
+    """A cached Anthropic stream: the live feed's cost counts cache reads and writes at
+    their own prices, as the ledger row will (one pricer for both)."""
+    from proxy.record import LiveCall
+    from proxy.recorder import Recorder
+    from proxy.usage import from_anthropic
+
+    usage = from_anthropic({"input_tokens": 12, "cache_read_input_tokens": 8000,
+                            "cache_creation_input_tokens": 300, "output_tokens": 180,
+                            "cache_creation": {"ephemeral_5m_input_tokens": 200,
+                                               "ephemeral_1h_input_tokens": 100}})
+    recorder = Recorder(estimator, PriceBook(), lambda c: None, [])
+    call = LiveCall("c1", "2026-11-30T00:00:00.000Z", "anthropic", "messages", True, None, None,
+                    None, "claude-sonnet-4-20250514", usage.input_tokens, usage.output_tokens,
+                    usage_source="reported", price_provider="anthropic", usage=usage)
+    recorder.progress(call)
+    # $3 in, $0.30 cache read, $3.75 5m write, $6 1h write, $15 out per million
+    hand = (12 * 3 + 8000 * Decimal("0.3") + 200 * Decimal("3.75") + 100 * 6 + 180 * 15) \
+        / Decimal(1_000_000)
+    assert call.cost_usd == float(hand)
+    assert "usage" not in call.to_json() and call.to_json()["cost_usd"] == float(hand)

@@ -185,3 +185,23 @@ def test_screen_scan_searches_an_absent_needle_once() -> None:
     # the plain needles: "x_groq", "error", [DONE], "usage":{ (present), "finish_reason":"
     assert calls[0] == calls[1] == calls[2] == calls[4] == 1
     assert calls[3] == 200
+
+
+PRICE_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google",
+                   "bedrock": "aws"}
+PRICED = [p for p in PAYLOADS if "cost_usd" in p.expected]
+
+
+@pytest.mark.parametrize("p", PRICED, ids=[p.id for p in PRICED])
+def test_cost_of_every_billed_unit(p: Payload) -> None:
+    """The cost of each payload's usage, computed by hand in its expectation from the
+    provider's published prices (None: a billed unit has no known price)."""
+    from proxy.pricing import PriceBook
+
+    obs = run_chunks(p, [p.body])
+    assert obs.usage is not None
+    provider = PRICE_PROVIDERS[p.path.parent.name.split("_")[0]]
+    price = PriceBook().price(p.expected.get("model") or obs.response_model, provider,
+                              obs.usage)
+    cost = p.expected["cost_usd"]
+    assert price.cost_usd == (None if cost is None else Decimal(cost))
