@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from proxy.dialects import BUILTIN_UPSTREAMS, DEFAULT_PROVIDER, PROVIDERS
+from proxy.dialects.bedrock.sigv4 import AwsCredentials
 
 __all__ = [
     "RESERVED_NAMES",
@@ -48,6 +49,9 @@ class Upstream:
     dialect: str
     inject_stream_usage: bool
     api_key: str | None = None
+    # (Bedrock) IAM credentials the proxy signs with, SigV4, since a client's signature
+    # names the proxy's host and cannot be forwarded
+    aws: AwsCredentials | None = None
     free: bool = False  # local inference (ollama): priced at 0, not "unknown"
 
 
@@ -126,7 +130,10 @@ class Config:
             "upstreams": {
                 n: {"url": u.url, "dialect": u.dialect,
                     "inject_stream_usage": u.inject_stream_usage,
-                    "api_key": _mask(u.api_key), "free": u.free}
+                    "api_key": _mask(u.api_key), "free": u.free,
+                    "aws": None if u.aws is None else {
+                        "region": u.aws.region, "access_key_id": _mask(u.aws.access_key_id),
+                        "secret_access_key": "***", "session_token": _mask(u.aws.session_token)}}
                 for n, u in sorted(self.upstreams.items())
             },
             "auth": {"client_keys": {n: "***" for n in self.client_keys}},
@@ -218,7 +225,7 @@ def _upstream(name: str, raw: Any, base: dict[str, Any] | None) -> Upstream:
                           f"(reserved: {', '.join(sorted(RESERVED_NAMES))})")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ConfigError(f"{path}: upstream names may use letters, digits, '_', '-', '.'")
-    r = _Reader(raw, path, ("url", "dialect", "inject_stream_usage", "api_key", "free"))
+    r = _Reader(raw, path, ("url", "dialect", "inject_stream_usage", "api_key", "free", "aws"))
     merged = {**(base or {}), **{k: v for k, v in r.data.items() if v is not None}}
     url = merged.get("url")
     if not isinstance(url, str) or not re.match(r"https?://[^/]+", url):
@@ -230,7 +237,17 @@ def _upstream(name: str, raw: Any, base: dict[str, Any] | None) -> Upstream:
     inject = r.get("inject_stream_usage", bool, PROVIDERS[dialect].inject_by_default)
     api_key = r.get("api_key", str, None)
     free = r.get("free", bool, bool(merged.get("free", False)))
-    return Upstream(name, url.rstrip("/"), dialect, inject, api_key, free)
+    aws = None
+    if r.data.get("aws") is not None:
+        a = r.child("aws", ("region", "access_key_id", "secret_access_key", "session_token"))
+        values = {k: a.get(k, str, None) for k in ("region", "access_key_id",
+                                                    "secret_access_key")}
+        for k, v in values.items():
+            if not v:
+                raise ConfigError(f"{path}.aws.{k}: required (a string, or ${{ENV}})")
+        aws = AwsCredentials(values["region"], values["access_key_id"],
+                             values["secret_access_key"], a.get("session_token", str, None))
+    return Upstream(name, url.rstrip("/"), dialect, inject, api_key, free=free, aws=aws)
 
 
 def _price(model: str, raw: Any) -> ModelPrice:
@@ -303,8 +320,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     for n, k in keys.items():
         if not isinstance(k, str) or not k:
             raise ConfigError(f"auth.client_keys.{n}: expected a non-empty string")
-    if any(u.api_key for u in upstreams.values()) and not keys:
-        raise ConfigError("auth.client_keys: required when an upstream has api_key "
+    if any(u.api_key or u.aws for u in upstreams.values()) and not keys:
+        raise ConfigError("auth.client_keys: required when an upstream has api_key or aws "
                           "(otherwise anyone could spend that key)")
     admin = top.child("admin", ("token",))
     metrics_r = top.child("metrics", ("tag_labels", "max_label_values", "require_auth"))

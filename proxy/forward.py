@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from proxy import headers as hdr
 from proxy.config import Config, Upstream
@@ -151,7 +152,7 @@ class Forwarder:
     def _authenticate(self, up: Upstream, route: Route,
                       facts: CallFacts) -> dict[str, str] | None:
         """With `api_key` on the upstream, clients present a client key and we supply ours."""
-        if not up.api_key:
+        if not up.api_key and up.aws is None:
             return None
         client = self._client_keys.get(facts.credential or "")
         if client is None:
@@ -161,17 +162,22 @@ class Forwarder:
                 "this upstream needs a client key from auth.client_keys", call_id=facts.call_id,
                 provider=route.provider))
         facts.client = client
-        return route.provider.key_headers(up.api_key)
+        return route.provider.key_headers(up.api_key) if up.api_key else {}
 
-    async def _open(self, request: web.Request, url: str, body: bytes, injected: bool,
-                    replace_auth: dict[str, str] | None) -> aiohttp.ClientResponse:
+    async def _open(self, request: web.Request, route: Route, url: str, body: bytes,
+                    injected: bool, replace_auth: dict[str, str] | None
+                    ) -> aiohttp.ClientResponse:
+        headers: Any = hdr.outbound(request.headers, identity=injected,
+                                    replace_auth=replace_auth)
+        if route.upstream.aws is not None:  # signed for the URL exactly as it will be sent
+            headers = route.provider.sign(route.upstream, request.method, str(URL(url)),
+                                          headers, body)
         # Until the response head arrives the idle timeout is one deadline; after it, the
         # body's IdleWatch takes over (the session itself has no read timeout).
         async with asyncio.timeout(self.config.server.idle_timeout_seconds):
             return await self.session.request(
                 request.method, url, data=body if body else None, allow_redirects=False,
-                headers=hdr.outbound(request.headers, identity=injected,
-                                     replace_auth=replace_auth),
+                headers=headers,
             )
 
     async def _forward(self, request: web.Request, route: Route, body: bytes, facts: CallFacts,
@@ -187,7 +193,8 @@ class Forwarder:
         if request.query_string:
             url = f"{url}?{request.query_string}"
         try:
-            resp = await self._open(request, url, injected_body or body, injected_body is not None,
+            resp = await self._open(request, route, url, injected_body or body,
+                                    injected_body is not None,
                                     replace_auth)
             if injected_body is not None and resp.status == 400:
                 # Older Azure api-versions reject stream_options: resend once, remember.
@@ -195,7 +202,7 @@ class Forwarder:
                 self.no_inject.add(up.name)
                 log.warning("upstream %s rejected stream_options; injection off for it", up.name)
                 injected_body = None
-                resp = await self._open(request, url, body, False, replace_auth)
+                resp = await self._open(request, route, url, body, False, replace_auth)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, TimeoutError):
                 facts.outcome, facts.error = "timeout", "upstream connect timeout"

@@ -102,6 +102,10 @@ def credential(headers: Mapping[str, str]) -> str | None:
     """The provider credential the client sent, to fingerprint (never stored)."""
     for name in _CREDENTIAL_HEADERS:
         value = headers.get(name)
+        if value and value.startswith("AWS4-HMAC-SHA256 "):
+            # SigV4: the access key id names the credential; the signature changes per call
+            cred = value.partition("Credential=")[2]
+            return cred.split("/", 1)[0] or None
         if value:
             return value.removeprefix("Bearer ").strip()
     return None

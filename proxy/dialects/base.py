@@ -232,18 +232,43 @@ class Dialect(Protocol):
                        model: str | None) -> int: ...
 
 
-class Provider(Protocol):
-    """Everything about one provider that is not a response parser: its routes, how the
-    proxy supplies its key, the error body its SDK expects, and stream-usage injection."""
+class Provider:
+    """Everything about one provider that is not a response parser: its built-in
+    upstreams, routes, how the proxy supplies its key or signs for it, the error body its
+    SDK expects, stream-usage injection and its pricing provider. Each provider home
+    subclasses this and overrides what it needs."""
 
     name: ClassVar[str]  # the upstream `dialect` in config
-    inject_by_default: ClassVar[bool]
+    builtins: ClassVar[dict[str, dict[str, Any]]] = {}
+    sdk_headers: ClassVar[tuple[str, ...]] = ()  # headers only its SDK sends
+    inject_by_default: ClassVar[bool] = False
+    price_providers: ClassVar[dict[str, str]] = {}  # upstream name -> genai-prices id
+    price_provider: ClassVar[str | None] = None  # otherwise (None: any that knows the model)
 
-    def match(self, method: str, path: str) -> Match | None: ...
-    def key_headers(self, api_key: str) -> dict[str, str]: ...
+    def match(self, method: str, path: str) -> Match | None:
+        raise NotImplementedError
+
+    def key_headers(self, api_key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"}
+
     def error(self, status: int, kind: str, message: str,
-              extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]: ...
-    def injector(self, parser: str | None) -> Any: ...
+              extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """(body, headers) of a refusal by the proxy, in the shape the SDK reads."""
+        return {"error": {"message": message, "type": kind, "code": kind, "param": None,
+                          **extra}}, {}
+
+    def injector(self, parser: str | None) -> Any:
+        return None
+
+    def response_filter(self, method: str, path: str, upstream_url: str,
+                        public_url: str) -> Any:
+        """A feed()/flush() filter for the client's copy of the response, or None."""
+        return None
+
+    def sign(self, upstream: Any, method: str, url: str, headers: dict[str, str],
+             body: bytes) -> dict[str, str]:
+        """The outbound headers, signed again where the provider needs it."""
+        return headers
 
 
 @dataclass

@@ -167,3 +167,47 @@ async def test_vertex_claude_raw_predict_and_gemini(upstream: FakeUpstream,
     assert Decimal(repr(c["cost_usd"])) == (100 * 3 + 20 * 15) / M
     # Gemini 2.5 Flash: 1,100 text/tool prompt at $0.30, 500 audio at $1.00, 100 out at $2.50
     assert Decimal(repr(g["cost_usd"])) == (1100 * Decimal("0.3") + 500 + 100 * Decimal("2.5")) / M
+
+
+async def test_iam_credentials_make_the_proxy_sign_again(
+        upstream: FakeUpstream, start_proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A boto3 client with IAM credentials whose access key id is its client key: the proxy
+    checks the key, signs the request again with its own credentials, and meters it."""
+    import boto3
+    import botocore.exceptions
+
+    from tests.dialects.bedrock.test_sigv4 import botocore_signature
+
+    creds = {"region": "us-east-1", "access_key_id": "AKIDPROXY", "secret_access_key": "s3cr3t"}
+    proxy = await start_proxy(upstreams={"bedrock": {"url": upstream.url, "aws": creds}},
+                              auth={"client_keys": {"team-a": "client-key-a"}})
+    upstream.on(f"/model/{MODEL}/converse", Reply([(PAYLOADS / "bedrock_converse" /
+                                                     "nonstream.json").read_bytes()]))
+    for var in ("AWS_BEARER_TOKEN_BEDROCK", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+
+    def client(key: str) -> Any:
+        return boto3.client("bedrock-runtime", region_name="us-east-1",
+                            endpoint_url=f"{proxy.url}/bedrock", aws_access_key_id=key,
+                            aws_secret_access_key="anything")
+
+    msgs = [{"role": "user", "content": [{"text": "hi"}]}]
+    out = await asyncio.to_thread(client("client-key-a").converse, modelId=MODEL, messages=msgs)
+    assert out["usage"]["outputTokens"] == 3
+    with pytest.raises(botocore.exceptions.ClientError) as denied:
+        await asyncio.to_thread(client("wrong-key").converse, modelId=MODEL, messages=msgs)
+    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    (seen,) = [r for r in upstream.requests if r.path.endswith("/converse")]
+    auth = seen.headers["Authorization"]
+    assert "Credential=AKIDPROXY/" in auth and "client-key-a" not in str(seen.headers)
+    sent = {k: v for k, v in seen.headers.items() if k.lower() in
+            [h for h in auth.split("SignedHeaders=")[1].split(",")[0].split(";")]}
+    from proxy.dialects.bedrock.sigv4 import AwsCredentials
+
+    expected = botocore_signature(AwsCredentials(**creds), "POST",
+                                  f"{upstream.url}{seen.raw_path}", sent, seen.body,
+                                  seen.headers["x-amz-date"])
+    assert auth.endswith(f"Signature={expected}")
+    rows_ = await done(proxy, 2)
+    ok = next(r for r in rows_ if r["outcome"] == "ok")
+    assert ok["client"] == "team-a" and ok["input_tokens"] == 20

@@ -8,7 +8,7 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from proxy.dialects.base import Match
+from proxy.dialects.base import Match, Provider
 from proxy.dialects.rewrite import BytesReplacer
 
 __all__ = ["AnthropicProvider", "error_body"]
@@ -30,13 +30,11 @@ def error_body(kind: str, message: str, extra: dict[str, Any]) -> dict[str, Any]
                                        "message": message, **extra}}
 
 
-class AnthropicProvider:
+class AnthropicProvider(Provider):
     name: ClassVar[str] = "anthropic"
     sdk_headers: ClassVar[tuple[str, ...]] = ("anthropic-version",)
-    inject_by_default: ClassVar[bool] = False
     builtins: ClassVar[dict[str, dict[str, Any]]] = {
         "anthropic": {"url": "https://api.anthropic.com"}}
-    price_providers: ClassVar[dict[str, str]] = {}
     price_provider: ClassVar[str | None] = "anthropic"
 
     def match(self, method: str, path: str) -> Match | None:
@@ -65,6 +63,3 @@ class AnthropicProvider:
     def error(self, status: int, kind: str, message: str,
               extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         return error_body(kind, message, extra), {}
-
-    def injector(self, parser: str | None) -> None:
-        return None

@@ -13,7 +13,8 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from proxy.dialects.base import Match
+from proxy.dialects.base import Match, Provider
+from proxy.dialects.bedrock import sigv4
 
 __all__ = ["BedrockProvider"]
 
@@ -30,13 +31,11 @@ _ERRORS = {400: "ValidationException", 401: "AccessDeniedException",
            502: "ServiceUnavailableException", 504: "ModelTimeoutException"}
 
 
-class BedrockProvider:
+class BedrockProvider(Provider):
     name: ClassVar[str] = "bedrock"
     sdk_headers: ClassVar[tuple[str, ...]] = ("x-amz-date", "x-amz-security-token")
-    inject_by_default: ClassVar[bool] = False
     builtins: ClassVar[dict[str, dict[str, Any]]] = {
         "bedrock": {"url": "https://bedrock-runtime.us-east-1.amazonaws.com"}}
-    price_providers: ClassVar[dict[str, str]] = {}
     price_provider: ClassVar[str | None] = "aws"
 
     def match(self, method: str, path: str) -> Match | None:
@@ -52,18 +51,14 @@ class BedrockProvider:
             return Match("count_tokens", "free.count_tokens", unquote(m.group(1)))
         return None
 
-    def response_filter(self, method: str, path: str, upstream_url: str,
-                        public_url: str) -> None:
-        return None
-
-    def key_headers(self, api_key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {api_key}"}
+    def sign(self, upstream: Any, method: str, url: str, headers: dict[str, str],
+             body: bytes) -> dict[str, str]:
+        if upstream.aws is None:
+            return headers  # a Bedrock API key (bearer) passes through as sent
+        return sigv4.sign(upstream.aws, method, url, dict(headers), body)
 
     def error(self, status: int, kind: str, message: str,
               extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         """boto3 reads `x-amzn-ErrorType` and `message`."""
         name = _ERRORS.get(status, "InternalServerException")
         return {"message": message, "reason": kind, **extra}, {"x-amzn-ErrorType": name}
-
-    def injector(self, parser: str | None) -> None:
-        return None

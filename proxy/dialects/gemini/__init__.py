@@ -8,7 +8,7 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from proxy.dialects.base import Match
+from proxy.dialects.base import Match, Provider
 from proxy.dialects.openai import injector, match_post
 
 __all__ = ["GeminiProvider", "error_body", "match_method"]
@@ -42,13 +42,11 @@ def error_body(status: int, message: str, extra: dict[str, Any]) -> dict[str, An
                       "status": _STATUS.get(status, "INTERNAL"), **extra}}
 
 
-class GeminiProvider:
+class GeminiProvider(Provider):
     name: ClassVar[str] = "gemini"
     sdk_headers: ClassVar[tuple[str, ...]] = ("x-goog-api-key", "x-goog-api-client")
-    inject_by_default: ClassVar[bool] = False
     builtins: ClassVar[dict[str, dict[str, Any]]] = {
         "gemini": {"url": "https://generativelanguage.googleapis.com"}}
-    price_providers: ClassVar[dict[str, str]] = {}
     price_provider: ClassVar[str | None] = "google"
 
     def match(self, method: str, path: str) -> Match | None:
@@ -58,10 +56,6 @@ class GeminiProvider:
         if method != "POST":
             return None
         return match_method(path) or match_post(path)  # or the OpenAI-compatible endpoint
-
-    def response_filter(self, method: str, path: str, upstream_url: str,
-                        public_url: str) -> None:
-        return None
 
     def key_headers(self, api_key: str) -> dict[str, str]:
         return {"x-goog-api-key": api_key}

@@ -11,10 +11,10 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from proxy.dialects.base import Match
+from proxy.dialects.base import Match, Provider
 from proxy.dialects.openai import inject as injection
 
-__all__ = ["OpenAIProvider", "POST_ROUTES", "error_body", "injector", "match_post"]
+__all__ = ["OpenAIProvider", "POST_ROUTES", "injector", "match_post"]
 
 # (suffix regex, operation, parser) for POST, first match wins.
 POST_ROUTES = (
@@ -40,11 +40,6 @@ def match_post(path: str) -> Match | None:
     return None
 
 
-def error_body(kind: str, message: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """The shape the openai SDK reads (`error.message`, `error.type`, `error.code`)."""
-    return {"error": {"message": message, "type": kind, "code": kind, "param": None, **extra}}
-
-
 class _Injector:
     """`stream_options.include_usage` for chat/completions streams, and its undoing."""
 
@@ -57,9 +52,8 @@ def injector(parser: str | None) -> _Injector | None:
     return _Injector() if parser in _INJECTED else None
 
 
-class OpenAIProvider:
+class OpenAIProvider(Provider):
     name: ClassVar[str] = "openai"
-    sdk_headers: ClassVar[tuple[str, ...]] = ()
     inject_by_default: ClassVar[bool] = True
     builtins: ClassVar[dict[str, dict[str, Any]]] = {
         "openai": {"url": "https://api.openai.com"},
@@ -73,7 +67,6 @@ class OpenAIProvider:
     price_providers: ClassVar[dict[str, str]] = {
         "openai": "openai", "openrouter": "openrouter", "groq": "groq", "mistral": "mistral",
         "deepseek": "deepseek", "xai": "x-ai", "azure": "azure"}
-    price_provider: ClassVar[str | None] = None
 
     def match(self, method: str, path: str) -> Match | None:
         if method == "GET":
@@ -83,17 +76,6 @@ class OpenAIProvider:
         if method != "POST":
             return None
         return match_post(path)
-
-    def response_filter(self, method: str, path: str, upstream_url: str,
-                        public_url: str) -> None:
-        return None
-
-    def key_headers(self, api_key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {api_key}"}
-
-    def error(self, status: int, kind: str, message: str,
-              extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-        return error_body(kind, message, extra), {}
 
     def injector(self, parser: str | None) -> _Injector | None:
         return injector(parser)

@@ -10,7 +10,7 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from proxy.dialects.base import Match
+from proxy.dialects.base import Match, Provider
 from proxy.dialects.gemini import error_body, match_method
 from proxy.dialects.openai import injector, match_post
 
@@ -19,13 +19,10 @@ __all__ = ["VertexProvider"]
 _CLAUDE = re.compile(r"(?:^|/)publishers/anthropic/models/([^/:]+):(rawPredict|streamRawPredict)$")
 
 
-class VertexProvider:
+class VertexProvider(Provider):
     name: ClassVar[str] = "vertex"
-    sdk_headers: ClassVar[tuple[str, ...]] = ()
-    inject_by_default: ClassVar[bool] = False
     builtins: ClassVar[dict[str, dict[str, Any]]] = {
         "vertex": {"url": "https://aiplatform.googleapis.com"}}
-    price_providers: ClassVar[dict[str, str]] = {}
     price_provider: ClassVar[str | None] = "google"
 
     def match(self, method: str, path: str) -> Match | None:
@@ -38,13 +35,6 @@ class VertexProvider:
                 return Match("count_tokens", "free.count_tokens")
             return Match("messages", "anthropic.messages", model)
         return match_method(path) or match_post(path)
-
-    def response_filter(self, method: str, path: str, upstream_url: str,
-                        public_url: str) -> None:
-        return None
-
-    def key_headers(self, api_key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {api_key}"}
 
     def error(self, status: int, kind: str, message: str,
               extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
