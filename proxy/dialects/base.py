@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol
 
 from proxy.usage import Usage
 
-__all__ = ["BaseStream", "BatchLine", "Dialect", "Match", "Observation", "Provider",
+__all__ = ["BaseStream", "BatchLine", "Dialect", "DialectBase", "Match", "Observation", "Provider",
            "RequestInfo", "Screen", "ScreenScan", "StreamAcc", "StreamState", "TextBuffer",
            "error_text", "loads"]
 
@@ -216,6 +216,23 @@ class StreamState(Protocol):
     def ready(self) -> bool: ...
     def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None: ...
     def result(self) -> Observation: ...
+
+
+class DialectBase:
+    """Defaults for a parser: framing chosen by content type, and an input estimate that
+    counts every text under the request's `text_keys` (plus a fixed overhead)."""
+
+    family: ClassVar[str] = "openai"
+    framing: ClassVar[str] = "auto"
+    text_keys: ClassVar[tuple[str, ...]] = ()
+    text_overhead: ClassVar[int] = 0
+
+    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
+                       model: str | None) -> int:
+        from proxy.estimate import strings
+
+        return sum(count(t) for t in strings([doc.get(k) for k in self.text_keys])) \
+            + self.text_overhead
 
 
 class Dialect(Protocol):

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from proxy.dialects.base import (
     BaseStream,
     BatchLine,
+    DialectBase,
     Observation,
     RequestInfo,
     Screen,
@@ -64,10 +65,9 @@ class _Stream(BaseStream):
                            batch_lines=tuple(self.lines))
 
 
-class BatchDialect:
+class BatchDialect(DialectBase):
     """A provider's batch parser: its name and its line reader."""
 
-    family: ClassVar[str] = "openai"
     framing: ClassVar[str] = "ndjson"
 
     def __init__(self, name: str, reader: LineReader) -> None:
@@ -76,10 +76,6 @@ class BatchDialect:
 
     def request_info(self, doc: Any) -> RequestInfo:
         return RequestInfo()
-
-    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
-                       model: str | None) -> int:
-        return 0
 
     def from_json(self, doc: Any) -> Observation:
         stream = self.new_stream()

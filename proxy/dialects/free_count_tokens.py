@@ -6,10 +6,10 @@ kept in `usage_raw` for audit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from proxy.dialects.base import (
+    DialectBase,
     Observation,
     RequestInfo,
     Screen,
@@ -40,15 +40,9 @@ class _Nothing:
         return Observation(ZERO, None, status="complete")
 
 
-class CountTokensDialect:
+class CountTokensDialect(DialectBase):
     name: ClassVar[str] = "free.count_tokens"
-    family: ClassVar[str] = "openai"
-    framing: ClassVar[str] = "auto"
     free: ClassVar[bool] = True  # not consumption: priced at 0
-
-    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
-                       model: str | None) -> int:
-        return 0
 
     def request_info(self, doc: Any) -> RequestInfo:
         model = doc.get("model") if isinstance(doc, dict) else None

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from proxy.dialects.base import (
     BaseStream,
+    DialectBase,
     Observation,
     RequestInfo,
     Screen,
@@ -113,10 +114,9 @@ def estimate_tokens(doc: dict[str, Any], count: Callable[[str], int]) -> int:
     return total
 
 
-class MessagesDialect:
+class MessagesDialect(DialectBase):
     name: ClassVar[str] = "anthropic.messages"
     family: ClassVar[str] = "anthropic"
-    framing: ClassVar[str] = "auto"
 
     def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
                        model: str | None) -> int:

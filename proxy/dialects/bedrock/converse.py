@@ -3,11 +3,11 @@ event (after `messageStop`). inputTokens excludes cache reads and writes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from proxy.dialects.base import (
     BaseStream,
+    DialectBase,
     Observation,
     RequestInfo,
     Screen,
@@ -15,7 +15,6 @@ from proxy.dialects.base import (
     TextBuffer,
     error_text,
 )
-from proxy.estimate import strings
 from proxy.usage import from_bedrock
 
 __all__ = ["ConverseDialect", "request_info", "served_tier"]
@@ -85,18 +84,13 @@ class _Stream(BaseStream):
             _apply_usage(acc, obj)
 
 
-class ConverseDialect:
+class ConverseDialect(DialectBase):
     name: ClassVar[str] = "bedrock.converse"
     family: ClassVar[str] = "bedrock"
-    framing: ClassVar[str] = "auto"
+    text_keys: ClassVar[tuple[str, ...]] = ("system", "messages", "toolConfig")
 
     def request_info(self, doc: Any) -> RequestInfo:
         return request_info(doc)
-
-    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
-                       model: str | None) -> int:
-        return sum(count(t) for t in strings(
-            [doc.get("system"), doc.get("messages"), doc.get("toolConfig")]))
 
     def from_json(self, doc: Any) -> Observation:
         if not isinstance(doc, dict):

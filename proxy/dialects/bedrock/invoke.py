@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from proxy.dialects.anthropic.messages import MessagesDialect, _delta_text, estimate_tokens
 from proxy.dialects.anthropic.messages import _Stream as AnthropicStream
-from proxy.dialects.base import Observation, RequestInfo, Screen, TextBuffer
+from proxy.dialects.base import DialectBase, Observation, RequestInfo, Screen, TextBuffer
 from proxy.dialects.bedrock.converse import ConverseDialect, request_info
 from proxy.estimate import strings
 from proxy.usage import Usage, from_bedrock
@@ -78,10 +78,9 @@ class _Stream(AnthropicStream):
         return obs
 
 
-class InvokeDialect:
+class InvokeDialect(DialectBase):
     name: ClassVar[str] = "bedrock.invoke"
     family: ClassVar[str] = "anthropic"
-    framing: ClassVar[str] = "auto"
 
     def request_info(self, doc: Any) -> RequestInfo:
         if isinstance(doc, dict) and "messages" in doc and "anthropic_version" in doc:

@@ -6,11 +6,11 @@ chunk carries running totals in `usageMetadata`: the last one wins.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from proxy.dialects.base import (
     BaseStream,
+    DialectBase,
     Observation,
     RequestInfo,
     Screen,
@@ -18,7 +18,6 @@ from proxy.dialects.base import (
     TextBuffer,
     error_text,
 )
-from proxy.estimate import strings
 from proxy.usage import from_gemini
 
 __all__ = ["GenerateDialect"]
@@ -72,15 +71,10 @@ class _Stream(BaseStream):
             _apply(self.acc, obj)
 
 
-class GenerateDialect:
+class GenerateDialect(DialectBase):
     name: ClassVar[str] = "gemini.generate"
     family: ClassVar[str] = "gemini"
-    framing: ClassVar[str] = "auto"
-
-    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
-                       model: str | None) -> int:
-        return sum(count(t) for t in strings(
-            [doc.get("systemInstruction"), doc.get("contents"), doc.get("tools")]))
+    text_keys: ClassVar[tuple[str, ...]] = ("systemInstruction", "contents", "tools")
 
     def request_info(self, doc: Any) -> RequestInfo:
         if not isinstance(doc, dict):

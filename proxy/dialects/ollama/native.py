@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
 from proxy.dialects.base import (
     BaseStream,
+    DialectBase,
     Observation,
     RequestInfo,
     Screen,
@@ -15,7 +15,6 @@ from proxy.dialects.base import (
     TextBuffer,
     error_text,
 )
-from proxy.estimate import strings
 from proxy.usage import from_ollama
 
 __all__ = ["OllamaDialect"]
@@ -66,15 +65,10 @@ class _Stream(BaseStream):
             _apply(self.acc, obj)
 
 
-class OllamaDialect:
+class OllamaDialect(DialectBase):
     name: ClassVar[str] = "ollama.native"
     family: ClassVar[str] = "ollama"
-    framing: ClassVar[str] = "auto"
-
-    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
-                       model: str | None) -> int:
-        return sum(count(t) for t in strings(
-            [doc.get("system"), doc.get("prompt"), doc.get("messages"), doc.get("input")]))
+    text_keys: ClassVar[tuple[str, ...]] = ("system", "prompt", "messages", "input")
 
     def request_info(self, doc: Any) -> RequestInfo:
         if not isinstance(doc, dict):

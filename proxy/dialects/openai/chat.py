@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from proxy.dialects.base import (
     BaseStream,
+    DialectBase,
     Observation,
     RequestInfo,
     Screen,
@@ -148,10 +149,8 @@ def _from_json(doc: Any, key: str) -> Observation:
     return acc.build()
 
 
-class ChatDialect:
+class ChatDialect(DialectBase):
     name: ClassVar[str] = "openai.chat"
-    family: ClassVar[str] = "openai"
-    framing: ClassVar[str] = "auto"
     text_key: ClassVar[str] = "delta"
 
     def request_info(self, doc: Any) -> RequestInfo:
@@ -175,12 +174,14 @@ class CompletionsDialect(ChatDialect):
     name: ClassVar[str] = "openai.completions"
     text_key: ClassVar[str] = "text"
 
+    text_keys: ClassVar[tuple[str, ...]] = ("prompt",)
+
     def from_json(self, doc: Any) -> Observation:
         return _from_json(doc, "text")
 
     def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
                        model: str | None) -> int:
-        return sum(count(t) for t in strings(doc.get("prompt")))
+        return DialectBase.estimate_input(self, doc, count, model)
 
 
 class EmbeddingsDialect(ChatDialect):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from proxy.dialects.base import (
     BaseStream,
+    DialectBase,
     Observation,
     RequestInfo,
     Screen,
@@ -15,7 +15,6 @@ from proxy.dialects.base import (
     error_text,
 )
 from proxy.dialects.openai.common import openai_request_info, provider_cost
-from proxy.estimate import strings
 from proxy.usage import from_openai
 
 __all__ = ["ResponsesDialect"]
@@ -106,17 +105,13 @@ class _Stream(BaseStream):
             _apply_response(acc, obj.get("response"))
 
 
-class ResponsesDialect:
+class ResponsesDialect(DialectBase):
     name: ClassVar[str] = "openai.responses"
-    family: ClassVar[str] = "openai"
-    framing: ClassVar[str] = "auto"
+    text_keys: ClassVar[tuple[str, ...]] = ("instructions", "input")
+    text_overhead: ClassVar[int] = 3
 
     def request_info(self, doc: Any) -> RequestInfo:
         return openai_request_info(doc)
-
-    def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
-                       model: str | None) -> int:
-        return sum(count(t) for t in strings([doc.get("instructions"), doc.get("input")])) + 3
 
     def from_json(self, doc: Any) -> Observation:
         if not isinstance(doc, dict):
