@@ -75,7 +75,8 @@ class Estimator:
     def __init__(self, factors: dict[str, float] | None = None,
                  data_dir: Path = DATA_DIR, encodings: tuple[str, ...] = ("o200k_base",
                                                                           "cl100k_base")) -> None:
-        self.factors = {"anthropic": 1.2, "gemini": 1.0, **(factors or {})}
+        # config `estimation.factors` by family; otherwise each dialect's own default
+        self.factors = dict(factors or {})
         self._data_dir = data_dir
         self._wanted = encodings
         self._enc: dict[str, Any] = {}
@@ -103,22 +104,25 @@ class Estimator:
         name, count = self._counter(model)
         return Estimate(count(text) if text else 0, name)
 
-    def _scaled(self, tokens: int, name: str, family: str) -> Estimate:
-        factor = self.factors.get(family, 1.0)
+    def _scaled(self, tokens: int, name: str, dialect: Any) -> Estimate:
+        """Non-OpenAI tokenizers approximated: the family's factor (config, else the
+        dialect's `estimate_factor`)."""
+        factor = self.factors.get(dialect.family, dialect.estimate_factor)
         if factor == 1.0:
             return Estimate(tokens, name)
         return Estimate(math.ceil(tokens * factor), f"{name}*{factor:g}")
 
-    def output(self, text: str, model: str | None, family: str, extra_chars: int = 0) -> Estimate:
+    def output(self, text: str, model: str | None, dialect: Any,
+               extra_chars: int = 0) -> Estimate:
         est = self.count_text(text, model)
         tokens = est.tokens + (math.ceil(extra_chars / 4) if extra_chars else 0)
-        return self._scaled(tokens, est.estimator, family)
+        return self._scaled(tokens, est.estimator, dialect)
 
     def input(self, dialect: Any, doc: Any, model: str | None) -> Estimate:
         """Input estimate from a request body, by the API's own shape (the dialect's)."""
         name, count = self._counter(model)
         tokens = dialect.estimate_input(doc, count, model) if isinstance(doc, dict) else 0
-        return self._scaled(tokens, name, dialect.family)
+        return self._scaled(tokens, name, dialect)
 
 
 def strings(obj: Any) -> list[str]:

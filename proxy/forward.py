@@ -34,6 +34,7 @@ __all__ = ["Forwarder", "error_response"]
 
 log = logging.getLogger("tokenbooth.forward")
 PROGRESS_SECONDS = 0.5
+_THREAD_PARSE_BYTES = 256 * 1024
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "apim-request-id",
                        "x-amzn-requestid")
 
@@ -121,7 +122,9 @@ class Forwarder:
             facts.request_body = body
             dialect = DIALECTS.get(route.parser) if route.parser else None
             if dialect is not None:
-                facts.request_doc = _parse(body)
+                # parsed once for every consumer; a large body off the event loop
+                facts.request_doc = _parse(body) if len(body) <= _THREAD_PARSE_BYTES \
+                    else await asyncio.to_thread(_parse, body)
                 facts.request_info = dialect.request_info(facts.request_doc)
             live = LiveCall(call_id, iso_utc(facts.started), name, route.operation, False,
                             facts.tags.get("agent"), facts.tags.get("session"),
@@ -239,8 +242,9 @@ class Forwarder:
         facts.stream = live.stream = meter.streaming
         # What changes the client's copy: the injection's undoing, or a provider's filter.
         stripper = injector.stripper() if injector is not None and meter.streaming else \
-            route.provider.response_filter(request.method, route.url, route.upstream.url,
-                                           f"{request.scheme}://{request.host}/{route.upstream.name}")
+            route.provider.response_filter(
+                request.method, route.url, route.upstream.url,
+                lambda: f"{request.scheme}://{request.host}/{route.upstream.name}")
         out = web.StreamResponse(status=resp.status, reason=resp.reason,
                                  headers=hdr.inbound(rh, drop_length=stripper is not None))
         out.headers["X-Meter-Call-Id"] = facts.call_id

@@ -194,7 +194,7 @@ class PriceBook:
         """The model's current ModelPrice (at a tier or batch variant), cached for an hour
         (prices change by date)."""
         now = time.monotonic()
-        key = (id(info), tuple(sorted((context or {}).items())))
+        key = (id(info), tuple(sorted(context.items())) if context else ())
         hit = self._mp_cache.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]

@@ -139,12 +139,14 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
     out.pop("id", None)
     out["stream"] = bool(out.get("stream"))
-    for key in ("tags", "usage_raw"):
+    for key in ("tags", "usage_raw", "priced_units"):
         if out.get(key):
             try:
                 out[key] = json.loads(out[key])
             except ValueError:
                 pass
+    if "priced_units" in out and not out["priced_units"]:
+        out["priced_units"] = {}  # as the live feed's call_finished row has it
     return out
 
 

@@ -111,8 +111,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     if info is None and dialect is not None:
         info = dialect.request_info(doc)
     request_model = (info.model if info else None) or facts.path_model
-    family = dialect.family if dialect is not None else "openai"
-    free_call = dialect is not None and getattr(dialect, "free", False)
+    free_call = dialect is not None and dialect.free
     estimator_name = None
     model_hint = obs.response_model or request_model
     reached = facts.status_code is not None and facts.status_code < 400
@@ -124,8 +123,9 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
             usage = replace(usage, input_tokens=est.tokens, cache_read_tokens=0,
                             cache_write_tokens=0)
             in_est, estimator_name = True, est.estimator
-        if not out_reported and getattr(dialect, "has_output", True):
-            est = estimator.output(obs.output_text, model_hint, family, obs.output_chars_dropped)
+        if not out_reported and dialect.has_output:
+            est = estimator.output(obs.output_text, model_hint, dialect,
+                                   obs.output_chars_dropped)
             usage = replace(usage, output_tokens=est.tokens, reasoning_tokens=None)
             out_est, estimator_name = True, est.estimator
         elif not out_reported:
@@ -143,8 +143,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         usage_source = "none"
     if usage.input_tokens is not None and (usage.cache_read_tokens is None
                                            or usage.cache_write_tokens is None):
-        usage = replace(usage, cache_read_tokens=usage.cache_read_tokens or 0,
-                        cache_write_tokens=usage.cache_write_tokens or 0)
+        usage = usage.with_cache_known()
     model = obs.response_model or request_model
     if usage_source == "none":
         price_cost: Decimal | None = Decimal(0) if free_call else None
@@ -195,6 +194,10 @@ class Recorder:
         self.prices = prices
         self.fingerprint = fingerprint
         self.sinks = list(sinks)
+        # Each hook only for the sinks that implement it.
+        self._started = [(s.name, s.started) for s in sinks if hasattr(s, "started")]
+        self._progress = [(s.name, s.progress) for s in sinks if hasattr(s, "progress")]
+        self._handlers = [(s.name, s.handle) for s in sinks if hasattr(s, "handle")]
         self._queue: asyncio.Queue[CallFacts | None] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
         self.inflight: dict[str, LiveCall] = {}
@@ -211,11 +214,11 @@ class Recorder:
 
     def started(self, call: LiveCall) -> None:
         self.inflight[call.call_id] = call
-        for sink in self.sinks:
+        for name, started in self._started:
             try:
-                sink.started(call)
+                started(call)
             except Exception:
-                self._sink_failed(sink.name)
+                self._sink_failed(name)
 
     def progress(self, call: LiveCall) -> None:
         """Running counts of a stream in flight (at most every 0.5 s per call), priced."""
@@ -223,11 +226,11 @@ class Recorder:
             usage = call.usage or Usage(call.input_tokens, 0, 0, None, call.output_tokens)
             price = self.prices.price(call.model, call.price_provider, usage)
             call.cost_usd = float(price.cost_usd) if price.cost_usd is not None else None
-        for sink in self.sinks:
+        for name, progress in self._progress:
             try:
-                sink.progress(call)
+                progress(call)
             except Exception:
-                self._sink_failed(sink.name)
+                self._sink_failed(name)
 
     def submit(self, facts: CallFacts) -> None:
         """Never blocks, never raises: a full queue is a logged, counted drop."""
@@ -254,7 +257,7 @@ class Recorder:
 
     async def _new_only(self, records: list[CallRecord]) -> list[CallRecord]:
         if self._recorded is None or not any(r.batch_id for r in records):
-            return records
+            return records  # no result lines: an ordinary download
         try:
             seen = await self._recorded([r.call_id for r in records])
         except Exception:
@@ -268,7 +271,9 @@ class Recorder:
             if facts is None:
                 return
             try:
-                records = await self._new_only(await self._build(facts))
+                records = await self._build(facts)
+                if facts.batch_id is not None:
+                    records = await self._new_only(records)
             except Exception:
                 log.exception("could not build the record of call %s", facts.call_id)
                 self.inflight.pop(facts.call_id, None)
@@ -276,12 +281,12 @@ class Recorder:
             self.inflight.pop(facts.call_id, None)
             for record in records:
                 self.recorded += 1
-                for sink in self.sinks:
+                for name, handle in self._handlers:
                     try:
-                        await sink.handle(record)
+                        await handle(record)
                     except Exception:
-                        log.exception("sink %s failed on call %s", sink.name, record.call_id)
-                        self._sink_failed(sink.name)
+                        log.exception("sink %s failed on call %s", name, record.call_id)
+                        self._sink_failed(name)
 
     def _sink_failed(self, name: str) -> None:
         if self._on_sink_error is not None:
@@ -298,6 +303,8 @@ class Recorder:
     async def aclose(self) -> None:
         await self.drain()
         for sink in self.sinks:
+            if not hasattr(sink, "aclose"):
+                continue
             try:
                 await sink.aclose()
             except Exception:

@@ -8,6 +8,7 @@ The upstream's dialect names its provider home, whose route table picks the oper
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from proxy.config import Upstream
@@ -36,10 +37,14 @@ def resolve(upstream: Upstream, method: str, rest: str, raw_rest: str | None = N
     `%2F` or `%3F` in a path segment reach the upstream exactly as sent.
     """
     url = f"{upstream.url}/{rest if raw_rest is None else raw_rest}"
-    provider = PROVIDERS[upstream.dialect]
-    pp = price_provider(upstream.dialect, upstream.name)
-    m = provider.match(method, rest.rstrip("/"))
+    provider, pp, m = _match(upstream.dialect, upstream.name, method, rest)
     if m is None:
         return Route(upstream, url, "other", None, provider=provider, price_provider=pp)
     return Route(upstream, url, m.operation, m.parser, m.path_model, m.path_stream, m.batch_id,
                  provider, pp)
+
+
+@lru_cache(maxsize=4096)  # the same few paths, call after call; pure, so safe to reuse
+def _match(dialect: str, name: str, method: str, rest: str) -> tuple[Any, str | None, Any]:
+    provider = PROVIDERS[dialect]
+    return provider, price_provider(dialect, name), provider.match(method, rest.rstrip("/"))

@@ -95,7 +95,7 @@ def test_anthropic_and_gemini_are_scaled_by_factor(estimator: Estimator) -> None
     gdoc = {"contents": [{"role": "user", "parts": [{"text": "Tell me a joke"}]}]}
     g = estimator.input(DIALECTS["gemini.generate"], gdoc, None)
     assert g.tokens == len(enc.encode("Tell me a joke")) and g.estimator == "tiktoken:o200k_base"
-    out = estimator.output("Bonjour à tous", None, "anthropic")
+    out = estimator.output("Bonjour à tous", None, DIALECTS["anthropic.messages"])
     assert out.tokens == -(-len(enc.encode("Bonjour à tous")) * 12 // 10)
 
 

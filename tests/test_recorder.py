@@ -138,9 +138,9 @@ def test_request_info_from_the_request_path_spares_a_second_parse(estimator: Est
 def test_live_running_cost_is_priced_like_the_final_record(estimator: Estimator) -> None:
     """A cached Anthropic stream: the live feed's cost counts cache reads and writes at
     their own prices, as the ledger row will (one pricer for both)."""
+    from proxy.dialects.anthropic.usage import from_anthropic
     from proxy.record import LiveCall
     from proxy.recorder import Recorder
-    from proxy.usage import from_anthropic
 
     usage = from_anthropic({"input_tokens": 12, "cache_read_input_tokens": 8000,
                             "cache_creation_input_tokens": 300, "output_tokens": 180,

@@ -18,6 +18,7 @@ from proxy.dialects.gemini.generate import GenerateDialect
 from proxy.dialects.ollama.native import OllamaDialect
 from proxy.dialects.openai import batch as openai_batch
 from proxy.dialects.openai.chat import ChatDialect, CompletionsDialect, EmbeddingsDialect
+from proxy.dialects.openai.images import ImagesDialect
 from proxy.dialects.openai.responses import ResponsesDialect
 
 __all__ = ["BUILTIN_UPSTREAMS", "DEFAULT_PROVIDER", "DIALECTS", "PROVIDERS", "Dialect", "Match",
@@ -35,7 +36,7 @@ DIALECTS: dict[str, Dialect] = {
     d.name: d
     for d in (ChatDialect(), CompletionsDialect(), EmbeddingsDialect(), ResponsesDialect(),
               MessagesDialect(), GenerateDialect(), OllamaDialect(), CountTokensDialect(),
-              ConverseDialect(), InvokeDialect(), openai_batch.DIALECT,
+              ConverseDialect(), InvokeDialect(), ImagesDialect(), openai_batch.DIALECT,
               anthropic_batch.DIALECT, gemini_batch.DIALECT)
 }
 

@@ -223,9 +223,12 @@ class DialectBase:
     counts every text under the request's `text_keys` (plus a fixed overhead)."""
 
     family: ClassVar[str] = "openai"
+    estimate_factor: ClassVar[float] = 1.0  # tiktoken counts scaled for other tokenizers
     framing: ClassVar[str] = "auto"
     text_keys: ClassVar[tuple[str, ...]] = ()
     text_overhead: ClassVar[int] = 0
+    free: ClassVar[bool] = False  # not consumption (count-tokens): priced at 0
+    has_output: ClassVar[bool] = True  # generates output to estimate when unreported
 
     def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
                        model: str | None) -> int:
@@ -240,7 +243,10 @@ class Dialect(Protocol):
 
     name: ClassVar[str]
     family: ClassVar[str]  # tokenizer family for estimates ("openai", "anthropic", ...)
+    estimate_factor: ClassVar[float]
     framing: ClassVar[str]  # "auto" (by content type) or "ndjson" (batch files)
+    free: ClassVar[bool]
+    has_output: ClassVar[bool]
 
     def request_info(self, doc: Any) -> RequestInfo: ...
     def from_json(self, doc: Any) -> Observation: ...
@@ -278,8 +284,9 @@ class Provider:
         return None
 
     def response_filter(self, method: str, path: str, upstream_url: str,
-                        public_url: str) -> Any:
-        """A feed()/flush() filter for the client's copy of the response, or None."""
+                        public_url: Callable[[], str]) -> Any:
+        """A feed()/flush() filter for the client's copy of the response, or None.
+        `public_url()` is where clients reach this upstream through the proxy."""
         return None
 
     def sign(self, upstream: Any, method: str, url: str, headers: dict[str, str],

@@ -1,4 +1,8 @@
-"""The Sink interface (mitmproxy-addon style): react to records; failures are contained."""
+"""The Sink interface (mitmproxy-addon style): react to records; failures are contained.
+
+Every hook but `name` is optional: a sink implements only the hooks it needs, and the
+recorder calls only those (`started` and `progress` for calls in flight, `handle` for each
+finished record, `aclose` at shutdown)."""
 
 from __future__ import annotations
 

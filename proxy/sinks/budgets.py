@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from proxy.config import BudgetConfig
 from proxy.estimate import Estimator
 from proxy.pricing import PriceBook
-from proxy.record import CallFacts, CallRecord, LiveCall
+from proxy.record import CallFacts, CallRecord
 from proxy.routing import Route
 from proxy.usage import Usage
 
@@ -184,12 +184,6 @@ class Budgets:
         if worst:
             for s in states:
                 s.reserved[facts.call_id] = worst
-        return None
-
-    def started(self, call: LiveCall) -> None:
-        return None
-
-    def progress(self, call: LiveCall) -> None:
         return None
 
     async def handle(self, record: CallRecord) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from proxy.record import COLUMNS, CallRecord, LiveCall
+from proxy.record import COLUMNS, CallRecord
 from proxy.sinks.migrations import MIGRATIONS
 from proxy.tasks import spawn
 
@@ -87,12 +87,6 @@ class Ledger:
         await conn.execute("PRAGMA synchronous=NORMAL")
         await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._conn = conn
-
-    def started(self, call: LiveCall) -> None:
-        return None
-
-    def progress(self, call: LiveCall) -> None:
-        return None
 
     async def handle(self, record: CallRecord) -> None:
         try:

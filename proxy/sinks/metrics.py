@@ -112,9 +112,6 @@ class Metrics:
         self._live[call.call_id] = up
         self.inflight.add((up,), 1)
 
-    def progress(self, call: LiveCall) -> None:
-        return None
-
     async def handle(self, record: CallRecord) -> None:
         self.observe(record)
 

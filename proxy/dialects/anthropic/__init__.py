@@ -5,6 +5,7 @@ rawPredict for Claude), count_tokens, and Message Batch results
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
@@ -52,13 +53,14 @@ class AnthropicProvider(Provider):
         return {"x-api-key": api_key}
 
     def response_filter(self, method: str, path: str, upstream_url: str,
-                        public_url: str) -> BytesReplacer | None:
+                        public_url: Callable[[], str]) -> BytesReplacer | None:
         """A batch's `results_url` is absolute: point it back through the proxy, or the
         SDK's `batches.results()` would download (unmetered) from the provider itself."""
         if not _BATCHES.search(path.rstrip("/")):
             return None
+        public = public_url()
         return BytesReplacer(*((f'"results_url":{sp}"{upstream_url}/'.encode(),
-                                f'"results_url":{sp}"{public_url}/'.encode()) for sp in ("", " ")))
+                                f'"results_url":{sp}"{public}/'.encode()) for sp in ("", " ")))
 
     def error(self, status: int, kind: str, message: str,
               extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
+from proxy.dialects.anthropic.usage import from_anthropic
 from proxy.dialects.base import (
     BaseStream,
     DialectBase,
@@ -23,7 +24,6 @@ from proxy.dialects.base import (
     error_text,
 )
 from proxy.estimate import strings
-from proxy.usage import from_anthropic
 
 __all__ = ["MessagesDialect"]
 
@@ -62,9 +62,8 @@ class _Stream(BaseStream):
     def _merge(self, usage: Any) -> None:
         if not isinstance(usage, dict):
             return
-        self.raw = {**(self.raw or {}), **usage}
+        self.raw = {**(self.raw or {}), **usage}  # normalized once, in result()
         self.acc.usage_raw = self.raw
-        self.acc.usage = from_anthropic(self.raw)
 
     def on_frame(self, name: str | None, data: bytes) -> None:
         if name == "content_block_delta":  # text only: read later, if ever needed
@@ -99,9 +98,11 @@ class _Stream(BaseStream):
 
     def result(self) -> Observation:
         acc = self.acc
-        if acc.usage is not None and not self.delta_seen:
-            # message_start's output_tokens is a placeholder: only message_delta is real.
-            acc.usage = replace(acc.usage, output_tokens=None, reasoning_tokens=None)
+        if self.raw is not None:
+            acc.usage = from_anthropic(self.raw)
+            if not self.delta_seen:
+                # message_start's output_tokens is a placeholder: only message_delta is real.
+                acc.usage = replace(acc.usage, output_tokens=None, reasoning_tokens=None)
         return super().result()
 
 
@@ -117,6 +118,7 @@ def estimate_tokens(doc: dict[str, Any], count: Callable[[str], int]) -> int:
 class MessagesDialect(DialectBase):
     name: ClassVar[str] = "anthropic.messages"
     family: ClassVar[str] = "anthropic"
+    estimate_factor: ClassVar[float] = 1.2  # Claude's tokenizer runs ~20% above o200k
 
     def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
                        model: str | None) -> int:

@@ -15,7 +15,7 @@ from proxy.dialects.base import (
     TextBuffer,
     error_text,
 )
-from proxy.usage import from_bedrock
+from proxy.dialects.bedrock.usage import from_bedrock
 
 __all__ = ["ConverseDialect", "request_info", "served_tier"]
 

@@ -18,8 +18,9 @@ from proxy.dialects.anthropic.messages import MessagesDialect, _delta_text, esti
 from proxy.dialects.anthropic.messages import _Stream as AnthropicStream
 from proxy.dialects.base import DialectBase, Observation, RequestInfo, Screen, TextBuffer
 from proxy.dialects.bedrock.converse import ConverseDialect, request_info
+from proxy.dialects.bedrock.usage import from_bedrock
 from proxy.estimate import strings
-from proxy.usage import Usage, from_bedrock
+from proxy.usage import Usage
 
 __all__ = ["InvokeDialect"]
 
@@ -81,6 +82,7 @@ class _Stream(AnthropicStream):
 class InvokeDialect(DialectBase):
     name: ClassVar[str] = "bedrock.invoke"
     family: ClassVar[str] = "anthropic"
+    estimate_factor: ClassVar[float] = 1.2
 
     def request_info(self, doc: Any) -> RequestInfo:
         if isinstance(doc, dict) and "messages" in doc and "anthropic_version" in doc:

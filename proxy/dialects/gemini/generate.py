@@ -6,6 +6,7 @@ chunk carries running totals in `usageMetadata`: the last one wins.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from proxy.dialects.base import (
@@ -18,12 +19,12 @@ from proxy.dialects.base import (
     TextBuffer,
     error_text,
 )
-from proxy.usage import from_gemini
+from proxy.dialects.gemini.usage import from_gemini
 
 __all__ = ["GenerateDialect"]
 
 
-def _apply(acc: StreamAcc, obj: dict[str, Any]) -> None:
+def _apply(acc: StreamAcc, obj: dict[str, Any], queries: set[str]) -> None:
     usage = obj.get("usageMetadata")
     if isinstance(usage, dict):
         acc.usage_raw, acc.usage = usage, from_gemini(usage)
@@ -40,6 +41,10 @@ def _apply(acc: StreamAcc, obj: dict[str, Any]) -> None:
             continue
         if cand.get("finishReason") and acc.status != "error":
             acc.status = "complete"
+        grounding = cand.get("groundingMetadata")
+        if isinstance(grounding, dict):
+            queries.update(q for q in grounding.get("webSearchQueries") or ()
+                           if isinstance(q, str))
         content = cand.get("content")
         for part in (content.get("parts") or ()) if isinstance(content, dict) else ():
             if isinstance(part, dict):
@@ -49,11 +54,32 @@ def _apply(acc: StreamAcc, obj: dict[str, Any]) -> None:
         acc.status = "complete"
 
 
+def grounded_searches(model: str | None, queries: set[str]) -> int:
+    """Grounding with Google Search: Gemini 2.x and earlier bill each grounded prompt once,
+    later models each search query the model ran."""
+    if not queries:
+        return 0
+    m = (model or "").lower().rsplit("/", 1)[-1]
+    return 1 if m.startswith(("gemini-1", "gemini-2")) else len(queries)
+
+
 class _Stream(BaseStream):
     """Every chunk carries running usage totals: nothing can be skipped."""
 
-    __slots__ = ()
+    __slots__ = ("queries",)
     quiet: ClassVar[Screen | None] = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries: set[str] = set()
+
+    def result(self) -> Observation:
+        acc = self.acc
+        searches = grounded_searches(acc.model, self.queries)
+        if searches and acc.usage is not None:
+            acc.usage = replace(acc.usage, units={**(acc.usage.units or {}),
+                                                  "web_searches": searches})
+        return super().result()
 
     def ready(self) -> bool:
         return False
@@ -66,9 +92,9 @@ class _Stream(BaseStream):
         if isinstance(obj, list):  # an error array, or a whole array in one frame
             for item in obj:
                 if isinstance(item, dict):
-                    _apply(self.acc, item)
+                    _apply(self.acc, item, self.queries)
         elif isinstance(obj, dict):
-            _apply(self.acc, obj)
+            _apply(self.acc, obj, self.queries)
 
 
 class GenerateDialect(DialectBase):
@@ -88,10 +114,10 @@ class GenerateDialect(DialectBase):
         if isinstance(doc, list | dict):
             for item in doc if isinstance(doc, list) else [doc]:
                 if isinstance(item, dict):
-                    _apply(stream.acc, item)
+                    _apply(stream.acc, item, stream.queries)
             if stream.acc.status == "unknown":
                 stream.acc.status = "complete"
-            return stream.acc.build()
+            return stream.result()
         return Observation(parse_errors=1)
 
     def new_stream(self) -> _Stream:

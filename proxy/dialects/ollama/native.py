@@ -15,7 +15,7 @@ from proxy.dialects.base import (
     TextBuffer,
     error_text,
 )
-from proxy.usage import from_ollama
+from proxy.dialects.ollama.usage import from_ollama
 
 __all__ = ["OllamaDialect"]
 

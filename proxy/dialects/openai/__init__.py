@@ -23,6 +23,7 @@ POST_ROUTES = (
     (re.compile(r"(?:^|/)responses$"), "responses", "openai.responses"),
     (re.compile(r"(?:^|/)completions$"), "completions", "openai.completions"),
     (re.compile(r"(?:^|/)embeddings$"), "embeddings", "openai.embeddings"),
+    (re.compile(r"(?:^|/)images/(?:generations|edits)$"), "images", "openai.images"),
     (re.compile(r"(?:^|/)messages/count_tokens$"), "count_tokens", "free.count_tokens"),
     (re.compile(r"(?:^|/)messages$"), "messages", "anthropic.messages"),
 )
@@ -47,9 +48,12 @@ class _Injector:
     stripper = staticmethod(injection.UsageStripper)
 
 
+_INJECTOR = _Injector()
+
+
 def injector(parser: str | None) -> _Injector | None:
     """Injection for the OpenAI-compatible chat/completions parsers, whoever serves them."""
-    return _Injector() if parser in _INJECTED else None
+    return _INJECTOR if parser in _INJECTED else None
 
 
 class OpenAIProvider(Provider):

@@ -22,8 +22,8 @@ from proxy.dialects.base import (
 )
 from proxy.dialects.openai.common import openai_request_info, provider_cost
 from proxy.dialects.openai.estimate import chat_tokens, tools_tokens
+from proxy.dialects.openai.usage import from_openai
 from proxy.estimate import strings
-from proxy.usage import from_openai
 
 __all__ = ["ChatDialect", "CompletionsDialect", "EmbeddingsDialect"]
 
@@ -145,7 +145,8 @@ def _from_json(doc: Any, key: str) -> Observation:
         acc.status = "complete"
     acc.model = doc.get("model") if isinstance(doc.get("model"), str) else None
     acc.request_id = str(doc["id"]) if doc.get("id") else None
-    _collect_text(doc.get("choices"), acc.text, key)
+    if acc.usage is None or acc.usage.output_tokens is None:  # text only serves an estimate
+        _collect_text(doc.get("choices"), acc.text, key)
     return acc.build()
 
 

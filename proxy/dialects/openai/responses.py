@@ -15,7 +15,7 @@ from proxy.dialects.base import (
     error_text,
 )
 from proxy.dialects.openai.common import openai_request_info, provider_cost
-from proxy.usage import from_openai
+from proxy.dialects.openai.usage import from_openai
 
 __all__ = ["ResponsesDialect"]
 
