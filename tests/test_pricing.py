@@ -177,3 +177,15 @@ def test_bedrock_inference_profile_is_priced() -> None:
     p = PriceBook().price("us.anthropic.claude-sonnet-4-20250514-v1:0", "aws",
                           Usage(2512, 2000, 500, None, 5, None))
     assert p.cost_usd == (12 * 3 + 2000 * Decimal("0.3") + 500 * Decimal("3.75") + 5 * 15) / M
+
+
+def test_anthropic_long_context_tier_on_total_input_including_cache() -> None:
+    book = PriceBook()
+    # 150k uncached + 60k cache read = 210k total input: above 200k, every class at the
+    # long-context rate ($6 in, $0.60 cache read, $22.50 out); 150k alone would not be.
+    long = book.price("claude-sonnet-4-5", "anthropic",
+                      Usage(210_000, 60_000, 0, None, 1000, None))
+    assert long.cost_usd == (150_000 * 6 + 60_000 * Decimal("0.6")
+                             + 1000 * Decimal("22.5")) / M
+    short = book.price("claude-sonnet-4-5", "anthropic", Usage(150_000, 0, 0, None, 1000, None))
+    assert short.cost_usd == (150_000 * 3 + 1000 * 15) / M

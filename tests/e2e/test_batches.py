@@ -117,3 +117,4 @@ async def test_a_file_that_is_not_a_batch_result_is_one_ordinary_row(
     await settle(proxy, upstream, sdk, 2)
     dl = [r for r in rows(proxy) if r["path"].endswith("file-train/content")]
     assert len(dl) == 1 and dl[0]["batch_id"] is None and dl[0]["outcome"] == "ok"
+
