@@ -140,3 +140,17 @@ def test_readme_documents_every_config_key() -> None:
     keys |= {f"upstreams.<name>.{k}" for k in config.masked()["upstreams"]["openai"]}
     missing = {k for k in keys if f"`{k}`" not in readme}
     assert not missing, f"README config reference lacks: {sorted(missing)}"
+
+
+def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path: Path) -> None:
+    text = (ROOT / "config.yaml").read_text()
+    hinted = (text.replace("    # api_key:", "    api_key:")
+              .replace("  # bedrock:", "  bedrock:").replace("  #   aws:", "    aws:")
+              .replace("  #     ", "      ").replace("client_keys: {}", "client_keys: {a: k}"))
+    assert hinted != text
+    (tmp_path / "c.yaml").write_text(hinted)
+    config = load(tmp_path / "c.yaml", env={"OPENAI_API_KEY": "sk-x", "AWS_ACCESS_KEY_ID": "AK",
+                                            "AWS_SECRET_ACCESS_KEY": "s"})
+    assert config.upstreams["openai"].api_key == "sk-x"
+    aws = config.upstreams["bedrock"].aws
+    assert aws is not None and (aws.region, aws.access_key_id) == ("us-east-1", "AK")
