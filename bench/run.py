@@ -43,10 +43,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(args: list[str], cpu: int) -> subprocess.Popen[bytes]:
+def spawn(args: list[str], cpu: int, cwd: str | None = None) -> subprocess.Popen[bytes]:
     cpus = os.sched_getaffinity(0)
     pin = {cpu} if cpu in cpus else cpus
-    return subprocess.Popen(args, preexec_fn=lambda: os.sched_setaffinity(0, pin),
+    return subprocess.Popen(args, preexec_fn=lambda: os.sched_setaffinity(0, pin), cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -157,7 +157,7 @@ async def load_url(url: str, scenario: str, conc: int, n: int) -> list[tuple[flo
 
 
 async def main_async(quick: bool, levels: list[int], scenarios: list[str],
-                     rounds: int) -> None:
+                     rounds: int, before: str | None = None) -> None:
     for name in list(SCENARIOS):
         if name not in scenarios:
             del SCENARIOS[name]
@@ -178,20 +178,34 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str],
         floor = spawn([sys.executable, str(HERE / "floor_proxy.py"), str(floor_port), direct],
                       cpu=0)
         tb = spawn([sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port",
-                    str(tb_port)], cpu=0)
+                    str(tb_port)], cpu=0, cwd=str(HERE.parent))
         procs += [floor, tb]
-        for port in (up_port, floor_port, tb_port):
+        ports = [up_port, floor_port, tb_port]
+        if before:  # an earlier checkout of the proxy, measured in the same rounds
+            before_port = free_port()
+            cfg_before = Path(tmp) / "before.yaml"
+            cfg_before.write_text(cfg.read_text().replace("bench.db", "before.db"))
+            procs.append(spawn([sys.executable, "-m", "proxy", "serve", "--config",
+                                str(cfg_before), "--port", str(before_port)], cpu=0,
+                               cwd=before))
+            ports.append(before_port)
+        for port in ports:
             await wait_port(port)
         await asyncio.sleep(1.0)  # vocabularies load off the loop at start-up
         fb, tbb = f"http://127.0.0.1:{floor_port}/x", f"http://127.0.0.1:{tb_port}"
         print(f"direct / bare floor (aiohttp + uvloop pass-through) / tokenbooth (usage, "
               f"ledger, metrics on); medians of {rounds} interleaved round(s):", flush=True)
-        results = await measure_all({
+        targets = {
             "direct": ({"openai": direct, "anthropic": direct}, None),
             "floor": ({"openai": fb, "anthropic": fb}, floor.pid),
             "tokenbooth": ({"openai": f"{tbb}/openai", "anthropic": f"{tbb}/anthropic"},
                            tb.pid),
-        }, levels, per_level, rounds)
+        }
+        if before:
+            bb = f"http://127.0.0.1:{before_port}"
+            targets["before"] = ({"openai": f"{bb}/openai", "anthropic": f"{bb}/anthropic"},
+                                 procs[-1].pid)
+        results = await measure_all(targets, levels, per_level, rounds)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -219,6 +233,18 @@ def summarize(results: dict[str, dict[str, object]]) -> None:
               f"{t[key]['first_p50_ms'] - d[key]['first_p50_ms']:7.2f}ms")
     print(f"\nCPU ratio tokenbooth/floor: mean {statistics.fmean(ratios):.2f}, "
           f"max {max(ratios):.2f}")
+    geo = statistics.geometric_mean(t[k]["cpu_us_per_req"] for k in d)
+    print(f"geo-mean CPU per request: floor "
+          f"{statistics.geometric_mean(f[k]['cpu_us_per_req'] for k in d):.0f}us, "
+          f"tokenbooth {geo:.0f}us")
+    if "before" in results:
+        b = results["before"]
+        geo_b = statistics.geometric_mean(b[k]["cpu_us_per_req"] for k in d)
+        print(f"before (--before checkout, same rounds): geo-mean {geo_b:.0f}us; "
+              f"tokenbooth/before {geo / geo_b:.3f}")
+        for key in d:
+            print(f"  {key:20s} before {b[key]['cpu_us_per_req']:7.0f}us "
+                  f"({b[key]['cpu_us_per_req'] / f[key]['cpu_us_per_req']:.2f}x floor)")
     print(f"peak RSS: floor {f['peak_rss_mib']:.0f} MiB, tokenbooth {t['peak_rss_mib']:.0f} MiB")
 
 
@@ -229,6 +255,9 @@ if __name__ == "__main__":
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds per level; medians are reported")
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="another checkout of this repository (e.g. a git worktree of the "
+                             "previous release) measured in the same rounds, for comparison")
     a = parser.parse_args()
     asyncio.run(main_async(a.quick, [int(x) for x in a.levels.split(",")],
-                           a.scenarios.split(","), a.rounds))
+                           a.scenarios.split(","), a.rounds, a.before))

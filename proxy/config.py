@@ -262,6 +262,42 @@ def _price(model: str, raw: Any) -> ModelPrice:
     return ModelPrice(**values)
 
 
+_MATCH_KEYS = ("agent", "session", "run", "upstream", "model", "client")
+
+
+def _near(a: str, b: str) -> bool:
+    """Edit distance at most 2 (a likely typo)."""
+    if abs(len(a) - len(b)) > 2:
+        return False
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1] <= 2
+
+
+def _match_key(path: str, key: str) -> str:
+    """A budget's match key: a fixed key, or a tag (from `X-Meter-<Key>`, so lowercase with
+    `_`). A key one typo away from a fixed key is refused rather than silently never
+    matching; write `tag:<key>` for a tag that really is spelled so."""
+    if key.startswith("tag:"):
+        tag = key[4:]
+    elif key in _MATCH_KEYS:
+        return key
+    else:
+        near = [k for k in _MATCH_KEYS if _near(key, k)]
+        if near:
+            raise ConfigError(f"{path}: unknown match key; did you mean '{near[0]}'? (for a "
+                              f"tag of that name write 'tag:{key}')")
+        tag = key
+    if not re.fullmatch(r"[a-z0-9_]+", tag):
+        raise ConfigError(f"{path}: tag keys are lowercase letters, digits and '_' "
+                          f"(X-Meter-Team-Name is tag team_name); this could never match")
+    return tag
+
+
 def _budget(i: int, raw: Any, names: set[str]) -> BudgetConfig:
     path = f"budgets[{i}]"
     r = _Reader(raw, path, ("name", "match", "limit_usd", "window", "action"))
@@ -278,7 +314,7 @@ def _budget(i: int, raw: Any, names: set[str]) -> BudgetConfig:
     for k, v in match_raw.items():
         if not isinstance(v, str | int | float) or isinstance(v, bool):
             raise ConfigError(f"{path}.match.{k}: expected a string")
-        match[str(k)] = str(v)
+        match[_match_key(f"{path}.match.{k}", str(k))] = str(v)
     if "limit_usd" not in r.data:
         raise ConfigError(f"{path}.limit_usd: required")
     limit = _positive(f"{path}.limit_usd", r.get("limit_usd", float, None))
@@ -372,6 +408,15 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     )
 
 
+# `${NAME}` standing alone as a value: `{key: ${NAME}}` is invalid YAML ({ opens a flow
+# map), so such a value is quoted before parsing; a missing variable is then named.
+_LONE_ENV = re.compile(r"([:\[{,]\s*)(\$\{[A-Za-z_][A-Za-z0-9_]*\})(?=\s*(?:[,}\]]|#|$))", re.M)
+
+
+def _quote_lone_env(text: str) -> str:
+    return _LONE_ENV.sub(r'\1"\2"', text)
+
+
 def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file; None means ./config.yaml if present, else defaults."""
     if path is None:
@@ -384,7 +429,7 @@ def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = No
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.safe_load(_quote_lone_env(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

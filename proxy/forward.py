@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import posixpath
 import time
 from dataclasses import replace
 from typing import Any
@@ -22,13 +23,13 @@ from yarl import URL
 
 from proxy import headers as hdr
 from proxy.config import Config, Upstream
-from proxy.dialects import DIALECTS, Observation, provider_by_headers
+from proxy.dialects import DIALECTS, PROVIDERS, Observation, provider_by_headers
 from proxy.idle import IdleWatch
 from proxy.lifecycle import Lifecycle
 from proxy.meter import Meter
 from proxy.record import CallFacts, LiveCall, iso_utc
 from proxy.recorder import Recorder
-from proxy.routing import Route, resolve
+from proxy.routing import PathEscape, Route, normalize_rest, resolve
 
 __all__ = ["Forwarder", "error_response"]
 
@@ -99,12 +100,23 @@ class Forwarder:
         try:
             if up is None:
                 facts.outcome, facts.error = "rejected", "unknown upstream"
+                facts.status_code = 404
                 return error_response(404, "unknown_upstream",
                                       f"unknown upstream {name!r}; known: {self._known}",
                                       call_id=call_id,
                                       provider=provider_by_headers(request.headers))
             facts.free = up.free
-            route = resolve(up, request.method, rest, _raw_rest(request, name))
+            try:
+                rest, raw_rest = normalize_rest(rest, _raw_rest(request, name))
+            except PathEscape:
+                facts.outcome, facts.error = "rejected", "path leaves the upstream's base path"
+                facts.status_code = 400
+                facts.path = f"/{name}{posixpath.normpath('/' + rest)}"  # never a raw `..`
+                return error_response(400, "bad_request",
+                                      "the path's '..' segments leave the upstream's base path",
+                                      call_id=call_id, provider=PROVIDERS[up.dialect])
+            facts.path = f"/{name}/{rest}"
+            route = resolve(up, request.method, rest, raw_rest)
             facts.operation, facts.parser = route.operation, route.parser
             facts.path_model, facts.stream = route.path_model, route.path_stream
             facts.batch_id, facts.price_provider = route.batch_id, route.price_provider
@@ -114,6 +126,7 @@ class Forwarder:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 facts.outcome, facts.error = "rejected", "request body too large"
+                facts.status_code = 413
                 return error_response(
                     413, "request_too_large",
                     f"request body exceeds server.max_body_bytes "
@@ -134,10 +147,16 @@ class Forwarder:
                 denied = await self.budgets.admit(facts, route)
                 if denied is not None:
                     facts.outcome, facts.error = "rejected", f"budget {denied.name} exhausted"
+                    facts.status_code = 429
                     resp = error_response(
                         429, "budget_exceeded", denied.message, call_id=call_id,
                         extra={"budget": denied.name}, provider=route.provider)
                     resp.headers["X-Meter-Budget"] = denied.name
+                    # A retry cannot succeed before the window ends: tell the SDKs so
+                    # (the openai and anthropic SDKs obey x-should-retry).
+                    resp.headers["x-should-retry"] = "false"
+                    if denied.retry_after_seconds is not None:
+                        resp.headers["Retry-After"] = str(denied.retry_after_seconds)
                     return resp
             if route.batch_id is None:  # a batch download is recorded as its result lines
                 self.recorder.started(live)
@@ -160,6 +179,7 @@ class Forwarder:
         client = self._client_keys.get(facts.credential or "")
         if client is None:
             facts.outcome, facts.error = "rejected", "client authentication failed"
+            facts.status_code = 401
             raise _Ended(error_response(
                 401, "authentication_error",
                 "this upstream needs a client key from auth.client_keys", call_id=facts.call_id,

@@ -10,11 +10,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote
 
 from proxy.config import Upstream
 from proxy.dialects import PROVIDERS, price_provider
 
-__all__ = ["Route", "resolve"]
+__all__ = ["PathEscape", "Route", "normalize_rest", "resolve"]
+
+
+class PathEscape(ValueError):
+    """A path whose `..` segments would leave the upstream's base path."""
+
+
+def normalize_rest(rest: str, raw_rest: str | None) -> tuple[str, str | None]:
+    """(decoded, raw) rest of the path with `.` and `..` segments resolved, each segment
+    judged by its decoded form (`%2E%2E` is `..` too); raises PathEscape when `..` would
+    climb above the upstream's base path. Paths without dot segments pass untouched."""
+    if "." not in rest:
+        return rest, raw_rest
+    source = raw_rest if raw_rest is not None else rest
+    kept: list[str] = []
+    for seg in source.split("/"):
+        plain = unquote(seg)
+        if plain != ".." and ".." in plain.split("/"):
+            raise PathEscape(rest)  # `..%2F..`: an upstream that decodes %2F would climb
+        if plain == "..":
+            if not kept:
+                raise PathEscape(rest)
+            kept.pop()
+        elif plain != ".":
+            kept.append(seg)
+    raw = "/".join(kept)
+    return unquote(raw), (raw if raw_rest is not None else None)
 
 
 @dataclass(frozen=True, slots=True)

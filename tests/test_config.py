@@ -154,3 +154,33 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
     assert config.upstreams["openai"].api_key == "sk-x"
     aws = config.upstreams["bedrock"].aws
     assert aws is not None and (aws.region, aws.access_key_id) == ("us-east-1", "AK")
+
+
+@pytest.mark.parametrize(("match", "message"), [
+    ({"agnet": "x"}, "did you mean 'agent'"),
+    ({"modle": "gpt-4o"}, "did you mean 'model'"),
+    ({"Team": "red"}, "tag keys are lowercase"),
+    ({"team-name": "red"}, "tag keys are lowercase"),
+])
+def test_a_budget_match_key_that_could_never_match_is_refused(match: dict[str, str],
+                                                             message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse({"budgets": [{"name": "b", "match": match, "limit_usd": 1}]}, env={})
+
+
+def test_tag_keys_may_be_spelled_plainly_or_as_tag() -> None:
+    config = parse({"budgets": [
+        {"name": "a", "match": {"team": "red"}, "limit_usd": 1},
+        {"name": "b", "match": {"tag:agnet": "x", "agent": "y"}, "limit_usd": 1}]}, env={})
+    assert [dict(b.match) for b in config.budgets] == [{"team": "red"},
+                                                       {"agnet": "x", "agent": "y"}]
+
+
+def test_a_missing_variable_inside_a_flow_map_is_named(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "upstreams:\n  mine: {url: 'http://127.0.0.1:9', api_key: ${MY_KEY}}\n"
+        "auth: {client_keys: {a: ${CLIENT_A}}}\n")
+    with pytest.raises(ConfigError, match="MY_KEY"):
+        load(tmp_path / "c.yaml", env={"CLIENT_A": "k"})
+    config = load(tmp_path / "c.yaml", env={"MY_KEY": "sk-1", "CLIENT_A": "k"})
+    assert config.upstreams["mine"].api_key == "sk-1" and config.client_keys == {"a": "k"}

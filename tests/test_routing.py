@@ -70,3 +70,45 @@ async def test_encoded_path_and_query_reach_the_upstream_unchanged(upstream: Fak
     seen = upstream.requests[-1]
     assert seen.raw_path == "/v1/vector_stores/vs%2F1/files%3Fx?limit=5&after=a%26b"
     assert seen.query == "limit=5&after=a%26b"
+
+
+@pytest.mark.parametrize(("rest", "raw", "expected"), [
+    ("v1/chat/completions", "v1/chat/completions", ("v1/chat/completions", "v1/chat/completions")),
+    ("v1/x/../chat/completions", "v1/x/../chat/completions",
+     ("v1/chat/completions", "v1/chat/completions")),
+    ("v1/./responses", "v1/./responses", ("v1/responses", "v1/responses")),
+    ("a/../b%2Fc", "a/../b%2Fc", ("b/c", "b%2Fc")),
+    ("model/us.anthropic.claude-v1:0/converse", "model/us.anthropic.claude-v1%3A0/converse",
+     ("model/us.anthropic.claude-v1:0/converse", "model/us.anthropic.claude-v1%3A0/converse")),
+])
+def test_dot_segments_are_resolved(rest: str, raw: str, expected: tuple[str, str]) -> None:
+    from proxy.routing import normalize_rest
+
+    assert normalize_rest(rest, raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["../x", "a/../../x", "%2E%2E/x", "v1/..%2F../x"])
+def test_leaving_the_base_path_is_refused(raw: str) -> None:
+    from urllib.parse import unquote
+
+    from proxy.routing import PathEscape, normalize_rest
+
+    with pytest.raises(PathEscape):
+        normalize_rest(unquote(raw), raw)
+
+
+async def test_an_escaping_path_is_a_400_and_never_forwarded(upstream: FakeUpstream,
+                                                             proxy: Proxy) -> None:
+    import asyncio
+
+    host, port = proxy.server.host, proxy.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"POST /openrouter/../../x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+                 b"Connection: close\r\n\r\n{}")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.read(200), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 400") or head.startswith(b"HTTP/1.1 404"), head
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "rejected" and ".." not in rec.path
+    assert upstream.requests == []

@@ -74,6 +74,7 @@ class _State:
 class Denied:
     name: str
     limit_usd: float
+    retry_after_seconds: int | None = None  # until the window ends; None for `total`
 
     @property
     def message(self) -> str:
@@ -180,7 +181,9 @@ class Budgets:
             self._roll(s, now)
             if s.spend + sum(s.reserved.values(), Decimal(0)) + worst > s.limit or \
                     s.spend >= s.limit:
-                return Denied(s.cfg.name, s.cfg.limit_usd)
+                retry = None if s.window_end is None else \
+                    max(1, int((s.window_end - now).total_seconds()) + 1)
+                return Denied(s.cfg.name, s.cfg.limit_usd, retry)
         if worst:
             for s in states:
                 s.reserved[facts.call_id] = worst

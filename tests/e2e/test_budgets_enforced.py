@@ -131,3 +131,41 @@ async def _get(base: str, path: str) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{base}{path}") as r:
             return r.status, await r.json()
+
+
+async def test_a_refusal_is_not_retried_and_says_when_to_come_back(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """The SDKs retry a 429 unless told not to: one refused call is one row, not three."""
+    proxy = await start_proxy(budgets=[{"name": "zero", "match": {"upstream": "openai"},
+                                        "limit_usd": 0.000001, "window": "day",
+                                        "action": "block"}], pricing=PRICES)
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/openai/v1", api_key="sk-x",
+                                max_retries=2)
+    try:
+        with pytest.raises(openai.RateLimitError) as info:
+            await client.chat.completions.create(model="budget-model", messages=MSGS,
+                                                 max_tokens=1000)
+    finally:
+        await client.close()
+    headers = info.value.response.headers
+    assert headers["x-should-retry"] == "false"
+    assert 0 < int(headers["Retry-After"]) <= 86_400
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "rejected" and rec.status_code == 429
+    assert len(proxy.collector.records) == 1 and upstream.requests == []
+
+
+async def test_gemini_clients_get_the_google_error_shape(upstream: FakeUpstream,
+                                                         start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(budgets=[{"name": "zero", "match": {"upstream": "gemini"},
+                                        "limit_usd": 0.000001, "window": "day",
+                                        "action": "block"}],
+                              pricing={"models": {"gemini-x": {"input": 100, "output": 100}}})
+    async with aiohttp.ClientSession(headers={"x-goog-api-key": "g"}) as s:
+        async with s.post(f"{proxy.url}/gemini/v1beta/models/gemini-x:generateContent",
+                          json={"contents": [{"parts": [{"text": "hi"}]}],
+                                "generationConfig": {"maxOutputTokens": 100}}) as r:
+            assert r.status == 429
+            body = await r.json()
+    assert body["error"]["code"] == 429 and body["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert "zero" in body["error"]["message"]

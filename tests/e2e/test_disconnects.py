@@ -38,7 +38,7 @@ async def test_unknown_upstream_is_404_listing_known(proxy: Proxy) -> None:
     assert isinstance(err, dict) and err["type"] == "unknown_upstream"
     assert "openai" in str(err["message"]) and "anthropic" in str(err["message"])
     (rec,) = await proxy.collector.wait_for(1)
-    assert rec.outcome == "rejected" and rec.call_id == call_id and rec.status_code is None
+    assert rec.outcome == "rejected" and rec.call_id == call_id and rec.status_code == 404
 
 
 async def test_unreachable_upstream_is_502(start_proxy: StartProxy) -> None:
