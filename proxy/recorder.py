@@ -75,6 +75,16 @@ def batch_call_id(upstream: str, batch_id: str, line_id: str) -> str:
     return f"b{digest[:23]}"
 
 
+def ending(outcome: str, error: str | None, status: str) -> tuple[str, str | None]:
+    """How the call ended, from what the handler saw and what the response said. A client
+    that hangs up after the provider's own end of stream ([DONE], message_stop,
+    response.completed) got the whole answer: the openai SDK closes right after [DONE],
+    often before the upstream's body has formally ended. That call is `ok`."""
+    if outcome == "client_aborted" and status == "complete":
+        return "ok", None
+    return outcome, error
+
+
 def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
                   fingerprint: Callable[[str | None], str | None]) -> list[CallRecord]:
     """One record per call; a batch-results download is one call per result line (with
@@ -156,7 +166,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     if facts.stream and facts.first_byte is not None:
         ttft = round((facts.first_byte - facts.t0) * 1000, 3)
     duration = max(facts.ended - facts.t0, 0.0)
-    error = facts.error
+    outcome, error = ending(facts.outcome, facts.error, obs.status)
     if error is None and obs.status == "error":
         error = f"provider error: {obs.error or 'in body'}"
     tags = facts.tags
@@ -166,7 +176,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         ttft_ms=ttft, upstream=facts.upstream, dialect=facts.dialect,
         operation=facts.operation, method=facts.method, path=facts.path,
         request_model=request_model, response_model=obs.response_model, model=priced_model,
-        stream=facts.stream, status_code=facts.status_code, outcome=facts.outcome,
+        stream=facts.stream, status_code=facts.status_code, outcome=outcome,
         input_tokens=usage.input_tokens, cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
         reasoning_tokens=usage.reasoning_tokens, total_tokens=usage.total_tokens,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
 
@@ -203,3 +204,42 @@ async def test_sigterm_lets_the_stream_finish_then_exits_zero(upstream: FakeUpst
     conn = sqlite3.connect(tmp_path / "l.db")
     assert conn.execute("SELECT outcome FROM llm_usage").fetchall() == [("ok",)]
     conn.close()
+
+
+async def test_a_client_that_leaves_after_the_end_of_stream_is_not_an_abort(
+        upstream: FakeUpstream, proxy: Proxy) -> None:
+    """The openai SDK closes the connection on [DONE]; the upstream's body ends later."""
+    done = asyncio.Event()
+
+    async def slow_close(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers=SSE)
+        await resp.prepare(request)
+        for chunk in (b'data: {"id":"c","model":"gpt-4o","choices":[{"delta":'
+                      b'{"content":"Hi"},"finish_reason":null}]}\n\n',
+                      b'data: {"id":"c","model":"gpt-4o","choices":[{"delta":{},'
+                      b'"finish_reason":"stop"}]}\n\n',
+                      b'data: {"id":"c","model":"gpt-4o","choices":[],"usage":'
+                      b'{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}\n\n',
+                      b"data: [DONE]\n\n"):
+            await resp.write(chunk)
+        await done.wait()  # the body has not ended when the client leaves
+        return resp
+
+    upstream.on("/v1/chat/completions", slow_close)
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(f"{proxy.url}/openai/v1/chat/completions",
+                            json={"model": "gpt-4o", "stream": True,
+                                  "messages": [{"role": "user", "content": "hi"}]})
+        got = b""
+        for _ in range(100):  # bounded: a few chunks are expected
+            chunk = await asyncio.wait_for(resp.content.readany(), 5)
+            got += chunk
+            if b"[DONE]" in got or not chunk:
+                break
+        assert b"[DONE]" in got
+        resp.close()
+    (rec,) = await proxy.collector.wait_for(1)
+    done.set()
+    assert rec.outcome == "ok" and rec.error is None
+    assert rec.usage_source == "reported" and rec.input_tokens == 9
