@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 from prometheus_client import CollectorRegistry
 
 from proxy import admin, state
@@ -31,7 +32,12 @@ __all__ = ["make_app"]
 def make_app(config: Config, *, estimator: Estimator | None = None,
              extra_sinks: tuple[Sink, ...] = ()) -> web.Application:
     """The whole proxy as an aiohttp Application; nothing starts until it runs."""
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        # Request bodies pass as the client encoded them (a gzip body stays gzip for the
+        # upstream; the meter reads a capped side copy); idle keep-alive connections close.
+        handler_args={"auto_decompress": False,
+                      "keepalive_timeout": config.server.keepalive_timeout_seconds})
     registry = CollectorRegistry()
     prices = PriceBook(config.prices)
     est = estimator or Estimator(dict(config.estimation_factors))
@@ -90,5 +96,13 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         return await request.app[state.FORWARDER].handle(request)
 
     app.add_routes(admin.routes())
-    app.router.add_route("*", "/{upstream}/{rest:.*}", forward)
+    async def expect(request: web.Request) -> None:
+        """`Expect: 100-continue`: no 100 for a body over the limit; the handler then answers
+        413 before reading a byte of it."""
+        if (request.content_length or 0) > config.server.max_body_bytes:
+            return None
+        await _default_expect_handler(request)
+        return None
+
+    app.router.add_route("*", "/{upstream}/{rest:.*}", forward, expect_handler=expect)
     return app

@@ -95,6 +95,7 @@ class ServerConfig:
     idle_timeout_seconds: float = 300.0
     drain_seconds: float = 30.0
     max_connections: int = 4096
+    keepalive_timeout_seconds: float = 75.0  # an idle client connection is closed after this
 
 
 @dataclass(frozen=True)
@@ -386,7 +387,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     names: set[str] = set()
     budgets = tuple(_budget(i, b, names) for i, b in enumerate(budgets_raw))
     srv = top.child("server", ("max_body_bytes", "connect_timeout_seconds",
-                               "idle_timeout_seconds", "drain_seconds", "max_connections"))
+                               "idle_timeout_seconds", "drain_seconds", "max_connections",
+                               "keepalive_timeout_seconds"))
     num: Callable[[str, type, Any], Any] = srv.get
     server = ServerConfig(
         max_body_bytes=int(_positive("server.max_body_bytes",
@@ -398,6 +400,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         drain_seconds=num("drain_seconds", float, 30.0),
         max_connections=int(_positive("server.max_connections",
                                       num("max_connections", int, 4096))),
+        keepalive_timeout_seconds=_positive("server.keepalive_timeout_seconds",
+                                            num("keepalive_timeout_seconds", float, 75.0)),
     )
     return Config(
         host=listen.get("host", str, "127.0.0.1"), port=port, ledger=ledger,

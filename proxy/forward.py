@@ -24,6 +24,7 @@ from yarl import URL
 from proxy import headers as hdr
 from proxy.config import Config, Upstream
 from proxy.dialects import DIALECTS, PROVIDERS, Observation, provider_by_headers
+from proxy.framing.decoders import decode_capped
 from proxy.idle import IdleWatch
 from proxy.lifecycle import Lifecycle
 from proxy.meter import Meter
@@ -51,6 +52,19 @@ def error_response(status: int, kind: str, message: str, *, call_id: str | None 
     if call_id:
         resp.headers["X-Meter-Call-Id"] = call_id
     return resp
+
+
+def _parse_encoded(body: bytes, encoding: str | None, cap: int) -> Any:
+    """The JSON of a body the client compressed, from a side copy inflated up to `cap`
+    bytes (a decompression bomb stops there); None when it cannot be read. The upstream
+    gets the client's bytes either way."""
+    if encoding is None:
+        return _parse(body)
+    try:
+        return _parse(decode_capped(body, encoding, cap))
+    except ValueError as exc:
+        log.info("request body not metered: %s", exc)
+        return None
 
 
 def _parse(body: bytes) -> Any:
@@ -123,21 +137,30 @@ class Forwarder:
             facts.credential = hdr.credential(request.headers)
             replace_auth = self._authenticate(up, route, facts)
             try:
+                if (request.content_length or 0) > self.config.server.max_body_bytes:
+                    raise web.HTTPRequestEntityTooLarge(self.config.server.max_body_bytes,
+                                                        request.content_length or 0)
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 facts.outcome, facts.error = "rejected", "request body too large"
                 facts.status_code = 413
-                return error_response(
+                resp = error_response(
                     413, "request_too_large",
                     f"request body exceeds server.max_body_bytes "
                     f"({self.config.server.max_body_bytes} bytes)", call_id=call_id,
                     provider=route.provider)
+                resp.force_close()  # the rest of the body is never read
+                return resp
             facts.request_body = body
             dialect = DIALECTS.get(route.parser) if route.parser else None
+            encoding = request.headers.get("Content-Encoding")
             if dialect is not None:
-                # parsed once for every consumer; a large body off the event loop
-                facts.request_doc = _parse(body) if len(body) <= _THREAD_PARSE_BYTES \
-                    else await asyncio.to_thread(_parse, body)
+                # parsed once for every consumer; a large or encoded body off the event loop
+                if encoding is None and len(body) <= _THREAD_PARSE_BYTES:
+                    facts.request_doc = _parse(body)
+                else:
+                    facts.request_doc = await asyncio.to_thread(
+                        _parse_encoded, body, encoding, self.config.server.max_body_bytes)
                 facts.request_info = dialect.request_info(facts.request_doc)
             live = LiveCall(call_id, iso_utc(facts.started), name, route.operation, False,
                             facts.tags.get("agent"), facts.tags.get("session"),
@@ -209,7 +232,8 @@ class Forwarder:
         up = route.upstream
         injected_body = None
         injector = route.provider.injector(route.parser) \
-            if up.inject_stream_usage and up.name not in self.no_inject else None
+            if up.inject_stream_usage and up.name not in self.no_inject \
+            and "Content-Encoding" not in request.headers else None  # bytes we can splice
         if injector is not None:
             injected_body = injector.inject(body, facts.request_doc)
         url = route.url

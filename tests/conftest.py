@@ -140,7 +140,8 @@ def estimator() -> Estimator:
 @pytest.fixture
 async def upstream(aiohttp_server: Any) -> FakeUpstream:
     fake = FakeUpstream()
-    app = web.Application(client_max_size=64 << 20)
+    # it sees request bodies exactly as the proxy sent them (no inflating of gzip bodies)
+    app = web.Application(client_max_size=64 << 20, handler_args={"auto_decompress": False})
     app.router.add_route("*", "/{tail:.*}", fake.handle)
     fake.server = await aiohttp_server(app)
     return fake

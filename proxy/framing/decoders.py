@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from typing import Protocol
 
-__all__ = ["ContentDecoder", "make_decoder"]
+__all__ = ["ContentDecoder", "decode_capped", "make_decoder"]
 
 
 class ContentDecoder(Protocol):
@@ -68,3 +68,25 @@ def make_decoder(content_encoding: str | None) -> ContentDecoder | None:
         except ImportError as exc:
             raise ValueError("br encoding needs the optional 'brotli' package") from exc
     raise ValueError(f"unsupported content-encoding {enc!r}")
+
+
+def decode_capped(data: bytes, content_encoding: str, cap: int) -> bytes:
+    """A whole encoded body, decoded; ValueError when it is invalid, of an unknown encoding,
+    or would inflate past `cap` bytes (never more than `cap` is held)."""
+    enc = content_encoding.strip().lower()
+    if enc in ("", "identity"):
+        return data
+    if enc in ("gzip", "x-gzip", "deflate"):
+        wbits = zlib.MAX_WBITS | 16 if enc != "deflate" else (
+            zlib.MAX_WBITS if data[:1] and (data[0] & 0x0F) == 8 else -zlib.MAX_WBITS)
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(data, cap + 1)
+        except zlib.error as exc:
+            raise ValueError(f"invalid {enc} body") from exc
+        if len(out) > cap or d.unconsumed_tail:
+            raise ValueError(f"{enc} body inflates past {cap} bytes")
+        if not d.eof:
+            raise ValueError(f"truncated {enc} body")
+        return out
+    raise ValueError(f"unsupported request content-encoding {enc!r}")

@@ -243,3 +243,24 @@ async def test_a_client_that_leaves_after_the_end_of_stream_is_not_an_abort(
     done.set()
     assert rec.outcome == "ok" and rec.error is None
     assert rec.usage_source == "reported" and rec.input_tokens == 9
+
+
+@pytest.mark.parametrize("expect", [True, False])
+async def test_an_oversize_body_is_refused_before_it_is_read(upstream: FakeUpstream,
+                                                             start_proxy: StartProxy,
+                                                             expect: bool) -> None:
+    """A 40 MiB Content-Length gets 413 at once: no 100 Continue, no body read first."""
+    proxy = await start_proxy(server={"max_body_bytes": 1 << 20})
+    reader, writer = await asyncio.open_connection(proxy.server.host, proxy.server.port)
+    head = (b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 41943040\r\n")
+    writer.write(head + (b"Expect: 100-continue\r\n" if expect else b"") + b"\r\n"
+                 + (b"" if expect else b"{" * 1000))
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(400), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert b"100 Continue" not in answer
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.outcome == "rejected" and rec.status_code == 413
+    assert upstream.requests == []

@@ -232,3 +232,45 @@ async def test_slow_client_holds_the_upstream_back(upstream: FakeUpstream, proxy
     assert ahead < total // 2, f"upstream sent {ahead} of {total} chunks to a stalled client"
     assert got == len(chunk) * total
     assert len(upstream.sent) == total
+
+
+async def test_a_gzip_request_body_reaches_the_upstream_as_sent_and_is_metered(
+        upstream: FakeUpstream, proxy: Proxy) -> None:
+    import gzip
+
+    doc = {"model": "gpt-4o", "user": "u-7",
+           "messages": [{"role": "user", "content": "hello there"}]}
+    body = gzip.compress(json.dumps(doc).encode())
+    upstream.on("/v1/chat/completions", Reply([CHAT_JSON]))
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}/openai/v1/chat/completions", data=body,
+                          headers={"Content-Encoding": "gzip",
+                                   "Content-Type": "application/json"}) as r:
+            assert r.status == 200
+    (seen,) = upstream.requests
+    assert seen.headers["Content-Encoding"] == "gzip"
+    assert seen.body == body  # the client's gzip bytes, not re-encoded
+    assert json.loads(gzip.decompress(seen.body)) == doc
+    (rec,) = await proxy.collector.wait_for(1)
+    assert rec.request_model == "gpt-4o" and rec.end_user == "u-7" and rec.outcome == "ok"
+
+
+async def test_an_invalid_or_bomb_gzip_body_is_forwarded_without_a_traceback(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    import gzip
+
+    proxy = await start_proxy(server={"max_body_bytes": 1 << 20})
+    bomb = gzip.compress(b'{"model":"' + b"a" * (64 << 20) + b'"}')  # 64 MiB from ~65 KiB
+    assert len(bomb) < 1 << 20
+    upstream.on("/v1/chat/completions", Reply([CHAT_JSON]))
+    bodies = (b"\x1f\x8b not gzip at all", bomb)
+    async with aiohttp.ClientSession() as s:
+        for body in bodies:
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions", data=body,
+                              headers={"Content-Encoding": "gzip",
+                                       "Content-Type": "application/json"}) as r:
+                assert r.status == 200  # the upstream's answer, whatever it made of it
+    assert [r.body for r in upstream.requests] == list(bodies)
+    recs = await proxy.collector.wait_for(2)
+    assert all(r.request_model is None and r.outcome == "ok" for r in recs)
+    assert all(r.input_tokens == 2310 for r in recs)  # the provider's usage still counts
