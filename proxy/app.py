@@ -6,10 +6,12 @@ Imported only by proxy.cli and the tests.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 from prometheus_client import CollectorRegistry
 
@@ -29,9 +31,29 @@ from proxy.sinks.metrics import Metrics
 __all__ = ["make_app"]
 
 
+class RedactMalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse with a traceback quoting the offending bytes:
+    a header line with a key, a URL, a piece of the prompt. Keep the fact, drop the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "malformed request refused: %s (status %s)"
+            record.args = (type(exc).__name__, exc.code)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _redact_server_log() -> None:
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, RedactMalformedRequests) for f in logger.filters):
+        logger.addFilter(RedactMalformedRequests())
+
+
 def make_app(config: Config, *, estimator: Estimator | None = None,
              extra_sinks: tuple[Sink, ...] = ()) -> web.Application:
     """The whole proxy as an aiohttp Application; nothing starts until it runs."""
+    _redact_server_log()
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         # Request bodies pass as the client encoded them (a gzip body stays gzip for the

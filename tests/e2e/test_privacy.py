@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -11,8 +12,9 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from tests.conftest import FakeUpstream, Reply
+from tests.conftest import FakeUpstream, Proxy, Reply
 from tests.e2e.test_disconnects import free_port
 
 KEY = "sk-canary-KEY-7f3a9c"
@@ -95,3 +97,29 @@ async def test_canaries_appear_nowhere(upstream: FakeUpstream, tmp_path: Path) -
     finally:
         conn.close()
     assert (n, keys) == (4, 1)
+
+
+# Malformed requests are refused and logged without their bytes.
+BAD = [
+    b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer sk-CANARY1"
+    b"\r\nX-Bad\x01: CANARY2\r\nContent-Length: 7\r\n\r\nCANARY3",
+    b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer sk-CANARY4"
+    b"\r\nTransfer-Encoding: chunked\r\n\r\nzzCANARY5\r\n",
+    b"GET /openai/\x00CANARY6 HTTP/1.1\r\nHost: t\r\n\r\n",
+]
+
+
+async def test_malformed_requests_leave_no_bytes_in_the_log(proxy: Proxy,
+                                                            caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    caplog.set_level(logging.DEBUG)
+    for raw in BAD:
+        reader, writer = await asyncio.open_connection(proxy.server.host, proxy.server.port)
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(100), 5)
+        writer.close()
+        assert b" 400 " in answer.split(b"\r\n", 1)[0]
+    assert "CANARY" not in caplog.text
+    refused = [r for r in caplog.records if r.getMessage().startswith("malformed request")]
+    assert len(refused) == len(BAD) and all(r.exc_info is None for r in refused)
