@@ -64,6 +64,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     prices = PriceBook(config.prices)
     est = estimator or Estimator(dict(config.estimation_factors))
     metrics = Metrics(registry, max_label_values=config.metrics.max_label_values,
+                      upstreams=tuple(config.upstreams), max_series=config.metrics.max_series,
                       tag_labels=config.metrics.tag_labels, prices_version=prices.library_version)
     ledger = Ledger(config.ledger.path, queue_rows=config.ledger.queue_rows,
                     flush_seconds=config.ledger.flush_seconds,

@@ -84,6 +84,7 @@ class MetricsConfig:
     tag_labels: tuple[str, ...] = ()
     max_label_values: int = 100
     require_auth: bool = False
+    max_series: int = 10_000  # label sets per metric family
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class Config:
             "admin": {"token": _mask(self.admin.token)},
             "metrics": {"tag_labels": list(self.metrics.tag_labels),
                         "max_label_values": self.metrics.max_label_values,
+                        "max_series": self.metrics.max_series,
                         "require_auth": self.metrics.require_auth},
             "pricing": {"models": {m: {k: v for k, v in vars(p).items() if v is not None}
                                    for m, p in self.prices.items()}},
@@ -361,7 +363,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("auth.client_keys: required when an upstream has api_key or aws "
                           "(otherwise anyone could spend that key)")
     admin = top.child("admin", ("token",))
-    metrics_r = top.child("metrics", ("tag_labels", "max_label_values", "require_auth"))
+    metrics_r = top.child("metrics", ("tag_labels", "max_label_values", "require_auth",
+                                      "max_series"))
     tag_labels = metrics_r.get("tag_labels", list, [])
     for i, t in enumerate(tag_labels):
         if not isinstance(t, str) or not re.fullmatch(r"[a-z_][a-z0-9_]*", t):
@@ -372,6 +375,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         tuple(tag_labels),
         int(_positive("metrics.max_label_values", metrics_r.get("max_label_values", int, 100))),
         metrics_r.get("require_auth", bool, False),
+        int(_positive("metrics.max_series", metrics_r.get("max_series", int, 10_000))),
     )
     pricing = top.child("pricing", ("models",))
     models_raw = pricing.get("models", dict, {}) or {}

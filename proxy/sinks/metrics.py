@@ -1,7 +1,10 @@
-"""Prometheus metrics (SPEC section 6) on the app's own CollectorRegistry.
+"""Prometheus metrics on the app's own CollectorRegistry.
 
 Every counter moves from the same CallRecord the ledger stores, so the two agree. Each
-label keeps at most `max_label_values` distinct values; later ones become `other`.
+label keeps at most `max_label_values` distinct values; later ones become `other`. Only a
+call the upstream accepted may bring a new value (a model, agent or tag), and `upstream`
+takes only configured names: junk from callers that were refused cannot fill the cap and
+push real values out. Each family also keeps at most `max_series` label sets.
 `session` and `run` are never labels.
 """
 
@@ -23,19 +26,23 @@ _TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
 
 
 class LabelCap:
-    """Bounded label values per label name: the first N are kept, the rest are `other`."""
+    """Bounded label values per label name: the first N admitted are kept; the rest, and
+    values from calls that may not add one (`admit` false), are `other`."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._seen: dict[str, set[str]] = {}
         self.overflowed = 0
 
-    def __call__(self, label: str, value: str | None) -> str:
+    def seed(self, label: str, values: Sequence[str]) -> None:
+        self._seen.setdefault(label, set()).update(values)
+
+    def __call__(self, label: str, value: str | None, admit: bool = True) -> str:
         v = value if value else "none"
         seen = self._seen.setdefault(label, set())
         if v in seen:
             return v
-        if len(seen) >= self.limit:
+        if not admit or len(seen) >= self.limit:
             self.overflowed += 1
             return "other"
         seen.add(v)
@@ -46,14 +53,17 @@ class Metrics:
     name = "metrics"
 
     def __init__(self, registry: CollectorRegistry, *, max_label_values: int = 100,
-                 tag_labels: Sequence[str] = (), prices_version: str = "") -> None:
+                 tag_labels: Sequence[str] = (), prices_version: str = "",
+                 upstreams: Sequence[str] | None = None, max_series: int = 10_000) -> None:
         self.registry = registry
         self.cap = LabelCap(max_label_values)
+        # configured upstream names are the only `upstream` values (None: any, capped)
+        self._upstreams = None if upstreams is None else frozenset(upstreams)
         self.tag_labels = tuple(tag_labels)
         t = self.tag_labels
         r = registry
         # The families every call moves are plain-dict tallies (see proxy/sinks/tally.py).
-        tallies = Tallies()
+        tallies = Tallies(max_series)
         self.requests = tallies.add(CounterTally(
             "tokenbooth_requests", "Proxied calls.",
             ("upstream", "operation", "model", "agent", "outcome", "code", *t)))
@@ -117,14 +127,19 @@ class Metrics:
 
     def observe(self, rec: CallRecord) -> None:
         cap = self.cap
-        up = cap("upstream", rec.upstream)
+        up = rec.upstream if self._upstreams is None or rec.upstream in self._upstreams \
+            else "other"
+        up = cap("upstream", up)
+        # only a call the upstream took may bring a new model, agent or tag value
+        admit = rec.outcome != "rejected" and rec.status_code is not None \
+            and rec.status_code < 400
         live_up = self._live.pop(rec.call_id, None)
         if live_up is not None:
             self.inflight.add((live_up,), -1)
         op = cap("operation", rec.operation)
-        model = cap("model", rec.model or rec.request_model or "unknown")
-        agent = cap("agent", rec.agent)
-        tags = tuple(cap(f"tag:{t}", rec.tags.get(t)) for t in self.tag_labels)
+        model = cap("model", rec.model or rec.request_model or "unknown", admit)
+        agent = cap("agent", rec.agent, admit)
+        tags = tuple(cap(f"tag:{t}", rec.tags.get(t), admit) for t in self.tag_labels)
         code = str(rec.status_code) if rec.status_code is not None else "none"
         self.requests.inc((up, op, model, agent, rec.outcome, code, *tags))
         if rec.input_tokens is not None and rec.input_source != "none":

@@ -29,19 +29,30 @@ Key = tuple[str, ...]
 T = TypeVar("T", bound="CounterTally | HistogramTally")
 
 
+def _overflow(key: Key) -> Key:
+    """Where a label set goes once its family holds `max_series` of them."""
+    return ("other",) * len(key)
+
+
 class CounterTally:
-    __slots__ = ("name", "doc", "labels", "values")
+    __slots__ = ("name", "doc", "labels", "values", "max_series")
     _family: type[CounterMetricFamily] | type[GaugeMetricFamily] = CounterMetricFamily
 
     def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
         self.name, self.doc, self.labels = name, doc, list(labels)
         self.values: dict[Key, float] = {}
+        self.max_series = 1 << 62
 
     def inc(self, key: Key, n: float = 1.0) -> None:
         if n < 0:
             raise ValueError("counters only go up")
         values = self.values
-        values[key] = values.get(key, 0.0) + n
+        cur = values.get(key)
+        if cur is None:
+            if len(values) >= self.max_series:
+                key = _overflow(key)
+            cur = values.get(key, 0.0)
+        values[key] = cur + n
 
     def family(self) -> Metric:
         fam = self._family(self.name, self.doc, labels=self.labels)
@@ -60,7 +71,7 @@ class GaugeTally(CounterTally):
 
 
 class HistogramTally:
-    __slots__ = ("name", "doc", "labels", "bounds", "_le", "series")
+    __slots__ = ("name", "doc", "labels", "bounds", "_le", "series", "max_series")
 
     def __init__(self, name: str, doc: str, labels: Sequence[str],
                  buckets: Sequence[float]) -> None:
@@ -70,11 +81,16 @@ class HistogramTally:
         # per series: the count in each bucket (not cumulative; last is beyond every bound),
         # then the sum of the observed values
         self.series: dict[Key, list[float]] = {}
+        self.max_series = 1 << 62
 
     def observe(self, key: Key, value: float) -> None:
         s = self.series.get(key)
         if s is None:
-            s = self.series[key] = [0.0] * (len(self.bounds) + 2)
+            if len(self.series) >= self.max_series:
+                key = _overflow(key)
+                s = self.series.get(key)
+            if s is None:
+                s = self.series[key] = [0.0] * (len(self.bounds) + 2)
         s[bisect_left(self.bounds, value)] += 1  # bucket `le` holds value <= le
         s[-1] += value
 
@@ -92,10 +108,12 @@ class HistogramTally:
 class Tallies(Collector):
     """Registered once on the app's registry; yields every tally's family at scrape."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_series: int = 1 << 62) -> None:
         self._tallies: list[CounterTally | HistogramTally] = []
+        self._max_series = max_series  # label sets per family, the last one all `other`
 
     def add(self, tally: T) -> T:
+        tally.max_series = self._max_series - 1
         self._tallies.append(tally)
         return tally
 

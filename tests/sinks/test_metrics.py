@@ -1,0 +1,51 @@
+"""Metric labels cannot be poisoned: refused or failed calls bring no new label values,
+unknown upstream names are `other`, and each family keeps a bounded number of series."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from proxy.sinks.metrics import Metrics
+from tests.factories import make_record
+
+
+def series(metrics: Metrics, family: str = "tokenbooth_requests") -> list[dict[str, str]]:
+    return [s.labels for fam in metrics.registry.collect() if fam.name == family
+            for s in fam.samples if s.name == f"{family}_total"]
+
+
+async def test_junk_from_refused_and_failed_calls_cannot_fill_the_cap() -> None:
+    metrics = Metrics(CollectorRegistry(), max_label_values=100,
+                      upstreams=("openai", "anthropic"))
+    for i in range(150):  # unauthenticated callers: refused before forwarding
+        await metrics.handle(make_record(call_id=f"r{i}", upstream=f"nosuch{i}", model=f"junk{i}",
+                                         agent=f"bot{i}", outcome="rejected", status_code=401))
+    for i in range(150):  # the provider does not know the model
+        await metrics.handle(make_record(call_id=f"e{i}", model=f"fake-{i}", agent=f"x{i}",
+                                         outcome="upstream_error", status_code=404,
+                                         input_tokens=None, output_tokens=None))
+    await metrics.handle(make_record(call_id="real", upstream="openai", model="gpt-4o",
+                                     agent="researcher"))
+    real = [s for s in series(metrics) if s["agent"] == "researcher"]
+    assert real == [{**real[0], "upstream": "openai", "model": "gpt-4o", "agent": "researcher"}]
+    upstreams = {s["upstream"] for s in series(metrics)}
+    assert upstreams == {"openai", "other"}
+    assert {s["model"] for s in series(metrics)} == {"gpt-4o", "other"}
+
+
+async def test_each_family_keeps_a_bounded_number_of_series() -> None:
+    metrics = Metrics(CollectorRegistry(), max_label_values=100, max_series=500)
+    for a in range(100):
+        for m in range(100):
+            await metrics.handle(make_record(call_id=f"c{a}-{m}", agent=f"a{a}",
+                                             model=f"m{m}"))
+    got = series(metrics)
+    assert len(got) <= 500
+    total = sum(s.value for fam in metrics.registry.collect()
+                if fam.name == "tokenbooth_requests" for s in fam.samples
+                if s.name == "tokenbooth_requests_total")
+    assert total == 100 * 100  # nothing is lost, only folded into `other`
+    durations = {tuple(sorted(s.labels.items())) for fam in metrics.registry.collect()
+                 if fam.name == "tokenbooth_request_duration_seconds" for s in fam.samples
+                 if s.name.endswith("_count")}
+    assert len(durations) <= 500
