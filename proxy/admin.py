@@ -46,6 +46,9 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     if not life.ready:
         return web.json_response({"status": "starting"}, status=503)
+    held = len(request.app[state.LEDGER].held)
+    if held:  # rows only in memory: send traffic to a replica that can record it
+        return web.json_response({"status": "ledger_full", "held_rows": held}, status=503)
     return web.json_response({"status": "ready", "inflight": life.inflight})
 
 
@@ -54,7 +57,8 @@ async def metrics(request: web.Request) -> web.Response:
     if config.metrics.require_auth and not _authorized(request):
         return _deny()
     m = request.app[state.METRICS]
-    m.ledger_queue.set(request.app[state.LEDGER].queue.qsize())
+    ledger = request.app[state.LEDGER]
+    m.ledger_queue.set(ledger.queue.qsize() + len(ledger.held))  # held rows wait too
     body = generate_latest(m.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

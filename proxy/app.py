@@ -68,6 +68,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
                       tag_labels=config.metrics.tag_labels, prices_version=prices.library_version)
     ledger = Ledger(config.ledger.path, queue_rows=config.ledger.queue_rows,
                     flush_seconds=config.ledger.flush_seconds,
+                    spool_path=config.ledger.spool_path,
                     on_rows=metrics.ledger_rows_changed)
     feed = Broadcaster()
     budgets = Budgets(config.budgets, registry, prices, est)

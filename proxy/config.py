@@ -104,6 +104,7 @@ class LedgerConfig:
     path: str = "./tokenbooth.db"
     queue_rows: int = 100_000
     flush_seconds: float = 0.2
+    spool_path: str | None = None  # default: beside the database (`<path>.spool`)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ class Config:
             "listen": {"host": self.host, "port": self.port, "tls_cert": self.tls_cert,
                        "tls_key": self.tls_key},
             "ledger": {"path": self.ledger.path, "queue_rows": self.ledger.queue_rows,
-                       "flush_seconds": self.ledger.flush_seconds},
+                       "flush_seconds": self.ledger.flush_seconds,
+                       "spool_path": self.ledger.spool_path},
             "upstreams": {
                 n: {"url": u.url, "dialect": u.dialect,
                     "inject_stream_usage": u.inject_stream_usage,
@@ -342,11 +344,12 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     port = listen.get("port", int, 8787)
     if not 0 <= port <= 65535:
         raise ConfigError(f"listen.port: {port} is not a TCP port")
-    ledger_r = top.child("ledger", ("path", "queue_rows", "flush_seconds"))
+    ledger_r = top.child("ledger", ("path", "queue_rows", "flush_seconds", "spool_path"))
     ledger = LedgerConfig(
         path=ledger_r.get("path", str, "./tokenbooth.db"),
         queue_rows=int(_positive("ledger.queue_rows", ledger_r.get("queue_rows", int, 100_000))),
         flush_seconds=_positive("ledger.flush_seconds", ledger_r.get("flush_seconds", float, 0.2)),
+        spool_path=ledger_r.get("spool_path", str, None),
     )
     ups_raw = top.data.get("upstreams") or {}
     if not isinstance(ups_raw, dict):

@@ -53,9 +53,14 @@ class Ledger:
     name = "ledger"
 
     def __init__(self, path: str, *, queue_rows: int = 100_000, flush_seconds: float = 0.2,
-                 on_rows: Callable[[str, int], None] | None = None) -> None:
+                 on_rows: Callable[[str, int], None] | None = None,
+                 spool_path: str | None = None) -> None:
         self.path = path
-        self.spool_path = Path(f"{path}.spool")
+        self.spool_path = Path(spool_path or f"{path}.spool")
+        # Rows neither the database nor the spool would take (a full disk): held here,
+        # retried, and dropped (counted) only past `queue_rows`.
+        self.held: list[tuple[Any, ...]] = []
+        self._hold_limit = queue_rows
         self.flush_seconds = flush_seconds
         self.queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue(queue_rows)
         self._on_rows = on_rows or (lambda result, n: None)
@@ -102,8 +107,9 @@ class Ledger:
     async def _writer(self) -> None:
         stop = False
         while not stop:
-            if self.spool_path.exists():
-                # Spooled rows wait for SQLite to work again: retry even with no new traffic.
+            if self.held or self.spool_path.exists():
+                # Spooled or held rows wait for SQLite to work again: retry even with no
+                # new traffic.
                 try:
                     first = await asyncio.wait_for(self.queue.get(), RETRY_SECONDS)
                 except TimeoutError:
@@ -132,7 +138,7 @@ class Ledger:
             finally:
                 for _ in rows:
                     self.queue.task_done()
-        if self.spool_path.exists():
+        if self.held or self.spool_path.exists():
             await self._write([])  # last chance before exit; what fails stays spooled
 
     async def _write(self, rows: list[tuple[Any, ...]]) -> None:
@@ -141,6 +147,16 @@ class Ledger:
             assert self._conn is not None
             if self.spool_path.exists():
                 await self._replay()
+            if self.held:
+                held, self.held = self.held, []
+                try:
+                    await self._conn.executemany(INSERT, held)
+                    await self._conn.commit()
+                except BaseException:
+                    self.held = held + self.held
+                    raise
+                log.info("wrote %d rows held in memory", len(held))
+                self._count("written", len(held))
             if rows:
                 await self._conn.executemany(INSERT, rows)
                 await self._conn.commit()
@@ -156,8 +172,20 @@ class Ledger:
                 await asyncio.to_thread(self._spool, rows)
                 self._count("spooled", len(rows))
             except OSError as spool_exc:
-                log.error("spool write failed (%s): %d rows dropped", spool_exc, len(rows))
-                self._count("dropped", len(rows))
+                self._hold(rows, spool_exc)
+
+    def _hold(self, rows: list[tuple[Any, ...]], exc: OSError) -> None:
+        """Neither the database nor the spool takes rows (the disk is full): keep them in
+        memory and retry; drop (counted) only what exceeds the bound."""
+        room = max(self._hold_limit - len(self.held), 0)
+        self.held.extend(rows[:room])
+        if len(rows) > room:
+            log.error("spool write failed (%s) and %d rows are held: %d rows dropped",
+                      exc, len(self.held), len(rows) - room)
+            self._count("dropped", len(rows) - room)
+        else:
+            log.error("spool write failed (%s): %d rows held in memory until the ledger "
+                      "or the spool takes them", exc, len(self.held))
 
     async def _rollback(self) -> None:
         if self._conn is None:

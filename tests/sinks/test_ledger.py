@@ -182,3 +182,32 @@ async def test_sigkill_leaves_a_sound_database(upstream: FakeUpstream, tmp_path:
         assert conn.execute("SELECT COUNT(*) FROM llm_usage").fetchone()[0] >= 0
     finally:
         conn.close()
+
+
+async def test_a_full_disk_holds_rows_in_memory_until_the_ledger_heals(
+        upstream: FakeUpstream, start_proxy: StartProxy, tmp_path: Path) -> None:
+    """Database locked and spool unwritable (as on a full disk where both live): no row is
+    dropped, /readyz says so, and every row is written once the database takes writes."""
+    (tmp_path / "a-file").write_text("")
+    upstream.on("/v1/chat/completions", Reply([USAGE]))
+    proxy = await start_proxy(ledger={"spool_path": str(tmp_path / "a-file" / "spool")})
+    ledger = proxy.app[state.LEDGER]
+    locker = sqlite3.connect(proxy.config.ledger.path, timeout=0, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        assert await burst(proxy, 30) == [200] * 30
+        await proxy.collector.wait_for(30)
+        await ledger.flush()
+        assert ledger.counts["dropped"] == 0 and len(ledger.held) == 30
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{proxy.url}/readyz") as r:
+                assert r.status == 503 and (await r.json())["held_rows"] == 30
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    await wait_until(lambda: not ledger.held)
+    assert count_rows(proxy.config.ledger.path) == (30, 30)
+    assert ledger.counts["dropped"] == 0 and ledger.counts["written"] == 30
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{proxy.url}/readyz") as r:
+            assert r.status == 200
