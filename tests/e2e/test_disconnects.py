@@ -264,3 +264,26 @@ async def test_an_oversize_body_is_refused_before_it_is_read(upstream: FakeUpstr
     (rec,) = await proxy.collector.wait_for(1)
     assert rec.outcome == "rejected" and rec.status_code == 413
     assert upstream.requests == []
+
+
+async def test_a_client_trickling_its_headers_is_closed_by_the_keepalive_timeout(
+        start_proxy: StartProxy) -> None:
+    """Slowloris: a head sent a byte at a time never holds a socket past the timeout."""
+    proxy = await start_proxy(server={"keepalive_timeout_seconds": 1})
+    reader, writer = await asyncio.open_connection(proxy.server.host, proxy.server.port)
+    started = time.monotonic()
+    closed_after = None
+    for byte in b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 40:
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            if await asyncio.wait_for(reader.read(100), 0.2) == b"":
+                closed_after = time.monotonic() - started
+                break
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            closed_after = time.monotonic() - started
+            break
+    writer.close()
+    assert closed_after is not None and closed_after < 3
