@@ -18,6 +18,7 @@ from proxy.config import Config, ConfigError, load
 
 __all__ = ["main"]
 
+SHUTDOWN_DEREGISTER_SECONDS = 5.0  # listener kept open after SIGTERM, /readyz 503
 log = logging.getLogger("tokenbooth")
 
 
@@ -47,8 +48,10 @@ async def _serve(config: Config) -> None:
         gc.freeze()
 
     app.on_startup.append(settle_heap)
+    # The drain is bounded by our own deadline (below); what is still running then gets
+    # one more second to be cancelled and recorded.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=config.server.drain_seconds)
+                           shutdown_timeout=1.0)
     await runner.setup()
     tls = None
     if config.tls_cert and config.tls_key:
@@ -67,11 +70,17 @@ async def _serve(config: Config) -> None:
     await stop.wait()
     life = app[state.LIFECYCLE]
     life.draining = True
-    log.info("draining: %d call(s) in flight, up to %gs", life.inflight,
-             config.server.drain_seconds)
+    drain = config.server.drain_seconds
+    deadline = loop.time() + drain
+    log.info("draining: %d call(s) in flight, up to %gs", life.inflight, drain)
+    # /readyz answers 503 while the listener stays open a moment, so load balancers stop
+    # sending before connections are refused; then in-flight calls get the rest of the
+    # drain. The whole shutdown stays within drain_seconds plus about a second.
+    await asyncio.sleep(min(SHUTDOWN_DEREGISTER_SECONDS, drain / 3))
     await site.stop()
-    if not await life.wait_idle(config.server.drain_seconds):
-        log.warning("drain deadline reached with %d call(s) in flight", life.inflight)
+    if not await life.wait_idle(max(deadline - loop.time(), 0)):
+        log.warning("drain deadline reached with %d call(s) in flight: cut", life.inflight)
+        life.cutting = True  # what is cancelled now was cut by us, not by its client
     await runner.cleanup()
     log.info("stopped")
 

@@ -187,7 +187,10 @@ class Forwarder:
         except _Ended as ended:
             return ended.response
         except asyncio.CancelledError:
-            facts.outcome, facts.error = "client_aborted", "client disconnected"
+            if lifecycle.cutting:
+                facts.outcome, facts.error = "timeout", "cut at shutdown: drain deadline"
+            else:
+                facts.outcome, facts.error = "client_aborted", "client disconnected"
             raise
         finally:
             facts.ended = time.monotonic()

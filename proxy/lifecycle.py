@@ -12,6 +12,7 @@ class Lifecycle:
     def __init__(self) -> None:
         self.ready = False
         self.draining = False
+        self.cutting = False  # past the drain deadline: remaining calls are being cut
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()

@@ -287,3 +287,50 @@ async def test_a_client_trickling_its_headers_is_closed_by_the_keepalive_timeout
             break
     writer.close()
     assert closed_after is not None and closed_after < 3
+
+
+async def test_shutdown_stays_within_the_drain_and_says_it_is_draining(
+        upstream: FakeUpstream, tmp_path: Path) -> None:
+    """A stream longer than the drain: /readyz 503 while the listener is still open, exit
+    within drain_seconds plus about a second, the cut call recorded as cut by us."""
+    chunks = [f'data: {{"n":{i}}}\n\n'.encode() for i in range(100)]
+    upstream.on("/v1/chat/completions", Reply(chunks, headers=SSE, delay=0.3))
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
+                   f"ledger: {{path: '{tmp_path / 'l.db'}'}}\nserver: {{drain_seconds: 3}}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+            async with s.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
+                              json={"stream": True}) as r:
+                await r.content.readany()
+                os.kill(proc.pid, signal.SIGTERM)
+                signalled = time.monotonic()
+                async with aiohttp.ClientSession() as s2:
+                    async with s2.get(f"http://127.0.0.1:{port}/readyz") as ready:
+                        assert ready.status == 503
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await r.read()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert time.monotonic() - signalled < 3 + 2.5
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "l.db")
+    rows = conn.execute("SELECT outcome, error FROM llm_usage").fetchall()
+    conn.close()
+    assert rows == [("timeout", "cut at shutdown: drain deadline")]
