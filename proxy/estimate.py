@@ -97,7 +97,7 @@ class Estimator:
         for name in order:
             enc = self._enc.get(name)
             if enc is not None:
-                return f"tiktoken:{name}", lambda t, e=enc: len(e.encode(t, disallowed_special=()))
+                return f"tiktoken:{name}", lambda t, e=enc: _count_tokens(e, t)
         return "chars/4", lambda t: math.ceil(len(t) / 4)
 
     def count_text(self, text: str, model: str | None = None) -> Estimate:
@@ -123,6 +123,19 @@ class Estimator:
         name, count = self._counter(model)
         tokens = dialect.estimate_input(doc, count, model) if isinstance(doc, dict) else 0
         return self._scaled(tokens, name, dialect)
+
+
+SAMPLE_CHARS = 1 << 20  # longer texts: tokens counted in slices of this size
+
+
+def _count_tokens(enc: Any, text: str) -> int:
+    """Exact count, in slices so a huge text never becomes one huge token list (a 30 MiB
+    prompt once cost ~290 MiB to estimate). A slice boundary may split one token in two:
+    at most one token per MiB more than a whole count, and the result is an estimate."""
+    if len(text) <= SAMPLE_CHARS:
+        return len(enc.encode(text, disallowed_special=()))
+    return sum(len(enc.encode(text[i:i + SAMPLE_CHARS], disallowed_special=()))
+               for i in range(0, len(text), SAMPLE_CHARS))
 
 
 def strings(obj: Any) -> list[str]:

@@ -133,3 +133,13 @@ def test_other_shapes_count_their_text(estimator: Estimator, parser: str, doc: d
     enc = estimator._enc["o200k_base"]
     hand = sum(len(enc.encode(t)) for t in texts) + overhead
     assert estimator.input(DIALECTS[parser], doc, None).tokens == hand
+
+
+def test_a_huge_text_is_counted_in_slices_within_a_token_per_slice(estimator: Estimator) -> None:
+    from proxy.estimate import SAMPLE_CHARS
+
+    text = "Le renard brun saute par-dessus le chien paresseux; 12345 67890. " * 50_000
+    assert len(text) > 3 * SAMPLE_CHARS
+    whole = len(estimator._enc["o200k_base"].encode(text))
+    sliced = estimator.count_text(text, "gpt-4o").tokens
+    assert whole <= sliced <= whole + len(text) // SAMPLE_CHARS + 1
