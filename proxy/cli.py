@@ -38,6 +38,7 @@ async def _serve(config: Config) -> None:
 
     from proxy import state
     from proxy.app import make_app
+    from proxy.server import GuardedRunner, default_max_client_connections
 
     app = make_app(config)
 
@@ -50,8 +51,12 @@ async def _serve(config: Config) -> None:
     app.on_startup.append(settle_heap)
     # The drain is bounded by our own deadline (below); what is still running then gets
     # one more second to be cancelled and recorded.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=1.0)
+    s = config.server
+    runner = GuardedRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=1.0, header_timeout=s.header_timeout_seconds,
+                           max_client_connections=s.max_client_connections
+                           or default_max_client_connections(),
+                           on_refused=app[state.METRICS].client_refused)
     await runner.setup()
     tls = None
     if config.tls_cert and config.tls_key:

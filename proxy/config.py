@@ -97,6 +97,8 @@ class ServerConfig:
     drain_seconds: float = 30.0
     max_connections: int = 4096
     keepalive_timeout_seconds: float = 75.0  # an idle client connection is closed after this
+    header_timeout_seconds: float = 10.0  # a connection's first request head: 408 after this
+    max_client_connections: int | None = None  # None: half the open-file limit
 
 
 @dataclass(frozen=True)
@@ -395,7 +397,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     budgets = tuple(_budget(i, b, names) for i, b in enumerate(budgets_raw))
     srv = top.child("server", ("max_body_bytes", "connect_timeout_seconds",
                                "idle_timeout_seconds", "drain_seconds", "max_connections",
-                               "keepalive_timeout_seconds"))
+                               "keepalive_timeout_seconds", "header_timeout_seconds",
+                               "max_client_connections"))
     num: Callable[[str, type, Any], Any] = srv.get
     server = ServerConfig(
         max_body_bytes=int(_positive("server.max_body_bytes",
@@ -409,6 +412,11 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
                                       num("max_connections", int, 4096))),
         keepalive_timeout_seconds=_positive("server.keepalive_timeout_seconds",
                                             num("keepalive_timeout_seconds", float, 75.0)),
+        header_timeout_seconds=_positive("server.header_timeout_seconds",
+                                         num("header_timeout_seconds", float, 10.0)),
+        max_client_connections=None if num("max_client_connections", int, None) is None
+        else int(_positive("server.max_client_connections",
+                           num("max_client_connections", int, None))),
     )
     return Config(
         host=listen.get("host", str, "127.0.0.1"), port=port, ledger=ledger,

@@ -99,6 +99,11 @@ class Metrics:
                                   registry=r)
         self.sink_errors = Counter("tokenbooth_sink_errors", "Sink failures.", ("sink",),
                                    registry=r)
+        self.clients_refused = Counter(
+            "tokenbooth_client_connections_refused",
+            "Client connections closed by the server's guards.", ("reason",), registry=r)
+        for reason in ("header_timeout", "max_client_connections"):
+            self.clients_refused.labels(reason)
         self.tag_cleaned = Counter("tokenbooth_tag_values_cleaned",
                                    "X-Meter-* values truncated or cleaned.", registry=r)
         self.parse_errors = Counter("tokenbooth_parse_errors",
@@ -170,6 +175,9 @@ class Metrics:
 
     def ledger_rows_changed(self, result: str, n: int) -> None:
         self._child(self.ledger_rows, (result,)).inc(n)
+
+    def client_refused(self, reason: str) -> None:
+        self._child(self.clients_refused, (reason,)).inc()
 
     def sink_failed(self, sink: str) -> None:
         self._child(self.sink_errors, (sink,)).inc()

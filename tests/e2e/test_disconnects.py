@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -334,3 +335,69 @@ async def test_shutdown_stays_within_the_drain_and_says_it_is_draining(
     rows = conn.execute("SELECT outcome, error FROM llm_usage").fetchall()
     conn.close()
     assert rows == [("timeout", "cut at shutdown: drain deadline")]
+
+
+async def test_slow_heads_get_408_and_connections_are_bounded(upstream: FakeUpstream,
+                                                              tmp_path: Path) -> None:
+    """The served process (tokenbooth serve): a connection that has not sent its request
+    head in time gets 408 and is closed; past max_client_connections a new connection is
+    closed at once; both are counted; ordinary calls go on."""
+    upstream.on("/v1/chat/completions", Reply([b'{"ok": true}']))
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
+                   f"ledger: {{path: '{tmp_path / 'l.db'}'}}\n"
+                   f"server: {{header_timeout_seconds: 1, max_client_connections: 4}}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: t\r\nX-Slow: a")
+        await writer.drain()
+        started = time.monotonic()
+        answer = await asyncio.wait_for(reader.read(200), 5)
+        assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 3
+        assert await asyncio.wait_for(reader.read(10), 5) == b""  # and closed
+        writer.close()
+        for _ in range(4):
+            conns.append(await asyncio.open_connection("127.0.0.1", port))
+        extra_r, extra_w = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(extra_r.read(10), 5) == b""  # closed at once
+        extra_w.close()
+        for _, w in conns:
+            w.close()
+        conns.clear()
+        async with aiohttp.ClientSession() as s:
+            status = None
+            for _ in range(50):  # the closed connections leave the server's table
+                try:
+                    async with s.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
+                                      json={}) as r:
+                        status = r.status
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+            assert status == 200
+            async with s.get(f"http://127.0.0.1:{port}/metrics") as m:
+                text = await m.text()
+        refused = {m[1]: float(m[2]) for m in re.finditer(
+            r'tokenbooth_client_connections_refused_total\{reason="(\w+)"\} (\S+)', text)}
+        assert refused["header_timeout"] == 1
+        assert refused["max_client_connections"] >= 1  # the extra one, and early retries
+    finally:
+        for _, w in conns:
+            w.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
