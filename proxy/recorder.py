@@ -110,10 +110,9 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     usage = obs.usage or Usage()
     info = facts.request_info
     doc: Any = facts.request_doc
-    # Parsed here only when the handler did not (records built outside it) and input
-    # needs an estimate or the request's own facts.
-    if doc is None and dialect is not None and facts.request_body \
-            and (info is None or not usage.has_input):
+    # Parsed here only when the handler did not try (records built outside it): the
+    # handler sets request_info whenever it parsed, even a body that was not JSON.
+    if doc is None and info is None and dialect is not None and facts.request_body:
         try:
             doc = json.loads(facts.request_body)
         except ValueError:

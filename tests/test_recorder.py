@@ -114,8 +114,8 @@ def test_iso_utc_matches_datetime_formatting(ts: float) -> None:
 
 
 def test_request_info_from_the_request_path_spares_a_second_parse(estimator: Estimator) -> None:
-    """The forwarder parsed the body for injection: the record takes its RequestInfo and,
-    with input usage reported, never parses the body again."""
+    """The handler parsed the body once: the record takes its RequestInfo and parsed body
+    and never parses the body again (a body that was no JSON stays unparsed)."""
     from proxy.dialects.base import Observation, RequestInfo
     from proxy.usage import Usage
 
@@ -127,10 +127,12 @@ def test_request_info_from_the_request_path_spares_a_second_parse(estimator: Est
     rec = build_record(f, estimator, PriceBook(), lambda c: None)
     assert (rec.request_model, rec.end_user) == ("gpt-4o", "user-7")
     assert (rec.input_tokens, rec.output_tokens, rec.usage_source) == (12, 3, "reported")
-    # input not reported: the body is parsed after all, for the estimate
+    # input not reported: the estimate reads the body the handler parsed
     f2 = facts_for("openai.chat", "openai", Observation(Usage(None, None, None, None, 3)),
                    outcome="ok")
     f2.request_info = RequestInfo("gpt-4o", True, None, None)
+    f2.request_doc = json.loads(f2.request_body)
+    f2.request_body = b"{ not json: a parse here would fail }"
     rec2 = build_record(f2, estimator, PriceBook(), lambda c: None)
     assert rec2.input_source == "estimated" and (rec2.input_tokens or 0) > 0
 
