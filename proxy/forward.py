@@ -54,6 +54,16 @@ def error_response(status: int, kind: str, message: str, *, call_id: str | None 
     return resp
 
 
+def _attribute(facts: CallFacts, provider_tags: dict[str, str]) -> None:
+    """Tags the client's own SDK sends (Claude Code's session and sub-agent), under the
+    caller's X-Meter-* tags: those always win."""
+    info = facts.request_info
+    if info is not None and info.session:
+        provider_tags.setdefault("session", info.session)
+    for key, value in provider_tags.items():
+        facts.tags.setdefault(key, value)
+
+
 def _parse_encoded(body: bytes, encoding: str | None, cap: int) -> Any:
     """The JSON of a body the client compressed, from a side copy inflated up to `cap`
     bytes (a decompression bomb stops there); None when it cannot be read. The upstream
@@ -162,6 +172,7 @@ class Forwarder:
                     facts.request_doc = await asyncio.to_thread(
                         _parse_encoded, body, encoding, self.config.server.max_body_bytes)
                 facts.request_info = dialect.request_info(facts.request_doc)
+            _attribute(facts, route.provider.tags(request.headers))
             live = LiveCall(call_id, iso_utc(facts.started), name, route.operation, False,
                             facts.tags.get("agent"), facts.tags.get("session"),
                             facts.tags.get("run"), route.path_model,

@@ -36,6 +36,7 @@ class RequestInfo:
     end_user: str | None = None
     max_tokens: int | None = None
     service_tier: str | None = None  # requested; never what is priced
+    session: str | None = None  # a session the client's own metadata names (Claude Code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +283,10 @@ class Provider:
 
     def injector(self, parser: str | None) -> Any:
         return None
+
+    def tags(self, headers: Any) -> dict[str, str]:
+        """Attribution tags the provider's clients send in their own headers."""
+        return {}
 
     def response_filter(self, method: str, path: str, upstream_url: str,
                         public_url: Callable[[], str]) -> Any:

@@ -52,6 +52,17 @@ class AnthropicProvider(Provider):
     def key_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
 
+    def tags(self, headers: Any) -> dict[str, str]:
+        """Claude Code names its session and, on a sub-agent's calls, the sub-agent."""
+        out = {}
+        session = headers.get("X-Claude-Code-Session-Id")
+        if session:
+            out["session"] = session[:256]
+        agent = headers.get("X-Claude-Code-Agent-Id")
+        if agent:
+            out["claude_code_agent"] = agent[:256]
+        return out
+
     def response_filter(self, method: str, path: str, upstream_url: str,
                         public_url: Callable[[], str]) -> BytesReplacer | None:
         """A batch's `results_url` is absolute: point it back through the proxy, or the

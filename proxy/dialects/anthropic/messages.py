@@ -8,6 +8,7 @@ split exists only in `message_start`.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -106,6 +107,33 @@ class _Stream(BaseStream):
         return super().result()
 
 
+_LEGACY_USER = re.compile(r"^user_([0-9a-f]+)_account_([0-9a-f-]*)_session_([0-9a-f-]+)$")
+
+
+def claude_code_user(user_id: Any) -> tuple[str | None, str | None]:
+    """(end user, session) from `metadata.user_id`. Claude Code sends a JSON string
+    (`device_id`, `account_uuid`, `session_id`) or `user_<hash>_account_<uuid>_session_<uuid>`:
+    the end user is the account (else a short device id), never the raw 150-character
+    string; the session is Claude Code's own. Anything else is the end user as sent."""
+    if not isinstance(user_id, str) or not user_id:
+        return None, None
+    if user_id.startswith("{"):
+        try:
+            doc = json.loads(user_id)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            account, device = doc.get("account_uuid"), doc.get("device_id")
+            session = doc.get("session_id")
+            user = account if isinstance(account, str) and account else (
+                f"device_{device[:16]}" if isinstance(device, str) and device else None)
+            return user, session if isinstance(session, str) and session else None
+    m = _LEGACY_USER.match(user_id)
+    if m is not None:
+        return (m.group(2) or f"user_{m.group(1)[:16]}"), m.group(3)
+    return user_id[:256], None
+
+
 def estimate_tokens(doc: dict[str, Any], count: Callable[[str], int]) -> int:
     total = sum(count(t) for t in strings(doc.get("system")))
     for msg in doc.get("messages") or ():
@@ -128,14 +156,13 @@ class MessagesDialect(DialectBase):
         if not isinstance(doc, dict):
             return RequestInfo()
         meta = doc.get("metadata")
-        user = meta.get("user_id") if isinstance(meta, dict) else None
+        user, session = claude_code_user(meta.get("user_id") if isinstance(meta, dict) else None)
         model = doc.get("model")
         mt = doc.get("max_tokens")
         tier = doc.get("service_tier")
         return RequestInfo(model if isinstance(model, str) else None, doc.get("stream") is True,
-                           user if isinstance(user, str) else None,
-                           mt if isinstance(mt, int) and not isinstance(mt, bool) else None,
-                           tier if isinstance(tier, str) else None)
+                           user, mt if isinstance(mt, int) and not isinstance(mt, bool) else None,
+                           tier if isinstance(tier, str) else None, session)
 
     def from_json(self, doc: Any) -> Observation:
         if not isinstance(doc, dict):
