@@ -24,6 +24,7 @@ from proxy.pricing import PriceBook
 from proxy.recorder import KeyFingerprinter, Recorder
 from proxy.sinks.base import Sink
 from proxy.sinks.budgets import Budgets
+from proxy.sinks.export import make_exports
 from proxy.sinks.feed import Broadcaster
 from proxy.sinks.ledger import Ledger
 from proxy.sinks.metrics import Metrics
@@ -72,8 +73,9 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
                     on_rows=metrics.ledger_rows_changed)
     feed = Broadcaster()
     budgets = Budgets(config.budgets, registry, prices, est)
+    exports = make_exports(config.exports, metrics.export_result)
     recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets,
-                                                       *extra_sinks],
+                                                       *exports, *extra_sinks],
                         on_sink_error=metrics.sink_failed, recorded=ledger.recorded)
     recorder.watching = lambda: feed.active
     lifecycle = Lifecycle()

@@ -25,6 +25,7 @@ __all__ = [
     "BudgetConfig",
     "Config",
     "ConfigError",
+    "ExportConfig",
     "ModelPrice",
     "ServerConfig",
     "Upstream",
@@ -63,6 +64,20 @@ class ModelPrice:
     output: float
     cache_read: float | None = None
     cache_write: float | None = None
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One export sink: every finished call record, as the ledger row in JSON."""
+
+    type: str  # webhook | jsonl | stdout
+    url: str | None = None  # webhook
+    secret: str | None = None  # webhook: X-Tokenbooth-Signature: sha256=<hmac of body>
+    path: str | None = None  # jsonl
+    max_bytes: int = 100 * 1024 * 1024  # jsonl: rotate past this size
+    keep: int = 5  # jsonl: rotated files kept
+    batch: int = 100  # webhook: records per POST at most
+    queue_records: int = 100_000  # records waiting (a receiver that is down) before drops
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,7 @@ class Config:
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     estimation_factors: Mapping[str, float] = field(default_factory=dict)
     budgets: tuple[BudgetConfig, ...] = ()
+    exports: tuple[ExportConfig, ...] = ()
     server: ServerConfig = field(default_factory=ServerConfig)
     tls_cert: str | None = None  # listen over HTTPS (boto3 sends bearer tokens only so)
     tls_key: str | None = None
@@ -154,6 +170,7 @@ class Config:
             "budgets": [{"name": b.name, "match": dict(b.match), "limit_usd": b.limit_usd,
                          "window": b.window, "action": b.action} for b in self.budgets],
             "server": dict(vars(self.server)),
+            "export": [{**vars(e), "secret": _mask(e.secret)} for e in self.exports],
         }
 
 
@@ -305,6 +322,26 @@ def _match_key(path: str, key: str) -> str:
     return tag
 
 
+def _export(i: int, raw: Any) -> ExportConfig:
+    path = f"export[{i}]"
+    r = _Reader(raw, path, ("type", "url", "secret", "path", "max_bytes", "keep", "batch",
+                            "queue_records"))
+    kind = r.get("type", str, None)
+    if kind not in ("webhook", "jsonl", "stdout"):
+        raise ConfigError(f"{path}.type: expected webhook, jsonl or stdout, got {kind!r}")
+    url, file = r.get("url", str, None), r.get("path", str, None)
+    if kind == "webhook" and (not url or not re.match(r"https?://[^/]+", url)):
+        raise ConfigError(f"{path}.url: a webhook needs an http(s) URL")
+    if kind == "jsonl" and not file:
+        raise ConfigError(f"{path}.path: a jsonl export needs a file path")
+    return ExportConfig(
+        kind, url, r.get("secret", str, None), file,
+        int(_positive(f"{path}.max_bytes", r.get("max_bytes", int, 100 << 20))),
+        int(_positive(f"{path}.keep", r.get("keep", int, 5))),
+        int(_positive(f"{path}.batch", r.get("batch", int, 100))),
+        int(_positive(f"{path}.queue_records", r.get("queue_records", int, 100_000))))
+
+
 def _budget(i: int, raw: Any, names: set[str]) -> BudgetConfig:
     path = f"budgets[{i}]"
     r = _Reader(raw, path, ("name", "match", "limit_usd", "window", "action"))
@@ -338,7 +375,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate a YAML tree (already loaded) into a Config."""
     data = _expand(raw if raw is not None else {}, "", os.environ if env is None else env)
     top = _Reader(data, "", ("listen", "ledger", "upstreams", "auth", "admin", "metrics",
-                             "pricing", "estimation", "budgets", "server"))
+                             "pricing", "estimation", "budgets", "server", "export"))
     listen = top.child("listen", ("host", "port", "tls_cert", "tls_key"))
     tls_cert, tls_key = listen.get("tls_cert", str, None), listen.get("tls_key", str, None)
     if (tls_cert is None) != (tls_key is None):
@@ -395,6 +432,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     budgets_raw = top.get("budgets", list, []) or []
     names: set[str] = set()
     budgets = tuple(_budget(i, b, names) for i, b in enumerate(budgets_raw))
+    exports = tuple(_export(i, e) for i, e in enumerate(top.get("export", list, []) or []))
     srv = top.child("server", ("max_body_bytes", "connect_timeout_seconds",
                                "idle_timeout_seconds", "drain_seconds", "max_connections",
                                "keepalive_timeout_seconds", "header_timeout_seconds",
@@ -422,7 +460,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         host=listen.get("host", str, "127.0.0.1"), port=port, ledger=ledger,
         upstreams=upstreams, client_keys={str(k): v for k, v in keys.items()},
         admin=AdminConfig(admin.get("token", str, None)), metrics=metrics, prices=prices,
-        estimation_factors=factors, budgets=budgets, server=server, tls_cert=tls_cert,
+        estimation_factors=factors, budgets=budgets, exports=exports, server=server,
+        tls_cert=tls_cert,
         tls_key=tls_key,
     )
 

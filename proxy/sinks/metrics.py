@@ -99,6 +99,9 @@ class Metrics:
                                   registry=r)
         self.sink_errors = Counter("tokenbooth_sink_errors", "Sink failures.", ("sink",),
                                    registry=r)
+        self.exported = Counter("tokenbooth_export_records",
+                                "Call records handed to export sinks, by result.",
+                                ("sink", "result"), registry=r)
         self.clients_refused = Counter(
             "tokenbooth_client_connections_refused",
             "Client connections closed by the server's guards.", ("reason",), registry=r)
@@ -175,6 +178,9 @@ class Metrics:
 
     def ledger_rows_changed(self, result: str, n: int) -> None:
         self._child(self.ledger_rows, (result,)).inc(n)
+
+    def export_result(self, sink: str, result: str, n: int) -> None:
+        self._child(self.exported, (sink, result)).inc(n)
 
     def client_refused(self, reason: str) -> None:
         self._child(self.clients_refused, (reason,)).inc()
