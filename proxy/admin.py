@@ -7,6 +7,7 @@ import asyncio
 import hmac
 import json
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -159,8 +160,27 @@ async def api_live(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+_UI = Path(__file__).parent / "static" / "ui.html"
+
+
+async def ui(request: web.Request) -> web.Response:
+    """The live page: static, no data of its own (it asks /api/* with the admin token the
+    user types, kept in the tab), nothing fetched from elsewhere."""
+    page = await asyncio.to_thread(_UI.read_bytes)  # rare: read each time, off the loop
+    return web.Response(body=page, content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-cache",
+                                 "Content-Security-Policy": "default-src 'self'; "
+                                 "style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
+
+
+async def root(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ui")
+
+
 def routes() -> list[web.AbstractRouteDef]:
     return [
+        web.get("/", root),
+        web.get("/ui", ui),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),

@@ -176,7 +176,7 @@ class Forwarder:
             live = LiveCall(call_id, iso_utc(facts.started), name, route.operation, False,
                             facts.tags.get("agent"), facts.tags.get("session"),
                             facts.tags.get("run"), route.path_model,
-                            price_provider=route.price_provider)
+                            tags=facts.tags, price_provider=route.price_provider)
             if self.budgets is not None and self.budgets.blocking:
                 denied = await self.budgets.admit(facts, route)
                 if denied is not None:

@@ -167,6 +167,7 @@ class LiveCall:
     output_tokens: int | None = None
     cost_usd: float | None = None
     usage_source: str = "none"
+    tags: dict[str, str] = field(default_factory=dict)  # parent runs, sub-agents
     price_provider: str | None = None  # not shown: how the running cost is priced
     usage: Any = None  # the running Usage (every billed unit), priced like the record
 
