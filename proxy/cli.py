@@ -127,7 +127,17 @@ def cmd_prices(args: argparse.Namespace) -> int:
         print(f"{args.model}: no price known (calls are recorded with cost NULL, "
               f"counted as unpriced)")
         return 1
-    print(json.dumps(info, indent=2))
+    if args.format == "json":
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['model']}" + (f" ({info['provider']})" if info.get("provider") else "")
+          + f": {info['source']}")
+    for name, text in info["prices"].items():
+        print(f"  {name}: {text}")
+    for label, prices in (info.get("variants") or {}).items():
+        print(f"  when {label}:")
+        for name, text in prices.items():
+            print(f"    {name}: {text}")
     return 0
 
 
@@ -155,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, db=False)
     p.add_argument("model")
     p.add_argument("--upstream")
+    p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_prices)
     reports.add_commands(sub, _add_common, _config)
     return parser

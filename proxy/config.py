@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from proxy.dialects import BUILTIN_UPSTREAMS, DEFAULT_PROVIDER, PROVIDERS
+from proxy.dialects import BUILTIN_UPSTREAMS, DEFAULT_PROVIDER, DIALECTS, PROVIDERS
 from proxy.dialects.bedrock.sigv4 import AwsCredentials
 
 __all__ = [
@@ -141,6 +141,11 @@ class Config:
     tls_cert: str | None = None  # listen over HTTPS (boto3 sends bearer tokens only so)
     tls_key: str | None = None
 
+    def effective_factors(self) -> dict[str, float]:
+        """The factor each tokenizer family's estimates get: config, else the dialect's."""
+        out = {d.family: d.estimate_factor for d in DIALECTS.values()}
+        return {**dict(sorted(out.items())), **self.estimation_factors}
+
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, secrets replaced by '***'."""
         return {
@@ -166,7 +171,7 @@ class Config:
                         "require_auth": self.metrics.require_auth},
             "pricing": {"models": {m: {k: v for k, v in vars(p).items() if v is not None}
                                    for m, p in self.prices.items()}},
-            "estimation": {"factors": dict(self.estimation_factors)},
+            "estimation": {"factors": self.effective_factors()},
             "budgets": [{"name": b.name, "match": dict(b.match), "limit_usd": b.limit_usd,
                          "window": b.window, "action": b.action} for b in self.budgets],
             "server": dict(vars(self.server)),

@@ -203,21 +203,53 @@ class PriceBook:
         return mp
 
     def describe(self, model: str, provider_id: str | None = None) -> dict[str, Any]:
-        """For `tokenbooth prices`: the per-million prices and where they come from."""
+        """For `tokenbooth prices`: readable prices (USD; tiers spelled out), the served-tier
+        and batch variants, and where they come from."""
         over = self._override(model)
         if over is not None:
             return {"model": over[0], "source": "config",
-                    "prices_per_million_usd": {k: v for k, v in vars(over[1]).items()
-                                               if v is not None}}
+                    "prices": {f"{k} per million tokens": f"${v}"
+                               for k, v in vars(over[1]).items() if v is not None}}
         found = self._lookup(model, provider_id)
         if found is None:
-            return {"model": model, "source": None, "prices_per_million_usd": None}
+            return {"model": model, "source": None, "prices": None}
         provider, info = found
-        mp = info.get_prices(datetime.now(tz=UTC))
-        prices = {k: str(v) if isinstance(v, Decimal) else repr(v)
-                  for k, v in vars(mp).items() if v is not None and not k.startswith("_")}
-        return {"model": info.id, "provider": provider.id, "source": self.library_version,
-                "prices_per_million_usd": prices}
+        now = datetime.now(tz=UTC)
+        out: dict[str, Any] = {"model": info.id, "provider": provider.id,
+                               "source": self.library_version,
+                               "prices": _readable(info.get_prices(now))}
+        variants = {}
+        for variant in info.price_variants or ():
+            ctx = dict(variant.when)
+            if not ctx or ctx.get("service_tier") in STANDARD_TIERS:
+                continue
+            label = ", ".join(f"{k} {v}" for k, v in ctx.items())
+            variants[label] = _readable(info.get_prices(now, ctx))
+        if variants:
+            out["variants"] = variants
+        return out
+
+
+def _readable(mp: Any) -> dict[str, str]:
+    """{"input": "$3 per million tokens; above 200,000 input tokens: $6", ...}"""
+    from genai_prices.units import _get_registry
+
+    registry = _get_registry()
+    out = {}
+    for unit in registry.units.values():
+        price = getattr(mp, unit.price_key, None)
+        if price is None:
+            continue
+        per = "million tokens" if unit.per == 1_000_000 else \
+            f"{unit.per:,} {unit.usage_key.replace('_', ' ')}"
+        name = unit.usage_key.removesuffix("_tokens").replace("_", " ")
+        if isinstance(price, Decimal):
+            out[name] = f"${price:f} per {per}"
+        else:
+            tiers = "; ".join(f"above {t.start:,} input tokens: ${Decimal(t.price):f}"
+                              for t in price.tiers)
+            out[name] = f"${Decimal(price.base):f} per {per}; {tiers}"
+    return out
 
 
 def _config_cost(p: ModelPrice, u: Usage) -> Decimal:

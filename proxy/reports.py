@@ -26,9 +26,11 @@ _CALL_COLS = ("started_at", "call_id", "agent", "session", "run", "upstream", "m
               "outcome", "input_tokens", "output_tokens", "usage_source", "cost_usd")
 
 
-def _cell(value: Any, key: str) -> str:
+def _cell(value: Any, key: str, no_cost: str = "-") -> str:
+    """`no_cost` shows a NULL cost: a group with no priced usage is `-`; a call whose
+    usage has no price is `unpriced` (never $0)."""
     if value is None:
-        return "unpriced" if key == "cost_usd" else "-"
+        return no_cost if key == "cost_usd" else "-"
     if key == "cost_usd":
         return f"${value:,.6f}"
     if isinstance(value, int):
@@ -36,8 +38,9 @@ def _cell(value: Any, key: str) -> str:
     return str(value)
 
 
-def format_table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
-    cells = [[_cell(r.get(c), c) for c in cols] for r in rows]
+def format_table(rows: Sequence[dict[str, Any]], cols: Sequence[str],
+                 no_cost: str = "-") -> str:
+    cells = [[_cell(r.get(c), c, no_cost) for c in cols] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(cols)]
     numeric = [all(isinstance(r.get(c), int | float) or r.get(c) is None for r in rows)
                for c in cols]
@@ -65,7 +68,7 @@ def month_to_date(conn: sqlite3.Connection, now: datetime) -> dict[str, Any]:
 
 
 def _emit(rows: list[dict[str, Any]], cols: Sequence[str], fmt: str,
-          extra: dict[str, Any] | None = None) -> None:
+          extra: dict[str, Any] | None = None, no_cost: str = "-") -> None:
     if fmt == "json":
         print(json.dumps({"rows": rows, **(extra or {})}, indent=2, default=str))
     elif fmt == "csv":
@@ -75,7 +78,7 @@ def _emit(rows: list[dict[str, Any]], cols: Sequence[str], fmt: str,
         writer.writerows(rows)
         print(buf.getvalue(), end="")
     else:
-        print(format_table(rows, cols) if rows else "(no calls in this range)")
+        print(format_table(rows, cols, no_cost) if rows else "(no calls in this range)")
 
 
 def _open(args: argparse.Namespace, config: Any) -> sqlite3.Connection:
@@ -163,6 +166,111 @@ def cmd_reprice(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace, config: Any) -> int:
+    """Backfill Claude Code's own transcripts: one row per API call, `usage_source`
+    `client_log`, priced like a proxied call, skipping calls the proxy already metered."""
+    import hashlib
+    from decimal import Decimal
+
+    from proxy.dialects import price_provider
+    from proxy.dialects.anthropic.claude_code import read_transcript
+    from proxy.dialects.anthropic.usage import from_anthropic
+    from proxy.pricing import PriceBook
+    from proxy.record import COLUMNS, CallRecord, iso_utc
+    from proxy.sinks.ledger import INSERT, migrate
+
+    root = Path(args.path).expanduser() if args.path else Path.home() / ".claude" / "projects"
+    if not root.exists():
+        raise query.QueryError("PATH", f"no Claude Code transcripts at {root}")
+    files = sorted(root.rglob("*.jsonl")) if root.is_dir() else [root]
+    up = config.upstreams.get("anthropic")
+    pid = price_provider(up.dialect, up.name) if up is not None else None
+    prices = PriceBook(config.prices)
+    conn = sqlite3.connect(config.ledger.path, timeout=30)
+    migrate(conn)
+    seen: set[str] = set()
+    bad = imported = skipped = again = tokens = 0
+    cost, sessions, unpriced = Decimal(0), set(), 0
+    show = sys.stderr.isatty() or args.progress
+    try:
+        for i, path in enumerate(files, 1):
+            errors: list[int] = []
+            with open(path, "rb") as f:
+                calls = list(read_transcript(f, seen, errors))
+            bad += len(errors)
+            for n in errors[:3]:
+                print(f"tokenbooth: {path}:{n}: not JSON, skipped", file=sys.stderr)
+            ids = [c.message_id for c in calls] + [c.request_id for c in calls if c.request_id]
+            metered: set[str] = set()  # by the proxy
+            imported_before: set[str] = set()  # by an earlier import
+            for j in range(0, len(ids), 500):
+                part = ids[j:j + 500]
+                for rid, source in conn.execute(
+                        f"SELECT upstream_request_id, usage_source FROM llm_usage WHERE "
+                        f"upstream_request_id IN ({','.join('?' * len(part))})", part):
+                    (imported_before if source == "client_log" else metered).add(rid)
+            rows = []
+            for c in calls:
+                if c.message_id in metered or c.request_id in metered:
+                    skipped += 1
+                    continue
+                if c.message_id in imported_before:
+                    again += 1
+                    continue
+                usage = from_anthropic(c.usage)
+                price = prices.price(c.model, pid, usage)
+                ts = c.timestamp or iso_utc(path.stat().st_mtime)
+                tags = {"agent": "claude-code", "source": "claude_code_log"}
+                if c.session_id:
+                    tags["session"] = c.session_id
+                if c.agent_id:
+                    tags["claude_code_agent"] = c.agent_id
+                rec = CallRecord(
+                    call_id="cc" + hashlib.sha256(c.message_id.encode()).hexdigest()[:22],
+                    started_at=ts, ended_at=ts, duration_ms=0.0, ttft_ms=None,
+                    upstream="anthropic", dialect=up.dialect if up else None,
+                    operation="messages", method="POST", path="/anthropic/v1/messages",
+                    request_model=c.model, response_model=c.model, model=price.model,
+                    stream=False, status_code=None, outcome="ok",
+                    input_tokens=usage.input_tokens, cache_read_tokens=usage.cache_read_tokens,
+                    cache_write_tokens=usage.cache_write_tokens,
+                    output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens,
+                    total_tokens=usage.total_tokens, usage_source="client_log", estimator=None,
+                    cost_usd=price.cost_usd, price_source=price.source, agent="claude-code",
+                    session=c.session_id, run=None, tags=tags, end_user=None,
+                    client=None, key_id=None, upstream_request_id=c.message_id, error=None,
+                    usage_raw=json.dumps(c.usage, separators=(",", ":")),
+                    service_tier=usage.service_tier, priced_units=usage.priced_units() or None)
+                rows.append(rec.to_row())
+                imported += 1
+                tokens += usage.total_tokens or 0
+                if price.cost_usd is None:
+                    unpriced += 1
+                else:
+                    cost += price.cost_usd
+                if c.session_id:
+                    sessions.add(c.session_id)
+            if rows:
+                assert len(rows[0]) == len(COLUMNS)
+                conn.executemany(INSERT, rows)
+                conn.commit()
+            if show:
+                done = int(30 * i / len(files))
+                print(f"\r[{'#' * done}{' ' * (30 - done)}] {i}/{len(files)} files, "
+                      f"{imported} calls", end="", file=sys.stderr, flush=True)
+    finally:
+        conn.close()
+    if show:
+        print(file=sys.stderr)
+    print(f"imported {imported} call(s) from {len(files)} file(s) in {len(sessions)} "
+          f"session(s): {tokens:,} tokens, ${cost:.4f}"
+          + (f" ({unpriced} unpriced)" if unpriced else "")
+          + f"; skipped {skipped} already metered by the proxy"
+          + (f" and {again} imported before" if again else "")
+          + (f"; {bad} unreadable line(s)" if bad else ""))
+    return 0
+
+
 def cmd_calls(args: argparse.Namespace, config: Any) -> int:
     if args.limit < 1:
         raise query.QueryError("--limit", "must be at least 1")
@@ -174,7 +282,7 @@ def cmd_calls(args: argparse.Namespace, config: Any) -> int:
     finally:
         conn.close()
     _emit(rows, _CALL_COLS if args.format != "json" else list(rows[0]) if rows else [],
-          args.format)
+          args.format, no_cost="unpriced")
     return 0
 
 
@@ -211,6 +319,12 @@ def add_commands(sub: Any, add_common: Callable[..., None],
                    help="print old and new totals per model; change nothing")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=runner(cmd_reprice))
+    p = sub.add_parser("import", help="backfill calls from a client's own logs")
+    add_common(p)
+    p.add_argument("source", choices=("claude-code",))
+    p.add_argument("path", nargs="?", help="transcripts (default ~/.claude/projects)")
+    p.add_argument("--progress", action="store_true", help="show progress even when piped")
+    p.set_defaults(func=runner(cmd_import))
     p = sub.add_parser("calls", help="recent calls for a session, agent or run")
     add_common(p)
     p.add_argument("--session")

@@ -98,3 +98,44 @@ def test_calls_for_a_session(ledger_db: str, capsys: pytest.CaptureFixture[str])
     assert rows[0]["started_at"] >= rows[1]["started_at"]
     assert main(["calls", "--db", ledger_db, "--agent", "ana"]) == 0
     assert "usage_source" in capsys.readouterr().out
+
+
+async def test_a_group_with_no_priced_usage_shows_a_dash_and_an_unpriced_call_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "u.db")
+    ledger = Ledger(path, flush_seconds=0.01)
+    await ledger.open()
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    await ledger.handle(make_record(call_id="u1", agent="mystery", cost_usd=None,
+                                    price_source=None, started_at=now, ended_at=now))
+    await ledger.handle(make_record(call_id="p1", agent="paid", cost_usd=Decimal("0.01"),
+                                    started_at=now, ended_at=now))
+    await ledger.flush()
+    await ledger.aclose()
+    assert main(["report", "--db", path, "--by", "agent", "--since", "1d"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line}
+    assert lines["mystery"].split()[-3] == "-" and "unpriced" not in lines["mystery"]
+    assert "$0.010000" in lines["paid"]
+    assert main(["calls", "--db", path, "--agent", "mystery"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("unpriced")
+
+
+def test_prices_are_readable_with_tiers_and_variants(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prices", "claude-sonnet-4-5", "--upstream", "anthropic"]) == 0
+    out = capsys.readouterr().out
+    assert "input: $3 per million tokens; above 200,000 input tokens: $6" in out
+    assert "web searches: $10 per 1,000 web searches" in out
+    assert "when processing batch:" in out and "Decimal" not in out and "Tier(" not in out
+    assert main(["prices", "gpt-5", "--upstream", "openai", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["prices"]["input"] == "$1.25 per million tokens"
+    assert doc["variants"]["service_tier flex"]["input"] == "$0.625 per million tokens"
+
+
+def test_check_config_prints_the_estimation_factors_it_applies(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.yaml").write_text("estimation: {factors: {gemini: 1.1}}\n")
+    assert main(["check-config", "--config", str(tmp_path / "c.yaml")]) == 0
+    out = capsys.readouterr().out
+    factors = out.split("factors:")[1].split("budgets")[0]
+    assert "anthropic: 1.2" in factors and "gemini: 1.1" in factors and "openai: 1.0" in factors
