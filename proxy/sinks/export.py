@@ -145,22 +145,38 @@ class WebhookSink(ExportSink):
 
 class JsonlSink(ExportSink):
     async def _deliver(self, lines: list[str]) -> None:
-        await asyncio.to_thread(self._append, "".join(f"{line}\n" for line in lines))
+        await asyncio.to_thread(self._append, lines)
 
-    def _append(self, text: str) -> None:
+    def _append(self, lines: list[str]) -> None:
+        """Append whole lines; rotate before a line that would pass `max_bytes`."""
         assert self.cfg.path is not None
         path = Path(self.cfg.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_size + len(text) > self.cfg.max_bytes:
-            for i in range(self.cfg.keep - 1, 0, -1):
-                older = path.with_name(f"{path.name}.{i}")
-                if older.exists():
-                    os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-            os.replace(path, path.with_name(f"{path.name}.1"))
-            stale = path.with_name(f"{path.name}.{self.cfg.keep + 1}")
-            stale.unlink(missing_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(text)
+        size = path.stat().st_size if path.exists() else 0
+        chunk: list[bytes] = []
+        for line in lines:
+            data = f"{line}\n".encode()
+            if size and size + len(data) > self.cfg.max_bytes:
+                self._write(path, chunk)
+                chunk, size = [], 0
+                self._rotate(path)
+            chunk.append(data)
+            size += len(data)
+        self._write(path, chunk)
+
+    @staticmethod
+    def _write(path: Path, chunk: list[bytes]) -> None:
+        if chunk:
+            with open(path, "ab") as f:
+                f.write(b"".join(chunk))
+
+    def _rotate(self, path: Path) -> None:
+        for i in range(self.cfg.keep - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{i}")
+            if older.exists():
+                os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+        os.replace(path, path.with_name(f"{path.name}.1"))
+        path.with_name(f"{path.name}.{self.cfg.keep + 1}").unlink(missing_ok=True)
 
 
 class StdoutSink(ExportSink):

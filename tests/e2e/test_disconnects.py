@@ -8,8 +8,12 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import sys
 import time
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -25,6 +29,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def served(tmp_path: Path, config: str) -> AsyncIterator[tuple[Process, int]]:
+    """`tokenbooth serve` as a real process on a free port, ready when yielded; killed at
+    the end if still running."""
+    port = free_port()
+    cfg = tmp_path / "served.yaml"
+    cfg.write_text(config)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+        yield proc, port
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def post(url: str, **kw: object) -> tuple[int, dict[str, object], str]:
@@ -172,23 +203,10 @@ async def test_sigterm_lets_the_stream_finish_then_exits_zero(upstream: FakeUpst
                                                               tmp_path: Path) -> None:
     chunks = [f'data: {{"n":{i}}}\n\n'.encode() for i in range(10)] + [b"data: [DONE]\n\n"]
     upstream.on("/v1/chat/completions", Reply(chunks, headers=SSE, delay=0.1))
-    port = free_port()
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
-                   f"ledger: {{path: '{tmp_path / 'l.db'}'}}\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    try:
+    config = (f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
+              f"ledger: {{path: '{tmp_path / 'l.db'}'}}\n")
+    async with served(tmp_path, config) as (proc, port):
         async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
             async with s.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
                               json={"stream": True}) as r:
                 first = await r.content.readany()
@@ -196,12 +214,6 @@ async def test_sigterm_lets_the_stream_finish_then_exits_zero(upstream: FakeUpst
                 rest = await r.read()
         assert first + rest == b"".join(chunks)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    import sqlite3
-
     conn = sqlite3.connect(tmp_path / "l.db")
     assert conn.execute("SELECT outcome FROM llm_usage").fetchall() == [("ok",)]
     conn.close()
@@ -296,47 +308,27 @@ async def test_shutdown_stays_within_the_drain_and_says_it_is_draining(
     within drain_seconds plus about a second, the cut call recorded as cut by us."""
     chunks = [f'data: {{"n":{i}}}\n\n'.encode() for i in range(100)]
     upstream.on("/v1/chat/completions", Reply(chunks, headers=SSE, delay=0.3))
-    port = free_port()
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
-                   f"ledger: {{path: '{tmp_path / 'l.db'}'}}\nserver: {{drain_seconds: 3}}\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    try:
+    config = (f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
+              f"ledger: {{path: '{tmp_path / 'l.db'}'}}\nserver: {{drain_seconds: 3}}\n")
+    async with served(tmp_path, config) as (proc, port):
         async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
             async with s.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
                               json={"stream": True}) as r:
                 await r.content.readany()
                 os.kill(proc.pid, signal.SIGTERM)
                 signalled = time.monotonic()
                 statuses = []
-                async with aiohttp.ClientSession() as s2:
-                    for _ in range(40):  # until the signal is handled (the window is 1 s)
-                        async with s2.get(f"http://127.0.0.1:{port}/readyz") as ready:
-                            statuses.append(ready.status)
-                        if ready.status == 503:
-                            break
-                        await asyncio.sleep(0.02)
+                for _ in range(40):  # until the signal is handled (the window is 1 s)
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as ready:
+                        statuses.append(ready.status)
+                    if ready.status == 503:
+                        break
+                    await asyncio.sleep(0.02)
                 assert statuses[-1] == 503
                 with pytest.raises(aiohttp.ClientPayloadError):
                     await r.read()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         assert time.monotonic() - signalled < 3 + 2.5
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    import sqlite3
-
     conn = sqlite3.connect(tmp_path / "l.db")
     rows = conn.execute("SELECT outcome, error FROM llm_usage").fetchall()
     conn.close()
@@ -349,61 +341,45 @@ async def test_slow_heads_get_408_and_connections_are_bounded(upstream: FakeUpst
     head in time gets 408 and is closed; past max_client_connections a new connection is
     closed at once; both are counted; ordinary calls go on."""
     upstream.on("/v1/chat/completions", Reply([b'{"ok": true}']))
-    port = free_port()
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
-                   f"ledger: {{path: '{tmp_path / 'l.db'}'}}\n"
-                   f"server: {{header_timeout_seconds: 1, max_client_connections: 4}}\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    config = (f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
+              f"ledger: {{path: '{tmp_path / 'l.db'}'}}\n"
+              f"server: {{header_timeout_seconds: 1, max_client_connections: 4}}\n")
     conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
+    async with served(tmp_path, config) as (_, port):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: t\r\nX-Slow: a")
+            await writer.drain()
+            started = time.monotonic()
+            answer = await asyncio.wait_for(reader.read(200), 5)
+            assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 3
+            assert await asyncio.wait_for(reader.read(10), 5) == b""  # and closed
+            writer.close()
+            for _ in range(4):
+                conns.append(await asyncio.open_connection("127.0.0.1", port))
+            extra_r, extra_w = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(extra_r.read(10), 5) == b""  # closed at once
+            extra_w.close()
+            for _, w in conns:
+                w.close()
+            conns.clear()
+            async with aiohttp.ClientSession() as s:
+                status = None
+                for _ in range(50):  # the closed connections leave the server's table
+                    try:
+                        async with s.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
+                                          json={}) as r:
+                            status = r.status
                             break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: t\r\nX-Slow: a")
-        await writer.drain()
-        started = time.monotonic()
-        answer = await asyncio.wait_for(reader.read(200), 5)
-        assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 3
-        assert await asyncio.wait_for(reader.read(10), 5) == b""  # and closed
-        writer.close()
-        for _ in range(4):
-            conns.append(await asyncio.open_connection("127.0.0.1", port))
-        extra_r, extra_w = await asyncio.open_connection("127.0.0.1", port)
-        assert await asyncio.wait_for(extra_r.read(10), 5) == b""  # closed at once
-        extra_w.close()
-        for _, w in conns:
-            w.close()
-        conns.clear()
-        async with aiohttp.ClientSession() as s:
-            status = None
-            for _ in range(50):  # the closed connections leave the server's table
-                try:
-                    async with s.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
-                                      json={}) as r:
-                        status = r.status
-                        break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
-            assert status == 200
-            async with s.get(f"http://127.0.0.1:{port}/metrics") as m:
-                text = await m.text()
-        refused = {m[1]: float(m[2]) for m in re.finditer(
-            r'tokenbooth_client_connections_refused_total\{reason="(\w+)"\} (\S+)', text)}
-        assert refused["header_timeout"] == 1
-        assert refused["max_client_connections"] >= 1  # the extra one, and early retries
-    finally:
-        for _, w in conns:
-            w.close()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.1)
+                assert status == 200
+                async with s.get(f"http://127.0.0.1:{port}/metrics") as m:
+                    text = await m.text()
+            refused = {m[1]: float(m[2]) for m in re.finditer(
+                r'tokenbooth_client_connections_refused_total\{reason="(\w+)"\} (\S+)', text)}
+            assert refused["header_timeout"] == 1
+            assert refused["max_client_connections"] >= 1  # the extra one, and early retries
+        finally:
+            for _, w in conns:
+                w.close()

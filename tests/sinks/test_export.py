@@ -54,6 +54,16 @@ class Receiver:
         await asyncio.wait_for(until(), timeout)
 
 
+async def sent(proxy: Proxy, name: str, n: int) -> None:
+    """Until the export sink `name` has delivered n records (bounded: 4 s)."""
+    sink = next(s for s in proxy.app[state.RECORDER].sinks if s.name == name)
+    for _ in range(200):
+        if sink.sent >= n:
+            break
+        await asyncio.sleep(0.02)
+    assert sink.sent == n
+
+
 async def calls(proxy: Proxy, n: int) -> None:
     async with aiohttp.ClientSession() as s:
         for i in range(n):
@@ -99,12 +109,7 @@ async def test_jsonl_export_appends_and_rotates(upstream: FakeUpstream, start_pr
     upstream.on("/v1/chat/completions", Reply([CHAT_JSON]))
     await calls(proxy, 25)
     await proxy.collector.wait_for(25)
-    sink = next(s for s in proxy.app[state.RECORDER].sinks if s.name == "jsonl0")
-    for _ in range(200):
-        if sink.sent == 25:
-            break
-        await asyncio.sleep(0.02)
-    assert sink.sent == 25
+    await sent(proxy, "jsonl0", 25)
     files = sorted(p.name for p in path.parent.iterdir())
     assert files == ["calls.jsonl", "calls.jsonl.1", "calls.jsonl.2"]
     assert all(p.stat().st_size <= 4000 for p in path.parent.iterdir())
@@ -120,11 +125,7 @@ async def test_stdout_export(upstream: FakeUpstream, start_proxy: StartProxy,
     upstream.on("/v1/chat/completions", Reply([UNPRICED_JSON]))
     await calls(proxy, 2)
     await proxy.collector.wait_for(2)
-    sink = next(s for s in proxy.app[state.RECORDER].sinks if s.name == "stdout0")
-    for _ in range(200):
-        if sink.sent == 2:
-            break
-        await asyncio.sleep(0.02)
+    await sent(proxy, "stdout0", 2)
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()
            if line.startswith("{")]
     assert [r["call_id"] for r in out] == [r.call_id for r in proxy.collector.records]

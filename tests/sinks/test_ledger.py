@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +16,7 @@ from proxy import state
 from proxy.sinks.ledger import Ledger, migrate
 from proxy.sinks.migrations import MIGRATIONS
 from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
-from tests.e2e.test_disconnects import free_port
+from tests.e2e.test_disconnects import served
 from tests.factories import make_record
 
 USAGE = json.dumps({"model": "gpt-4o", "usage": {"prompt_tokens": 10,
@@ -141,24 +140,11 @@ async def test_many_rows_in_batches_all_written_and_counted(tmp_path: Path) -> N
 
 async def test_sigkill_leaves_a_sound_database(upstream: FakeUpstream, tmp_path: Path) -> None:
     upstream.on("/v1/chat/completions", Reply([USAGE]))
-    port = free_port()
     db = tmp_path / "k.db"
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
-                   f"ledger: {{path: '{db}', flush_seconds: 0.01}}\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    try:
+    config = (f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
+              f"ledger: {{path: '{db}', flush_seconds: 0.01}}\n")
+    async with served(tmp_path, config) as (proc, port):
         async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-
             async def one(i: int) -> None:
                 try:
                     async with s.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
@@ -172,10 +158,6 @@ async def test_sigkill_leaves_a_sound_database(upstream: FakeUpstream, tmp_path:
             os.kill(proc.pid, signal.SIGKILL)
             await asyncio.gather(*tasks)
         await proc.wait()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
