@@ -16,6 +16,7 @@ from aiohttp.web_urldispatcher import _default_expect_handler
 from prometheus_client import CollectorRegistry
 
 from proxy import admin, state
+from proxy.admission import Admission
 from proxy.config import Config
 from proxy.estimate import Estimator
 from proxy.forward import Forwarder
@@ -72,7 +73,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
                     spool_path=config.ledger.spool_path,
                     on_rows=metrics.ledger_rows_changed)
     feed = Broadcaster()
-    budgets = Budgets(config.budgets, registry, prices, est)
+    budgets = Budgets(config.budgets, registry)
+    admission = Admission(budgets, prices, est)
     exports = make_exports(config.exports, metrics.export_result)
     recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets,
                                                        *exports, *extra_sinks],
@@ -106,7 +108,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
-        app[state.FORWARDER] = Forwarder(config, session, recorder, lifecycle, budgets)
+        app[state.FORWARDER] = Forwarder(config, session, recorder, lifecycle, admission)
         recorder.start()
         lifecycle.ready = True
         try:

@@ -22,6 +22,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy import headers as hdr
+from proxy.admission import Admission
 from proxy.config import Config, Upstream
 from proxy.dialects import DIALECTS, PROVIDERS, Observation, provider_by_headers
 from proxy.framing.decoders import decode_capped
@@ -98,12 +99,12 @@ class Forwarder:
     """Holds what every call needs; built once in make_app()."""
 
     def __init__(self, config: Config, session: aiohttp.ClientSession, recorder: Recorder,
-                 lifecycle: Lifecycle, budgets: Any = None) -> None:
+                 lifecycle: Lifecycle, admission: Admission | None = None) -> None:
         self.config = config
         self.session = session
         self.recorder = recorder
         self.lifecycle = lifecycle
-        self.budgets = budgets
+        self.admission = admission
         self.no_inject: set[str] = set()  # upstreams that answered 400 to injected requests
         self._client_keys = {v: k for k, v in config.client_keys.items()}
         self._known = ", ".join(sorted(config.upstreams))
@@ -177,8 +178,8 @@ class Forwarder:
                             facts.tags.get("agent"), facts.tags.get("session"),
                             facts.tags.get("run"), route.path_model,
                             tags=facts.tags, price_provider=route.price_provider)
-            if self.budgets is not None and self.budgets.blocking:
-                denied = await self.budgets.admit(facts, route)
+            if self.admission is not None and self.admission.active:
+                denied = await self.admission.admit(facts, route)
                 if denied is not None:
                     facts.outcome, facts.error = "rejected", f"budget {denied.name} exhausted"
                     facts.status_code = 429
@@ -299,12 +300,12 @@ class Forwarder:
                       rh.get("Content-Encoding"), route.path_stream)
         facts.stream = live.stream = meter.streaming
         # What changes the client's copy: the injection's undoing, or a provider's filter.
-        stripper = injector.stripper() if injector is not None and meter.streaming else \
+        client_filter = injector.client_filter() if injector is not None and meter.streaming else \
             route.provider.response_filter(
                 request.method, route.url, route.upstream.url,
                 lambda: f"{request.scheme}://{request.host}/{route.upstream.name}")
         out = web.StreamResponse(status=resp.status, reason=resp.reason,
-                                 headers=hdr.inbound(rh, drop_length=stripper is not None))
+                                 headers=hdr.inbound(rh, drop_length=client_filter is not None))
         out.headers["X-Meter-Call-Id"] = facts.call_id
         clean = False
         loop = asyncio.get_running_loop()
@@ -319,8 +320,8 @@ class Forwarder:
                 if facts.first_byte is None:
                     facts.first_byte = time.monotonic()
                 watch.writing = True
-                if stripper is not None:
-                    data = stripper.feed(chunk)
+                if client_filter is not None:
+                    data = client_filter.feed(chunk)
                     if data:
                         await write(data)
                 else:
@@ -330,8 +331,8 @@ class Forwarder:
                 if t >= progress_at and watching():
                     progress_at = t + PROGRESS_SECONDS
                     self._progress(live, meter.progress())
-            if stripper is not None:
-                tail = stripper.flush()
+            if client_filter is not None:
+                tail = client_filter.flush()
                 if tail:
                     await write(tail)
             await out.write_eof()

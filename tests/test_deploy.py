@@ -13,8 +13,6 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from proxy.config import BudgetConfig
-from proxy.estimate import Estimator
-from proxy.pricing import PriceBook
 from proxy.sinks.budgets import Budgets
 from proxy.sinks.metrics import Metrics
 
@@ -48,7 +46,7 @@ def test_promtool_unit_tests() -> None:
 def exported_names() -> set[str]:
     registry = CollectorRegistry()
     Metrics(registry, prices_version="x")
-    Budgets((BudgetConfig("b", {}, 1.0, "day", "alert"),), registry, PriceBook(), Estimator())
+    Budgets((BudgetConfig("b", {}, 1.0, "day", "alert"),), registry)
     names = set()
     for fam in registry.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(

@@ -1,14 +1,12 @@
-"""Budgets: spend per matching window, restored from the ledger, kept current by records.
-
-A blocking budget admits a call only if spend + open reservations + the call's worst-case
-cost stay within the limit, and reserves that worst case until the record settles it, so
-concurrent calls cannot overshoot. Failing closed here is the user's explicit choice
-(`action: block`); alert budgets never block.
+"""Budgets: spend per matching window, restored from the ledger, kept current by records,
+and the reservations admission (`proxy/admission.py`) makes before forwarding: spend + open
+reservations + a call's worst case must stay within a blocking budget's limit, and the
+worst case stays reserved until the call's record settles it, so concurrent calls cannot
+overshoot. Alert budgets never block.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 from dataclasses import dataclass, field
@@ -19,11 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from proxy.config import BudgetConfig
-from proxy.estimate import Estimator
-from proxy.pricing import PriceBook
-from proxy.record import CallFacts, CallRecord
-from proxy.routing import Route
-from proxy.usage import Usage
+from proxy.record import CallRecord
 
 __all__ = ["Budgets", "Denied", "window_bounds"]
 
@@ -89,13 +83,10 @@ def _matches(cfg: BudgetConfig, ctx: dict[str, str | None]) -> bool:
 class Budgets:
     name = "budgets"
 
-    def __init__(self, configs: tuple[BudgetConfig, ...], registry: CollectorRegistry,
-                 prices: PriceBook, estimator: Estimator) -> None:
+    def __init__(self, configs: tuple[BudgetConfig, ...], registry: CollectorRegistry) -> None:
         now = datetime.now(UTC)
         self._states = [_State(c, window_end=window_bounds(c.window, now)[1]) for c in configs]
         self.blocking = any(c.action == "block" for c in configs)
-        self._prices = prices
-        self._estimator = estimator
         self._spend = Gauge("tokenbooth_budget_spend_usd", "Spend in the budget's window.",
                             ("budget",), registry=registry)
         self._limit = Gauge("tokenbooth_budget_limit_usd", "The budget's limit.", ("budget",),
@@ -150,34 +141,19 @@ class Budgets:
             conn.close()
 
     @staticmethod
-    def _ctx(tags: dict[str, str], upstream: str, model: str | None,
-             client: str | None) -> dict[str, str | None]:
+    def context(tags: dict[str, str], upstream: str, model: str | None,
+                client: str | None) -> dict[str, str | None]:
+        """What a budget's `match` is compared with."""
         return {**tags, "upstream": upstream, "model": model, "client": client}
 
-    async def admit(self, facts: CallFacts, route: Route) -> Denied | None:
-        """Before forwarding: None to admit (with a reservation), or the Denied budget.
-        Reads the request as the handler parsed it (`facts.request_doc`, `request_info`)."""
-        from proxy.dialects import DIALECTS
+    def matching_blockers(self, ctx: dict[str, str | None]) -> list[_State]:
+        return [s for s in self._states if s.cfg.action == "block" and _matches(s.cfg, ctx)]
 
-        dialect = DIALECTS.get(route.parser) if route.parser else None
-        doc, info = facts.request_doc, facts.request_info
-        model = (info.model if info else None) or route.path_model
-        ctx = self._ctx(facts.tags, facts.upstream, model, facts.client)
-        states = [s for s in self._states if s.cfg.action == "block" and _matches(s.cfg, ctx)]
-        if not states:
-            return None
-        worst = Decimal(0)
-        if dialect is not None and doc is not None:
-            est_in = await asyncio.to_thread(self._estimator.input, dialect, doc, model) \
-                if len(facts.request_body) > 65536 \
-                else self._estimator.input(dialect, doc, model)
-            out = info.max_tokens if info and info.max_tokens else 0
-            price = self._prices.price(model, route.price_provider,
-                                       Usage(est_in.tokens, 0, 0, None, out, None),
-                                       free=route.upstream.free)
-            worst = price.cost_usd or Decimal(0)
+    def reserve(self, states: list[_State], call_id: str, worst: Decimal) -> Denied | None:
+        """Check every matching blocking budget, then reserve the call's worst case in all
+        of them (synchronous: nothing runs in between), or name the budget that refuses."""
         now = datetime.now(UTC)
-        for s in states:  # check all, then reserve all: no await in between
+        for s in states:
             self._roll(s, now)
             if s.spend + sum(s.reserved.values(), Decimal(0)) + worst > s.limit or \
                     s.spend >= s.limit:
@@ -186,13 +162,13 @@ class Budgets:
                 return Denied(s.cfg.name, s.cfg.limit_usd, retry)
         if worst:
             for s in states:
-                s.reserved[facts.call_id] = worst
+                s.reserved[call_id] = worst
         return None
 
     async def handle(self, record: CallRecord) -> None:
         if not self._states:
             return
-        ctx = self._ctx(record.tags, record.upstream, record.model, record.client)
+        ctx = self.context(record.tags, record.upstream, record.model, record.client)
         ctx_req = {**ctx, "model": record.request_model}
         now = datetime.now(UTC)
         for s in self._states:
