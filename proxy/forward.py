@@ -300,7 +300,7 @@ class Forwarder:
                       rh.get("Content-Encoding"), route.path_stream)
         facts.stream = live.stream = meter.streaming
         # What changes the client's copy: the injection's undoing, or a provider's filter.
-        client_filter = injector.client_filter() if injector is not None and meter.streaming else \
+        client_filter = injector.stripper() if injector is not None and meter.streaming else \
             route.provider.response_filter(
                 request.method, route.url, route.upstream.url,
                 lambda: f"{request.scheme}://{request.host}/{route.upstream.name}")
