@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -75,7 +76,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     feed = Broadcaster()
     budgets = Budgets(config.budgets, registry)
     admission = Admission(budgets, prices, est)
-    exports = make_exports(config.exports, metrics.export_result)
+    exports = make_exports(config.exports, metrics.export_result,
+                           Path(config.ledger.path).parent)
     recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets,
                                                        *exports, *extra_sinks],
                         on_sink_error=metrics.sink_failed, recorded=ledger.recorded)

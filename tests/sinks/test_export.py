@@ -130,3 +130,56 @@ async def test_stdout_export(upstream: FakeUpstream, start_proxy: StartProxy,
            if line.startswith("{")]
     assert [r["call_id"] for r in out] == [r.call_id for r in proxy.collector.records]
     assert all(r["cost_usd"] is None and r["usage_source"] == "reported" for r in out)
+
+
+async def test_past_the_queue_records_wait_in_a_spool_in_order(upstream: FakeUpstream,
+                                                               start_proxy: StartProxy,
+                                                               aiohttp_server: Any,
+                                                               tmp_path: Path) -> None:
+    receiver = Receiver(failures=3)
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    server = await aiohttp_server(app)
+    proxy = await start_proxy(export=[{"type": "webhook", "url": str(server.make_url("/hook")),
+                                       "secret": SECRET, "batch": 4, "queue_records": 5}])
+    sink = next(s for s in proxy.app[state.RECORDER].sinks if s.name == "webhook0")
+    upstream.on("/v1/chat/completions", Reply([CHAT_JSON]))
+    await calls(proxy, 30)
+    await proxy.collector.wait_for(30)
+    await receiver.wait_for(30)
+    assert sink.spilled >= 25  # all but the 5 the queue holds went through the spool
+    assert sink.dropped == 0 and not sink.spool.exists()
+    assert [r["call_id"] for r in receiver.records] == \
+        [r.call_id for r in proxy.collector.records]
+
+
+async def test_records_waiting_at_shutdown_are_delivered_by_the_next_run(
+        aiohttp_server: Any, tmp_path: Path) -> None:
+    from proxy.config import ExportConfig
+    from proxy.sinks.export import make_exports
+    from tests.factories import make_record
+
+    down = Receiver(failures=10**6)
+    up = Receiver(failures=0)
+    apps = []
+    for r in (down, up):
+        app = web.Application()
+        app.router.add_post("/hook", r.handle)
+        apps.append(await aiohttp_server(app))
+    results: list[tuple[str, str, int]] = []
+
+    def sink_for(url: str) -> Any:
+        cfg = ExportConfig("webhook", url=url, secret=SECRET)
+        return make_exports((cfg,), lambda *a: results.append(a), tmp_path)[0]
+
+    first = sink_for(str(apps[0].make_url("/hook")))
+    for i in range(10):
+        await first.handle(make_record(call_id=f"old{i}"))
+    await first.aclose()  # the receiver is down: kept in the spool, not dropped
+    assert first.spool.exists() and first.dropped == 0
+    second = sink_for(str(apps[1].make_url("/hook")))
+    await second.handle(make_record(call_id="new"))
+    await up.wait_for(11)
+    await second.aclose()
+    assert [r["call_id"] for r in up.records] == [f"old{i}" for i in range(10)] + ["new"]
+    assert not second.spool.exists() and not any(r[1] == "dropped" for r in results)
