@@ -270,20 +270,21 @@ class Forwarder:
                 facts.outcome, facts.error = "timeout", "upstream connect timeout"
                 return error_response(504, "upstream_timeout",
                                       f"upstream {up.name} did not accept a connection in time",
-                                      call_id=facts.call_id)
+                                      call_id=facts.call_id, provider=route.provider)
             facts.outcome, facts.error = "unreachable", "upstream unreachable"
             return error_response(502, "upstream_unreachable",
-                                  f"upstream {up.name} is unreachable", call_id=facts.call_id)
+                                  f"upstream {up.name} is unreachable", call_id=facts.call_id,
+                                  provider=route.provider)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             facts.outcome, facts.error = "timeout", "upstream timeout before response"
             return error_response(504, "upstream_timeout",
                                   f"upstream {up.name} did not answer in time",
-                                  call_id=facts.call_id)
+                                  call_id=facts.call_id, provider=route.provider)
         except aiohttp.ClientError as exc:
             facts.outcome, facts.error = "unreachable", f"upstream error: {type(exc).__name__}"
             return error_response(502, "upstream_unreachable",
                                   f"upstream {up.name} failed: {type(exc).__name__}",
-                                  call_id=facts.call_id)
+                                  call_id=facts.call_id, provider=route.provider)
         return await self._relay(request, route, resp, facts, live,
                                  injector if injected_body is not None else None)
 
