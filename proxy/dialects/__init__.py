@@ -37,7 +37,7 @@ DIALECTS: dict[str, Dialect] = {
     for d in (ChatDialect(), CompletionsDialect(), EmbeddingsDialect(), ResponsesDialect(),
               MessagesDialect(), GenerateDialect(), OllamaDialect(), CountTokensDialect(),
               ConverseDialect(), InvokeDialect(), ImagesDialect(), openai_batch.DIALECT,
-              anthropic_batch.DIALECT, gemini_batch.DIALECT)
+              anthropic_batch.DIALECT, gemini_batch.DIALECT, gemini_batch.INLINE_DIALECT)
 }
 
 # Built-in upstreams, each with its provider's name as dialect (config merges over them).

@@ -118,3 +118,26 @@ async def test_a_file_that_is_not_a_batch_result_is_one_ordinary_row(
     dl = [r for r in rows(proxy) if r["path"].endswith("file-train/content")]
     assert len(dl) == 1 and dl[0]["batch_id"] is None and dl[0]["outcome"] == "ok"
 
+
+
+async def test_gemini_inline_batch_results_polled_twice_are_recorded_once(
+        upstream: FakeUpstream, proxy: Proxy, sdk: Sdks) -> None:
+    running = json.dumps({"name": "batches/abc123", "done": False,
+                          "metadata": {"state": "BATCH_STATE_RUNNING"}}).encode()
+    finished = (PAYLOADS / "gemini_batch" / "inline.json").read_bytes()
+    async with aiohttp.ClientSession(headers={"x-goog-api-key": "g",
+                                              "X-Meter-Agent": "nightly"}) as s:
+        for body in (running, finished, finished):  # polled until done, then once more
+            upstream.on("/v1beta/batches/abc123", Reply([body]))
+            async with s.get(f"{proxy.url}/gemini/v1beta/batches/abc123") as r:
+                assert await r.read() == body
+    await settle(proxy, upstream, sdk, 1 + 3 + 1)  # the running poll, 3 lines, settle call
+    lines = [r for r in rows(proxy) if r["operation"] == "batch"]
+    assert len(lines) == 3 and {r["batch_id"] for r in lines} == {"batches/abc123"}
+    ok = next(r for r in lines if r["upstream_request_id"] == "gi1")
+    # gemini-2.5-flash batch: $0.15 in, $1.25 out per million
+    assert Decimal(repr(ok["cost_usd"])) == (1000 * Decimal("0.15") + 200 * Decimal("1.25")) / M
+    assert ok["agent"] == "nightly"
+    polls = [r for r in rows(proxy)
+             if r["path"].endswith("batches/abc123") and r["operation"] != "batch"]
+    assert len(polls) == 1 and polls[0]["operation"] == "other"  # the poll before it was done

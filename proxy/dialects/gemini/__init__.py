@@ -22,6 +22,7 @@ _OPS = {
     "batchEmbedContents": ("embeddings", None, False),
 }
 _DOWNLOAD = re.compile(r"(?:^|/)files/([^/:]+):download$")
+_BATCH = re.compile(r"(?:^|/)batches/([^/:]+)$")
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
            404: "NOT_FOUND", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
            502: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
@@ -52,7 +53,11 @@ class GeminiProvider(Provider):
     def match(self, method: str, path: str) -> Match | None:
         if method == "GET":
             m = _DOWNLOAD.search(path)
-            return Match("batch", "gemini.batch", batch_id=unquote(m.group(1))) if m else None
+            if m:
+                return Match("batch", "gemini.batch", batch_id=unquote(m.group(1)))
+            m = _BATCH.search(path)  # a finished batch holds its inline results
+            return Match("batch", "gemini.batch_inline",
+                         batch_id=f"batches/{unquote(m.group(1))}") if m else None
         if method != "POST":
             return None
         return match_method(path) or match_post(path)  # or the OpenAI-compatible endpoint
