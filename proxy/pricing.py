@@ -52,19 +52,23 @@ def candidate_names(model: str) -> list[str]:
     return names
 
 
-def price_context(usage: Usage) -> dict[str, str] | None:
-    """The genai-prices price context of the served tier or batch processing: {} for the
-    standard price."""
+def price_context(usage: Usage) -> dict[str, str]:
+    """The genai-prices price context of how the call was served (batch processing, the
+    served tier, Anthropic's fast mode): {} for the standard price."""
+    ctx = {}
     if usage.batch or usage.service_tier == "batch":
-        return {"processing": "batch"}
-    if usage.service_tier is None or usage.service_tier in STANDARD_TIERS:
-        return {}
-    return {"service_tier": usage.service_tier}
+        ctx["processing"] = "batch"
+    elif usage.service_tier is not None and usage.service_tier not in STANDARD_TIERS:
+        ctx["service_tier"] = usage.service_tier
+    if usage.speed is not None and usage.speed != "standard":
+        ctx["speed"] = usage.speed
+    return ctx
 
 
 def _has_variant(info: Any, context: dict[str, str]) -> bool:
-    return any(all(context.get(k) == v for k, v in variant.when.items()) and variant.when
-               for variant in info.price_variants or ())
+    """Every part of the context has a price variant of its own."""
+    variants = [v.when for v in info.price_variants or () if v.when]
+    return all(any(when.get(k) == v for when in variants) for k, v in context.items())
 
 
 def _required(dims: Mapping[str, str]) -> dict[str, str]:

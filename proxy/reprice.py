@@ -20,7 +20,7 @@ __all__ = ["COLUMNS", "Repriced", "reprice", "usage_of_row"]
 
 COLUMNS = ("call_id", "upstream", "request_model", "response_model", "model", "input_tokens",
            "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
-           "priced_units", "service_tier", "batch_id", "cost_usd", "price_source")
+           "priced_units", "service_tier", "batch_id", "cost_usd", "price_source", "usage_raw")
 # Costs that no price list changes: the provider's own charge, free calls.
 _KEEP = ("provider", "free")
 
@@ -37,9 +37,12 @@ class Repriced:
 def usage_of_row(row: Mapping[str, Any]) -> Usage:
     units = json.loads(row["priced_units"]) if row["priced_units"] else {}
     write_1h = units.pop("cache_write_1h_tokens", None)
+    raw = json.loads(row["usage_raw"]) if row["usage_raw"] else None
+    speed = raw.get("speed") if isinstance(raw, dict) else None  # kept in the raw usage
     return Usage(row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"],
                  write_1h, row["output_tokens"], row["reasoning_tokens"], units or None,
-                 row["service_tier"], row["batch_id"] is not None)
+                 row["service_tier"], row["batch_id"] is not None,
+                 speed if isinstance(speed, str) else None)
 
 
 def reprice(rows: Iterable[Mapping[str, Any]], prices: PriceBook,

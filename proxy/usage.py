@@ -38,6 +38,7 @@ class Usage:
     units: dict[str, int] | None = None
     service_tier: str | None = None
     batch: bool = False
+    speed: str | None = None  # Anthropic `usage.speed` (`fast` mode is priced at a premium)
 
     def with_cache_known(self) -> Usage:
         """The same usage with unreported cache classes as 0 (input was reported whole).
@@ -45,7 +46,7 @@ class Usage:
         return Usage(self.input_tokens, self.cache_read_tokens or 0,
                      self.cache_write_tokens or 0, self.cache_write_1h_tokens,
                      self.output_tokens, self.reasoning_tokens, self.units, self.service_tier,
-                     self.batch)
+                     self.batch, self.speed)
 
     def priced_units(self) -> dict[str, int]:
         """What the ledger's `priced_units` holds: every non-zero unit beyond the six."""

@@ -189,3 +189,18 @@ def test_anthropic_long_context_tier_on_total_input_including_cache() -> None:
                              + 1000 * Decimal("22.5")) / M
     short = book.price("claude-sonnet-4-5", "anthropic", Usage(150_000, 0, 0, None, 1000, None))
     assert short.cost_usd == (150_000 * 3 + 1000 * 15) / M
+
+
+def test_anthropic_fast_mode_is_priced_at_its_premium_or_not_at_all() -> None:
+    from proxy.dialects.anthropic.usage import from_anthropic
+
+    book = PriceBook()
+    fast = from_anthropic({"input_tokens": 1000, "output_tokens": 100, "speed": "fast"})
+    # Opus 4.8 fast mode: $10 in, $50 out per million (standard $5 / $25)
+    assert book.price("claude-opus-4-8", "anthropic", fast).cost_usd == \
+        (1000 * 10 + 100 * 50) / M
+    # a model with no fast-mode price: unpriced, never the standard (smaller) number
+    assert book.price("claude-opus-4-1", "anthropic", fast).cost_usd is None
+    standard = from_anthropic({"input_tokens": 1000, "output_tokens": 100, "speed": "standard"})
+    assert book.price("claude-opus-4-8", "anthropic", standard).cost_usd == \
+        (1000 * 5 + 100 * 25) / M

@@ -24,7 +24,7 @@ def _anthropic_one(u: dict[str, Any]) -> Usage:
                  as_int(dig(u, "output_tokens_details", "thinking_tokens")),
                  units(web_searches=as_int(dig(tools, "web_search_requests")),
                         web_fetches=as_int(dig(tools, "web_fetch_requests"))),
-                 as_str(u.get("service_tier")))
+                 as_str(u.get("service_tier")), speed=as_str(u.get("speed")))
 
 
 def from_anthropic(u: dict[str, Any]) -> Usage:
@@ -42,5 +42,5 @@ def from_anthropic(u: dict[str, Any]) -> Usage:
         top = _anthropic_one(u)
         return Usage(add("input_tokens"), add("cache_read_tokens"), add("cache_write_tokens"),
                      add("cache_write_1h_tokens"), add("output_tokens"), add("reasoning_tokens"),
-                     top.units, top.service_tier)
+                     top.units, top.service_tier, speed=top.speed)
     return _anthropic_one(u)
