@@ -174,7 +174,8 @@ class PriceBook:
         over = self._override(model)
         if over is not None:
             # Config prices plain tokens: a tier, batch or non-token unit has no price there.
-            if context or any(k in ("web_searches",) for k in units or ()):
+            if context or any(not k.endswith("_tokens") and k not in FREE_UNITS
+                              for k in units or ()):
                 return Price(None, None, over[0])
             return Price(_config_cost(over[1], usage), "config", over[0])
         found = self._lookup(model, provider_id)

@@ -265,8 +265,8 @@ class Recorder:
         return build_records(facts, self.estimator, self.prices, self.fingerprint)
 
     async def _new_only(self, records: list[CallRecord]) -> list[CallRecord]:
-        if self._recorded is None or not any(r.batch_id for r in records):
-            return records  # no result lines: an ordinary download
+        if self._recorded is None:
+            return records
         try:
             seen = await self._recorded([r.call_id for r in records])
         except Exception:
@@ -281,7 +281,7 @@ class Recorder:
                 return
             try:
                 records = await self._build(facts)
-                if facts.batch_id is not None:
+                if facts.batch_id is not None:  # batch result lines, maybe recorded before
                     records = await self._new_only(records)
             except Exception:
                 log.exception("could not build the record of call %s", facts.call_id)

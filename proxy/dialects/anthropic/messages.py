@@ -73,8 +73,11 @@ class _Stream(BaseStream):
         if name == "ping":
             return
         obj = self._load(data)
-        if not isinstance(obj, dict):
-            return
+        if isinstance(obj, dict):
+            self.on_event(obj, name)
+
+    def on_event(self, obj: dict[str, Any], name: str | None = None) -> None:
+        """One parsed event (Bedrock InvokeModel streams hand them over already parsed)."""
         kind = obj.get("type") or name
         acc = self.acc
         if kind == "content_block_delta":

@@ -20,10 +20,11 @@ __all__ = ["BedrockProvider"]
 
 _ROUTE = re.compile(r"(?:^|/)model/([^/]+)/(converse|converse-stream|invoke|"
                     r"invoke-with-response-stream)$")
-_OPS = {"converse": ("converse", "bedrock.converse", False),
-        "converse-stream": ("converse", "bedrock.converse", True),
-        "invoke": ("invoke", "bedrock.invoke", False),
-        "invoke-with-response-stream": ("invoke", "bedrock.invoke", True)}
+# The event-stream content type, not the path, tells a stream from a whole body.
+_OPS = {"converse": ("converse", "bedrock.converse"),
+        "converse-stream": ("converse", "bedrock.converse"),
+        "invoke": ("invoke", "bedrock.invoke"),
+        "invoke-with-response-stream": ("invoke", "bedrock.invoke")}
 _COUNT = re.compile(r"(?:^|/)model/([^/]+)/count-tokens$")
 _ERRORS = {400: "ValidationException", 401: "AccessDeniedException",
            403: "AccessDeniedException", 404: "ResourceNotFoundException",
@@ -43,9 +44,8 @@ class BedrockProvider(Provider):
             return None
         m = _ROUTE.search(path)
         if m is not None:
-            op, parser, stream = _OPS[m.group(2)]
-            # path_stream is only a hint here: the event-stream content type decides framing
-            return Match(op, parser, unquote(m.group(1)), False)
+            op, parser = _OPS[m.group(2)]
+            return Match(op, parser, unquote(m.group(1)))
         m = _COUNT.search(path)
         if m is not None:
             return Match("count_tokens", "free.count_tokens", unquote(m.group(1)))

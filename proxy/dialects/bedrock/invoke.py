@@ -14,7 +14,7 @@ import binascii
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from proxy.dialects.anthropic.messages import MessagesDialect, _delta_text, estimate_tokens
+from proxy.dialects.anthropic.messages import MessagesDialect, estimate_tokens
 from proxy.dialects.anthropic.messages import _Stream as AnthropicStream
 from proxy.dialects.base import DialectBase, Observation, RequestInfo, Screen, TextBuffer
 from proxy.dialects.bedrock.converse import ConverseDialect, request_info
@@ -65,10 +65,7 @@ class _Stream(AnthropicStream):
             return
         if isinstance(event.get(_METRICS), dict):
             self.metrics = event[_METRICS]
-        if event.get("type") == "content_block_delta":
-            _delta_text(event, self.acc.text)
-            return
-        super().on_frame(None, inner)
+        self.on_event(event)
 
     def result(self) -> Observation:
         obs = super().result()
