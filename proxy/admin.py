@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import query, state
 from proxy.forward import error_response
-from proxy.sinks.ledger import connect_readonly
 
 __all__ = ["routes"]
 
@@ -75,19 +73,6 @@ def _filters(request: web.Request) -> tuple[str | None, str | None, dict[str, st
     return since, until, {k: q.get(k) for k in query.FILTERS}
 
 
-async def _read(request: web.Request, fn: Any, *args: Any) -> Any:
-    path = request.app[state.LEDGER].path
-
-    def run() -> Any:
-        conn = connect_readonly(path)
-        try:
-            return fn(conn, *args)
-        finally:
-            conn.close()
-
-    return await asyncio.to_thread(run)
-
-
 def _api(handler: Any) -> Any:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         if not _authorized(request):
@@ -98,7 +83,7 @@ def _api(handler: Any) -> Any:
         except query.QueryError as exc:
             return error_response(400, "invalid_parameter", str(exc),
                                   extra={"param": exc.param})
-        except sqlite3.Error as exc:
+        except request.app[state.LEDGER].backend.unavailable as exc:
             return error_response(503, "ledger_unavailable", f"ledger not readable: {exc}")
     return wrapped
 
@@ -107,7 +92,8 @@ def _api(handler: Any) -> Any:
 async def api_usage(request: web.Request) -> web.Response:
     since, until, filters = _filters(request)
     group_by = query.parse_group_by(request.query.get("group_by"))
-    return web.json_response(await _read(request, query.usage, group_by, since, until, filters))
+    backend = request.app[state.LEDGER].backend
+    return web.json_response(await backend.usage(group_by, since, until, filters))
 
 
 @_api
@@ -116,14 +102,14 @@ async def api_calls(request: web.Request) -> web.Response:
     raw = request.query.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
         raise query.QueryError("limit", f"{raw!r} is not a whole number from 1 to 10000")
-    rows = await _read(request, query.calls, since, until, filters, int(raw))
+    rows = await request.app[state.LEDGER].backend.calls(since, until, filters, int(raw))
     return web.json_response({"calls": rows})
 
 
 @_api
 async def api_call(request: web.Request) -> web.Response:
     call_id = request.match_info["call_id"]
-    rows = await _read(request, query.calls, None, None, {}, 1, call_id)
+    rows = await request.app[state.LEDGER].backend.calls(None, None, {}, 1, call_id)
     if not rows:
         return error_response(404, "not_found", f"no call {call_id!r} in the ledger")
     return web.json_response(rows[0])

@@ -37,8 +37,8 @@ class Admission:
             self._budgets.context(facts.tags, facts.upstream, model, facts.client))
         if not states:
             return None
-        return self._budgets.reserve(states, facts.call_id, await self._worst(facts, route,
-                                                                            model))
+        worst = await self._worst(facts, route, model)
+        return await self._budgets.reserve(states, facts.call_id, worst)
 
     async def _worst(self, facts: CallFacts, route: Route, model: str | None) -> Decimal:
         """The most the call can cost: its estimated input and all of max_tokens out."""

@@ -18,8 +18,10 @@ from prometheus_client import CollectorRegistry
 
 from proxy import admin, state
 from proxy.admission import Admission
+from proxy.backends.postgres import PostgresBackend
 from proxy.config import Config
 from proxy.estimate import Estimator
+from proxy.fleet import Fleet
 from proxy.forward import Forwarder
 from proxy.lifecycle import Lifecycle
 from proxy.pricing import PriceBook
@@ -69,9 +71,9 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     metrics = Metrics(registry, max_label_values=config.metrics.max_label_values,
                       upstreams=tuple(config.upstreams), max_series=config.metrics.max_series,
                       tag_labels=config.metrics.tag_labels, prices_version=prices.library_version)
-    ledger = Ledger(config.ledger.path, queue_rows=config.ledger.queue_rows,
+    ledger = Ledger(config.ledger.target, queue_rows=config.ledger.queue_rows,
                     flush_seconds=config.ledger.flush_seconds,
-                    spool_path=config.ledger.spool_path,
+                    spool_path=config.ledger.spool, retention_days=config.ledger.retention_days,
                     on_rows=metrics.ledger_rows_changed)
     feed = Broadcaster()
     budgets = Budgets(config.budgets, registry)
@@ -95,10 +97,18 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         if not est.loaded:
             await asyncio.to_thread(est.load)
         await asyncio.to_thread(prices.warm)
-        recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,
-                                                       config.ledger.path)
         await ledger.open()
-        await asyncio.to_thread(budgets.restore, config.ledger.path)
+        backend = ledger.backend
+        fleet = None
+        if isinstance(backend, PostgresBackend):  # one secret for the fleet's key ids
+            recorder.fingerprint = KeyFingerprinter(await backend.secret())
+            fleet = Fleet(backend, budgets, feed)
+        else:
+            recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,
+                                                           config.ledger.path)
+        await budgets.restore(backend)
+        if fleet is not None:
+            await fleet.start()
         s = config.server
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=s.max_connections, limit_per_host=0,
@@ -118,6 +128,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         finally:
             lifecycle.draining = True
             await recorder.aclose()  # records every finished call, then flushes the ledger
+            if fleet is not None:
+                await fleet.aclose()
             await session.close()
 
     app.cleanup_ctx.append(lifetime)

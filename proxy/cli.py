@@ -28,8 +28,13 @@ def _config(args: argparse.Namespace) -> Config:
         config = replace(config, host=args.host)
     if getattr(args, "port", None) is not None:
         config = replace(config, port=args.port)
-    if getattr(args, "db", None):
-        config = replace(config, ledger=replace(config.ledger, path=args.db))
+    db = getattr(args, "db", None)
+    if db:
+        if db.startswith(("postgresql://", "postgres://")):
+            config = replace(config, ledger=replace(config.ledger, url=db))
+        else:
+            config = replace(config, ledger=replace(config.ledger, url=None,
+                                                    path=db.removeprefix("sqlite:///")))
     return config
 
 
@@ -67,7 +72,8 @@ async def _serve(config: Config) -> None:
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, ssl_context=tls)
     await site.start()
     log.info("tokenbooth %s listening on %s://%s:%d (ledger %s)", __version__,
-             "https" if tls else "http", config.host, config.port, config.ledger.path)
+             "https" if tls else "http", config.host, config.port,
+             app[state.LEDGER].backend)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -144,7 +150,8 @@ def cmd_prices(args: argparse.Namespace) -> int:
 def _add_common(p: argparse.ArgumentParser, db: bool = True) -> None:
     p.add_argument("--config", help="config file (default ./config.yaml if present)")
     if db:
-        p.add_argument("--db", help="ledger path (default from config: ./tokenbooth.db)")
+        p.add_argument("--db", help="ledger: a SQLite path or a postgresql:// URL "
+                                    "(default from config: ./tokenbooth.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:

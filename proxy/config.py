@@ -118,10 +118,29 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    path: str = "./tokenbooth.db"
+    path: str = "./tokenbooth.db"  # the SQLite file; local files (secret, spools) beside it
     queue_rows: int = 100_000
     flush_seconds: float = 0.2
     spool_path: str | None = None  # default: beside the database (`<path>.spool`)
+    url: str | None = None  # postgresql://... for a fleet; sqlite:///path sets `path`
+    retention_days: float | None = None  # raw rows older than this go (roll-up stays)
+
+    @property
+    def target(self) -> str:
+        """What the ledger opens: the PostgreSQL URL, or the SQLite path."""
+        return self.url if self.postgres else self.path
+
+    @property
+    def postgres(self) -> bool:
+        return bool(self.url) and self.url.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def spool(self) -> str:
+        if self.spool_path:
+            return self.spool_path
+        if self.postgres:
+            return str(Path(self.path).parent / "tokenbooth-postgresql.spool")
+        return f"{self.path}.spool"
 
 
 @dataclass(frozen=True)
@@ -151,9 +170,11 @@ class Config:
         return {
             "listen": {"host": self.host, "port": self.port, "tls_cert": self.tls_cert,
                        "tls_key": self.tls_key},
-            "ledger": {"path": self.ledger.path, "queue_rows": self.ledger.queue_rows,
+            "ledger": {"url": _mask_url(self.ledger.url), "path": self.ledger.path,
+                       "queue_rows": self.ledger.queue_rows,
                        "flush_seconds": self.ledger.flush_seconds,
-                       "spool_path": self.ledger.spool_path},
+                       "spool_path": self.ledger.spool_path,
+                       "retention_days": self.ledger.retention_days},
             "upstreams": {
                 n: {"url": u.url, "dialect": u.dialect,
                     "inject_stream_usage": u.inject_stream_usage,
@@ -239,6 +260,11 @@ def _join(path: str, key: str) -> str:
 def _kind(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(k.__name__ for k in kinds)
+
+
+def _mask_url(url: str | None) -> str | None:
+    """A database URL with its password replaced by '***'."""
+    return None if url is None else re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
 
 def _positive(path: str, value: float) -> float:
@@ -388,9 +414,21 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     port = listen.get("port", int, 8787)
     if not 0 <= port <= 65535:
         raise ConfigError(f"listen.port: {port} is not a TCP port")
-    ledger_r = top.child("ledger", ("path", "queue_rows", "flush_seconds", "spool_path"))
+    ledger_r = top.child("ledger", ("url", "path", "queue_rows", "flush_seconds", "spool_path",
+                                    "retention_days"))
+    url = ledger_r.get("url", str, None)
+    path = ledger_r.get("path", str, "./tokenbooth.db")
+    if url is not None:
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///"):] or path
+        elif not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"ledger.url: {_mask_url(url)!r} is neither sqlite:///<path> "
+                              f"nor postgresql://user:pass@host:5432/db")
+    retention = ledger_r.get("retention_days", float, None)
     ledger = LedgerConfig(
-        path=ledger_r.get("path", str, "./tokenbooth.db"),
+        url=url, path=path,
+        retention_days=None if retention is None else _positive("ledger.retention_days",
+                                                                retention),
         queue_rows=int(_positive("ledger.queue_rows", ledger_r.get("queue_rows", int, 100_000))),
         flush_seconds=_positive("ledger.flush_seconds", ledger_r.get("flush_seconds", float, 0.2)),
         spool_path=ledger_r.get("spool_path", str, None),

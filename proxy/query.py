@@ -1,4 +1,6 @@
-"""Reading the ledger: grouped usage and recent calls, shared by the CLI and the HTTP API.
+"""Reading the ledger: grouped usage and recent calls, shared by the CLI and the HTTP API,
+as SQL for either backend (`flavor` "sqlite" or "postgresql") and the shaping of its rows.
+The backends run the statements; nothing here does I/O.
 
 Validation errors are QueryError naming the parameter; the callers turn them into a 400
 or a one-line CLI error.
@@ -8,25 +10,29 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["FILTERS", "GROUP_KEYS", "QueryError", "calls", "parse_group_by", "parse_time",
-           "usage"]
+from proxy.backends.schema import (
+    COST_SCALE,
+    COUNTERS,
+    ESTIMATED,
+    ROLLUP_DIMS,
+    UNPRICED,
+    cost_units,
+)
+
+__all__ = ["FILTERS", "GROUP_KEYS", "QueryError", "calls_sql", "parse_group_by", "spend_sql",
+           "parse_time", "row_json", "usage_result", "usage_sql", "where"]
 
 GROUP_KEYS = ("agent", "session", "run", "model", "upstream", "operation", "end_user",
               "client", "day", "week", "month")
 FILTERS = ("agent", "session", "run", "upstream", "model", "operation", "end_user", "client",
            "outcome")
-COUNTERS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
-            "reasoning_tokens", "total_tokens")
-_EXPR = {
-    "day": "substr(started_at, 1, 10)",
-    "week": "date(substr(started_at, 1, 10), 'weekday 0', '-6 days')",
-    "month": "substr(started_at, 1, 7)",
-}
+_TIME_KEYS = ("day", "week", "month")
+_MEASURES = ("calls", *COUNTERS, "cost_units", "priced_calls", "unpriced_calls",
+             "estimated_calls")
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -73,21 +79,31 @@ def parse_group_by(value: str | Sequence[str] | None) -> list[str]:
     return out
 
 
-def _expr(key: str) -> str:
+def tag_expr(flavor: str, key: str) -> str:
+    key = key.replace("'", "''")
+    if flavor == "postgresql":
+        return f"(tags::jsonb ->> '{key}')"
+    return f"json_extract(tags, '$.{key}')"
+
+
+def _expr(key: str, flavor: str, col: str = "started_at") -> str:
     if key.startswith("tag:"):
-        return f"json_extract(tags, '$.{key[4:]}')"
-    return _EXPR.get(key, key)
+        return tag_expr(flavor, key[4:])
+    if key == "day":
+        return f"substr({col}, 1, 10)"
+    if key == "month":
+        return f"substr({col}, 1, 7)"
+    if key == "week":
+        if flavor == "postgresql":
+            return f"to_char(date_trunc('week', substr({col}, 1, 10)::date), 'YYYY-MM-DD')"
+        return f"date(substr({col}, 1, 10), 'weekday 0', '-6 days')"
+    if key in ROLLUP_DIMS:
+        return f"NULLIF({key}, '')"  # the roll-up keeps NULL as ''; read both alike
+    return key
 
 
-def _where(since: str | None, until: str | None,
-           filters: Mapping[str, str | None]) -> tuple[str, list[Any]]:
+def _filters(filters: Mapping[str, str | None]) -> tuple[list[str], list[Any]]:
     clauses, args = [], []
-    if since:
-        clauses.append("started_at >= ?")
-        args.append(since)
-    if until:
-        clauses.append("started_at < ?")
-        args.append(until)
     for key, value in filters.items():
         if value is None or value == "":
             continue
@@ -95,47 +111,113 @@ def _where(since: str | None, until: str | None,
             raise QueryError(key, f"unknown filter (allowed: {', '.join(FILTERS)})")
         clauses.append(f"{key} = ?")
         args.append(value)
+    return clauses, args
+
+
+def where(since: str | None, until: str | None,
+          filters: Mapping[str, str | None]) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    if since:
+        clauses.append("started_at >= ?")
+        args.append(since)
+    if until:
+        clauses.append("started_at < ?")
+        args.append(until)
+    more, more_args = _filters(filters)
+    clauses += more
+    args += more_args
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
-_AGGREGATES = (
-    "COUNT(*) AS calls, "
-    + ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" for c in COUNTERS)
-    + ", SUM(cost_usd) AS cost_usd"
-    + ", SUM(CASE WHEN cost_usd IS NULL AND usage_source != 'none' THEN 1 ELSE 0 END)"
-      " AS unpriced_calls"
-    + ", SUM(CASE WHEN usage_source IN ('estimated', 'partial') THEN 1 ELSE 0 END)"
-      " AS estimated_calls"
-)
+def _hour_after(ts: str) -> str:
+    """The first whole hour at or after a ledger timestamp, as the roll-up's `hour` text."""
+    hour = ts[:13]
+    if ts[13:] == ":00:00.000Z":
+        return hour
+    t = datetime.strptime(hour, "%Y-%m-%dT%H") + timedelta(hours=1)
+    return t.strftime("%Y-%m-%dT%H")
 
 
-def _counters(row: sqlite3.Row) -> dict[str, Any]:
-    out = {k: row[k] for k in ("calls", *COUNTERS, "unpriced_calls", "estimated_calls")}
-    out["unpriced_calls"] = out["unpriced_calls"] or 0
-    out["estimated_calls"] = out["estimated_calls"] or 0
-    out["cost_usd"] = round(row["cost_usd"], 10) if row["cost_usd"] is not None else None
+def rollup_covers(keys: Sequence[str]) -> bool:
+    """Whether the roll-up can answer for these group keys and match/filter keys."""
+    return all(k in ROLLUP_DIMS or k in _TIME_KEYS for k in keys)
+
+
+def _raw_measures(flavor: str) -> list[str]:
+    return ["1 AS calls", *(f"COALESCE({c}, 0) AS {c}" for c in COUNTERS),
+            f"{cost_units(flavor)} AS cost_units",
+            "CASE WHEN cost_usd IS NULL THEN 0 ELSE 1 END AS priced_calls",
+            f"{UNPRICED} AS unpriced_calls", f"{ESTIMATED} AS estimated_calls"]
+
+
+def usage_sql(flavor: str, group_by: Sequence[str], since: str | None, until: str | None,
+              filters: Mapping[str, str | None]) -> tuple[str, list[Any]]:
+    """One statement: each group's sums. Whole hours come from the roll-up when every group
+    key and filter is one of its dimensions; the rest (the edges of the range, or
+    everything) from raw rows. Cost is summed as integer `cost_units`."""
+    fclauses, fargs = _filters(filters)
+    parts: list[str] = []
+    args: list[Any] = []
+    raw_ranges: list[tuple[str | None, str | None]] = [(since, until)]
+    if rollup_covers([*group_by, *(k for k, v in filters.items() if v)]):
+        first = _hour_after(since) if since else None
+        last = until[:13] if until else None
+        if first is None or last is None or first < last:
+            conds = [*(["hour >= ?"] if first else []), *(["hour < ?"] if last else []),
+                     *fclauses]
+            cols = ", ".join([*(f"{_expr(k, flavor, 'hour')} AS g{i}"
+                                for i, k in enumerate(group_by)), *_MEASURES])
+            parts.append(f"SELECT {cols} FROM llm_usage_hourly"
+                         + (f" WHERE {' AND '.join(conds)}" if conds else ""))
+            args += [*([first] if first else []), *([last] if last else []), *fargs]
+            raw_ranges = []
+            if first and since and since < f"{first}:00:00.000Z":
+                raw_ranges.append((since, f"{first}:00:00.000Z"))
+            if last and until and until > f"{last}:00:00.000Z":
+                raw_ranges.append((f"{last}:00:00.000Z", until))
+    for lo, hi in raw_ranges:
+        w, wargs = where(lo, hi, filters)
+        cols = ", ".join([*(f"{_expr(k, flavor)} AS g{i}" for i, k in enumerate(group_by)),
+                          *_raw_measures(flavor)])
+        parts.append(f"SELECT {cols} FROM llm_usage{w}")
+        args += wargs
+    gs = ", ".join(f"g{i}" for i in range(len(group_by)))
+    sums = ", ".join(f"SUM({m}) AS {m}" for m in _MEASURES)
+    sql = (f"SELECT {gs + ', ' if gs else ''}{sums} FROM ("
+           + " UNION ALL ".join(parts) + ") AS t" + (f" GROUP BY {gs}" if gs else ""))
+    return sql, args
+
+
+def _counters(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: int(row[k] or 0) for k in ("calls", *COUNTERS, "unpriced_calls",
+                                         "estimated_calls")}
+    priced = int(row["priced_calls"] or 0)
+    out["cost_usd"] = round(int(row["cost_units"] or 0) / COST_SCALE, 10) if priced else None
     return out
 
 
-def usage(conn: sqlite3.Connection, group_by: Sequence[str], since: str | None,
-          until: str | None, filters: Mapping[str, str | None]) -> dict[str, Any]:
-    where, args = _where(since, until, filters)
+def usage_result(rows: Sequence[Mapping[str, Any]], group_by: Sequence[str],
+                 since: str | None, until: str | None) -> dict[str, Any]:
+    """The API's shape from `usage_sql`'s rows: groups by cost (unpriced last), totals
+    summed from the same integers."""
     groups: list[dict[str, Any]] = []
-    if group_by:
-        cols = ", ".join(f"{_expr(k)} AS g{i}" for i, k in enumerate(group_by))
-        order = ", ".join(f"g{i}" for i in range(len(group_by)))
-        sql = (f"SELECT {cols}, {_AGGREGATES} FROM llm_usage{where} GROUP BY {order} "
-               f"ORDER BY cost_usd IS NULL, cost_usd DESC, {order}")
-        for row in conn.execute(sql, args):
+    total = dict.fromkeys(_MEASURES, 0)
+    for row in rows:
+        if row["calls"] is None:
+            continue  # SUM over no row at all
+        for m in _MEASURES:
+            total[m] += int(row[m] or 0)
+        if group_by:
             g = {k: row[f"g{i}"] for i, k in enumerate(group_by)}
             groups.append({**g, **_counters(row)})
-    totals = _counters(conn.execute(f"SELECT {_AGGREGATES} FROM llm_usage{where}", args)
-                       .fetchone())
+    groups.sort(key=lambda g: (g["cost_usd"] is None, -(g["cost_usd"] or 0),
+                               *((g[k] is not None, str(g[k] or "")) for k in group_by)))
     return {"since": since, "until": until, "group_by": list(group_by), "groups": groups,
-            "totals": totals}
+            "totals": _counters(total)}
 
 
-def _row(row: sqlite3.Row) -> dict[str, Any]:
+def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A ledger row as the API shows it (as the live feed's call_finished has it)."""
     out = dict(row)
     out.pop("id", None)
     out["stream"] = bool(out.get("stream"))
@@ -146,16 +228,40 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
             except ValueError:
                 pass
     if "priced_units" in out and not out["priced_units"]:
-        out["priced_units"] = {}  # as the live feed's call_finished row has it
+        out["priced_units"] = {}
     return out
 
 
-def calls(conn: sqlite3.Connection, since: str | None, until: str | None,
-          filters: Mapping[str, str | None], limit: int = 100,
-          call_id: str | None = None) -> list[dict[str, Any]]:
+def calls_sql(since: str | None, until: str | None, filters: Mapping[str, str | None],
+              limit: int = 100, call_id: str | None = None) -> tuple[str, list[Any]]:
     if call_id is not None:
-        row = conn.execute("SELECT * FROM llm_usage WHERE call_id = ?", (call_id,)).fetchone()
-        return [_row(row)] if row else []
-    where, args = _where(since, until, filters)
-    sql = f"SELECT * FROM llm_usage{where} ORDER BY started_at DESC, id DESC LIMIT ?"
-    return [_row(r) for r in conn.execute(sql, [*args, limit])]
+        return "SELECT * FROM llm_usage WHERE call_id = ?", [call_id]
+    w, args = where(since, until, filters)
+    return (f"SELECT * FROM llm_usage{w} ORDER BY started_at DESC, id DESC LIMIT ?",
+            [*args, limit])
+
+
+_COLUMN_KEYS = ("upstream", "model", "client", "agent", "session", "run")
+
+
+def spend_sql(flavor: str, match: Mapping[str, str], since: str | None) -> tuple[str, list[Any]]:
+    """A budget's spend since its window started, in cost_units: whole hours from the
+    roll-up when its match keys are roll-up dimensions (a window starts on the hour), else
+    from raw rows (tag and session matches)."""
+    if since is None or since[13:] == ":00:00.000Z":
+        if rollup_covers(list(match)):
+            conds = [f"{k} = ?" for k in match]
+            args: list[Any] = list(match.values())
+            if since:
+                conds.append("hour >= ?")
+                args.append(since[:13])
+            w = f" WHERE {' AND '.join(conds)}" if conds else ""
+            return f"SELECT SUM(cost_units) FROM llm_usage_hourly{w}", args
+    conds, args = ["cost_usd IS NOT NULL"], []
+    if since:
+        conds.append("started_at >= ?")
+        args.append(since)
+    for k, v in match.items():
+        conds.append(f"{k if k in _COLUMN_KEYS else tag_expr(flavor, k)} = ?")
+        args.append(v)
+    return f"SELECT SUM({cost_units(flavor)}) FROM llm_usage WHERE {' AND '.join(conds)}", args

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import calendar
+import concurrent.futures
 import csv
 import io
 import json
-import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from proxy import query
-from proxy.sinks.ledger import connect_readonly
+from proxy.backends import open_backend
+from proxy.backends.postgres import PostgresBackend
+from proxy.backends.sqlite import SqliteBackend
 
 __all__ = ["add_commands", "format_table", "month_to_date"]
 
@@ -54,10 +57,11 @@ def format_table(rows: Sequence[dict[str, Any]], cols: Sequence[str],
     return "\n".join(out)
 
 
-def month_to_date(conn: sqlite3.Connection, now: datetime) -> dict[str, Any]:
+async def month_to_date(backend: SqliteBackend | PostgresBackend,
+                        now: datetime) -> dict[str, Any]:
     start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     since = start.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    totals = query.usage(conn, [], since, None, {})["totals"]
+    totals = (await backend.usage([], since, None, {}))["totals"]
     days = calendar.monthrange(now.year, now.month)[1]
     elapsed = max((now - start).total_seconds() / 86400, 1 / 24)
     spent = totals["cost_usd"] or 0.0
@@ -81,11 +85,31 @@ def _emit(rows: list[dict[str, Any]], cols: Sequence[str], fmt: str,
         print(format_table(rows, cols, no_cost) if rows else "(no calls in this range)")
 
 
-def _open(args: argparse.Namespace, config: Any) -> sqlite3.Connection:
-    path = config.ledger.path
-    if not Path(path).exists():
-        raise query.QueryError("--db", f"no ledger at {path}")
-    return connect_readonly(path)
+T = TypeVar("T")
+
+
+def _with_ledger(config: Any, work: Callable[[SqliteBackend | PostgresBackend], Awaitable[T]],
+                 migrate: bool = False, must_exist: bool = True) -> T:
+    """Run `work` on the configured ledger (SQLite file or PostgreSQL) and close it;
+    `migrate` brings its schema up to date first (commands that write)."""
+    backend = open_backend(config.ledger.target)
+    if isinstance(backend, SqliteBackend) and must_exist and not Path(backend.path).exists():
+        raise query.QueryError("--db", f"no ledger at {backend.path}")
+
+    async def run() -> T:
+        try:
+            if migrate:
+                await backend.open()
+            return await work(backend)
+        finally:
+            await backend.aclose()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run())
+    # called from code already running a loop (tests, an embedding program): its own thread
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def cmd_report(args: argparse.Namespace, config: Any) -> int:
@@ -94,12 +118,12 @@ def cmd_report(args: argparse.Namespace, config: Any) -> int:
     until = query.parse_time("--until", args.until)
     filters = {k: getattr(args, k, None) for k in ("agent", "session", "run", "model",
                                                    "upstream")}
-    conn = _open(args, config)
-    try:
-        result = query.usage(conn, group_by, since, until, filters)
-        mtd = month_to_date(conn, datetime.now(UTC))
-    finally:
-        conn.close()
+    async def work(backend: SqliteBackend | PostgresBackend
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+        return (await backend.usage(group_by, since, until, filters),
+                await month_to_date(backend, datetime.now(UTC)))
+
+    result, mtd = _with_ledger(config, work)
     rows = [*result["groups"], {**{k: "TOTAL" for k in group_by[:1]}, **result["totals"]}]
     cols = [*group_by, *_REPORT_COLS]
     if args.format == "json":
@@ -127,36 +151,27 @@ def cmd_reprice(args: argparse.Namespace, config: Any) -> int:
     from decimal import Decimal
 
     from proxy.pricing import PriceBook
-    from proxy.reprice import COLUMNS, reprice
-    from proxy.sinks.ledger import migrate
+    from proxy.reprice import COLUMNS, Repriced, reprice
 
     since = query.parse_time("--since", args.since)
     until = query.parse_time("--until", args.until)
-    path = config.ledger.path
-    if not Path(path).exists():
-        raise query.QueryError("--db", f"no ledger at {path}")
-    conn = sqlite3.connect(path, timeout=30)
-    conn.row_factory = sqlite3.Row
-    try:
-        migrate(conn)  # a ledger from before priced_units gains its columns first
-        where, params = query._where(since, until, {})
-        rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM llm_usage {where}",
-                            params).fetchall()
-        changes = reprice(rows, PriceBook(config.prices), config.upstreams)
-        totals: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
-        for c in changes:
-            t = totals[c.model or "(unknown)"]
-            t[0] += c.old_usd or 0
-            t[1] += c.new_usd or 0
-        changed = [c for c in changes if c.new_usd != c.old_usd]
-        if not args.dry_run:
-            conn.executemany("UPDATE llm_usage SET cost_usd = ?, price_source = ? "
-                             "WHERE call_id = ?",
-                             [(None if c.new_usd is None else float(c.new_usd), c.source,
-                               c.call_id) for c in changes])
-            conn.commit()
-    finally:
-        conn.close()
+    changes: list[Repriced] = []
+
+    def change(rows: list[Any]) -> list[tuple[float | None, str | None, str]]:
+        changes.extend(reprice(rows, PriceBook(config.prices), config.upstreams))
+        return [(None if c.new_usd is None else float(c.new_usd), c.source, c.call_id)
+                for c in changes]
+
+    async def work(backend: SqliteBackend | PostgresBackend) -> None:
+        await backend.reprice(since, until, change, COLUMNS, args.dry_run)
+
+    _with_ledger(config, work, migrate=True)
+    totals: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    for c in changes:
+        t = totals[c.model or "(unknown)"]
+        t[0] += c.old_usd or 0
+        t[1] += c.new_usd or 0
+    changed = [c for c in changes if c.new_usd != c.old_usd]
     _emit([{"model": m, "calls": sum(1 for c in changes if (c.model or "(unknown)") == m),
             "old_cost_usd": float(o), "new_cost_usd": float(n)}
            for m, (o, n) in sorted(totals.items())],
@@ -166,6 +181,13 @@ def cmd_reprice(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
+def _transcript(path: Path, seen: set[str], errors: list[int]) -> list[Any]:
+    from proxy.dialects.anthropic.claude_code import read_transcript
+
+    with open(path, "rb") as f:
+        return list(read_transcript(f, seen, errors))
+
+
 def cmd_import(args: argparse.Namespace, config: Any) -> int:
     """Backfill Claude Code's own transcripts: one row per API call, `usage_source`
     `client_log`, priced like a proxied call, skipping calls the proxy already metered."""
@@ -173,11 +195,9 @@ def cmd_import(args: argparse.Namespace, config: Any) -> int:
     from decimal import Decimal
 
     from proxy.dialects import price_provider
-    from proxy.dialects.anthropic.claude_code import read_transcript
     from proxy.dialects.anthropic.usage import from_anthropic
     from proxy.pricing import PriceBook
     from proxy.record import COLUMNS, CallRecord, iso_utc
-    from proxy.sinks.ledger import INSERT, migrate
 
     root = Path(args.path).expanduser() if args.path else Path.home() / ".claude" / "projects"
     if not root.exists():
@@ -186,29 +206,24 @@ def cmd_import(args: argparse.Namespace, config: Any) -> int:
     up = config.upstreams.get("anthropic")
     pid = price_provider(up.dialect, up.name) if up is not None else None
     prices = PriceBook(config.prices)
-    conn = sqlite3.connect(config.ledger.path, timeout=30)
-    migrate(conn)
     seen: set[str] = set()
     bad = imported = skipped = again = tokens = 0
     cost, sessions, unpriced = Decimal(0), set(), 0
     show = sys.stderr.isatty() or args.progress
-    try:
+
+    async def work(backend: SqliteBackend | PostgresBackend) -> None:
+        nonlocal bad, imported, skipped, again, tokens, cost, unpriced
         for i, path in enumerate(files, 1):
             errors: list[int] = []
-            with open(path, "rb") as f:
-                calls = list(read_transcript(f, seen, errors))
+            calls = await asyncio.to_thread(_transcript, path, seen, errors)
             bad += len(errors)
             for n in errors[:3]:
                 print(f"tokenbooth: {path}:{n}: not JSON, skipped", file=sys.stderr)
             ids = [c.message_id for c in calls] + [c.request_id for c in calls if c.request_id]
             metered: set[str] = set()  # by the proxy
             imported_before: set[str] = set()  # by an earlier import
-            for j in range(0, len(ids), 500):
-                part = ids[j:j + 500]
-                for rid, source in conn.execute(
-                        f"SELECT upstream_request_id, usage_source FROM llm_usage WHERE "
-                        f"upstream_request_id IN ({','.join('?' * len(part))})", part):
-                    (imported_before if source == "client_log" else metered).add(rid)
+            for rid, source in await backend.request_ids(ids):
+                (imported_before if source == "client_log" else metered).add(rid)
             rows = []
             for c in calls:
                 if c.message_id in metered or c.request_id in metered:
@@ -252,14 +267,13 @@ def cmd_import(args: argparse.Namespace, config: Any) -> int:
                     sessions.add(c.session_id)
             if rows:
                 assert len(rows[0]) == len(COLUMNS)
-                conn.executemany(INSERT, rows)
-                conn.commit()
+                await backend.write(rows)
             if show:
                 done = int(30 * i / len(files))
                 print(f"\r[{'#' * done}{' ' * (30 - done)}] {i}/{len(files)} files, "
                       f"{imported} calls", end="", file=sys.stderr, flush=True)
-    finally:
-        conn.close()
+
+    _with_ledger(config, work, migrate=True, must_exist=False)
     if show:
         print(file=sys.stderr)
     print(f"imported {imported} call(s) from {len(files)} file(s) in {len(sessions)} "
@@ -275,12 +289,12 @@ def cmd_calls(args: argparse.Namespace, config: Any) -> int:
     if args.limit < 1:
         raise query.QueryError("--limit", "must be at least 1")
     filters = {"session": args.session, "agent": args.agent, "run": args.run}
-    conn = _open(args, config)
-    try:
-        rows = query.calls(conn, query.parse_time("--since", args.since), None, filters,
-                           args.limit)
-    finally:
-        conn.close()
+    since = query.parse_time("--since", args.since)
+
+    async def work(backend: SqliteBackend | PostgresBackend) -> list[dict[str, Any]]:
+        return await backend.calls(since, None, filters, args.limit)
+
+    rows = _with_ledger(config, work)
     _emit(rows, _CALL_COLS if args.format != "json" else list(rows[0]) if rows else [],
           args.format, no_cost="unpriced")
     return 0
@@ -296,8 +310,8 @@ def add_commands(sub: Any, add_common: Callable[..., None],
             except query.QueryError as exc:
                 print(f"tokenbooth: {exc}", file=sys.stderr)
                 return 2
-            except sqlite3.Error as exc:
-                print(f"tokenbooth: cannot read the ledger: {exc}", file=sys.stderr)
+            except (*SqliteBackend.unavailable, *PostgresBackend.unavailable) as exc:
+                print(f"tokenbooth: cannot reach the ledger: {exc}", file=sys.stderr)
                 return 1
         return run
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from proxy.backends.schema import SQLITE_MIGRATIONS as MIGRATIONS
 from proxy.cli import main
 from proxy.record import COLUMNS, CallRecord
 from proxy.sinks.ledger import Ledger
-from proxy.sinks.migrations import MIGRATIONS
 from tests.factories import make_record as _make_record
 
 M = Decimal(1_000_000)

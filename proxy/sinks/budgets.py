@@ -3,12 +3,17 @@ and the reservations admission (`proxy/admission.py`) makes before forwarding: s
 reservations + a call's worst case must stay within a blocking budget's limit, and the
 worst case stays reserved until the call's record settles it, so concurrent calls cannot
 overshoot. Alert budgets never block.
+
+On a shared (PostgreSQL) ledger the fleet is the truth: reservations are made there in one
+round trip, the ledger's write transaction charges each row to the budgets it matches, and
+`sync()` (every second) reads the fleet's spend, so every replica shows the same number.
+Should the database not answer, admission falls back to this replica's own view and says so
+in the log; the call is never failed for it.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -16,6 +21,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from proxy.backends.postgres import PostgresBackend
+from proxy.backends.sqlite import SqliteBackend
 from proxy.config import BudgetConfig
 from proxy.record import CallRecord
 
@@ -45,6 +52,7 @@ class _State:
     spend: Decimal = Decimal(0)
     reserved: dict[str, Decimal] = field(default_factory=dict)
     window_end: datetime | None = None
+    fleet_reserved: Decimal = Decimal(0)  # other replicas' too (shared ledger)
 
     @property
     def limit(self) -> Decimal:
@@ -53,7 +61,13 @@ class _State:
     def roll(self, now: datetime) -> None:
         if self.window_end is not None and now >= self.window_end:
             self.spend = Decimal(0)
+            self.fleet_reserved = Decimal(0)
             self.window_end = window_bounds(self.cfg.window, now)[1]
+
+    def window_start(self, now: datetime) -> str:
+        """The current window's start as the ledger writes it ('' for `total`)."""
+        start = window_bounds(self.cfg.window, now)[0]
+        return "" if start is None else start.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
     def state(self) -> str:
         total = self.spend
@@ -94,6 +108,8 @@ class Budgets:
         self._window_end = Gauge("tokenbooth_budget_window_end_timestamp_seconds",
                                  "When the budget's current window ends (0 for total).",
                                  ("budget",), registry=registry)
+        self._fleet: PostgresBackend | None = None
+        self.replica = ""  # this replica's id in the fleet (shared ledger)
         for s in self._states:
             self._limit.labels(s.cfg.name).set(s.cfg.limit_usd)
             self._spend.labels(s.cfg.name).set(0)
@@ -110,35 +126,38 @@ class Budgets:
             self._spend.labels(s.cfg.name).set(float(s.spend))
             self._set_window(s)
 
-    def restore(self, db_path: str) -> None:
-        """Spend so far in each window, from the ledger (blocking: run in a thread)."""
-        try:
-            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
-        except sqlite3.Error:
-            return
+    async def restore(self, backend: SqliteBackend | PostgresBackend) -> None:
+        """Spend so far in each window, from the ledger: the roll-up's whole hours (a window
+        starts on the hour), raw rows only where a budget matches on a tag or session. On a
+        shared ledger, this replica's budgets are defined there (spend counted from the
+        ledger for a new or changed one), then read back."""
         now = datetime.now(UTC)
+        if backend.fleet:
+            assert isinstance(backend, PostgresBackend)
+            self._fleet = backend
+            await backend.define_budgets([(s.cfg.name, s.cfg.window, dict(s.cfg.match),
+                                           s.window_start(now)) for s in self._states])
+            await self.sync()
+            return
         try:
             for s in self._states:
-                start = window_bounds(s.cfg.window, now)[0]
-                where, args = ["cost_usd IS NOT NULL"], []
-                if start is not None:
-                    where.append("started_at >= ?")
-                    args.append(start.strftime("%Y-%m-%dT%H:%M:%S.000Z"))
-                for k, v in s.cfg.match.items():
-                    if k in ("upstream", "model", "client", "agent", "session", "run"):
-                        where.append(f"{k} = ?")
-                    else:
-                        where.append("json_extract(tags, ?) = ?")
-                        args.append(f"$.{k}")
-                    args.append(v)
-                row = conn.execute(f"SELECT COALESCE(SUM(cost_usd), 0) FROM llm_usage "
-                                   f"WHERE {' AND '.join(where)}", args).fetchone()
-                s.spend = Decimal(repr(row[0]))
+                s.spend = await backend.spend(dict(s.cfg.match), s.window_start(now) or None)
                 self._spend.labels(s.cfg.name).set(float(s.spend))
-        except sqlite3.Error as exc:
+        except (*backend.unavailable, ValueError) as exc:
             log.warning("could not restore budget spend from the ledger: %s", exc)
-        finally:
-            conn.close()
+
+    async def sync(self) -> None:
+        """Read the fleet's spend and reservations (shared ledger only)."""
+        if self._fleet is None or not self._states:
+            return
+        now = datetime.now(UTC)
+        for s in self._states:
+            self._roll(s, now)
+        state = await self._fleet.budget_state([(s.cfg.name, s.window_start(now))
+                                                for s in self._states])
+        for s in self._states:
+            s.spend, s.fleet_reserved = state.get(s.cfg.name, (Decimal(0), Decimal(0)))
+            self._spend.labels(s.cfg.name).set(float(s.spend))
 
     @staticmethod
     def context(tags: dict[str, str], upstream: str, model: str | None,
@@ -149,17 +168,41 @@ class Budgets:
     def matching_blockers(self, ctx: dict[str, str | None]) -> list[_State]:
         return [s for s in self._states if s.cfg.action == "block" and _matches(s.cfg, ctx)]
 
-    def reserve(self, states: list[_State], call_id: str, worst: Decimal) -> Denied | None:
-        """Check every matching blocking budget, then reserve the call's worst case in all
-        of them (synchronous: nothing runs in between), or name the budget that refuses."""
+    async def reserve(self, states: list[_State], call_id: str,
+                      worst: Decimal) -> Denied | None:
+        """Reserve the call's worst case in every matching blocking budget, or name the
+        budget that refuses: in the fleet's ledger when it is shared, else here."""
+        if self._fleet is not None:
+            now = datetime.now(UTC)
+            ordered = sorted(states, key=lambda s: s.cfg.name)  # lock order: no deadlock
+            try:
+                name = await self._fleet.reserve(
+                    [s.cfg.name for s in ordered], [s.limit for s in ordered],
+                    [s.window_start(now) for s in ordered], call_id, worst, self.replica)
+            except self._fleet.unavailable as exc:
+                log.warning("fleet budgets unreachable (%s): deciding on this replica's "
+                            "last view", exc)
+            else:
+                if name is None:
+                    return None
+                s = next(s for s in ordered if s.cfg.name == name)
+                return self._denied(s, now)
+        return self._reserve_here(states, call_id, worst)
+
+    def _denied(self, s: _State, now: datetime) -> Denied:
+        retry = None if s.window_end is None else \
+            max(1, int((s.window_end - now).total_seconds()) + 1)
+        return Denied(s.cfg.name, s.cfg.limit_usd, retry)
+
+    def _reserve_here(self, states: list[_State], call_id: str,
+                      worst: Decimal) -> Denied | None:
+        """Synchronous: nothing runs between the check and the reservation."""
         now = datetime.now(UTC)
         for s in states:
             self._roll(s, now)
-            if s.spend + sum(s.reserved.values(), Decimal(0)) + worst > s.limit or \
-                    s.spend >= s.limit:
-                retry = None if s.window_end is None else \
-                    max(1, int((s.window_end - now).total_seconds()) + 1)
-                return Denied(s.cfg.name, s.cfg.limit_usd, retry)
+            held = sum(s.reserved.values(), s.fleet_reserved)
+            if s.spend + held + worst > s.limit or s.spend >= s.limit:
+                return self._denied(s, now)
         if worst:
             for s in states:
                 s.reserved[call_id] = worst
@@ -173,6 +216,8 @@ class Budgets:
         now = datetime.now(UTC)
         for s in self._states:
             reserved = s.reserved.pop(record.call_id, None)
+            if self._fleet is not None:
+                continue  # the ledger's write charges it; `sync()` reads it back
             if reserved is None and not (_matches(s.cfg, ctx) or _matches(s.cfg, ctx_req)):
                 continue
             self._roll(s, now)
@@ -187,7 +232,8 @@ class Budgets:
             self._roll(s, now)
             out.append({"name": s.cfg.name, "window": s.cfg.window,
                         "limit_usd": s.cfg.limit_usd, "spend_usd": float(s.spend),
-                        "reserved_usd": float(sum(s.reserved.values(), Decimal(0))),
+                        "reserved_usd": float(s.fleet_reserved if self._fleet else
+                                              sum(s.reserved.values(), Decimal(0))),
                         "action": s.cfg.action, "match": dict(s.cfg.match),
                         "state": s.state()})
         return out

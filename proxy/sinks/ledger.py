@@ -1,9 +1,10 @@
-"""The SQLite ledger: one writer task, a bounded queue, batched transactions, and a spool.
+"""The ledger sink: one writer task, a bounded queue, batched transactions, and a spool,
+over either backend (`proxy/backends/`: SQLite by default, PostgreSQL for a fleet).
 
 `handle()` only enqueues (never blocks, never fails the call). The writer flushes at least
-every `flush_seconds`. When SQLite refuses (locked, read-only, full, missing), the batch is
-appended to `<db>.spool` (JSON lines) and replayed with INSERT OR IGNORE once writing works
-again: `call_id` is UNIQUE, so a replay is exactly once even if it is interrupted.
+every `flush_seconds`. When the backend refuses (locked, read-only, full, unreachable), the
+batch is appended to the spool (JSON lines) and replayed once writing works again: `call_id`
+is UNIQUE and a duplicate is ignored, so a replay is exactly once even if it is interrupted.
 """
 
 from __future__ import annotations
@@ -12,51 +13,34 @@ import asyncio
 import json
 import logging
 import os
-import sqlite3
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
+from proxy.backends import open_backend
 from proxy.record import COLUMNS, CallRecord
-from proxy.sinks.migrations import MIGRATIONS
 from proxy.tasks import spawn
 
-__all__ = ["Ledger", "connect_readonly"]
+__all__ = ["Ledger"]
 
 log = logging.getLogger("tokenbooth.ledger")
-INSERT = (f"INSERT OR IGNORE INTO llm_usage ({', '.join(COLUMNS)}) "
-          f"VALUES ({', '.join('?' * len(COLUMNS))})")
 BATCH_ROWS = 20_000
-BUSY_TIMEOUT_MS = 1000
 RETRY_SECONDS = 0.5
-
-
-def connect_readonly(path: str) -> sqlite3.Connection:
-    """A read connection for reports and the API (WAL lets it read while we write)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    for i, (_name, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.executescript(sql)
-        conn.execute(f"PRAGMA user_version = {i}")
-    conn.commit()
-    return len(MIGRATIONS)
+RETENTION_SECONDS = 3600.0
 
 
 class Ledger:
     name = "ledger"
 
-    def __init__(self, path: str, *, queue_rows: int = 100_000, flush_seconds: float = 0.2,
+    def __init__(self, target: str, *, queue_rows: int = 100_000, flush_seconds: float = 0.2,
                  on_rows: Callable[[str, int], None] | None = None,
-                 spool_path: str | None = None) -> None:
-        self.path = path
-        self.spool_path = Path(spool_path or f"{path}.spool")
+                 spool_path: str | None = None, retention_days: float | None = None) -> None:
+        """`target`: a SQLite path or a `ledger.url`. `retention_days`: raw rows older than
+        this are deleted (hourly); their hours stay in the roll-up."""
+        self.backend = open_backend(target)
+        self.path = getattr(self.backend, "path", None)  # SQLite's file
+        self.spool_path = Path(spool_path or f"{self.path or 'tokenbooth-ledger'}.spool")
         # Rows neither the database nor the spool would take (a full disk): held here,
         # retried, and dropped (counted) only past `queue_rows`.
         self.held: list[tuple[Any, ...]] = []
@@ -64,34 +48,37 @@ class Ledger:
         self.flush_seconds = flush_seconds
         self.queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue(queue_rows)
         self._on_rows = on_rows or (lambda result, n: None)
-        self._conn: aiosqlite.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self.healthy = True
         self.counts = {"written": 0, "spooled": 0, "dropped": 0}
         self._pending: set[str] = set()  # batch-line call ids handed on, maybe not written
+        self.retention_days = retention_days
+        self._retention: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self._migrate)
-        await self._connect()
+        await self.backend.open()
         self._task = spawn(self._writer(), name="tokenbooth-ledger")
+        if self.retention_days:
+            self._retention = spawn(self._retain(), name="tokenbooth-retention")
 
-    def _migrate(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=10)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            migrate(conn)
-        finally:
-            conn.close()
+    async def purge(self, now: datetime | None = None) -> int:
+        """Delete raw rows older than the retention (from the start of that hour)."""
+        assert self.retention_days
+        cutoff = (now or datetime.now(UTC)) - timedelta(days=self.retention_days)
+        before = cutoff.strftime("%Y-%m-%dT%H:00:00.000Z")
+        n = await self.backend.purge(before)
+        if n:
+            log.info("retention: deleted %d raw rows started before %s (kept in the "
+                     "hourly roll-up)", n, before)
+        return n
 
-    async def _connect(self) -> None:
-        if self._conn is not None:
-            return
-        conn = await aiosqlite.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self._conn = conn
+    async def _retain(self) -> None:
+        while True:
+            try:
+                await self.purge()
+            except self.backend.unavailable as exc:
+                log.warning("retention: could not delete old rows: %s", exc)
+            await asyncio.sleep(RETENTION_SECONDS)
 
     async def handle(self, record: CallRecord) -> None:
         try:
@@ -142,29 +129,26 @@ class Ledger:
             await self._write([])  # last chance before exit; what fails stays spooled
 
     async def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        backend = self.backend
         try:
-            await self._connect()
-            assert self._conn is not None
             if self.spool_path.exists():
                 await self._replay()
             if self.held:
                 held, self.held = self.held, []
                 try:
-                    await self._conn.executemany(INSERT, held)
-                    await self._conn.commit()
+                    await backend.write(held)
                 except BaseException:
                     self.held = held + self.held
                     raise
                 log.info("wrote %d rows held in memory", len(held))
                 self._count("written", len(held))
             if rows:
-                await self._conn.executemany(INSERT, rows)
-                await self._conn.commit()
+                await backend.write(rows)
                 self._count("written", len(rows))
             self.healthy = True
-        except (sqlite3.Error, OSError) as exc:
+        except backend.unavailable as exc:
             self.healthy = False
-            await self._rollback()
+            await backend.reset()
             if not rows:
                 return
             log.warning("ledger write failed (%s): %d rows spooled", exc, len(rows))
@@ -187,18 +171,6 @@ class Ledger:
             log.error("spool write failed (%s): %d rows held in memory until the ledger "
                       "or the spool takes them", exc, len(self.held))
 
-    async def _rollback(self) -> None:
-        if self._conn is None:
-            return
-        try:
-            await self._conn.rollback()
-        except sqlite3.Error:
-            try:
-                await self._conn.close()
-            except sqlite3.Error:
-                pass
-            self._conn = None
-
     def _spool(self, rows: list[tuple[Any, ...]]) -> None:
         with open(self.spool_path, "a", encoding="utf-8") as f:
             for row in rows:
@@ -219,11 +191,10 @@ class Ledger:
         return rows
 
     async def _replay(self) -> None:
-        assert self._conn is not None
         rows = await asyncio.to_thread(self._read_spool)
+        for i in range(0, len(rows), BATCH_ROWS):
+            await self.backend.write(rows[i:i + BATCH_ROWS])
         if rows:
-            await self._conn.executemany(INSERT, rows)
-            await self._conn.commit()
             log.info("replayed %d spooled rows", len(rows))
             self._count("written", len(rows))
         self.spool_path.unlink(missing_ok=True)
@@ -234,15 +205,9 @@ class Ledger:
         seen = {c for c in call_ids if c in self._pending}
         ask = [c for c in call_ids if c not in seen]
         try:
-            await self._connect()
-            assert self._conn is not None
-            for i in range(0, len(ask), 500):
-                part = ask[i:i + 500]
-                async with self._conn.execute(
-                        f"SELECT call_id FROM llm_usage WHERE call_id IN "
-                        f"({','.join('?' * len(part))})", part) as cur:
-                    seen.update(r[0] for r in await cur.fetchall())
-        except sqlite3.Error as exc:
+            if ask:
+                seen |= await self.backend.recorded(ask)
+        except self.backend.unavailable as exc:
             log.warning("could not check batch lines against the ledger: %s", exc)
         self._pending.update(call_ids)
         if len(self._pending) > 200_000:  # bounded: the ledger answers for older ones
@@ -254,10 +219,11 @@ class Ledger:
         await self.queue.join()
 
     async def aclose(self) -> None:
+        if self._retention is not None:
+            self._retention.cancel()
+            self._retention = None
         if self._task is not None:
             await self.queue.put(None)
             await self._task
             self._task = None
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        await self.backend.aclose()

@@ -13,8 +13,9 @@ from pathlib import Path
 import aiohttp
 
 from proxy import state
-from proxy.sinks.ledger import Ledger, migrate
-from proxy.sinks.migrations import MIGRATIONS
+from proxy.backends.schema import SQLITE_MIGRATIONS as MIGRATIONS
+from proxy.backends.sqlite import migrate
+from proxy.sinks.ledger import Ledger
 from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
 from tests.e2e.test_disconnects import served
 from tests.factories import make_record
@@ -83,13 +84,13 @@ async def test_read_only_database_spools_then_replays(upstream: FakeUpstream,
     await ledger.flush()
     # As root, file modes do not stop writes; SQLite's query_only gives the same
     # SQLITE_READONLY failure on the ledger's own connection.
-    assert ledger._conn is not None
-    await ledger._conn.execute("PRAGMA query_only=ON")
+    assert ledger.backend._conn is not None
+    await ledger.backend._conn.execute("PRAGMA query_only=ON")
     assert await burst(proxy, 10, 1) == [200] * 10
     await proxy.collector.wait_for(11)
     await ledger.flush()
     assert ledger.counts["spooled"] == 10
-    await ledger._conn.execute("PRAGMA query_only=OFF")
+    await ledger.backend._conn.execute("PRAGMA query_only=OFF")
     await wait_until(lambda: not ledger.spool_path.exists())
     assert count_rows(proxy.config.ledger.path) == (11, 11)
 

@@ -1,0 +1,304 @@
+"""The PostgreSQL backend (asyncpg): a ledger, budgets and a live feed shared by a fleet.
+
+Writes: a batch is COPYed into a per-connection temp table, then one statement inserts the
+new rows (`ON CONFLICT (call_id) DO NOTHING`: a replay is exactly once), folds exactly those
+rows into the hourly roll-up, releases their budget reservations and charges their cost to
+every fleet budget they match, all in the batch's transaction.
+
+Budgets: admission calls `tb_reserve` (one round trip) which locks each matching budget,
+drops reservations of replicas that stopped heartbeating, checks spend + reservations +
+the call's worst case against the limit, and reserves. Spend per window lives in
+`tb_budget_spend`, so every replica reads the same number.
+
+Live feed: events go out with NOTIFY on `tokenbooth_live` (batched, from a background task,
+never in a call's path) and come in on a LISTEN connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from proxy import query
+from proxy.backends.schema import COST_SCALE, PG_MIGRATIONS, rollup_upsert
+from proxy.record import COLUMNS
+
+__all__ = ["CHANNEL", "PostgresBackend"]
+
+log = logging.getLogger("tokenbooth.ledger")
+CHANNEL = "tokenbooth_live"
+_LOCK = 0x7B_0074  # advisory lock key: migrations and budget (re)definition
+_STAGE = "tb_incoming"
+_COLS = ", ".join(COLUMNS)
+_CTX = ("(COALESCE(i.tags, '{{}}')::jsonb || jsonb_build_object('upstream', i.upstream, "
+        "'model', i.{model}, 'client', i.client))")
+_WRITE = f"""
+WITH ins AS (
+    INSERT INTO llm_usage ({_COLS}) SELECT {_COLS} FROM {_STAGE}
+    ON CONFLICT (call_id) DO NOTHING RETURNING *
+), roll AS (
+    {rollup_upsert("postgresql", "ins")}
+), settled AS (
+    DELETE FROM tb_reservation r USING ins WHERE r.call_id = ins.call_id
+    RETURNING r.call_id, r.budget
+), charged AS (
+    SELECT b.name, tb_window_start(b.period, i.started_at) AS ws, i.cost_usd
+    FROM ins i JOIN tb_budget b ON (
+        {_CTX.format(model="model")} @> b.match
+        OR {_CTX.format(model="request_model")} @> b.match
+        OR EXISTS (SELECT 1 FROM settled s WHERE s.call_id = i.call_id AND s.budget = b.name))
+    WHERE i.cost_usd IS NOT NULL
+)
+INSERT INTO tb_budget_spend (budget, window_start, spent)
+SELECT name, ws, SUM(cost_usd::numeric) FROM charged GROUP BY name, ws
+ON CONFLICT (budget, window_start) DO UPDATE SET spent = tb_budget_spend.spent + excluded.spent
+"""
+_PLACEHOLDER = re.compile(r"\?")
+STALE_SECONDS = 30.0  # a replica silent this long has its reservations released
+
+
+def pg(sql: str) -> str:
+    """`?` placeholders (shared query text) as asyncpg's `$1`, `$2`, ..."""
+    n = 0
+
+    def repl(_m: re.Match[str]) -> str:
+        nonlocal n
+        n += 1
+        return f"${n}"
+    return _PLACEHOLDER.sub(repl, sql)
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+
+
+async def _stage(conn: asyncpg.Connection) -> None:
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
+                       f"SELECT {_COLS} FROM llm_usage WITH NO DATA")
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Apply what is missing, one replica at a time (an advisory lock)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS tb_schema (version INTEGER NOT NULL)")
+        version = await conn.fetchval("SELECT max(version) FROM tb_schema") or 0
+        for i, (_name, sql) in enumerate(PG_MIGRATIONS[version:], start=version + 1):
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO tb_schema (version) VALUES ($1)", i)
+    return len(PG_MIGRATIONS)
+
+
+class PostgresBackend:
+    kind = "postgresql"
+    fleet = True
+    unavailable: tuple[type[BaseException], ...] = (
+        asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+    def __init__(self, url: str, pool_size: int = 6) -> None:
+        self.url = url
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"postgresql ledger at {_redacted(self.url)}"
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self.url, min_size=0,
+                                                   max_size=self._pool_size, init=_stage,
+                                                   command_timeout=30, timeout=5)
+        return self._pool
+
+    async def open(self) -> None:
+        conn = await asyncpg.connect(self.url, timeout=10)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        await self._get_pool()
+
+    async def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            # shared: writers run side by side; a budget being (re)defined waits for them
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", _LOCK)
+            await conn.copy_records_to_table(_STAGE, records=rows, columns=COLUMNS)
+            await conn.execute(_WRITE)
+
+    async def reset(self) -> None:
+        """A failed write rolled back with its transaction; broken connections leave the
+        pool by themselves."""
+        return None
+
+    async def recorded(self, call_ids: Sequence[str]) -> set[str]:
+        pool = await self._get_pool()
+        rows = await pool.fetch("SELECT call_id FROM llm_usage WHERE call_id = ANY($1::text[])",
+                                list(call_ids))
+        return {r[0] for r in rows}
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            try:
+                await self._listener.close(timeout=2)
+            except self.unavailable:
+                pass
+            self._listener = None
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), 5)
+            except (TimeoutError, *self.unavailable):
+                self._pool.terminate()
+            self._pool = None
+
+    # Reads
+
+    async def _fetch(self, sql: str, args: Sequence[Any]) -> list[asyncpg.Record]:
+        pool = await self._get_pool()
+        return list(await pool.fetch(pg(sql), *args))
+
+    async def usage(self, group_by: Sequence[str], since: str | None, until: str | None,
+                    filters: Mapping[str, str | None]) -> dict[str, Any]:
+        sql, args = query.usage_sql(self.kind, group_by, since, until, filters)
+        return query.usage_result(await self._fetch(sql, args), group_by, since, until)
+
+    async def calls(self, since: str | None, until: str | None,
+                    filters: Mapping[str, str | None], limit: int = 100,
+                    call_id: str | None = None) -> list[dict[str, Any]]:
+        sql, args = query.calls_sql(since, until, filters, limit, call_id)
+        return [query.row_json(r) for r in await self._fetch(sql, args)]
+
+    async def spend(self, match: Mapping[str, str], since: str | None) -> Decimal:
+        sql, args = query.spend_sql(self.kind, match, since)
+        rows = await self._fetch(sql, args)
+        return Decimal(rows[0][0] or 0) / COST_SCALE
+
+    async def reprice(self, since: str | None, until: str | None,
+                      change: Callable[[list[Any]], list[tuple[float | None, str | None,
+                                                               str]]],
+                      columns: Sequence[str], dry_run: bool) -> None:
+        w, args = query.where(since, until, {})
+        rows = await self._fetch(f"SELECT {', '.join(columns)} FROM llm_usage {w}", args)
+        updates = change(rows)
+        if dry_run or not updates:
+            return
+        pool = await self._get_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("CREATE TEMP TABLE IF NOT EXISTS tb_changed (call_id TEXT) "
+                               "ON COMMIT DELETE ROWS")
+            await conn.copy_records_to_table("tb_changed", records=[(u[2],) for u in updates])
+            mine = "WHERE call_id IN (SELECT call_id FROM tb_changed)"
+            await conn.execute(rollup_upsert(self.kind, "llm_usage", mine, sign="-"))
+            await conn.executemany("UPDATE llm_usage SET cost_usd = $1, price_source = $2 "
+                                   "WHERE call_id = $3", updates)
+            await conn.execute(rollup_upsert(self.kind, "llm_usage", mine))
+
+    async def request_ids(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        rows = await self._fetch("SELECT upstream_request_id, usage_source FROM llm_usage "
+                                 "WHERE upstream_request_id = ANY(?::text[])", [list(ids)])
+        return [(r[0], r[1]) for r in rows]
+
+    async def purge(self, before: str) -> int:
+        pool = await self._get_pool()
+        total = 0
+        while True:
+            status = await pool.execute(
+                "DELETE FROM llm_usage WHERE id IN (SELECT id FROM llm_usage "
+                "WHERE started_at < $1 LIMIT 5000)", before)
+            n = int(status.split()[-1])
+            total += n
+            if n < 5000:
+                return total
+
+    # The fleet
+
+    async def secret(self) -> bytes:
+        """The install's key-fingerprint secret, the same on every replica."""
+        pool = await self._get_pool()
+        await pool.execute("INSERT INTO tb_meta (key, value) VALUES ('key_secret', $1) "
+                           "ON CONFLICT DO NOTHING", secrets.token_hex(32))
+        value = await pool.fetchval("SELECT value FROM tb_meta WHERE key = 'key_secret'")
+        return str(value).encode()
+
+    async def define_budgets(self, budgets: Sequence[tuple[str, str, dict[str, str],
+                                                           str | None]]) -> None:
+        """(name, period, match, current window start) of each budget: new or changed ones
+        get their current window's spend from the ledger, with writers held off meanwhile
+        so no row is missed or counted twice."""
+        pool = await self._get_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
+            for name, period, match, start in budgets:
+                row = await conn.fetchrow("SELECT period, match FROM tb_budget WHERE name = $1",
+                                          name)
+                if row is not None and row["period"] == period and \
+                        json.loads(row["match"]) == match:
+                    continue
+                await conn.execute(
+                    "INSERT INTO tb_budget (name, period, match) VALUES ($1, $2, $3::jsonb) "
+                    "ON CONFLICT (name) DO UPDATE SET period = $2, match = $3::jsonb",
+                    name, period, json.dumps(match))
+                await conn.execute("DELETE FROM tb_budget_spend WHERE budget = $1", name)
+                sql, args = query.spend_sql(self.kind, match, start)
+                units = await conn.fetchval(pg(sql), *args)
+                await conn.execute(
+                    "INSERT INTO tb_budget_spend (budget, window_start, spent) "
+                    "VALUES ($1, $2, $3)", name, start or "",
+                    Decimal(units or 0) / COST_SCALE)
+
+    async def reserve(self, names: Sequence[str], limits: Sequence[Decimal],
+                      windows: Sequence[str], call_id: str, worst: Decimal,
+                      replica: str) -> str | None:
+        """One round trip: the name of the budget that refuses, or None (reserved)."""
+        pool = await self._get_pool()
+        result = await pool.fetchval(
+            "SELECT tb_reserve($1::text[], $2::numeric[], $3::text[], $4, $5, $6, $7)",
+            list(names), list(limits), list(windows), call_id, worst, replica, STALE_SECONDS)
+        return None if result is None else str(result)
+
+    async def budget_state(self, keys: Sequence[tuple[str, str]]
+                           ) -> dict[str, tuple[Decimal, Decimal]]:
+        """Fleet spend and open reservations of each (budget, window start)."""
+        pool = await self._get_pool()
+        rows = await pool.fetch(
+            "SELECT k.budget, COALESCE((SELECT spent FROM tb_budget_spend s "
+            "  WHERE s.budget = k.budget AND s.window_start = k.ws), 0), "
+            "COALESCE((SELECT SUM(amount) FROM tb_reservation r "
+            "  WHERE r.budget = k.budget AND r.window_start = k.ws), 0) "
+            "FROM unnest($1::text[], $2::text[]) AS k(budget, ws)",
+            [k[0] for k in keys], [k[1] for k in keys])
+        return {r[0]: (Decimal(r[1]), Decimal(r[2])) for r in rows}
+
+    async def heartbeat(self, replica: str, watchers: int) -> int:
+        """Mark this replica alive; returns how many live-feed watchers the fleet has."""
+        pool = await self._get_pool()
+        return int(await pool.fetchval(
+            "WITH me AS (INSERT INTO tb_replica (id, seen_at, watchers) VALUES ($1, now(), $2) "
+            "ON CONFLICT (id) DO UPDATE SET seen_at = now(), watchers = $2) "
+            "SELECT COALESCE(SUM(watchers), 0) + $2 FROM tb_replica WHERE id != $1 "
+            "AND seen_at > now() - make_interval(secs => $3)", replica, watchers,
+            STALE_SECONDS) or 0)
+
+    async def notify(self, payload: str) -> None:
+        pool = await self._get_pool()
+        await pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+
+    async def listen(self, callback: Callable[[str], None]) -> None:
+        """Deliver every NOTIFY payload on the channel to `callback` (on the loop)."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        conn = await asyncpg.connect(self.url, timeout=5)
+        await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: callback(payload))
+        self._listener = conn
+
+    def listening(self) -> bool:
+        return self._listener is not None and not self._listener.is_closed()

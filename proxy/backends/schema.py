@@ -1,0 +1,195 @@
+"""The ledger's schema for both backends, as named, ordered migrations, and the SQL both
+share: the hourly roll-up and how a batch of new rows is folded into it.
+
+The roll-up (`llm_usage_hourly`) holds, per hour and per combination of the report
+dimensions (`ROLLUP_DIMS`), the same sums a report computes from raw rows. Cost is summed as
+whole units of 1e-10 USD (`cost_units`), so a total is the same integer however the rows
+are grouped: roll-up hours plus raw edges equal the raw rows exactly. A NULL dimension is
+kept as '' (a primary key cannot hold NULL), and reports read both sides through
+NULLIF(x, '') alike.
+"""
+
+from __future__ import annotations
+
+__all__ = ["COST_SCALE", "COUNTERS", "ESTIMATED", "PG_MIGRATIONS", "ROLLUP_DIMS",
+           "SQLITE_MIGRATIONS", "UNPRICED", "cost_units", "rollup_upsert"]
+
+COUNTERS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+            "reasoning_tokens", "total_tokens")
+ROLLUP_DIMS = ("agent", "model", "upstream", "operation", "end_user", "client", "outcome")
+COST_SCALE = 10_000_000_000  # cost_units per USD
+# Per raw row: what it adds to its roll-up row (the same expressions a report uses).
+UNPRICED = "CASE WHEN cost_usd IS NULL AND usage_source != 'none' THEN 1 ELSE 0 END"
+ESTIMATED = "CASE WHEN usage_source IN ('estimated', 'partial') THEN 1 ELSE 0 END"
+
+
+def cost_units(flavor: str, col: str = "cost_usd") -> str:
+    if flavor == "postgresql":
+        return f"round({col} * {COST_SCALE}::float8)::bigint"
+    return f"CAST(ROUND({col} * {COST_SCALE}) AS INTEGER)"
+
+
+def rollup_upsert(flavor: str, source: str, where: str = "", sign: str = "") -> str:
+    """INSERT the roll-up of `source`'s rows (a table or a CTE), adding to existing hours.
+    `sign` '-' takes them out again (re-pricing swaps a row's old cost for its new)."""
+    dims = ", ".join(ROLLUP_DIMS)
+    keys = ", ".join(f"COALESCE({d}, '')" for d in ROLLUP_DIMS)
+    sums = ", ".join([f"{sign}COUNT(*)",
+                      *(f"{sign}SUM(COALESCE({c}, 0))" for c in COUNTERS),
+                      f"{sign}COALESCE(SUM({cost_units(flavor)}), 0)",
+                      f"{sign}COUNT(cost_usd)", f"{sign}SUM({UNPRICED})",
+                      f"{sign}SUM({ESTIMATED})"])
+    measures = ("calls", *COUNTERS, "cost_units", "priced_calls", "unpriced_calls",
+                "estimated_calls")
+    update = ", ".join(f"{m} = llm_usage_hourly.{m} + excluded.{m}" for m in measures)
+    group = ", ".join(str(i) for i in range(1, len(ROLLUP_DIMS) + 2))
+    return (f"INSERT INTO llm_usage_hourly (hour, {dims}, {', '.join(measures)}) "
+            f"SELECT substr(started_at, 1, 13), {keys}, {sums} FROM {source} "
+            f"{where or 'WHERE true'} GROUP BY {group} "
+            f"ON CONFLICT (hour, {dims}) DO UPDATE SET {update}")
+
+
+def _rollup_table(flavor: str) -> str:
+    int_type = "BIGINT" if flavor == "postgresql" else "INTEGER"
+    cols = ",\n    ".join([*(f"{d} TEXT NOT NULL" for d in ROLLUP_DIMS),
+                           *(f"{m} {int_type} NOT NULL" for m in (
+                               "calls", *COUNTERS, "cost_units", "priced_calls",
+                               "unpriced_calls", "estimated_calls"))])
+    tail = " WITHOUT ROWID" if flavor == "sqlite" else ""
+    return (f"CREATE TABLE IF NOT EXISTS llm_usage_hourly (\n    hour TEXT NOT NULL,\n    "
+            f"{cols},\n    PRIMARY KEY (hour, {', '.join(ROLLUP_DIMS)})\n){tail};\n"
+            f"{rollup_upsert(flavor, 'llm_usage')};\n")
+
+
+_COLUMNS_V1 = """
+    call_id TEXT NOT NULL UNIQUE,
+    started_at TEXT NOT NULL,
+    ended_at TEXT NOT NULL,
+    duration_ms {real},
+    ttft_ms {real},
+    upstream TEXT,
+    dialect TEXT,
+    operation TEXT,
+    method TEXT,
+    path TEXT,
+    request_model TEXT,
+    response_model TEXT,
+    model TEXT,
+    stream {int},
+    status_code {int},
+    outcome TEXT NOT NULL,
+    input_tokens {int},
+    cache_read_tokens {int},
+    cache_write_tokens {int},
+    output_tokens {int},
+    reasoning_tokens {int},
+    total_tokens {int},
+    usage_source TEXT NOT NULL,
+    estimator TEXT,
+    cost_usd {real},
+    price_source TEXT,
+    agent TEXT,
+    session TEXT,
+    run TEXT,
+    tags TEXT,
+    end_user TEXT,
+    client TEXT,
+    key_id TEXT,
+    upstream_request_id TEXT,
+    error TEXT,
+    usage_raw TEXT
+"""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS llm_usage_started ON llm_usage (started_at);
+CREATE INDEX IF NOT EXISTS llm_usage_agent ON llm_usage (agent, started_at);
+CREATE INDEX IF NOT EXISTS llm_usage_session ON llm_usage (session, started_at);
+CREATE INDEX IF NOT EXISTS llm_usage_run ON llm_usage (run, started_at);
+CREATE INDEX IF NOT EXISTS llm_usage_model ON llm_usage (model, started_at);
+"""
+_V2 = """
+ALTER TABLE llm_usage ADD COLUMN service_tier TEXT;
+ALTER TABLE llm_usage ADD COLUMN priced_units TEXT;
+ALTER TABLE llm_usage ADD COLUMN batch_id TEXT;
+"""
+_ROLLUP = "hourly roll-up by the report dimensions"
+_REQUEST_ID_INDEX = ("CREATE INDEX IF NOT EXISTS llm_usage_request_id "
+                     "ON llm_usage (upstream_request_id);\n")
+
+SQLITE_MIGRATIONS: list[tuple[str, str]] = [
+    ("create llm_usage",
+     "CREATE TABLE IF NOT EXISTS llm_usage (\n    id INTEGER PRIMARY KEY,"
+     + _COLUMNS_V1.format(real="REAL", int="INTEGER") + ");\n" + _INDEXES),
+    ("every billed dimension: served tier, priced units, batch id", _V2),
+    (_ROLLUP, _rollup_table("sqlite") + _REQUEST_ID_INDEX),
+]
+
+# PostgreSQL: the same columns and meaning (timestamps are the same sortable ISO-8601 UTC
+# text, so every query and export reads alike), plus what a fleet shares: budget
+# definitions, spend per window (charged in the ledger write's own transaction),
+# reservations (each held by a replica that heartbeats; a dead replica's expire), and the
+# per-install secret that fingerprints keys the same on every replica.
+PG_MIGRATIONS: list[tuple[str, str]] = [
+    ("create llm_usage",
+     "CREATE TABLE IF NOT EXISTS llm_usage (\n"
+     "    id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+     + _COLUMNS_V1.format(real="DOUBLE PRECISION", int="BIGINT") + ");\n" + _INDEXES),
+    ("every billed dimension: served tier, priced units, batch id",
+     _V2.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")),
+    (_ROLLUP, _rollup_table("postgresql") + _REQUEST_ID_INDEX),
+    ("fleet: budgets, spend, reservations, replicas, install secret", """
+CREATE TABLE IF NOT EXISTS tb_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tb_budget (
+    name TEXT PRIMARY KEY, period TEXT NOT NULL, match JSONB NOT NULL);
+CREATE TABLE IF NOT EXISTS tb_budget_spend (
+    budget TEXT NOT NULL, window_start TEXT NOT NULL, spent NUMERIC NOT NULL,
+    PRIMARY KEY (budget, window_start));
+CREATE TABLE IF NOT EXISTS tb_replica (
+    id TEXT PRIMARY KEY, seen_at TIMESTAMPTZ NOT NULL, watchers INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS tb_reservation (
+    call_id TEXT NOT NULL, budget TEXT NOT NULL, window_start TEXT NOT NULL,
+    amount NUMERIC NOT NULL, replica TEXT NOT NULL, PRIMARY KEY (call_id, budget));
+CREATE INDEX IF NOT EXISTS tb_reservation_budget ON tb_reservation (budget, window_start);
+CREATE OR REPLACE FUNCTION tb_window_start(period TEXT, ts TEXT) RETURNS TEXT
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE period
+    WHEN 'day' THEN substr(ts, 1, 10) || 'T00:00:00.000Z'
+    WHEN 'week' THEN to_char(date_trunc('week', substr(ts, 1, 10)::date), 'YYYY-MM-DD')
+                     || 'T00:00:00.000Z'
+    WHEN 'month' THEN substr(ts, 1, 7) || '-01T00:00:00.000Z'
+    ELSE '' END
+$$;
+CREATE OR REPLACE FUNCTION tb_reserve(p_names TEXT[], p_limits NUMERIC[], p_windows TEXT[],
+                                      p_call TEXT, p_worst NUMERIC, p_replica TEXT,
+                                      p_stale_seconds DOUBLE PRECISION)
+RETURNS TEXT LANGUAGE plpgsql AS $$
+DECLARE
+  i INTEGER;
+  spent NUMERIC;
+  held NUMERIC;
+BEGIN
+  -- one budget at a time across the fleet; callers pass names sorted (no deadlock)
+  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+    PERFORM pg_advisory_xact_lock(hashtext('tokenbooth.budget'), hashtext(p_names[i]));
+  END LOOP;
+  -- what a replica that stopped heartbeating still holds is released
+  DELETE FROM tb_reservation r WHERE r.budget = ANY (p_names) AND NOT EXISTS (
+    SELECT 1 FROM tb_replica p WHERE p.id = r.replica
+      AND p.seen_at > now() - make_interval(secs => p_stale_seconds));
+  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+    SELECT coalesce(max(s.spent), 0) INTO spent FROM tb_budget_spend s
+      WHERE s.budget = p_names[i] AND s.window_start = p_windows[i];
+    SELECT coalesce(sum(r.amount), 0) INTO held FROM tb_reservation r
+      WHERE r.budget = p_names[i] AND r.window_start = p_windows[i];
+    IF spent >= p_limits[i] OR spent + held + p_worst > p_limits[i] THEN
+      RETURN p_names[i];
+    END IF;
+  END LOOP;
+  IF p_worst > 0 THEN
+    INSERT INTO tb_reservation (call_id, budget, window_start, amount, replica)
+      SELECT p_call, n, w, p_worst, p_replica FROM unnest(p_names, p_windows) AS t(n, w)
+      ON CONFLICT DO NOTHING;
+  END IF;
+  RETURN NULL;
+END $$;
+"""),
+]

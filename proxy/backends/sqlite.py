@@ -1,0 +1,218 @@
+"""The SQLite backend: one aiosqlite write connection (WAL), reads on short-lived read-only
+connections in a worker thread, so a report never waits for a write."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from proxy import query
+from proxy.backends.schema import COST_SCALE, SQLITE_MIGRATIONS, rollup_upsert
+from proxy.record import COLUMNS
+
+__all__ = ["INSERT", "SqliteBackend", "connect_readonly", "migrate"]
+
+INSERT = (f"INSERT OR IGNORE INTO llm_usage ({', '.join(COLUMNS)}) "
+          f"VALUES ({', '.join('?' * len(COLUMNS))})")
+BUSY_TIMEOUT_MS = 1000
+_ROLLUP_NEW = rollup_upsert("sqlite", "llm_usage", "WHERE id > ?")
+T = TypeVar("T")
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """A read connection for reports and the API (WAL lets it read while we write)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for i, (_name, sql) in enumerate(SQLITE_MIGRATIONS[version:], start=version + 1):
+        conn.executescript(sql)
+        conn.execute(f"PRAGMA user_version = {i}")
+    conn.commit()
+    return len(SQLITE_MIGRATIONS)
+
+
+def write_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Rows and their roll-up in one transaction (synchronous twin of `write`)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM llm_usage").fetchone()[0]
+        conn.executemany(INSERT, rows)
+        conn.execute(_ROLLUP_NEW, (last,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class SqliteBackend:
+    kind = "sqlite"
+    fleet = False
+    unavailable: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: aiosqlite.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"sqlite ledger at {self.path}"
+
+    async def open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._migrate)
+        await self._connect()
+
+    def _migrate(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=10)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            migrate(conn)
+        finally:
+            conn.close()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            # autocommit: `write` opens its own BEGIN IMMEDIATE, so the id it reads and the
+            # rows it adds belong to one transaction
+            conn = await aiosqlite.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                           isolation_level=None)
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._conn = conn
+        return self._conn
+
+    async def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        conn = await self._connect()
+        await conn.execute("BEGIN IMMEDIATE")
+        async with conn.execute("SELECT COALESCE(MAX(id), 0) FROM llm_usage") as cur:
+            row = await cur.fetchone()
+        await conn.executemany(INSERT, rows)
+        await conn.execute(_ROLLUP_NEW, (row[0] if row else 0,))
+        await conn.execute("COMMIT")
+
+    async def reset(self) -> None:
+        """After a failed write: roll back, or start over with a new connection."""
+        if self._conn is None:
+            return
+        try:
+            if self._conn.in_transaction:
+                await self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            try:
+                await self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+    async def recorded(self, call_ids: Sequence[str]) -> set[str]:
+        conn = await self._connect()
+        seen: set[str] = set()
+        for i in range(0, len(call_ids), 500):
+            part = list(call_ids[i:i + 500])
+            async with conn.execute(f"SELECT call_id FROM llm_usage WHERE call_id IN "
+                                    f"({','.join('?' * len(part))})", part) as cur:
+                seen.update(r[0] for r in await cur.fetchall())
+        return seen
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    # Reads: a read-only connection per call, in a worker thread.
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            if not Path(self.path).exists():
+                raise query.QueryError("--db", f"no ledger at {self.path}")
+            conn = connect_readonly(self.path)
+            try:
+                return fn(conn)
+            finally:
+                conn.close()
+        return await asyncio.to_thread(run)
+
+    async def usage(self, group_by: Sequence[str], since: str | None, until: str | None,
+                    filters: Mapping[str, str | None]) -> dict[str, Any]:
+        sql, args = query.usage_sql(self.kind, group_by, since, until, filters)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return query.usage_result(rows, group_by, since, until)
+
+    async def calls(self, since: str | None, until: str | None,
+                    filters: Mapping[str, str | None], limit: int = 100,
+                    call_id: str | None = None) -> list[dict[str, Any]]:
+        sql, args = query.calls_sql(since, until, filters, limit, call_id)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [query.row_json(r) for r in rows]
+
+    async def spend(self, match: Mapping[str, str], since: str | None) -> Decimal:
+        sql, args = query.spend_sql(self.kind, match, since)
+        row = await self._read(lambda c: c.execute(sql, args).fetchone())
+        return Decimal(row[0] or 0) / COST_SCALE
+
+    async def reprice(self, since: str | None, until: str | None,
+                      change: Callable[[list[Any]], list[tuple[float | None, str | None,
+                                                               str]]],
+                      columns: Sequence[str], dry_run: bool) -> None:
+        """Rows in the range go to `change`, which returns (cost, source, call_id) for each
+        row to rewrite; rows and roll-up change in one transaction."""
+        w, args = query.where(since, until, {})
+
+        def run() -> None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            try:
+                migrate(conn)  # a ledger from before priced_units gains its columns first
+                rows = conn.execute(f"SELECT {', '.join(columns)} FROM llm_usage {w}",
+                                    args).fetchall()
+                updates = change(rows)
+                if dry_run or not updates:
+                    return
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS tb_changed (call_id TEXT)")
+                conn.execute("DELETE FROM tb_changed")
+                conn.executemany("INSERT INTO tb_changed VALUES (?)",
+                                 [(u[2],) for u in updates])
+                mine = "WHERE call_id IN (SELECT call_id FROM tb_changed)"
+                conn.execute(rollup_upsert("sqlite", "llm_usage", mine, sign="-"))
+                conn.executemany("UPDATE llm_usage SET cost_usd = ?, price_source = ? "
+                                 "WHERE call_id = ?", updates)
+                conn.execute(rollup_upsert("sqlite", "llm_usage", mine))
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+        await asyncio.to_thread(run)
+
+    async def request_ids(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(upstream_request_id, usage_source) of rows holding any of these ids."""
+        def run(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            out: list[tuple[str, str]] = []
+            for j in range(0, len(ids), 500):
+                part = list(ids[j:j + 500])
+                out += [(r[0], r[1]) for r in conn.execute(
+                    f"SELECT upstream_request_id, usage_source FROM llm_usage WHERE "
+                    f"upstream_request_id IN ({','.join('?' * len(part))})", part)]
+            return out
+        return await self._read(run)
+
+    async def purge(self, before: str) -> int:
+        """Delete raw rows started before `before` (their hours stay in the roll-up)."""
+        conn = await self._connect()
+        total = 0
+        while True:  # in slices: the writer is not held up for long
+            cur = await conn.execute(
+                "DELETE FROM llm_usage WHERE id IN (SELECT id FROM llm_usage "
+                "WHERE started_at < ? LIMIT 5000)", (before,))
+            total += cur.rowcount
+            if cur.rowcount < 5000:
+                return total

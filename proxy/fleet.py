@@ -1,0 +1,120 @@
+"""This replica's place in a fleet that shares a PostgreSQL ledger.
+
+Every second: a heartbeat (it keeps this replica's budget reservations alive, and tells how
+many live-feed watchers the other replicas have), then the budgets read the fleet's spend.
+The live feed goes both ways over LISTEN/NOTIFY: this replica's events are queued (bounded,
+oldest dropped) and sent in batches by a background task, so a call never waits for the
+database; other replicas' events are handed to the local feed's subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from collections import deque
+
+from proxy.backends.postgres import PostgresBackend
+from proxy.sinks.budgets import Budgets
+from proxy.sinks.feed import Broadcaster
+from proxy.tasks import spawn
+
+__all__ = ["Fleet"]
+
+log = logging.getLogger("tokenbooth.fleet")
+INTERVAL_SECONDS = 1.0
+PAYLOAD_BYTES = 7900  # NOTIFY takes up to 8000 bytes
+QUEUE_EVENTS = 10_000
+
+
+class Fleet:
+    def __init__(self, backend: PostgresBackend, budgets: Budgets, feed: Broadcaster,
+                 interval: float = INTERVAL_SECONDS) -> None:
+        self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._backend = backend
+        self._budgets = budgets
+        self._feed = feed
+        self._interval = interval
+        self._out: deque[str] = deque(maxlen=QUEUE_EVENTS)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.dropped = 0  # events that could not be sent to the fleet
+        self._healthy = True
+        budgets.replica = self.replica
+        feed.relay = self.send
+
+    async def start(self) -> None:
+        """Heartbeat once (this replica's reservations count from now), then run."""
+        await self._beat()
+        self._tasks = [spawn(self._run(), name="tokenbooth-fleet"),
+                       spawn(self._send_loop(), name="tokenbooth-fleet-feed")]
+
+    async def _beat(self) -> None:
+        b = self._backend
+        self._feed.remote_watchers = await b.heartbeat(self.replica, self._feed.local_watchers)
+        if not b.listening():
+            await b.listen(self._received)
+        await self._budgets.sync()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._beat()
+                if not self._healthy:
+                    log.info("fleet: the shared ledger answers again")
+                self._healthy = True
+            except self._backend.unavailable as exc:
+                if self._healthy:
+                    log.warning("fleet: shared ledger unreachable (%s); budgets decide on "
+                                "this replica's last view until it answers", exc)
+                self._healthy = False
+
+    def send(self, kind: str, data: str) -> None:
+        """Queue one event for the other replicas (never blocks; oldest dropped)."""
+        if len(self._out) == self._out.maxlen:
+            self.dropped += 1
+        self._out.append(f"{kind}\t{data}")
+        self._wake.set()
+
+    async def _send_loop(self) -> None:
+        head = self.replica + "\n"
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._out:
+                lines: list[str] = []
+                size = len(head)
+                while self._out and size + len(self._out[0]) + 1 <= PAYLOAD_BYTES:
+                    line = self._out.popleft()
+                    size += len(line.encode()) + 1
+                    lines.append(line)
+                if not lines:  # one event too large for NOTIFY: not relayed
+                    self._out.popleft()
+                    self.dropped += 1
+                    continue
+                try:
+                    await self._backend.notify(head + "\n".join(lines))
+                except self._backend.unavailable:
+                    self.dropped += len(lines)
+
+    def _received(self, payload: str) -> None:
+        replica, _, body = payload.partition("\n")
+        if replica == self.replica:
+            return
+        for line in body.split("\n"):
+            kind, _, data = line.partition("\t")
+            if data:
+                self._feed.deliver(kind, data)
+
+    async def aclose(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self._tasks = []
