@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,3 +232,21 @@ async def sdk() -> Any:
     s = Sdks()
     yield s
     await s.aclose()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Any:
+    from tests.pg import PgServer
+
+    server = PgServer()
+    yield server
+    server.close()
+
+
+_pg_dbs = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """A fresh, empty database on the test PostgreSQL server."""
+    return str(pg_server.create_database(f"t{os.getpid()}_{next(_pg_dbs)}"))
