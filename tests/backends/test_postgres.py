@@ -1,0 +1,149 @@
+"""The PostgreSQL ledger: PostgreSQL restarted mid-traffic (rows spooled, replayed exactly
+once), an old schema migrated in place (roll-up built from its rows), and the commands
+(report, calls, reprice) on it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from proxy import state
+from proxy.backends.postgres import migrate
+from proxy.backends.schema import PG_MIGRATIONS
+from proxy.cli import main
+from proxy.record import COLUMNS
+from proxy.sinks.ledger import Ledger
+from tests.conftest import FakeUpstream, Reply, StartProxy
+from tests.factories import make_record
+
+USAGE = json.dumps({"model": "gpt-4o", "usage": {"prompt_tokens": 10,
+                                                 "completion_tokens": 2}}).encode()
+
+
+async def wait_until(cond: Any, timeout: float = 20.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def burst(url: str, n: int, start: int = 0) -> list[int]:
+    async with aiohttp.ClientSession() as s:
+        async def one(i: int) -> int:
+            async with s.post(f"{url}/openai/v1/chat/completions", json={"n": i}) as r:
+                await r.read()
+                return r.status
+        return list(await asyncio.gather(*(one(i) for i in range(start, start + n))))
+
+
+async def count(url: str) -> tuple[int, int]:
+    db = await asyncpg.connect(url)
+    try:
+        row = await db.fetchrow("SELECT count(*), count(DISTINCT call_id) FROM llm_usage")
+        return int(row[0]), int(row[1])
+    finally:
+        await db.close()
+
+
+async def test_postgres_restarted_mid_traffic_spools_and_replays_once(
+        upstream: FakeUpstream, start_proxy: StartProxy, pg_server: Any, pg_url: str) -> None:
+    upstream.on("/v1/chat/completions", Reply([USAGE]))
+    proxy = await start_proxy(ledger={"url": pg_url})
+    ledger = proxy.app[state.LEDGER]
+    assert await burst(proxy.url, 5) == [200] * 5
+    await proxy.collector.wait_for(5)
+    await ledger.flush()
+    pg_server.stop()
+    try:
+        assert await burst(proxy.url, 20, 5) == [200] * 20  # no call fails
+        await proxy.collector.wait_for(25)
+        await ledger.flush()
+        assert ledger.counts["spooled"] == 20 and ledger.spool_path.exists()
+    finally:
+        pg_server.start()
+    await wait_until(lambda: not ledger.spool_path.exists())
+    assert await burst(proxy.url, 3, 25) == [200] * 3
+    await proxy.collector.wait_for(28)
+    await ledger.flush()
+    assert await count(pg_url) == (28, 28)
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/api/usage") as r:
+        assert (await r.json())["totals"]["calls"] == 28  # roll-up took the replay once
+
+
+async def test_old_schema_is_migrated_in_place(pg_url: str) -> None:
+    db = await asyncpg.connect(pg_url)
+    try:
+        await db.execute("CREATE TABLE tb_schema (version INTEGER NOT NULL)")
+        await db.execute(PG_MIGRATIONS[0][1])  # the first schema: no tier, units, batch
+        await db.execute("INSERT INTO tb_schema VALUES (1)")
+        old = COLUMNS[:COLUMNS.index("service_tier")]
+        rows = [make_record(call_id=f"o{i}", agent="old", cost_usd=Decimal("0.25"))
+                .to_row()[:len(old)] for i in range(4)]
+        await db.copy_records_to_table("llm_usage", records=rows, columns=old)
+    finally:
+        await db.close()
+    ledger = Ledger(pg_url, flush_seconds=0.01)
+    await ledger.open()
+    try:
+        await ledger.handle(make_record(call_id="new", agent="old", service_tier="flex",
+                                        cost_usd=Decimal("0.5")))
+        await ledger.flush()
+        result = await ledger.backend.usage(["agent"], None, None, {})
+        assert result["groups"][0]["calls"] == 5 and result["totals"]["cost_usd"] == 1.5
+        (row,) = await ledger.backend.calls(None, None, {}, 1, "new")
+        assert row["service_tier"] == "flex"
+    finally:
+        await ledger.aclose()
+    db = await asyncpg.connect(pg_url)
+    try:
+        assert await migrate(db) == len(PG_MIGRATIONS)  # again: nothing to do
+        assert await db.fetchval("SELECT max(version) FROM tb_schema") == len(PG_MIGRATIONS)
+    finally:
+        await db.close()
+
+
+async def test_commands_work_on_postgres(pg_url: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ledger = Ledger(pg_url, flush_seconds=0.01)
+    await ledger.open()
+    try:
+        for i in range(6):
+            await ledger.handle(make_record(
+                call_id=f"p{i}", started_at=f"2026-11-2{i}T10:00:00.000Z", agent="ana",
+                session="s1", model="gpt-4o", request_model="gpt-4o",
+                response_model="gpt-4o-2024-08-06", input_tokens=1_000_000,
+                cache_read_tokens=0, output_tokens=0, reasoning_tokens=0,
+                cost_usd=Decimal("9.99"), price_source="stale"))
+        await ledger.flush()
+    finally:
+        await ledger.aclose()
+    assert main(["report", "--db", pg_url, "--by", "agent", "--since", "2026-11-01",
+                 "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows"][0]["calls"] == 6 and out["totals"]["cost_usd"] == pytest.approx(59.94)
+    assert main(["calls", "--db", pg_url, "--session", "s1", "--since", "2026-11-01",
+                 "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["rows"]) == 6
+    # gpt-4o input is $2.50 per million tokens (OpenAI's price list)
+    assert main(["reprice", "--db", pg_url, "--since", "2026-11-01"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--db", pg_url, "--by", "model", "--since", "2026-11-01",
+                 "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["totals"]["cost_usd"] == pytest.approx(6 * 2.5)  # the roll-up follows
+    db = await asyncpg.connect(pg_url)
+    try:
+        assert await db.fetchval("SELECT sum(cost_units) FROM llm_usage_hourly") == \
+            15 * 10**10
+    finally:
+        await db.close()
