@@ -1,16 +1,18 @@
-"""Ledger micro-benchmark: rows per second written in batches, and enqueue cost.
+"""Ledger micro-benchmark: rows per second written in batches, and enqueue cost, on both
+backends.
 
 Feeds N call records through the real Ledger sink (the same `handle` the recorder calls),
-then waits until the writer has committed them all, on a fresh SQLite file.
+then waits until the writer has committed them all (rows, roll-up, budget charges), on a
+fresh SQLite file and a fresh PostgreSQL database (a throwaway local cluster unless
+`--pg-url` names a server).
 
-    python bench/ledger_bench.py [--rows 200000]
+    python bench/ledger_bench.py [--rows 200000] [--backend sqlite|postgresql|both]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import sys
 import tempfile
 import time
@@ -18,13 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.sinks.ledger import Ledger
-from tests.factories import make_record
+from proxy.sinks.ledger import Ledger  # noqa: E402
+from tests.factories import make_record  # noqa: E402
 
 
-async def run(n: int) -> None:
-    path = str(Path(tempfile.mkdtemp(prefix="tb-ledger-")) / "bench.db")
-    ledger = Ledger(path, queue_rows=n + 1)
+async def run(target: str, label: str, n: int) -> None:
+    ledger = Ledger(target, queue_rows=n + 1)
     await ledger.open()
     records = [make_record(call_id=f"call-{i:08d}", agent=f"agent-{i % 50}",
                            session=f"s-{i % 997}", tags={"round": str(i % 13)})
@@ -35,17 +36,40 @@ async def run(n: int) -> None:
     t1 = time.perf_counter()
     await ledger.flush()
     t2 = time.perf_counter()
+    stored = (await ledger.backend.usage([], None, None, {}))["totals"]["calls"]
     await ledger.aclose()
-    with sqlite3.connect(path) as conn:
-        stored = conn.execute("SELECT count(*) FROM llm_usage").fetchone()[0]
     assert stored == n, f"{stored} rows stored, {n} expected"
-    print(f"rows: {n}  enqueue: {(t1 - t0) / n * 1e6:.1f} us/row (to_row + put_nowait)")
-    print(f"writer: {n / (t2 - t1):,.0f} rows/s once queued ({t2 - t1:.2f} s, batches of "
-          f"up to 20,000 rows, one {ledger.flush_seconds}s gathering wait per batch)")
-    print(f"end to end: {n / (t2 - t0):,.0f} rows/s")
+    print(f"[{label}] rows: {n}  enqueue: {(t1 - t0) / n * 1e6:.1f} us/row "
+          f"(to_row + put_nowait)")
+    print(f"[{label}] writer: {n / (t2 - t1):,.0f} rows/s once queued ({t2 - t1:.2f} s, "
+          f"batches of up to 20,000 rows with their roll-up, one "
+          f"{ledger.flush_seconds}s gathering wait per batch)")
+    print(f"[{label}] end to end: {n / (t2 - t0):,.0f} rows/s")
+
+
+async def main(args: argparse.Namespace) -> None:
+    if args.backend in ("sqlite", "both"):
+        path = str(Path(tempfile.mkdtemp(prefix="tb-ledger-")) / "bench.db")
+        await run(path, "sqlite", args.rows)
+    if args.backend in ("postgresql", "both"):
+        server = None
+        url = args.pg_url
+        if url is None:
+            from bench.pg import PgServer
+
+            server = PgServer(durable=True)
+            url = server.create_database("ledger_bench")
+        try:
+            await run(url, "postgresql", args.rows)
+        finally:
+            if server is not None:
+                server.close()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200_000)
-    asyncio.run(run(parser.parse_args().rows))
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--pg-url", help="an existing PostgreSQL database (default: a "
+                                         "throwaway local cluster)")
+    asyncio.run(main(parser.parse_args()))

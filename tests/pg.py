@@ -41,7 +41,10 @@ def _free_port() -> int:
 class PgServer:
     """One cluster; `stop()`/`start()` restart it on the same port (for outage tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        """`durable`: fsync and full-page writes on, as a production server runs (the
+        benchmarks); the tests run without them."""
+        self.durable = durable
         self.bin = _bindir()
         self.user: str | None = None
         if os.geteuid() == 0:
@@ -73,8 +76,9 @@ class PgServer:
 
     def start(self) -> None:
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                f"-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                 f"-c max_connections=300")
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"),
                   "-o", opts, "-w", "-t", "60", "start")
 

@@ -114,9 +114,13 @@ class PostgresBackend:
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
+            # JIT compiling the write statement costs more than running it (its cost
+            # estimate is inflated by the budget join): off for our sessions (a startup
+            # setting, so the pool's RESET ALL keeps it)
             self._pool = await asyncpg.create_pool(self.url, min_size=0,
                                                    max_size=self._pool_size, init=_stage,
-                                                   command_timeout=30, timeout=5)
+                                                   command_timeout=30, timeout=5,
+                                                   server_settings={"jit": "off"})
         return self._pool
 
     async def open(self) -> None:
