@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.sinks.ledger import Ledger  # noqa: E402
-from tests.factories import make_record  # noqa: E402
+from proxy.sinks.ledger import Ledger
+from tests.factories import make_record
 
 
 async def run(target: str, label: str, n: int) -> None:

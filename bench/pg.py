@@ -8,6 +8,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.pg import PgServer  # noqa: E402
+from tests.pg import PgServer
 
 __all__ = ["PgServer"]

@@ -23,8 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.backends import open_backend  # noqa: E402
-from proxy.record import COLUMNS  # noqa: E402
+from proxy.backends import open_backend
+from proxy.record import COLUMNS
 
 AGENTS = [f"agent-{i}" for i in range(20)]
 MODELS = [("gpt-4o", "openai"), ("gpt-4o-mini", "openai"), ("o3", "openai"),
@@ -103,35 +103,27 @@ def timed(cmd: list[str], rounds: int = 3) -> float:
     return best
 
 
-async def api_time(cfg: Path, rounds: int = 3) -> float:
+async def api_time(port: int, rounds: int = 3) -> float:
     import aiohttp
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(cfg),
-                             "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(300):
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-            best = float("inf")
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                async with s.get(f"http://127.0.0.1:{port}/api/usage?group_by=agent"
-                                 f"&since=30d") as r:
-                    assert r.status == 200, await r.text()
-                    await r.read()
-                best = min(best, time.perf_counter() - t0)
-            return best
-    finally:
-        proc.terminate()
-        proc.wait()
+    async with aiohttp.ClientSession() as s:
+        for _ in range(300):
+            try:
+                async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            async with s.get(f"http://127.0.0.1:{port}/api/usage?group_by=agent"
+                             f"&since=30d") as r:
+                assert r.status == 200, await r.text()
+                await r.read()
+            best = min(best, time.perf_counter() - t0)
+        return best
 
 
 def bench(label: str, target: str, n: int, tmp: Path) -> None:
@@ -148,8 +140,16 @@ def bench(label: str, target: str, n: int, tmp: Path) -> None:
         t = timed([*base, *args, "--config", str(cfg)])
         print(f"[{label}] tokenbooth {' '.join(args)}: {t:.3f} s "
               f"(the bare `tokenbooth --version` process: {floor:.3f} s)")
-    print(f"[{label}] GET /api/usage?group_by=agent&since=30d: "
-          f"{asyncio.run(api_time(cfg)):.3f} s")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(cfg),
+                             "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        print(f"[{label}] GET /api/usage?group_by=agent&since=30d: "
+              f"{asyncio.run(api_time(port)):.3f} s")
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 def main() -> None:

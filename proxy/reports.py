@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,13 +103,17 @@ def _with_ledger(config: Any, work: Callable[[SqliteBackend | PostgresBackend], 
             return await work(backend)
         finally:
             await backend.aclose()
+    return _run(run())
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(run())
+        return asyncio.run(coro)
     # called from code already running a loop (tests, an embedding program): its own thread
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, run()).result()
+        return pool.submit(asyncio.run, coro).result()
 
 
 def cmd_report(args: argparse.Namespace, config: Any) -> int:
@@ -285,6 +289,41 @@ def cmd_import(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
+def cmd_copy(args: argparse.Namespace, config: Any) -> int:
+    """Copy every row of this ledger into another (SQLite to PostgreSQL, say): through the
+    destination's own write, so its roll-up and budget spend follow; a row it holds
+    already is skipped, so the copy can run again after an interruption."""
+    source = open_backend(config.ledger.target)
+    if isinstance(source, SqliteBackend) and not Path(source.path).exists():
+        raise query.QueryError("--db", f"no ledger at {source.path}")
+    dest = open_backend(args.to)
+    if repr(dest) == repr(source):
+        raise query.QueryError("--to", "is the ledger being copied")
+
+    async def run() -> int:
+        copied = 0
+        try:
+            await dest.open()
+            after = 0
+            while True:
+                batch = await source.rows_after(after, 20_000)
+                if not batch:
+                    return copied
+                await dest.write([row for _, row in batch])
+                after = batch[-1][0]
+                copied += len(batch)
+                print(f"\rcopied {copied:,} rows", end="", file=sys.stderr, flush=True)
+        finally:
+            await source.aclose()
+            await dest.aclose()
+
+    copied = _run(run())
+    print(file=sys.stderr)
+    print(f"copied {copied:,} row(s) from {source!r} to {dest!r} (rows it held already "
+          f"were skipped)")
+    return 0
+
+
 def cmd_calls(args: argparse.Namespace, config: Any) -> int:
     if args.limit < 1:
         raise query.QueryError("--limit", "must be at least 1")
@@ -339,6 +378,11 @@ def add_commands(sub: Any, add_common: Callable[..., None],
     p.add_argument("path", nargs="?", help="transcripts (default ~/.claude/projects)")
     p.add_argument("--progress", action="store_true", help="show progress even when piped")
     p.set_defaults(func=runner(cmd_import))
+    p = sub.add_parser("copy-ledger", help="copy every row into another ledger (once)")
+    add_common(p)
+    p.add_argument("--to", required=True, help="the destination: postgresql://... or a "
+                                               "SQLite path")
+    p.set_defaults(func=runner(cmd_copy))
     p = sub.add_parser("calls", help="recent calls for a session, agent or run")
     add_common(p)
     p.add_argument("--session")

@@ -211,6 +211,12 @@ class PostgresBackend:
                                  "WHERE upstream_request_id = ANY(?::text[])", [list(ids)])
         return [(r[0], r[1]) for r in rows]
 
+    async def rows_after(self, after: int, limit: int) -> list[tuple[int, tuple[Any, ...]]]:
+        """(id, row in COLUMNS order) of the next `limit` rows after id `after`."""
+        rows = await self._fetch(f"SELECT id, {_COLS} FROM llm_usage WHERE id > ? "
+                                 f"ORDER BY id LIMIT ?", [after, limit])
+        return [(r[0], tuple(r[1:])) for r in rows]
+
     async def purge(self, before: str) -> int:
         pool = await self._get_pool()
         total = 0

@@ -205,6 +205,13 @@ class SqliteBackend:
             return out
         return await self._read(run)
 
+    async def rows_after(self, after: int, limit: int) -> list[tuple[int, tuple[Any, ...]]]:
+        """(id, row in COLUMNS order) of the next `limit` rows after id `after`."""
+        sql = (f"SELECT id, {', '.join(COLUMNS)} FROM llm_usage WHERE id > ? "
+               f"ORDER BY id LIMIT ?")
+        rows = await self._read(lambda c: c.execute(sql, (after, limit)).fetchall())
+        return [(r[0], tuple(r[1:])) for r in rows]
+
     async def purge(self, before: str) -> int:
         """Delete raw rows started before `before` (their hours stay in the roll-up)."""
         conn = await self._connect()

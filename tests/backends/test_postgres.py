@@ -147,3 +147,28 @@ async def test_commands_work_on_postgres(pg_url: str, tmp_path: Path,
             15 * 10**10
     finally:
         await db.close()
+
+
+async def test_copy_ledger_from_sqlite_once_even_when_run_twice(
+        pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "old.db")
+    ledger = Ledger(path, flush_seconds=0.01)
+    await ledger.open()
+    try:
+        for i in range(25):
+            await ledger.handle(make_record(call_id=f"s{i}", agent=f"a{i % 2}",
+                                            cost_usd=Decimal("0.004")))
+        await ledger.flush()
+    finally:
+        await ledger.aclose()
+    for _ in range(2):
+        assert main(["copy-ledger", "--db", path, "--to", pg_url]) == 0
+    assert "copied 25 row(s)" in capsys.readouterr().out
+    assert await count(pg_url) == (25, 25)
+    db = await asyncpg.connect(pg_url)
+    try:
+        assert await db.fetchval("SELECT sum(calls) FROM llm_usage_hourly") == 25
+        assert await db.fetchval("SELECT sum(cost_units) FROM llm_usage_hourly") == \
+            25 * 4 * 10**7  # 0.004 USD each, in 1e-10 USD units
+    finally:
+        await db.close()
