@@ -157,7 +157,8 @@ async def load_url(url: str, scenario: str, conc: int, n: int) -> list[tuple[flo
 
 
 async def main_async(quick: bool, levels: list[int], scenarios: list[str],
-                     rounds: int, before: str | None = None) -> None:
+                     rounds: int, before: str | None = None,
+                     postgres: str | None = None) -> None:
     for name in list(SCENARIOS):
         if name not in scenarios:
             del SCENARIOS[name]
@@ -188,7 +189,25 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str],
             procs.append(spawn([sys.executable, "-m", "proxy", "serve", "--config",
                                 str(cfg_before), "--port", str(before_port)], cpu=0,
                                cwd=before))
+            before_pid = procs[-1].pid
             ports.append(before_port)
+        pg_server = None
+        if postgres is not None:  # the same proxy on a PostgreSQL ledger, same rounds
+            if postgres == "local":
+                sys.path.insert(0, str(HERE.parent))
+                from tests.pg import PgServer
+
+                pg_server = PgServer(durable=True)
+                postgres = pg_server.create_database("run_bench")
+            pg_port = free_port()
+            cfg_pg = Path(tmp) / "postgres.yaml"
+            cfg_pg.write_text(cfg.read_text().replace(
+                f"ledger: {{path: '{tmp}/bench.db'}}",
+                f"ledger: {{url: '{postgres}', path: '{tmp}/pg/bench.db'}}"))
+            procs.append(spawn([sys.executable, "-m", "proxy", "serve", "--config",
+                                str(cfg_pg), "--port", str(pg_port)], cpu=0,
+                               cwd=str(HERE.parent)))
+            ports.append(pg_port)
         for port in ports:
             await wait_port(port)
         await asyncio.sleep(1.0)  # vocabularies load off the loop at start-up
@@ -204,13 +223,19 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str],
         if before:
             bb = f"http://127.0.0.1:{before_port}"
             targets["before"] = ({"openai": f"{bb}/openai", "anthropic": f"{bb}/anthropic"},
-                                 procs[-1].pid)
+                                 before_pid)
+        if postgres is not None:
+            pb = f"http://127.0.0.1:{pg_port}"
+            targets["postgresql"] = ({"openai": f"{pb}/openai", "anthropic": f"{pb}/anthropic"},
+                                     procs[-1].pid)
         results = await measure_all(targets, levels, per_level, rounds)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait()
+        if postgres is not None and pg_server is not None:
+            pg_server.close()
     summarize(results)
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
@@ -245,6 +270,15 @@ def summarize(results: dict[str, dict[str, object]]) -> None:
         for key in d:
             print(f"  {key:20s} before {b[key]['cpu_us_per_req']:7.0f}us "
                   f"({b[key]['cpu_us_per_req'] / f[key]['cpu_us_per_req']:.2f}x floor)")
+    if "postgresql" in results:
+        pg = results["postgresql"]
+        geo_pg = statistics.geometric_mean(pg[k]["cpu_us_per_req"] for k in d)
+        print(f"PostgreSQL ledger (same proxy, same rounds): geo-mean {geo_pg:.0f}us; "
+              f"postgresql/sqlite {geo_pg / geo:.3f}")
+        for key in d:
+            print(f"  {key:20s} postgresql {pg[key]['cpu_us_per_req']:7.0f}us, sqlite "
+                  f"{t[key]['cpu_us_per_req']:7.0f}us "
+                  f"({pg[key]['cpu_us_per_req'] / t[key]['cpu_us_per_req']:.3f})")
     print(f"peak RSS: floor {f['peak_rss_mib']:.0f} MiB, tokenbooth {t['peak_rss_mib']:.0f} MiB")
 
 
@@ -258,6 +292,9 @@ if __name__ == "__main__":
     parser.add_argument("--before", metavar="CHECKOUT",
                         help="another checkout of this repository (e.g. a git worktree of the "
                              "previous release) measured in the same rounds, for comparison")
+    parser.add_argument("--postgres", nargs="?", const="local", metavar="URL",
+                        help="also measure the proxy on a PostgreSQL ledger in the same rounds "
+                             "(an empty database URL; default: a throwaway local cluster)")
     a = parser.parse_args()
     asyncio.run(main_async(a.quick, [int(x) for x in a.levels.split(",")],
-                           a.scenarios.split(","), a.rounds, a.before))
+                           a.scenarios.split(","), a.rounds, a.before, a.postgres))

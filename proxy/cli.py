@@ -104,8 +104,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a Linux dependency
         runner = asyncio.run
+    from proxy.backends import LedgerUnavailable
+
     try:
         runner(_serve(config))
+    except LedgerUnavailable as exc:
+        print(f"tokenbooth: cannot open the ledger: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"tokenbooth: cannot listen on {config.host}:{config.port}: {exc.strerror}",
               file=sys.stderr)

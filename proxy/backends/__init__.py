@@ -18,7 +18,11 @@ if TYPE_CHECKING:
     from proxy.backends.postgres import PostgresBackend
     from proxy.backends.sqlite import SqliteBackend
 
-__all__ = ["is_postgres", "open_backend", "sqlite_path"]
+__all__ = ["LedgerUnavailable", "is_postgres", "open_backend", "sqlite_path"]
+
+
+class LedgerUnavailable(RuntimeError):
+    """The ledger cannot be opened at start-up (the message names it, never a password)."""
 
 
 def is_postgres(target: str) -> bool:

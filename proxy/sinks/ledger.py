@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from proxy.backends import open_backend
+from proxy.backends import LedgerUnavailable, open_backend
 from proxy.record import COLUMNS, CallRecord
 from proxy.tasks import spawn
 
@@ -56,7 +56,10 @@ class Ledger:
         self._retention: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        await self.backend.open()
+        try:
+            await self.backend.open()
+        except self.backend.unavailable as exc:
+            raise LedgerUnavailable(f"{self.backend!r}: {exc}") from None
         self._task = spawn(self._writer(), name="tokenbooth-ledger")
         if self.retention_days:
             self._retention = spawn(self._retain(), name="tokenbooth-retention")

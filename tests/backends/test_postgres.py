@@ -172,3 +172,17 @@ async def test_copy_ledger_from_sqlite_once_even_when_run_twice(
             25 * 4 * 10**7  # 0.004 USD each, in 1e-10 USD units
     finally:
         await db.close()
+
+
+def test_unreachable_postgres_at_start_is_one_clear_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.e2e.test_disconnects import free_port
+
+    monkeypatch.chdir(tmp_path)
+    url = f"postgresql://tokenbooth:s3cret@127.0.0.1:{free_port()}/x"
+    assert main(["serve", "--db", url, "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tokenbooth: cannot open the ledger: postgresql ledger at "
+                          "postgresql://tokenbooth:***@127.0.0.1:")
+    assert "s3cret" not in err and "Traceback" not in err
