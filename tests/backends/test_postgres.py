@@ -186,3 +186,44 @@ def test_unreachable_postgres_at_start_is_one_clear_line(
     assert err.startswith("tokenbooth: cannot open the ledger: postgresql ledger at "
                           "postgresql://tokenbooth:***@127.0.0.1:")
     assert "s3cret" not in err and "Traceback" not in err
+
+
+async def test_reservations_settle_with_the_row_and_expire_with_their_replica(
+        pg_url: str) -> None:
+    from proxy.backends.postgres import PostgresBackend
+
+    b = PostgresBackend(pg_url)
+    await b.open()
+    try:
+        day = "2026-11-30T00:00:00.000Z"
+        await b.define_budgets([("cap", "day", {"agent": "bot"}, day)])
+        for replica in ("r1", "r2"):
+            await b.heartbeat(replica, 0)
+        limit, worst = [Decimal("1.00")], Decimal("0.40")
+        assert await b.reserve(["cap"], limit, [day], "c1", worst, "r1") is None
+        assert await b.reserve(["cap"], limit, [day], "c2", worst, "r1") is None
+        assert await b.reserve(["cap"], limit, [day], "c3", worst, "r2") == "cap"  # 1.20 > 1
+        # c1 ends costing 0.10: its row releases the reservation and charges the budget
+        await b.write([make_record(call_id="c1", agent="bot", cost_usd=Decimal("0.10"),
+                                   started_at="2026-11-30T09:00:00.000Z").to_row()])
+        assert (await b.budget_state([("cap", day)]))["cap"] == (Decimal("0.1"),
+                                                                  Decimal("0.40"))
+        assert await b.reserve(["cap"], limit, [day], "c3", worst, "r2") is None
+        assert await b.reserve(["cap"], limit, [day], "c4", worst, "r2") == "cap"
+        # r1 dies (no heartbeat for longer than STALE_SECONDS): c2's reservation goes
+        pool = await b._get_pool()
+        await pool.execute("UPDATE tb_replica SET seen_at = now() - interval '1 minute' "
+                           "WHERE id = 'r1'")
+        assert await b.reserve(["cap"], limit, [day], "c4", worst, "r2") is None
+        spent, held = (await b.budget_state([("cap", day)]))["cap"]
+        assert (spent, held) == (Decimal("0.1"), Decimal("0.80"))
+        # a row outside the budget's match is not charged; the next window starts at zero
+        await b.write([make_record(call_id="x", agent="other", cost_usd=Decimal("5"),
+                                   started_at="2026-11-30T10:00:00.000Z").to_row(),
+                       make_record(call_id="y", agent="bot", cost_usd=Decimal("0.25"),
+                                   started_at="2026-12-01T00:00:01.000Z").to_row()])
+        assert (await b.budget_state([("cap", day)]))["cap"][0] == Decimal("0.1")
+        assert (await b.budget_state([("cap", "2026-12-01T00:00:00.000Z")]))["cap"][0] == \
+            Decimal("0.25")
+    finally:
+        await b.aclose()
