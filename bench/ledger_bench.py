@@ -52,18 +52,10 @@ async def main(args: argparse.Namespace) -> None:
         path = str(Path(tempfile.mkdtemp(prefix="tb-ledger-")) / "bench.db")
         await run(path, "sqlite", args.rows)
     if args.backend in ("postgresql", "both"):
-        server = None
-        url = args.pg_url
-        if url is None:
-            from bench.pg import PgServer
+        from bench.pg import postgres_url
 
-            server = PgServer(durable=True)
-            url = server.create_database("ledger_bench")
-        try:
+        with postgres_url(args.pg_url, "ledger_bench") as url:
             await run(url, "postgresql", args.rows)
-        finally:
-            if server is not None:
-                server.close()
 
 
 if __name__ == "__main__":

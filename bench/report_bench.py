@@ -163,18 +163,10 @@ def main() -> None:
     if args.backend in ("sqlite", "both"):
         bench("sqlite", str(tmp / "big.db"), args.rows, tmp)
     if args.backend in ("postgresql", "both"):
-        server = None
-        url = args.pg_url
-        if url is None:
-            from bench.pg import PgServer
+        from bench.pg import postgres_url
 
-            server = PgServer(durable=True)
-            url = server.create_database("report_bench")
-        try:
+        with postgres_url(args.pg_url, "report_bench") as url:
             bench("postgresql", url, args.rows, tmp)
-        finally:
-            if server is not None:
-                server.close()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ once), an old schema migrated in place (roll-up built from its rows), and the co
 
 from __future__ import annotations
 
-import asyncio
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -22,26 +21,10 @@ from proxy.record import COLUMNS
 from proxy.sinks.ledger import Ledger
 from tests.conftest import FakeUpstream, Reply, StartProxy
 from tests.factories import make_record
+from tests.sinks.test_ledger import burst, wait_until
 
 USAGE = json.dumps({"model": "gpt-4o", "usage": {"prompt_tokens": 10,
                                                  "completion_tokens": 2}}).encode()
-
-
-async def wait_until(cond: Any, timeout: float = 20.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-async def burst(url: str, n: int, start: int = 0) -> list[int]:
-    async with aiohttp.ClientSession() as s:
-        async def one(i: int) -> int:
-            async with s.post(f"{url}/openai/v1/chat/completions", json={"n": i}) as r:
-                await r.read()
-                return r.status
-        return list(await asyncio.gather(*(one(i) for i in range(start, start + n))))
 
 
 async def count(url: str) -> tuple[int, int]:
@@ -58,19 +41,19 @@ async def test_postgres_restarted_mid_traffic_spools_and_replays_once(
     upstream.on("/v1/chat/completions", Reply([USAGE]))
     proxy = await start_proxy(ledger={"url": pg_url})
     ledger = proxy.app[state.LEDGER]
-    assert await burst(proxy.url, 5) == [200] * 5
+    assert await burst(proxy, 5) == [200] * 5
     await proxy.collector.wait_for(5)
     await ledger.flush()
     pg_server.stop()
     try:
-        assert await burst(proxy.url, 20, 5) == [200] * 20  # no call fails
+        assert await burst(proxy, 20, 5) == [200] * 20  # no call fails
         await proxy.collector.wait_for(25)
         await ledger.flush()
         assert ledger.counts["spooled"] == 20 and ledger.spool_path.exists()
     finally:
         pg_server.start()
     await wait_until(lambda: not ledger.spool_path.exists())
-    assert await burst(proxy.url, 3, 25) == [200] * 3
+    assert await burst(proxy, 3, 25) == [200] * 3
     await proxy.collector.wait_for(28)
     await ledger.flush()
     assert await count(pg_url) == (28, 28)
