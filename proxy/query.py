@@ -129,13 +129,36 @@ def where(since: str | None, until: str | None,
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
-def _hour_after(ts: str) -> str:
-    """The first whole hour at or after a ledger timestamp, as the roll-up's `hour` text."""
-    hour = ts[:13]
-    if ts[13:] == ":00:00.000Z":
-        return hour
-    t = datetime.strptime(hour, "%Y-%m-%dT%H") + timedelta(hours=1)
-    return t.strftime("%Y-%m-%dT%H")
+def _after(ts: str, n: int) -> str:
+    """The first whole hour (n=13) or day (n=10) at or after a ledger timestamp, as the
+    roll-up's key text."""
+    key = ts[:n]
+    if ts[n:] == _ZERO[n]:
+        return key
+    if n == 13:
+        t = datetime.strptime(key, "%Y-%m-%dT%H") + timedelta(hours=1)
+        return t.strftime("%Y-%m-%dT%H")
+    return (datetime.strptime(key, "%Y-%m-%d") + timedelta(days=1)).strftime("%Y-%m-%d")
+
+
+_ZERO = {13: ":00:00.000Z", 10: "T00:00:00.000Z"}
+_TABLES = {10: ("llm_usage_daily", "day"), 13: ("llm_usage_hourly", "hour")}
+Part = tuple[int | None, str | None, str | None]  # (key length or None for raw rows, lo, hi)
+
+
+def plan(since: str | None, until: str | None, n: int = 10) -> list[Part]:
+    """Cover [since, until) with whole days from the daily roll-up, whole hours from the
+    hourly one, and raw rows for what is left at the edges."""
+    lo = _after(since, n) if since else None
+    hi = until[:n] if until else None
+    if lo is not None and hi is not None and lo >= hi:  # no whole period inside
+        return plan(since, until, 13) if n == 10 else [(None, since, until)]
+    parts: list[Part] = [(n, lo, hi)]
+    for a, b in ((since, f"{lo}{_ZERO[n]}" if lo else None),
+                 (f"{hi}{_ZERO[n]}" if hi else None, until)):
+        if a is not None and b is not None and a < b:
+            parts += plan(a, b, 13) if n == 10 else [(None, a, b)]
+    return parts
 
 
 def rollup_covers(keys: Sequence[str]) -> bool:
@@ -158,29 +181,22 @@ def usage_sql(flavor: str, group_by: Sequence[str], since: str | None, until: st
     fclauses, fargs = _filters(filters)
     parts: list[str] = []
     args: list[Any] = []
-    raw_ranges: list[tuple[str | None, str | None]] = [(since, until)]
-    if rollup_covers([*group_by, *(k for k, v in filters.items() if v)]):
-        first = _hour_after(since) if since else None
-        last = until[:13] if until else None
-        if first is None or last is None or first < last:
-            conds = [*(["hour >= ?"] if first else []), *(["hour < ?"] if last else []),
-                     *fclauses]
-            cols = ", ".join([*(f"{_expr(k, flavor, 'hour')} AS g{i}"
-                                for i, k in enumerate(group_by)), *_MEASURES])
-            parts.append(f"SELECT {cols} FROM llm_usage_hourly"
-                         + (f" WHERE {' AND '.join(conds)}" if conds else ""))
-            args += [*([first] if first else []), *([last] if last else []), *fargs]
-            raw_ranges = []
-            if first and since and since < f"{first}:00:00.000Z":
-                raw_ranges.append((since, f"{first}:00:00.000Z"))
-            if last and until and until > f"{last}:00:00.000Z":
-                raw_ranges.append((f"{last}:00:00.000Z", until))
-    for lo, hi in raw_ranges:
-        w, wargs = where(lo, hi, filters)
-        cols = ", ".join([*(f"{_expr(k, flavor)} AS g{i}" for i, k in enumerate(group_by)),
-                          *_raw_measures(flavor)])
-        parts.append(f"SELECT {cols} FROM llm_usage{w}")
-        args += wargs
+    covered = rollup_covers([*group_by, *(k for k, v in filters.items() if v)])
+    for n, lo, hi in plan(since, until) if covered else [(None, since, until)]:
+        if n is None:
+            w, wargs = where(lo, hi, filters)
+            cols = ", ".join([*(f"{_expr(k, flavor)} AS g{i}" for i, k in enumerate(group_by)),
+                              *_raw_measures(flavor)])
+            parts.append(f"SELECT {cols} FROM llm_usage{w}")
+            args += wargs
+            continue
+        table, key = _TABLES[n]
+        conds = [*([f"{key} >= ?"] if lo else []), *([f"{key} < ?"] if hi else []), *fclauses]
+        cols = ", ".join([*(f"{_expr(k, flavor, key)} AS g{i}" for i, k in enumerate(group_by)),
+                          *_MEASURES])
+        parts.append(f"SELECT {cols} FROM {table}"
+                     + (f" WHERE {' AND '.join(conds)}" if conds else ""))
+        args += [*([lo] if lo else []), *([hi] if hi else []), *fargs]
     gs = ", ".join(f"g{i}" for i in range(len(group_by)))
     sums = ", ".join(f"SUM({m}) AS {m}" for m in _MEASURES)
     sql = (f"SELECT {gs + ', ' if gs else ''}{sums} FROM ("
@@ -245,18 +261,18 @@ _COLUMN_KEYS = ("upstream", "model", "client", "agent", "session", "run")
 
 
 def spend_sql(flavor: str, match: Mapping[str, str], since: str | None) -> tuple[str, list[Any]]:
-    """A budget's spend since its window started, in cost_units: whole hours from the
-    roll-up when its match keys are roll-up dimensions (a window starts on the hour), else
-    from raw rows (tag and session matches)."""
-    if since is None or since[13:] == ":00:00.000Z":
+    """A budget's spend since its window started, in cost_units: whole days from the daily
+    roll-up when its match keys are roll-up dimensions (a window starts at midnight UTC),
+    else from raw rows (tag and session matches)."""
+    if since is None or since[10:] == _ZERO[10]:
         if rollup_covers(list(match)):
             conds = [f"{k} = ?" for k in match]
             args: list[Any] = list(match.values())
             if since:
-                conds.append("hour >= ?")
-                args.append(since[:13])
+                conds.append("day >= ?")
+                args.append(since[:10])
             w = f" WHERE {' AND '.join(conds)}" if conds else ""
-            return f"SELECT SUM(cost_units) FROM llm_usage_hourly{w}", args
+            return f"SELECT SUM(cost_units) FROM llm_usage_daily{w}", args
     conds, args = ["cost_usd IS NOT NULL"], []
     if since:
         conds.append("started_at >= ?")

@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 
 from proxy import query
-from proxy.backends.schema import COST_SCALE, PG_MIGRATIONS, rollup_upsert
+from proxy.backends.schema import COST_SCALE, PG_MIGRATIONS, rollups
 from proxy.record import COLUMNS
 
 __all__ = ["CHANNEL", "PostgresBackend"]
@@ -44,8 +44,10 @@ _WRITE = f"""
 WITH ins AS (
     INSERT INTO llm_usage ({_COLS}) SELECT {_COLS} FROM {_STAGE}
     ON CONFLICT (call_id) DO NOTHING RETURNING *
-), roll AS (
-    {rollup_upsert("postgresql", "ins")}
+), roll_h AS (
+    {rollups("postgresql", "ins")[0]}
+), roll_d AS (
+    {rollups("postgresql", "ins")[1]}
 ), settled AS (
     DELETE FROM tb_reservation r USING ins WHERE r.call_id = ins.call_id
     RETURNING r.call_id, r.budget
@@ -201,10 +203,12 @@ class PostgresBackend:
                                "ON COMMIT DELETE ROWS")
             await conn.copy_records_to_table("tb_changed", records=[(u[2],) for u in updates])
             mine = "WHERE call_id IN (SELECT call_id FROM tb_changed)"
-            await conn.execute(rollup_upsert(self.kind, "llm_usage", mine, sign="-"))
+            for sql in rollups(self.kind, "llm_usage", mine, sign="-"):
+                await conn.execute(sql)
             await conn.executemany("UPDATE llm_usage SET cost_usd = $1, price_source = $2 "
                                    "WHERE call_id = $3", updates)
-            await conn.execute(rollup_upsert(self.kind, "llm_usage", mine))
+            for sql in rollups(self.kind, "llm_usage", mine):
+                await conn.execute(sql)
 
     async def request_ids(self, ids: Sequence[str]) -> list[tuple[str, str]]:
         rows = await self._fetch("SELECT upstream_request_id, usage_source FROM llm_usage "

@@ -11,8 +11,9 @@ NULLIF(x, '') alike.
 
 from __future__ import annotations
 
-__all__ = ["COST_SCALE", "COUNTERS", "ESTIMATED", "PG_MIGRATIONS", "ROLLUP_DIMS",
-           "SQLITE_MIGRATIONS", "UNPRICED", "cost_units", "rollup_upsert"]
+__all__ = ["COST_SCALE", "COUNTERS", "ESTIMATED", "MEASURES", "PG_MIGRATIONS", "ROLLUPS",
+           "ROLLUP_DIMS", "SQLITE_MIGRATIONS", "UNPRICED", "cost_units", "rollup_upsert",
+           "rollups"]
 
 COUNTERS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
             "reasoning_tokens", "total_tokens")
@@ -29,9 +30,18 @@ def cost_units(flavor: str, col: str = "cost_usd") -> str:
     return f"CAST(ROUND({col} * {COST_SCALE}) AS INTEGER)"
 
 
-def rollup_upsert(flavor: str, source: str, where: str = "", sign: str = "") -> str:
-    """INSERT the roll-up of `source`'s rows (a table or a CTE), adding to existing hours.
-    `sign` '-' takes them out again (re-pricing swaps a row's old cost for its new)."""
+MEASURES = ("calls", *COUNTERS, "cost_units", "priced_calls", "unpriced_calls",
+            "estimated_calls")
+# (table, key column, length of the started_at prefix that is its key)
+ROLLUPS = (("llm_usage_hourly", "hour", 13), ("llm_usage_daily", "day", 10))
+
+
+def rollup_upsert(flavor: str, source: str, where: str = "", sign: str = "",
+                  table: str = "llm_usage_hourly") -> str:
+    """INSERT the roll-up of `source`'s rows (a table or a CTE) into `table`, adding to the
+    periods it holds already. `sign` '-' takes them out again (re-pricing swaps a row's old
+    cost for its new)."""
+    _, key, n = next(r for r in ROLLUPS if r[0] == table)
     dims = ", ".join(ROLLUP_DIMS)
     keys = ", ".join(f"COALESCE({d}, '')" for d in ROLLUP_DIMS)
     sums = ", ".join([f"{sign}COUNT(*)",
@@ -39,26 +49,43 @@ def rollup_upsert(flavor: str, source: str, where: str = "", sign: str = "") -> 
                       f"{sign}COALESCE(SUM({cost_units(flavor)}), 0)",
                       f"{sign}COUNT(cost_usd)", f"{sign}SUM({UNPRICED})",
                       f"{sign}SUM({ESTIMATED})"])
-    measures = ("calls", *COUNTERS, "cost_units", "priced_calls", "unpriced_calls",
-                "estimated_calls")
-    update = ", ".join(f"{m} = llm_usage_hourly.{m} + excluded.{m}" for m in measures)
-    group = ", ".join(str(i) for i in range(1, len(ROLLUP_DIMS) + 2))
-    return (f"INSERT INTO llm_usage_hourly (hour, {dims}, {', '.join(measures)}) "
-            f"SELECT substr(started_at, 1, 13), {keys}, {sums} FROM {source} "
-            f"{where or 'WHERE true'} GROUP BY {group} "
-            f"ON CONFLICT (hour, {dims}) DO UPDATE SET {update}")
+    return (f"INSERT INTO {table} ({key}, {dims}, {', '.join(MEASURES)}) "
+            f"SELECT substr(started_at, 1, {n}), {keys}, {sums} FROM {source} "
+            f"{where or 'WHERE true'} GROUP BY {_group()} {_on_conflict(table, key)}")
 
 
-def _rollup_table(flavor: str) -> str:
+def rollups(flavor: str, source: str, where: str = "", sign: str = "") -> list[str]:
+    """The upserts that keep every roll-up (hourly, daily) in step with `source`'s rows."""
+    return [rollup_upsert(flavor, source, where, sign, table) for table, _, _ in ROLLUPS]
+
+
+def _group() -> str:
+    return ", ".join(str(i) for i in range(1, len(ROLLUP_DIMS) + 2))
+
+
+def _on_conflict(table: str, key: str) -> str:
+    update = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES)
+    return f"ON CONFLICT ({key}, {', '.join(ROLLUP_DIMS)}) DO UPDATE SET {update}"
+
+
+def _rollup_table(flavor: str, table: str = "llm_usage_hourly", key: str = "hour") -> str:
     int_type = "BIGINT" if flavor == "postgresql" else "INTEGER"
     cols = ",\n    ".join([*(f"{d} TEXT NOT NULL" for d in ROLLUP_DIMS),
-                           *(f"{m} {int_type} NOT NULL" for m in (
-                               "calls", *COUNTERS, "cost_units", "priced_calls",
-                               "unpriced_calls", "estimated_calls"))])
+                           *(f"{m} {int_type} NOT NULL" for m in MEASURES)])
     tail = " WITHOUT ROWID" if flavor == "sqlite" else ""
-    return (f"CREATE TABLE IF NOT EXISTS llm_usage_hourly (\n    hour TEXT NOT NULL,\n    "
-            f"{cols},\n    PRIMARY KEY (hour, {', '.join(ROLLUP_DIMS)})\n){tail};\n"
-            f"{rollup_upsert(flavor, 'llm_usage')};\n")
+    return (f"CREATE TABLE IF NOT EXISTS {table} (\n    {key} TEXT NOT NULL,\n    "
+            f"{cols},\n    PRIMARY KEY ({key}, {', '.join(ROLLUP_DIMS)})\n){tail};\n")
+
+
+def _daily_table(flavor: str) -> str:
+    """The daily roll-up, filled from the hourly one (which outlives retention)."""
+    dims = ", ".join(ROLLUP_DIMS)
+    return (_rollup_table(flavor, "llm_usage_daily", "day")
+            + f"INSERT INTO llm_usage_daily (day, {dims}, {', '.join(MEASURES)}) "
+            f"SELECT substr(hour, 1, 10), {dims}, "
+            + ", ".join(f"SUM({m})" for m in MEASURES)
+            + f" FROM llm_usage_hourly WHERE true GROUP BY {_group()} "
+            + _on_conflict("llm_usage_daily", "day") + ";\n")
 
 
 _COLUMNS_V1 = """
@@ -112,6 +139,7 @@ ALTER TABLE llm_usage ADD COLUMN priced_units TEXT;
 ALTER TABLE llm_usage ADD COLUMN batch_id TEXT;
 """
 _ROLLUP = "hourly roll-up by the report dimensions"
+_DAILY = "daily roll-up (long ranges read a row per day, not per hour)"
 _REQUEST_ID_INDEX = ("CREATE INDEX IF NOT EXISTS llm_usage_request_id "
                      "ON llm_usage (upstream_request_id);\n")
 
@@ -120,7 +148,9 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
      "CREATE TABLE IF NOT EXISTS llm_usage (\n    id INTEGER PRIMARY KEY,"
      + _COLUMNS_V1.format(real="REAL", int="INTEGER") + ");\n" + _INDEXES),
     ("every billed dimension: served tier, priced units, batch id", _V2),
-    (_ROLLUP, _rollup_table("sqlite") + _REQUEST_ID_INDEX),
+    (_ROLLUP, _rollup_table("sqlite") + rollup_upsert("sqlite", "llm_usage") + ";\n"
+     + _REQUEST_ID_INDEX),
+    (_DAILY, _daily_table("sqlite")),
 ]
 
 # PostgreSQL: the same columns and meaning (timestamps are the same sortable ISO-8601 UTC
@@ -135,7 +165,8 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
      + _COLUMNS_V1.format(real="DOUBLE PRECISION", int="BIGINT") + ");\n" + _INDEXES),
     ("every billed dimension: served tier, priced units, batch id",
      _V2.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")),
-    (_ROLLUP, _rollup_table("postgresql") + _REQUEST_ID_INDEX),
+    (_ROLLUP, _rollup_table("postgresql") + rollup_upsert("postgresql", "llm_usage") + ";\n"
+     + _REQUEST_ID_INDEX),
     ("fleet: budgets, spend, reservations, replicas, install secret", """
 CREATE TABLE IF NOT EXISTS tb_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tb_budget (
@@ -192,4 +223,5 @@ BEGIN
   RETURN NULL;
 END $$;
 """),
+    (_DAILY, _daily_table("postgresql")),
 ]

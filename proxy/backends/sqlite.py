@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from proxy import query
-from proxy.backends.schema import COST_SCALE, SQLITE_MIGRATIONS, rollup_upsert
+from proxy.backends.schema import COST_SCALE, SQLITE_MIGRATIONS, rollups
 from proxy.record import COLUMNS
 
 __all__ = ["INSERT", "SqliteBackend", "connect_readonly", "migrate"]
@@ -21,7 +21,7 @@ __all__ = ["INSERT", "SqliteBackend", "connect_readonly", "migrate"]
 INSERT = (f"INSERT OR IGNORE INTO llm_usage ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' * len(COLUMNS))})")
 BUSY_TIMEOUT_MS = 1000
-_ROLLUP_NEW = rollup_upsert("sqlite", "llm_usage", "WHERE id > ?")
+_ROLLUP_NEW = rollups("sqlite", "llm_usage", "WHERE id > ?")
 T = TypeVar("T")
 
 
@@ -47,7 +47,8 @@ def write_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> Non
     try:
         last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM llm_usage").fetchone()[0]
         conn.executemany(INSERT, rows)
-        conn.execute(_ROLLUP_NEW, (last,))
+        for sql in _ROLLUP_NEW:
+            conn.execute(sql, (last,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -97,7 +98,8 @@ class SqliteBackend:
         async with conn.execute("SELECT COALESCE(MAX(id), 0) FROM llm_usage") as cur:
             row = await cur.fetchone()
         await conn.executemany(INSERT, rows)
-        await conn.execute(_ROLLUP_NEW, (row[0] if row else 0,))
+        for sql in _ROLLUP_NEW:
+            await conn.execute(sql, (row[0] if row else 0,))
         await conn.execute("COMMIT")
 
     async def reset(self) -> None:
@@ -184,10 +186,12 @@ class SqliteBackend:
                 conn.executemany("INSERT INTO tb_changed VALUES (?)",
                                  [(u[2],) for u in updates])
                 mine = "WHERE call_id IN (SELECT call_id FROM tb_changed)"
-                conn.execute(rollup_upsert("sqlite", "llm_usage", mine, sign="-"))
+                for sql in rollups("sqlite", "llm_usage", mine, sign="-"):
+                    conn.execute(sql)
                 conn.executemany("UPDATE llm_usage SET cost_usd = ?, price_source = ? "
                                  "WHERE call_id = ?", updates)
-                conn.execute(rollup_upsert("sqlite", "llm_usage", mine))
+                for sql in rollups("sqlite", "llm_usage", mine):
+                    conn.execute(sql)
                 conn.execute("COMMIT")
             finally:
                 conn.close()
