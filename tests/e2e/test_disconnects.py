@@ -43,7 +43,7 @@ async def served(tmp_path: Path, config: str) -> AsyncIterator[tuple[Process, in
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession() as s:
-            for _ in range(100):
+            for _ in range(300):  # several starting at once on a busy machine take a while
                 try:
                     async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
                         if r.status == 200:
@@ -51,6 +51,8 @@ async def served(tmp_path: Path, config: str) -> AsyncIterator[tuple[Process, in
                 except aiohttp.ClientConnectionError:
                     pass
                 await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"tokenbooth serve did not become ready on port {port}")
         yield proc, port
     finally:
         if proc.returncode is None:
