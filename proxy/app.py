@@ -127,6 +127,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
             yield
         finally:
             lifecycle.draining = True
+            if fleet is not None:  # heartbeats go on (reservations stay ours) until the end
+                fleet.stopping = True
             await recorder.aclose()  # records every finished call, then flushes the ledger
             if fleet is not None:
                 await fleet.aclose()

@@ -42,6 +42,7 @@ class Fleet:
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0  # events that could not be sent to the fleet
         self._healthy = True
+        self.stopping = False  # set at shutdown: the ledger closes under the heartbeat
         budgets.replica = self.replica
         feed.relay = self.send
 
@@ -67,6 +68,8 @@ class Fleet:
                     log.info("fleet: the shared ledger answers again")
                 self._healthy = True
             except self._backend.unavailable as exc:
+                if self.stopping:
+                    return
                 if self._healthy:
                     log.warning("fleet: shared ledger unreachable (%s); budgets decide on "
                                 "this replica's last view until it answers", exc)
