@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from proxy import __version__
+from proxy.backends import is_postgres
 from proxy.config import Config, ConfigError, load
 
 __all__ = ["main"]
@@ -30,7 +31,7 @@ def _config(args: argparse.Namespace) -> Config:
         config = replace(config, port=args.port)
     db = getattr(args, "db", None)
     if db:
-        if db.startswith(("postgresql://", "postgres://")):
+        if is_postgres(db):
             config = replace(config, ledger=replace(config.ledger, url=db))
         else:
             config = replace(config, ledger=replace(config.ledger, url=None,

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from proxy.backends import is_postgres, mask_url
 from proxy.dialects import BUILTIN_UPSTREAMS, DEFAULT_PROVIDER, DIALECTS, PROVIDERS
 from proxy.dialects.bedrock.sigv4 import AwsCredentials
 
@@ -132,7 +133,7 @@ class LedgerConfig:
 
     @property
     def postgres(self) -> bool:
-        return bool(self.url) and self.url.startswith(("postgresql://", "postgres://"))
+        return is_postgres(self.url)
 
     @property
     def spool(self) -> str:
@@ -170,7 +171,7 @@ class Config:
         return {
             "listen": {"host": self.host, "port": self.port, "tls_cert": self.tls_cert,
                        "tls_key": self.tls_key},
-            "ledger": {"url": _mask_url(self.ledger.url), "path": self.ledger.path,
+            "ledger": {"url": mask_url(self.ledger.url), "path": self.ledger.path,
                        "queue_rows": self.ledger.queue_rows,
                        "flush_seconds": self.ledger.flush_seconds,
                        "spool_path": self.ledger.spool_path,
@@ -260,11 +261,6 @@ def _join(path: str, key: str) -> str:
 def _kind(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(k.__name__ for k in kinds)
-
-
-def _mask_url(url: str | None) -> str | None:
-    """A database URL with its password replaced by '***'."""
-    return None if url is None else re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
 
 def _positive(path: str, value: float) -> float:
@@ -421,8 +417,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     if url is not None:
         if url.startswith("sqlite:///"):
             path = url[len("sqlite:///"):] or path
-        elif not url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError(f"ledger.url: {_mask_url(url)!r} is neither sqlite:///<path> "
+        elif not is_postgres(url):
+            raise ConfigError(f"ledger.url: {mask_url(url)!r} is neither sqlite:///<path> "
                               f"nor postgresql://user:pass@host:5432/db")
     retention = ledger_r.get("retention_days", float, None)
     ledger = LedgerConfig(

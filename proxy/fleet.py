@@ -90,7 +90,7 @@ class Fleet:
             while self._out:
                 lines: list[str] = []
                 size = len(head)
-                while self._out and size + len(self._out[0]) + 1 <= PAYLOAD_BYTES:
+                while self._out and size + len(self._out[0].encode()) + 1 <= PAYLOAD_BYTES:
                     line = self._out.popleft()
                     size += len(line.encode()) + 1
                     lines.append(line)

@@ -18,6 +18,7 @@ from proxy.backends.schema import (
     COST_SCALE,
     COUNTERS,
     ESTIMATED,
+    MEASURES,
     ROLLUP_DIMS,
     UNPRICED,
     cost_units,
@@ -31,8 +32,6 @@ GROUP_KEYS = ("agent", "session", "run", "model", "upstream", "operation", "end_
 FILTERS = ("agent", "session", "run", "upstream", "model", "operation", "end_user", "client",
            "outcome")
 _TIME_KEYS = ("day", "week", "month")
-_MEASURES = ("calls", *COUNTERS, "cost_units", "priced_calls", "unpriced_calls",
-             "estimated_calls")
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -193,12 +192,12 @@ def usage_sql(flavor: str, group_by: Sequence[str], since: str | None, until: st
         table, key = _TABLES[n]
         conds = [*([f"{key} >= ?"] if lo else []), *([f"{key} < ?"] if hi else []), *fclauses]
         cols = ", ".join([*(f"{_expr(k, flavor, key)} AS g{i}" for i, k in enumerate(group_by)),
-                          *_MEASURES])
+                          *MEASURES])
         parts.append(f"SELECT {cols} FROM {table}"
                      + (f" WHERE {' AND '.join(conds)}" if conds else ""))
         args += [*([lo] if lo else []), *([hi] if hi else []), *fargs]
     gs = ", ".join(f"g{i}" for i in range(len(group_by)))
-    sums = ", ".join(f"SUM({m}) AS {m}" for m in _MEASURES)
+    sums = ", ".join(f"SUM({m}) AS {m}" for m in MEASURES)
     sql = (f"SELECT {gs + ', ' if gs else ''}{sums} FROM ("
            + " UNION ALL ".join(parts) + ") AS t" + (f" GROUP BY {gs}" if gs else ""))
     return sql, args
@@ -217,11 +216,11 @@ def usage_result(rows: Sequence[Mapping[str, Any]], group_by: Sequence[str],
     """The API's shape from `usage_sql`'s rows: groups by cost (unpriced last), totals
     summed from the same integers."""
     groups: list[dict[str, Any]] = []
-    total = dict.fromkeys(_MEASURES, 0)
+    total = dict.fromkeys(MEASURES, 0)
     for row in rows:
         if row["calls"] is None:
             continue  # SUM over no row at all
-        for m in _MEASURES:
+        for m in MEASURES:
             total[m] += int(row[m] or 0)
         if group_by:
             g = {k: row[f"g{i}"] for i, k in enumerate(group_by)}

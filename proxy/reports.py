@@ -88,13 +88,19 @@ def _emit(rows: list[dict[str, Any]], cols: Sequence[str], fmt: str,
 T = TypeVar("T")
 
 
+def _ledger(target: str, must_exist: bool = True) -> SqliteBackend | PostgresBackend:
+    """The backend for `target`; a SQLite file that is not there is the user's error."""
+    backend = open_backend(target)
+    if isinstance(backend, SqliteBackend) and must_exist and not Path(backend.path).exists():
+        raise query.QueryError("--db", f"no ledger at {backend.path}")
+    return backend
+
+
 def _with_ledger(config: Any, work: Callable[[SqliteBackend | PostgresBackend], Awaitable[T]],
                  migrate: bool = False, must_exist: bool = True) -> T:
     """Run `work` on the configured ledger (SQLite file or PostgreSQL) and close it;
     `migrate` brings its schema up to date first (commands that write)."""
-    backend = open_backend(config.ledger.target)
-    if isinstance(backend, SqliteBackend) and must_exist and not Path(backend.path).exists():
-        raise query.QueryError("--db", f"no ledger at {backend.path}")
+    backend = _ledger(config.ledger.target, must_exist)
 
     async def run() -> T:
         try:
@@ -293,9 +299,7 @@ def cmd_copy(args: argparse.Namespace, config: Any) -> int:
     """Copy every row of this ledger into another (SQLite to PostgreSQL, say): through the
     destination's own write, so its roll-up and budget spend follow; a row it holds
     already is skipped, so the copy can run again after an interruption."""
-    source = open_backend(config.ledger.target)
-    if isinstance(source, SqliteBackend) and not Path(source.path).exists():
-        raise query.QueryError("--db", f"no ledger at {source.path}")
+    source = _ledger(config.ledger.target)
     dest = open_backend(args.to)
     if repr(dest) == repr(source):
         raise query.QueryError("--to", "is the ledger being copied")

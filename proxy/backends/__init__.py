@@ -12,21 +12,27 @@ spools the rows and replays them once writing works again.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from proxy.backends.postgres import PostgresBackend
     from proxy.backends.sqlite import SqliteBackend
 
-__all__ = ["LedgerUnavailable", "is_postgres", "open_backend", "sqlite_path"]
+__all__ = ["LedgerUnavailable", "is_postgres", "mask_url", "open_backend", "sqlite_path"]
 
 
 class LedgerUnavailable(RuntimeError):
     """The ledger cannot be opened at start-up (the message names it, never a password)."""
 
 
-def is_postgres(target: str) -> bool:
-    return target.startswith(("postgresql://", "postgres://"))
+def is_postgres(target: str | None) -> bool:
+    return bool(target) and str(target).startswith(("postgresql://", "postgres://"))
+
+
+def mask_url(url: str | None) -> str | None:
+    """A database URL with its password replaced by '***'."""
+    return None if url is None else re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
 
 def sqlite_path(target: str) -> str:

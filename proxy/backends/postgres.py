@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 
 from proxy import query
+from proxy.backends import mask_url
 from proxy.backends.schema import COST_SCALE, PG_MIGRATIONS, rollups
 from proxy.record import COLUMNS
 
@@ -78,10 +79,6 @@ def pg(sql: str) -> str:
     return _PLACEHOLDER.sub(repl, sql)
 
 
-def _redacted(url: str) -> str:
-    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
-
-
 async def _stage(conn: asyncpg.Connection) -> None:
     await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
                        f"SELECT {_COLS} FROM llm_usage WITH NO DATA")
@@ -101,7 +98,6 @@ async def migrate(conn: asyncpg.Connection) -> int:
 
 class PostgresBackend:
     kind = "postgresql"
-    fleet = True
     unavailable: tuple[type[BaseException], ...] = (
         asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -112,7 +108,7 @@ class PostgresBackend:
         self._listener: asyncpg.Connection | None = None
 
     def __repr__(self) -> str:
-        return f"postgresql ledger at {_redacted(self.url)}"
+        return f"postgresql ledger at {mask_url(self.url)}"
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:

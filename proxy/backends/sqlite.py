@@ -41,23 +41,8 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(SQLITE_MIGRATIONS)
 
 
-def write_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Rows and their roll-up in one transaction (synchronous twin of `write`)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM llm_usage").fetchone()[0]
-        conn.executemany(INSERT, rows)
-        for sql in _ROLLUP_NEW:
-            conn.execute(sql, (last,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
 class SqliteBackend:
     kind = "sqlite"
-    fleet = False
     unavailable: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
 
     def __init__(self, path: str) -> None:

@@ -132,8 +132,7 @@ class Budgets:
         shared ledger, this replica's budgets are defined there (spend counted from the
         ledger for a new or changed one), then read back."""
         now = datetime.now(UTC)
-        if backend.fleet:
-            assert isinstance(backend, PostgresBackend)
+        if isinstance(backend, PostgresBackend):
             self._fleet = backend
             await backend.define_budgets([(s.cfg.name, s.cfg.window, dict(s.cfg.match),
                                            s.window_start(now)) for s in self._states])
