@@ -84,6 +84,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
                                                        *exports, *extra_sinks],
                         on_sink_error=metrics.sink_failed, recorded=ledger.recorded)
     recorder.watching = lambda: feed.active
+    feed.calls = recorder.inflight
     lifecycle = Lifecycle()
     app[state.CONFIG] = config
     app[state.METRICS] = metrics

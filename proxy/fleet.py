@@ -4,7 +4,9 @@ Every second: a heartbeat (it keeps this replica's budget reservations alive, an
 many live-feed watchers the other replicas have), then the budgets read the fleet's spend.
 The live feed goes both ways over LISTEN/NOTIFY: this replica's events are queued (bounded,
 oldest dropped) and sent in batches by a background task, so a call never waits for the
-database; other replicas' events are handed to the local feed's subscribers.
+database; other replicas' events are handed to the local feed's subscribers. A new watcher
+here sends a `watch` event at once: the others relay from then on (not from their next
+heartbeat) and announce the calls they have in flight, so its view is the fleet's.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Fleet:
         self.stopping = False  # set at shutdown: the ledger closes under the heartbeat
         budgets.replica = self.replica
         feed.relay = self.send
+        feed.on_watch = lambda: self.send("watch", "1")
 
     async def start(self) -> None:
         """Heartbeat once (this replica's reservations count from now), then run."""
@@ -109,7 +112,9 @@ class Fleet:
             return
         for line in body.split("\n"):
             kind, _, data = line.partition("\t")
-            if data:
+            if kind == "watch":  # until our heartbeats count that watcher: 3 intervals
+                self._feed.watched_elsewhere(3 * self._interval)
+            elif data:
                 self._feed.deliver(kind, data)
 
     async def aclose(self) -> None:

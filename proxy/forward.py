@@ -32,6 +32,7 @@ from proxy.meter import Meter
 from proxy.record import CallFacts, LiveCall, iso_utc
 from proxy.recorder import Recorder
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
+from proxy.usage import Usage
 
 __all__ = ["Forwarder", "error_response"]
 
@@ -174,10 +175,15 @@ class Forwarder:
                         _parse_encoded, body, encoding, self.config.server.max_body_bytes)
                 facts.request_info = dialect.request_info(facts.request_doc)
             _attribute(facts, route.provider.tags(request.headers))
+            info = facts.request_info  # the model the request names, shown from the start
             live = LiveCall(call_id, iso_utc(facts.started), name, route.operation, False,
                             facts.tags.get("agent"), facts.tags.get("session"),
-                            facts.tags.get("run"), route.path_model,
-                            tags=facts.tags, price_provider=route.price_provider)
+                            facts.tags.get("run"),
+                            (info.model if info is not None else None) or route.path_model,
+                            tags=facts.tags, price_provider=route.price_provider,
+                            free=up.free or (dialect is not None and dialect.free),
+                            dialect=dialect, request_doc=facts.request_doc,
+                            request_bytes=len(body))
             if self.admission is not None and self.admission.active:
                 denied = await self.admission.admit(facts, route)
                 if denied is not None:
@@ -373,20 +379,17 @@ class Forwarder:
             return
         usage = obs.usage
         if usage is not None and usage.output_tokens is not None:
-            live.input_tokens, live.output_tokens = usage.input_tokens, usage.output_tokens
             live.usage_source = "reported"
             live.usage = usage  # every billed unit: priced as the final record will be
         else:
-            if usage is not None:
-                live.input_tokens = usage.input_tokens
-            live.output_tokens = (len(obs.output_text) + obs.output_chars_dropped + 3) // 4
             live.usage_source = "estimated"
-            live.usage = None if usage is None else replace(usage,
-                                                            output_tokens=live.output_tokens)
+            out = (len(obs.output_text) + obs.output_chars_dropped + 3) // 4
+            live.usage = replace(usage or Usage(), output_tokens=out, reasoning_tokens=None)
+        # input not reported yet (OpenAI streams report it at the end): the recorder estimates
+        live.input_tokens, live.output_tokens = live.usage.input_tokens, live.usage.output_tokens
         if obs.response_model:
             live.model = obs.response_model
         self.recorder.progress(live)
-
 
 def _raw_rest(request: web.Request, name: str) -> str | None:
     """The path after `/{name}/` as the client encoded it (None if it cannot be cut)."""

@@ -168,9 +168,18 @@ class LiveCall:
     cost_usd: float | None = None
     usage_source: str = "none"
     tags: dict[str, str] = field(default_factory=dict)  # parent runs, sub-agents
-    price_provider: str | None = None  # not shown: how the running cost is priced
-    usage: Any = None  # the running Usage (every billed unit), priced like the record
+    # Not shown: what prices the running cost as the final record will be priced.
+    price_provider: str | None = None
+    usage: Any = None  # the running Usage (every billed unit)
+    free: bool = False
+    dialect: Any = None  # the request's dialect and parsed body: an input estimate while
+    request_doc: Any = None  # the provider has not reported input (OpenAI streams: at the end)
+    request_bytes: int = 0
+    input_estimate: Any = None  # int, or the future of one for a large body
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__  # type: ignore[attr-defined]
-                if k not in ("price_provider", "usage")}
+        return {k: getattr(self, k) for k in _SHOWN}
+
+
+_SHOWN = ("call_id", "started_at", "upstream", "operation", "stream", "agent", "session", "run",
+          "model", "input_tokens", "output_tokens", "cost_usd", "usage_source", "tags")

@@ -230,16 +230,50 @@ class Recorder:
                 self._sink_failed(name)
 
     def progress(self, call: LiveCall) -> None:
-        """Running counts of a stream in flight (at most every 0.5 s per call), priced."""
-        if call.model and call.usage_source != "none":
-            usage = call.usage or Usage(call.input_tokens, 0, 0, None, call.output_tokens)
-            price = self.prices.price(call.model, call.price_provider, usage)
+        """Running counts of a stream in flight (at most every 0.5 s per call), priced by
+        the same code as the final record: input the provider has not reported yet is
+        estimated from the request as the record would estimate it."""
+        usage = call.usage
+        if usage is None and call.usage_source != "none":
+            usage = Usage(call.input_tokens, 0, 0, None, call.output_tokens)
+        if usage is not None and usage.input_tokens is None:
+            est = self._input_estimate(call)
+            if est is not None:
+                usage = replace(usage, input_tokens=est, cache_read_tokens=0,
+                                cache_write_tokens=0)
+                call.input_tokens = est
+                if call.usage_source == "reported":
+                    call.usage_source = "partial"
+        if usage is not None and call.model:
+            if usage.input_tokens is not None and (usage.cache_read_tokens is None
+                                                   or usage.cache_write_tokens is None):
+                usage = usage.with_cache_known()
+            price = self.prices.price(call.model, call.price_provider, usage, free=call.free)
             call.cost_usd = float(price.cost_usd) if price.cost_usd is not None else None
         for name, progress in self._progress:
             try:
                 progress(call)
             except Exception:
                 self._sink_failed(name)
+
+    def _input_estimate(self, call: LiveCall) -> int | None:
+        """The request's input estimate, computed once per call (a large body in a worker
+        thread: None until it is ready)."""
+        got = call.input_estimate
+        if got is None:
+            if call.dialect is None or call.request_doc is None:
+                return None
+            if call.request_bytes <= _THREAD_BYTES:
+                got = call.input_estimate = self.estimator.input(
+                    call.dialect, call.request_doc, call.model).tokens
+            else:
+                got = call.input_estimate = asyncio.get_running_loop().run_in_executor(
+                    None, self.estimator.input, call.dialect, call.request_doc, call.model)
+        if isinstance(got, asyncio.Future):
+            if not got.done():
+                return None
+            got = call.input_estimate = got.result().tokens
+        return int(got)
 
     def submit(self, facts: CallFacts) -> None:
         """Never blocks, never raises: a full queue is a logged, counted drop."""

@@ -181,3 +181,118 @@ async def test_live_feed_shows_other_replicas_calls(tmp_path: Path, pg_url: str,
             finally:
                 reader.cancel()
         assert finished <= set(made)
+
+
+class Feed:
+    """A live-feed subscriber on one replica: every event it got, by kind, as read."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self._task = asyncio.ensure_future(self._read(resp))
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> None:
+        kind = ""
+        async for line in resp.content:
+            if line.startswith(b"event: "):
+                kind = line[7:].strip().decode()
+            elif line.startswith(b"data: "):
+                self.events.append((kind, json.loads(line[6:])))
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [data for k, data in self.events if k == kind]
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+async def test_a_new_watcher_sees_the_calls_in_flight_on_other_replicas(
+        tmp_path: Path, pg_url: str, upstream: FakeUpstream) -> None:
+    arrived: list[str] = []
+    release = asyncio.Event()
+
+    async def held(request: web.Request) -> web.Response:
+        arrived.append((await request.json())["messages"][0]["content"])  # the run
+        await release.wait()
+        return web.Response(body=CHAT, content_type="application/json")
+
+    upstream.on("/v1/chat/completions", held)
+    async with AsyncExitStack() as stack:
+        a, b = await start_fleet(stack, tmp_path, fleet_config(pg_url, upstream.url), n=2)
+        s = await stack.enter_async_context(aiohttp.ClientSession())
+        runs = {f"r-{i}" for i in range(7)}
+
+        async def call(run: str) -> int:
+            async with s.post(f"{b}/openai/v1/chat/completions", headers={"X-Meter-Run": run},
+                              json={"model": "fleet-model", "max_tokens": OUT,
+                                    "messages": [{"role": "user", "content": run}]}) as r:
+                await r.read()
+                return r.status
+
+        calls = [asyncio.ensure_future(call(run)) for run in sorted(runs)]
+        try:
+            async def all_in_flight() -> bool:
+                return set(arrived) == runs
+            await until(all_in_flight)
+            # nobody watched anything before: A opens its first feed now
+            watch = await stack.enter_async_context(aiohttp.ClientSession())
+            feed = Feed(await stack.enter_async_context(watch.get(f"{a}/api/live")))
+            try:
+                async def shown() -> bool:
+                    return {c["run"] for c in feed.of("call_started")} == runs
+                await until(shown, timeout=5.0)
+                # each with the model its request named, though no response byte came yet
+                assert {c["model"] for c in feed.of("call_started")} == {"fleet-model"}
+                release.set()
+
+                async def ended() -> bool:
+                    return {c["run"] for c in feed.of("call_finished")} == runs
+                await until(ended, timeout=5.0)
+            finally:
+                feed.close()
+        finally:
+            release.set()
+            assert await asyncio.gather(*calls) == [200] * 7
+
+
+STREAM = [f'data: {{"id":"c","object":"chat.completion.chunk","created":1,"model":"fleet-model",'
+          f'"choices":[{{"index":0,"delta":{{"content":"word {i} "}}}}]}}\n\n'.encode()
+          for i in range(6)] + [
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"fleet-model",'
+    b'"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7}}\n\n', b"data: [DONE]\n\n"]
+
+
+async def test_the_next_call_on_any_replica_shows_at_once_with_its_running_counts(
+        tmp_path: Path, pg_url: str, upstream: FakeUpstream) -> None:
+    async with AsyncExitStack() as stack:
+        a, b = await start_fleet(stack, tmp_path, fleet_config(pg_url, upstream.url), n=2)
+        s = await stack.enter_async_context(aiohttp.ClientSession())
+        watch = await stack.enter_async_context(aiohttp.ClientSession())
+        resp = await stack.enter_async_context(watch.get(f"{a}/api/live"))
+        assert (await resp.content.readline()).startswith(b"event: snapshot")
+        feed = Feed(resp)
+        try:
+            # right after the watcher connects to A, not after some heartbeat: the very
+            # next call through B is on A's feed
+            upstream.on("/v1/chat/completions", Reply([CHAT]))
+            status, first = await chat(s, b)
+            assert status == 200
+
+            async def relayed() -> bool:
+                return first in {c["call_id"] for c in feed.of("call_finished")}
+            await until(relayed, timeout=5.0)
+            # a stream on B (a chunk each 0.3 s): its running tokens and cost reach A
+            upstream.on("/v1/chat/completions", Reply(STREAM, headers={
+                "Content-Type": "text/event-stream"}, delay=0.3))
+            status, streamed = await chat(s, b, "streamer")
+            assert status == 200
+            await until(relayed, timeout=5.0)
+
+            async def finished() -> bool:
+                return streamed in {c["call_id"] for c in feed.of("call_finished")}
+            await until(finished, timeout=5.0)
+            running = [c for c in feed.of("call_progress") if c["call_id"] == streamed]
+            assert running, "no running counts from B"
+            assert all(c["model"] == "fleet-model" and c["output_tokens"] and
+                       c["cost_usd"] is not None for c in running)
+        finally:
+            feed.close()

@@ -1,13 +1,17 @@
 """The live feed: per-subscriber bounded queues; a slow subscriber loses its oldest events.
 
-On a shared ledger, `relay` (set by the fleet) carries this replica's started and finished
-events to the others, and `deliver` hands theirs to the subscribers here."""
+On a shared ledger, `relay` (set by the fleet) carries this replica's events (started,
+progress, finished) to the others while any replica has a watcher, and `deliver` hands
+theirs to the subscribers here. A new subscriber here is announced at once (`on_watch`):
+the other replicas start relaying without waiting for a heartbeat, and announce the calls
+they have in flight (`watched_elsewhere`), so the new watcher sees the whole fleet."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.record import CallRecord, LiveCall
@@ -41,11 +45,18 @@ class Broadcaster:
         self._size = queue_size
         self.dropped = 0
         self.relay: Callable[[str, str], None] | None = None
-        self.remote_watchers = 0  # subscribers on other replicas
+        self.on_watch: Callable[[], None] | None = None  # a subscriber arrived here
+        self.remote_watchers = 0  # subscribers on other replicas (from the heartbeat)
+        self.remote_until = 0.0  # monotonic: a watcher elsewhere just announced itself
+        self.calls: Mapping[str, LiveCall] = {}  # this replica's calls in flight
+
+    @property
+    def remote_active(self) -> bool:
+        return self.remote_watchers > 0 or time.monotonic() < self.remote_until
 
     @property
     def active(self) -> bool:
-        return bool(self._subs) or self.remote_watchers > 0
+        return bool(self._subs) or self.remote_active
 
     @property
     def local_watchers(self) -> int:
@@ -54,6 +65,8 @@ class Broadcaster:
     def subscribe(self) -> Subscription:
         sub = Subscription(self._size)
         self._subs.add(sub)
+        if self.on_watch is not None:
+            self.on_watch()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -66,13 +79,23 @@ class Broadcaster:
         event = (kind, json.dumps(payload, ensure_ascii=False, default=str))
         for sub in self._subs:
             sub.put(event)
-        if relay and self.relay is not None and self.remote_watchers:
+        if relay and self.relay is not None and self.remote_active:
             self.relay(*event)
 
     def deliver(self, kind: str, data: str) -> None:
         """An event from another replica."""
         for sub in self._subs:
             sub.put((kind, data))
+
+    def watched_elsewhere(self, grace: float) -> None:
+        """A watcher arrived on another replica: relay from now (the heartbeat confirms it
+        within `grace` seconds), starting with every call in flight here."""
+        self.remote_until = time.monotonic() + grace
+        if self.relay is None:
+            return
+        for call in list(self.calls.values()):
+            self.relay("call_started", json.dumps(call.to_json(), ensure_ascii=False,
+                                                  default=str))
 
     # With nobody watching (the usual case) no event is even built.
 
@@ -81,8 +104,8 @@ class Broadcaster:
             self.publish("call_started", call.to_json())
 
     def progress(self, call: LiveCall) -> None:
-        if self._subs:  # running counts stay local: other replicas see start and finish
-            self.publish("call_progress", call.to_json(), relay=False)
+        if self.active:
+            self.publish("call_progress", call.to_json())
 
     async def handle(self, record: CallRecord) -> None:
         if self.active:
