@@ -5,11 +5,14 @@ equals the ledger's. A screenshot is kept in tests/artifacts/."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from playwright.async_api import expect
 
 from proxy import state
@@ -42,8 +45,6 @@ async def test_the_page_shows_a_call_in_flight_then_its_ledger_cost(
     await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
     # a slow stream: 3 chunks 0.7 s apart, so the call is in flight for over a second
     upstream.on("/v1/chat/completions", Reply(CHAT_STREAM, headers=SSE, delay=0.7))
-    import aiohttp
-
     async with aiohttp.ClientSession() as s:
         call = asyncio.ensure_future(s.post(
             f"{proxy.url}/openai/v1/chat/completions",
@@ -80,3 +81,135 @@ async def test_with_an_admin_token_the_page_asks_for_it(upstream: FakeUpstream,
     await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
     assert await page.evaluate("sessionStorage.getItem('tb-token')") == "t0ken"
     assert await page.is_hidden("#login")
+
+
+WIDTHS = (1280, 1440, 1920)
+# Each card's content must fit its card: nothing cut off, no horizontal scrolling.
+OVERFLOW = """() => [...document.querySelectorAll('section')].filter((s) => s.offsetParent !== null)
+  .map((s) => [s.querySelector('h2').textContent, s.scrollWidth, s.clientWidth])
+  .filter(([, scroll, client]) => scroll > client)"""
+
+
+async def test_an_empty_page_says_so_at_every_width(proxy: Proxy, browser: Any) -> None:
+    page = await browser.new_page()
+    await page.goto(f"{proxy.url}/ui")
+    await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+    for text in ("No calls in flight.", "No calls in this period.", "No budgets configured.",
+                 "No spend in the last 30 days.", "No calls yet."):
+        await expect(page.get_by_text(text)).to_be_visible()
+    for width in WIDTHS:
+        await page.set_viewport_size({"width": width, "height": 900})
+        assert await page.evaluate(OVERFLOW) == [], width
+
+
+LONG_AGENT = "research-agent-with-a-rather-long-descriptive-name-for-the-whole-fleet"
+LONG_MODEL = "mystery-model-with-a-very-long-name-2026-preview-extended-context-edition"
+
+
+def chat_json(model: str, usage: dict[str, int] | None) -> bytes:
+    return json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": model,
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": "Lisbon."}}],
+                       "usage": usage}).encode()
+
+
+async def test_spend_totals_and_latest_calls_by_end_time_fit_every_width(
+        upstream: FakeUpstream, proxy: Proxy, browser: Any) -> None:
+    release = asyncio.Event()
+    usages = {"gpt-4o": {"prompt_tokens": 1000, "completion_tokens": 100},
+              LONG_MODEL: {"prompt_tokens": 300, "completion_tokens": 30}}
+
+    async def reply(request: web.Request) -> web.Response:
+        doc = await request.json()
+        if doc["messages"][0]["content"] == "slow":
+            await release.wait()
+        usage = None if doc["messages"][0]["content"] == "no usage" else usages[doc["model"]]
+        if doc["messages"][0]["content"] == "sub":
+            usage = {"prompt_tokens": 200, "completion_tokens": 50}
+        return web.Response(body=chat_json(doc["model"], usage),
+                            content_type="application/json")
+
+    upstream.on("/v1/chat/completions", reply)
+    async with aiohttp.ClientSession() as s:
+        async def call(model: str, content: str, **tags: str) -> str:
+            headers = {f"X-Meter-{k.replace('_', '-')}": v for k, v in tags.items()}
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions", headers=headers,
+                              json={"model": model,
+                                    "messages": [{"role": "user", "content": content}]}) as r:
+                await r.read()
+                return r.headers["X-Meter-Call-Id"]
+
+        # a main call, then its sub-agent's call (it ends after its parent)
+        main = await call("gpt-4o", "main", agent="planner", session="s-1", run="r-main")
+        sub = await call("gpt-4o", "sub", agent="helper", session="s-1", run="r-sub",
+                         parent_run="r-main")
+        # `late` starts before `early` and ends after it
+        late_call = asyncio.ensure_future(call(LONG_MODEL, "slow", agent=LONG_AGENT))
+        for _ in range(200):
+            if len(upstream.requests) == 3:
+                break
+            await asyncio.sleep(0.01)
+        early = await call("gpt-4o", "no usage", agent=LONG_AGENT)
+        release.set()
+        late = await late_call
+    await proxy.collector.wait_for(4)
+    await proxy.app[state.LEDGER].flush()
+    est = {r["call_id"]: r for r in rows(proxy)}[early]
+    assert est["usage_source"] == "estimated"
+
+    page = await browser.new_page()
+    await page.goto(f"{proxy.url}/ui")
+    await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+    await page.wait_for_selector(f'#calls tr[data-call="{late}"]', timeout=5_000)
+    # newest end first; the sub-agent's call right under its parent's, marked
+    order = await page.eval_on_selector_all("#calls tbody tr", "rs => rs.map(r => r.dataset.call)")
+    assert order == [late, early, main, sub]
+    assert await page.get_attribute(f'#calls tr[data-call="{sub}"]', "class") == "sub"
+    assert (await page.inner_text(f'#calls tr[data-call="{sub}"] td:nth-child(2)')) == "↳ helper"
+    # the period's total: gpt-4o at $2.50 in, $10 out per million tokens; LONG_MODEL unpriced
+    cost = (1000 * 2.5 + 100 * 10) / 1e6 + (200 * 2.5 + 50 * 10) / 1e6 \
+        + (est["input_tokens"] * 2.5 + est["output_tokens"] * 10) / 1e6
+    tokens = 1100 + 250 + 330 + est["input_tokens"] + est["output_tokens"]
+    foot = await page.eval_on_selector_all("#spend tfoot td", "ts => ts.map(t => t.innerText)")
+    assert foot == ["total", "4", f"{tokens:,}", f"${cost:.6f}\n+1 unpriced (1 est.)"]
+    for width in WIDTHS:
+        await page.set_viewport_size({"width": width, "height": 900})
+        assert await page.evaluate(OVERFLOW) == [], width
+        # every cost cell lies inside its card
+        cut = await page.evaluate("""() => [...document.querySelectorAll('td.num')].filter((td) =>
+            td.getBoundingClientRect().right > td.closest('section').getBoundingClientRect().right)
+            .map((td) => td.innerText)""")
+        assert cut == [], width
+        await page.screenshot(path=str(ARTIFACTS / f"ui-{width}.png"), full_page=True)
+
+
+async def test_a_stream_in_flight_shows_its_model_at_once_and_input_in_its_cost(
+        upstream: FakeUpstream, proxy: Proxy, browser: Any) -> None:
+    page = await browser.new_page()
+    await page.goto(f"{proxy.url}/ui")
+    await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+    # no usage until the end, as OpenAI streams go; the first byte after 1 s
+    chunks = [c for c in CHAT_STREAM if b'"usage":{' not in c and b"[DONE]" not in c] * 3
+    chunks += [c for c in CHAT_STREAM if b'"usage":{' in c or b"[DONE]" in c]
+    upstream.on("/v1/chat/completions", Reply(chunks, headers=SSE, first_delay=1.0, delay=0.3))
+    async with aiohttp.ClientSession() as s:
+        call = asyncio.ensure_future(s.post(
+            f"{proxy.url}/openai/v1/chat/completions", headers={"X-Meter-Agent": "writer"},
+            json={"model": "gpt-4o", "stream": True,
+                  "messages": [{"role": "user", "content": "Capital of Portugal?"}]}))
+        row = page.locator("#inflight tbody tr")
+        await expect(row).to_have_count(1, timeout=1_000)
+        # the model the request named, before any response byte
+        assert await row.locator("td").nth(2).inner_text() == "gpt-4o"
+        assert upstream.sent == []
+        # running counts: input (estimated from the request) is in the running cost
+        await page.wait_for_function("""() => {
+            const td = document.querySelector('#inflight tbody tr td.cost');
+            return td && td.innerText.startsWith('$'); }""", timeout=5_000)
+        shown = await row.locator("td").all_inner_texts()
+        resp = await call
+        await resp.read()
+    n_in, n_out = int(shown[3].replace(",", "")), int(shown[4].replace(",", ""))
+    assert n_in > 0 and n_out > 0
+    # gpt-4o: $2.50 per million input tokens, $10 per million output tokens
+    assert shown[5] == f"${(n_in * 2.5 + n_out * 10) / 1e6:.6f}"
