@@ -175,7 +175,7 @@ class LiveCall:
     dialect: Any = None  # the request's dialect and parsed body: an input estimate while
     request_doc: Any = None  # the provider has not reported input (OpenAI streams: at the end)
     request_bytes: int = 0
-    input_estimate: Any = None  # int, or the future of one for a large body
+    input_estimate: Any = None  # int (-1: failed), or the future of one for a large body
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in _SHOWN}

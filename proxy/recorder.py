@@ -272,8 +272,12 @@ class Recorder:
         if isinstance(got, asyncio.Future):
             if not got.done():
                 return None
-            got = call.input_estimate = got.result().tokens
-        return int(got)
+            try:
+                got = call.input_estimate = got.result().tokens
+            except Exception:
+                log.exception("input estimate failed for call %s", call.call_id)
+                got = call.input_estimate = -1  # no running input for this call
+        return int(got) if got >= 0 else None
 
     def submit(self, facts: CallFacts) -> None:
         """Never blocks, never raises: a full queue is a logged, counted drop."""

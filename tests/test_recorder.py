@@ -3,6 +3,7 @@ count-tokens and unpriced rules, and the key fingerprint."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime
@@ -12,12 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.dialects import DIALECTS
+from proxy.dialects import DIALECTS, Observation
 from proxy.estimate import Estimator
 from proxy.meter import Meter
 from proxy.pricing import PriceBook
-from proxy.record import CallFacts, iso_utc
-from proxy.recorder import KeyFingerprinter, build_record
+from proxy.record import CallFacts, LiveCall, iso_utc
+from proxy.recorder import KeyFingerprinter, Recorder, build_record
+from proxy.usage import Usage
 from tests.payloads import ROOT
 
 BODIES = {
@@ -158,3 +160,44 @@ def test_live_running_cost_is_priced_like_the_final_record(estimator: Estimator)
         / Decimal(1_000_000)
     assert call.cost_usd == float(hand)
     assert "usage" not in call.to_json() and call.to_json()["cost_usd"] == float(hand)
+
+
+def live_chat(body: dict[str, object]) -> LiveCall:
+    """A gpt-4o stream in flight, 3 output tokens in, input not reported (OpenAI streams
+    report usage at the end)."""
+    raw = json.dumps(body).encode()
+    call = LiveCall("c1", iso_utc(1767000000.0), "openai", "chat", True, None, None, None,
+                    "gpt-4o", dialect=DIALECTS["openai.chat"], request_doc=body,
+                    request_bytes=len(raw))
+    call.usage_source, call.usage = "estimated", Usage(output_tokens=3)
+    return call
+
+
+def test_running_cost_counts_the_input_not_reported_yet(estimator: Estimator) -> None:
+    body = json.loads(BODIES["openai.chat"])
+    call = live_chat(body)
+    Recorder(estimator, PriceBook(), lambda c: None, []).progress(call)
+    assert call.input_tokens and call.input_tokens > 0
+    # gpt-4o: $2.50 per million input tokens, $10 per million output tokens
+    assert call.cost_usd == pytest.approx((call.input_tokens * 2.5 + 3 * 10) / 1e6)
+    # the record of that call cut there estimates the input the same way
+    f = facts_for("openai.chat", "openai", Observation(usage=Usage(output_tokens=3)))
+    rec = build_record(f, estimator, PriceBook(), lambda c: None)
+    assert rec.input_tokens == call.input_tokens
+    assert rec.cost_usd is not None and float(rec.cost_usd) == call.cost_usd
+
+
+async def test_running_cost_of_a_large_request_counts_its_input_once_estimated(
+        estimator: Estimator) -> None:
+    body = {"model": "gpt-4o", "stream": True,
+            "messages": [{"role": "user", "content": "word " * 20_000}]}  # > 64 KiB
+    call = live_chat(body)
+    recorder = Recorder(estimator, PriceBook(), lambda c: None, [])
+    recorder.progress(call)  # estimated in a worker thread: the stream is not held
+    for _ in range(500):
+        if call.input_estimate.done():
+            break
+        await asyncio.sleep(0.01)
+    recorder.progress(call)
+    assert call.input_tokens and call.input_tokens > 20_000
+    assert call.cost_usd == pytest.approx((call.input_tokens * 2.5 + 3 * 10) / 1e6)
