@@ -145,10 +145,11 @@ async def test_spend_totals_and_latest_calls_by_end_time_fit_every_width(
                          parent_run="r-main")
         # `late` starts before `early` and ends after it
         late_call = asyncio.ensure_future(call(LONG_MODEL, "slow", agent=LONG_AGENT))
-        for _ in range(200):
+        for _ in range(500):  # `late` waits upstream
             if len(upstream.requests) == 3:
                 break
             await asyncio.sleep(0.01)
+        assert len(upstream.requests) == 3
         early = await call("gpt-4o", "no usage", agent=LONG_AGENT)
         release.set()
         late = await late_call
