@@ -65,6 +65,7 @@ class CallFacts:
     request_info: RequestInfo | None = None  # what the request says (parsed once)
     request_doc: Any = None  # the parsed request body, kept for an input estimate
     tags: dict[str, str] = field(default_factory=dict)
+    tags_cleaned: int = 0  # X-Meter-* values truncated, cleaned or over the cap
     client: str | None = None
     credential: str | None = None
     status_code: int | None = None
@@ -124,6 +125,8 @@ class CallRecord:
     # Not columns: how each token class was obtained, for the metrics' `source` label.
     input_source: str = "none"  # reported | estimated | none
     output_source: str = "none"
+    tags_cleaned: int = 0  # X-Meter-* values truncated or cleaned (metrics)
+    parse_errors: int = 0  # response events the meter could not read (metrics)
 
     def to_row(self) -> tuple[Any, ...]:
         return (
