@@ -175,5 +175,5 @@ class LiveCall:
     usage: Any = None  # the running Usage (every billed unit), priced like the record
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__  # type: ignore[attr-defined]
+        return {k: getattr(self, k) for k in self.__slots__
                 if k not in ("price_provider", "usage")}

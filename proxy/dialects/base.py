@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any, ClassVar, Protocol
 
 from proxy.framing import NdjsonFramer, SseFramer
@@ -211,13 +212,12 @@ class ScreenScan:
 
     def __init__(self, buf: bytes, plain: tuple[bytes, ...],
                  keyed: tuple[tuple[bytes, tuple[bytes, ...], re.Pattern[bytes]], ...]) -> None:
-        searches: list[Callable[[int], int]] = [
-            lambda pos, needle=needle: buf.find(needle, pos) for needle in plain]
+        searches: list[Callable[[int], int]] = [partial(buf.find, needle) for needle in plain]
         count = buf.count
         for needle, harmless, pattern in keyed:
             # every occurrence a harmless form: nothing for the pattern to find in `buf`
             if count(needle) > sum(count(h) for h in harmless):
-                searches.append(lambda pos, p=pattern: _match_at(p, buf, pos))
+                searches.append(partial(_match_at, pattern, buf))
         self._searches = searches
         self._hits = [-2] * len(searches)  # -2: not searched yet; -1: no more hits
 
@@ -275,7 +275,8 @@ class DialectBase:
 class Dialect(Protocol):
     """One provider API's parser: request, whole response, stream, and input estimate."""
 
-    name: ClassVar[str]
+    @property
+    def name(self) -> str: ...  # key in DIALECTS: "<provider>.<api>"
     family: ClassVar[str]  # tokenizer family for estimates ("openai", "anthropic", ...)
     estimate_factor: ClassVar[float]
     framing: ClassVar[str]  # "auto" (by content type) or "ndjson" (batch files)
