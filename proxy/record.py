@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.dialects.base import Observation, RequestInfo
+from proxy.usage import Usage
 
 __all__ = ["COLUMNS", "CallFacts", "CallRecord", "LiveCall", "iso_utc"]
 
@@ -28,7 +29,7 @@ COLUMNS = (
 )
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+_second: list[object] = [None, ""]  # the last whole second formatted, and its text
 
 
 def iso_utc(ts: float) -> str:
@@ -172,7 +173,7 @@ class LiveCall:
     usage_source: str = "none"
     tags: dict[str, str] = field(default_factory=dict)  # parent runs, sub-agents
     price_provider: str | None = None  # not shown: how the running cost is priced
-    usage: Any = None  # the running Usage (every billed unit), priced like the record
+    usage: Usage | None = None  # the running Usage (every billed unit), priced like the record
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__

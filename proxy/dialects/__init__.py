@@ -4,6 +4,7 @@ its home under `proxy/dialects/` and registering it here."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from proxy.dialects import anthropic, bedrock, gemini, ollama, openai, vertex
@@ -55,7 +56,7 @@ def price_provider(dialect: str | None, upstream: str) -> str | None:
     return p.price_providers.get(upstream, p.price_provider)
 
 
-def provider_by_headers(headers: Any) -> Provider | None:
+def provider_by_headers(headers: Mapping[str, str]) -> Provider | None:
     """For a refusal before any upstream is known: the provider whose SDK seems to call
     (by a header only its SDK sends), else None (the OpenAI-style shape)."""
     for p in PROVIDERS.values():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
@@ -17,9 +17,10 @@ from typing import Any, ClassVar, Protocol
 from proxy.framing import NdjsonFramer, SseFramer
 from proxy.usage import Usage
 
-__all__ = ["BaseStream", "BatchLine", "Dialect", "DialectBase", "Extract", "FrameText", "Match",
-           "Observation", "Provider", "RequestInfo", "Screen", "ScreenScan", "Skipped",
-           "StreamAcc", "StreamState", "TextBuffer", "error_text", "loads", "read_skipped"]
+__all__ = ["BaseStream", "BatchLine", "BodyFilter", "Dialect", "DialectBase", "Extract",
+           "FrameText", "Injector", "Match", "Observation", "Provider", "RequestInfo", "Screen",
+           "ScreenScan", "Skipped", "StreamAcc", "StreamState", "TextBuffer", "error_text",
+           "loads", "read_skipped"]
 
 MAX_TEXT_CHARS = 1 << 20  # visible output kept for estimation; beyond it we count chars only
 
@@ -290,6 +291,21 @@ class Dialect(Protocol):
                        model: str | None) -> int: ...
 
 
+class BodyFilter(Protocol):
+    """A rewrite of the client's copy of a response body, chunk by chunk."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class Injector(Protocol):
+    """Asks a stream for its usage (`inject` gives the new body, or None) and hides the
+    answer from a client that did not ask (`stripper`)."""
+
+    def inject(self, body: bytes, doc: Any) -> bytes | None: ...
+    def stripper(self) -> BodyFilter: ...
+
+
 class Provider:
     """Everything about one provider that is not a response parser: its built-in
     upstreams, routes, how the proxy supplies its key or signs for it, the error body its
@@ -315,15 +331,15 @@ class Provider:
         return {"error": {"message": message, "type": kind, "code": kind, "param": None,
                           **extra}}, {}
 
-    def injector(self, parser: str | None) -> Any:
+    def injector(self, parser: str | None) -> Injector | None:
         return None
 
-    def tags(self, headers: Any) -> dict[str, str]:
+    def tags(self, headers: Mapping[str, str]) -> dict[str, str]:
         """Attribution tags the provider's clients send in their own headers."""
         return {}
 
     def response_filter(self, method: str, path: str, upstream_url: str,
-                        public_url: Callable[[], str]) -> Any:
+                        public_url: Callable[[], str]) -> BodyFilter | None:
         """A feed()/flush() filter for the client's copy of the response, or None.
         `public_url()` is where clients reach this upstream through the proxy."""
         return None
