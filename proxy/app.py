@@ -82,7 +82,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
                            Path(config.ledger.path).parent)
     recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets,
                                                        *exports, *extra_sinks],
-                        on_sink_error=metrics.sink_failed, recorded=ledger.recorded)
+                        on_sink_error=metrics.sink_failed, on_drop=metrics.record_dropped,
+                        recorded=ledger.recorded)
     recorder.watching = lambda: feed.active
     feed.calls = recorder.inflight
     lifecycle = Lifecycle()

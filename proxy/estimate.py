@@ -17,7 +17,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import tiktoken
+
+    from proxy.dialects.base import Dialect
 
 __all__ = ["Estimate", "Estimator", "strings"]
 
@@ -52,7 +57,7 @@ class Estimate:
     estimator: str  # e.g. "tiktoken:o200k_base" or "tiktoken:o200k_base*1.2" or "chars/4"
 
 
-def _load_encoding(name: str, data_dir: Path) -> Any:
+def _load_encoding(name: str, data_dir: Path) -> tiktoken.Encoding:
     import tiktoken
 
     raw = gzip.decompress((data_dir / f"{name}.tiktoken.gz").read_bytes())
@@ -79,7 +84,7 @@ class Estimator:
         self.factors = dict(factors or {})
         self._data_dir = data_dir
         self._wanted = encodings
-        self._enc: dict[str, Any] = {}
+        self._enc: dict[str, tiktoken.Encoding] = {}
         self.loaded = False
 
     def load(self) -> None:
@@ -104,7 +109,7 @@ class Estimator:
         name, count = self._counter(model)
         return Estimate(count(text) if text else 0, name)
 
-    def _scaled(self, tokens: int, name: str, dialect: Any) -> Estimate:
+    def _scaled(self, tokens: int, name: str, dialect: Dialect) -> Estimate:
         """Non-OpenAI tokenizers approximated: the family's factor (config, else the
         dialect's `estimate_factor`)."""
         factor = self.factors.get(dialect.family, dialect.estimate_factor)
@@ -112,13 +117,13 @@ class Estimator:
             return Estimate(tokens, name)
         return Estimate(math.ceil(tokens * factor), f"{name}*{factor:g}")
 
-    def output(self, text: str, model: str | None, dialect: Any,
+    def output(self, text: str, model: str | None, dialect: Dialect,
                extra_chars: int = 0) -> Estimate:
         est = self.count_text(text, model)
         tokens = est.tokens + (math.ceil(extra_chars / 4) if extra_chars else 0)
         return self._scaled(tokens, est.estimator, dialect)
 
-    def input(self, dialect: Any, doc: Any, model: str | None) -> Estimate:
+    def input(self, dialect: Dialect, doc: Any, model: str | None) -> Estimate:
         """Input estimate from a request body, by the API's own shape (the dialect's)."""
         name, count = self._counter(model)
         tokens = dialect.estimate_input(doc, count, model) if isinstance(doc, dict) else 0
@@ -128,7 +133,7 @@ class Estimator:
 SAMPLE_CHARS = 1 << 20  # longer texts: tokens counted in slices of this size
 
 
-def _count_tokens(enc: Any, text: str) -> int:
+def _count_tokens(enc: tiktoken.Encoding, text: str) -> int:
     """Exact count, in slices so a huge text never becomes one huge token list (a 30 MiB
     prompt once cost ~290 MiB to estimate). A slice boundary may split one token in two:
     at most one token per MiB more than a whole count, and the result is an estimate."""
@@ -138,7 +143,7 @@ def _count_tokens(enc: Any, text: str) -> int:
                for i in range(0, len(text), SAMPLE_CHARS))
 
 
-def strings(obj: Any) -> list[str]:
+def strings(obj: object) -> list[str]:
     """Every text value in a nested request body (content, text, prompt...), no keys."""
     out: list[str] = []
     stack = [obj]

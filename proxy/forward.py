@@ -119,7 +119,7 @@ class Forwarder:
                           up.dialect if up else None, "other", request.method,
                           f"/{name}/{rest}")
         tagset = hdr.parse_tags(request.headers)
-        facts.tags = tagset.tags
+        facts.tags, facts.tags_cleaned = tagset.tags, tagset.cleaned
         lifecycle = self.lifecycle
         lifecycle.enter()
         live: LiveCall | None = None

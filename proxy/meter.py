@@ -1,22 +1,28 @@
 """Meter: the side copy of one response. content decoder -> framer -> dialect state.
 
 Sans-IO and exception-proof: `feed()` never raises (a failure is counted and metering of
-that call stops), so observing can never break forwarding.
+that call stops), so observing can never break forwarding. Runs of whole frames that
+cannot matter are not read at all: they are kept as data (`Skipped`) in the stream's text
+buffer, read by a pure function only if an estimate needs their text.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import replace
 
-from proxy.dialects import Dialect, Observation
-from proxy.dialects.base import loads
+from proxy.dialects import Dialect, Observation, StreamState
+from proxy.dialects.base import Screen, Skipped, loads
 from proxy.framing import (
+    ContentDecoder,
     EventStreamFramer,
+    Framer,
     JsonArrayFramer,
     JsonBodyBuffer,
+    NamedFrame,
     NdjsonFramer,
     SseFramer,
+    StreamFramer,
     make_decoder,
 )
 
@@ -28,9 +34,51 @@ log = logging.getLogger("tokenbooth.meter")
 HOLD_BYTES = 64 * 1024  # whole chunks screened together, at the latest every this many bytes
 
 
+class _Events:
+    """Named frames (SSE, AWS event-stream) into a stream state."""
+
+    __slots__ = ("framer", "state")
+
+    def __init__(self, framer: Framer[NamedFrame], state: StreamState) -> None:
+        self.framer, self.state = framer, state
+
+    def feed(self, chunk: bytes) -> None:
+        frames = self.framer.feed(chunk)
+        if frames:
+            on_frame = self.state.on_frame
+            for ev in frames:
+                on_frame(ev.name, ev.data)
+
+    def flush(self) -> None:
+        on_frame = self.state.on_frame
+        for ev in self.framer.flush():
+            on_frame(ev.name, ev.data)
+
+
+class _Lines:
+    """JSON texts (NDJSON lines, streamed array elements) into a stream state."""
+
+    __slots__ = ("framer", "state")
+
+    def __init__(self, framer: Framer[bytes], state: StreamState) -> None:
+        self.framer, self.state = framer, state
+
+    def feed(self, chunk: bytes) -> None:
+        frames = self.framer.feed(chunk)
+        if frames:
+            on_frame = self.state.on_frame
+            for data in frames:
+                on_frame(None, data)
+
+    def flush(self) -> None:
+        on_frame = self.state.on_frame
+        for data in self.framer.flush():
+            on_frame(None, data)
+
+
 class Meter:
-    __slots__ = ("_dialect", "_decoder", "_framer", "_state", "_sse", "errors", "broken",
-                 "bytes_seen", "streaming", "_quiet", "_end", "_held", "_held_bytes")
+    __slots__ = ("_dialect", "_decoder", "_pipe", "_body", "_state", "_screened", "errors",
+                 "broken", "bytes_seen", "streaming", "_quiet", "_end", "_held", "_held_bytes")
 
     def __init__(self, dialect: Dialect | None, content_type: str | None,
                  content_encoding: str | None, path_stream: bool = False) -> None:
@@ -38,11 +86,12 @@ class Meter:
         self.errors = 0
         self.broken = dialect is None
         self.bytes_seen = 0
-        self._sse = False
-        self._state: Any = None
-        self._framer: Any = None
-        self._decoder = None
-        self._quiet: Any = None
+        self._state: StreamState | None = None
+        self._pipe: _Events | _Lines | None = None  # a stream: frames into the state
+        self._body: JsonBodyBuffer | None = None  # a whole JSON body
+        self._decoder: ContentDecoder | None = None
+        self._quiet: Screen | None = None  # set: chunks are screened before framing
+        self._screened: StreamFramer[object] | None = None  # the framer screening passes
         self._end = b"\n\n"
         self._held: list[bytes] = []
         self._held_bytes = 0
@@ -60,22 +109,24 @@ class Meter:
             self.broken = True
             self.errors += 1
             return
-        if lines:
-            self._framer, self._end = NdjsonFramer(), b"\n"
-        elif eventstream:
-            self._framer, self._sse = EventStreamFramer(), True
-        elif "event-stream" in ct:
-            self._framer, self._sse = SseFramer(), True
-        elif "ndjson" in ct:
-            self._framer, self._end = NdjsonFramer(), b"\n"
-        elif path_stream:
-            self._framer = JsonArrayFramer()
-        else:
-            self._framer = JsonBodyBuffer()
+        if not (lines or eventstream or "event-stream" in ct or "ndjson" in ct or path_stream):
+            self._body = JsonBodyBuffer()
             return
-        self._state = dialect.new_stream()
-        if self._decoder is None and not path_stream:
-            self._quiet = self._state.quiet
+        state = self._state = dialect.new_stream()
+        screened: StreamFramer[object] | None = None
+        if lines or ("ndjson" in ct and not eventstream and "event-stream" not in ct):
+            ndjson = NdjsonFramer()
+            self._pipe, screened, self._end = _Lines(ndjson, state), ndjson, b"\n"
+        elif eventstream:
+            self._pipe = _Events(EventStreamFramer(), state)
+        elif "event-stream" in ct:
+            sse = SseFramer()
+            self._pipe, screened = _Events(sse, state), sse
+        else:  # the URL asks for a stream: a streamed JSON array
+            self._pipe = _Lines(JsonArrayFramer(), state)
+        if self._decoder is None and not path_stream and screened is not None \
+                and state.quiet is not None:
+            self._quiet, self._screened = state.quiet, screened
 
     def feed(self, chunk: bytes) -> None:
         """Called for every chunk, after it was forwarded: keep it cheap."""
@@ -92,7 +143,10 @@ class Meter:
         try:
             if self._decoder is not None:
                 chunk = self._decoder.decode(chunk)
-            self._frames(self._framer.feed(chunk))
+            if self._pipe is not None:
+                self._pipe.feed(chunk)
+            elif self._body is not None:
+                self._body.feed(chunk)
         except Exception:
             self._failed()
 
@@ -106,22 +160,28 @@ class Meter:
         `ready()`) are kept unread for a possible estimate instead of being framed and
         parsed; only the frames that may matter go through the framer."""
         held, self._held, self._held_bytes = self._held, [], 0
-        if not held or self.broken:
+        quiet, framer, pipe, state = self._quiet, self._screened, self._pipe, self._state
+        if not held or self.broken or quiet is None or framer is None or pipe is None \
+                or state is None:
             return
         try:
             buf = held[0] if len(held) == 1 else b"".join(held)
-            framer, state, end = self._framer, self._state, self._end
-            scan = self._quiet.over(buf)
+            end = self._end
+            sse = isinstance(pipe, _Events)
+            text = state.acc.text
+            scan = quiet.over(buf)
             pos, size = 0, len(buf)
             while pos < size:
                 if framer.idle and state.ready():
                     first = scan.next(pos)
                     if first < 0 and buf.endswith(end):
-                        state.acc.text.add_chunk(buf[pos:] if pos else buf, self._read_later)
+                        text.add_skipped(Skipped(buf[pos:] if pos else buf, sse,
+                                                 state.frame_text))
                         return
                     cut = buf.rfind(end, pos, first if first >= 0 else size)
                     if cut >= 0:
-                        state.acc.text.add_chunk(buf[pos:cut + len(end)], self._read_later)
+                        text.add_skipped(Skipped(buf[pos:cut + len(end)], sse,
+                                                 state.frame_text))
                         pos = cut + len(end)
                     if first < 0:
                         first = pos
@@ -130,30 +190,10 @@ class Meter:
                 # Frame what may matter, up to the end of its frame (or of the buffer).
                 stop = buf.find(end, first)
                 stop = size if stop < 0 else stop + len(end)
-                self._frames(framer.feed(buf[pos:stop] if pos or stop < size else buf))
+                pipe.feed(buf[pos:stop] if pos or stop < size else buf)
                 pos = stop
         except Exception:
             self._failed()
-
-    def _frames(self, frames: list[Any]) -> None:
-        if not frames or self._state is None:
-            return
-        on_frame = self._state.on_frame
-        if self._sse:
-            for ev in frames:
-                on_frame(ev.name, ev.data)
-        else:
-            for data in frames:
-                on_frame(None, data)
-
-    def _read_later(self, chunk: bytes, out: Any) -> None:
-        framer: Any = SseFramer() if self._sse else NdjsonFramer()
-        text_of = self._state.frame_text
-        for frame in framer.feed(chunk) + framer.flush():
-            if self._sse:
-                text_of(frame.name, frame.data, out)
-            else:
-                text_of(None, frame, out)
 
     def progress(self) -> Observation | None:
         """A look at the running state (live feed), without ending it."""
@@ -161,8 +201,7 @@ class Meter:
         if self._state is None or self.broken:
             return None
         try:
-            result: Observation = self._state.result()
-            return result
+            return self._state.result()
         except Exception:
             return None
 
@@ -173,17 +212,20 @@ class Meter:
         self._release()
         try:
             if not self.broken:
+                pipe, body = self._pipe, self._body
                 if self._decoder is not None:
-                    self._frames(self._framer.feed(self._decoder.flush()))
-                if self._state is not None:
-                    self._frames(self._framer.flush())
-                    obs: Observation = self._state.result()
+                    tail = self._decoder.flush()
+                    if pipe is not None:
+                        pipe.feed(tail)
+                    elif body is not None:
+                        body.feed(tail)
+                if pipe is not None:
+                    pipe.flush()
+                    obs = pipe.state.result()
                 else:
-                    bodies = self._framer.flush()
+                    bodies = body.flush() if body is not None else []
                     obs = dialect.from_json(loads(bodies[0])) if bodies else Observation()
                 if self.errors:
-                    from dataclasses import replace
-
                     obs = replace(obs, parse_errors=obs.parse_errors + self.errors)
                 return obs
         except Exception:
@@ -192,9 +234,7 @@ class Meter:
             self.errors += 1
         if self._state is not None:
             try:
-                from dataclasses import replace
-
-                partial: Observation = self._state.result()
+                partial = self._state.result()
                 return replace(partial, parse_errors=partial.parse_errors + self.errors)
             except Exception:
                 pass

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.dialects.base import Observation, RequestInfo
+from proxy.usage import Usage
 
 __all__ = ["COLUMNS", "CallFacts", "CallRecord", "LiveCall", "iso_utc"]
 
@@ -28,7 +29,7 @@ COLUMNS = (
 )
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+_second: list[object] = [None, ""]  # the last whole second formatted, and its text
 
 
 def iso_utc(ts: float) -> str:
@@ -65,6 +66,7 @@ class CallFacts:
     request_info: RequestInfo | None = None  # what the request says (parsed once)
     request_doc: Any = None  # the parsed request body, kept for an input estimate
     tags: dict[str, str] = field(default_factory=dict)
+    tags_cleaned: int = 0  # X-Meter-* values truncated, cleaned or over the cap
     client: str | None = None
     credential: str | None = None
     status_code: int | None = None
@@ -124,6 +126,8 @@ class CallRecord:
     # Not columns: how each token class was obtained, for the metrics' `source` label.
     input_source: str = "none"  # reported | estimated | none
     output_source: str = "none"
+    tags_cleaned: int = 0  # X-Meter-* values truncated or cleaned (metrics)
+    parse_errors: int = 0  # response events the meter could not read (metrics)
 
     def to_row(self) -> tuple[Any, ...]:
         return (
@@ -170,7 +174,7 @@ class LiveCall:
     tags: dict[str, str] = field(default_factory=dict)  # parent runs, sub-agents
     # Not shown: what prices the running cost as the final record will be priced.
     price_provider: str | None = None
-    usage: Any = None  # the running Usage (every billed unit)
+    usage: Usage | None = None  # the running Usage (every billed unit)
     free: bool = False
     dialect: Any = None  # the request's dialect and parsed body: an input estimate while
     request_doc: Any = None  # the provider has not reported input (OpenAI streams: at the end)

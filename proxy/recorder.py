@@ -94,12 +94,19 @@ def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         if facts.batch_id is not None:  # no result lines: an ordinary download
             facts = replace(facts, operation="other", batch_id=None)
         return [build_record(facts, estimator, prices, fingerprint)]
+    # The download's own facts (cleaned tags, unreadable lines) are counted once: on the
+    # first line's record.
+    download_errors = facts.observation.parse_errors
     return [build_record(replace(facts, call_id=batch_call_id(facts.upstream, facts.batch_id,
                                                               line.line_id),
-                                 operation="batch", observation=line.observation,
+                                 operation="batch",
+                                 observation=replace(line.observation, parse_errors=line
+                                                     .observation.parse_errors + download_errors)
+                                 if i == 0 and download_errors else line.observation,
+                                 tags_cleaned=facts.tags_cleaned if i == 0 else 0,
                                  outcome="ok" if line.observation.status == "complete"
                                  else "upstream_error"),
-                         estimator, prices, fingerprint) for line in lines]
+                         estimator, prices, fingerprint) for i, line in enumerate(lines)]
 
 
 def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
@@ -190,6 +197,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         service_tier=usage.service_tier, priced_units=usage.priced_units() or None,
         batch_id=facts.batch_id if facts.operation == "batch" else None,
         input_source=_source(in_reported, in_est), output_source=_source(out_reported, out_est),
+        tags_cleaned=facts.tags_cleaned, parse_errors=obs.parse_errors,
     )
 
 
@@ -198,6 +206,7 @@ class Recorder:
                  fingerprint: Callable[[str | None], str | None], sinks: Sequence[Sink],
                  queue_size: int = 10_000,
                  on_sink_error: Callable[[str], None] | None = None,
+                 on_drop: Callable[[], None] | None = None,
                  recorded: Callable[[list[str]], Awaitable[set[str]]] | None = None) -> None:
         self.estimator = estimator
         self.prices = prices
@@ -213,6 +222,7 @@ class Recorder:
         self.dropped = 0
         self.recorded = 0
         self._on_sink_error = on_sink_error
+        self._on_drop = on_drop  # a call the full queue turned away (metrics)
         # Which batch-line call ids were recorded before (the ledger knows): not again.
         self._recorded = recorded
         # Whether anyone watches calls in flight (the live feed); progress is skipped if not.
@@ -287,6 +297,11 @@ class Recorder:
             self.dropped += 1
             self.inflight.pop(facts.call_id, None)
             log.error("recorder queue full: call %s dropped", facts.call_id)
+            if self._on_drop is not None:
+                try:
+                    self._on_drop()
+                except Exception:
+                    log.exception("counting a dropped record failed")
 
     async def _build(self, facts: CallFacts) -> list[CallRecord]:
         text = facts.observation.text

@@ -72,7 +72,7 @@ class Usage:
         return self.output_tokens is not None
 
 
-def as_int(value: Any) -> int | None:
+def as_int(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return int(value)
@@ -97,5 +97,5 @@ def check_total(kind: str, parts: int, total: int | None) -> None:
                     kind, parts, total)
 
 
-def as_str(value: Any) -> str | None:
+def as_str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None

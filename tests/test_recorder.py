@@ -194,10 +194,29 @@ async def test_running_cost_of_a_large_request_counts_its_input_once_estimated(
     call = live_chat(body)
     recorder = Recorder(estimator, PriceBook(), lambda c: None, [])
     recorder.progress(call)  # estimated in a worker thread: the stream is not held
-    for _ in range(500):
-        if call.input_estimate.done():
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.shield(call.input_estimate), 30)  # the worker's answer
     recorder.progress(call)
     assert call.input_tokens and call.input_tokens > 20_000
     assert call.cost_usd == pytest.approx((call.input_tokens * 2.5 + 3 * 10) / 1e6)
+
+
+async def test_calls_the_full_queue_turns_away_are_exported(estimator: Estimator) -> None:
+    """A drop is a counted fact on /metrics, not only a Python attribute."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from proxy.recorder import Recorder
+    from proxy.sinks.metrics import Metrics
+
+    metrics = Metrics(CollectorRegistry())
+    recorder = Recorder(estimator, PriceBook(), lambda c: None, [metrics], queue_size=2,
+                        on_drop=metrics.record_dropped)
+    for i in range(5):  # the worker is not started: two fit, three are turned away
+        recorder.submit(CallFacts(f"c{i}", 1767000000.0, 10.0, "openai", "openai", "chat",
+                                  "POST", "/openai/v1/chat/completions", ended=11.0))
+    assert recorder.dropped == 3
+    text = generate_latest(metrics.registry).decode()
+    assert "tokenbooth_records_dropped_total 3.0" in text.splitlines()
+    recorder.start()
+    await recorder.drain()  # the two queued calls are still recorded
+    assert recorder.recorded == 2
+    assert "tokenbooth_requests_total" in generate_latest(metrics.registry).decode()

@@ -4,6 +4,7 @@ its home under `proxy/dialects/` and registering it here."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from proxy.dialects import anthropic, bedrock, gemini, ollama, openai, vertex
@@ -25,7 +26,7 @@ __all__ = ["BUILTIN_UPSTREAMS", "DEFAULT_PROVIDER", "DIALECTS", "PROVIDERS", "Di
            "Observation", "Provider", "RequestInfo", "StreamState", "lookup", "price_provider",
            "provider_by_headers"]
 
-PROVIDERS: dict[str, Any] = {
+PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in (openai.OpenAIProvider(), anthropic.AnthropicProvider(), gemini.GeminiProvider(),
               ollama.OllamaProvider(), bedrock.BedrockProvider(), vertex.VertexProvider())
@@ -55,7 +56,7 @@ def price_provider(dialect: str | None, upstream: str) -> str | None:
     return p.price_providers.get(upstream, p.price_provider)
 
 
-def provider_by_headers(headers: Any) -> Any:
+def provider_by_headers(headers: Mapping[str, str]) -> Provider | None:
     """For a refusal before any upstream is known: the provider whose SDK seems to call
     (by a header only its SDK sends), else None (the OpenAI-style shape)."""
     for p in PROVIDERS.values():

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any, ClassVar, Protocol
 
+from proxy.framing import NdjsonFramer, SseFramer
 from proxy.usage import Usage
 
-__all__ = ["BaseStream", "BatchLine", "Dialect", "DialectBase", "Match", "Observation", "Provider",
-           "RequestInfo", "Screen", "ScreenScan", "StreamAcc", "StreamState", "TextBuffer",
-           "error_text", "loads"]
+__all__ = ["BaseStream", "BatchLine", "BodyFilter", "Dialect", "DialectBase", "Extract",
+           "FrameText", "Injector", "Match", "Observation", "Provider", "RequestInfo", "Screen",
+           "ScreenScan", "Skipped", "StreamAcc", "StreamState", "TextBuffer", "error_text",
+           "loads", "read_skipped"]
 
 MAX_TEXT_CHARS = 1 << 20  # visible output kept for estimation; beyond it we count chars only
 
@@ -82,22 +85,53 @@ class Observation:
         return self.text.dropped if self.text is not None else 0
 
 
+# Reads one parsed frame's visible text into the buffer.
+Extract = Callable[[dict[str, Any], "TextBuffer"], None]
+# Reads one frame (event name or None, data) of a stream's visible text into the buffer.
+FrameText = Callable[[str | None, bytes, "TextBuffer"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Whole frames the meter passed over unread (nothing in them could matter but their
+    text, and that only for an estimate): kept as bytes, read by `read_skipped()` if an
+    estimate is ever needed."""
+
+    data: bytes
+    sse: bool  # SSE events; else one JSON document a line
+    frame_text: FrameText  # the stream's reader of one frame's text
+
+
+def read_skipped(skipped: Skipped, out: TextBuffer) -> None:
+    """The text of skipped frames, into `out`: frame them now, read each one's text."""
+    frame_text = skipped.frame_text
+    if skipped.sse:
+        events = SseFramer()
+        for ev in [*events.feed(skipped.data), *events.flush()]:
+            frame_text(ev.name, ev.data, out)
+    else:
+        lines = NdjsonFramer()
+        for line in [*lines.feed(skipped.data), *lines.flush()]:
+            frame_text(None, line, out)
+
+
 class TextBuffer:
     """Visible output text, capped; what spills over is counted, not kept.
 
-    `add_raw()` keeps a frame's bytes and the function that reads its text, so plain
-    delta frames are only JSON-parsed if an estimate is ever needed (the provider's usage
-    usually arrives and they are dropped unread). That keeps parsing off the per-chunk path.
+    `add_raw()` keeps a frame's bytes and the function that reads its text, and
+    `add_skipped()` whole frames nobody read, so plain delta frames are only JSON-parsed if
+    an estimate is ever needed (the provider's usage usually arrives and they are dropped
+    unread). That keeps parsing off the per-chunk path.
     """
 
     __slots__ = ("parts", "size", "dropped")
 
     def __init__(self) -> None:
-        self.parts: list[Any] = []
+        self.parts: list[str | tuple[bytes, Extract] | Skipped] = []
         self.size = 0
         self.dropped = 0
 
-    def add(self, text: Any) -> None:
+    def add(self, text: object) -> None:
         if not isinstance(text, str) or not text:
             return
         if self.size + len(text) > MAX_TEXT_CHARS:
@@ -106,35 +140,36 @@ class TextBuffer:
         self.parts.append(text)
         self.size += len(text)
 
-    def add_raw(self, data: bytes, extract: Callable[[Any, TextBuffer], None]) -> None:
+    def add_raw(self, data: bytes, extract: Extract) -> None:
         if self.size + len(data) > MAX_TEXT_CHARS:
             _extract(data, extract, self)
             return
         self.parts.append((data, extract))
         self.size += len(data)
 
-    def add_chunk(self, data: bytes, reader: Callable[[bytes, TextBuffer], None]) -> None:
-        """A whole chunk of frames nobody needed to read yet; `reader` frames it later."""
-        if self.size + len(data) > MAX_TEXT_CHARS:
-            reader(data, self)
+    def add_skipped(self, skipped: Skipped) -> None:
+        """Whole frames nobody needed to read yet; read only if the text is asked for."""
+        if self.size + len(skipped.data) > MAX_TEXT_CHARS:
+            read_skipped(skipped, self)
             return
-        self.parts.append((data, reader, None))
-        self.size += len(data)
+        self.parts.append(skipped)
+        self.size += len(skipped.data)
 
     def text(self) -> str:
-        while any(type(p) is tuple for p in self.parts):  # a chunk resolves into frames
+        while not all(type(p) is str for p in self.parts):
+            # skipped frames resolve into raw frames, raw frames into text
             parts, self.parts, self.size = self.parts, [], 0
             for p in parts:
-                if type(p) is not tuple:
+                if isinstance(p, str):
                     self.add(p)
-                elif len(p) == 3:
-                    p[1](p[0], self)
+                elif isinstance(p, Skipped):
+                    read_skipped(p, self)
                 else:
                     _extract(p[0], p[1], self)
-        return "".join(self.parts)
+        return "".join(p for p in self.parts if isinstance(p, str))
 
 
-def _extract(data: bytes, extract: Callable[[Any, TextBuffer], None], out: TextBuffer) -> None:
+def _extract(data: bytes, extract: Extract, out: TextBuffer) -> None:
     try:
         obj = loads(data)
     except ValueError:
@@ -178,13 +213,12 @@ class ScreenScan:
 
     def __init__(self, buf: bytes, plain: tuple[bytes, ...],
                  keyed: tuple[tuple[bytes, tuple[bytes, ...], re.Pattern[bytes]], ...]) -> None:
-        searches: list[Callable[[int], int]] = [
-            lambda pos, needle=needle: buf.find(needle, pos) for needle in plain]
+        searches: list[Callable[[int], int]] = [partial(buf.find, needle) for needle in plain]
         count = buf.count
         for needle, harmless, pattern in keyed:
             # every occurrence a harmless form: nothing for the pattern to find in `buf`
             if count(needle) > sum(count(h) for h in harmless):
-                searches.append(lambda pos, p=pattern: _match_at(p, buf, pos))
+                searches.append(partial(_match_at, pattern, buf))
         self._searches = searches
         self._hits = [-2] * len(searches)  # -2: not searched yet; -1: no more hits
 
@@ -242,7 +276,8 @@ class DialectBase:
 class Dialect(Protocol):
     """One provider API's parser: request, whole response, stream, and input estimate."""
 
-    name: ClassVar[str]
+    @property
+    def name(self) -> str: ...  # key in DIALECTS: "<provider>.<api>"
     family: ClassVar[str]  # tokenizer family for estimates ("openai", "anthropic", ...)
     estimate_factor: ClassVar[float]
     framing: ClassVar[str]  # "auto" (by content type) or "ndjson" (batch files)
@@ -254,6 +289,21 @@ class Dialect(Protocol):
     def new_stream(self) -> StreamState: ...
     def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
                        model: str | None) -> int: ...
+
+
+class BodyFilter(Protocol):
+    """A rewrite of the client's copy of a response body, chunk by chunk."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class Injector(Protocol):
+    """Asks a stream for its usage (`inject` gives the new body, or None) and hides the
+    answer from a client that did not ask (`stripper`)."""
+
+    def inject(self, body: bytes, doc: Any) -> bytes | None: ...
+    def stripper(self) -> BodyFilter: ...
 
 
 class Provider:
@@ -281,15 +331,15 @@ class Provider:
         return {"error": {"message": message, "type": kind, "code": kind, "param": None,
                           **extra}}, {}
 
-    def injector(self, parser: str | None) -> Any:
+    def injector(self, parser: str | None) -> Injector | None:
         return None
 
-    def tags(self, headers: Any) -> dict[str, str]:
+    def tags(self, headers: Mapping[str, str]) -> dict[str, str]:
         """Attribution tags the provider's clients send in their own headers."""
         return {}
 
     def response_filter(self, method: str, path: str, upstream_url: str,
-                        public_url: Callable[[], str]) -> Any:
+                        public_url: Callable[[], str]) -> BodyFilter | None:
         """A feed()/flush() filter for the client's copy of the response, or None.
         `public_url()` is where clients reach this upstream through the proxy."""
         return None

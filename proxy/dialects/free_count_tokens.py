@@ -27,6 +27,9 @@ ZERO = Usage(0, 0, 0, 0, 0, 0)
 class _Nothing:
     quiet: ClassVar[Screen | None] = None
 
+    def __init__(self) -> None:
+        self.acc = StreamAcc(usage=ZERO, status="complete")  # never filled
+
     def ready(self) -> bool:
         return False
 

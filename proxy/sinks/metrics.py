@@ -112,6 +112,9 @@ class Metrics:
         self.parse_errors = Counter("tokenbooth_parse_errors",
                                     "Response events the meter could not read.", ("upstream",),
                                     registry=r)
+        self.records_dropped = Counter(
+            "tokenbooth_records_dropped",
+            "Calls not recorded: the recorder's queue was full.", registry=r)
         build = Gauge("tokenbooth_build_info", "Build information.", ("version", "prices"),
                       registry=r)
         build.labels(__version__, prices_version).set(1)
@@ -175,6 +178,10 @@ class Metrics:
                               rec.duration_ms / 1000)
         if rec.ttft_ms is not None:
             self.ttft.observe((up, op, model), rec.ttft_ms / 1000)
+        if rec.tags_cleaned:
+            self.tag_cleaned.inc(rec.tags_cleaned)
+        if rec.parse_errors:
+            self._child(self.parse_errors, (up,)).inc(rec.parse_errors)
 
     def ledger_rows_changed(self, result: str, n: int) -> None:
         self._child(self.ledger_rows, (result,)).inc(n)
@@ -184,6 +191,9 @@ class Metrics:
 
     def client_refused(self, reason: str) -> None:
         self._child(self.clients_refused, (reason,)).inc()
+
+    def record_dropped(self) -> None:
+        self.records_dropped.inc()
 
     def sink_failed(self, sink: str) -> None:
         self._child(self.sink_errors, (sink,)).inc()

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.dialects.base import Skipped, TextBuffer, read_skipped
 from tests.payloads import Payload, all_payloads, expected_usage, run_chunks, usage_dict
 
 PAYLOADS = all_payloads()
@@ -81,9 +82,36 @@ def test_skipped_chunks_still_give_the_estimate_text() -> None:
         meter.feed(b'event: content_block_delta\ndata: {"type":"content_block_delta",'
                    b'"index":0,"delta":{"type":"text_delta","text":"' + word.encode() + b'"}}\n\n')
     obs = meter.finish()
-    assert obs.text is not None and any(type(x) is tuple for x in obs.text.parts)
+    # the deltas were kept unread, as data: bytes and how they are framed
+    assert obs.text is not None
+    skipped = [x for x in obs.text.parts if isinstance(x, Skipped)]
+    assert skipped and all(x.sse for x in skipped)
+    assert b"".join(x.data for x in skipped).count(b"content_block_delta") == 6
     assert obs.output_text == "alpha beta gamma"
     assert obs.usage is not None and obs.usage.output_tokens is None
+
+
+def test_skipped_frames_are_read_by_a_pure_function() -> None:
+    """Skipped frames hold no reference to the meter: reading them twice, into two
+    buffers, gives the same text; SSE and NDJSON alike."""
+    from proxy.dialects import DIALECTS
+
+    sse = DIALECTS["openai.chat"].new_stream()
+    events = b"".join(b'data: {"choices":[{"index":0,"delta":{"content":"' + w + b'"}}]}\n\n'
+                      for w in (b"one ", b"two"))
+    lines = DIALECTS["ollama.native"].new_stream()
+    ndjson = b'{"message":{"role":"assistant","content":"three "}}\n' \
+             b'{"message":{"role":"assistant","content":"four"}}\n'
+    for state, data, is_sse, want in ((sse, events, True, "one two"),
+                                      (lines, ndjson, False, "three four")):
+        skipped = Skipped(data, is_sse, state.frame_text)
+        for _ in range(2):
+            out = TextBuffer()
+            read_skipped(skipped, out)
+            assert out.text() == want
+        buffered = TextBuffer()
+        buffered.add_skipped(skipped)
+        assert buffered.parts == [skipped] and buffered.text() == want
 
 
 def _spaced_chat_stream(n: int, pad: int = 0) -> list[bytes]:

@@ -1,12 +1,21 @@
 """Metric labels cannot be poisoned: refused or failed calls bring no new label values,
-unknown upstream names are `other`, and each family keeps a bounded number of series."""
+unknown upstream names are `other`, and each family keeps a bounded number of series.
+Every family moves from a real fact, and every family is documented (and only those)."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import aiohttp
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.sinks.metrics import Metrics
+from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
 from tests.factories import make_record
+
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
 
 
 def series(metrics: Metrics, family: str = "tokenbooth_requests") -> list[dict[str, str]]:
@@ -49,3 +58,51 @@ async def test_each_family_keeps_a_bounded_number_of_series() -> None:
                  if fam.name == "tokenbooth_request_duration_seconds" for s in fam.samples
                  if s.name.endswith("_count")}
     assert len(durations) <= 500
+
+
+async def scrape(proxy: Proxy) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/metrics") as r:
+        assert r.status == 200
+        return await r.text()
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {tuple(sorted(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == name}
+
+
+async def test_every_exposed_family_is_documented_and_every_documented_one_exposed(
+        start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(budgets=[{"name": "team", "limit_usd": 5, "window": "day"}])
+    text = await scrape(proxy)
+    types = dict(re.findall(r"^# TYPE (tokenbooth_\w+) (\w+)$", text, re.M))
+    # prometheus-client adds a `<name>_created` gauge beside each counter: not a family
+    exposed = {name for name in types
+               if not (name.endswith("_created")
+                       and types.get(name.removesuffix("_created") + "_total") == "counter")}
+    assert "tokenbooth_requests_total" in exposed and "tokenbooth_budget_limit_usd" in exposed
+    table = REFERENCE.read_text().split("## Prometheus metrics", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(tokenbooth_\w+)`", table))
+    assert exposed - documented == set(), "exposed but not in docs/reference.md"
+    assert documented - exposed == set(), "in docs/reference.md but not exposed"
+
+
+async def test_cleaned_tag_values_and_unreadable_bodies_are_counted(
+        upstream: FakeUpstream, proxy: Proxy) -> None:
+    upstream.on("/v1/chat/completions",
+                Reply([b"{not json"], headers={"Content-Type": "application/json"}))
+    async with aiohttp.ClientSession() as s:
+        # one value over 256 characters (truncated), one with a tab (stripped)
+        headers = {"X-Meter-Agent": "a" * 300, "X-Meter-Run": "r\t-1",
+                   "Content-Type": "application/json"}
+        async with s.post(f"{proxy.url}/openai/v1/chat/completions", headers=headers,
+                          data=b'{"model":"gpt-4o","messages":[]}') as r:
+            assert r.status == 200
+            assert await r.read() == b"{not json"  # the client still gets the body as sent
+    [record] = await proxy.collector.wait_for(1)
+    assert record.tags_cleaned == 2 and record.parse_errors == 1
+    assert record.agent == "a" * 256 and record.run == "r-1"
+    text = await scrape(proxy)
+    assert samples(text, "tokenbooth_tag_values_cleaned_total") == {(): 2.0}
+    assert samples(text, "tokenbooth_parse_errors_total") == {(("upstream", "openai"),): 1.0}

@@ -5,7 +5,7 @@ rawPredict for Claude), count_tokens, and Message Batch results
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
@@ -52,7 +52,7 @@ class AnthropicProvider(Provider):
     def key_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
 
-    def tags(self, headers: Any) -> dict[str, str]:
+    def tags(self, headers: Mapping[str, str]) -> dict[str, str]:
         """Claude Code names its session and, on a sub-agent's calls, the sub-agent."""
         out = {}
         session = headers.get("X-Claude-Code-Session-Id")

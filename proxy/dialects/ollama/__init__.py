@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from proxy.dialects.base import Match, Provider
+from proxy.dialects.base import Injector, Match, Provider
 from proxy.dialects.openai import injector, match_post
 
 __all__ = ["OllamaProvider"]
@@ -31,5 +31,5 @@ class OllamaProvider(Provider):
                 return Match(op, "ollama.native")
         return match_post(path)
 
-    def injector(self, parser: str | None) -> Any:
+    def injector(self, parser: str | None) -> Injector | None:
         return injector(parser)  # its OpenAI-compatible routes

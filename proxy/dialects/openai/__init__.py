@@ -11,7 +11,7 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from proxy.dialects.base import Match, Provider
+from proxy.dialects.base import Injector, Match, Provider
 from proxy.dialects.openai import inject as injection
 
 __all__ = ["OpenAIProvider", "POST_ROUTES", "injector", "match_post"]
@@ -81,5 +81,5 @@ class OpenAIProvider(Provider):
             return None
         return match_post(path)
 
-    def injector(self, parser: str | None) -> _Injector | None:
+    def injector(self, parser: str | None) -> Injector | None:
         return injector(parser)

@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from proxy.dialects.base import Observation
+from proxy.dialects.base import Dialect, Observation
 from proxy.dialects.batch import BatchDialect, failed_line, succeeded_line
 from proxy.dialects.openai.chat import ChatDialect, CompletionsDialect, EmbeddingsDialect
 from proxy.dialects.openai.responses import ResponsesDialect
 
 __all__ = ["DIALECT"]
 
-_BY_OBJECT = {"chat.completion": ChatDialect(), "response": ResponsesDialect(),
+_BY_OBJECT: dict[str, Dialect] = {"chat.completion": ChatDialect(), "response": ResponsesDialect(),
               "text_completion": CompletionsDialect(), "list": EmbeddingsDialect()}
 
 
@@ -24,12 +24,12 @@ def _line(obj: dict[str, Any]) -> tuple[str, Observation] | None:
         return None  # not a batch result: some other file
     ok = isinstance(response, dict) and isinstance(response.get("status_code"), int) \
         and response["status_code"] < 400
-    if obj.get("error") or not ok:
+    if obj.get("error") or not ok or not isinstance(response, dict):
         body = response.get("body") if isinstance(response, dict) else None
         err = obj.get("error") or (body.get("error") if isinstance(body, dict) else None)
         return custom_id, failed_line(err or "failed")
     body = response.get("body")
-    parser = _BY_OBJECT.get(body.get("object")) if isinstance(body, dict) else None
+    parser = _BY_OBJECT.get(str(body.get("object"))) if isinstance(body, dict) else None
     if parser is None:
         return custom_id, failed_line("unknown result body")
     obs = parser.from_json(body)

@@ -70,20 +70,20 @@ class UsageStripper:
             self._parts = []
         else:
             buf = chunk
-        out: list[bytes] = []
+        events: list[bytes] = []
         pos = 0
         if buf.find(b"\r") >= 0:
             for m in _BOUNDARY.finditer(buf):
-                out.append(self._event(buf[pos:m.end()]))
+                events.append(self._event(buf[pos:m.end()]))
                 pos = m.end()
         else:
             find = buf.find
             while (i := find(b"\n\n", pos)) >= 0:
-                out.append(self._event(buf[pos:i + 2]))
+                events.append(self._event(buf[pos:i + 2]))
                 pos = i + 2
         if pos < len(buf):
             self._parts.append(buf[pos:])
-        return out[0] if len(out) == 1 else b"".join(out)
+        return events[0] if len(events) == 1 else b"".join(events)
 
     def flush(self) -> bytes:
         rest = b"".join(self._parts)

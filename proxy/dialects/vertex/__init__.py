@@ -10,7 +10,7 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from proxy.dialects.base import Match, Provider
+from proxy.dialects.base import Injector, Match, Provider
 from proxy.dialects.gemini import error_body, match_method
 from proxy.dialects.openai import injector, match_post
 
@@ -40,5 +40,5 @@ class VertexProvider(Provider):
               extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         return error_body(status, message, {"reason": kind, **extra}), {}
 
-    def injector(self, parser: str | None) -> Any:
+    def injector(self, parser: str | None) -> Injector | None:
         return injector(parser)
