@@ -23,8 +23,8 @@ from proxy import state
 from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
 from tests.e2e.test_disconnects import served
 from tests.e2e.test_ledger_metrics import UNPRICED_JSON, rows
-from tests.sinks.test_ledger import USAGE, wait_until
 from tests.e2e.test_passthrough import CHAT_JSON
+from tests.sinks.test_ledger import USAGE, wait_until
 
 SECRET = "whsec-test"
 
