@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -28,7 +27,7 @@ from proxy.pricing import PriceBook
 from proxy.recorder import KeyFingerprinter, Recorder
 from proxy.sinks.base import Sink
 from proxy.sinks.budgets import Budgets
-from proxy.sinks.export import make_exports
+from proxy.sinks.export import WebhookSink, make_exports
 from proxy.sinks.feed import Broadcaster
 from proxy.sinks.ledger import Ledger
 from proxy.sinks.metrics import Metrics
@@ -78,8 +77,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     feed = Broadcaster()
     budgets = Budgets(config.budgets, registry)
     admission = Admission(budgets, prices, est)
-    exports = make_exports(config.exports, metrics.export_result,
-                           Path(config.ledger.path).parent)
+    exports = make_exports(config.exports, metrics.export_result)
     recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets,
                                                        *exports, *extra_sinks],
                         on_sink_error=metrics.sink_failed, on_drop=metrics.record_dropped,
@@ -109,6 +107,9 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
             recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,
                                                            config.ledger.path)
         await budgets.restore(backend)
+        for sink in exports:
+            if isinstance(sink, WebhookSink):  # delivers from the ledger, after its cursor
+                sink.start(ledger)
         if fleet is not None:
             await fleet.start()
         s = config.server

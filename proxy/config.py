@@ -78,7 +78,9 @@ class ExportConfig:
     max_bytes: int = 100 * 1024 * 1024  # jsonl: rotate past this size
     keep: int = 5  # jsonl: rotated files kept
     batch: int = 100  # webhook: records per POST at most
-    queue_records: int = 100_000  # records waiting (a receiver that is down) before drops
+    # jsonl, stdout: records waiting for the writer before drops (a webhook waits in the
+    # ledger: accepted for it, unused)
+    queue_records: int = 100_000
 
 
 @dataclass(frozen=True)

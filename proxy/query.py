@@ -235,6 +235,7 @@ def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
     """A ledger row as the API shows it (as the live feed's call_finished has it)."""
     out = dict(row)
     out.pop("id", None)
+    out.pop("tx", None)  # PostgreSQL: the writing transaction, the export cursor's order
     out["stream"] = bool(out.get("stream"))
     for key in ("tags", "usage_raw", "priced_units"):
         if out.get(key):

@@ -148,16 +148,20 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
               .replace("  # bedrock:", "  bedrock:").replace("  #   aws:", "    aws:")
               .replace("  #     ", "      ").replace("client_keys: {}", "client_keys: {a: k}")
               .replace("\nledger: {path", "\n# ledger: {path")  # the fleet hint instead
-              .replace("# ledger: {url", "ledger: {url"))
+              .replace("# ledger: {url", "ledger: {url")
+              .replace("# export:", "export:").replace("#   - {type", "  - {type"))
     assert hinted != text
     (tmp_path / "c.yaml").write_text(hinted)
     config = load(tmp_path / "c.yaml", env={"OPENAI_API_KEY": "sk-x", "AWS_ACCESS_KEY_ID": "AK",
-                                            "AWS_SECRET_ACCESS_KEY": "s", "PGPASSWORD": "pw"})
+                                            "AWS_SECRET_ACCESS_KEY": "s", "PGPASSWORD": "pw",
+                                            "HOOK_SECRET": "whsec"})
     assert config.upstreams["openai"].api_key == "sk-x"
     assert config.ledger.url == "postgresql://tokenbooth:pw@db:5432/tokenbooth"
     assert config.ledger.retention_days == 90
     aws = config.upstreams["bedrock"].aws
     assert aws is not None and (aws.region, aws.access_key_id) == ("us-east-1", "AK")
+    assert [e.type for e in config.exports] == ["webhook", "jsonl", "stdout"]
+    assert config.exports[0].secret == "whsec" and config.exports[1].queue_records == 100_000
 
 
 @pytest.mark.parametrize(("match", "message"), [

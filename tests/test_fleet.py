@@ -296,3 +296,38 @@ async def test_the_next_call_on_any_replica_shows_at_once_with_its_running_count
                        c["cost_usd"] is not None for c in running)
         finally:
             feed.close()
+
+
+async def test_one_replica_at_a_time_delivers_a_webhook_every_replicas_rows(
+        tmp_path: Path, pg_url: str, upstream: FakeUpstream, aiohttp_server: Any) -> None:
+    upstream.on("/v1/chat/completions", Reply([CHAT]))
+    got: list[str] = []
+    inflight = [0, 0]  # now, most at once
+
+    async def hook(request: web.Request) -> web.Response:
+        inflight[0] += 1
+        inflight[1] = max(inflight)
+        try:
+            body = await request.read()
+            got.extend(r["call_id"] for r in json.loads(body))
+            return web.Response(status=204)
+        finally:
+            inflight[0] -= 1
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app)
+    config = fleet_config(pg_url, upstream.url) + (
+        f"export: [{{type: webhook, url: '{server.make_url('/hook')}', batch: 7}}]\n")
+    async with AsyncExitStack() as stack:
+        bases = await start_fleet(stack, tmp_path, config)
+        async with aiohttp.ClientSession() as s:
+            results = await asyncio.gather(*(chat(s, bases[i % 3]) for i in range(60)))
+        assert all(status == 200 for status, _ in results)
+
+        async def delivered() -> bool:
+            return len(set(got)) >= 60
+        await until(delivered)
+    assert set(got) == {cid for _, cid in results}  # every replica's rows, at least once
+    assert len(got) == 60  # and here, with no replica dying, once
+    assert inflight[1] == 1  # never two replicas posting at once

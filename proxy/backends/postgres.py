@@ -32,11 +32,12 @@ from proxy.backends import mask_url
 from proxy.backends.schema import COST_SCALE, PG_MIGRATIONS, rollups
 from proxy.record import COLUMNS
 
-__all__ = ["CHANNEL", "PostgresBackend"]
+__all__ = ["CHANNEL", "PgExportCursor", "PostgresBackend"]
 
 log = logging.getLogger("tokenbooth.ledger")
 CHANNEL = "tokenbooth_live"
 _LOCK = 0x7B_0074  # advisory lock key: migrations and budget (re)definition
+_EXPORT_LOCK = 0x7B_0075  # advisory lock class: one replica delivers a given export sink
 _STAGE = "tb_incoming"
 _COLS = ", ".join(COLUMNS)
 _CTX = ("(COALESCE(i.tags, '{{}}')::jsonb || jsonb_build_object('upstream', i.upstream, "
@@ -217,6 +218,9 @@ class PostgresBackend:
                                  f"ORDER BY id LIMIT ?", [after, limit])
         return [(r[0], tuple(r[1:])) for r in rows]
 
+    def export_cursor(self, sink: str) -> PgExportCursor:
+        return PgExportCursor(self, sink)
+
     async def purge(self, before: str) -> int:
         pool = await self._get_pool()
         total = 0
@@ -312,3 +316,73 @@ class PostgresBackend:
 
     def listening(self) -> bool:
         return self._listener is not None and not self._listener.is_closed()
+
+
+class PgExportCursor:
+    """Where an export sink is in the fleet's ledger, and the right to deliver it.
+
+    The replica that holds a session advisory lock (on a connection of its own) is the one
+    that delivers; when it dies its connection and lock go, and another replica takes over
+    from the stored cursor. The cursor is (tx, id): a row's writing transaction id, then
+    its id. Rows are read only up to the oldest transaction still running (the snapshot's
+    xmin): every transaction below it has ended, and any later one gets a larger id, so no
+    row can commit behind the cursor (identity ids are handed out before commit, and
+    concurrent writers commit in any order)."""
+
+    def __init__(self, backend: PostgresBackend, sink: str) -> None:
+        self.backend = backend
+        self.sink = sink
+        self.unavailable = backend.unavailable
+        self._conn: asyncpg.Connection | None = None
+        self._after: tuple[str, int] | None = None
+
+    async def acquire(self) -> bool:
+        """True while this replica holds the sink (taking it when free)."""
+        if self._conn is not None and not self._conn.is_closed() and self._after is not None:
+            return True
+        await self.release()
+        conn = await asyncpg.connect(self.backend.url, timeout=5, command_timeout=30)
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))",
+                                       _EXPORT_LOCK, self.sink):
+                await conn.close()
+                return False
+            # a sink seen for the first time starts at the ledger's end: rows of every
+            # transaction that has ended are behind it, rows of those running ahead
+            await conn.execute(
+                "INSERT INTO tb_export_cursor (sink, tx, after_id) "
+                "VALUES ($1, pg_snapshot_xmin(pg_current_snapshot()), 0) "
+                "ON CONFLICT DO NOTHING", self.sink)
+            row = await conn.fetchrow("SELECT tx::text, after_id FROM tb_export_cursor "
+                                      "WHERE sink = $1", self.sink)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn, self._after = conn, (str(row[0]), int(row[1]))
+        return True
+
+    async def rows(self, limit: int) -> list[tuple[Any, tuple[Any, ...]]]:
+        """((tx, id), row in COLUMNS order) of up to `limit` rows after the cursor."""
+        assert self._conn is not None and self._after is not None
+        found = await self._conn.fetch(
+            f"SELECT tx::text, id, {_COLS} FROM llm_usage "
+            f"WHERE (tx, id) > ($1::text::xid8, $2) "
+            f"AND tx < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx, id LIMIT $3",
+            self._after[0], self._after[1], limit)
+        return [((str(r[0]), int(r[1])), tuple(r[2:])) for r in found]
+
+    async def advance(self, position: Any) -> None:
+        assert self._conn is not None
+        tx, after = position
+        await self._conn.execute("UPDATE tb_export_cursor SET tx = $2::text::xid8, "
+                                 "after_id = $3 WHERE sink = $1", self.sink, tx, after)
+        self._after = (tx, after)
+
+    async def release(self) -> None:
+        """Give the sink up (closing the connection frees the lock)."""
+        conn, self._conn, self._after = self._conn, None, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=2)
+            except (*self.unavailable, OSError):
+                conn.terminate()

@@ -140,6 +140,7 @@ ALTER TABLE llm_usage ADD COLUMN batch_id TEXT;
 """
 _ROLLUP = "hourly roll-up by the report dimensions"
 _DAILY = "daily roll-up (long ranges read a row per day, not per hour)"
+_EXPORT = "export cursors: each webhook delivers from the ledger, after its cursor"
 _REQUEST_ID_INDEX = ("CREATE INDEX IF NOT EXISTS llm_usage_request_id "
                      "ON llm_usage (upstream_request_id);\n")
 
@@ -151,6 +152,8 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
     (_ROLLUP, _rollup_table("sqlite") + rollup_upsert("sqlite", "llm_usage") + ";\n"
      + _REQUEST_ID_INDEX),
     (_DAILY, _daily_table("sqlite")),
+    (_EXPORT, "CREATE TABLE IF NOT EXISTS tb_export_cursor (\n"
+     "    sink TEXT PRIMARY KEY, after_id INTEGER NOT NULL);\n"),
 ]
 
 # PostgreSQL: the same columns and meaning (timestamps are the same sortable ISO-8601 UTC
@@ -224,4 +227,13 @@ BEGIN
 END $$;
 """),
     (_DAILY, _daily_table("postgresql")),
+    # A row's `tx` is its writing transaction's id: every transaction below the oldest one
+    # still running has ended, so rows read in (tx, id) order up to that horizon are never
+    # overtaken by a row that commits later (ids alone are handed out before commit).
+    (_EXPORT, """
+ALTER TABLE llm_usage ADD COLUMN IF NOT EXISTS tx xid8 NOT NULL DEFAULT pg_current_xact_id();
+CREATE INDEX IF NOT EXISTS llm_usage_tx ON llm_usage (tx, id);
+CREATE TABLE IF NOT EXISTS tb_export_cursor (
+    sink TEXT PRIMARY KEY, tx xid8 NOT NULL, after_id BIGINT NOT NULL);
+"""),
 ]

@@ -16,7 +16,7 @@ from proxy import query
 from proxy.backends.schema import COST_SCALE, SQLITE_MIGRATIONS, rollups
 from proxy.record import COLUMNS
 
-__all__ = ["INSERT", "SqliteBackend", "connect_readonly", "migrate"]
+__all__ = ["INSERT", "SqliteBackend", "SqliteExportCursor", "connect_readonly", "migrate"]
 
 INSERT = (f"INSERT OR IGNORE INTO llm_usage ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' * len(COLUMNS))})")
@@ -201,14 +201,63 @@ class SqliteBackend:
         rows = await self._read(lambda c: c.execute(sql, (after, limit)).fetchall())
         return [(r[0], tuple(r[1:])) for r in rows]
 
+    def export_cursor(self, sink: str) -> SqliteExportCursor:
+        return SqliteExportCursor(self, sink)
+
     async def purge(self, before: str) -> int:
-        """Delete raw rows started before `before` (their hours stay in the roll-up)."""
+        """Delete raw rows started before `before` (their hours stay in the roll-up). The
+        newest row stays: SQLite numbers a new row after the largest id left, and an export
+        cursor must never see ids handed out again."""
         conn = await self._connect()
         total = 0
         while True:  # in slices: the writer is not held up for long
             cur = await conn.execute(
                 "DELETE FROM llm_usage WHERE id IN (SELECT id FROM llm_usage "
-                "WHERE started_at < ? LIMIT 5000)", (before,))
+                "WHERE started_at < ? AND id < (SELECT MAX(id) FROM llm_usage) LIMIT 5000)",
+                (before,))
             total += cur.rowcount
             if cur.rowcount < 5000:
                 return total
+
+
+class SqliteExportCursor:
+    """Where an export sink is in the ledger: the last id it delivered. One process writes
+    a SQLite ledger, in id order, so ids are commit order."""
+
+    def __init__(self, backend: SqliteBackend, sink: str) -> None:
+        self.backend = backend
+        self.sink = sink
+        self.unavailable = backend.unavailable
+        self._after: int | None = None
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        """One statement in its own short transaction; returns the sink's cursor."""
+        conn = sqlite3.connect(self.backend.path, timeout=BUSY_TIMEOUT_MS / 1000 * 5)
+        try:
+            conn.execute(sql, args)
+            conn.commit()
+            return int(conn.execute("SELECT after_id FROM tb_export_cursor WHERE sink = ?",
+                                    (self.sink,)).fetchone()[0])
+        finally:
+            conn.close()
+
+    async def acquire(self) -> bool:
+        """Load the cursor; a sink seen for the first time starts at the ledger's end."""
+        if self._after is None:
+            self._after = await asyncio.to_thread(
+                self._write, "INSERT OR IGNORE INTO tb_export_cursor (sink, after_id) "
+                "SELECT ?, COALESCE(MAX(id), 0) FROM llm_usage", (self.sink,))
+        return True
+
+    async def rows(self, limit: int) -> list[tuple[Any, tuple[Any, ...]]]:
+        """(position, row in COLUMNS order) of up to `limit` rows after the cursor."""
+        assert self._after is not None
+        return await self.backend.rows_after(self._after, limit)
+
+    async def advance(self, position: Any) -> None:
+        await asyncio.to_thread(self._write, "UPDATE tb_export_cursor SET after_id = ? "
+                                "WHERE sink = ?", (int(position), self.sink))
+        self._after = int(position)
+
+    async def release(self) -> None:
+        self._after = None

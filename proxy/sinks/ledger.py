@@ -54,6 +54,8 @@ class Ledger:
         self._pending: set[str] = set()  # batch-line call ids handed on, maybe not written
         self.retention_days = retention_days
         self._retention: asyncio.Task[None] | None = None
+        # called after every write that added rows (export sinks deliver from the ledger)
+        self.on_written: list[Callable[[], None]] = []
 
     async def open(self) -> None:
         try:
@@ -63,6 +65,10 @@ class Ledger:
         self._task = spawn(self._writer(), name="tokenbooth-ledger")
         if self.retention_days:
             self._retention = spawn(self._retain(), name="tokenbooth-retention")
+
+    def export_cursor(self, sink: str) -> Any:
+        """The backend's cursor of an export sink that delivers from this ledger."""
+        return self.backend.export_cursor(sink)
 
     async def purge(self, now: datetime | None = None) -> int:
         """Delete raw rows older than the retention (from the start of that hour)."""
@@ -149,6 +155,8 @@ class Ledger:
                 await backend.write(rows)
                 self._count("written", len(rows))
             self.healthy = True
+            for wake in self.on_written:
+                wake()
         except backend.unavailable as exc:
             self.healthy = False
             await backend.reset()

@@ -210,3 +210,66 @@ async def test_reservations_settle_with_the_row_and_expire_with_their_replica(
             Decimal("0.25")
     finally:
         await b.aclose()
+
+
+async def test_an_export_cursor_never_skips_a_row_committed_out_of_order(pg_url: str) -> None:
+    """Replica A takes an id, replica B takes the next one and commits first: the cursor
+    must not move past A's row before A commits (ids are handed out before commit)."""
+    from proxy.backends.postgres import PostgresBackend
+
+    b = PostgresBackend(pg_url)
+    await b.open()
+    cursor = b.export_cursor("hook")
+    slow = await asyncpg.connect(pg_url)
+    try:
+        assert await cursor.acquire()
+        tx = slow.transaction()
+        await tx.start()
+        await slow.copy_records_to_table("llm_usage", columns=COLUMNS,
+                                         records=[make_record(call_id="slow").to_row()])
+        await b.write([make_record(call_id="fast").to_row()])
+        delivered: list[str] = []
+        for commit_before in (False, True):
+            if commit_before:
+                await tx.commit()
+            got = await cursor.rows(100)
+            delivered += [r[0] for _, r in got]
+            if got:
+                await cursor.advance(got[-1][0])
+        ids = await slow.fetch("SELECT call_id FROM llm_usage ORDER BY id")
+        assert [r[0] for r in ids] == ["slow", "fast"]  # slow took the smaller id
+        assert delivered == ["slow", "fast"]
+    finally:
+        await slow.close()
+        await cursor.release()
+        await b.aclose()
+
+
+async def test_one_replica_delivers_a_sink_and_another_takes_over_when_it_dies(
+        pg_url: str) -> None:
+    from proxy.backends.postgres import _EXPORT_LOCK, PostgresBackend
+
+    replicas = [PostgresBackend(pg_url), PostgresBackend(pg_url)]
+    for b in replicas:
+        await b.open()
+    first, second = (b.export_cursor("hook") for b in replicas)
+    admin = await asyncpg.connect(pg_url)
+    try:
+        assert await first.acquire()
+        assert not await second.acquire()  # held by the first
+        await replicas[0].write([make_record(call_id=f"r{i}").to_row() for i in range(3)])
+        got = await first.rows(2)
+        await first.advance(got[-1][0])
+        # the first replica dies: its connection (and lock) go with it
+        assert await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = "
+            "'advisory' AND classid = $1 AND database = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database())", _EXPORT_LOCK) == 1
+        assert await second.acquire()
+        assert [r[0] for _, r in await second.rows(10)] == ["r2"]  # from the stored cursor
+    finally:
+        await admin.close()
+        for c in (first, second):
+            await c.release()
+        for b in replicas:
+            await b.aclose()

@@ -1,5 +1,7 @@
 """Export sinks with real receivers: a webhook that fails for a while still gets every
-record exactly once, in order, signed, with the ledger's cost; JSONL rotates; stdout."""
+record exactly once, in order, signed, with the ledger's cost, also across a SIGKILL (it
+delivers from the ledger); an Idempotency-Key names one batch's exact content; JSONL
+rotates; stdout."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
+import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +21,10 @@ from aiohttp import web
 
 from proxy import state
 from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
+from tests.e2e.test_disconnects import served
 from tests.e2e.test_ledger_metrics import UNPRICED_JSON, rows
 from tests.e2e.test_passthrough import CHAT_JSON
+from tests.sinks.test_ledger import USAGE, wait_until
 
 SECRET = "whsec-test"
 
@@ -31,20 +38,30 @@ class Receiver:
         self.records: list[dict[str, Any]] = []
         self.bad_signatures = 0
         self.got = asyncio.Event()
+        self.seen: list[tuple[str, bytes, int]] = []  # (Idempotency-Key, body, status)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.posts += 1
-        if self.posts <= self.failures:
+        status = 503 if self.posts <= self.failures else 204
+        self.seen.append((request.headers["Idempotency-Key"], body, status))
+        if status == 503:
             return web.Response(status=503)
         mac = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         if request.headers.get("X-Tokenbooth-Signature") != f"sha256={mac}":
             self.bad_signatures += 1
-        batch = json.loads(body)
-        assert request.headers["Idempotency-Key"] == batch[0]["call_id"]
-        self.records.extend(batch)
+        self.records.extend(json.loads(body))
         self.got.set()
         return web.Response(status=204)
+
+    def keys_name_one_content(self) -> bool:
+        """Every key was sent with one body only, and every body with one key only."""
+        bodies: dict[str, bytes] = {}
+        keys: dict[bytes, str] = {}
+        for key, body, _ in self.seen:
+            if bodies.setdefault(key, body) != body or keys.setdefault(body, key) != key:
+                return False
+        return True
 
     async def wait_for(self, n: int, timeout: float = 15) -> None:
         async def until() -> None:
@@ -91,6 +108,7 @@ async def test_a_webhook_down_for_a_while_loses_nothing(upstream: FakeUpstream,
     got = [r["call_id"] for r in receiver.records]
     assert got == [r.call_id for r in proxy.collector.records]  # once each, in order
     assert receiver.posts > 4 and receiver.bad_signatures == 0
+    assert receiver.keys_name_one_content()
     ledger = {r["call_id"]: r["cost_usd"] for r in rows(proxy)}
     assert all(r["cost_usd"] == ledger[r["call_id"]] for r in receiver.records)
     unpriced = [r for r in receiver.records if r["model"] == "mystery-7b"]
@@ -132,54 +150,76 @@ async def test_stdout_export(upstream: FakeUpstream, start_proxy: StartProxy,
     assert all(r["cost_usd"] is None and r["usage_source"] == "reported" for r in out)
 
 
-async def test_past_the_queue_records_wait_in_a_spool_in_order(upstream: FakeUpstream,
-                                                               start_proxy: StartProxy,
-                                                               aiohttp_server: Any,
-                                                               tmp_path: Path) -> None:
-    receiver = Receiver(failures=3)
+def ledger_ids(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT call_id FROM llm_usage ORDER BY id")]
+    finally:
+        conn.close()
+
+
+async def test_the_backlog_of_a_killed_proxy_is_delivered_after_restart(
+        upstream: FakeUpstream, aiohttp_server: Any, tmp_path: Path) -> None:
+    """Calls made while the receiver is down, then SIGKILL: the next run delivers every
+    one from the ledger, without a new call to set it going."""
+    upstream.on("/v1/chat/completions", Reply([USAGE]))
+    receiver = Receiver(failures=10**6)
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
     server = await aiohttp_server(app)
+    db = tmp_path / "k.db"
+    config = (f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
+              f"ledger: {{path: '{db}', flush_seconds: 0.01}}\n"
+              f"export: [{{type: webhook, url: '{server.make_url('/hook')}', "
+              f"secret: {SECRET}, batch: 25}}]\n")
+    async with served(tmp_path, config) as (proc, port):
+        async with aiohttp.ClientSession() as s:
+            for i in range(120):
+                async with s.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
+                                  json={"i": i}) as r:
+                    assert r.status == 200
+        await wait_until(lambda: len(ledger_ids(db)) == 120)
+        assert receiver.posts >= 1 and not receiver.records  # refused, so far
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+    receiver.failures = 0  # the receiver is back
+    async with served(tmp_path, config):
+        await receiver.wait_for(120)
+    assert [r["call_id"] for r in receiver.records] == ledger_ids(db)  # once each, in order
+    assert receiver.bad_signatures == 0 and receiver.keys_name_one_content()
+
+
+async def test_a_retry_resends_the_same_batch_under_the_same_key(
+        upstream: FakeUpstream, start_proxy: StartProxy, aiohttp_server: Any) -> None:
+    """The first POST (one record) is answered only after 59 more calls have been made,
+    and refused: its retry is that one record again, with its key; the 59 go in batches of
+    their own, each under a key of its own."""
+    held = asyncio.Event()
+    release = asyncio.Event()
+    receiver = Receiver(failures=1)
+
+    async def slow_first(request: web.Request) -> web.Response:
+        if receiver.posts == 0:
+            held.set()
+            await release.wait()
+        return await receiver.handle(request)
+
+    app = web.Application()
+    app.router.add_post("/hook", slow_first)
+    server = await aiohttp_server(app)
     proxy = await start_proxy(export=[{"type": "webhook", "url": str(server.make_url("/hook")),
-                                       "secret": SECRET, "batch": 4, "queue_records": 5}])
-    sink = next(s for s in proxy.app[state.RECORDER].sinks if s.name == "webhook0")
+                                       "secret": SECRET, "batch": 60}])
     upstream.on("/v1/chat/completions", Reply([CHAT_JSON]))
-    await calls(proxy, 30)
-    await proxy.collector.wait_for(30)
-    await receiver.wait_for(30)
-    assert sink.spilled >= 25  # all but the 5 the queue holds went through the spool
-    assert sink.dropped == 0 and not sink.spool.exists()
+    await calls(proxy, 1)
+    await asyncio.wait_for(held.wait(), 10)
+    await calls(proxy, 59)
+    await proxy.collector.wait_for(60)
+    await proxy.app[state.LEDGER].flush()
+    release.set()
+    await receiver.wait_for(60)
+    (first_key, first_body, status), (retry_key, retry_body, _) = receiver.seen[:2]
+    assert status == 503 and len(json.loads(first_body)) == 1
+    assert (retry_key, retry_body) == (first_key, first_body)
+    assert receiver.keys_name_one_content()
     assert [r["call_id"] for r in receiver.records] == \
         [r.call_id for r in proxy.collector.records]
-
-
-async def test_records_waiting_at_shutdown_are_delivered_by_the_next_run(
-        aiohttp_server: Any, tmp_path: Path) -> None:
-    from proxy.config import ExportConfig
-    from proxy.sinks.export import make_exports
-    from tests.factories import make_record
-
-    down = Receiver(failures=10**6)
-    up = Receiver(failures=0)
-    apps = []
-    for r in (down, up):
-        app = web.Application()
-        app.router.add_post("/hook", r.handle)
-        apps.append(await aiohttp_server(app))
-    results: list[tuple[str, str, int]] = []
-
-    def sink_for(url: str) -> Any:
-        cfg = ExportConfig("webhook", url=url, secret=SECRET)
-        return make_exports((cfg,), lambda *a: results.append(a), tmp_path)[0]
-
-    first = sink_for(str(apps[0].make_url("/hook")))
-    for i in range(10):
-        await first.handle(make_record(call_id=f"old{i}"))
-    await first.aclose()  # the receiver is down: kept in the spool, not dropped
-    assert first.spool.exists() and first.dropped == 0
-    second = sink_for(str(apps[1].make_url("/hook")))
-    await second.handle(make_record(call_id="new"))
-    await up.wait_for(11)
-    await second.aclose()
-    assert [r["call_id"] for r in up.records] == [f"old{i}" for i in range(10)] + ["new"]
-    assert not second.spool.exists() and not any(r[1] == "dropped" for r in results)
