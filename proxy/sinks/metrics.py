@@ -77,7 +77,8 @@ class Metrics:
             "tokenbooth_cost_usd", "Spend in USD (priced calls only).",
             ("upstream", "model", "agent", *t)))
         self.unpriced = tallies.add(CounterTally(
-            "tokenbooth_unpriced_requests", "Calls with usage but no known price.",
+            "tokenbooth_unpriced_requests",
+            "Calls with no known price that succeeded or carried usage.",
             ("upstream", "model")))
         self.estimated = tallies.add(CounterTally(
             "tokenbooth_estimated_requests", "Calls whose usage was estimated in whole or part.",
@@ -167,7 +168,7 @@ class Metrics:
         if rec.cost_usd is not None:
             if rec.cost_usd:
                 self.cost.inc((up, model, agent, *tags), float(rec.cost_usd))
-        elif rec.usage_source != "none":
+        elif rec.unpriced:
             self.unpriced.inc((up, model))
         if rec.usage_source in ("estimated", "partial"):
             self.estimated.inc((up, rec.usage_source))

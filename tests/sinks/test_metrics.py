@@ -49,3 +49,25 @@ async def test_each_family_keeps_a_bounded_number_of_series() -> None:
                  if fam.name == "tokenbooth_request_duration_seconds" for s in fam.samples
                  if s.name.endswith("_count")}
     assert len(durations) <= 500
+
+
+def unpriced(metrics: Metrics) -> dict[str, float]:
+    return {s.labels["model"]: s.value for fam in metrics.registry.collect()
+            if fam.name == "tokenbooth_unpriced_requests" for s in fam.samples
+            if s.name == "tokenbooth_unpriced_requests_total"}
+
+
+async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage() -> None:
+    metrics = Metrics(CollectorRegistry())
+    none = dict.fromkeys(("input_tokens", "cache_read_tokens", "cache_write_tokens",
+                          "output_tokens", "reasoning_tokens", "total_tokens"))
+    for i in range(3):  # speech the proxy cannot read: no usage, no cost, succeeded
+        await metrics.handle(make_record(call_id=f"s{i}", model="tts-1", operation="audio",
+                                         usage_source="none", cost_usd=None, **none))
+    await metrics.handle(make_record(call_id="e", model="tts-1", operation="audio",
+                                     outcome="upstream_error", status_code=500,
+                                     usage_source="none", cost_usd=None, **none))
+    await metrics.handle(make_record(call_id="cut", model="mystery-7b", cost_usd=None,
+                                     outcome="client_aborted", usage_source="partial"))
+    await metrics.handle(make_record(call_id="p"))  # priced
+    assert unpriced(metrics) == {"tts-1": 3, "mystery-7b": 1}
