@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from proxy.config import ModelPrice
+from proxy.pricing import PriceBook
 from proxy.sinks.metrics import Metrics
 from tests.factories import make_record
 
@@ -71,3 +73,18 @@ async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage() -> Non
                                      outcome="client_aborted", usage_source="partial"))
     await metrics.handle(make_record(call_id="p"))  # priced
     assert unpriced(metrics) == {"tts-1": 3, "mystery-7b": 1}
+
+
+async def test_a_model_the_price_list_knows_keeps_its_label_after_junk_fills_the_cap() -> None:
+    prices = PriceBook({"house-llama": ModelPrice(input=0.1, output=0.2)})
+    metrics = Metrics(CollectorRegistry(), max_label_values=100,
+                      known_models=prices.known_models)
+    for i in range(150):  # an upstream that accepts any model name (llama.cpp): ok calls
+        await metrics.handle(make_record(call_id=f"j{i}", model=f"junk-{i}", cost_usd=None))
+    await metrics.handle(make_record(call_id="real", model="gpt-4o"))
+    await metrics.handle(make_record(call_id="house", model="house-llama"))
+    models = {s["model"] for s in series(metrics)}
+    assert {"gpt-4o", "house-llama", "other"} <= models
+    assert len(models - {"gpt-4o", "house-llama", "other"}) == 100  # junk shares the cap
+    assert {s["model"] for s in series(metrics, "tokenbooth_cost_usd")} == {"gpt-4o",
+                                                                           "house-llama"}
