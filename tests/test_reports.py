@@ -135,6 +135,18 @@ def test_prices_are_readable_with_tiers_and_variants(capsys: pytest.CaptureFixtu
     assert doc["variants"]["service_tier flex"]["input"] == "$0.625 per million tokens"
 
 
+def test_prices_finds_a_model_as_the_ledger_prices_it_without_upstream(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # an embedding model no provider claims by name: the ledger prices it through the
+    # openai upstream, and so does `prices` without --upstream (OpenAI: $0.02 per million)
+    assert main(["prices", "text-embedding-3-small"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("text-embedding-3-small (openai):")
+    assert "input: $0.02 per million tokens" in out
+    assert main(["prices", "gpt-4o", "--upstream", "nosuch"]) == 2
+    assert "unknown upstream 'nosuch'" in capsys.readouterr().err
+
+
 def test_check_config_prints_the_estimation_factors_it_applies(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "c.yaml").write_text("estimation: {factors: {gemini: 1.1}}\n")
