@@ -323,7 +323,10 @@ def cmd_copy(args: argparse.Namespace, config: Any) -> int:
     if repr(dest) == repr(source):
         raise query.QueryError("--to", "is the ledger being copied")
 
+    held = 0
+
     async def run() -> int:
+        nonlocal held
         copied = 0
         try:
             await dest.open()
@@ -332,9 +335,12 @@ def cmd_copy(args: argparse.Namespace, config: Any) -> int:
                 batch = await source.rows_after(after, 20_000)
                 if not batch:
                     return copied
-                await dest.write([row for _, row in batch])
+                rows = [row for _, row in batch]
+                there = len(await dest.recorded([row[0] for row in rows]))  # call_id first
+                await dest.write(rows)
                 after = batch[-1][0]
-                copied += len(batch)
+                copied += len(rows) - there
+                held += there
                 print(f"\rcopied {copied:,} rows", end="", file=sys.stderr, flush=True)
         finally:
             await source.aclose()
@@ -342,8 +348,8 @@ def cmd_copy(args: argparse.Namespace, config: Any) -> int:
 
     copied = _run(run())
     print(file=sys.stderr)
-    print(f"copied {copied:,} row(s) from {source!r} to {dest!r} (rows it held already "
-          f"were skipped)")
+    print(f"copied {copied:,} row(s) from {source!r} to {dest!r}"
+          + (f"; skipped {held:,} it held already" if held else ""))
     return 0
 
 
