@@ -3,8 +3,10 @@ count-tokens and unpriced rules, and the key fingerprint."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -17,7 +19,7 @@ from proxy.estimate import Estimator
 from proxy.meter import Meter
 from proxy.pricing import PriceBook
 from proxy.record import CallFacts, iso_utc
-from proxy.recorder import KeyFingerprinter, build_record
+from proxy.recorder import RECENT, KeyFingerprinter, Recorder, build_record
 from tests.payloads import ROOT
 
 BODIES = {
@@ -158,3 +160,24 @@ def test_live_running_cost_is_priced_like_the_final_record(estimator: Estimator)
         / Decimal(1_000_000)
     assert call.cost_usd == float(hand)
     assert "usage" not in call.to_json() and call.to_json()["cost_usd"] == float(hand)
+
+
+async def test_find_waits_for_a_queued_call_and_keeps_the_recent_ones(
+        estimator: Estimator) -> None:
+    recorder = Recorder(estimator, PriceBook(), lambda c: None, [])
+    meter = Meter(DIALECTS["openai.chat"], "application/json", None)
+    meter.feed(b'{"model":"gpt-4o","usage":{"prompt_tokens":5,"completion_tokens":2}}')
+    facts = facts_for("openai.chat", "openai", meter.finish(), outcome="ok")
+    assert await recorder.find("c1") is None  # never seen: no wait
+    recorder.submit(facts)  # queued: the worker has not built it yet
+    waiting = asyncio.ensure_future(recorder.find("c1"))  # runs before the worker: waits
+    recorder.start()
+    try:
+        rec = await asyncio.wait_for(waiting, 5)
+        assert rec is not None and rec.call_id == "c1" and rec.input_tokens == 5
+        for i in range(RECENT):
+            recorder.submit(replace(facts, call_id=f"n{i}"))
+        assert (await recorder.find(f"n{RECENT - 1}")) is not None
+        assert await recorder.find("c1") is None and len(recorder.recent) == RECENT
+    finally:
+        await recorder.aclose()
