@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from proxy.dialects import DIALECTS
+from proxy.dialects import DIALECTS, recorded_model
 from proxy.estimate import Estimator
 from proxy.pricing import PriceBook
 from proxy.record import CallFacts, CallRecord, LiveCall, iso_utc
@@ -166,6 +166,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         price = prices.price(model, facts.price_provider, usage, free=facts.free or free_call,
                              provider_cost=obs.provider_cost_usd)
         price_cost, price_src, priced_model = price.cost_usd, price.source, price.model
+    priced_model = recorded_model(facts.dialect, request_model, priced_model)
     ttft = None
     if facts.stream and facts.first_byte is not None:
         ttft = round((facts.first_byte - facts.t0) * 1000, 3)
