@@ -186,6 +186,12 @@ async def test_a_call_reads_back_at_once_before_the_ledger_flush(
     assert status == 200 and late == early  # the same row, from the ledger now
 
 
+async def test_favicon_is_no_content_not_a_404(proxy: Proxy) -> None:
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/favicon.ico") as r:
+        assert r.status == 204 and await r.read() == b""
+        assert "max-age" in r.headers["Cache-Control"]
+
+
 async def test_readyz_and_healthz(proxy: Proxy) -> None:
     assert await get(proxy, "/healthz") == (200, {"status": "ok"})
     status, body = await get(proxy, "/readyz")
