@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import query, state
 from proxy.forward import error_response
+from proxy.record import COLUMNS
 
 __all__ = ["routes"]
 
@@ -108,11 +109,16 @@ async def api_calls(request: web.Request) -> web.Response:
 
 @_api
 async def api_call(request: web.Request) -> web.Response:
+    """From the ledger; a call it has not written yet (the next flush will) from the
+    recorder's recent records, as the ledger row will read."""
     call_id = request.match_info["call_id"]
     rows = await request.app[state.LEDGER].backend.calls(None, None, {}, 1, call_id)
-    if not rows:
+    if rows:
+        return web.json_response(rows[0])
+    record = await request.app[state.RECORDER].find(call_id)
+    if record is None:
         return error_response(404, "not_found", f"no call {call_id!r} in the ledger")
-    return web.json_response(rows[0])
+    return web.json_response(query.row_json(dict(zip(COLUMNS, record.to_row(), strict=True))))
 
 
 @_api
@@ -163,10 +169,16 @@ async def root(request: web.Request) -> web.Response:
     raise web.HTTPFound("/ui")
 
 
+async def favicon(request: web.Request) -> web.Response:
+    """Browsers ask for it with every page: no icon, no 404 (and no asking again today)."""
+    return web.Response(status=204, headers={"Cache-Control": "public, max-age=86400"})
+
+
 def routes() -> list[web.AbstractRouteDef]:
     return [
         web.get("/", root),
         web.get("/ui", ui),
+        web.get("/favicon.ico", favicon),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),

@@ -69,7 +69,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     est = estimator or Estimator(dict(config.estimation_factors))
     metrics = Metrics(registry, max_label_values=config.metrics.max_label_values,
                       upstreams=tuple(config.upstreams), max_series=config.metrics.max_series,
-                      tag_labels=config.metrics.tag_labels, prices_version=prices.library_version)
+                      tag_labels=config.metrics.tag_labels, prices_version=prices.library_version,
+                      known_models=prices.known_models)
     ledger = Ledger(config.ledger.target, queue_rows=config.ledger.queue_rows,
                     flush_seconds=config.ledger.flush_seconds,
                     spool_path=config.ledger.spool, retention_days=config.ledger.retention_days,

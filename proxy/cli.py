@@ -132,9 +132,21 @@ def cmd_prices(args: argparse.Namespace) -> int:
     from proxy.pricing import PriceBook
 
     config = _config(args)
-    up = config.upstreams.get(args.upstream or "")
-    pid = price_provider(up.dialect, up.name) if up is not None else None
-    info = PriceBook(config.prices).describe(args.model, pid)
+    if args.upstream:
+        up = config.upstreams.get(args.upstream)
+        if up is None:
+            print(f"tokenbooth: --upstream: unknown upstream {args.upstream!r} (configured: "
+                  f"{', '.join(config.upstreams)})", file=sys.stderr)
+            return 2
+        pids: list[str | None] = [price_provider(up.dialect, up.name)]
+    else:  # as the ledger would price a call through any configured upstream
+        pids = [None, *dict.fromkeys(price_provider(u.dialect, u.name)
+                                     for u in config.upstreams.values())]
+    book = PriceBook(config.prices)
+    for pid in pids:
+        info = book.describe(args.model, pid)
+        if info["source"] is not None:
+            break
     if info["source"] is None:
         print(f"{args.model}: no price known (calls are recorded with cost NULL, "
               f"counted as unpriced)")

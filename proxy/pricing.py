@@ -113,14 +113,24 @@ class PriceBook:
         self._cache: dict[tuple[str, str | None], Any] = {}
         self._mp_cache: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[float, Any]] = {}
         self._override_cache: dict[str, tuple[str, ModelPrice] | None] = {}
+        self._known: frozenset[str] | None = None
         self.library_version = f"genai-prices {version('genai-prices')}"
 
     def warm(self) -> None:
         """Load the genai-prices snapshot now (~0.1 s), in a thread at start-up, so the first
         priced call does not do it on the event loop."""
-        from genai_prices import data_snapshot
+        self.known_models()
 
-        data_snapshot.get_snapshot()
+    def known_models(self) -> frozenset[str]:
+        """Every model name this book prices by: genai-prices' model ids (the name a priced
+        call's record carries) and the `pricing.models` names. A bounded set."""
+        if self._known is None:
+            from genai_prices import data_snapshot
+
+            snap = data_snapshot.get_snapshot()
+            self._known = frozenset({m.id for p in snap.providers for m in p.models}
+                                    | set(self._overrides))
+        return self._known
 
     def _lookup(self, model: str, provider_id: str | None) -> Any:
         """The genai-prices (provider, model) pair for `model`, or None; cached."""

@@ -129,6 +129,12 @@ class CallRecord:
     tags_cleaned: int = 0  # X-Meter-* values truncated or cleaned (metrics)
     parse_errors: int = 0  # response events the meter could not read (metrics)
 
+    @property
+    def unpriced(self) -> bool:
+        """No cost, and the call succeeded upstream or carried usage: spend with no price
+        (the ledger's UNPRICED expression says the same)."""
+        return self.cost_usd is None and (self.outcome == "ok" or self.usage_source != "none")
+
     def to_row(self) -> tuple[Any, ...]:
         return (
             self.call_id, self.started_at, self.ended_at, self.duration_ms, self.ttft_ms,

@@ -3,6 +3,8 @@
 `submit()` is a non-blocking put from the request path; a full queue is a counted drop,
 never a failed call. The worker builds each record exactly once, off the client's latency,
 and hands it to every sink; a failing sink is logged and counted and the others still run.
+The last `RECENT` records stay at hand (`find()`), so a call can be read back before the
+ledger's next flush has written it.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import json
 import logging
 import os
 import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from proxy.dialects import DIALECTS
+from proxy.dialects import DIALECTS, recorded_model
 from proxy.estimate import Estimator
 from proxy.pricing import PriceBook
 from proxy.record import CallFacts, CallRecord, LiveCall, iso_utc
@@ -32,6 +35,8 @@ __all__ = ["KeyFingerprinter", "Recorder", "batch_call_id", "build_record", "bui
 
 log = logging.getLogger("tokenbooth.recorder")
 _THREAD_BYTES = 64 * 1024  # bodies larger than this are estimated in a worker thread
+RECENT = 1000  # records kept at hand for find(): far more than a ledger flush holds
+FIND_SECONDS = 5.0  # find() waits this long at most for a call in flight or queued
 
 
 class KeyFingerprinter:
@@ -168,6 +173,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         price = prices.price(model, facts.price_provider, usage, free=facts.free or free_call,
                              provider_cost=obs.provider_cost_usd)
         price_cost, price_src, priced_model = price.cost_usd, price.source, price.model
+    priced_model = recorded_model(facts.dialect, request_model, priced_model)
     ttft = None
     if facts.stream and facts.first_byte is not None:
         ttft = round((facts.first_byte - facts.t0) * 1000, 3)
@@ -219,6 +225,9 @@ class Recorder:
         self._queue: asyncio.Queue[CallFacts | None] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
         self.inflight: dict[str, LiveCall] = {}
+        self.recent: OrderedDict[str, CallRecord] = OrderedDict()  # the last RECENT records
+        self._pending: set[str] = set()  # submitted, record not built yet
+        self._waiters: dict[str, asyncio.Event] = {}  # find() calls waiting for a record
         self.dropped = 0
         self.recorded = 0
         self._on_sink_error = on_sink_error
@@ -293,15 +302,36 @@ class Recorder:
         """Never blocks, never raises: a full queue is a logged, counted drop."""
         try:
             self._queue.put_nowait(facts)
+            self._pending.add(facts.call_id)
         except asyncio.QueueFull:
             self.dropped += 1
             self.inflight.pop(facts.call_id, None)
+            self._settled(facts.call_id)
             log.error("recorder queue full: call %s dropped", facts.call_id)
             if self._on_drop is not None:
                 try:
                     self._on_drop()
                 except Exception:
                     log.exception("counting a dropped record failed")
+
+    def _settled(self, call_id: str) -> None:
+        """The call's record is built (or never will be): wake whoever waits for it."""
+        self._pending.discard(call_id)
+        waiter = self._waiters.pop(call_id, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def find(self, call_id: str) -> CallRecord | None:
+        """A recent call's record: at once when built, else (in flight or queued) when it
+        is, waiting at most FIND_SECONDS; None for a call this recorder has not seen lately."""
+        if call_id not in self.recent and (call_id in self._pending
+                                           or call_id in self.inflight):
+            waiter = self._waiters.setdefault(call_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(waiter.wait(), FIND_SECONDS)
+            except TimeoutError:
+                pass
+        return self.recent.get(call_id)
 
     async def _build(self, facts: CallFacts) -> list[CallRecord]:
         text = facts.observation.text
@@ -339,8 +369,14 @@ class Recorder:
             except Exception:
                 log.exception("could not build the record of call %s", facts.call_id)
                 self.inflight.pop(facts.call_id, None)
+                self._settled(facts.call_id)
                 continue
             self.inflight.pop(facts.call_id, None)
+            for record in records:
+                self.recent[record.call_id] = record
+                if len(self.recent) > RECENT:
+                    self.recent.popitem(last=False)
+            self._settled(facts.call_id)
             for record in records:
                 self.recorded += 1
                 for name, handle in self._handlers:

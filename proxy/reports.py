@@ -191,17 +191,30 @@ def cmd_reprice(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
-def _transcript(path: Path, seen: set[str], errors: list[int]) -> list[Any]:
+def _transcript(path: Path, seen: set[str], errors: list[tuple[int, str]],
+                latest: str) -> list[Any] | None:
+    """The calls of one transcript, or None when `path` is not a regular file (a link to
+    /dev/zero, a FIFO: opened without blocking, never read)."""
+    import os
+    import stat
+
     from proxy.dialects.anthropic.claude_code import read_transcript
 
-    with open(path, "rb") as f:
-        return list(read_transcript(f, seen, errors))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return list(read_transcript(f, seen, errors, latest))
 
 
 def cmd_import(args: argparse.Namespace, config: Any) -> int:
     """Backfill Claude Code's own transcripts: one row per API call, `usage_source`
     `client_log`, priced like a proxied call, skipping calls the proxy already metered."""
     import hashlib
+    import time
     from decimal import Decimal
 
     from proxy.dialects import price_provider
@@ -217,18 +230,23 @@ def cmd_import(args: argparse.Namespace, config: Any) -> int:
     pid = price_provider(up.dialect, up.name) if up is not None else None
     prices = PriceBook(config.prices)
     seen: set[str] = set()
-    bad = imported = skipped = again = tokens = 0
+    bad = imported = skipped = again = tokens = not_files = 0
     cost, sessions, unpriced = Decimal(0), set(), 0
     show = sys.stderr.isatty() or args.progress
+    latest = iso_utc(time.time() + 86400)  # a time later than tomorrow is not a real call
 
     async def work(backend: SqliteBackend | PostgresBackend) -> None:
-        nonlocal bad, imported, skipped, again, tokens, cost, unpriced
+        nonlocal bad, imported, skipped, again, tokens, cost, unpriced, not_files
         for i, path in enumerate(files, 1):
-            errors: list[int] = []
-            calls = await asyncio.to_thread(_transcript, path, seen, errors)
+            errors: list[tuple[int, str]] = []
+            calls = await asyncio.to_thread(_transcript, path, seen, errors, latest)
+            if calls is None:
+                not_files += 1
+                print(f"tokenbooth: {path}: not a regular file, skipped", file=sys.stderr)
+                continue
             bad += len(errors)
-            for n in errors[:3]:
-                print(f"tokenbooth: {path}:{n}: not JSON, skipped", file=sys.stderr)
+            for n, why in errors[:3]:
+                print(f"tokenbooth: {path}:{n}: {why}, skipped", file=sys.stderr)
             ids = [c.message_id for c in calls] + [c.request_id for c in calls if c.request_id]
             metered: set[str] = set()  # by the proxy
             imported_before: set[str] = set()  # by an earlier import
@@ -286,12 +304,13 @@ def cmd_import(args: argparse.Namespace, config: Any) -> int:
     _with_ledger(config, work, migrate=True, must_exist=False)
     if show:
         print(file=sys.stderr)
-    print(f"imported {imported} call(s) from {len(files)} file(s) in {len(sessions)} "
+    print(f"imported {imported} call(s) from {len(files) - not_files} file(s) in {len(sessions)} "
           f"session(s): {tokens:,} tokens, ${cost:.4f}"
           + (f" ({unpriced} unpriced)" if unpriced else "")
           + f"; skipped {skipped} already metered by the proxy"
           + (f" and {again} imported before" if again else "")
-          + (f"; {bad} unreadable line(s)" if bad else ""))
+          + (f"; {bad} unreadable line(s)" if bad else "")
+          + (f"; {not_files} path(s) not a regular file" if not_files else ""))
     return 0
 
 
@@ -304,7 +323,10 @@ def cmd_copy(args: argparse.Namespace, config: Any) -> int:
     if repr(dest) == repr(source):
         raise query.QueryError("--to", "is the ledger being copied")
 
+    held = 0
+
     async def run() -> int:
+        nonlocal held
         copied = 0
         try:
             await dest.open()
@@ -313,9 +335,12 @@ def cmd_copy(args: argparse.Namespace, config: Any) -> int:
                 batch = await source.rows_after(after, 20_000)
                 if not batch:
                     return copied
-                await dest.write([row for _, row in batch])
+                rows = [row for _, row in batch]
+                there = len(await dest.recorded([row[0] for row in rows]))  # call_id first
+                await dest.write(rows)
                 after = batch[-1][0]
-                copied += len(batch)
+                copied += len(rows) - there
+                held += there
                 print(f"\rcopied {copied:,} rows", end="", file=sys.stderr, flush=True)
         finally:
             await source.aclose()
@@ -323,8 +348,8 @@ def cmd_copy(args: argparse.Namespace, config: Any) -> int:
 
     copied = _run(run())
     print(file=sys.stderr)
-    print(f"copied {copied:,} row(s) from {source!r} to {dest!r} (rows it held already "
-          f"were skipped)")
+    print(f"copied {copied:,} row(s) from {source!r} to {dest!r}"
+          + (f"; skipped {held:,} it held already" if held else ""))
     return 0
 
 

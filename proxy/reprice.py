@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.config import Upstream
-from proxy.dialects import price_provider
+from proxy.dialects import price_provider, recorded_model
 from proxy.pricing import PriceBook
 from proxy.usage import Usage
 
@@ -59,6 +59,7 @@ def reprice(rows: Iterable[Mapping[str, Any]], prices: PriceBook,
         model = row["response_model"] or row["request_model"] or row["model"]
         price = prices.price(model, pid, usage_of_row(row))
         old = None if row["cost_usd"] is None else Decimal(repr(row["cost_usd"]))
-        out.append(Repriced(row["call_id"], price.model or model, old, price.cost_usd,
-                            price.source))
+        kept = recorded_model(up.dialect if up is not None else None, row["request_model"],
+                              price.model or model)
+        out.append(Repriced(row["call_id"], kept, old, price.cost_usd, price.source))
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -18,7 +19,7 @@ from proxy.estimate import Estimator
 from proxy.meter import Meter
 from proxy.pricing import PriceBook
 from proxy.record import CallFacts, LiveCall, iso_utc
-from proxy.recorder import KeyFingerprinter, Recorder, build_record
+from proxy.recorder import RECENT, KeyFingerprinter, Recorder, build_record
 from proxy.usage import Usage
 from tests.payloads import ROOT
 
@@ -220,3 +221,24 @@ async def test_calls_the_full_queue_turns_away_are_exported(estimator: Estimator
     await recorder.drain()  # the two queued calls are still recorded
     assert recorder.recorded == 2
     assert "tokenbooth_requests_total" in generate_latest(metrics.registry).decode()
+
+
+async def test_find_waits_for_a_queued_call_and_keeps_the_recent_ones(
+        estimator: Estimator) -> None:
+    recorder = Recorder(estimator, PriceBook(), lambda c: None, [])
+    meter = Meter(DIALECTS["openai.chat"], "application/json", None)
+    meter.feed(b'{"model":"gpt-4o","usage":{"prompt_tokens":5,"completion_tokens":2}}')
+    facts = facts_for("openai.chat", "openai", meter.finish(), outcome="ok")
+    assert await recorder.find("c1") is None  # never seen: no wait
+    recorder.submit(facts)  # queued: the worker has not built it yet
+    waiting = asyncio.ensure_future(recorder.find("c1"))  # runs before the worker: waits
+    recorder.start()
+    try:
+        rec = await asyncio.wait_for(waiting, 5)
+        assert rec is not None and rec.call_id == "c1" and rec.input_tokens == 5
+        for i in range(RECENT):
+            recorder.submit(replace(facts, call_id=f"n{i}"))
+        assert (await recorder.find(f"n{RECENT - 1}")) is not None
+        assert await recorder.find("c1") is None and len(recorder.recent) == RECENT
+    finally:
+        await recorder.aclose()

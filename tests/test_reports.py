@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -132,6 +135,18 @@ def test_prices_are_readable_with_tiers_and_variants(capsys: pytest.CaptureFixtu
     assert doc["variants"]["service_tier flex"]["input"] == "$0.625 per million tokens"
 
 
+def test_prices_finds_a_model_as_the_ledger_prices_it_without_upstream(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # an embedding model no provider claims by name: the ledger prices it through the
+    # openai upstream, and so does `prices` without --upstream (OpenAI: $0.02 per million)
+    assert main(["prices", "text-embedding-3-small"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("text-embedding-3-small (openai):")
+    assert "input: $0.02 per million tokens" in out
+    assert main(["prices", "gpt-4o", "--upstream", "nosuch"]) == 2
+    assert "unknown upstream 'nosuch'" in capsys.readouterr().err
+
+
 def test_check_config_prints_the_estimation_factors_it_applies(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "c.yaml").write_text("estimation: {factors: {gemini: 1.1}}\n")
@@ -139,3 +154,30 @@ def test_check_config_prints_the_estimation_factors_it_applies(
     out = capsys.readouterr().out
     factors = out.split("factors:")[1].split("budgets")[0]
     assert "anthropic: 1.2" in factors and "gemini: 1.1" in factors and "openai: 1.0" in factors
+
+
+def test_import_skips_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    """A link to /dev/zero would be read forever, a FIFO would block on open: each is
+    skipped and said so, and the real transcript beside them is imported."""
+    root = tmp_path / "projects" / "-work-repo"
+    root.mkdir(parents=True)
+    (root / "zero.jsonl").symlink_to("/dev/zero")
+    os.mkfifo(root / "pipe.jsonl")
+    (root / "real.jsonl").write_text(json.dumps({
+        "type": "assistant", "sessionId": "s1", "requestId": "req_1",
+        "timestamp": "2026-11-29T10:00:00.000Z",
+        "message": {"id": "msg_1", "model": "claude-sonnet-4-20250514",
+                    "usage": {"input_tokens": 10, "output_tokens": 2}}}) + "\n")
+    db = tmp_path / "l.db"
+    done = subprocess.run(  # a process: if it blocked, the timeout ends it and the test fails
+        [sys.executable, "-m", "proxy", "import", "claude-code", str(tmp_path / "projects"),
+         "--db", str(db)], capture_output=True, text=True, timeout=60,
+        cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert "imported 1 call(s) from 1 file(s)" in done.stdout
+    assert "2 path(s) not a regular file" in done.stdout
+    assert "zero.jsonl: not a regular file, skipped" in done.stderr
+    assert "pipe.jsonl: not a regular file, skipped" in done.stderr
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT upstream_request_id FROM llm_usage").fetchall() == [("msg_1",)]
+    conn.close()

@@ -20,7 +20,10 @@ COUNTERS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_t
 ROLLUP_DIMS = ("agent", "model", "upstream", "operation", "end_user", "client", "outcome")
 COST_SCALE = 10_000_000_000  # cost_units per USD
 # Per raw row: what it adds to its roll-up row (the same expressions a report uses).
-UNPRICED = "CASE WHEN cost_usd IS NULL AND usage_source != 'none' THEN 1 ELSE 0 END"
+# Unpriced (CallRecord.unpriced): no cost, and the call succeeded upstream (audio, speech,
+# realtime, retrievals: whatever the route) or carried usage (an aborted stream's tokens).
+UNPRICED = ("CASE WHEN cost_usd IS NULL AND (outcome = 'ok' OR usage_source != 'none') "
+            "THEN 1 ELSE 0 END")
 ESTIMATED = "CASE WHEN usage_source IN ('estimated', 'partial') THEN 1 ELSE 0 END"
 
 
@@ -141,6 +144,12 @@ ALTER TABLE llm_usage ADD COLUMN batch_id TEXT;
 _ROLLUP = "hourly roll-up by the report dimensions"
 _DAILY = "daily roll-up (long ranges read a row per day, not per hour)"
 _EXPORT = "export cursors: each webhook delivers from the ledger, after its cursor"
+# Roll-ups built before the unpriced rule counted an ok call only when it had usage. Within
+# one roll-up row every call shares its outcome, so the new count is exact from the row
+# itself: an ok row's unpriced calls are its calls without a cost; others are unchanged.
+_UNPRICED_OK_NAME = "unpriced: every ok call without a cost, whatever its usage"
+_UNPRICED_OK = "".join(f"UPDATE {t} SET unpriced_calls = calls - priced_calls "
+                       "WHERE outcome = 'ok';\n" for t, _, _ in ROLLUPS)
 _REQUEST_ID_INDEX = ("CREATE INDEX IF NOT EXISTS llm_usage_request_id "
                      "ON llm_usage (upstream_request_id);\n")
 
@@ -154,6 +163,7 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
     (_DAILY, _daily_table("sqlite")),
     (_EXPORT, "CREATE TABLE IF NOT EXISTS tb_export_cursor (\n"
      "    sink TEXT PRIMARY KEY, after_id INTEGER NOT NULL);\n"),
+    (_UNPRICED_OK_NAME, _UNPRICED_OK),
 ]
 
 # PostgreSQL: the same columns and meaning (timestamps are the same sortable ISO-8601 UTC
@@ -236,4 +246,5 @@ CREATE INDEX IF NOT EXISTS llm_usage_tx ON llm_usage (tx, id);
 CREATE TABLE IF NOT EXISTS tb_export_cursor (
     sink TEXT PRIMARY KEY, tx xid8 NOT NULL, after_id BIGINT NOT NULL);
 """),
+    (_UNPRICED_OK_NAME, _UNPRICED_OK),
 ]

@@ -24,7 +24,7 @@ from proxy.dialects.openai.responses import ResponsesDialect
 
 __all__ = ["BUILTIN_UPSTREAMS", "DEFAULT_PROVIDER", "DIALECTS", "PROVIDERS", "Dialect", "Match",
            "Observation", "Provider", "RequestInfo", "StreamState", "lookup", "price_provider",
-           "provider_by_headers"]
+           "provider_by_headers", "recorded_model"]
 
 PROVIDERS: dict[str, Provider] = {
     p.name: p
@@ -46,6 +46,16 @@ BUILTIN_UPSTREAMS: dict[str, dict[str, Any]] = {
     name: {**spec, "dialect": p.name}
     for p in PROVIDERS.values() for name, spec in p.builtins.items()
 }
+
+
+def recorded_model(dialect: str | None, requested: str | None,
+                   priced: str | None) -> str | None:
+    """The model a row holds: the price list's name for it, or, for a provider whose model
+    ids the list renames (Bedrock), the id the caller asked for."""
+    p = PROVIDERS.get(dialect or "")
+    if p is not None and p.model_as_requested and requested:
+        return requested
+    return priced
 
 
 def price_provider(dialect: str | None, upstream: str) -> str | None:

@@ -318,6 +318,9 @@ class Provider:
     inject_by_default: ClassVar[bool] = False
     price_providers: ClassVar[dict[str, str]] = {}  # upstream name -> genai-prices id
     price_provider: ClassVar[str | None] = None  # otherwise (None: any that knows the model)
+    # The row's model is the model id the caller asked for, not the price list's name for
+    # it (Bedrock: the list's `regional.anthropic...` is no id a caller can use).
+    model_as_requested: ClassVar[bool] = False
 
     def match(self, method: str, path: str) -> Match | None:
         raise NotImplementedError

@@ -4,13 +4,17 @@ Every counter moves from the same CallRecord the ledger stores, so the two agree
 label keeps at most `max_label_values` distinct values; later ones become `other`. Only a
 call the upstream accepted may bring a new value (a model, agent or tag), and `upstream`
 takes only configured names: junk from callers that were refused cannot fill the cap and
-push real values out. Each family also keeps at most `max_series` label sets.
+push real values out. A model name the price list (or `pricing.models`) knows always keeps
+its own value and takes no room in the cap: an upstream that accepts any model name
+(llama.cpp) cannot push `gpt-4o` out with junk.
+Each family also keeps at most `max_series` label sets.
 `session` and `run` are never labels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -37,10 +41,12 @@ class LabelCap:
     def seed(self, label: str, values: Sequence[str]) -> None:
         self._seen.setdefault(label, set()).update(values)
 
-    def __call__(self, label: str, value: str | None, admit: bool = True) -> str:
+    def __call__(self, label: str, value: str | None, admit: bool = True,
+                 known: AbstractSet[str] = frozenset()) -> str:
+        """`known`: values that are always their own (a bounded set), outside the cap."""
         v = value if value else "none"
         seen = self._seen.setdefault(label, set())
-        if v in seen:
+        if v in seen or v in known:
             return v
         if not admit or len(seen) >= self.limit:
             self.overflowed += 1
@@ -54,9 +60,12 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, *, max_label_values: int = 100,
                  tag_labels: Sequence[str] = (), prices_version: str = "",
-                 upstreams: Sequence[str] | None = None, max_series: int = 10_000) -> None:
+                 upstreams: Sequence[str] | None = None, max_series: int = 10_000,
+                 known_models: Callable[[], AbstractSet[str]] | None = None) -> None:
         self.registry = registry
         self.cap = LabelCap(max_label_values)
+        # model names the price list knows: their own label value, outside the cap
+        self._known_models = known_models
         # configured upstream names are the only `upstream` values (None: any, capped)
         self._upstreams = None if upstreams is None else frozenset(upstreams)
         self.tag_labels = tuple(tag_labels)
@@ -77,7 +86,8 @@ class Metrics:
             "tokenbooth_cost_usd", "Spend in USD (priced calls only).",
             ("upstream", "model", "agent", *t)))
         self.unpriced = tallies.add(CounterTally(
-            "tokenbooth_unpriced_requests", "Calls with usage but no known price.",
+            "tokenbooth_unpriced_requests",
+            "Calls with no known price that succeeded or carried usage.",
             ("upstream", "model")))
         self.estimated = tallies.add(CounterTally(
             "tokenbooth_estimated_requests", "Calls whose usage was estimated in whole or part.",
@@ -148,7 +158,8 @@ class Metrics:
         if live_up is not None:
             self.inflight.add((live_up,), -1)
         op = cap("operation", rec.operation)
-        model = cap("model", rec.model or rec.request_model or "unknown", admit)
+        known = self._known_models() if self._known_models is not None else frozenset()
+        model = cap("model", rec.model or rec.request_model or "unknown", admit, known)
         agent = cap("agent", rec.agent, admit)
         tags = tuple(cap(f"tag:{t}", rec.tags.get(t), admit) for t in self.tag_labels)
         code = str(rec.status_code) if rec.status_code is not None else "none"
@@ -170,7 +181,7 @@ class Metrics:
         if rec.cost_usd is not None:
             if rec.cost_usd:
                 self.cost.inc((up, model, agent, *tags), float(rec.cost_usd))
-        elif rec.usage_source != "none":
+        elif rec.unpriced:
             self.unpriced.inc((up, model))
         if rec.usage_source in ("estimated", "partial"):
             self.estimated.inc((up, rec.usage_source))

@@ -5,12 +5,16 @@ deletes raw rows without changing what the roll-up answers."""
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from proxy.backends import open_backend
+import asyncpg
+
+from proxy.backends import is_postgres, open_backend
+from proxy.backends.schema import PG_MIGRATIONS, SQLITE_MIGRATIONS
 from proxy.sinks.ledger import Ledger
 from tests.factories import make_record
 
@@ -78,7 +82,7 @@ def expected(records: list[Any], group_by: list[str], since: str | None, until: 
         if r.cost_usd is not None:
             g["cost"] += r.cost_usd
             g["priced"] += 1
-        elif r.usage_source != "none":
+        elif r.outcome == "ok" or r.usage_source != "none":  # succeeded, or carried usage
             g["unpriced_calls"] += 1
         g["estimated_calls"] += r.usage_source in ("estimated", "partial")
     return groups
@@ -157,5 +161,71 @@ async def test_budget_spend_reads_hours_and_tags_alike(target: str) -> None:
                         and all((getattr(r, k) if k != "team" else r.tags.get(k)) == v
                                 for k, v in match.items())), Decimal(0))
             assert await backend.spend(match, since) == want, match
+    finally:
+        await backend.aclose()
+
+
+async def _old_ledger(target: str, sql: str) -> None:
+    """Make the ledger look like one from before the last migration: run `sql` and set its
+    schema version back by one."""
+    if is_postgres(target):
+        version = len(PG_MIGRATIONS) - 1
+        db = await asyncpg.connect(target)
+        try:
+            await db.execute(sql)
+            await db.execute("DELETE FROM tb_schema WHERE version > $1", version)
+        finally:
+            await db.close()
+        return
+    conn, version = sqlite3.connect(target), len(SQLITE_MIGRATIONS) - 1
+    try:
+        conn.executescript(sql)
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage(target: str) -> None:
+    at = {"started_at": "2026-10-02T10:00:00.000Z", "ended_at": "2026-10-02T10:00:01.000Z"}
+    none = dict.fromkeys(COUNTERS)
+    records = [
+        # audio transcriptions the proxy cannot read: no usage, no cost, succeeded
+        *(make_record(call_id=f"audio{i}", model="whisper-1", operation="audio",
+                      usage_source="none", cost_usd=None, **none, **at) for i in range(3)),
+        make_record(call_id="priced", **at),
+        make_record(call_id="mystery", model="mystery-7b", cost_usd=None, **at),
+        make_record(call_id="cut", model="mystery-7b", cost_usd=None, outcome="client_aborted",
+                    usage_source="partial", **at),
+        make_record(call_id="refused", model="whisper-1", operation="audio", status_code=401,
+                    outcome="upstream_error", usage_source="none", cost_usd=None, **none,
+                    **at),
+    ]
+    ledger = Ledger(target, flush_seconds=0.01)
+    await ledger.open()
+    try:
+        for r in records:
+            await ledger.handle(r)
+        await ledger.flush()
+        # 3 audio + the ok mystery call + the aborted call that carried usage
+        for since in (None, "2026-10-02T10:00:00.500Z"):  # roll-up, then raw rows
+            got = await ledger.backend.usage(["model"], since and "2026-10-02T09:30:00.000Z",
+                                             since, {})
+            by_model = {g["model"]: g["unpriced_calls"] for g in got["groups"]}
+            assert by_model == {"whisper-1": 3, "mystery-7b": 2, "gpt-4o": 0}
+    finally:
+        await ledger.aclose()
+
+    # A ledger whose roll-ups were built by the old rule (usage required): its ok audio
+    # calls counted 0. Opening it migrates the measure to what its raw rows say.
+    await _old_ledger(target, "".join(
+        f"UPDATE {t} SET unpriced_calls = 0 WHERE model = 'whisper-1';\n"
+        for t in ("llm_usage_hourly", "llm_usage_daily")))
+    backend = open_backend(target)
+    await backend.open()
+    try:
+        got = await backend.usage([], None, None, {})
+        assert got["totals"]["unpriced_calls"] == 5
+        assert got["totals"]["calls"] == 7
     finally:
         await backend.aclose()

@@ -157,6 +157,41 @@ async def test_live_feed_progress_then_finished(upstream: FakeUpstream, proxy: P
     assert row["cost_usd"] == finished["cost_usd"] and row["call_id"] == finished["call_id"]
 
 
+async def test_a_call_reads_back_at_once_before_the_ledger_flush(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """Right after its response, a call is served from the recorder's recent records, as
+    the ledger row will read once the (here slow) flush has written it."""
+    proxy = await start_proxy(ledger={"flush_seconds": 2.0})
+    upstream.on("/v1/chat/completions", Reply([json.dumps({
+        "model": "gpt-4o", "usage": {"prompt_tokens": 120, "completion_tokens": 30}
+    }).encode()]))
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}/openai/v1/chat/completions", json={"model": "gpt-4o"},
+                          headers={"X-Meter-Agent": "quick"}) as r:
+            await r.read()
+            call_id = r.headers["X-Meter-Call-Id"]
+    status, early = await get(proxy, f"/api/calls/{call_id}")
+    assert status == 200, early
+    conn = sqlite3.connect(proxy.config.ledger.path)
+    try:  # the ledger does not hold it yet: this answer came from the recorder
+        assert conn.execute("SELECT COUNT(*) FROM llm_usage WHERE call_id = ?",
+                            (call_id,)).fetchone() == (0,)
+    finally:
+        conn.close()
+    # gpt-4o: $2.50 in, $10 out per million: (120 * 2.5 + 30 * 10) / 1e6 = 0.0006
+    assert (early["input_tokens"], early["output_tokens"], early["agent"]) == (120, 30, "quick")
+    assert early["cost_usd"] == pytest.approx(0.0006)
+    await proxy.app[state.LEDGER].flush()
+    status, late = await get(proxy, f"/api/calls/{call_id}")
+    assert status == 200 and late == early  # the same row, from the ledger now
+
+
+async def test_favicon_is_no_content_not_a_404(proxy: Proxy) -> None:
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/favicon.ico") as r:
+        assert r.status == 204 and await r.read() == b""
+        assert "max-age" in r.headers["Cache-Control"]
+
+
 async def test_readyz_and_healthz(proxy: Proxy) -> None:
     assert await get(proxy, "/healthz") == (200, {"status": "ok"})
     status, body = await get(proxy, "/readyz")

@@ -96,6 +96,8 @@ async def test_boto3_converse_and_converse_stream(upstream: FakeUpstream, tls_pr
     one, two = got["converse"], got["converse-stream"]
     assert one["operation"] == "converse" and one["model"] and one["dialect"] == "bedrock"
     assert one["request_model"] == MODEL
+    # the row keeps the inference profile asked for, not the price list's regional.* name
+    assert one["model"] == two["model"] == MODEL
     # Claude Sonnet 4 on Bedrock: $3 in, $0.30 cache read, $3.75 cache write, $15 out
     assert Decimal(repr(one["cost_usd"])) == (20 * 3 + 3 * 15) / M
     assert (two["input_tokens"], two["cache_read_tokens"], two["cache_write_tokens"],
@@ -123,6 +125,7 @@ async def test_boto3_invoke_with_response_stream_for_claude(
     (row,) = await done(proxy, 1)
     assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (1030, 1000, 9)
     assert row["upstream_request_id"] == "msg_bdrk_01" and row["operation"] == "invoke"
+    assert row["model"] == MODEL  # the inference profile asked for
     assert Decimal(repr(row["cost_usd"])) == (30 * 3 + 1000 * Decimal("0.3") + 9 * 15) / M
 
 

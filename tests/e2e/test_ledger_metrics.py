@@ -162,6 +162,27 @@ async def test_label_values_are_capped(upstream: FakeUpstream, start_proxy: Star
     assert all("session" not in s.labels for v in m.values() for s in v)
 
 
+async def test_a_known_model_keeps_its_label_after_junk(upstream: FakeUpstream,
+                                                        start_proxy: StartProxy) -> None:
+    """An upstream that accepts any model name (llama.cpp): junk fills the cap, and a real
+    gpt-4o call (priced by the price list) still has its own label."""
+    proxy = await start_proxy(metrics={"max_label_values": 5})
+    async with aiohttp.ClientSession() as s:
+        for model in [*(f"junk-{i}" for i in range(10)), "gpt-4o"]:
+            upstream.on("/v1/chat/completions", Reply([json.dumps({
+                "model": model, "usage": {"prompt_tokens": 1, "completion_tokens": 1}
+            }).encode()]))
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions",
+                              json={"model": model}) as r:
+                assert r.status == 200
+                await r.read()
+    await proxy.collector.wait_for(11)
+    m = await scrape(proxy)
+    models = {s.labels["model"] for s in m["tokenbooth_requests_total"]}
+    assert models == {*(f"junk-{i}" for i in range(5)), "other", "gpt-4o"}
+    assert {s.labels["model"] for s in m["tokenbooth_cost_usd_total"]} == {"gpt-4o"}
+
+
 async def test_ten_thousand_values_stay_capped(estimator: Any) -> None:
     from prometheus_client import CollectorRegistry
 

@@ -11,6 +11,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.config import ModelPrice
+from proxy.pricing import PriceBook
 from proxy.sinks.metrics import Metrics
 from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
 from tests.factories import make_record
@@ -106,3 +108,40 @@ async def test_cleaned_tag_values_and_unreadable_bodies_are_counted(
     text = await scrape(proxy)
     assert samples(text, "tokenbooth_tag_values_cleaned_total") == {(): 2.0}
     assert samples(text, "tokenbooth_parse_errors_total") == {(("upstream", "openai"),): 1.0}
+
+
+def unpriced(metrics: Metrics) -> dict[str, float]:
+    return {s.labels["model"]: s.value for fam in metrics.registry.collect()
+            if fam.name == "tokenbooth_unpriced_requests" for s in fam.samples
+            if s.name == "tokenbooth_unpriced_requests_total"}
+
+
+async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage() -> None:
+    metrics = Metrics(CollectorRegistry())
+    none = dict.fromkeys(("input_tokens", "cache_read_tokens", "cache_write_tokens",
+                          "output_tokens", "reasoning_tokens", "total_tokens"))
+    for i in range(3):  # speech the proxy cannot read: no usage, no cost, succeeded
+        await metrics.handle(make_record(call_id=f"s{i}", model="tts-1", operation="audio",
+                                         usage_source="none", cost_usd=None, **none))
+    await metrics.handle(make_record(call_id="e", model="tts-1", operation="audio",
+                                     outcome="upstream_error", status_code=500,
+                                     usage_source="none", cost_usd=None, **none))
+    await metrics.handle(make_record(call_id="cut", model="mystery-7b", cost_usd=None,
+                                     outcome="client_aborted", usage_source="partial"))
+    await metrics.handle(make_record(call_id="p"))  # priced
+    assert unpriced(metrics) == {"tts-1": 3, "mystery-7b": 1}
+
+
+async def test_a_model_the_price_list_knows_keeps_its_label_after_junk_fills_the_cap() -> None:
+    prices = PriceBook({"house-llama": ModelPrice(input=0.1, output=0.2)})
+    metrics = Metrics(CollectorRegistry(), max_label_values=100,
+                      known_models=prices.known_models)
+    for i in range(150):  # an upstream that accepts any model name (llama.cpp): ok calls
+        await metrics.handle(make_record(call_id=f"j{i}", model=f"junk-{i}", cost_usd=None))
+    await metrics.handle(make_record(call_id="real", model="gpt-4o"))
+    await metrics.handle(make_record(call_id="house", model="house-llama"))
+    models = {s["model"] for s in series(metrics)}
+    assert {"gpt-4o", "house-llama", "other"} <= models
+    assert len(models - {"gpt-4o", "house-llama", "other"}) == 100  # junk shares the cap
+    assert {s["model"] for s in series(metrics, "tokenbooth_cost_usd")} == {"gpt-4o",
+                                                                           "house-llama"}

@@ -1,6 +1,7 @@
 """Amazon Bedrock runtime: Converse, ConverseStream, InvokeModel and
 InvokeModelWithResponseStream under `/model/{modelId}/...`. The model id (possibly an
-inference profile such as `us.anthropic...`, or an ARN) is URL-encoded in the path.
+inference profile such as `us.anthropic...`, or an ARN) is URL-encoded in the path; rows
+keep it as their model (the price list's name for it, `regional.anthropic...`, is not one).
 
 Bedrock API keys (`Authorization: Bearer`) pass through. IAM-signed requests cannot survive
 the change of host, so with `upstreams.<name>.aws` set the proxy signs them again
@@ -38,6 +39,7 @@ class BedrockProvider(Provider):
     builtins: ClassVar[dict[str, dict[str, Any]]] = {
         "bedrock": {"url": "https://bedrock-runtime.us-east-1.amazonaws.com"}}
     price_provider: ClassVar[str | None] = "aws"
+    model_as_requested: ClassVar[bool] = True
 
     def match(self, method: str, path: str) -> Match | None:
         if method != "POST":

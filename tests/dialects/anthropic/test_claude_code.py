@@ -86,3 +86,54 @@ async def test_import_then_again(transcripts: Path, tmp_path: Path,
     assert main(["import", "claude-code", str(transcripts), "--db", db]) == 0
     again = capsys.readouterr().out
     assert "imported 0 call(s)" in again and "3 imported before" in again
+
+
+def line(mid: str, usage: dict[str, object], ts: str, model: str = "claude-sonnet-4-20250514",
+         text: str = "x") -> str:
+    return json.dumps({
+        "type": "assistant", "sessionId": SESSION, "requestId": f"req_{mid}", "timestamp": ts,
+        "message": {"id": mid, "type": "message", "role": "assistant", "model": model,
+                    "content": [{"type": "text", "text": text}], "usage": usage}})
+
+
+def test_a_streamed_message_is_imported_with_its_final_usage_and_errors_are_not_calls(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "projects" / "-work-repo"
+    root.mkdir(parents=True)
+    grow = {"input_tokens": 3, "cache_creation_input_tokens": 1000,
+            "cache_read_input_tokens": 20000,
+            "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 0}}
+    zero = {"input_tokens": 0, "output_tokens": 0}
+    (root / f"{SESSION}.jsonl").write_text("\n".join([
+        # the streaming-partial shape: the same message's lines carry 1, 1, then 310 output
+        line("msg_G", {**grow, "output_tokens": 1}, "2026-11-29T10:00:00.000Z", text="a"),
+        line("msg_G", {**grow, "output_tokens": 1}, "2026-11-29T10:00:01.000Z", text="b"),
+        line("msg_G", {**grow, "output_tokens": 310}, "2026-11-29T10:00:09.000Z", text="c"),
+        # the placeholder Claude Code writes when the API call failed: not a call
+        line("0d5c9a1e-synthetic", zero, "2026-11-29T10:01:00.000Z", model="<synthetic>",
+             text="API Error: 529 overloaded"),
+        # a time that does not parse is not stored: it would count in every window
+        line("msg_J", {"input_tokens": 5, "output_tokens": 5}, "9999-99-99T99:99:99Z"),
+        line("msg_F", {"input_tokens": 5, "output_tokens": 5}, "9999-12-31T00:00:00.000Z"),
+        # an offset is stored as the ledger's UTC text
+        line("msg_Z", {"input_tokens": 40, "output_tokens": 2}, "2026-11-29T12:30:00+02:00"),
+    ]) + "\n")
+    db = str(tmp_path / "l.db")
+    assert main(["import", "claude-code", str(tmp_path / "projects"), "--db", db]) == 0
+    out = capsys.readouterr()
+    assert "imported 2 call(s)" in out.out and "2 unreadable line(s)" in out.out
+    assert ":5: time does not parse, skipped" in out.err
+    assert ":6: time in the future, skipped" in out.err
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    rows = {r["upstream_request_id"]: r for r in conn.execute("SELECT * FROM llm_usage")}
+    conn.close()
+    assert set(rows) == {"msg_G", "msg_Z"}
+    g = rows["msg_G"]
+    assert (g["input_tokens"], g["cache_read_tokens"], g["cache_write_tokens"],
+            g["output_tokens"]) == (21003, 20000, 1000, 310)
+    # Sonnet 4: $3 in, $0.30 cache read, $3.75 5-minute cache write, $15 out per million:
+    # (3*3 + 20000*0.30 + 1000*3.75 + 310*15) / 1e6 = (9 + 6000 + 3750 + 4650) / 1e6
+    assert Decimal(repr(g["cost_usd"])) == Decimal("0.014409")
+    assert g["started_at"] == "2026-11-29T10:00:00.000Z"  # when its first line was written
+    assert rows["msg_Z"]["started_at"] == "2026-11-29T10:30:00.000Z"
