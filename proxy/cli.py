@@ -62,6 +62,7 @@ async def _serve(config: Config) -> None:
                            shutdown_timeout=1.0, header_timeout=s.header_timeout_seconds,
                            max_client_connections=s.max_client_connections
                            or default_max_client_connections(),
+                           max_connections_per_client=s.max_connections_per_client,
                            on_refused=app[state.METRICS].client_refused)
     await runner.setup()
     tls = None
@@ -71,7 +72,13 @@ async def _serve(config: Config) -> None:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(config.tls_cert, config.tls_key)
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, ssl_context=tls)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        # Stop what start-up began (the ledger's writer, the recorder, the fleet): their
+        # threads and tasks would keep a process that serves nothing alive.
+        await runner.cleanup()
+        raise
     log.info("tokenbooth %s listening on %s://%s:%d (ledger %s)", __version__,
              "https" if tls else "http", config.host, config.port,
              app[state.LEDGER].backend)
