@@ -88,6 +88,10 @@ async def test_usage_filters(upstream: FakeUpstream, proxy: Proxy) -> None:
     ("/api/usage?since=yesterday-ish", "since"), ("/api/usage?until=13/45", "until"),
     ("/api/usage?group_by=planet", "group_by"), ("/api/calls?limit=0", "limit"),
     ("/api/calls?limit=abc", "limit"), ("/api/usage?colour=red", "colour"),
+    ("/api/usage?since=999999999d", "since"), ("/api/calls?until=99999999999999999999w", "until"),
+    ("/api/usage?since=0001-01-01", "since"), ("/api/usage?since=9999-12-31T23:59:59", "since"),
+    ("/api/calls?limit=%C2%B2", "limit"), ("/api/usage?agent=%00", "agent"),
+    ("/api/calls/%00", "call_id"),
 ])
 async def test_bad_parameters_are_400_naming_the_parameter(proxy: Proxy, query: str,
                                                            param: str) -> None:
