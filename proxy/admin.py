@@ -4,6 +4,8 @@ budgets, and the live SSE feed). Handlers reach state only through state.py keys
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
 import json
 import re
@@ -148,16 +150,25 @@ async def api_live(request: web.Request) -> web.StreamResponse:
 
 
 _UI = Path(__file__).parent / "static" / "ui.html"
+_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
+
+
+def _page() -> tuple[bytes, str]:
+    """The page and its Content-Security-Policy: its own inline script may run (named by
+    its SHA-256), no other script (one injected into the page's HTML included)."""
+    page = _UI.read_bytes()
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(m).digest()).decode()}'"
+                      for m in _SCRIPT.findall(page))
+    return page, (f"default-src 'self'; script-src {hashes}; style-src 'unsafe-inline'; "
+                  "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
 async def ui(request: web.Request) -> web.Response:
     """The live page: static, no data of its own (it asks /api/* with the admin token the
     user types, kept in the tab), nothing fetched from elsewhere."""
-    page = await asyncio.to_thread(_UI.read_bytes)  # rare: read each time, off the loop
+    page, csp = await asyncio.to_thread(_page)  # rare: read each time, off the loop
     return web.Response(body=page, content_type="text/html", charset="utf-8",
-                        headers={"Cache-Control": "no-cache",
-                                 "Content-Security-Policy": "default-src 'self'; "
-                                 "style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
+                        headers={"Cache-Control": "no-cache", "Content-Security-Policy": csp})
 
 
 async def root(request: web.Request) -> web.Response:
