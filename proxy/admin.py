@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -29,6 +30,34 @@ def _authorized(request: web.Request) -> bool:
         return True
     got = request.headers.get("Authorization", "")
     return hmac.compare_digest(got.encode(), f"Bearer {token}".encode())
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without port or brackets, lowercase."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def _host_allowed(request: web.Request) -> bool:
+    """Without an admin token a browser page on any site could read the API through DNS
+    rebinding (its own name resolved to this proxy): answer only requests addressed to a
+    loopback name, an IP address, or the configured listen host."""
+    raw = request.headers.get("Host")
+    if raw is None:
+        return True  # not a browser
+    name = _host_name(raw)
+    listen = _host_name(request.app[state.CONFIG].host)
+    if name == "localhost" or name.endswith(".localhost") or (name and name == listen):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _deny() -> web.Response:
@@ -80,6 +109,11 @@ def _api(handler: Any) -> Any:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         if not _authorized(request):
             return _deny()
+        if not request.app[state.CONFIG].admin.token and not _host_allowed(request):
+            return error_response(
+                403, "host_not_allowed", "Host header: without admin.token the API answers "
+                "only at localhost, an IP address or listen.host; set admin.token to use "
+                "another name")
         try:
             result: web.StreamResponse = await handler(request)
             return result
