@@ -307,7 +307,7 @@ async def test_a_client_trickling_its_headers_is_closed_by_the_keepalive_timeout
 async def test_shutdown_stays_within_the_drain_and_says_it_is_draining(
         upstream: FakeUpstream, tmp_path: Path) -> None:
     """A stream longer than the drain: /readyz 503 while the listener is still open, exit
-    within drain_seconds plus about a second, the cut call recorded as cut by us."""
+    within drain_seconds (it overran by 2.3 s), the cut call recorded as cut by us."""
     chunks = [f'data: {{"n":{i}}}\n\n'.encode() for i in range(100)]
     upstream.on("/v1/chat/completions", Reply(chunks, headers=SSE, delay=0.3))
     config = (f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
@@ -330,7 +330,7 @@ async def test_shutdown_stays_within_the_drain_and_says_it_is_draining(
                 with pytest.raises(aiohttp.ClientPayloadError):
                     await r.read()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
-        assert time.monotonic() - signalled < 3 + 2.5
+        assert time.monotonic() - signalled < 3 + 0.5  # the drain, and the exit itself
     conn = sqlite3.connect(tmp_path / "l.db")
     rows = conn.execute("SELECT outcome, error FROM llm_usage").fetchall()
     conn.close()
