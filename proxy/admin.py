@@ -4,8 +4,12 @@ budgets, and the live SSE feed). Handlers reach state only through state.py keys
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
+import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,34 @@ def _authorized(request: web.Request) -> bool:
         return True
     got = request.headers.get("Authorization", "")
     return hmac.compare_digest(got.encode(), f"Bearer {token}".encode())
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without port or brackets, lowercase."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def _host_allowed(request: web.Request) -> bool:
+    """Without an admin token a browser page on any site could read the API through DNS
+    rebinding (its own name resolved to this proxy): answer only requests addressed to a
+    loopback name, an IP address, or the configured listen host."""
+    raw = request.headers.get("Host")
+    if raw is None:
+        return True  # not a browser
+    name = _host_name(raw)
+    listen = _host_name(request.app[state.CONFIG].host)
+    if name == "localhost" or name.endswith(".localhost") or (name and name == listen):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _deny() -> web.Response:
@@ -78,6 +110,11 @@ def _api(handler: Any) -> Any:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         if not _authorized(request):
             return _deny()
+        if not request.app[state.CONFIG].admin.token and not _host_allowed(request):
+            return error_response(
+                403, "host_not_allowed", "Host header: without admin.token the API answers "
+                "only at localhost, an IP address or listen.host; set admin.token to use "
+                "another name")
         try:
             result: web.StreamResponse = await handler(request)
             return result
@@ -101,7 +138,7 @@ async def api_usage(request: web.Request) -> web.Response:
 async def api_calls(request: web.Request) -> web.Response:
     since, until, filters = _filters(request)
     raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+    if not re.fullmatch(r"[0-9]{1,5}", raw) or not 1 <= int(raw) <= 10_000:  # not "²"
         raise query.QueryError("limit", f"{raw!r} is not a whole number from 1 to 10000")
     rows = await request.app[state.LEDGER].backend.calls(since, until, filters, int(raw))
     return web.json_response({"calls": rows})
@@ -153,16 +190,25 @@ async def api_live(request: web.Request) -> web.StreamResponse:
 
 
 _UI = Path(__file__).parent / "static" / "ui.html"
+_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
+
+
+def _page() -> tuple[bytes, str]:
+    """The page and its Content-Security-Policy: its own inline script may run (named by
+    its SHA-256), no other script (one injected into the page's HTML included)."""
+    page = _UI.read_bytes()
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(m).digest()).decode()}'"
+                      for m in _SCRIPT.findall(page))
+    return page, (f"default-src 'self'; script-src {hashes}; style-src 'unsafe-inline'; "
+                  "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
 async def ui(request: web.Request) -> web.Response:
     """The live page: static, no data of its own (it asks /api/* with the admin token the
     user types, kept in the tab), nothing fetched from elsewhere."""
-    page = await asyncio.to_thread(_UI.read_bytes)  # rare: read each time, off the loop
+    page, csp = await asyncio.to_thread(_page)  # rare: read each time, off the loop
     return web.Response(body=page, content_type="text/html", charset="utf-8",
-                        headers={"Cache-Control": "no-cache",
-                                 "Content-Security-Policy": "default-src 'self'; "
-                                 "style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
+                        headers={"Cache-Control": "no-cache", "Content-Security-Policy": csp})
 
 
 async def root(request: web.Request) -> web.Response:

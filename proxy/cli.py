@@ -20,6 +20,7 @@ from proxy.config import Config, ConfigError, load
 __all__ = ["main"]
 
 SHUTDOWN_DEREGISTER_SECONDS = 5.0  # listener kept open after SIGTERM, /readyz 503
+SHUTDOWN_CUT_SECONDS = 1.0  # the end of the drain: cut what is left, record it, close
 log = logging.getLogger("tokenbooth")
 
 
@@ -55,13 +56,14 @@ async def _serve(config: Config) -> None:
         gc.freeze()
 
     app.on_startup.append(settle_heap)
-    # The drain is bounded by our own deadline (below); what is still running then gets
-    # one more second to be cancelled and recorded.
+    # The drain is bounded by our own deadline (below): the calls still running are cut
+    # then, so what is left at cleanup (a live feed, idle keep-alives) is closed at once.
     s = config.server
     runner = GuardedRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=1.0, header_timeout=s.header_timeout_seconds,
+                           shutdown_timeout=0.1, header_timeout=s.header_timeout_seconds,
                            max_client_connections=s.max_client_connections
                            or default_max_client_connections(),
+                           max_connections_per_client=s.max_connections_per_client,
                            on_refused=app[state.METRICS].client_refused)
     await runner.setup()
     tls = None
@@ -71,7 +73,13 @@ async def _serve(config: Config) -> None:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(config.tls_cert, config.tls_key)
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, ssl_context=tls)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        # Stop what start-up began (the ledger's writer, the recorder, the fleet): their
+        # threads and tasks would keep a process that serves nothing alive.
+        await runner.cleanup()
+        raise
     log.info("tokenbooth %s listening on %s://%s:%d (ledger %s)", __version__,
              "https" if tls else "http", config.host, config.port,
              app[state.LEDGER].backend)
@@ -83,16 +91,19 @@ async def _serve(config: Config) -> None:
     life = app[state.LIFECYCLE]
     life.draining = True
     drain = config.server.drain_seconds
-    deadline = loop.time() + drain
+    # the last part of the drain cuts the calls still running, records them and closes
+    cut_at = loop.time() + drain - min(SHUTDOWN_CUT_SECONDS, drain / 4)
     log.info("draining: %d call(s) in flight, up to %gs", life.inflight, drain)
     # /readyz answers 503 while the listener stays open a moment, so load balancers stop
     # sending before connections are refused; then in-flight calls get the rest of the
-    # drain. The whole shutdown stays within drain_seconds plus about a second.
+    # drain. The whole shutdown stays within drain_seconds.
     await asyncio.sleep(min(SHUTDOWN_DEREGISTER_SECONDS, drain / 3))
     await site.stop()
-    if not await life.wait_idle(max(deadline - loop.time(), 0)):
+    if not await life.wait_idle(max(cut_at - loop.time(), 0)):
         log.warning("drain deadline reached with %d call(s) in flight: cut", life.inflight)
         life.cutting = True  # what is cancelled now was cut by us, not by its client
+        if not await life.cut(0.5):
+            log.warning("%d cut call(s) did not end in time", life.inflight)
     await runner.cleanup()
     log.info("stopped")
 

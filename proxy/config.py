@@ -7,6 +7,7 @@ Every error is a ConfigError whose message names the YAML path of the bad key
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -101,7 +102,7 @@ class AdminConfig:
 class MetricsConfig:
     tag_labels: tuple[str, ...] = ()
     max_label_values: int = 100
-    require_auth: bool = False
+    require_auth: bool = False  # parse() turns it on when admin.token is set
     max_series: int = 10_000  # label sets per metric family
 
 
@@ -117,6 +118,8 @@ class ServerConfig:
     keepalive_timeout_seconds: float = 75.0  # an idle client connection is closed after this
     header_timeout_seconds: float = 10.0  # a connection's first request head: 408 after this
     max_client_connections: int | None = None  # None: half the open-file limit
+    # open connections from one client address; None: half of max_client_connections
+    max_connections_per_client: int | None = None
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,8 @@ class _Reader:
         if not isinstance(value, kind):
             raise ConfigError(
                 f"{_join(self.path, key)}: expected {_kind(kind)}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):  # .nan, .inf
+            raise ConfigError(f"{_join(self.path, key)}: expected a finite number, got {value}")
         return value
 
     def child(self, key: str, allowed: tuple[str, ...]) -> _Reader:
@@ -266,8 +271,14 @@ def _kind(kind: type | tuple[type, ...]) -> str:
 
 
 def _positive(path: str, value: float) -> float:
-    if value <= 0:
+    if not value > 0:  # NaN too
         raise ConfigError(f"{path}: must be greater than 0")
+    return value
+
+
+def _not_negative(path: str, value: float) -> float:
+    if not value >= 0:
+        raise ConfigError(f"{path}: must not be negative")
     return value
 
 
@@ -310,7 +321,7 @@ def _price(model: str, raw: Any) -> ModelPrice:
             raise ConfigError(f"pricing.models.{model}.{key}: required (USD per million tokens)")
     values = {k: r.get(k, float, None) for k in ("input", "output", "cache_read", "cache_write")}
     for k, v in values.items():
-        if v is not None and v < 0:
+        if v is not None and not v >= 0:
             raise ConfigError(f"pricing.models.{model}.{k}: must not be negative")
     return ModelPrice(**values)
 
@@ -454,10 +465,12 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
             raise ConfigError(f"metrics.tag_labels[{i}]: expected a lowercase tag name")
         if t in ("session", "run"):
             raise ConfigError(f"metrics.tag_labels[{i}]: '{t}' is never a label (unbounded)")
+    token = admin.get("token", str, None)
     metrics = MetricsConfig(
         tuple(tag_labels),
         int(_positive("metrics.max_label_values", metrics_r.get("max_label_values", int, 100))),
-        metrics_r.get("require_auth", bool, False),
+        # with an admin token, /metrics is protected too unless explicitly opened
+        metrics_r.get("require_auth", bool, token is not None),
         int(_positive("metrics.max_series", metrics_r.get("max_series", int, 10_000))),
     )
     pricing = top.child("pricing", ("models",))
@@ -467,7 +480,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     factors_raw = est.get("factors", dict, {}) or {}
     factors = {}
     for k, v in factors_raw.items():
-        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
             raise ConfigError(f"estimation.factors.{k}: expected a positive number")
         factors[str(k)] = float(v)
     budgets_raw = top.get("budgets", list, []) or []
@@ -477,7 +490,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     srv = top.child("server", ("max_body_bytes", "connect_timeout_seconds",
                                "idle_timeout_seconds", "drain_seconds", "max_connections",
                                "keepalive_timeout_seconds", "header_timeout_seconds",
-                               "max_client_connections"))
+                               "max_client_connections", "max_connections_per_client"))
     num: Callable[[str, type, Any], Any] = srv.get
     server = ServerConfig(
         max_body_bytes=int(_positive("server.max_body_bytes",
@@ -486,7 +499,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
                                           num("connect_timeout_seconds", float, 10.0)),
         idle_timeout_seconds=_positive("server.idle_timeout_seconds",
                                        num("idle_timeout_seconds", float, 300.0)),
-        drain_seconds=num("drain_seconds", float, 30.0),
+        drain_seconds=_not_negative("server.drain_seconds", num("drain_seconds", float, 30.0)),
         max_connections=int(_positive("server.max_connections",
                                       num("max_connections", int, 4096))),
         keepalive_timeout_seconds=_positive("server.keepalive_timeout_seconds",
@@ -496,11 +509,14 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         max_client_connections=None if num("max_client_connections", int, None) is None
         else int(_positive("server.max_client_connections",
                            num("max_client_connections", int, None))),
+        max_connections_per_client=None if num("max_connections_per_client", int, None) is None
+        else int(_positive("server.max_connections_per_client",
+                           num("max_connections_per_client", int, None))),
     )
     return Config(
         host=listen.get("host", str, "127.0.0.1"), port=port, ledger=ledger,
         upstreams=upstreams, client_keys={str(k): v for k, v in keys.items()},
-        admin=AdminConfig(admin.get("token", str, None)), metrics=metrics, prices=prices,
+        admin=AdminConfig(token), metrics=metrics, prices=prices,
         estimation_factors=factors, budgets=budgets, exports=exports, server=server,
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -516,6 +532,23 @@ def _quote_lone_env(text: str) -> str:
     return _LONE_ENV.sub(r'\1"\2"', text)
 
 
+class _AliasRefused(yaml.composer.ComposerError):
+    pass
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: `*name` repeats a whole subtree, and a few nested ones
+    (a "billion laughs" of 500 bytes) expand to gigabytes; a config has no need of them."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(
+                None, None, f"aliases (*{event.anchor}) are not supported: write the value out",
+                event.start_mark)
+        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+
+
 def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file; None means ./config.yaml if present, else defaults."""
     if path is None:
@@ -528,9 +561,10 @@ def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = No
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
     try:
-        raw = yaml.safe_load(_quote_lone_env(text))
+        raw = yaml.load(_quote_lone_env(text), Loader=_NoAliasLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} invalid YAML") from exc
+        why = f": {exc.problem}" if isinstance(exc, _AliasRefused) else ""
+        raise ConfigError(f"{path}:{where} invalid YAML{why}") from exc
     return parse(raw, env)

@@ -1,4 +1,4 @@
-"""Readiness and draining: what /readyz reports and what SIGTERM waits for."""
+"""Readiness and draining: what /readyz reports and what SIGTERM waits for (and cuts)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,19 @@ class Lifecycle:
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._tasks: set[asyncio.Task[object]] = set()  # the in-flight calls' handlers
 
     def enter(self) -> None:
         self.inflight += 1
         self._idle.clear()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
 
     def leave(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.discard(task)
         self.inflight -= 1
         if self.inflight <= 0:
             self.inflight = 0
@@ -39,3 +46,10 @@ class Lifecycle:
             except TimeoutError:
                 return False
         return True
+
+    async def cut(self, seconds: float) -> bool:
+        """Cancel every call still in flight (each records itself as cut when `cutting`)
+        and wait up to `seconds` for them to end; False if some did not."""
+        for task in self._tasks:
+            task.cancel()
+        return await self.wait_idle(seconds)

@@ -24,15 +24,19 @@ from proxy.backends.schema import (
     cost_units,
 )
 
-__all__ = ["FILTERS", "GROUP_KEYS", "QueryError", "calls_sql", "parse_group_by", "spend_sql",
-           "parse_time", "row_json", "usage_result", "usage_sql", "where"]
+__all__ = ["FILTERS", "GROUP_KEYS", "QueryError", "calls_sql", "check_text", "parse_group_by",
+           "spend_sql", "parse_time", "row_json", "usage_result", "usage_sql", "where"]
 
 GROUP_KEYS = ("agent", "session", "run", "model", "upstream", "operation", "end_user",
               "client", "day", "week", "month")
 FILTERS = ("agent", "session", "run", "upstream", "model", "operation", "end_user", "client",
            "outcome")
 _TIME_KEYS = ("day", "week", "month")
-_RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
+_RELATIVE = re.compile(r"^([0-9]{1,9})\s*([mhdw])$")
+# The ledger's times; outside them a bound means nothing, and the roll-up's keys (an hour
+# or a day past a bound) and four-digit years must still be computable.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -48,18 +52,30 @@ def parse_time(param: str, value: str | None, now: datetime | None = None) -> st
         return None
     now = now or datetime.now(UTC)
     m = _RELATIVE.match(value.strip())
-    if m:
-        when = now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-    else:
-        try:
-            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise QueryError(param, f"{value!r} is not a duration like 7d/12h/30m/2w "
-                                    f"or a date like 2026-11-01") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
-        f"{when.astimezone(UTC).microsecond // 1000:03d}Z"
+    try:
+        if m:
+            when = now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        else:
+            try:
+                when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise QueryError(param, f"{value!r} is not a duration like 7d/12h/30m/2w "
+                                        f"or a date like 2026-11-01") from None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            when = when.astimezone(UTC)
+    except OverflowError:  # a duration or offset past year 1 or 9999
+        when = None
+    if when is None or not _EARLIEST <= when < _LATEST:
+        raise QueryError(param, f"{value!r} is outside the years 1970 to 9998")
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def check_text(param: str, value: str) -> str:
+    """A value compared with ledger text: NUL is in none (PostgreSQL refuses it outright)."""
+    if "\x00" in value:
+        raise QueryError(param, "contains a NUL character, which no ledger value holds")
+    return value
 
 
 def parse_group_by(value: str | Sequence[str] | None) -> list[str]:
@@ -109,7 +125,7 @@ def _filters(filters: Mapping[str, str | None]) -> tuple[list[str], list[Any]]:
         if key not in FILTERS:
             raise QueryError(key, f"unknown filter (allowed: {', '.join(FILTERS)})")
         clauses.append(f"{key} = ?")
-        args.append(value)
+        args.append(check_text(key, value))
     return clauses, args
 
 
@@ -251,7 +267,7 @@ def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
 def calls_sql(since: str | None, until: str | None, filters: Mapping[str, str | None],
               limit: int = 100, call_id: str | None = None) -> tuple[str, list[Any]]:
     if call_id is not None:
-        return "SELECT * FROM llm_usage WHERE call_id = ?", [call_id]
+        return "SELECT * FROM llm_usage WHERE call_id = ?", [check_text("call_id", call_id)]
     w, args = where(since, until, filters)
     return (f"SELECT * FROM llm_usage{w} ORDER BY started_at DESC, id DESC LIMIT ?",
             [*args, limit])

@@ -1,6 +1,7 @@
 """The listening side's guards against slow and numerous clients (aiohttp has neither):
-a deadline for a connection's first request head (408, then close) and a bound on open
-client connections (further ones are closed at once). Both are counted."""
+a deadline for a connection's first request head (408, then close), a bound on open
+client connections, and a smaller one per client address, so that one client cannot take
+them all (further ones are closed at once). Each refusal is counted by its reason."""
 
 from __future__ import annotations
 
@@ -67,31 +68,56 @@ class _Handler(RequestHandler):
 
 class _Server(web.Server):
     def __init__(self, *args: Any, header_timeout: float, max_client_connections: int,
-                 on_refused: Callable[[str], None], **kwargs: Any) -> None:
+                 max_connections_per_client: int, on_refused: Callable[[str], None],
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._guard = {"header_timeout": header_timeout, "on_refused": on_refused}
         self._max_clients = max_client_connections
+        self._max_per_client = max_connections_per_client
         self._on_refused = on_refused
+        self._per_address: dict[str, int] = {}  # open connections by client address
+        self._address: dict[RequestHandler, str] = {}
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._guard, **self._kwargs)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._address[handler] = address
+        held = self._per_address[address] = self._per_address.get(address, 0) + 1
         if len(self.connections) > self._max_clients:
             self._on_refused("max_client_connections")
             handler.force_close()
+        elif held > self._max_per_client:
+            self._on_refused("max_connections_per_client")
+            handler.force_close()
+
+    def connection_lost(self, handler: RequestHandler,
+                        exc: BaseException | None = None) -> None:
+        address = self._address.pop(handler, None)
+        if address is not None:
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
+        super().connection_lost(handler, exc)
 
 
 class GuardedRunner(web.AppRunner):
     """An AppRunner whose server applies the guards."""
 
     def __init__(self, app: web.Application, *, header_timeout: float,
-                 max_client_connections: int, on_refused: Callable[[str], None],
-                 **kwargs: Any) -> None:
+                 max_client_connections: int, max_connections_per_client: int | None,
+                 on_refused: Callable[[str], None], **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._guard = {"header_timeout": header_timeout,
                        "max_client_connections": max_client_connections,
+                       # by default one address may hold half: the rest stays for the others
+                       "max_connections_per_client": max_connections_per_client
+                       or max(1, max_client_connections // 2),
                        "on_refused": on_refused}
 
     async def _make_server(self) -> web.Server:

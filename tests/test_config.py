@@ -192,3 +192,62 @@ def test_a_missing_variable_inside_a_flow_map_is_named(tmp_path: Path) -> None:
         load(tmp_path / "c.yaml", env={"CLIENT_A": "k"})
     config = load(tmp_path / "c.yaml", env={"MY_KEY": "sk-1", "CLIENT_A": "k"})
     assert config.upstreams["mine"].api_key == "sk-1" and config.client_keys == {"a": "k"}
+
+
+NOT_FINITE = [
+    ("server: {header_timeout_seconds: .nan}", r"^server\.header_timeout_seconds: expected a "
+                                               r"finite number, got nan$"),
+    ("server: {idle_timeout_seconds: .inf}", r"^server\.idle_timeout_seconds: expected a finite"),
+    ("server: {connect_timeout_seconds: .NaN}", r"^server\.connect_timeout_seconds: expected a"),
+    ("server: {drain_seconds: .nan}", r"^server\.drain_seconds: expected a finite number"),
+    ("server: {drain_seconds: -1}", r"^server\.drain_seconds: must not be negative$"),
+    ("ledger: {flush_seconds: .nan}", r"^ledger\.flush_seconds: expected a finite number"),
+    ("ledger: {retention_days: .inf}", r"^ledger\.retention_days: expected a finite number"),
+    ("budgets: [{name: b, limit_usd: .nan}]", r"^budgets\[0\]\.limit_usd: expected a finite"),
+    ("budgets: [{name: b, limit_usd: -.inf}]", r"^budgets\[0\]\.limit_usd: expected a finite"),
+    ("pricing: {models: {m: {input: .nan, output: 1}}}",
+     r"^pricing\.models\.m\.input: expected a finite number"),
+    ("estimation: {factors: {anthropic: .inf}}", r"^estimation\.factors\.anthropic: expected a "
+                                                 r"positive number$"),
+    ("estimation: {factors: {anthropic: .nan}}", r"^estimation\.factors\.anthropic: expected a "
+                                                 r"positive number$"),
+]
+
+
+@pytest.mark.parametrize("text,message", NOT_FINITE, ids=[t for t, _ in NOT_FINITE])
+def test_nan_and_infinity_are_refused_where_a_number_is_expected(tmp_path: Path, text: str,
+                                                                 message: str) -> None:
+    """YAML's .nan passes any `<= 0` check (every comparison with NaN is false) and .inf
+    passes them all; a NaN timeout never fires, a NaN budget limit fails every call."""
+    (tmp_path / "c.yaml").write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path / "c.yaml", env={})
+    assert re.search(message, str(info.value)), str(info.value)
+
+
+def test_yaml_aliases_are_refused_so_an_alias_bomb_cannot_take_the_machine(
+        tmp_path: Path) -> None:
+    """Seven nested aliases of nine: 9**7 (4.8 million) leaves from a few hundred bytes."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    assert (tmp_path / "bomb.yaml").stat().st_size < 500
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path / "bomb.yaml", env={})
+    assert str(info.value) == (f"{tmp_path / 'bomb.yaml'}: line 2 invalid YAML: aliases (*a0) "
+                               f"are not supported: write the value out")
+
+
+def test_an_admin_token_protects_metrics_too_unless_opened_explicitly() -> None:
+    assert parse({"admin": {"token": "t"}}, env={}).metrics.require_auth is True
+    assert parse({}, env={}).metrics.require_auth is False
+    opened = parse({"admin": {"token": "t"}, "metrics": {"require_auth": False}}, env={})
+    assert opened.metrics.require_auth is False
+
+
+def test_connections_per_client_default_and_bounds() -> None:
+    assert parse({}, env={}).server.max_connections_per_client is None  # half the total
+    server = parse({"server": {"max_connections_per_client": 8}}, env={}).server
+    assert server.max_connections_per_client == 8
+    with pytest.raises(ConfigError, match=r"^server\.max_connections_per_client: must be "):
+        parse({"server": {"max_connections_per_client": 0}}, env={})

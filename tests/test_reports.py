@@ -90,6 +90,9 @@ def test_bad_since_is_a_clear_error(ledger_db: str, capsys: pytest.CaptureFixtur
     assert "--since" in err and "Traceback" not in err and len(err.splitlines()) == 1
     assert main(["report", "--db", ledger_db, "--by", "planet"]) == 2
     assert "group_by" in capsys.readouterr().err
+    assert main(["report", "--db", ledger_db, "--since", "999999999d"]) == 2  # past year 1
+    err = capsys.readouterr().err
+    assert "--since" in err and "Traceback" not in err and len(err.splitlines()) == 1
     assert main(["report", "--db", "/nonexistent/x.db"]) == 2
 
 

@@ -115,7 +115,7 @@ class Metrics:
         self.clients_refused = Counter(
             "tokenbooth_client_connections_refused",
             "Client connections closed by the server's guards.", ("reason",), registry=r)
-        for reason in ("header_timeout", "max_client_connections"):
+        for reason in ("header_timeout", "max_client_connections", "max_connections_per_client"):
             self.clients_refused.labels(reason)
         self.tag_cleaned = Counter("tokenbooth_tag_values_cleaned",
                                    "X-Meter-* values truncated or cleaned.", registry=r)

@@ -276,3 +276,18 @@ async def test_one_replica_delivers_a_sink_and_another_takes_over_when_it_dies(
             await c.release()
         for b in replicas:
             await b.aclose()
+
+
+async def test_a_nul_in_a_filter_is_400_not_ledger_unavailable(start_proxy: StartProxy,
+                                                                pg_url: str) -> None:
+    """PostgreSQL refuses NUL in text; that is the caller's bad value, not a ledger down."""
+    proxy = await start_proxy(ledger={"url": pg_url})
+    async with aiohttp.ClientSession() as s:
+        for path, param in (("/api/usage?agent=%00", "agent"),
+                            ("/api/calls?session=a%00b", "session"),
+                            ("/api/calls/%00", "call_id")):
+            async with s.get(f"{proxy.url}{path}") as r:
+                assert r.status == 400, path
+                assert (await r.json())["error"]["param"] == param
+        async with s.get(f"{proxy.url}/api/usage?agent=a") as r:
+            assert r.status == 200  # the ledger itself is fine

@@ -88,6 +88,10 @@ async def test_usage_filters(upstream: FakeUpstream, proxy: Proxy) -> None:
     ("/api/usage?since=yesterday-ish", "since"), ("/api/usage?until=13/45", "until"),
     ("/api/usage?group_by=planet", "group_by"), ("/api/calls?limit=0", "limit"),
     ("/api/calls?limit=abc", "limit"), ("/api/usage?colour=red", "colour"),
+    ("/api/usage?since=999999999d", "since"), ("/api/calls?until=99999999999999999999w", "until"),
+    ("/api/usage?since=0001-01-01", "since"), ("/api/usage?since=9999-12-31T23:59:59", "since"),
+    ("/api/calls?limit=%C2%B2", "limit"), ("/api/usage?agent=%00", "agent"),
+    ("/api/calls/%00", "call_id"),
 ])
 async def test_bad_parameters_are_400_naming_the_parameter(proxy: Proxy, query: str,
                                                            param: str) -> None:
@@ -199,3 +203,43 @@ async def test_readyz_and_healthz(proxy: Proxy) -> None:
     proxy.app[state.LIFECYCLE].draining = True
     assert (await get(proxy, "/readyz"))[0] == 503
     proxy.app[state.LIFECYCLE].draining = False
+
+
+async def test_without_a_token_the_api_answers_only_to_local_names(
+        start_proxy: StartProxy) -> None:
+    """DNS rebinding: a page on evil.example whose name now resolves to this proxy sends
+    `Host: evil.example`; without an admin token that is all that tells it apart."""
+    proxy = await start_proxy(listen={"host": "meter.lan"})
+    port = proxy.server.port
+    for host in ("evil.example", f"evil.example:{port}", "localhost.evil.example", "meter.lan.x"):
+        status, body = await get(proxy, "/api/usage", Host=host)
+        assert status == 403, host
+        assert body["error"]["type"] == "host_not_allowed"
+        assert "admin.token" in body["error"]["message"]
+    for host in (f"localhost:{port}", "LOCALHOST.", f"127.0.0.1:{port}", f"[::1]:{port}",
+                 "10.1.2.3", f"meter.lan:{port}", "app.localhost"):
+        assert (await get(proxy, "/api/usage", Host=host))[0] == 200, host
+    async with aiohttp.ClientSession() as s:  # not the API: the health checks answer anyone
+        async with s.get(f"{proxy.url}/healthz", headers={"Host": "evil.example"}) as r:
+            assert r.status == 200
+
+
+async def test_with_a_token_any_host_name_may_call_the_api(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(admin={"token": "t0ken"})
+    status, _ = await get(proxy, "/api/usage", Host="meter.example.com",
+                          Authorization="Bearer t0ken")
+    assert status == 200
+    assert (await get(proxy, "/api/usage", Host="meter.example.com"))[0] == 401
+
+
+async def test_an_admin_token_protects_metrics_by_default(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(admin={"token": "t0ken"})
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{proxy.url}/metrics") as r:
+            assert r.status == 401
+        async with s.get(f"{proxy.url}/metrics", headers={"Authorization": "Bearer t0ken"}) as r:
+            assert r.status == 200 and "tokenbooth_requests_total" in await r.text()
+    opened = await start_proxy(admin={"token": "t0ken"}, metrics={"require_auth": False})
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{opened.url}/metrics") as r:
+            assert r.status == 200

@@ -5,7 +5,10 @@ equals the ledger's. A screenshot is kept in tests/artifacts/."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -214,3 +217,25 @@ async def test_a_stream_in_flight_shows_its_model_at_once_and_input_in_its_cost(
     assert n_in > 0 and n_out > 0
     # gpt-4o: $2.50 per million input tokens, $10 per million output tokens
     assert shown[5] == f"${(n_in * 2.5 + n_out * 10) / 1e6:.6f}"
+
+
+async def test_only_the_pages_own_script_runs(proxy: Proxy, browser: Any) -> None:
+    """The CSP names the page's inline script by its SHA-256 (no 'unsafe-inline'): the
+    page works, and a script that got into its HTML some other way does not run."""
+    page = await browser.new_page()
+    resp = await page.goto(f"{proxy.url}/ui")
+    csp = resp.headers["content-security-policy"]
+    html = (Path(__file__).parents[2] / "proxy" / "static" / "ui.html").read_bytes()
+    (script,) = re.findall(rb"<script>(.*?)</script>", html, re.S)
+    digest = base64.b64encode(hashlib.sha256(script).digest()).decode()
+    script_src = re.search(r"script-src ([^;]*)", csp)
+    assert script_src is not None and script_src[1] == f"'sha256-{digest}'", csp
+    await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+    ran = await page.evaluate("""() => new Promise((done) => {
+        document.addEventListener("securitypolicyviolation", () => done(window.injected === 1));
+        const s = document.createElement("script");
+        s.textContent = "window.injected = 1;";
+        document.body.appendChild(s);
+        if (window.injected === 1) done(true);
+    })""")
+    assert ran is False and await page.evaluate("window.injected") is None
