@@ -279,17 +279,17 @@ async def test_the_next_call_on_any_replica_shows_at_once_with_its_running_count
 
             async def relayed() -> bool:
                 return first in {c["call_id"] for c in feed.of("call_finished")}
-            await until(relayed, timeout=5.0)
+            await until(relayed, timeout=20.0)
             # a stream on B (a chunk each 0.3 s): its running tokens and cost reach A
             upstream.on("/v1/chat/completions", Reply(STREAM, headers={
                 "Content-Type": "text/event-stream"}, delay=0.3))
             status, streamed = await chat(s, b, "streamer")
             assert status == 200
-            await until(relayed, timeout=5.0)
+            await until(relayed, timeout=20.0)
 
             async def finished() -> bool:
                 return streamed in {c["call_id"] for c in feed.of("call_finished")}
-            await until(finished, timeout=5.0)
+            await until(finished, timeout=20.0)
             running = [c for c in feed.of("call_progress") if c["call_id"] == streamed]
             assert running, "no running counts from B"
             assert all(c["model"] == "fleet-model" and c["output_tokens"] and
