@@ -74,7 +74,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     ledger = Ledger(config.ledger.target, queue_rows=config.ledger.queue_rows,
                     flush_seconds=config.ledger.flush_seconds,
                     spool_path=config.ledger.spool, retention_days=config.ledger.retention_days,
-                    on_rows=metrics.ledger_rows_changed)
+                    on_rows=metrics.ledger_rows_changed,
+                    on_error=lambda: metrics.sink_failed("ledger"))
     feed = Broadcaster()
     budgets = Budgets(config.budgets, registry)
     admission = Admission(budgets, prices, est)
