@@ -104,6 +104,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         if isinstance(backend, PostgresBackend):  # one secret for the fleet's key ids
             recorder.fingerprint = KeyFingerprinter(await backend.secret())
             fleet = Fleet(backend, budgets, feed)
+            ledger.on_written = budgets.rows_written
         else:
             recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,
                                                            config.ledger.path)

@@ -33,6 +33,7 @@ log = logging.getLogger("tokenbooth.ledger")
 BATCH_ROWS = 20_000
 RETRY_SECONDS = 0.5
 RETENTION_SECONDS = 3600.0
+_CALL_ID = COLUMNS.index("call_id")
 
 
 class Ledger:
@@ -56,6 +57,8 @@ class Ledger:
         self._on_rows = on_rows or (lambda result, n: None)
         self._on_error = on_error or (lambda: None)
         self.spooled_rows = 0  # rows in the spool, waiting for a replay
+        # told the call ids of every batch the database took (budgets on a shared ledger)
+        self.on_written: Callable[[list[str]], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.healthy = True
         self.counts = {"written": 0, "spooled": 0, "dropped": 0}
@@ -103,6 +106,11 @@ class Ledger:
     def _count(self, result: str, n: int) -> None:
         self.counts[result] += n
         self._on_rows(result, n)
+
+    async def _put(self, rows: list[tuple[Any, ...]]) -> None:
+        await self.backend.write(rows)
+        if self.on_written is not None:
+            self.on_written([row[_CALL_ID] for row in rows])
 
     @property
     def stuck_rows(self) -> int:
@@ -166,12 +174,12 @@ class Ledger:
                 await self._replay()
             if self.held:  # they stay held (and counted by /readyz) until committed
                 n = len(self.held)
-                await backend.write(self.held[:n])
+                await self._put(self.held[:n])
                 del self.held[:n]
                 log.info("wrote %d rows held in memory", n)
                 self._count("written", n)
             if rows:
-                await backend.write(rows)
+                await self._put(rows)
                 self._count("written", len(rows))
             if not self.healthy:
                 log.info("ledger writes again")
@@ -241,7 +249,7 @@ class Ledger:
     async def _replay(self) -> None:
         rows = await asyncio.to_thread(self._read_spool)
         for i in range(0, len(rows), BATCH_ROWS):
-            await self.backend.write(rows[i:i + BATCH_ROWS])
+            await self._put(rows[i:i + BATCH_ROWS])
         if rows:
             log.info("replayed %d spooled rows", len(rows))
             self._count("written", len(rows))
