@@ -215,6 +215,8 @@ class Budgets:
                 log.warning("fleet budgets unreachable (%s: %s): %s", type(exc).__name__, exc,
                             f"budget {refusing[0].cfg.name} refuses (on_ledger_down: refuse)"
                             if refusing else "deciding on this replica's last view")
+                if not isinstance(exc, self._fleet.unavailable):
+                    await self._fleet.reset(broken=True)  # the driver is in a bad state
                 if refusing:
                     s = refusing[0]
                     return Denied(s.cfg.name, s.cfg.limit_usd, 1, ledger_down=True)

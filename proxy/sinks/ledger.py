@@ -92,8 +92,9 @@ class Ledger:
         while True:
             try:
                 await self.purge()
-            except self.backend.unavailable as exc:
-                log.warning("retention: could not delete old rows: %s", exc)
+            except Exception as exc:  # tried again in an hour; the task never ends
+                log.warning("retention: could not delete old rows (%s: %s)",
+                            type(exc).__name__, exc)
             await asyncio.sleep(RETENTION_SECONDS)
 
     async def handle(self, record: CallRecord) -> None:

@@ -274,6 +274,9 @@ async def test_the_writer_outlives_every_postgres_outage(
                         await asyncio.to_thread(pg_server.start)
                 await until(lambda: ready(s, 200))
                 assert ledger.writing() and ledger.stuck_rows == 0
+                running = {t.get_name() for t in asyncio.all_tasks()}
+                assert {"tokenbooth-ledger", "tokenbooth-fleet",
+                        "tokenbooth-fleet-feed"} <= running  # the heartbeat goes on too
         finally:
             done.set()
             await asyncio.gather(*workers)
