@@ -9,7 +9,7 @@ is UNIQUE and a duplicate is ignored, so a replay is exactly once even if it is 
 The writer never ends while the process lives: an error the backend does not know (a driver
 left in a bad state by a server that went away mid-write) is handled like an outage, and the
 connection is dropped so the next attempt starts on a fresh one. While rows wait in the spool
-or in memory the ledger is `stuck` and `/readyz` answers 503.
+or in memory (`stuck_rows`) `/readyz` answers 503.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class Ledger:
         self.on_written: Callable[[list[str]], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.healthy = True
+        self._failing: str | None = None  # the error type of this outage, logged once
         self.counts = {"written": 0, "spooled": 0, "dropped": 0}
         self._pending: set[str] = set()  # batch-line call ids handed on, maybe not written
         self.retention_days = retention_days
@@ -115,8 +116,8 @@ class Ledger:
 
     @property
     def stuck_rows(self) -> int:
-        """Rows that reached neither the database nor the queue's next write: spooled or
-        held in memory (0 when writing works)."""
+        """Rows the database refused, waiting in the spool or in memory (0 when writing
+        works)."""
         return self.spooled_rows + len(self.held)
 
     def writing(self) -> bool:
@@ -184,14 +185,15 @@ class Ledger:
                 self._count("written", len(rows))
             if not self.healthy:
                 log.info("ledger writes again")
-            self.healthy = True
+            self.healthy, self._failing = True, None
         except Exception as exc:
             # An error the backend does not name (asyncpg's InternalClientError after a
             # fast stop, say) is an outage too: drop the connection, keep the rows, retry.
             expected = isinstance(exc, backend.unavailable)
             if not expected:
                 self._on_error()
-            if self.healthy or not expected:  # once per outage, and every surprise
+            if type(exc).__name__ != self._failing:  # once per outage and kind of error
+                self._failing = type(exc).__name__
                 log.log(logging.WARNING if expected else logging.ERROR,
                         "ledger write failed (%s: %s): rows wait in the spool %s and are "
                         "retried every %g s", type(exc).__name__, exc, self.spool_path,
