@@ -78,9 +78,14 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     if not life.ready:
         return web.json_response({"status": "starting"}, status=503)
-    held = len(request.app[state.LEDGER].held)
-    if held:  # rows only in memory: send traffic to a replica that can record it
-        return web.json_response({"status": "ledger_full", "held_rows": held}, status=503)
+    ledger = request.app[state.LEDGER]
+    if not ledger.writing():  # never expected: the writer outlives every error
+        return web.json_response({"status": "ledger_writer_stopped"}, status=503)
+    if ledger.stuck_rows:  # rows not in the database: send traffic to a replica that can
+        # record it (`ledger_full`: some only in memory, the spool cannot be written)
+        return web.json_response(
+            {"status": "ledger_full" if ledger.held else "ledger_unavailable",
+             "spooled_rows": ledger.spooled_rows, "held_rows": len(ledger.held)}, status=503)
     return web.json_response({"status": "ready", "inflight": life.inflight})
 
 

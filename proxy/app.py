@@ -74,7 +74,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     ledger = Ledger(config.ledger.target, queue_rows=config.ledger.queue_rows,
                     flush_seconds=config.ledger.flush_seconds,
                     spool_path=config.ledger.spool, retention_days=config.ledger.retention_days,
-                    on_rows=metrics.ledger_rows_changed)
+                    on_rows=metrics.ledger_rows_changed,
+                    on_error=lambda: metrics.sink_failed("ledger"))
     feed = Broadcaster()
     budgets = Budgets(config.budgets, registry)
     admission = Admission(budgets, prices, est)
@@ -104,6 +105,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         if isinstance(backend, PostgresBackend):  # one secret for the fleet's key ids
             recorder.fingerprint = KeyFingerprinter(await backend.secret())
             fleet = Fleet(backend, budgets, feed)
+            ledger.on_committed = budgets.rows_written
         else:
             recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,
                                                            config.ledger.path)

@@ -38,6 +38,7 @@ __all__ = [
 RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "api", "ui"})
 BUDGET_WINDOWS = ("day", "week", "month", "total")
 BUDGET_ACTIONS = ("alert", "block")
+BUDGET_LEDGER_DOWN = ("local", "refuse")  # a blocking budget while the shared ledger is away
 BUDGET_MATCH_KEYS_FIXED = ("upstream", "model", "client")
 
 
@@ -91,6 +92,7 @@ class BudgetConfig:
     limit_usd: float
     window: str
     action: str
+    on_ledger_down: str = "local"  # shared ledger unreachable: admit on this replica's view
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,8 @@ class Config:
                                    for m, p in self.prices.items()}},
             "estimation": {"factors": self.effective_factors()},
             "budgets": [{"name": b.name, "match": dict(b.match), "limit_usd": b.limit_usd,
-                         "window": b.window, "action": b.action} for b in self.budgets],
+                         "window": b.window, "action": b.action,
+                         "on_ledger_down": b.on_ledger_down} for b in self.budgets],
             "server": dict(vars(self.server)),
             "export": [{**vars(e), "secret": _mask(e.secret)} for e in self.exports],
         }
@@ -384,7 +387,8 @@ def _export(i: int, raw: Any) -> ExportConfig:
 
 def _budget(i: int, raw: Any, names: set[str]) -> BudgetConfig:
     path = f"budgets[{i}]"
-    r = _Reader(raw, path, ("name", "match", "limit_usd", "window", "action"))
+    r = _Reader(raw, path, ("name", "match", "limit_usd", "window", "action",
+                            "on_ledger_down"))
     name = r.get("name", str, None)
     if not name:
         raise ConfigError(f"{path}.name: required")
@@ -408,7 +412,11 @@ def _budget(i: int, raw: Any, names: set[str]) -> BudgetConfig:
     action = r.get("action", str, "alert")
     if action not in BUDGET_ACTIONS:
         raise ConfigError(f"{path}.action: {action!r} is not one of {', '.join(BUDGET_ACTIONS)}")
-    return BudgetConfig(name, match, limit, window, action)
+    down = r.get("on_ledger_down", str, "local")
+    if down not in BUDGET_LEDGER_DOWN:
+        raise ConfigError(f"{path}.on_ledger_down: {down!r} is not one of "
+                          f"{', '.join(BUDGET_LEDGER_DOWN)}")
+    return BudgetConfig(name, match, limit, window, action, down)
 
 
 def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:

@@ -70,13 +70,17 @@ class Fleet:
                 if not self._healthy:
                     log.info("fleet: the shared ledger answers again")
                 self._healthy = True
-            except self._backend.unavailable as exc:
+            except Exception as exc:  # never ends while the process lives
                 if self.stopping:
                     return
-                if self._healthy:
-                    log.warning("fleet: shared ledger unreachable (%s); budgets decide on "
-                                "this replica's last view until it answers", exc)
+                expected = isinstance(exc, self._backend.unavailable)
+                if self._healthy or not expected:
+                    log.warning("fleet: shared ledger unreachable (%s: %s); budgets follow "
+                                "their on_ledger_down until it answers", type(exc).__name__,
+                                exc)
                 self._healthy = False
+                if not expected:  # a driver error it does not name: start on a new pool
+                    await self._backend.reset(broken=True)
 
     def send(self, kind: str, data: str) -> None:
         """Queue one event for the other replicas (never blocks; oldest dropped)."""
@@ -103,8 +107,12 @@ class Fleet:
                     continue
                 try:
                     await self._backend.notify(head + "\n".join(lines))
-                except self._backend.unavailable:
+                except Exception as exc:  # the feed is best effort; the loop goes on
                     self.dropped += len(lines)
+                    if not isinstance(exc, self._backend.unavailable):
+                        log.warning("fleet: live-feed relay failed (%s: %s)",
+                                    type(exc).__name__, exc)
+                        await self._backend.reset(broken=True)
 
     def _received(self, payload: str) -> None:
         replica, _, body = payload.partition("\n")

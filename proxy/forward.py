@@ -186,6 +186,18 @@ class Forwarder:
                             request_bytes=len(body))
             if self.admission is not None and self.admission.active:
                 denied = await self.admission.admit(facts, route)
+                if denied is not None and denied.ledger_down:
+                    # `on_ledger_down: refuse`: fail closed while the shared ledger is
+                    # away; a retry may well succeed (the SDKs retry a 503 by themselves)
+                    facts.outcome = "rejected"
+                    facts.error = f"budget {denied.name} unverifiable: ledger unreachable"
+                    facts.status_code = 503
+                    resp = error_response(
+                        503, "budget_unavailable", denied.message, call_id=call_id,
+                        extra={"budget": denied.name}, provider=route.provider)
+                    resp.headers["X-Meter-Budget"] = denied.name
+                    resp.headers["Retry-After"] = str(denied.retry_after_seconds or 1)
+                    return resp
                 if denied is not None:
                     facts.outcome, facts.error = "rejected", f"budget {denied.name} exhausted"
                     facts.status_code = 429

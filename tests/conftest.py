@@ -4,6 +4,7 @@ loaded estimator, and a sink that collects every record."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gzip
 import os
 from collections.abc import Awaitable, Callable
@@ -232,6 +233,21 @@ async def sdk() -> Any:
     s = Sdks()
     yield s
     await s.aclose()
+
+
+_PR_CAPBSET_DROP = 24
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+
+
+def obey_file_modes() -> None:
+    """In the child, before exec: root ignores file modes (CAP_DAC_OVERRIDE); drop that
+    capability from the bounding set so a 0444 file is read-only to it, as to anyone."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
 @pytest.fixture(scope="session")

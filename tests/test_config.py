@@ -68,6 +68,8 @@ BAD = [
     ({"budgets": [{"name": "b", "limit_usd": 1}, {"name": "b", "limit_usd": 2}]},
      r"^budgets\[1\]\.name: duplicate budget name 'b'$"),
     ({"budgets": [{"name": "b"}]}, r"^budgets\[0\]\.limit_usd: required$"),
+    ({"budgets": [{"name": "b", "limit_usd": 1, "on_ledger_down": "open"}]},
+     r"^budgets\[0\]\.on_ledger_down: 'open' is not one of local, refuse$"),
     ({"server": {"max_body_bytes": -5}}, r"^server\.max_body_bytes: must be greater than 0$"),
     ({"server": {"idle_timeout": 5}}, r"^server\.idle_timeout: unknown key"),
     ({"admin": {"token": "${TB_MISSING_TOKEN}"}},
@@ -149,7 +151,8 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
               .replace("  #     ", "      ").replace("client_keys: {}", "client_keys: {a: k}")
               .replace("\nledger: {path", "\n# ledger: {path")  # the fleet hint instead
               .replace("# ledger: {url", "ledger: {url")
-              .replace("# export:", "export:").replace("#   - {type", "  - {type"))
+              .replace("# export:", "export:").replace("#   - {type", "  - {type")
+              .replace("  # - {name: red-team", "  - {name: red-team"))
     assert hinted != text
     (tmp_path / "c.yaml").write_text(hinted)
     config = load(tmp_path / "c.yaml", env={"OPENAI_API_KEY": "sk-x", "AWS_ACCESS_KEY_ID": "AK",
@@ -158,6 +161,8 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
     assert config.upstreams["openai"].api_key == "sk-x"
     assert config.ledger.url == "postgresql://tokenbooth:pw@db:5432/tokenbooth"
     assert config.ledger.retention_days == 90
+    assert [(b.name, b.on_ledger_down) for b in config.budgets] == [
+        ("researcher-daily", "local"), ("red-team", "refuse")]
     aws = config.upstreams["bedrock"].aws
     assert aws is not None and (aws.region, aws.access_key_id) == ("us-east-1", "AK")
     assert [e.type for e in config.exports] == ["webhook", "jsonl", "stdout"]

@@ -138,10 +138,14 @@ class PostgresBackend:
             await conn.copy_records_to_table(_STAGE, records=rows, columns=COLUMNS)
             await conn.execute(_WRITE)
 
-    async def reset(self) -> None:
-        """A failed write rolled back with its transaction; broken connections leave the
-        pool by themselves."""
-        return None
+    async def reset(self, broken: bool = False) -> None:
+        """A failed write rolled back with its transaction, and connections the server
+        closed leave the pool by themselves. `broken`: the driver failed in a way it does
+        not name (a connection may be stuck mid-operation): drop every pooled connection;
+        the next use opens a new pool."""
+        if broken and self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.terminate()
 
     async def recorded(self, call_ids: Sequence[str]) -> set[str]:
         pool = await self._get_pool()

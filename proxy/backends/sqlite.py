@@ -87,19 +87,22 @@ class SqliteBackend:
             await conn.execute(sql, (row[0] if row else 0,))
         await conn.execute("COMMIT")
 
-    async def reset(self) -> None:
-        """After a failed write: roll back, or start over with a new connection."""
+    async def reset(self, broken: bool = False) -> None:
+        """After a failed write: roll back and start over with a new connection. A
+        connection SQLite opened read-only (the file was not writable then) stays read-only
+        for good; the next one sees the file as it is now."""
         if self._conn is None:
             return
+        conn, self._conn = self._conn, None
         try:
-            if self._conn.in_transaction:
-                await self._conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
         except sqlite3.Error:
-            try:
-                await self._conn.close()
-            except sqlite3.Error:
-                pass
-            self._conn = None
+            pass
+        try:
+            await conn.close()
+        except sqlite3.Error:
+            pass
 
     async def recorded(self, call_ids: Sequence[str]) -> set[str]:
         conn = await self._connect()

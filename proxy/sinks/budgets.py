@@ -7,8 +7,10 @@ overshoot. Alert budgets never block.
 On a shared (PostgreSQL) ledger the fleet is the truth: reservations are made there in one
 round trip, the ledger's write transaction charges each row to the budgets it matches, and
 `sync()` (every second) reads the fleet's spend, so every replica shows the same number.
-Should the database not answer, admission falls back to this replica's own view and says so
-in the log; the call is never failed for it.
+Should the database not answer, a budget with `on_ledger_down: local` (the default) decides
+on this replica's own view: the fleet's spend and reservations as last read, plus what this
+replica has reserved and spent since (a finished call's cost counts here until its row is
+written and a later `sync()` has read it back); one with `refuse` refuses matching calls.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class _State:
     reserved: dict[str, Decimal] = field(default_factory=dict)
     window_end: datetime | None = None
     fleet_reserved: Decimal = Decimal(0)  # other replicas' too (shared ledger)
+    # Shared ledger: costs of this replica's finished calls the fleet's spend may not hold
+    # yet, by call id: `unwritten` until the ledger writes the row, then `written` until a
+    # `sync()` that started after the write has read the spend back.
+    unwritten: dict[str, Decimal] = field(default_factory=dict)
+    written: dict[str, Decimal] = field(default_factory=dict)
 
     @property
     def limit(self) -> Decimal:
@@ -62,7 +69,14 @@ class _State:
         if self.window_end is not None and now >= self.window_end:
             self.spend = Decimal(0)
             self.fleet_reserved = Decimal(0)
+            self.unwritten.clear()
+            self.written.clear()
             self.window_end = window_bounds(self.cfg.window, now)[1]
+
+    def local_spend(self) -> Decimal:
+        """The spend admission decides on: the fleet's as last read (or this replica's own
+        without a shared ledger), plus costs that may not have reached it yet."""
+        return sum(self.written.values(), sum(self.unwritten.values(), self.spend))
 
     def window_start(self, now: datetime) -> str:
         """The current window's start as the ledger writes it ('' for `total`)."""
@@ -83,9 +97,14 @@ class Denied:
     name: str
     limit_usd: float
     retry_after_seconds: int | None = None  # until the window ends; None for `total`
+    ledger_down: bool = False  # `on_ledger_down: refuse` and the shared ledger is away
 
     @property
     def message(self) -> str:
+        if self.ledger_down:
+            return (f"Tokenbooth budget '{self.name}' cannot be checked: the shared ledger "
+                    f"is unreachable and the budget refuses calls until it answers "
+                    f"(on_ledger_down: refuse); the request was not sent.")
         return (f"Tokenbooth budget '{self.name}' (limit ${self.limit_usd:g}) is exhausted "
                 f"for this window; the request was not sent.")
 
@@ -152,11 +171,24 @@ class Budgets:
         now = datetime.now(UTC)
         for s in self._states:
             self._roll(s, now)
+        read = [list(s.written) for s in self._states]  # written before this read began
         state = await self._fleet.budget_state([(s.cfg.name, s.window_start(now))
                                                 for s in self._states])
-        for s in self._states:
+        for s, ids in zip(self._states, read, strict=True):
             s.spend, s.fleet_reserved = state.get(s.cfg.name, (Decimal(0), Decimal(0)))
+            for call_id in ids:  # the spend just read holds them
+                s.written.pop(call_id, None)
             self._spend.labels(s.cfg.name).set(float(s.spend))
+
+    def rows_written(self, call_ids: list[str]) -> None:
+        """The ledger wrote these rows (shared ledger): the fleet's spend holds their cost
+        from now on, so the next `sync()` reads it back and this replica stops adding it."""
+        for s in self._states:
+            if s.unwritten:
+                for call_id in call_ids:
+                    cost = s.unwritten.pop(call_id, None)
+                    if cost is not None:
+                        s.written[call_id] = cost
 
     @staticmethod
     def context(tags: dict[str, str], upstream: str, model: str | None,
@@ -178,9 +210,16 @@ class Budgets:
                 name = await self._fleet.reserve(
                     [s.cfg.name for s in ordered], [s.limit for s in ordered],
                     [s.window_start(now) for s in ordered], call_id, worst, self.replica)
-            except self._fleet.unavailable as exc:
-                log.warning("fleet budgets unreachable (%s): deciding on this replica's "
-                            "last view", exc)
+            except Exception as exc:  # any failure of the fleet's store: never the call's
+                refusing = [s for s in ordered if s.cfg.on_ledger_down == "refuse"]
+                log.warning("fleet budgets unreachable (%s: %s): %s", type(exc).__name__, exc,
+                            f"budget {refusing[0].cfg.name} refuses (on_ledger_down: refuse)"
+                            if refusing else "deciding on this replica's last view")
+                if not isinstance(exc, self._fleet.unavailable):
+                    await self._fleet.reset(broken=True)  # the driver is in a bad state
+                if refusing:
+                    s = refusing[0]
+                    return Denied(s.cfg.name, s.cfg.limit_usd, 1, ledger_down=True)
             else:
                 if name is None:
                     return None
@@ -200,7 +239,8 @@ class Budgets:
         for s in states:
             self._roll(s, now)
             held = sum(s.reserved.values(), s.fleet_reserved)
-            if s.spend + held + worst > s.limit or s.spend >= s.limit:
+            spend = s.local_spend()
+            if spend + held + worst > s.limit or spend >= s.limit:
                 return self._denied(s, now)
         if worst:
             for s in states:
@@ -215,11 +255,15 @@ class Budgets:
         now = datetime.now(UTC)
         for s in self._states:
             reserved = s.reserved.pop(record.call_id, None)
-            if self._fleet is not None:
-                continue  # the ledger's write charges it; `sync()` reads it back
             if reserved is None and not (_matches(s.cfg, ctx) or _matches(s.cfg, ctx_req)):
                 continue
             self._roll(s, now)
+            if self._fleet is not None:
+                # The ledger's write charges the fleet's spend and `sync()` reads it back;
+                # until then (the database may be away for a while) it counts here.
+                if record.cost_usd is not None and s.cfg.action == "block":
+                    s.unwritten[record.call_id] = record.cost_usd
+                continue
             if record.cost_usd is not None:
                 s.spend += record.cost_usd
             self._spend.labels(s.cfg.name).set(float(s.spend))

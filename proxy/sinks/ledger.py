@@ -5,6 +5,11 @@ over either backend (`proxy/backends/`: SQLite by default, PostgreSQL for a flee
 every `flush_seconds`. When the backend refuses (locked, read-only, full, unreachable), the
 batch is appended to the spool (JSON lines) and replayed once writing works again: `call_id`
 is UNIQUE and a duplicate is ignored, so a replay is exactly once even if it is interrupted.
+
+The writer never ends while the process lives: an error the backend does not know (a driver
+left in a bad state by a server that went away mid-write) is handled like an outage, and the
+connection is dropped so the next attempt starts on a fresh one. While rows wait in the spool
+or in memory (`stuck_rows`) `/readyz` answers 503.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ log = logging.getLogger("tokenbooth.ledger")
 BATCH_ROWS = 20_000
 RETRY_SECONDS = 0.5
 RETENTION_SECONDS = 3600.0
+_CALL_ID = COLUMNS.index("call_id")
 
 
 class Ledger:
@@ -35,6 +41,7 @@ class Ledger:
 
     def __init__(self, target: str, *, queue_rows: int = 100_000, flush_seconds: float = 0.2,
                  on_rows: Callable[[str, int], None] | None = None,
+                 on_error: Callable[[], None] | None = None,
                  spool_path: str | None = None, retention_days: float | None = None) -> None:
         """`target`: a SQLite path or a `ledger.url`. `retention_days`: raw rows older than
         this are deleted (hourly); their hours stay in the roll-up."""
@@ -48,8 +55,13 @@ class Ledger:
         self.flush_seconds = flush_seconds
         self.queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue(queue_rows)
         self._on_rows = on_rows or (lambda result, n: None)
+        self._on_error = on_error or (lambda: None)
+        self.spooled_rows = 0  # rows in the spool, waiting for a replay
+        # told the call ids of every batch the database took (budgets on a shared ledger)
+        self.on_committed: Callable[[list[str]], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.healthy = True
+        self._failing: str | None = None  # the error type of this outage, logged once
         self.counts = {"written": 0, "spooled": 0, "dropped": 0}
         self._pending: set[str] = set()  # batch-line call ids handed on, maybe not written
         self.retention_days = retention_days
@@ -62,6 +74,8 @@ class Ledger:
             await self.backend.open()
         except self.backend.unavailable as exc:
             raise LedgerUnavailable(f"{self.backend!r}: {exc}") from None
+        if self.spool_path.exists():  # left by a previous run: waits for its replay
+            self.spooled_rows = await asyncio.to_thread(self._spool_lines)
         self._task = spawn(self._writer(), name="tokenbooth-ledger")
         if self.retention_days:
             self._retention = spawn(self._retain(), name="tokenbooth-retention")
@@ -85,8 +99,9 @@ class Ledger:
         while True:
             try:
                 await self.purge()
-            except self.backend.unavailable as exc:
-                log.warning("retention: could not delete old rows: %s", exc)
+            except Exception as exc:  # tried again in an hour; the task never ends
+                log.warning("retention: could not delete old rows (%s: %s)",
+                            type(exc).__name__, exc)
             await asyncio.sleep(RETENTION_SECONDS)
 
     async def handle(self, record: CallRecord) -> None:
@@ -100,71 +115,108 @@ class Ledger:
         self.counts[result] += n
         self._on_rows(result, n)
 
+    async def _put(self, rows: list[tuple[Any, ...]]) -> None:
+        await self.backend.write(rows)
+        if self.on_committed is not None:
+            self.on_committed([row[_CALL_ID] for row in rows])
+
+    @property
+    def stuck_rows(self) -> int:
+        """Rows the database refused, waiting in the spool or in memory (0 when writing
+        works)."""
+        return self.spooled_rows + len(self.held)
+
+    def writing(self) -> bool:
+        """The writer task runs (it ends only at `aclose()`)."""
+        return self._task is not None and not self._task.done()
+
     async def _writer(self) -> None:
         stop = False
         while not stop:
-            if self.held or self.spool_path.exists():
-                # Spooled or held rows wait for SQLite to work again: retry even with no
-                # new traffic.
-                try:
-                    first = await asyncio.wait_for(self.queue.get(), RETRY_SECONDS)
-                except TimeoutError:
-                    await self._write([])
-                    continue
-            else:
-                first = await self.queue.get()
-            if first is None:
-                self.queue.task_done()
-                break
-            rows = [first]
-            # Batch: let rows gather for one flush interval, then take all that came.
-            await asyncio.sleep(self.flush_seconds)
-            while len(rows) < BATCH_ROWS:
-                try:
-                    item = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if item is None:
-                    stop = True
+            rows: list[tuple[Any, ...]] = []
+            try:
+                if self.held or self.spool_path.exists():
+                    # Spooled or held rows wait for the database to work again: retry
+                    # even with no new traffic.
+                    try:
+                        first = await asyncio.wait_for(self.queue.get(), RETRY_SECONDS)
+                    except TimeoutError:
+                        await self._write([])
+                        continue
+                else:
+                    first = await self.queue.get()
+                if first is None:
                     self.queue.task_done()
                     break
-                rows.append(item)
-            try:
+                rows.append(first)
+                # Batch: let rows gather for one flush interval, then take all that came.
+                await asyncio.sleep(self.flush_seconds)
+                while len(rows) < BATCH_ROWS:
+                    try:
+                        item = self.queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    if item is None:
+                        stop = True
+                        self.queue.task_done()
+                        break
+                    rows.append(item)
                 await self._write(rows)
+            except Exception:  # _write keeps its rows; this is a last guard for the loop
+                log.exception("ledger writer: unexpected error (the writer goes on)")
+                self._on_error()
+                await asyncio.sleep(RETRY_SECONDS)
             finally:
                 for _ in rows:
                     self.queue.task_done()
         if self.held or self.spool_path.exists():
-            await self._write([])  # last chance before exit; what fails stays spooled
+            try:
+                await self._write([])  # last chance before exit; what fails stays spooled
+            except Exception:
+                log.exception("ledger writer: unexpected error at exit (rows stay spooled)")
 
     async def _write(self, rows: list[tuple[Any, ...]]) -> None:
         backend = self.backend
         try:
             if self.spool_path.exists():
                 await self._replay()
-            if self.held:
-                held, self.held = self.held, []
-                try:
-                    await backend.write(held)
-                except BaseException:
-                    self.held = held + self.held
-                    raise
-                log.info("wrote %d rows held in memory", len(held))
-                self._count("written", len(held))
+            if self.held:  # they stay held (and counted by /readyz) until committed
+                n = len(self.held)
+                await self._put(self.held[:n])
+                del self.held[:n]
+                log.info("wrote %d rows held in memory", n)
+                self._count("written", n)
             if rows:
-                await backend.write(rows)
+                await self._put(rows)
                 self._count("written", len(rows))
-            self.healthy = True
+            if not self.healthy:
+                log.info("ledger writes again")
+            self.healthy, self._failing = True, None
             for wake in self.on_written:
                 wake()
-        except backend.unavailable as exc:
+        except Exception as exc:
+            # An error the backend does not name (asyncpg's InternalClientError after a
+            # fast stop, say) is an outage too: drop the connection, keep the rows, retry.
+            expected = isinstance(exc, backend.unavailable)
+            if not expected:
+                self._on_error()
+            if type(exc).__name__ != self._failing:  # once per outage and kind of error
+                self._failing = type(exc).__name__
+                log.log(logging.WARNING if expected else logging.ERROR,
+                        "ledger write failed (%s: %s): rows wait in the spool %s and are "
+                        "retried every %g s", type(exc).__name__, exc, self.spool_path,
+                        RETRY_SECONDS)
             self.healthy = False
-            await backend.reset()
+            try:
+                await backend.reset(broken=not expected)
+            except Exception as reset_exc:
+                log.warning("ledger reset failed (%s: %s)", type(reset_exc).__name__,
+                            reset_exc)
             if not rows:
                 return
-            log.warning("ledger write failed (%s): %d rows spooled", exc, len(rows))
             try:
                 await asyncio.to_thread(self._spool, rows)
+                self.spooled_rows += len(rows)
                 self._count("spooled", len(rows))
             except OSError as spool_exc:
                 self._hold(rows, spool_exc)
@@ -189,6 +241,10 @@ class Ledger:
             f.flush()
             os.fsync(f.fileno())
 
+    def _spool_lines(self) -> int:
+        with open(self.spool_path, "rb") as f:
+            return sum(1 for _ in f)
+
     def _read_spool(self) -> list[tuple[Any, ...]]:
         rows = []
         with open(self.spool_path, encoding="utf-8") as f:
@@ -204,11 +260,12 @@ class Ledger:
     async def _replay(self) -> None:
         rows = await asyncio.to_thread(self._read_spool)
         for i in range(0, len(rows), BATCH_ROWS):
-            await self.backend.write(rows[i:i + BATCH_ROWS])
+            await self._put(rows[i:i + BATCH_ROWS])
         if rows:
             log.info("replayed %d spooled rows", len(rows))
             self._count("written", len(rows))
         self.spool_path.unlink(missing_ok=True)
+        self.spooled_rows = 0
 
     async def recorded(self, call_ids: list[str]) -> set[str]:
         """Which of these call ids the ledger holds already, or has queued or spooled:

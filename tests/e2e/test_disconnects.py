@@ -12,7 +12,7 @@ import sqlite3
 import sys
 import time
 from asyncio.subprocess import Process
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -32,15 +32,17 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def served(tmp_path: Path, config: str) -> AsyncIterator[tuple[Process, int]]:
+async def served(tmp_path: Path, config: str, preexec_fn: Callable[[], None] | None = None
+                 ) -> AsyncIterator[tuple[Process, int]]:
     """`tokenbooth serve` as a real process on a free port, ready when yielded; killed at
-    the end if still running."""
+    the end if still running. `preexec_fn` runs in the child before it starts."""
     port = free_port()
     cfg = tmp_path / "served.yaml"
     cfg.write_text(config)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=preexec_fn)
     try:
         async with aiohttp.ClientSession() as s:
             for _ in range(300):  # several starting at once on a busy machine take a while
