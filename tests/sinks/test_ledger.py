@@ -17,8 +17,7 @@ from proxy import state
 from proxy.backends.schema import SQLITE_MIGRATIONS as MIGRATIONS
 from proxy.backends.sqlite import migrate
 from proxy.sinks.ledger import Ledger
-from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
-from tests.e2e.test_disconnects import served
+from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy, served, wait_until
 from tests.factories import make_record
 
 USAGE = json.dumps({"model": "gpt-4o", "usage": {"prompt_tokens": 10,
@@ -40,14 +39,6 @@ def count_rows(path: str) -> tuple[int, int]:
         return conn.execute("SELECT COUNT(*), COUNT(DISTINCT call_id) FROM llm_usage").fetchone()
     finally:
         conn.close()
-
-
-async def wait_until(cond: object, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if cond():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def test_locked_database_spools_then_replays_exactly_once(
