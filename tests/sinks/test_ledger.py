@@ -1,5 +1,6 @@
 """The ledger under trouble: locked or read-only during traffic spools and replays exactly
-once; a SIGKILL leaves a sound database; the schema is versioned."""
+once; a SIGKILL leaves a sound database; a full disk holds rows. The SQLite schema and its
+migrations are in tests/backends/test_sqlite.py."""
 
 from __future__ import annotations
 
@@ -8,14 +9,11 @@ import json
 import os
 import signal
 import sqlite3
-from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
 
 from proxy import state
-from proxy.backends.schema import SQLITE_MIGRATIONS as MIGRATIONS
-from proxy.backends.sqlite import migrate
 from proxy.sinks.ledger import Ledger
 from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy, served, wait_until
 from tests.factories import make_record
@@ -101,23 +99,6 @@ async def test_replay_twice_never_duplicates(tmp_path: Path) -> None:
     assert count_rows(str(tmp_path / "l.db")) == (4, 4)
 
 
-async def test_migrations_set_the_schema_version(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "m.db")
-    try:
-        assert migrate(conn) == len(MIGRATIONS)
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-        assert migrate(conn) == len(MIGRATIONS)  # idempotent
-        cols = [r[1] for r in conn.execute("PRAGMA table_info(llm_usage)")]
-        from proxy.record import COLUMNS
-
-        assert cols == ["id", *COLUMNS]
-        indexes = {r[1] for r in conn.execute("PRAGMA index_list(llm_usage)")}
-        assert {"llm_usage_started", "llm_usage_agent", "llm_usage_session",
-                "llm_usage_model"} <= indexes
-    finally:
-        conn.close()
-
-
 async def test_many_rows_in_batches_all_written_and_counted(tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path / "t.db"), flush_seconds=0.05)
     await ledger.open()
@@ -186,41 +167,3 @@ async def test_a_full_disk_holds_rows_in_memory_until_the_ledger_heals(
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{proxy.url}/readyz") as r:
             assert r.status == 200
-
-
-async def test_a_ledger_from_before_the_rollups_gets_them_built_from_its_rows(
-        tmp_path: Path) -> None:
-    path = str(tmp_path / "v2.db")
-    conn = sqlite3.connect(path)
-    try:
-        for _name, sql in MIGRATIONS[:2]:  # the schema before the roll-ups
-            conn.executescript(sql)
-        conn.execute("PRAGMA user_version = 2")
-        from proxy.record import COLUMNS
-
-        conn.executemany(f"INSERT INTO llm_usage ({', '.join(COLUMNS)}) VALUES "
-                         f"({', '.join('?' * len(COLUMNS))})",
-                         [make_record(call_id=f"v{i}", agent="old", cost_usd=Decimal("0.5"),
-                                      started_at=f"2026-11-0{1 + i % 3}T1{i}:00:00.000Z")
-                          .to_row() for i in range(6)])
-        conn.commit()
-    finally:
-        conn.close()
-    ledger = Ledger(path, flush_seconds=0.01)
-    await ledger.open()
-    try:
-        await ledger.handle(make_record(call_id="n", agent="old", cost_usd=Decimal("0.25"),
-                                        started_at="2026-11-03T09:30:00.000Z"))
-        await ledger.flush()
-        result = await ledger.backend.usage(["agent", "day"], None, None, {})
-        assert [(g["day"], g["calls"], g["cost_usd"]) for g in result["groups"]] == [
-            ("2026-11-03", 3, 1.25), ("2026-11-01", 2, 1.0), ("2026-11-02", 2, 1.0)]
-    finally:
-        await ledger.aclose()
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-        assert conn.execute("SELECT SUM(calls) FROM llm_usage_daily").fetchone()[0] == 7
-        assert conn.execute("SELECT SUM(calls) FROM llm_usage_hourly").fetchone()[0] == 7
-    finally:
-        conn.close()
