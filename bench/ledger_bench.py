@@ -6,28 +6,25 @@ then waits until the writer has committed them all (rows, roll-up, budget charge
 fresh SQLite file and a fresh PostgreSQL database (a throwaway local cluster unless
 `--pg-url` names a server).
 
-    python bench/ledger_bench.py [--rows 200000] [--backend sqlite|postgresql|both]
+    python -m bench.ledger_bench [--rows 200000] [--backend sqlite|postgresql|both]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from bench.records import bench_record
 from proxy.sinks.ledger import Ledger
-from tests.factories import make_record
 
 
 async def run(target: str, label: str, n: int) -> None:
     ledger = Ledger(target, queue_rows=n + 1)
     await ledger.open()
-    records = [make_record(call_id=f"call-{i:08d}", agent=f"agent-{i % 50}",
+    records = [bench_record(call_id=f"call-{i:08d}", agent=f"agent-{i % 50}",
                            session=f"s-{i % 997}", tags={"round": str(i % 13)})
                for i in range(n)]
     t0 = time.perf_counter()
@@ -49,8 +46,8 @@ async def run(target: str, label: str, n: int) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     if args.backend in ("sqlite", "both"):
-        path = str(Path(tempfile.mkdtemp(prefix="tb-ledger-")) / "bench.db")
-        await run(path, "sqlite", args.rows)
+        with tempfile.TemporaryDirectory(prefix="tb-ledger-") as tmp:
+            await run(str(Path(tmp) / "bench.db"), "sqlite", args.rows)
     if args.backend in ("postgresql", "both"):
         from bench.pg import postgres_url
 

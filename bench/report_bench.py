@@ -3,7 +3,7 @@ backend, then `tokenbooth report --by agent,model --since 30d`, `report --by day
 90d` (the command, timed as a whole process) and `GET /api/usage?group_by=agent&since=30d`
 (through a running `tokenbooth serve`).
 
-    python bench/report_bench.py [--rows 5000000] [--backend sqlite|postgresql|both]
+    python -m bench.report_bench [--rows 5000000] [--backend sqlite|postgresql|both]
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy.backends import open_backend
 from proxy.record import COLUMNS

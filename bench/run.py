@@ -6,7 +6,7 @@ to back, `--rounds` times, and it prints medians of the proxy's CPU microseconds
 (all threads, from /proc/<pid>/task/*/schedstat), added latency p50/p99 against direct,
 added first-chunk latency for streams, and at the end each proxy's peak RSS (VmHWM).
 
-    python bench/run.py [--quick] [--rounds N]
+    python -m bench.run [--quick] [--rounds N]
 """
 
 from __future__ import annotations
@@ -194,10 +194,9 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str],
         pg_server = None
         if postgres is not None:  # the same proxy on a PostgreSQL ledger, same rounds
             if postgres == "local":
-                sys.path.insert(0, str(HERE.parent))
-                from tests.pg import PgServer
+                from bench.pg import PgServer
 
-                pg_server = PgServer(durable=True)
+                pg_server = PgServer()
                 postgres = pg_server.create_database("run_bench")
             pg_port = free_port()
             cfg_pg = Path(tmp) / "postgres.yaml"

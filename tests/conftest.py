@@ -1,5 +1,6 @@
 """Shared fixtures: a scriptable fake provider on 127.0.0.1, the proxy in front of it, a
-loaded estimator, and a sink that collects every record."""
+loaded estimator, a sink that collects every record, `tokenbooth serve` as a real process
+(`served`), and a bounded wait on a condition (`wait_until`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import asyncio
 import ctypes
 import gzip
 import os
-from collections.abc import Awaitable, Callable
+import socket
+import sys
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -266,3 +272,67 @@ _pg_dbs = iter(range(1, 1 << 30))
 def pg_url(pg_server: Any) -> str:
     """A fresh, empty database on the test PostgreSQL server."""
     return str(pg_server.create_database(f"t{os.getpid()}_{next(_pg_dbs)}"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until(cond: Callable[[], object], timeout: float = 10.0,
+                     what: str = "condition") -> None:
+    """Until `cond()` is true, polling every 50 ms; AssertionError after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def served(tmp_path: Path, config: str, ready_timeout: float = 30.0,
+                 preexec_fn: Callable[[], None] | None = None
+                 ) -> AsyncIterator[tuple[Process, int]]:
+    """`tokenbooth serve` as a real process on a free port, ready (/readyz 200) when yielded;
+    killed at the end if still running. Its output goes to `tmp_path/served.log`. Fails
+    loudly, with that output, if the process exits or is not ready within `ready_timeout`
+    seconds (several starting at once on a busy machine take a while). `preexec_fn` runs in
+    the child before it starts."""
+    port = free_port()
+    cfg = tmp_path / "served.yaml"
+    cfg.write_text(config)
+    log_path = tmp_path / "served.log"
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
+            stdout=log, stderr=asyncio.subprocess.STDOUT, preexec_fn=preexec_fn)
+    try:
+        await _until_ready(proc, port, ready_timeout, log_path)
+        yield proc, port
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _until_ready(proc: Process, port: int, timeout: float, log_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    status: int | str = "no answer"
+    async with aiohttp.ClientSession() as s:
+        while loop.time() < deadline:
+            if proc.returncode is not None:
+                raise AssertionError(f"tokenbooth serve exited with {proc.returncode} before "
+                                     f"it was ready:\n{log_path.read_text(errors='replace')}")
+            try:
+                async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    status = r.status
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientConnectionError as exc:
+                status = type(exc).__name__
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"tokenbooth serve not ready on port {port} within {timeout} s "
+                         f"(last /readyz: {status}):\n{log_path.read_text(errors='replace')}")

@@ -256,3 +256,32 @@ def test_connections_per_client_default_and_bounds() -> None:
     assert server.max_connections_per_client == 8
     with pytest.raises(ConfigError, match=r"^server\.max_connections_per_client: must be "):
         parse({"server": {"max_connections_per_client": 0}}, env={})
+
+
+@pytest.mark.parametrize("section,cls,names", [
+    ("server", "ServerConfig", None),
+    ("ledger", "LedgerConfig", ("queue_rows", "flush_seconds", "retention_days")),
+    ("metrics", "MetricsConfig", ("max_label_values", "max_series")),
+    ("export", "ExportConfig", ("max_bytes", "keep", "batch", "queue_records")),
+])
+def test_each_default_is_the_dataclass_field_default_and_each_field_is_a_key(
+        section: str, cls: str, names: tuple[str, ...] | None) -> None:
+    """The defaults are written once (as dataclass field defaults): an empty section gives
+    the dataclass's own defaults, and every numeric field is read from its YAML key."""
+    import dataclasses
+
+    import proxy.config as config_module
+
+    kind = getattr(config_module, cls)
+    names = names or tuple(f.name for f in dataclasses.fields(kind))
+
+    def read(values: dict[str, object]) -> object:
+        if section == "export":
+            return parse({"export": [{"type": "stdout", **values}]}, env={}).exports[0]
+        return getattr(parse({section: values}, env={}), section)
+
+    defaults = kind("stdout") if section == "export" else kind()
+    assert read({}) == defaults
+    assert all(getattr(defaults, n) != 7 for n in names)
+    got = read(dict.fromkeys(names, 7))
+    assert {n: getattr(got, n) for n in names} == dict.fromkeys(names, 7)

@@ -16,8 +16,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from tests.conftest import FakeUpstream, Reply
-from tests.e2e.test_disconnects import served
+from tests.conftest import FakeUpstream, Reply, served
 
 PRICE = 1.0  # USD per million output tokens; input is free
 OUT = 1000

@@ -7,12 +7,9 @@ import asyncio
 import json
 import re
 from dataclasses import replace
-from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from proxy.dialects import DIALECTS, Observation
 from proxy.estimate import Estimator
@@ -69,22 +66,6 @@ def test_cut_at_every_event_boundary(estimator: Estimator, name: str, parser: st
         assert rec.cost_usd is not None
 
 
-@pytest.mark.parametrize("parser", sorted(DIALECTS))
-@pytest.mark.parametrize("ctype", ["text/event-stream", "application/x-ndjson",
-                                   "application/json"])
-@settings(max_examples=30, deadline=None)
-@given(chunks=st.lists(st.binary(max_size=64) | st.sampled_from(
-    [b"data: {", b"data: [1,2]\n\n", b"data: null\n\n", b'data: {"usage": 5}\n\n',
-     b'data: {"type":"message_delta","usage":[]}\n\n', b"\r", b"\n\n", b'{"done": true}\n',
-     b'data: {"choices": 7, "usage": {"prompt_tokens": "x"}}\n\n']), max_size=10))
-def test_malformed_input_never_raises(parser: str, ctype: str, chunks: list[bytes]) -> None:
-    meter = Meter(DIALECTS[parser], ctype, None)
-    for c in chunks:
-        meter.feed(c)
-    obs = meter.finish()
-    assert obs.status in ("complete", "incomplete", "error", "unknown")
-
-
 def test_count_tokens_is_free_not_consumption(estimator: Estimator) -> None:
     meter = Meter(DIALECTS["free.count_tokens"], "application/json", None)
     meter.feed(b'{"input_tokens": 2095}')
@@ -108,12 +89,6 @@ def test_key_fingerprint_is_keyed_and_stable(tmp_path: object) -> None:
     assert a("sk-live-123") == a("sk-live-123") != b("sk-live-123")
     assert "sk-live" not in (a("sk-live-123") or "")
     assert a(None) is None
-
-
-@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
-def test_iso_utc_matches_datetime_formatting(ts: float) -> None:
-    expected = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    assert iso_utc(ts) == expected
 
 
 def test_request_info_from_the_request_path_spares_a_second_parse(estimator: Estimator) -> None:

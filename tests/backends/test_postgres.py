@@ -19,9 +19,9 @@ from proxy.backends.schema import PG_MIGRATIONS
 from proxy.cli import main
 from proxy.record import COLUMNS
 from proxy.sinks.ledger import Ledger
-from tests.conftest import FakeUpstream, Reply, StartProxy
+from tests.conftest import FakeUpstream, Reply, StartProxy, wait_until
 from tests.factories import make_record
-from tests.sinks.test_ledger import burst, wait_until
+from tests.sinks.test_ledger import burst
 
 USAGE = json.dumps({"model": "gpt-4o", "usage": {"prompt_tokens": 10,
                                                  "completion_tokens": 2}}).encode()
@@ -163,7 +163,7 @@ async def test_copy_ledger_from_sqlite_once_even_when_run_twice(
 def test_unreachable_postgres_at_start_is_one_clear_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.e2e.test_disconnects import free_port
+    from tests.conftest import free_port
 
     monkeypatch.chdir(tmp_path)
     url = f"postgresql://tokenbooth:s3cret@127.0.0.1:{free_port()}/x"

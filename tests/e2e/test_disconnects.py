@@ -7,59 +7,17 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
-import sys
 import time
-from asyncio.subprocess import Process
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
+from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy, free_port, served
 
 SSE = {"Content-Type": "text/event-stream"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@asynccontextmanager
-async def served(tmp_path: Path, config: str, preexec_fn: Callable[[], None] | None = None
-                 ) -> AsyncIterator[tuple[Process, int]]:
-    """`tokenbooth serve` as a real process on a free port, ready when yielded; killed at
-    the end if still running. `preexec_fn` runs in the child before it starts."""
-    port = free_port()
-    cfg = tmp_path / "served.yaml"
-    cfg.write_text(config)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        preexec_fn=preexec_fn)
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(300):  # several starting at once on a busy machine take a while
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError(f"tokenbooth serve did not become ready on port {port}")
-        yield proc, port
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def post(url: str, **kw: object) -> tuple[int, dict[str, object], str]:

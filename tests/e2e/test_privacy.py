@@ -8,14 +8,12 @@ import logging
 import os
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import FakeUpstream, Proxy, Reply
-from tests.e2e.test_disconnects import free_port
+from tests.conftest import FakeUpstream, Proxy, Reply, served, wait_until
 
 KEY = "sk-canary-KEY-7f3a9c"
 PROMPT = "CANARY-PROMPT-the-owl-flies-at-midnight"
@@ -26,63 +24,47 @@ async def test_canaries_appear_nowhere(upstream: FakeUpstream, tmp_path: Path) -
                                  "type": "invalid_request_error", "code": "bad"}}).encode()
     ok = json.dumps({"model": "gpt-4o", "choices": [{"message": {"content": PROMPT}}],
                      "usage": {"prompt_tokens": 9, "completion_tokens": 9}}).encode()
-    port = free_port()
     db = tmp_path / "p.db"
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
-                   f"ledger: {{path: '{db}', flush_seconds: 0.01}}\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(port),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    config = (f"upstreams: {{openai: {{url: '{upstream.url}'}}}}\n"
+              f"ledger: {{path: '{db}', flush_seconds: 0.01}}\n")
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": PROMPT}],
             "user": "end-user-1"}
-    try:
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as s:
-            for _ in range(100):
-                try:
-                    async with s.get(f"{base}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            upstream.on("/v1/chat/completions", Reply([ok]))
-            async with s.post(f"{base}/openai/v1/chat/completions", json=body) as r:
-                assert r.status == 200
-            upstream.on("/v1/chat/completions", Reply([echo], status=400))
-            async with s.post(f"{base}/openai/v1/chat/completions", json=body) as r:
-                assert r.status == 400
-            # stream without usage: the prompt is estimated from, never stored
-            upstream.on("/v1/chat/completions", Reply(
-                [f'data: {{"choices":[{{"delta":{{"content":"{PROMPT}"}}}}]}}\n\n'.encode()],
-                headers={"Content-Type": "text/event-stream"}))
-            async with s.post(f"{base}/openai/v1/chat/completions",
-                              json={**body, "stream": True}) as r:
-                await r.read()
-            await asyncio.sleep(0.3)
-            locker = sqlite3.connect(db, timeout=0, isolation_level=None)
-            locker.execute("BEGIN EXCLUSIVE")  # force the spool path
-            upstream.on("/v1/chat/completions", Reply([ok]))
-            async with s.post(f"{base}/openai/v1/chat/completions", json=body) as r:
-                assert r.status == 200
-            await asyncio.sleep(1.5)
-            spool = Path(f"{db}.spool")
-            assert spool.exists()
-            spool_text = spool.read_text()
-            locker.execute("ROLLBACK")
-            locker.close()
-            async with s.get(f"{base}/metrics") as r:
-                metrics_text = await r.text()
-            async with s.get(f"{base}/api/calls") as r:
-                api_text = await r.text()
+    async with served(tmp_path, config) as (proc, port), aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {KEY}"}) as s:
+        base = f"http://127.0.0.1:{port}"
+        upstream.on("/v1/chat/completions", Reply([ok]))
+        async with s.post(f"{base}/openai/v1/chat/completions", json=body) as r:
+            assert r.status == 200
+        upstream.on("/v1/chat/completions", Reply([echo], status=400))
+        async with s.post(f"{base}/openai/v1/chat/completions", json=body) as r:
+            assert r.status == 400
+        # stream without usage: the prompt is estimated from, never stored
+        upstream.on("/v1/chat/completions", Reply(
+            [f'data: {{"choices":[{{"delta":{{"content":"{PROMPT}"}}}}]}}\n\n'.encode()],
+            headers={"Content-Type": "text/event-stream"}))
+        async with s.post(f"{base}/openai/v1/chat/completions",
+                          json={**body, "stream": True}) as r:
+            await r.read()
+        await wait_until(lambda: row_count(db) == 3, what="3 rows in the ledger")
+        locker = sqlite3.connect(db, timeout=0, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")  # force the spool path
+        upstream.on("/v1/chat/completions", Reply([ok]))
+        async with s.post(f"{base}/openai/v1/chat/completions", json=body) as r:
+            assert r.status == 200
+            spooled_id = r.headers["X-Meter-Call-Id"]
+        spool = Path(f"{db}.spool")
+        await wait_until(lambda: spool.exists() and spooled_id in spool.read_text(),
+                         what="the locked-out row in the spool")
+        spool_text = spool.read_text()
+        locker.execute("ROLLBACK")
+        locker.close()
+        async with s.get(f"{base}/metrics") as r:
+            metrics_text = await r.text()
+        async with s.get(f"{base}/api/calls") as r:
+            api_text = await r.text()
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.stdout is not None
-        logs = (await asyncio.wait_for(proc.stdout.read(), 15)).decode()
-        assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    logs = (tmp_path / "served.log").read_text()
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("p.db*") if p.is_file())
     assert b"llm_usage" in stored and len(logs) > 0 and "tokenbooth_requests" in metrics_text
     for canary in (KEY, PROMPT, "owl-flies"):
@@ -97,6 +79,16 @@ async def test_canaries_appear_nowhere(upstream: FakeUpstream, tmp_path: Path) -
     finally:
         conn.close()
     assert (n, keys) == (4, 1)
+
+
+def row_count(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM llm_usage").fetchone()[0])
+    except sqlite3.OperationalError:  # no table yet
+        return 0
+    finally:
+        conn.close()
 
 
 # Malformed requests are refused and logged without their bytes.

@@ -20,11 +20,10 @@ import pytest
 from aiohttp import web
 
 from proxy import state
-from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
-from tests.e2e.test_disconnects import served
+from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy, served, wait_until
 from tests.e2e.test_ledger_metrics import UNPRICED_JSON, rows
 from tests.e2e.test_passthrough import CHAT_JSON
-from tests.sinks.test_ledger import USAGE, wait_until
+from tests.sinks.test_ledger import USAGE
 
 SECRET = "whsec-test"
 

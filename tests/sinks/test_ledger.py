@@ -1,6 +1,7 @@
 """The ledger under trouble: locked during traffic spools and replays exactly once (a
 ledger read-only at start: tests/backends/test_sqlite.py); a SIGKILL leaves a sound
-database; the schema is versioned."""
+database; a full disk holds rows; the writer outlives every PostgreSQL outage. The SQLite
+schema and its migrations are in tests/backends/test_sqlite.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 import os
 import signal
 import sqlite3
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,8 @@ import aiohttp
 import asyncpg
 
 from proxy import state
-from proxy.backends.schema import SQLITE_MIGRATIONS as MIGRATIONS
-from proxy.backends.sqlite import migrate
 from proxy.sinks.ledger import Ledger
-from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
-from tests.e2e.test_disconnects import served
+from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy, served, wait_until
 from tests.factories import make_record
 from tests.test_fleet import until
 
@@ -44,14 +41,6 @@ def count_rows(path: str) -> tuple[int, int]:
         return conn.execute("SELECT COUNT(*), COUNT(DISTINCT call_id) FROM llm_usage").fetchone()
     finally:
         conn.close()
-
-
-async def wait_until(cond: object, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if cond():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def test_locked_database_spools_then_replays_exactly_once(
@@ -93,23 +82,6 @@ async def test_replay_twice_never_duplicates(tmp_path: Path) -> None:
     assert count_rows(str(tmp_path / "l.db")) == (4, 4)
 
 
-async def test_migrations_set_the_schema_version(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "m.db")
-    try:
-        assert migrate(conn) == len(MIGRATIONS)
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-        assert migrate(conn) == len(MIGRATIONS)  # idempotent
-        cols = [r[1] for r in conn.execute("PRAGMA table_info(llm_usage)")]
-        from proxy.record import COLUMNS
-
-        assert cols == ["id", *COLUMNS]
-        indexes = {r[1] for r in conn.execute("PRAGMA index_list(llm_usage)")}
-        assert {"llm_usage_started", "llm_usage_agent", "llm_usage_session",
-                "llm_usage_model"} <= indexes
-    finally:
-        conn.close()
-
-
 async def test_many_rows_in_batches_all_written_and_counted(tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path / "t.db"), flush_seconds=0.05)
     await ledger.open()
@@ -139,14 +111,16 @@ async def test_sigkill_leaves_a_sound_database(upstream: FakeUpstream, tmp_path:
                     pass
 
             tasks = [asyncio.ensure_future(one(i)) for i in range(300)]
-            await asyncio.sleep(0.3)
+            # killed mid-traffic, once the writer has committed some rows
+            await wait_until(lambda: db.exists() and count_rows(str(db))[0] > 0,
+                             what="a first committed row")
             os.kill(proc.pid, signal.SIGKILL)
             await asyncio.gather(*tasks)
         await proc.wait()
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert conn.execute("SELECT COUNT(*) FROM llm_usage").fetchone()[0] >= 0
+        assert conn.execute("SELECT COUNT(*) FROM llm_usage").fetchone()[0] > 0  # kept
     finally:
         conn.close()
 
@@ -178,44 +152,6 @@ async def test_a_full_disk_holds_rows_in_memory_until_the_ledger_heals(
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{proxy.url}/readyz") as r:
             assert r.status == 200
-
-
-async def test_a_ledger_from_before_the_rollups_gets_them_built_from_its_rows(
-        tmp_path: Path) -> None:
-    path = str(tmp_path / "v2.db")
-    conn = sqlite3.connect(path)
-    try:
-        for _name, sql in MIGRATIONS[:2]:  # the schema before the roll-ups
-            conn.executescript(sql)
-        conn.execute("PRAGMA user_version = 2")
-        from proxy.record import COLUMNS
-
-        conn.executemany(f"INSERT INTO llm_usage ({', '.join(COLUMNS)}) VALUES "
-                         f"({', '.join('?' * len(COLUMNS))})",
-                         [make_record(call_id=f"v{i}", agent="old", cost_usd=Decimal("0.5"),
-                                      started_at=f"2026-11-0{1 + i % 3}T1{i}:00:00.000Z")
-                          .to_row() for i in range(6)])
-        conn.commit()
-    finally:
-        conn.close()
-    ledger = Ledger(path, flush_seconds=0.01)
-    await ledger.open()
-    try:
-        await ledger.handle(make_record(call_id="n", agent="old", cost_usd=Decimal("0.25"),
-                                        started_at="2026-11-03T09:30:00.000Z"))
-        await ledger.flush()
-        result = await ledger.backend.usage(["agent", "day"], None, None, {})
-        assert [(g["day"], g["calls"], g["cost_usd"]) for g in result["groups"]] == [
-            ("2026-11-03", 3, 1.25), ("2026-11-01", 2, 1.0), ("2026-11-02", 2, 1.0)]
-    finally:
-        await ledger.aclose()
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-        assert conn.execute("SELECT SUM(calls) FROM llm_usage_daily").fetchone()[0] == 7
-        assert conn.execute("SELECT SUM(calls) FROM llm_usage_hourly").fetchone()[0] == 7
-    finally:
-        conn.close()
 
 
 async def test_the_writer_outlives_every_postgres_outage(

@@ -1,0 +1,208 @@
+"""The configuration's shape: frozen dataclasses, each default written once, here (the
+parser reads these field defaults; nothing else repeats them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proxy.backends import is_postgres, mask_url
+from proxy.dialects import DIALECTS
+from proxy.dialects.bedrock.sigv4 import AwsCredentials
+
+__all__ = [
+    "BUDGET_ACTIONS",
+    "BUDGET_LEDGER_DOWN",
+    "BUDGET_WINDOWS",
+    "RESERVED_NAMES",
+    "AdminConfig",
+    "BudgetConfig",
+    "Config",
+    "ConfigError",
+    "ExportConfig",
+    "LedgerConfig",
+    "MetricsConfig",
+    "ModelPrice",
+    "ServerConfig",
+    "Upstream",
+]
+
+RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "api", "ui"})
+BUDGET_WINDOWS = ("day", "week", "month", "total")
+BUDGET_ACTIONS = ("alert", "block")
+BUDGET_LEDGER_DOWN = ("local", "refuse")  # a blocking budget while the shared ledger is away
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    url: str
+    dialect: str
+    inject_stream_usage: bool
+    api_key: str | None = None
+    # (Bedrock) IAM credentials the proxy signs with, SigV4, since a client's signature
+    # names the proxy's host and cannot be forwarded
+    aws: AwsCredentials | None = None
+    free: bool = False  # local inference (ollama): priced at 0, not "unknown"
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """Per-million-token prices in USD from config (override or add to genai-prices)."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One export sink: every finished call record, as the ledger row in JSON."""
+
+    type: str  # webhook | jsonl | stdout
+    url: str | None = None  # webhook
+    secret: str | None = None  # webhook: X-Tokenbooth-Signature: sha256=<hmac of body>
+    path: str | None = None  # jsonl
+    max_bytes: int = 100 * 1024 * 1024  # jsonl: rotate past this size
+    keep: int = 5  # jsonl: rotated files kept
+    batch: int = 100  # webhook: records per POST at most
+    # jsonl, stdout: records waiting for the writer before drops (a webhook waits in the
+    # ledger: accepted for it, unused)
+    queue_records: int = 100_000
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    name: str
+    match: Mapping[str, str]
+    limit_usd: float
+    window: str
+    action: str
+    on_ledger_down: str = "local"  # shared ledger unreachable: admit on this replica's view
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    tag_labels: tuple[str, ...] = ()
+    max_label_values: int = 100
+    require_auth: bool = False  # parse() turns it on when admin.token is set
+    max_series: int = 10_000  # label sets per metric family
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Forwarding knobs, all optional."""
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    connect_timeout_seconds: float = 10.0
+    idle_timeout_seconds: float = 300.0
+    drain_seconds: float = 30.0
+    max_connections: int = 4096
+    keepalive_timeout_seconds: float = 75.0  # an idle client connection is closed after this
+    header_timeout_seconds: float = 10.0  # a connection's first request head: 408 after this
+    max_client_connections: int | None = None  # None: half the open-file limit
+    # open connections from one client address; None: half of max_client_connections
+    max_connections_per_client: int | None = None
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    path: str = "./tokenbooth.db"  # the SQLite file; local files (secret, spools) beside it
+    queue_rows: int = 100_000
+    flush_seconds: float = 0.2
+    spool_path: str | None = None  # default: beside the database (`<path>.spool`)
+    url: str | None = None  # postgresql://... for a fleet; sqlite:///path sets `path`
+    retention_days: float | None = None  # raw rows older than this go (roll-up stays)
+
+    @property
+    def target(self) -> str:
+        """What the ledger opens: the PostgreSQL URL, or the SQLite path."""
+        return self.url if self.postgres else self.path
+
+    @property
+    def postgres(self) -> bool:
+        return is_postgres(self.url)
+
+    @property
+    def spool(self) -> str:
+        if self.spool_path:
+            return self.spool_path
+        if self.postgres:
+            return str(Path(self.path).parent / "tokenbooth-postgresql.spool")
+        return f"{self.path}.spool"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)
+    client_keys: Mapping[str, str] = field(default_factory=dict)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    estimation_factors: Mapping[str, float] = field(default_factory=dict)
+    budgets: tuple[BudgetConfig, ...] = ()
+    exports: tuple[ExportConfig, ...] = ()
+    server: ServerConfig = field(default_factory=ServerConfig)
+    tls_cert: str | None = None  # listen over HTTPS (boto3 sends bearer tokens only so)
+    tls_key: str | None = None
+
+    def effective_factors(self) -> dict[str, float]:
+        """The factor each tokenizer family's estimates get: config, else the dialect's."""
+        out = {d.family: d.estimate_factor for d in DIALECTS.values()}
+        return {**dict(sorted(out.items())), **self.estimation_factors}
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets replaced by '***'."""
+        return {
+            "listen": {"host": self.host, "port": self.port, "tls_cert": self.tls_cert,
+                       "tls_key": self.tls_key},
+            "ledger": {"url": mask_url(self.ledger.url), "path": self.ledger.path,
+                       "queue_rows": self.ledger.queue_rows,
+                       "flush_seconds": self.ledger.flush_seconds,
+                       "spool_path": self.ledger.spool_path,
+                       "retention_days": self.ledger.retention_days},
+            "upstreams": {
+                n: {"url": u.url, "dialect": u.dialect,
+                    "inject_stream_usage": u.inject_stream_usage,
+                    "api_key": _mask(u.api_key), "free": u.free,
+                    "aws": None if u.aws is None else {
+                        "region": u.aws.region, "access_key_id": _mask(u.aws.access_key_id),
+                        "secret_access_key": "***", "session_token": _mask(u.aws.session_token)}}
+                for n, u in sorted(self.upstreams.items())
+            },
+            "auth": {"client_keys": {n: "***" for n in self.client_keys}},
+            "admin": {"token": _mask(self.admin.token)},
+            "metrics": {"tag_labels": list(self.metrics.tag_labels),
+                        "max_label_values": self.metrics.max_label_values,
+                        "max_series": self.metrics.max_series,
+                        "require_auth": self.metrics.require_auth},
+            "pricing": {"models": {m: {k: v for k, v in vars(p).items() if v is not None}
+                                   for m, p in self.prices.items()}},
+            "estimation": {"factors": self.effective_factors()},
+            "budgets": [{"name": b.name, "match": dict(b.match), "limit_usd": b.limit_usd,
+                         "window": b.window, "action": b.action,
+                         "on_ledger_down": b.on_ledger_down} for b in self.budgets],
+            "server": dict(vars(self.server)),
+            "export": [{**vars(e), "secret": _mask(e.secret)} for e in self.exports],
+        }
+
+
+def _mask(value: str | None) -> str | None:
+    return None if value is None else "***"
+
+
