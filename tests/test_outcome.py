@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
 from proxy.outcome import OUTCOMES, End, Ending, ending
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # (what happened, the upstream's status, what the response said) -> the row
 CASES = [
@@ -97,3 +102,43 @@ def test_the_table_covers_every_outcome_and_only_those() -> None:
         End.BODY_TOO_LARGE: 413, End.BUDGET: 429}
     assert all(ending(end, detail="x").status_code is None for end in End
                if ending(end, detail="x").outcome != "rejected")
+
+
+def _outcome_writes(source: str) -> list[int]:
+    """Lines with an `outcome=` keyword naming a literal, or an assignment to an `outcome`
+    name or attribute (tuple targets included; a field declared without a value is none)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.keyword) and node.arg == "outcome" and any(
+                isinstance(n, ast.Constant) for n in ast.walk(node.value)):
+            found.append(node.value.lineno)
+        if isinstance(node, ast.AnnAssign) and node.value is None:
+            continue
+        if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            flat = [t for tgt in targets for t in (tgt.elts if isinstance(tgt, ast.Tuple)
+                                                     else [tgt])]
+            if any((t.attr if isinstance(t, ast.Attribute) else getattr(t, "id", None))
+                   == "outcome" for t in flat):
+                found.append(node.lineno)
+    return found
+
+
+def test_the_write_check_sees_writes() -> None:
+    assert _outcome_writes(
+        'facts.outcome, facts.error = "rejected", "unknown upstream"\n'
+        'outcome = "ok"\n'
+        'rec = CallRecord(outcome="ok")\n'
+        'facts = replace(facts, outcome="ok" if ok else "upstream_error")\n'
+        'live = rec.outcome == "ok"\n'
+        'outcome: str\n') == [1, 2, 3, 4]
+
+
+def test_nothing_but_the_table_writes_an_outcome() -> None:
+    """forward.py and the recorder say what happened; only proxy/outcome.py names how a
+    call ended (a record is built with `outcome=end.outcome`, never a literal)."""
+    table = ROOT / "proxy" / "outcome.py"
+    writes = {str(path.relative_to(ROOT)): lines
+              for path in sorted((ROOT / "proxy").rglob("*.py"))
+              if path != table and (lines := _outcome_writes(path.read_text()))}
+    assert writes == {}
