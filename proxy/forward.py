@@ -3,7 +3,8 @@
 Forward first, observe second: each upstream chunk is written to the client as it arrives
 (`iter_any`, never re-framed), then fed to the meter. Whatever way the call ends (normal,
 upstream error, client abort, upstream cut, timeout, unreachable, rejected), exactly one
-CallFacts goes to the recorder, from the `finally` block.
+CallFacts goes to the recorder, from the `finally` block. The facts say what happened (an
+`End`, the upstream's status); `proxy.outcome` alone turns that into the row's outcome.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from proxy import headers as hdr
 from proxy.admission import Admission
 from proxy.config import Config, Upstream
 from proxy.dialects import DIALECTS, PROVIDERS, Observation, provider_by_headers
+from proxy.dialects.base import Dialect
 from proxy.framing.decoders import decode_capped
 from proxy.idle import IdleWatch
 from proxy.lifecycle import Lifecycle
 from proxy.meter import Meter
+from proxy.outcome import End, ending
 from proxy.record import CallFacts, LiveCall, iso_utc
 from proxy.recorder import Recorder
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
@@ -111,137 +114,169 @@ class Forwarder:
         self._known = ", ".join(sorted(config.upstreams))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["upstream"]
-        rest = request.match_info["rest"]
-        up = self.config.upstreams.get(name)
-        call_id = os.urandom(12).hex()
-        facts = CallFacts(call_id, time.time(), time.monotonic(), name,
-                          up.dialect if up else None, "other", request.method,
-                          f"/{name}/{rest}")
-        tagset = hdr.parse_tags(request.headers)
-        facts.tags, facts.tags_cleaned = tagset.tags, tagset.cleaned
+        """One call: its facts, its steps, and exactly one record however it ends."""
+        facts = self._facts(request)
         lifecycle = self.lifecycle
         lifecycle.enter()
-        live: LiveCall | None = None
         try:
-            if up is None:
-                facts.outcome, facts.error = "rejected", "unknown upstream"
-                facts.status_code = 404
-                return error_response(404, "unknown_upstream",
-                                      f"unknown upstream {name!r}; known: {self._known}",
-                                      call_id=call_id,
-                                      provider=provider_by_headers(request.headers))
-            facts.free = up.free
-            try:
-                rest, raw_rest = normalize_rest(rest, _raw_rest(request, name))
-            except PathEscape:
-                facts.outcome, facts.error = "rejected", "path leaves the upstream's base path"
-                facts.status_code = 400
-                facts.path = f"/{name}{posixpath.normpath('/' + rest)}"  # never a raw `..`
-                return error_response(400, "bad_request",
-                                      "the path's '..' segments leave the upstream's base path",
-                                      call_id=call_id, provider=PROVIDERS[up.dialect])
-            facts.path = f"/{name}/{rest}"
-            route = resolve(up, request.method, rest, raw_rest)
-            facts.operation, facts.parser = route.operation, route.parser
-            facts.path_model, facts.stream = route.path_model, route.path_stream
-            facts.batch_id, facts.price_provider = route.batch_id, route.price_provider
-            facts.credential = hdr.credential(request.headers)
-            replace_auth = self._authenticate(up, route, facts)
-            try:
-                if (request.content_length or 0) > self.config.server.max_body_bytes:
-                    raise web.HTTPRequestEntityTooLarge(self.config.server.max_body_bytes,
-                                                        request.content_length or 0)
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                facts.outcome, facts.error = "rejected", "request body too large"
-                facts.status_code = 413
-                resp = error_response(
-                    413, "request_too_large",
-                    f"request body exceeds server.max_body_bytes "
-                    f"({self.config.server.max_body_bytes} bytes)", call_id=call_id,
-                    provider=route.provider)
-                resp.force_close()  # the rest of the body is never read
-                return resp
-            facts.request_body = body
-            dialect = DIALECTS.get(route.parser) if route.parser else None
-            encoding = request.headers.get("Content-Encoding")
-            if dialect is not None:
-                # parsed once for every consumer; a large or encoded body off the event loop
-                if encoding is None and len(body) <= _THREAD_PARSE_BYTES:
-                    facts.request_doc = _parse(body)
-                else:
-                    facts.request_doc = await asyncio.to_thread(
-                        _parse_encoded, body, encoding, self.config.server.max_body_bytes)
-                facts.request_info = dialect.request_info(facts.request_doc)
-            _attribute(facts, route.provider.tags(request.headers))
-            info = facts.request_info  # the model the request names, shown from the start
-            live = LiveCall(call_id, iso_utc(facts.started), name, route.operation, False,
-                            facts.tags.get("agent"), facts.tags.get("session"),
-                            facts.tags.get("run"),
-                            (info.model if info is not None else None) or route.path_model,
-                            tags=facts.tags, price_provider=route.price_provider,
-                            free=up.free or (dialect is not None and dialect.free),
-                            dialect=dialect, request_doc=facts.request_doc,
-                            request_bytes=len(body))
-            if self.admission is not None and self.admission.active:
-                denied = await self.admission.admit(facts, route)
-                if denied is not None and denied.ledger_down:
-                    # `on_ledger_down: refuse`: fail closed while the shared ledger is
-                    # away; a retry may well succeed (the SDKs retry a 503 by themselves)
-                    facts.outcome = "rejected"
-                    facts.error = f"budget {denied.name} unverifiable: ledger unreachable"
-                    facts.status_code = 503
-                    resp = error_response(
-                        503, "budget_unavailable", denied.message, call_id=call_id,
-                        extra={"budget": denied.name}, provider=route.provider)
-                    resp.headers["X-Meter-Budget"] = denied.name
-                    resp.headers["Retry-After"] = str(denied.retry_after_seconds or 1)
-                    return resp
-                if denied is not None:
-                    facts.outcome, facts.error = "rejected", f"budget {denied.name} exhausted"
-                    facts.status_code = 429
-                    resp = error_response(
-                        429, "budget_exceeded", denied.message, call_id=call_id,
-                        extra={"budget": denied.name}, provider=route.provider)
-                    resp.headers["X-Meter-Budget"] = denied.name
-                    # A retry cannot succeed before the window ends: tell the SDKs so
-                    # (the openai and anthropic SDKs obey x-should-retry).
-                    resp.headers["x-should-retry"] = "false"
-                    if denied.retry_after_seconds is not None:
-                        resp.headers["Retry-After"] = str(denied.retry_after_seconds)
-                    return resp
-            if route.batch_id is None:  # a batch download is recorded as its result lines
-                self.recorder.started(live)
-            return await self._forward(request, route, body, facts, live, replace_auth)
-        except _Ended as ended:
+            return await self._call(request, facts)
+        except _Ended as ended:  # refused: the facts say why
             return ended.response
         except asyncio.CancelledError:
-            if lifecycle.cutting:
-                facts.outcome, facts.error = "timeout", "cut at shutdown: drain deadline"
-            else:
-                facts.outcome, facts.error = "client_aborted", "client disconnected"
+            facts.end = End.SHUTDOWN if lifecycle.cutting else End.CLIENT_GONE
             raise
         finally:
             facts.ended = time.monotonic()
             self.recorder.submit(facts)
             lifecycle.leave()
 
-    def _authenticate(self, up: Upstream, route: Route,
+    async def _call(self, request: web.Request, facts: CallFacts) -> web.StreamResponse:
+        """The steps of a call, in order; a step that refuses raises _Ended."""
+        up = self._upstream(request, facts)
+        route = self._route(request, up, facts)
+        replace_auth = self._authenticate(request, route, facts)
+        body = await self._read_body(request, route, facts)
+        dialect = await self._read_request(request, route, body, facts)
+        live = self._live(facts, route, dialect, len(body))
+        if (admission := self.admission) is not None and admission.active:
+            await self._admit(admission, facts, route)
+        if route.batch_id is None:  # a batch download is recorded as its result lines
+            self.recorder.started(live)
+        return await self._forward(request, route, body, facts, live, replace_auth)
+
+    def _facts(self, request: web.Request) -> CallFacts:
+        """The call's facts as it arrives: its id, its clocks, its upstream and tags."""
+        name = request.match_info["upstream"]
+        up = self.config.upstreams.get(name)
+        facts = CallFacts(os.urandom(12).hex(), time.time(), time.monotonic(), name,
+                          up.dialect if up else None, "other", request.method,
+                          f"/{name}/{request.match_info['rest']}")
+        tagset = hdr.parse_tags(request.headers)
+        facts.tags, facts.tags_cleaned = tagset.tags, tagset.cleaned
+        return facts
+
+    def _refuse(self, facts: CallFacts, end: End, kind: str, message: str, provider: Any,
+                detail: str | None = None, extra: dict[str, Any] | None = None
+                ) -> web.Response:
+        """Our own refusal: the table gives its status, the provider its error shape."""
+        facts.end, facts.end_detail = end, detail
+        status = ending(end, detail=detail).status_code
+        assert status is not None  # a refusal's status is always its own
+        return error_response(status, kind, message, call_id=facts.call_id, extra=extra,
+                              provider=provider)
+
+    def _upstream(self, request: web.Request, facts: CallFacts) -> Upstream:
+        """The configured upstream the path names (refused in the caller's SDK's shape)."""
+        up = self.config.upstreams.get(facts.upstream)
+        if up is None:
+            raise _Ended(self._refuse(
+                facts, End.UNKNOWN_UPSTREAM, "unknown_upstream",
+                f"unknown upstream {facts.upstream!r}; known: {self._known}",
+                provider_by_headers(request.headers)))
+        facts.free = up.free
+        return up
+
+    def _route(self, request: web.Request, up: Upstream, facts: CallFacts) -> Route:
+        """Where the call goes and what it is (operation, parser, model, batch)."""
+        name, rest = up.name, request.match_info["rest"]
+        try:
+            rest, raw_rest = normalize_rest(rest, _raw_rest(request, name))
+        except PathEscape:
+            facts.path = f"/{name}{posixpath.normpath('/' + rest)}"  # never a raw `..`
+            raise _Ended(self._refuse(
+                facts, End.PATH_ESCAPE, "bad_request",
+                "the path's '..' segments leave the upstream's base path",
+                PROVIDERS[up.dialect])) from None
+        facts.path = f"/{name}/{rest}"
+        route = resolve(up, request.method, rest, raw_rest)
+        facts.operation, facts.parser = route.operation, route.parser
+        facts.path_model, facts.stream = route.path_model, route.path_stream
+        facts.batch_id, facts.price_provider = route.batch_id, route.price_provider
+        return route
+
+    def _authenticate(self, request: web.Request, route: Route,
                       facts: CallFacts) -> dict[str, str] | None:
         """With `api_key` on the upstream, clients present a client key and we supply ours."""
+        facts.credential = hdr.credential(request.headers)
+        up = route.upstream
         if not up.api_key and up.aws is None:
             return None
         client = self._client_keys.get(facts.credential or "")
         if client is None:
-            facts.outcome, facts.error = "rejected", "client authentication failed"
-            facts.status_code = 401
-            raise _Ended(error_response(
-                401, "authentication_error",
-                "this upstream needs a client key from auth.client_keys", call_id=facts.call_id,
-                provider=route.provider))
+            raise _Ended(self._refuse(
+                facts, End.CLIENT_KEY, "authentication_error",
+                "this upstream needs a client key from auth.client_keys", route.provider))
         facts.client = client
         return route.provider.key_headers(up.api_key) if up.api_key else {}
+
+    async def _read_body(self, request: web.Request, route: Route, facts: CallFacts) -> bytes:
+        """The whole request body, up to server.max_body_bytes."""
+        cap = self.config.server.max_body_bytes
+        try:
+            if (request.content_length or 0) > cap:
+                raise web.HTTPRequestEntityTooLarge(cap, request.content_length or 0)
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            resp = self._refuse(facts, End.BODY_TOO_LARGE, "request_too_large",
+                                f"request body exceeds server.max_body_bytes ({cap} bytes)",
+                                route.provider)
+            resp.force_close()  # the rest of the body is never read
+            raise _Ended(resp) from None
+        facts.request_body = body
+        return body
+
+    async def _read_request(self, request: web.Request, route: Route, body: bytes,
+                            facts: CallFacts) -> Dialect | None:
+        """The request's JSON, parsed once for every consumer (a large or encoded body off
+        the event loop), what it says, and the tags the client's own SDK sends."""
+        dialect = DIALECTS.get(route.parser) if route.parser else None
+        if dialect is not None:
+            encoding = request.headers.get("Content-Encoding")
+            if encoding is None and len(body) <= _THREAD_PARSE_BYTES:
+                facts.request_doc = _parse(body)
+            else:
+                facts.request_doc = await asyncio.to_thread(
+                    _parse_encoded, body, encoding, self.config.server.max_body_bytes)
+            facts.request_info = dialect.request_info(facts.request_doc)
+        _attribute(facts, route.provider.tags(request.headers))
+        return dialect
+
+    def _live(self, facts: CallFacts, route: Route, dialect: Dialect | None,
+              request_bytes: int) -> LiveCall:
+        """The call as the live feed shows it from the start (with the model it names)."""
+        info, tags = facts.request_info, facts.tags
+        return LiveCall(facts.call_id, iso_utc(facts.started), facts.upstream, route.operation,
+                        False, tags.get("agent"), tags.get("session"), tags.get("run"),
+                        (info.model if info is not None else None) or route.path_model,
+                        tags=tags, price_provider=route.price_provider,
+                        free=route.upstream.free or (dialect is not None and dialect.free),
+                        dialect=dialect, request_doc=facts.request_doc,
+                        request_bytes=request_bytes)
+
+    async def _admit(self, admission: Admission, facts: CallFacts, route: Route) -> None:
+        """The budgets' word: a refusal is a 429 the SDKs do not retry (or a 503 they may
+        retry, when a budget cannot be checked while the shared ledger is away)."""
+        denied = await admission.admit(facts, route)
+        if denied is None:
+            return
+        if denied.ledger_down:
+            # `on_ledger_down: refuse`: fail closed while the shared ledger is away; a retry
+            # may well succeed (the SDKs retry a 503 by themselves)
+            resp = self._refuse(facts, End.BUDGET_UNVERIFIABLE, "budget_unavailable",
+                                denied.message, route.provider, detail=denied.name,
+                                extra={"budget": denied.name})
+            resp.headers["X-Meter-Budget"] = denied.name
+            resp.headers["Retry-After"] = str(denied.retry_after_seconds or 1)
+            raise _Ended(resp)
+        resp = self._refuse(facts, End.BUDGET, "budget_exceeded", denied.message,
+                            route.provider, detail=denied.name, extra={"budget": denied.name})
+        resp.headers["X-Meter-Budget"] = denied.name
+        # A retry cannot succeed before the window ends: tell the SDKs so
+        # (the openai and anthropic SDKs obey x-should-retry).
+        resp.headers["x-should-retry"] = "false"
+        if denied.retry_after_seconds is not None:
+            resp.headers["Retry-After"] = str(denied.retry_after_seconds)
+        raise _Ended(resp)
 
     async def _open(self, request: web.Request, route: Route, url: str, body: bytes,
                     injected: bool, replace_auth: dict[str, str] | None
@@ -285,26 +320,26 @@ class Forwarder:
                 resp = await self._open(request, route, url, body, False, replace_auth)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, TimeoutError):
-                facts.outcome, facts.error = "timeout", "upstream connect timeout"
-                return error_response(504, "upstream_timeout",
-                                      f"upstream {up.name} did not accept a connection in time",
-                                      call_id=facts.call_id, provider=route.provider)
-            facts.outcome, facts.error = "unreachable", "upstream unreachable"
-            return error_response(502, "upstream_unreachable",
-                                  f"upstream {up.name} is unreachable", call_id=facts.call_id,
-                                  provider=route.provider)
+                return self._unanswered(facts, route, End.CONNECT_TIMEOUT, 504,
+                                        "upstream_timeout", "did not accept a connection in time")
+            return self._unanswered(facts, route, End.UNREACHABLE, 502, "upstream_unreachable",
+                                    "is unreachable")
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            facts.outcome, facts.error = "timeout", "upstream timeout before response"
-            return error_response(504, "upstream_timeout",
-                                  f"upstream {up.name} did not answer in time",
-                                  call_id=facts.call_id, provider=route.provider)
+            return self._unanswered(facts, route, End.NO_ANSWER, 504, "upstream_timeout",
+                                    "did not answer in time")
         except aiohttp.ClientError as exc:
-            facts.outcome, facts.error = "unreachable", f"upstream error: {type(exc).__name__}"
-            return error_response(502, "upstream_unreachable",
-                                  f"upstream {up.name} failed: {type(exc).__name__}",
-                                  call_id=facts.call_id, provider=route.provider)
+            kind = type(exc).__name__
+            return self._unanswered(facts, route, End.CONNECT_FAILED, 502,
+                                    "upstream_unreachable", f"failed: {kind}", kind)
         return await self._relay(request, route, resp, facts, live,
                                  injector if injected_body is not None else None)
+
+    def _unanswered(self, facts: CallFacts, route: Route, end: End, status: int, kind: str,
+                    what: str, detail: str | None = None) -> web.Response:
+        """The upstream never answered: our 502 or 504, in its provider's error shape."""
+        facts.end, facts.end_detail = end, detail
+        return error_response(status, kind, f"upstream {route.upstream.name} {what}",
+                              call_id=facts.call_id, provider=route.provider)
 
     async def _relay(self, request: web.Request, route: Route, resp: aiohttp.ClientResponse,
                      facts: CallFacts, live: LiveCall, injector: Any) -> web.StreamResponse:
@@ -356,19 +391,16 @@ class Forwarder:
                     await write(tail)
             await out.write_eof()
             clean = True
-            facts.outcome = "ok" if resp.status < 400 else "upstream_error"
-            if resp.status >= 400:
-                facts.error = f"upstream status {resp.status}"
         except aiohttp.ClientPayloadError:
-            facts.outcome, facts.error = "upstream_aborted", "upstream closed the stream early"
+            facts.end = End.UPSTREAM_CUT
             _break(request)
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            facts.outcome, facts.error = "timeout", "upstream idle timeout mid-response"
+            facts.end = End.IDLE
             _break(request)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            facts.outcome, facts.error = "client_aborted", "client disconnected"
+            facts.end = End.CLIENT_GONE
         except aiohttp.ClientError as exc:
-            facts.outcome, facts.error = "upstream_aborted", f"upstream error: {type(exc).__name__}"
+            facts.end, facts.end_detail = End.READ_FAILED, type(exc).__name__
             _break(request)
         finally:
             watch.cancel()

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.dialects.base import Observation, RequestInfo
+from proxy.outcome import End
 from proxy.usage import Usage
 
 __all__ = ["COLUMNS", "CallFacts", "CallRecord", "LiveCall", "iso_utc"]
@@ -69,9 +70,9 @@ class CallFacts:
     tags_cleaned: int = 0  # X-Meter-* values truncated, cleaned or over the cap
     client: str | None = None
     credential: str | None = None
-    status_code: int | None = None
-    outcome: str = "ok"
-    error: str | None = None
+    status_code: int | None = None  # the upstream's (None: it never answered)
+    end: End | None = None  # what ended the call early (None: the body ran to its end)
+    end_detail: str | None = None  # the budget that refused, the exception's type
     first_byte: float | None = None  # monotonic
     ended: float = 0.0  # monotonic
     stream: bool = False

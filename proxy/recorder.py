@@ -25,6 +25,7 @@ from typing import Any
 
 from proxy.dialects import DIALECTS, recorded_model
 from proxy.estimate import Estimator
+from proxy.outcome import ending
 from proxy.pricing import PriceBook
 from proxy.record import CallFacts, CallRecord, LiveCall, iso_utc
 from proxy.sinks.base import Sink
@@ -80,16 +81,6 @@ def batch_call_id(upstream: str, batch_id: str, line_id: str) -> str:
     return f"b{digest[:23]}"
 
 
-def ending(outcome: str, error: str | None, status: str) -> tuple[str, str | None]:
-    """How the call ended, from what the handler saw and what the response said. A client
-    that hangs up after the provider's own end of stream ([DONE], message_stop,
-    response.completed) got the whole answer: the openai SDK closes right after [DONE],
-    often before the upstream's body has formally ended. That call is `ok`."""
-    if outcome == "client_aborted" and status == "complete":
-        return "ok", None
-    return outcome, error
-
-
 def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
                   fingerprint: Callable[[str | None], str | None]) -> list[CallRecord]:
     """One record per call; a batch-results download is one call per result line (with
@@ -108,15 +99,16 @@ def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
                                  observation=replace(line.observation, parse_errors=line
                                                      .observation.parse_errors + download_errors)
                                  if i == 0 and download_errors else line.observation,
-                                 tags_cleaned=facts.tags_cleaned if i == 0 else 0,
-                                 outcome="ok" if line.observation.status == "complete"
-                                 else "upstream_error"),
-                         estimator, prices, fingerprint) for i, line in enumerate(lines)]
+                                 tags_cleaned=facts.tags_cleaned if i == 0 else 0),
+                         estimator, prices, fingerprint, line=True)
+            for i, line in enumerate(lines)]
 
 
 def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
-                 fingerprint: Callable[[str | None], str | None]) -> CallRecord:
-    """The only code that combines usage, estimation and price. Pure and synchronous."""
+                 fingerprint: Callable[[str | None], str | None],
+                 line: bool = False) -> CallRecord:
+    """The only code that combines usage, estimation and price. Pure and synchronous.
+    `line`: the facts are one result line of a batch download."""
     obs = facts.observation
     dialect = DIALECTS.get(facts.parser) if facts.parser else None
     usage = obs.usage or Usage()
@@ -178,9 +170,8 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     if facts.stream and facts.first_byte is not None:
         ttft = round((facts.first_byte - facts.t0) * 1000, 3)
     duration = max(facts.ended - facts.t0, 0.0)
-    outcome, error = ending(facts.outcome, facts.error, obs.status)
-    if error is None and obs.status == "error":
-        error = f"provider error: {obs.error or 'in body'}"
+    end = ending(facts.end, detail=facts.end_detail, status=facts.status_code,
+                 answer=obs.status, answer_error=obs.error, line=line)
     tags = facts.tags
     return CallRecord(
         call_id=facts.call_id, started_at=iso_utc(facts.started),
@@ -188,7 +179,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         ttft_ms=ttft, upstream=facts.upstream, dialect=facts.dialect,
         operation=facts.operation, method=facts.method, path=facts.path,
         request_model=request_model, response_model=obs.response_model, model=priced_model,
-        stream=facts.stream, status_code=facts.status_code, outcome=outcome,
+        stream=facts.stream, status_code=end.status_code, outcome=end.outcome,
         input_tokens=usage.input_tokens, cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
         reasoning_tokens=usage.reasoning_tokens, total_tokens=usage.total_tokens,
@@ -197,7 +188,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         session=tags.get("session"), run=tags.get("run"), tags=tags,
         end_user=info.end_user if info else None, client=facts.client,
         key_id=fingerprint(facts.credential),
-        upstream_request_id=obs.upstream_request_id or facts.request_id_header, error=error,
+        upstream_request_id=obs.upstream_request_id or facts.request_id_header, error=end.error,
         usage_raw=json.dumps(obs.usage_raw, separators=(",", ":"))
         if obs.usage_raw is not None else None,
         service_tier=usage.service_tier, priced_units=usage.priced_units() or None,

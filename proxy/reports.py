@@ -219,6 +219,7 @@ def cmd_import(args: argparse.Namespace, config: Any) -> int:
 
     from proxy.dialects import price_provider
     from proxy.dialects.anthropic.usage import from_anthropic
+    from proxy.outcome import ending
     from proxy.pricing import PriceBook
     from proxy.record import COLUMNS, CallRecord, iso_utc
 
@@ -234,6 +235,7 @@ def cmd_import(args: argparse.Namespace, config: Any) -> int:
     cost, sessions, unpriced = Decimal(0), set(), 0
     show = sys.stderr.isatty() or args.progress
     latest = iso_utc(time.time() + 86400)  # a time later than tomorrow is not a real call
+    logged = ending(None, answer="complete")  # the client logged an answer it got whole
 
     async def work(backend: SqliteBackend | PostgresBackend) -> None:
         nonlocal bad, imported, skipped, again, tokens, cost, unpriced, not_files
@@ -274,14 +276,15 @@ def cmd_import(args: argparse.Namespace, config: Any) -> int:
                     upstream="anthropic", dialect=up.dialect if up else None,
                     operation="messages", method="POST", path="/anthropic/v1/messages",
                     request_model=c.model, response_model=c.model, model=price.model,
-                    stream=False, status_code=None, outcome="ok",
+                    stream=False, status_code=logged.status_code, outcome=logged.outcome,
                     input_tokens=usage.input_tokens, cache_read_tokens=usage.cache_read_tokens,
                     cache_write_tokens=usage.cache_write_tokens,
                     output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens,
                     total_tokens=usage.total_tokens, usage_source="client_log", estimator=None,
                     cost_usd=price.cost_usd, price_source=price.source, agent="claude-code",
                     session=c.session_id, run=None, tags=tags, end_user=None,
-                    client=None, key_id=None, upstream_request_id=c.message_id, error=None,
+                    client=None, key_id=None, upstream_request_id=c.message_id,
+                    error=logged.error,
                     usage_raw=json.dumps(c.usage, separators=(",", ":")),
                     service_tier=usage.service_tier, priced_units=usage.priced_units() or None)
                 rows.append(rec.to_row())

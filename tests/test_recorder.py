@@ -14,9 +14,10 @@ import pytest
 from proxy.dialects import DIALECTS, Observation
 from proxy.estimate import Estimator
 from proxy.meter import Meter
+from proxy.outcome import End
 from proxy.pricing import PriceBook
 from proxy.record import CallFacts, LiveCall, iso_utc
-from proxy.recorder import RECENT, KeyFingerprinter, Recorder, build_record
+from proxy.recorder import RECENT, KeyFingerprinter, Recorder, build_record, build_records
 from proxy.usage import Usage
 from tests.payloads import ROOT
 
@@ -40,10 +41,10 @@ CUTS = [
 
 
 def facts_for(parser: str, dialect: str, obs: object, status: int = 200,
-              outcome: str = "upstream_aborted") -> CallFacts:
+              end: End | None = End.UPSTREAM_CUT) -> CallFacts:
     f = CallFacts("c1", 1767000000.0, 10.0, dialect, dialect, "chat", "POST", "/x",
                   parser=parser, request_body=BODIES.get(parser, b""), status_code=status,
-                  outcome=outcome, ended=11.0, stream=True, path_model="gemini-2.5-flash")
+                  end=end, ended=11.0, stream=True, path_model="gemini-2.5-flash")
     f.observation = obs  # type: ignore[assignment]
     return f
 
@@ -69,7 +70,7 @@ def test_cut_at_every_event_boundary(estimator: Estimator, name: str, parser: st
 def test_count_tokens_is_free_not_consumption(estimator: Estimator) -> None:
     meter = Meter(DIALECTS["free.count_tokens"], "application/json", None)
     meter.feed(b'{"input_tokens": 2095}')
-    f = facts_for("free.count_tokens", "anthropic", meter.finish(), outcome="ok")
+    f = facts_for("free.count_tokens", "anthropic", meter.finish(), end=None)
     rec = build_record(f, estimator, PriceBook(), lambda c: None)
     assert (rec.input_tokens, rec.output_tokens, rec.cost_usd) == (0, 0, Decimal(0))
     assert json.loads(rec.usage_raw or "") == {"input_tokens": 2095}
@@ -78,7 +79,7 @@ def test_count_tokens_is_free_not_consumption(estimator: Estimator) -> None:
 def test_unpriced_model_has_null_cost(estimator: Estimator) -> None:
     meter = Meter(DIALECTS["openai.chat"], "application/json", None)
     meter.feed(b'{"model":"mystery-7b","usage":{"prompt_tokens":5,"completion_tokens":2}}')
-    rec = build_record(facts_for("openai.chat", "local", meter.finish(), outcome="ok"),
+    rec = build_record(facts_for("openai.chat", "local", meter.finish(), end=None),
                        estimator, PriceBook(), lambda c: None)
     assert rec.cost_usd is None and rec.price_source is None and rec.usage_source == "reported"
 
@@ -99,7 +100,7 @@ def test_request_info_from_the_request_path_spares_a_second_parse(estimator: Est
 
     obs = Observation(Usage(12, 0, 0, None, 3), response_model="gpt-4o-2024-08-06",
                       status="complete")
-    f = facts_for("openai.chat", "openai", obs, outcome="ok")
+    f = facts_for("openai.chat", "openai", obs, end=None)
     f.request_body = b"{ not json: a parse here would fail }"
     f.request_info = RequestInfo("gpt-4o", True, "user-7", None)
     rec = build_record(f, estimator, PriceBook(), lambda c: None)
@@ -107,7 +108,7 @@ def test_request_info_from_the_request_path_spares_a_second_parse(estimator: Est
     assert (rec.input_tokens, rec.output_tokens, rec.usage_source) == (12, 3, "reported")
     # input not reported: the estimate reads the body the handler parsed
     f2 = facts_for("openai.chat", "openai", Observation(Usage(None, None, None, None, 3)),
-                   outcome="ok")
+                   end=None)
     f2.request_info = RequestInfo("gpt-4o", True, None, None)
     f2.request_doc = json.loads(f2.request_body)
     f2.request_body = b"{ not json: a parse here would fail }"
@@ -203,7 +204,7 @@ async def test_find_waits_for_a_queued_call_and_keeps_the_recent_ones(
     recorder = Recorder(estimator, PriceBook(), lambda c: None, [])
     meter = Meter(DIALECTS["openai.chat"], "application/json", None)
     meter.feed(b'{"model":"gpt-4o","usage":{"prompt_tokens":5,"completion_tokens":2}}')
-    facts = facts_for("openai.chat", "openai", meter.finish(), outcome="ok")
+    facts = facts_for("openai.chat", "openai", meter.finish(), end=None)
     assert await recorder.find("c1") is None  # never seen: no wait
     recorder.submit(facts)  # queued: the worker has not built it yet
     waiting = asyncio.ensure_future(recorder.find("c1"))  # runs before the worker: waits
@@ -217,3 +218,22 @@ async def test_find_waits_for_a_queued_call_and_keeps_the_recent_ones(
         assert await recorder.find("c1") is None and len(recorder.recent) == RECENT
     finally:
         await recorder.aclose()
+
+
+def test_batch_lines_end_as_their_own_results(estimator: Estimator) -> None:
+    """A download cut after its last whole line: each line's row says how its request
+    ended (the file's own ending is not the line's); the download's status stays."""
+    meter = Meter(DIALECTS["openai.batch"], "application/octet-stream", None)
+    meter.feed((ROOT / "openai_batch" / "output.jsonl").read_bytes() + b'{"id": "batch_req_4"')
+    f = facts_for("openai.batch", "openai", meter.finish(), end=End.UPSTREAM_CUT)
+    f.stream, f.batch_id, f.operation = False, "file-out1", "batch"
+    recs = build_records(f, estimator, PriceBook(), lambda c: None)
+    assert [(r.outcome, r.status_code, r.error) for r in recs] == [
+        ("ok", 200, None), ("ok", 200, None),
+        ("upstream_error", 200, "provider error: server_error")]  # its type, never its text
+    # with no result lines the download is one ordinary row, ended as it was cut
+    empty = facts_for("openai.batch", "openai", Observation(), end=End.UPSTREAM_CUT)
+    empty.batch_id = "file-out1"
+    (rec,) = build_records(empty, estimator, PriceBook(), lambda c: None)
+    assert (rec.operation, rec.outcome, rec.status_code, rec.error) == (
+        "other", "upstream_aborted", 200, "upstream closed the stream early")
