@@ -41,6 +41,17 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(SQLITE_MIGRATIONS)
 
 
+def _write(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """On the connection's thread. A failure leaves the transaction open: `reset()` rolls
+    it back."""
+    db.execute("BEGIN IMMEDIATE")
+    row = db.execute("SELECT COALESCE(MAX(id), 0) FROM llm_usage").fetchone()
+    db.executemany(INSERT, rows)
+    for sql in _ROLLUP_NEW:
+        db.execute(sql, (row[0] if row else 0,))
+    db.execute("COMMIT")
+
+
 class SqliteBackend:
     kind = "sqlite"
     unavailable: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
@@ -79,13 +90,9 @@ class SqliteBackend:
 
     async def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
         conn = await self._connect()
-        await conn.execute("BEGIN IMMEDIATE")
-        async with conn.execute("SELECT COALESCE(MAX(id), 0) FROM llm_usage") as cur:
-            row = await cur.fetchone()
-        await conn.executemany(INSERT, rows)
-        for sql in _ROLLUP_NEW:
-            await conn.execute(sql, (row[0] if row else 0,))
-        await conn.execute("COMMIT")
+        # The whole transaction in one trip to aiosqlite's thread (its own queue, which
+        # every aiosqlite call goes through), not one trip per statement.
+        await conn._execute(_write, conn._conn, rows)
 
     async def reset(self) -> None:
         """After a failed write: roll back, or start over with a new connection."""
