@@ -328,6 +328,7 @@ class Forwarder:
         try:
             await out.prepare(request)
             write, feed, watching, now = out.write, meter.feed, self.recorder.watching, loop.time
+            last = resp.content.at_eof  # the body's last bytes: sent in one write with its end
             async for chunk in resp.content.iter_any():
                 t = watch.last = now()
                 if facts.first_byte is None:
@@ -337,6 +338,8 @@ class Forwarder:
                     data = client_filter.feed(chunk)
                     if data:
                         await write(data)
+                elif last():
+                    await out.write_eof(chunk)
                 else:
                     await write(chunk)
                 watch.writing = False
