@@ -4,9 +4,12 @@ Both proxies sit on CPU 0 (only the one under load uses it); the fake upstream a
 driver share CPU 1. For each scenario and concurrency, direct, floor and Tokenbooth run back
 to back, `--rounds` times, and it prints medians of the proxy's CPU microseconds per request
 (all threads, from /proc/<pid>/task/*/schedstat), added latency p50/p99 against direct,
-added first-chunk latency for streams, and at the end each proxy's peak RSS (VmHWM).
+added first-chunk latency for streams, and at the end each proxy's peak RSS (VmHWM). The
+level `max` drives MAX_CONCURRENCY clients at once, the proxy's heaviest load; each level
+also reports calls per second achieved and, in the summary, the calls per second one core
+sustains at that CPU cost (1e6 / µs per call).
 
-    python -m bench.run [--quick] [--rounds N]
+    python -m bench.run [--quick] [--rounds N] [--levels 1,16,64,max]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import aiohttp
 
 HERE = Path(__file__).parent
+MAX_CONCURRENCY = 256  # level `max`: the proxy's core saturates (calls/s is its throughput)
 TICK = os.sysconf("SC_CLK_TCK")
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Capital of Portugal?"}]}
 SCENARIOS = {
@@ -101,13 +105,16 @@ def pct(values: list[float], q: float) -> float:
 async def measure(url: str, scenario: str, pid: int | None, conc: int,
                   n: int) -> dict[str, float | None]:
     c0 = cpu_seconds(pid) if pid else 0.0
+    t0 = time.perf_counter()
     res = await load_url(url, scenario, conc, n)
+    wall = time.perf_counter() - t0
     c1 = cpu_seconds(pid) if pid else 0.0
     lat = [r[0] for r in res]
     first = [r[1] for r in res]
     return {"cpu_us_per_req": (c1 - c0) / n * 1e6 if pid else None,
             "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3,
-            "first_p50_ms": pct(first, 0.5) * 1e3, "mean_ms": statistics.fmean(lat) * 1e3}
+            "first_p50_ms": pct(first, 0.5) * 1e3, "mean_ms": statistics.fmean(lat) * 1e3,
+            "calls_per_s": n / wall}
 
 
 def median_of(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
@@ -131,10 +138,13 @@ async def measure_all(targets: dict[str, tuple[dict[str, str], int | None]], lev
                                                     conc, per_level[conc]))
             for name in targets:
                 m = median_of(runs[name])
-                out[name][f"{scenario}@{conc}"] = {"n": per_level[conc], "rounds": rounds, **m}
+                level = "max" if conc == MAX_CONCURRENCY else conc
+                out[name][f"{scenario}@{level}"] = {"n": per_level[conc], "rounds": rounds,
+                                                    **m}
                 cpu = m["cpu_us_per_req"]
                 print(f"  {name:10s} {scenario:14s} c={conc:<3d} p50={m['p50_ms']:7.2f}ms "
                       f"p99={m['p99_ms']:7.2f}ms first={m['first_p50_ms']:6.2f}ms "
+                      f"{m['calls_per_s']:6.0f}/s "
                       + (f"cpu={cpu:7.0f}us/req" if cpu is not None else ""), flush=True)
     for name, (_, pid) in targets.items():
         if pid:
@@ -162,7 +172,8 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str],
     for name in list(SCENARIOS):
         if name not in scenarios:
             del SCENARIOS[name]
-    per_level = {1: 60, 16: 320, 64: 640} if quick else {1: 150, 16: 800, 64: 1600}
+    per_level = {1: 60, 16: 320, 64: 640, MAX_CONCURRENCY: 1536} if quick else \
+        {1: 150, 16: 800, 64: 1600, MAX_CONCURRENCY: 3840}
     os.sched_setaffinity(0, {1} if 1 in os.sched_getaffinity(0) else os.sched_getaffinity(0))
     up_port, floor_port, tb_port = free_port(), free_port(), free_port()
     upstream = spawn([sys.executable, str(HERE / "fake_upstream.py"), str(up_port)], cpu=1)
@@ -172,7 +183,11 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str],
     cfg.write_text(
         f"upstreams:\n  openai: {{url: 'http://127.0.0.1:{up_port}'}}\n"
         f"  anthropic: {{url: 'http://127.0.0.1:{up_port}'}}\n"
-        f"ledger: {{path: '{tmp}/bench.db'}}\n")
+        f"ledger: {{path: '{tmp}/bench.db'}}\n"
+        # full metering: a blocking budget every call matches (admission reserves each
+        # call's worst case, the record settles it); never reached
+        "budgets:\n  - {name: bench, match: {}, limit_usd: 1000000000, window: day, "
+        "action: block}\n")
     try:
         direct = f"http://127.0.0.1:{up_port}"
         # Both proxies on CPU 0; only the one under load uses it at any time.
@@ -212,7 +227,8 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str],
         await asyncio.sleep(1.0)  # vocabularies load off the loop at start-up
         fb, tbb = f"http://127.0.0.1:{floor_port}/x", f"http://127.0.0.1:{tb_port}"
         print(f"direct / bare floor (aiohttp + uvloop pass-through) / tokenbooth (usage, "
-              f"ledger, metrics on); medians of {rounds} interleaved round(s):", flush=True)
+              f"ledger, metrics, a blocking budget on); medians of {rounds} interleaved "
+              f"round(s):", flush=True)
         targets = {
             "direct": ({"openai": direct, "anthropic": direct}, None),
             "floor": ({"openai": fb, "anthropic": fb}, floor.pid),
@@ -245,7 +261,8 @@ def summarize(results: dict[str, dict[str, object]]) -> None:
     d, f, t = (results[k] for k in ("direct", "floor", "tokenbooth"))
     print("\nsummary (added = through the proxy minus direct):")
     print(f"{'case':22s} {'floor cpu':>10s} {'tb cpu':>9s} {'ratio':>6s} "
-          f"{'tb +p50':>8s} {'tb +p99':>8s} {'floor +p50':>10s} {'tb +first':>9s}")
+          f"{'tb +p50':>8s} {'tb +p99':>8s} {'floor +p50':>10s} {'tb +first':>9s} "
+          f"{'1-core calls/s floor':>20s} {'tb':>5s}")
     ratios = []
     for key in d:
         fc, tc = f[key]["cpu_us_per_req"], t[key]["cpu_us_per_req"]
@@ -254,7 +271,8 @@ def summarize(results: dict[str, dict[str, object]]) -> None:
               f"{t[key]['p50_ms'] - d[key]['p50_ms']:6.2f}ms "
               f"{t[key]['p99_ms'] - d[key]['p99_ms']:6.2f}ms "
               f"{f[key]['p50_ms'] - d[key]['p50_ms']:8.2f}ms "
-              f"{t[key]['first_p50_ms'] - d[key]['first_p50_ms']:7.2f}ms")
+              f"{t[key]['first_p50_ms'] - d[key]['first_p50_ms']:7.2f}ms "
+              f"{1e6 / fc:20.0f} {1e6 / tc:5.0f}")
     print(f"\nCPU ratio tokenbooth/floor: mean {statistics.fmean(ratios):.2f}, "
           f"max {max(ratios):.2f}")
     geo = statistics.geometric_mean(t[k]["cpu_us_per_req"] for k in d)
@@ -284,7 +302,8 @@ def summarize(results: dict[str, dict[str, object]]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
-    parser.add_argument("--levels", default="1,16,64", help="concurrency levels")
+    parser.add_argument("--levels", default="1,16,64,max",
+                        help="concurrency levels; `max` saturates the proxy's core")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds per level; medians are reported")
@@ -295,5 +314,6 @@ if __name__ == "__main__":
                         help="also measure the proxy on a PostgreSQL ledger in the same rounds "
                              "(an empty database URL; default: a throwaway local cluster)")
     a = parser.parse_args()
-    asyncio.run(main_async(a.quick, [int(x) for x in a.levels.split(",")],
+    asyncio.run(main_async(a.quick, [MAX_CONCURRENCY if x == "max" else int(x)
+                                     for x in a.levels.split(",")],
                            a.scenarios.split(","), a.rounds, a.before, a.postgres))

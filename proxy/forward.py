@@ -92,6 +92,13 @@ def _parse(body: bytes) -> Any:
         return None
 
 
+class _WithFirstChunk(web.StreamResponse):
+    """A response whose head is sent together with the first body bytes (as aiohttp's own
+    web.Response does), for a body already received when the head is prepared."""
+
+    _send_headers_immediately = False
+
+
 class _Ended(Exception):
     """Internal: the call ended early with this response (already decided)."""
 
@@ -358,8 +365,13 @@ class Forwarder:
             route.provider.response_filter(
                 request.method, route.url, route.upstream.url,
                 lambda: f"{request.scheme}://{request.host}/{route.upstream.name}")
-        out = web.StreamResponse(status=resp.status, reason=resp.reason,
-                                 headers=hdr.inbound(rh, drop_length=client_filter is not None))
+        # The head waits for the body only when the body's first bytes are here already
+        # (one write to the client instead of two; nothing is held back): it goes out with
+        # the first chunk written just below.
+        cls = _WithFirstChunk if client_filter is None and resp.content.total_bytes \
+            else web.StreamResponse
+        out = cls(status=resp.status, reason=resp.reason,
+                  headers=hdr.inbound(rh, drop_length=client_filter is not None))
         out.headers["X-Meter-Call-Id"] = facts.call_id
         clean = False
         loop = asyncio.get_running_loop()
@@ -369,6 +381,7 @@ class Forwarder:
         try:
             await out.prepare(request)
             write, feed, watching, now = out.write, meter.feed, self.recorder.watching, loop.time
+            last = resp.content.at_eof  # the body's last bytes: sent in one write with its end
             async for chunk in resp.content.iter_any():
                 t = watch.last = now()
                 if facts.first_byte is None:
@@ -378,6 +391,8 @@ class Forwarder:
                     data = client_filter.feed(chunk)
                     if data:
                         await write(data)
+                elif last():
+                    await out.write_eof(chunk)
                 else:
                     await write(chunk)
                 watch.writing = False

@@ -12,8 +12,8 @@ NULLIF(x, '') alike.
 from __future__ import annotations
 
 __all__ = ["COST_SCALE", "COUNTERS", "ESTIMATED", "MEASURES", "PG_MIGRATIONS", "ROLLUPS",
-           "ROLLUP_DIMS", "SQLITE_MIGRATIONS", "UNPRICED", "cost_units", "rollup_upsert",
-           "rollups"]
+           "ROLLUP_DIMS", "SQLITE_MIGRATIONS", "UNPRICED", "cost_units", "rollup_add",
+           "rollup_upsert", "rollups"]
 
 COUNTERS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
             "reasoning_tokens", "total_tokens")
@@ -55,6 +55,15 @@ def rollup_upsert(flavor: str, source: str, where: str = "", sign: str = "",
     return (f"INSERT INTO {table} ({key}, {dims}, {', '.join(MEASURES)}) "
             f"SELECT substr(started_at, 1, {n}), {keys}, {sums} FROM {source} "
             f"{where or 'WHERE true'} GROUP BY {_group()} {_on_conflict(table, key)}")
+
+
+def rollup_add(table: str) -> str:
+    """INSERT one period's sums (key, dimensions, measures as parameters) into `table`,
+    adding to what the period holds already."""
+    key = next(r[1] for r in ROLLUPS if r[0] == table)
+    n = 1 + len(ROLLUP_DIMS) + len(MEASURES)
+    return (f"INSERT INTO {table} ({key}, {', '.join(ROLLUP_DIMS)}, {', '.join(MEASURES)}) "
+            f"VALUES ({', '.join('?' * n)}) {_on_conflict(table, key)}")
 
 
 def rollups(flavor: str, source: str, where: str = "", sign: str = "") -> list[str]:

@@ -13,7 +13,16 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from proxy import query
-from proxy.backends.schema import COST_SCALE, SQLITE_MIGRATIONS, rollups
+from proxy.backends.schema import (
+    COST_SCALE,
+    COUNTERS,
+    MEASURES,
+    ROLLUP_DIMS,
+    ROLLUPS,
+    SQLITE_MIGRATIONS,
+    rollup_add,
+    rollups,
+)
 from proxy.record import COLUMNS
 
 __all__ = ["INSERT", "SqliteBackend", "SqliteExportCursor", "connect_readonly", "migrate"]
@@ -22,6 +31,14 @@ INSERT = (f"INSERT OR IGNORE INTO llm_usage ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' * len(COLUMNS))})")
 BUSY_TIMEOUT_MS = 1000
 _ROLLUP_NEW = rollups("sqlite", "llm_usage", "WHERE id > ?")
+_ROLLUP_ADD = [(rollup_add(table), n) for table, _, n in ROLLUPS]
+_STARTED, _COST, _SOURCE, _OUTCOME = (COLUMNS.index(c) for c in (
+    "started_at", "cost_usd", "usage_source", "outcome"))
+_DIMS = tuple(COLUMNS.index(d) for d in ROLLUP_DIMS)
+_COUNTERS = tuple(enumerate((COLUMNS.index(c) for c in COUNTERS), start=1))
+_UNITS, _PRICED, _UNPRICED, _ESTIMATED = (MEASURES.index(m) for m in (
+    "cost_units", "priced_calls", "unpriced_calls", "estimated_calls"))
+_EXACT = 4503599627370496.0  # 2**52: SQLite's ROUND() is plain arithmetic up to here
 T = TypeVar("T")
 
 
@@ -39,6 +56,73 @@ def migrate(conn: sqlite3.Connection) -> int:
         conn.execute(f"PRAGMA user_version = {i}")
     conn.commit()
     return len(SQLITE_MIGRATIONS)
+
+
+def _write(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """On the connection's thread. A failure leaves the transaction open: `reset()` rolls
+    it back."""
+    db.execute("BEGIN IMMEDIATE")
+    row = db.execute("SELECT COALESCE(MAX(id), 0) FROM llm_usage").fetchone()
+    added = db.executemany(INSERT, rows).rowcount
+    folded = _fold(rows) if added == len(rows) else None
+    if folded is None:  # some rows were there already (a replay): SQL sums the new ones
+        for sql in _ROLLUP_NEW:
+            db.execute(sql, (row[0] if row else 0,))
+    else:
+        for (sql, _), values in zip(_ROLLUP_ADD, folded, strict=True):
+            db.executemany(sql, values)
+    db.execute("COMMIT")
+
+
+def _cost_units(cost: Any) -> int | None:
+    """CAST(ROUND(cost_usd * COST_SCALE) AS INTEGER) as SQLite computes it (the same double
+    product, rounded half away from zero); None where that is not plain arithmetic."""
+    r = float(cost) * COST_SCALE
+    if not -_EXACT <= r <= _EXACT:  # NaN too
+        return None
+    return int(r + (-0.5 if r < 0 else 0.5))
+
+
+def _fold(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]] | None:
+    """A batch of new rows summed per period and dimensions, for each roll-up (hourly,
+    daily): what `rollup_upsert` computes in SQL, here with one GROUP BY pass in Python
+    instead of two in SQLite. None if a row's cost needs SQLite's own rounding."""
+    hours: dict[tuple[Any, ...], list[int]] = {}
+    for row in rows:
+        cost = row[_COST]
+        units = 0
+        if cost is not None:
+            units = _cost_units(cost)
+            if units is None:
+                return None
+        key = (row[_STARTED][:13], *["" if row[i] is None else row[i] for i in _DIMS])
+        m = hours.get(key)
+        if m is None:
+            m = hours[key] = [0] * len(MEASURES)
+        m[0] += 1
+        for j, i in _COUNTERS:
+            if row[i]:
+                m[j] += row[i]
+        if cost is not None:
+            m[_UNITS] += units
+            m[_PRICED] += 1
+        elif row[_OUTCOME] == "ok" or row[_SOURCE] != "none":  # schema.UNPRICED's rule
+            m[_UNPRICED] += 1
+        if row[_SOURCE] in ("estimated", "partial"):
+            m[_ESTIMATED] += 1
+    out = []
+    for _, _, n in ROLLUPS:
+        periods: dict[tuple[Any, ...], list[int]] = {}
+        for key, m in hours.items():
+            k = (key[0][:n], *key[1:])
+            p = periods.get(k)
+            if p is None:
+                periods[k] = list(m)
+            else:
+                for j, v in enumerate(m):
+                    p[j] += v
+        out.append([(*k, *m) for k, m in periods.items()])
+    return out
 
 
 class SqliteBackend:
@@ -79,13 +163,9 @@ class SqliteBackend:
 
     async def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
         conn = await self._connect()
-        await conn.execute("BEGIN IMMEDIATE")
-        async with conn.execute("SELECT COALESCE(MAX(id), 0) FROM llm_usage") as cur:
-            row = await cur.fetchone()
-        await conn.executemany(INSERT, rows)
-        for sql in _ROLLUP_NEW:
-            await conn.execute(sql, (row[0] if row else 0,))
-        await conn.execute("COMMIT")
+        # The whole transaction in one trip to aiosqlite's thread (its own queue, which
+        # every aiosqlite call goes through), not one trip per statement.
+        await conn._execute(_write, conn._conn, rows)
 
     async def reset(self, broken: bool = False) -> None:
         """After a failed write: roll back and start over with a new connection. A

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import aiohttp
+from aiohttp import web
 
 from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy, sse
 
@@ -126,6 +127,33 @@ async def test_each_chunk_arrives_before_the_next_is_sent(upstream: FakeUpstream
     assert len(arrivals) == len(chunks)  # never coalesced, never split
     for i in range(len(chunks) - 1):
         assert arrivals[i][0] < upstream.sent[i + 1]
+
+
+async def test_the_head_of_a_json_response_is_not_held_for_its_body(
+        upstream: FakeUpstream, proxy: Proxy) -> None:
+    """A non-streamed answer whose upstream sends the head before the body: the client gets
+    the head at once (the proxy joins head and body in one write only when the body is
+    already there)."""
+    got_head = asyncio.Event()
+
+    async def head_then_body(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await asyncio.wait_for(got_head.wait(), 5)  # the body only once the head went through
+        await resp.write(CHAT_JSON)
+        await resp.write_eof()
+        return resp
+
+    upstream.on("/v1/chat/completions", head_then_body)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}/openai/v1/chat/completions",
+                          json={"model": "gpt-4o", "messages": []}) as r:
+            got_head.set()
+            assert r.status == 200 and r.headers["X-Meter-Call-Id"]
+            assert await r.read() == CHAT_JSON
+    rec = (await proxy.collector.wait_for(1))[0]
+    assert (rec.outcome, rec.input_tokens, rec.output_tokens) == ("ok", 2310, 7)
 
 
 async def test_several_mib_sse_line_passes(upstream: FakeUpstream, proxy: Proxy) -> None:
