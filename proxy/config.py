@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from proxy.backends import is_postgres, mask_url
+from proxy.backends.registry import UnknownLedger, mask_url, parse_url
 from proxy.dialects import BUILTIN_UPSTREAMS, DEFAULT_PROVIDER, DIALECTS, PROVIDERS
 from proxy.dialects.bedrock.sigv4 import AwsCredentials
 
@@ -110,7 +110,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Forwarding knobs (not in the SPEC example, all optional)."""
+    """Forwarding knobs (all optional)."""
 
     max_body_bytes: int = 32 * 1024 * 1024
     connect_timeout_seconds: float = 10.0
@@ -135,19 +135,20 @@ class LedgerConfig:
 
     @property
     def target(self) -> str:
-        """What the ledger opens: the PostgreSQL URL, or the SQLite path."""
-        return self.url if self.postgres else self.path
+        """What the ledger opens: a server's URL (`url`), or the SQLite file (`path`)."""
+        return self.url if self.url is not None and self.shared else self.path
 
     @property
-    def postgres(self) -> bool:
-        return is_postgres(self.url)
+    def shared(self) -> bool:
+        """A server's ledger (PostgreSQL), not a local file."""
+        return self.url is not None and not parse_url(self.url).local
 
     @property
     def spool(self) -> str:
         if self.spool_path:
             return self.spool_path
-        if self.postgres:
-            return str(Path(self.path).parent / "tokenbooth-postgresql.spool")
+        if self.url is not None and self.shared:
+            return str(Path(self.path).parent / f"tokenbooth-{parse_url(self.url).scheme}.spool")
         return f"{self.path}.spool"
 
 
@@ -436,11 +437,12 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     url = ledger_r.get("url", str, None)
     path = ledger_r.get("path", str, "./tokenbooth.db")
     if url is not None:
-        if url.startswith("sqlite:///"):
-            path = url[len("sqlite:///"):] or path
-        elif not is_postgres(url):
-            raise ConfigError(f"ledger.url: {mask_url(url)!r} is neither sqlite:///<path> "
-                              f"nor postgresql://user:pass@host:5432/db")
+        try:
+            parsed = parse_url(url)
+        except UnknownLedger as exc:
+            raise ConfigError(f"ledger.url: {exc}") from None
+        if parsed.local and url != "sqlite:///":  # no path in the URL: `path` stands
+            path = parsed.target
     retention = ledger_r.get("retention_days", float, None)
     ledger = LedgerConfig(
         url=url, path=path,

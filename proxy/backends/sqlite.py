@@ -8,11 +8,12 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
-from proxy import query
+from proxy.backends import query
+from proxy.backends.base import FleetBackend, LedgerBackend
 from proxy.backends.schema import COST_SCALE, SQLITE_MIGRATIONS, rollups
 from proxy.record import COLUMNS
 
@@ -42,8 +43,11 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class SqliteBackend:
+    """A `LedgerBackend` on one local file (not a fleet's: `fleet` is None)."""
+
     kind = "sqlite"
     unavailable: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+    fleet: FleetBackend | None = None
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -264,3 +268,8 @@ class SqliteExportCursor:
 
     async def release(self) -> None:
         self._after = None
+
+
+if TYPE_CHECKING:  # mypy holds the class to the interface
+    def _is_a_ledger(backend: SqliteBackend) -> LedgerBackend:
+        return backend
