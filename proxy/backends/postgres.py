@@ -170,7 +170,7 @@ class PostgresBackend:
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), 5)
-            except (TimeoutError, *self.unavailable):
+            except self.unavailable:  # TimeoutError among them
                 self._pool.terminate()
             self._pool = None
 
@@ -395,7 +395,7 @@ class PgExportCursor:
         if conn is not None and not conn.is_closed():
             try:
                 await conn.close(timeout=2)
-            except (*self.unavailable, OSError):
+            except self.unavailable:  # OSError among them
                 conn.terminate()
 
 

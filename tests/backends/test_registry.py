@@ -102,3 +102,15 @@ def test_no_module_outside_the_backends_asks_which_backend_it_has() -> None:
         if "SqliteBackend" in text or "PostgresBackend" in text:
             naming.add(rel)
     assert naming <= {"proxy/sinks/budgets.py"}
+
+
+def test_each_backend_keeps_the_interface_as_mypy_reads_it() -> None:
+    """`mypy --strict` on proxy/backends/: each backend module holds its class to
+    LedgerBackend (SQLite) or FleetBackend (PostgreSQL), so a missing or misspelt method
+    is a type error, not a crash in production."""
+    done = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir",
+                           str(ROOT / ".mypy_cache"), "--strict", "--follow-imports=silent",
+                           "proxy/backends"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Success: no issues found" in done.stdout, done.stdout
