@@ -242,3 +242,20 @@ async def test_find_waits_for_a_queued_call_and_keeps_the_recent_ones(
         assert await recorder.find("c1") is None and len(recorder.recent) == RECENT
     finally:
         await recorder.aclose()
+
+
+def test_build_record_is_the_only_builder_of_a_call_record() -> None:
+    """Live calls, batch result lines and imported transcripts all become records through
+    build_record: a new column is written there once, nowhere else."""
+    import ast
+
+    builders = []
+    for path in sorted((ROOT.parent.parent / "proxy").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "CallRecord":
+                    builders.append(f"{path.name}:{fn.name}")
+    assert builders == ["recorder.py:build_record"]

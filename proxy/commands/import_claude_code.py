@@ -1,6 +1,7 @@
 """`tokenbooth import claude-code [PATH]`: backfill Claude Code's own transcripts. One row
-per API call, `usage_source` `client_log`, priced like a proxied call, skipping calls the
-proxy metered already and calls an earlier import wrote."""
+per API call, `usage_source` `client_log`, built by the same `recorder.build_record` as a
+proxied call (so priced alike), skipping calls the proxy metered already and calls an
+earlier import wrote."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 from proxy.backends import LedgerBackend, query
 from proxy.commands.common import with_ledger
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "transcript_facts"]
 
 if TYPE_CHECKING:
     from proxy.dialects.anthropic.claude_code import TranscriptCall
+    from proxy.record import CallFacts
 
 
 def add_parser(sub: Any, add_common: Callable[..., None]) -> argparse.ArgumentParser:
@@ -51,13 +53,37 @@ def _transcript(path: Path, seen: set[str], errors: list[tuple[int, str]],
         return list(read_transcript(f, seen, errors, latest))
 
 
-def run(args: argparse.Namespace, config: Any) -> int:
-    import json
-
-    from proxy.dialects import price_provider
+def transcript_facts(call: TranscriptCall, written: float, dialect: str | None,
+                     price_provider: str | None) -> CallFacts:
+    """The facts of one transcript call, as the proxy would have seen them: an Anthropic
+    Messages call whose response reported `call.usage`. `written`: when the transcript
+    was written (the call's time when it names none)."""
     from proxy.dialects.anthropic.usage import from_anthropic
+    from proxy.dialects.base import Observation
+    from proxy.record import CallFacts, iso_utc
+
+    tags = {"agent": "claude-code", "source": "claude_code_log"}
+    if call.session_id:
+        tags["session"] = call.session_id
+    if call.agent_id:
+        tags["claude_code_agent"] = call.agent_id
+    return CallFacts(
+        call_id="cc" + hashlib.sha256(call.message_id.encode()).hexdigest()[:22],
+        started=written, t0=0.0, ended=0.0, logged_at=call.timestamp or iso_utc(written),
+        upstream="anthropic", dialect=dialect, operation="messages", method="POST",
+        path="/anthropic/v1/messages", path_model=call.model, tags=tags,
+        price_provider=price_provider, usage_from="client_log",
+        observation=Observation(usage=from_anthropic(call.usage), usage_raw=call.usage,
+                                response_model=call.model,
+                                upstream_request_id=call.message_id))
+
+
+def run(args: argparse.Namespace, config: Any) -> int:
+    from proxy.dialects import price_provider
+    from proxy.estimate import Estimator
     from proxy.pricing import PriceBook
-    from proxy.record import COLUMNS, CallRecord, iso_utc
+    from proxy.record import COLUMNS, iso_utc
+    from proxy.recorder import build_record
 
     root = Path(args.path).expanduser() if args.path else Path.home() / ".claude" / "projects"
     if not root.exists():
@@ -67,11 +93,15 @@ def run(args: argparse.Namespace, config: Any) -> int:
     dialect = up.dialect if up is not None else None
     pid = price_provider(up.dialect, up.name) if up is not None else None
     prices = PriceBook(config.prices)
+    estimator = Estimator(dict(config.estimation_factors))  # never used: usage is reported
     seen: set[str] = set()
     bad = imported = skipped = again = tokens = not_files = 0
     cost, sessions, unpriced = Decimal(0), set(), 0
     show = sys.stderr.isatty() or args.progress
     latest = iso_utc(time.time() + 86400)  # a time later than tomorrow is not a real call
+
+    def no_key(_credential: str | None) -> None:  # a transcript holds no credential
+        return None
 
     async def work(backend: LedgerBackend) -> None:
         nonlocal bad, imported, skipped, again, tokens, cost, unpriced, not_files
@@ -98,37 +128,16 @@ def run(args: argparse.Namespace, config: Any) -> int:
                 if c.message_id in imported_before:
                     again += 1
                     continue
-                usage = from_anthropic(c.usage)
-                price = prices.price(c.model, pid, usage)
-                ts = c.timestamp or iso_utc(path.stat().st_mtime)
-                tags = {"agent": "claude-code", "source": "claude_code_log"}
-                if c.session_id:
-                    tags["session"] = c.session_id
-                if c.agent_id:
-                    tags["claude_code_agent"] = c.agent_id
-                rec = CallRecord(
-                    call_id="cc" + hashlib.sha256(c.message_id.encode()).hexdigest()[:22],
-                    started_at=ts, ended_at=ts, duration_ms=0.0, ttft_ms=None,
-                    upstream="anthropic", dialect=dialect,
-                    operation="messages", method="POST", path="/anthropic/v1/messages",
-                    request_model=c.model, response_model=c.model, model=price.model,
-                    stream=False, status_code=None, outcome="ok",
-                    input_tokens=usage.input_tokens, cache_read_tokens=usage.cache_read_tokens,
-                    cache_write_tokens=usage.cache_write_tokens,
-                    output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens,
-                    total_tokens=usage.total_tokens, usage_source="client_log", estimator=None,
-                    cost_usd=price.cost_usd, price_source=price.source, agent="claude-code",
-                    session=c.session_id, run=None, tags=tags, end_user=None,
-                    client=None, key_id=None, upstream_request_id=c.message_id, error=None,
-                    usage_raw=json.dumps(c.usage, separators=(",", ":")),
-                    service_tier=usage.service_tier, priced_units=usage.priced_units() or None)
+                written = 0.0 if c.timestamp else path.stat().st_mtime
+                facts = transcript_facts(c, written, dialect, pid)
+                rec = build_record(facts, estimator, prices, no_key)
                 rows.append(rec.to_row())
                 imported += 1
-                tokens += usage.total_tokens or 0
-                if price.cost_usd is None:
+                tokens += rec.total_tokens or 0
+                if rec.cost_usd is None:
                     unpriced += 1
                 else:
-                    cost += price.cost_usd
+                    cost += rec.cost_usd
                 if c.session_id:
                     sessions.add(c.session_id)
             if rows:
