@@ -136,18 +136,17 @@ class LedgerConfig:
     @property
     def target(self) -> str:
         """What the ledger opens: a server's URL (`url`), or the SQLite file (`path`)."""
-        return self.url if self.url is not None and self.shared else self.path
+        return self.url if self.shared and self.url else self.path
 
     @property
-    def shared(self) -> bool:
-        """A server's ledger (PostgreSQL), not a local file."""
+    def shared(self) -> bool:  # a server's ledger (PostgreSQL), not a local file
         return self.url is not None and not parse_url(self.url).local
 
     @property
     def spool(self) -> str:
         if self.spool_path:
             return self.spool_path
-        if self.url is not None and self.shared:
+        if self.shared and self.url:
             return str(Path(self.path).parent / f"tokenbooth-{parse_url(self.url).scheme}.spool")
         return f"{self.path}.spool"
 
