@@ -16,7 +16,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy import query, state
+from proxy import state
+from proxy.backends import query
 from proxy.forward import error_response
 from proxy.record import COLUMNS
 

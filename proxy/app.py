@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry
 
 from proxy import admin, state
 from proxy.admission import Admission
-from proxy.backends.postgres import PostgresBackend
 from proxy.config import Config
 from proxy.estimate import Estimator
 from proxy.fleet import Fleet
@@ -102,9 +101,9 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         await ledger.open()
         backend = ledger.backend
         fleet = None
-        if isinstance(backend, PostgresBackend):  # one secret for the fleet's key ids
-            recorder.fingerprint = KeyFingerprinter(await backend.secret())
-            fleet = Fleet(backend, budgets, feed)
+        if backend.fleet is not None:  # a shared ledger: one secret for the fleet's key ids
+            recorder.fingerprint = KeyFingerprinter(await backend.fleet.secret())
+            fleet = Fleet(backend.fleet, budgets, feed)
             ledger.on_committed = budgets.rows_written
         else:
             recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,

@@ -1,4 +1,5 @@
-"""The `tokenbooth` command: serve | check-config | report | calls | prices."""
+"""The `tokenbooth` command: `serve`, `check-config`, `prices`, and the ledger's commands
+(`proxy/commands/`): `report`, `reprice`, `import`, `copy-ledger`, `calls`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from proxy import __version__
-from proxy.backends import is_postgres
+from proxy.backends.registry import UnknownLedger, parse_url
 from proxy.config import Config, ConfigError, load
 
 __all__ = ["main"]
@@ -32,11 +33,14 @@ def _config(args: argparse.Namespace) -> Config:
         config = replace(config, port=args.port)
     db = getattr(args, "db", None)
     if db:
-        if is_postgres(db):
-            config = replace(config, ledger=replace(config.ledger, url=db))
+        try:
+            url = parse_url(db)
+        except UnknownLedger as exc:
+            raise ConfigError(f"--db: {exc}") from None
+        if url.local:
+            config = replace(config, ledger=replace(config.ledger, url=None, path=url.target))
         else:
-            config = replace(config, ledger=replace(config.ledger, url=None,
-                                                    path=db.removeprefix("sqlite:///")))
+            config = replace(config, ledger=replace(config.ledger, url=db))
     return config
 
 
@@ -184,7 +188,8 @@ def _add_common(p: argparse.ArgumentParser, db: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from proxy import reports
+    from proxy.commands import COMMANDS
+    from proxy.commands.common import runner
 
     parser = argparse.ArgumentParser(prog="tokenbooth", description="Metering LLM proxy.")
     parser.add_argument("--version", action="version", version=f"tokenbooth {__version__}")
@@ -203,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_prices)
-    reports.add_commands(sub, _add_common, _config)
+    for command in COMMANDS:
+        command.add_parser(sub, _add_common).set_defaults(func=runner(command.run, _config))
     return parser
 
 

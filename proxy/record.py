@@ -51,7 +51,8 @@ def iso_utc(ts: float) -> str:
 
 @dataclass(slots=True)
 class CallFacts:
-    """Raw facts from the handler; the recorder turns them into a CallRecord."""
+    """Raw facts of one call: what the handler saw, a batch's result line, or a call read
+from a client's own log. `recorder.build_record` turns them into the CallRecord."""
 
     call_id: str
     started: float  # wall clock, seconds
@@ -81,6 +82,10 @@ class CallFacts:
     free: bool = False
     batch_id: str | None = None  # a batch-results download
     price_provider: str | None = None  # genai-prices provider id
+    # Where the usage came from when not from the provider's response: "client_log" (a
+    # client's own transcript, imported). It is then the row's usage_source as it stands.
+    usage_from: str | None = None
+    logged_at: str | None = None  # a logged call's time as the log wrote it (ledger text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,8 +107,10 @@ def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
 def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
                  fingerprint: Callable[[str | None], str | None],
                  line: bool = False) -> CallRecord:
-    """The only code that combines usage, estimation and price. Pure and synchronous.
-    `line`: the facts are one result line of a batch download."""
+    """The only code that combines usage, estimation and price, and the only one that
+    builds a CallRecord (live calls, batch result lines, imported transcripts): a new
+    column is written here once. Pure and synchronous. `line`: the facts are one result
+    line of a batch download."""
     obs = facts.observation
     dialect = DIALECTS.get(facts.parser) if facts.parser else None
     usage = obs.usage or Usage()
@@ -154,6 +156,8 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         usage_source = "partial"
     else:
         usage_source = "none"
+    if facts.usage_from is not None:
+        usage_source = facts.usage_from
     if usage.input_tokens is not None and (usage.cache_read_tokens is None
                                            or usage.cache_write_tokens is None):
         usage = usage.with_cache_known()
@@ -170,12 +174,16 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     if facts.stream and facts.first_byte is not None:
         ttft = round((facts.first_byte - facts.t0) * 1000, 3)
     duration = max(facts.ended - facts.t0, 0.0)
+    if facts.logged_at is not None:  # a call read from a log: its time as written
+        started_at = ended_at = facts.logged_at
+    else:
+        started_at, ended_at = iso_utc(facts.started), iso_utc(facts.started + duration)
     end = ending(facts.end, detail=facts.end_detail, status=facts.status_code,
                  answer=obs.status, answer_error=obs.error, line=line)
     tags = facts.tags
     return CallRecord(
-        call_id=facts.call_id, started_at=iso_utc(facts.started),
-        ended_at=iso_utc(facts.started + duration), duration_ms=round(duration * 1000, 3),
+        call_id=facts.call_id, started_at=started_at, ended_at=ended_at,
+        duration_ms=round(duration * 1000, 3),
         ttft_ms=ttft, upstream=facts.upstream, dialect=facts.dialect,
         operation=facts.operation, method=facts.method, path=facts.path,
         request_model=request_model, response_model=obs.response_model, model=priced_model,

@@ -1,8 +1,8 @@
 """Which upstream, which operation and which usage parser serve a request path.
 
 The upstream's dialect names its provider home, whose route table picks the operation
-(SPEC section 2). An unknown path of a known upstream is still forwarded and recorded
-(operation `other`, usage none or estimated).
+(docs/reference.md lists the routes). An unknown path of a known upstream is still
+forwarded and recorded (operation `other`, usage none or estimated).
 """
 
 from __future__ import annotations

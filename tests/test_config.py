@@ -285,3 +285,19 @@ def test_each_default_is_the_dataclass_field_default_and_each_field_is_a_key(
     assert all(getattr(defaults, n) != 7 for n in names)
     got = read(dict.fromkeys(names, 7))
     assert {n: getattr(got, n) for n in names} == dict.fromkeys(names, 7)
+
+
+def test_a_ledger_url_of_no_backend_is_a_config_error(tmp_path: Path) -> None:
+    """Once `mysql://...` became a SQLite file named `mysql:`; now it names the URLs that
+    work, and a SQLite URL still sets the file."""
+    with pytest.raises(ConfigError) as info:
+        parse({"ledger": {"url": "mysql://tb:pw@db/tb"}}, env={})
+    message = str(info.value)
+    assert message.startswith("ledger.url: 'mysql://tb:***@db/tb': no ledger backend for "
+                              "mysql://")
+    assert "sqlite:///<path>" in message and "postgresql://" in message
+    config = parse({"ledger": {"url": f"sqlite:///{tmp_path}/l.db"}}, env={})
+    assert config.ledger.target == f"{tmp_path}/l.db" and not config.ledger.shared
+    config = parse({"ledger": {"url": "postgres://db/tb"}}, env={})
+    assert config.ledger.target == "postgres://db/tb" and config.ledger.shared
+    assert config.ledger.spool == "tokenbooth-postgresql.spool"

@@ -162,4 +162,4 @@ def test_fleet_stack_has_postgres_three_replicas_a_balancer_and_per_replica_scra
 
     os.environ.setdefault("TOKENBOOTH_DB_URL", "postgresql://u:p@postgres:5432/tokenbooth")
     config = load(str(fleet / "config.yaml"))
-    assert config.ledger.postgres and config.ledger.retention_days == 90
+    assert config.ledger.shared and config.ledger.retention_days == 90

@@ -237,3 +237,20 @@ def test_batch_lines_end_as_their_own_results(estimator: Estimator) -> None:
     (rec,) = build_records(empty, estimator, PriceBook(), lambda c: None)
     assert (rec.operation, rec.outcome, rec.status_code, rec.error) == (
         "other", "upstream_aborted", 200, "upstream closed the stream early")
+
+
+def test_build_record_is_the_only_builder_of_a_call_record() -> None:
+    """Live calls, batch result lines and imported transcripts all become records through
+    build_record: a new column is written there once, nowhere else."""
+    import ast
+
+    builders = []
+    for path in sorted((ROOT.parent.parent / "proxy").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "CallRecord":
+                    builders.append(f"{path.name}:{fn.name}")
+    assert builders == ["recorder.py:build_record"]

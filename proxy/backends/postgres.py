@@ -23,12 +23,12 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from proxy import query
-from proxy.backends import mask_url
+from proxy.backends import mask_url, query
+from proxy.backends.base import FleetBackend
 from proxy.backends.schema import COST_SCALE, PG_MIGRATIONS, rollups
 from proxy.record import COLUMNS
 
@@ -98,9 +98,16 @@ async def migrate(conn: asyncpg.Connection) -> int:
 
 
 class PostgresBackend:
+    """A `LedgerBackend` on a server, shared by a fleet: also its `FleetBackend`."""
+
     kind = "postgresql"
     unavailable: tuple[type[BaseException], ...] = (
         asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+    path: str | None = None  # no local file
+
+    @property
+    def fleet(self) -> PostgresBackend:
+        return self
 
     def __init__(self, url: str, pool_size: int = 6) -> None:
         self.url = url
@@ -163,7 +170,7 @@ class PostgresBackend:
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), 5)
-            except (TimeoutError, *self.unavailable):
+            except self.unavailable:  # TimeoutError among them
                 self._pool.terminate()
             self._pool = None
 
@@ -388,5 +395,10 @@ class PgExportCursor:
         if conn is not None and not conn.is_closed():
             try:
                 await conn.close(timeout=2)
-            except (*self.unavailable, OSError):
+            except self.unavailable:  # OSError among them
                 conn.terminate()
+
+
+if TYPE_CHECKING:  # mypy holds the class to the interface
+    def _is_a_fleet_ledger(backend: PostgresBackend) -> FleetBackend:
+        return backend

@@ -8,11 +8,12 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
-from proxy import query
+from proxy.backends import query
+from proxy.backends.base import FleetBackend, LedgerBackend
 from proxy.backends.schema import (
     COST_SCALE,
     COUNTERS,
@@ -92,9 +93,10 @@ def _fold(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]] | None
         cost = row[_COST]
         units = 0
         if cost is not None:
-            units = _cost_units(cost)
-            if units is None:
+            got = _cost_units(cost)
+            if got is None:
                 return None
+            units = got
         key = (row[_STARTED][:13], *["" if row[i] is None else row[i] for i in _DIMS])
         m = hours.get(key)
         if m is None:
@@ -126,8 +128,11 @@ def _fold(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]] | None
 
 
 class SqliteBackend:
+    """A `LedgerBackend` on one local file (not a fleet's: `fleet` is None)."""
+
     kind = "sqlite"
     unavailable: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+    fleet: FleetBackend | None = None
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -165,7 +170,7 @@ class SqliteBackend:
         conn = await self._connect()
         # The whole transaction in one trip to aiosqlite's thread (its own queue, which
         # every aiosqlite call goes through), not one trip per statement.
-        await conn._execute(_write, conn._conn, rows)
+        await conn._execute(_write, conn._conn, rows)  # type: ignore[no-untyped-call]
 
     async def reset(self, broken: bool = False) -> None:
         """After a failed write: roll back and start over with a new connection. A
@@ -344,3 +349,8 @@ class SqliteExportCursor:
 
     async def release(self) -> None:
         self._after = None
+
+
+if TYPE_CHECKING:  # mypy holds the class to the interface
+    def _is_a_ledger(backend: SqliteBackend) -> LedgerBackend:
+        return backend

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.backends import is_postgres, mask_url
+from proxy.backends.registry import mask_url, parse_url
 from proxy.dialects import DIALECTS
 from proxy.dialects.bedrock.sigv4 import AwsCredentials
 
@@ -128,19 +128,19 @@ class LedgerConfig:
 
     @property
     def target(self) -> str:
-        """What the ledger opens: the PostgreSQL URL, or the SQLite path."""
-        return self.url if self.postgres else self.path
+        """What the ledger opens: a server's URL (`url`), or the SQLite file (`path`)."""
+        return self.url if self.shared and self.url else self.path
 
     @property
-    def postgres(self) -> bool:
-        return is_postgres(self.url)
+    def shared(self) -> bool:  # a server's ledger (PostgreSQL), not a local file
+        return self.url is not None and not parse_url(self.url).local
 
     @property
     def spool(self) -> str:
         if self.spool_path:
             return self.spool_path
-        if self.postgres:
-            return str(Path(self.path).parent / "tokenbooth-postgresql.spool")
+        if self.shared and self.url:
+            return str(Path(self.path).parent / f"tokenbooth-{parse_url(self.url).scheme}.spool")
         return f"{self.path}.spool"
 
 

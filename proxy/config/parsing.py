@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, fields
 from typing import Any, get_args, get_type_hints
 
-from proxy.backends import is_postgres, mask_url
+from proxy.backends.registry import UnknownLedger, parse_url
 from proxy.config.model import (
     BUDGET_ACTIONS,
     BUDGET_LEDGER_DOWN,
@@ -271,11 +271,12 @@ def _ledger(r: _Reader) -> LedgerConfig:
     url = r.get("url", str, None)
     path = r.get("path", str, _default(LedgerConfig, "path"))
     if url is not None:
-        if url.startswith("sqlite:///"):
-            path = url[len("sqlite:///"):] or path
-        elif not is_postgres(url):
-            raise ConfigError(f"ledger.url: {mask_url(url)!r} is neither sqlite:///<path> "
-                              f"nor postgresql://user:pass@host:5432/db")
+        try:
+            parsed = parse_url(url)
+        except UnknownLedger as exc:
+            raise ConfigError(f"ledger.url: {exc}") from None
+        if parsed.local and url != "sqlite:///":  # no path in the URL: `path` stands
+            path = parsed.target
     return LedgerConfig(url=url, path=path, spool_path=r.get("spool_path", str, None),
                         **_numbers(r, LedgerConfig,
                                    ("queue_rows", "flush_seconds", "retention_days")))

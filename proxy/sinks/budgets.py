@@ -23,8 +23,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from proxy.backends import LedgerBackend
 from proxy.backends.postgres import PostgresBackend
-from proxy.backends.sqlite import SqliteBackend
 from proxy.config import BudgetConfig
 from proxy.record import CallRecord
 
@@ -145,7 +145,7 @@ class Budgets:
             self._spend.labels(s.cfg.name).set(float(s.spend))
             self._set_window(s)
 
-    async def restore(self, backend: SqliteBackend | PostgresBackend) -> None:
+    async def restore(self, backend: LedgerBackend) -> None:
         """Spend so far in each window, from the ledger: the roll-up's whole hours (a window
         starts on the hour), raw rows only where a budget matches on a tag or session. On a
         shared ledger, this replica's budgets are defined there (spend counted from the

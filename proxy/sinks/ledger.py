@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from proxy.backends import LedgerUnavailable, open_backend
+from proxy.backends import ExportCursor, LedgerBackend, LedgerUnavailable, open_backend
 from proxy.record import COLUMNS, CallRecord
 from proxy.tasks import spawn
 
@@ -45,8 +45,8 @@ class Ledger:
                  spool_path: str | None = None, retention_days: float | None = None) -> None:
         """`target`: a SQLite path or a `ledger.url`. `retention_days`: raw rows older than
         this are deleted (hourly); their hours stay in the roll-up."""
-        self.backend = open_backend(target)
-        self.path = getattr(self.backend, "path", None)  # SQLite's file
+        self.backend: LedgerBackend = open_backend(target)
+        self.path = self.backend.path  # SQLite's file
         self.spool_path = Path(spool_path or f"{self.path or 'tokenbooth-ledger'}.spool")
         # Rows neither the database nor the spool would take (a full disk): held here,
         # retried, and dropped (counted) only past `queue_rows`.
@@ -80,7 +80,7 @@ class Ledger:
         if self.retention_days:
             self._retention = spawn(self._retain(), name="tokenbooth-retention")
 
-    def export_cursor(self, sink: str) -> Any:
+    def export_cursor(self, sink: str) -> ExportCursor:
         """The backend's cursor of an export sink that delivers from this ledger."""
         return self.backend.export_cursor(sink)
 

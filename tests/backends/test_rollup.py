@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from proxy.backends import is_postgres, open_backend
+from proxy.backends import open_backend, parse_url
 from proxy.backends.schema import PG_MIGRATIONS, SQLITE_MIGRATIONS
 from proxy.sinks.ledger import Ledger
 from tests.factories import make_record
@@ -169,7 +169,7 @@ async def test_budget_spend_reads_hours_and_tags_alike(target: str) -> None:
 async def _old_ledger(target: str, sql: str) -> None:
     """Make the ledger look like one from before the last migration: run `sql` and set its
     schema version back by one."""
-    if is_postgres(target):
+    if not parse_url(target).local:
         version = len(PG_MIGRATIONS) - 1
         db = await asyncpg.connect(target)
         try:

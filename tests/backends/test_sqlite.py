@@ -13,9 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from proxy.backends.query import QueryError
 from proxy.backends.schema import SQLITE_MIGRATIONS as MIGRATIONS
 from proxy.backends.sqlite import SqliteBackend, migrate
-from proxy.query import QueryError
 from proxy.sinks.ledger import Ledger
 from tests.conftest import FakeUpstream, Reply, obey_file_modes, served, wait_until
 from tests.factories import make_record

@@ -10,8 +10,7 @@ from typing import Any
 import aiohttp
 
 from proxy import state
-from tests.conftest import FakeUpstream, Reply, StartProxy
-from tests.sinks.test_ledger import wait_until
+from tests.conftest import FakeUpstream, Reply, StartProxy, wait_until
 from tests.test_fleet import until
 
 # cap-model: input free, $1.00 per million output tokens. Every call asks max_tokens=1000

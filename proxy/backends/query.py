@@ -220,8 +220,8 @@ def usage_sql(flavor: str, group_by: Sequence[str], since: str | None, until: st
 
 
 def _counters(row: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: int(row[k] or 0) for k in ("calls", *COUNTERS, "unpriced_calls",
-                                         "estimated_calls")}
+    out: dict[str, Any] = {k: int(row[k] or 0) for k in ("calls", *COUNTERS, "unpriced_calls",
+                                                         "estimated_calls")}
     priced = int(row["priced_calls"] or 0)
     out["cost_usd"] = round(int(row["cost_units"] or 0) / COST_SCALE, 10) if priced else None
     return out

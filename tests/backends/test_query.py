@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from proxy.query import QueryError, calls_sql, parse_time, usage_sql
+from proxy.backends.query import QueryError, calls_sql, parse_time, usage_sql
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

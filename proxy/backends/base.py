@@ -1,0 +1,125 @@
+"""What a ledger backend is: the one interface the rest of the proxy types against.
+
+`LedgerBackend` is what every backend does (write rows, read reports, purge, an export
+cursor). `FleetBackend` is what a ledger shared by several proxies adds (one key secret,
+budgets and reservations, a heartbeat, the live feed's relay): a backend that is one
+offers it as `backend.fleet`, a local one answers None. No caller asks which class a
+backend is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["ExportCursor", "FleetBackend", "LedgerBackend", "Repricer"]
+
+# Rows in a reprice range -> (cost, price source, call_id) of each row to rewrite.
+Repricer = Callable[[list[Any]], list[tuple[float | None, str | None, str]]]
+
+
+@runtime_checkable
+class ExportCursor(Protocol):
+    """An export sink's place in the ledger, and (on a shared ledger) its right to
+    deliver: `acquire`, read `rows` after the place, `advance` past them, `release`."""
+
+    @property
+    def unavailable(self) -> tuple[type[BaseException], ...]: ...
+
+    async def acquire(self) -> bool: ...
+
+    async def rows(self, limit: int) -> list[tuple[Any, tuple[Any, ...]]]: ...
+
+    async def advance(self, position: Any) -> None: ...
+
+    async def release(self) -> None: ...
+
+
+@runtime_checkable
+class LedgerBackend(Protocol):
+    """A ledger: rows in `proxy.record.COLUMNS` order, their hourly and daily roll-up, and
+    the reads reports and the API need. Nothing connects before the first use."""
+
+    @property
+    def kind(self) -> str:
+        """The SQL flavour `proxy.backends.query` writes for it ("sqlite", "postgresql")."""
+
+    @property
+    def unavailable(self) -> tuple[type[BaseException], ...]:
+        """The errors that mean "the ledger cannot be reached now": rows are spooled and
+        replayed, a command says it cannot reach the ledger."""
+
+    @property
+    def path(self) -> str | None:
+        """The ledger's local file (a report on a file that is not there is an error; the
+        key secret lives beside it), or None for a server."""
+
+    @property
+    def fleet(self) -> FleetBackend | None:
+        """This ledger as shared by a fleet of proxies, or None for a local one."""
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    async def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """One transaction: the rows (a call_id held already is skipped) and their
+        roll-up (on a shared ledger, also the fleet's budget spend)."""
+
+    async def reset(self, broken: bool = False) -> None:
+        """After a failed write: start over (`broken`: drop the connections too)."""
+
+    async def recorded(self, call_ids: Sequence[str]) -> set[str]:
+        """Which of these call ids the ledger holds."""
+
+    async def aclose(self) -> None: ...
+
+    async def usage(self, group_by: Sequence[str], since: str | None, until: str | None,
+                    filters: Mapping[str, str | None]) -> dict[str, Any]: ...
+
+    async def calls(self, since: str | None, until: str | None,
+                    filters: Mapping[str, str | None], limit: int = 100,
+                    call_id: str | None = None) -> list[dict[str, Any]]: ...
+
+    async def spend(self, match: Mapping[str, str], since: str | None) -> Decimal: ...
+
+    async def reprice(self, since: str | None, until: str | None, change: Repricer,
+                      columns: Sequence[str], dry_run: bool) -> None: ...
+
+    async def request_ids(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(upstream_request_id, usage_source) of rows holding any of these ids."""
+
+    async def rows_after(self, after: int, limit: int) -> list[tuple[int, tuple[Any, ...]]]:
+        """(id, row in COLUMNS order) of the next `limit` rows after id `after`."""
+
+    def export_cursor(self, sink: str) -> ExportCursor: ...
+
+    async def purge(self, before: str) -> int:
+        """Delete raw rows started before `before`; their hours stay in the roll-up."""
+
+
+@runtime_checkable
+class FleetBackend(LedgerBackend, Protocol):
+    """A ledger several proxies share: what they agree on goes through it."""
+
+    async def secret(self) -> bytes:
+        """The install's key-fingerprint secret, the same on every replica."""
+
+    async def define_budgets(self, budgets: Sequence[tuple[str, str, dict[str, str],
+                                                           str | None]]) -> None: ...
+
+    async def reserve(self, names: Sequence[str], limits: Sequence[Decimal],
+                      windows: Sequence[str], call_id: str, worst: Decimal,
+                      replica: str) -> str | None:
+        """The name of the budget that refuses, or None (reserved)."""
+
+    async def budget_state(self, keys: Sequence[tuple[str, str]]
+                           ) -> dict[str, tuple[Decimal, Decimal]]: ...
+
+    async def heartbeat(self, replica: str, watchers: int) -> int: ...
+
+    async def notify(self, payload: str) -> None: ...
+
+    async def listen(self, callback: Callable[[str], None]) -> None: ...
+
+    def listening(self) -> bool: ...
