@@ -61,7 +61,36 @@ _DISPOSITION = re.compile(rb'(?i)content-disposition:[^\r\n]*?\bname="([^"]*)"'
 _BOUNDARY = re.compile(r'(?i)boundary=(?:"([^"]+)"|([^;\s]+))')
 
 
-def audio_seconds(data: bytes) -> float | None:
+class _View(io.RawIOBase):
+    """A read-only file over a slice of a buffer: mutagen reads the upload where it lies
+    in the request body, no copy of the file is made."""
+
+    def __init__(self, data: memoryview) -> None:
+        self._data, self._pos = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        chunk = self._data[self._pos:self._pos + len(buf)]
+        n = len(chunk)
+        buf[:n] = chunk
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def audio_seconds(data: bytes | memoryview) -> float | None:
     """The duration of an audio file in seconds, read by mutagen from its bytes (headers
     and frames, never decoded); None when mutagen cannot tell (unknown format, WebM)."""
     if not data:
@@ -69,7 +98,7 @@ def audio_seconds(data: bytes) -> float | None:
     import mutagen
 
     try:
-        f = mutagen.File(io.BytesIO(data))
+        f = mutagen.File(_View(memoryview(data)))
     except Exception:  # mutagen raises its own errors, and struct/EOF ones on bad bytes
         return None
     length = getattr(getattr(f, "info", None), "length", None)
@@ -82,12 +111,13 @@ def read_multipart(body: bytes, content_type: str | None) -> dict[str, Any] | No
     """The form fields of a multipart upload that matter for metering (model,
     response_format, stream, prompt, language), plus the uploaded file's duration
     (`audio_seconds`, None when unreadable) and name. None when the body is not a
-    multipart form. Parts are found by byte search: no copy of the file is made beyond
-    the one mutagen reads."""
+    multipart form. Parts are found by byte search and the file is read where it lies
+    (a memoryview): nothing of it is copied."""
     m = _BOUNDARY.search(content_type or "")
     if m is None or "multipart/form-data" not in (content_type or "").lower():
         return None
     delimiter = b"--" + (m.group(1) or m.group(2)).encode("latin-1")
+    view = memoryview(body)
     doc: dict[str, Any] = {"audio_seconds": None, "filename": None}
     pos = body.find(delimiter)
     while pos >= 0:
@@ -104,7 +134,7 @@ def read_multipart(body: bytes, content_type: str | None) -> dict[str, Any] | No
             name = disposition.group(1).decode("utf-8", "replace")
             if disposition.group(2) is not None or name == "file":
                 doc["filename"] = (disposition.group(2) or b"").decode("utf-8", "replace")
-                doc["audio_seconds"] = audio_seconds(body[head_end + 4:end])
+                doc["audio_seconds"] = audio_seconds(view[head_end + 4:end])
             elif name in _FIELDS:
                 doc[name] = body[head_end + 4:end].decode("utf-8", "replace")
         pos = nxt + 2 if nxt >= 0 else -1
