@@ -234,3 +234,35 @@ async def test_upstream_error_is_not_billed(upstream: FakeUpstream, proxy: Proxy
                                              response_format="text")
     (rec,) = await _records(proxy, 1)
     assert (rec.outcome, rec.usage_source, rec.cost_usd) == ("upstream_error", "none", None)
+
+
+async def test_gemini_tts_through_generate_content_is_priced(upstream: FakeUpstream,
+                                                             proxy: Proxy) -> None:
+    """Gemini TTS answers generateContent with inline audio and AUDIO candidate tokens:
+    priced at the TTS model's output rate (gemini-2.5-flash-preview-tts: $0.50 in, $10 out
+    per million), not left unpriced."""
+    import aiohttp
+
+    answer = {"candidates": [{"content": {"role": "model", "parts": [{"inlineData": {
+        "mimeType": "audio/L16;codec=pcm;rate=24000", "data": "AAAAAAAA"}}]},
+        "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 175,
+                          "totalTokenCount": 184,
+                          "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 9}],
+                          "candidatesTokensDetails": [{"modality": "AUDIO",
+                                                       "tokenCount": 175}]},
+        "modelVersion": "gemini-2.5-flash-preview-tts", "responseId": "r-tts-1"}
+    path = "/v1beta/models/gemini-2.5-flash-preview-tts:generateContent"
+    upstream.on(path, _json(answer))
+    body = {"contents": [{"parts": [{"text": "Say cheerfully: have a wonderful day!"}]}],
+            "generationConfig": {"responseModalities": ["AUDIO"], "speechConfig": {
+                "voiceConfig": {"prebuiltVoiceConfig": {"voiceName": "Kore"}}}}}
+    async with aiohttp.ClientSession() as s, \
+            s.post(f"{proxy.url}/gemini{path}", json=body,
+                   headers={"x-goog-api-key": "g-test"}) as r:
+        assert r.status == 200 and (await r.json()) == answer
+    (rec,) = await _records(proxy, 1)
+    assert (rec.operation, rec.model, rec.usage_source) == \
+        ("generate_content", "gemini-2.5-flash-tts", "reported")
+    assert rec.priced_units == {"output_audio_tokens": 175}
+    assert rec.cost_usd == (9 * Decimal("0.5") + 175 * 10) / M
