@@ -10,11 +10,13 @@ import struct
 import subprocess
 import tempfile
 import wave
+from functools import lru_cache
 from pathlib import Path
 
 __all__ = ["mp3", "wav"]
 
 
+@lru_cache(maxsize=32)  # bytes: safe to share between tests
 def wav(seconds: float, rate: int = 16_000) -> bytes:
     """A mono 16-bit WAV of exactly `seconds` (a whole number of samples at `rate`)."""
     frames = round(seconds * rate)
@@ -30,6 +32,7 @@ def wav(seconds: float, rate: int = 16_000) -> bytes:
     return buf.getvalue()
 
 
+@lru_cache(maxsize=32)
 def mp3(seconds: float, rate: int = 16_000) -> bytes:
     """An MP3 (64 kbit/s CBR, with LAME's header giving the exact length) of `seconds`."""
     lame = shutil.which("lame")
