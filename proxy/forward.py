@@ -237,7 +237,12 @@ class Forwarder:
         """The request's JSON, parsed once for every consumer (a large or encoded body off
         the event loop), what it says, and the tags the client's own SDK sends."""
         dialect = DIALECTS.get(route.parser) if route.parser else None
-        if dialect is not None:
+        if dialect is not None and dialect.reads_body:  # not JSON: a multipart upload
+            ct = request.headers.get("Content-Type")
+            facts.request_doc = dialect.read_body(body, ct) if len(body) <= _THREAD_PARSE_BYTES \
+                else await asyncio.to_thread(dialect.read_body, body, ct)
+            facts.request_info = dialect.request_info(facts.request_doc)
+        elif dialect is not None:
             encoding = request.headers.get("Content-Encoding")
             if encoding is None and len(body) <= _THREAD_PARSE_BYTES:
                 facts.request_doc = _parse(body)

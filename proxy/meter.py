@@ -12,7 +12,7 @@ import logging
 from dataclasses import replace
 
 from proxy.dialects import Dialect, Observation, StreamState
-from proxy.dialects.base import Screen, Skipped, loads
+from proxy.dialects.base import Screen, Skipped
 from proxy.framing import (
     ContentDecoder,
     EventStreamFramer,
@@ -77,12 +77,14 @@ class _Lines:
 
 
 class Meter:
-    __slots__ = ("_dialect", "_decoder", "_pipe", "_body", "_state", "_screened", "errors",
-                 "broken", "bytes_seen", "streaming", "_quiet", "_end", "_held", "_held_bytes")
+    __slots__ = ("_dialect", "_content_type", "_decoder", "_pipe", "_body", "_state",
+                 "_screened", "errors", "broken", "bytes_seen", "streaming", "_quiet", "_end",
+                 "_held", "_held_bytes")
 
     def __init__(self, dialect: Dialect | None, content_type: str | None,
                  content_encoding: str | None, path_stream: bool = False) -> None:
         self._dialect = dialect
+        self._content_type = content_type
         self.errors = 0
         self.broken = dialect is None
         self.bytes_seen = 0
@@ -224,7 +226,8 @@ class Meter:
                     obs = pipe.state.result()
                 else:
                     bodies = body.flush() if body is not None else []
-                    obs = dialect.from_json(loads(bodies[0])) if bodies else Observation()
+                    obs = dialect.from_body(bodies[0], self._content_type) if bodies \
+                        else Observation()
                 if self.errors:
                     obs = replace(obs, parse_errors=obs.parse_errors + self.errors)
                 return obs

@@ -195,6 +195,20 @@ class PriceBook:
         if context and not _has_variant(info, context):
             return Price(None, None, info.id)  # served at a tier with no known price
         mp = self._model_price(info, context)
+        if units and _speech_only(info.id, mp, usage):
+            # A text-to-speech model outputs nothing but audio: its output rate is its
+            # audio output rate (Gemini TTS reports AUDIO candidates; genai-prices lists
+            # the rate as plain output).
+            units = {k: v for k, v in units.items() if k != "output_audio_tokens"}
+            usage = Usage(usage.input_tokens, usage.cache_read_tokens,
+                          usage.cache_write_tokens, usage.cache_write_1h_tokens,
+                          usage.output_tokens, usage.reasoning_tokens, units or None,
+                          usage.service_tier, usage.batch, usage.speed)
+        if (usage.input_tokens and getattr(mp, "input_mtok", None) is None) or \
+                (usage.output_tokens and getattr(mp, "output_mtok", None) is None):
+            # Tokens of a model billed by something else (whisper-1: audio seconds): no
+            # price for them, never $0.
+            return Price(None, None, info.id)
         if units:
             if unpriced_units(mp, units):
                 return Price(None, None, info.id)
@@ -243,6 +257,16 @@ class PriceBook:
         if variants:
             out["variants"] = variants
         return out
+
+
+_TTS = re.compile(r"(?:^|-)tts(?:-|$)")
+
+
+def _speech_only(model_id: str, mp: Any, usage: Usage) -> bool:
+    """Every output token is audio, of a TTS model priced without an audio output rate."""
+    audio = (usage.units or {}).get("output_audio_tokens")
+    return bool(audio) and audio == usage.output_tokens and _TTS.search(model_id) is not None \
+        and getattr(mp, "output_audio_mtok", None) is None
 
 
 def _readable(mp: Any) -> dict[str, str]:

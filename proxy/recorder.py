@@ -130,15 +130,26 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     estimator_name = None
     model_hint = obs.response_model or request_model
     reached = facts.status_code is not None and facts.status_code < 400
+    if dialect is not None and reached:
+        # what the provider bills by the request (audio seconds, characters), measured
+        obs = dialect.settle(doc, obs)
+        usage = obs.usage or Usage()
     in_reported, out_reported = usage.has_input, usage.has_output
     in_est = out_est = False
+    dialect_estimators = [e for e in (obs.input_estimator, obs.output_estimator) if e]
+    if obs.input_estimator is not None and in_reported:
+        in_reported, in_est = False, True
+    if obs.output_estimator is not None and out_reported:
+        out_reported, out_est = False, True
     if dialect is not None and reached:  # the provider took the call: it may have billed
-        if not in_reported and doc is not None:
+        if not in_reported and not in_est and doc is not None:
             est = estimator.input(dialect, doc, model_hint)
             usage = replace(usage, input_tokens=est.tokens, cache_read_tokens=0,
                             cache_write_tokens=0)
             in_est, estimator_name = True, est.estimator
-        if not out_reported and dialect.has_output:
+        if out_est:
+            pass  # the dialect estimated it (output audio from its duration)
+        elif not out_reported and dialect.has_output:
             est = estimator.output(obs.output_text, model_hint, dialect,
                                    obs.output_chars_dropped)
             usage = replace(usage, output_tokens=est.tokens, reasoning_tokens=None)
@@ -146,8 +157,11 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         elif not out_reported:
             usage = replace(usage, output_tokens=0)
             out_reported = True
+    if dialect_estimators:
+        estimator_name = "+".join(dict.fromkeys(
+            [*([estimator_name] if estimator_name else []), *dialect_estimators]))
     if in_reported and out_reported:
-        usage_source = "reported"
+        usage_source = "measured" if obs.measured else "reported"
     elif (in_reported or out_reported) and (in_est or out_est):
         usage_source = "partial"
     elif in_est or out_est:

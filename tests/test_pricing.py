@@ -204,3 +204,50 @@ def test_anthropic_fast_mode_is_priced_at_its_premium_or_not_at_all() -> None:
     standard = from_anthropic({"input_tokens": 1000, "output_tokens": 100, "speed": "standard"})
     assert book.price("claude-opus-4-8", "anthropic", standard).cost_usd == \
         (1000 * 5 + 100 * 25) / M
+
+
+def test_audio_units_at_their_published_prices() -> None:
+    """whisper-1 $0.006 a minute ($0.36 an hour), tts-1 $15 and tts-1-hd $30 per million
+    characters, gpt-4o-transcribe audio input $6 per million tokens."""
+    book = PriceBook()
+    secs = Usage(0, 0, 0, None, 0, None, {"audio_seconds": 90, "input_audio_seconds": 90})
+    assert book.price("whisper-1", "openai", secs).cost_usd == 90 * Decimal("0.36") / 3600
+    chars = Usage(0, 0, 0, None, 0, None, {"input_characters": 2000})
+    assert book.price("tts-1", "openai", chars).cost_usd == 2000 * 15 / M
+    assert book.price("tts-1-hd", "openai", chars).cost_usd == 2000 * 30 / M
+    tok = Usage(300, 0, 0, None, 40, None, {"input_audio_tokens": 250})
+    # 50 text x $2.50 + 250 audio x $6 + 40 out x $10
+    assert book.price("gpt-4o-transcribe", "openai", tok).cost_usd == \
+        (50 * Decimal("2.5") + 250 * 6 + 40 * 10) / M
+
+
+def test_tokens_of_a_model_billed_by_the_second_are_unpriced_not_free() -> None:
+    """whisper-1 has no token price: tokens (an estimate where no duration was known)
+    must not come out as $0, the way other gateways bill `response_format: text`."""
+    p = PriceBook().price("whisper-1", "openai", Usage(50, 0, 0, None, 10, None))
+    assert p.cost_usd is None and p.model == "whisper-1"
+    p = PriceBook().price("tts-1", "openai", Usage(12, 0, 0, None, 0, None))
+    assert p.cost_usd is None
+
+
+def test_gemini_tts_audio_output_is_priced_at_its_output_rate() -> None:
+    """Gemini TTS reports its output as AUDIO candidates; genai-prices lists the TTS
+    models' audio rate as plain output: gemini-2.5-flash-preview-tts $0.50 in, $10 out,
+    gemini-2.5-pro-preview-tts $1 in, $20 out per million."""
+    from proxy.dialects.gemini.usage import from_gemini
+
+    u = from_gemini({"promptTokenCount": 12, "candidatesTokenCount": 640,
+                     "totalTokenCount": 652,
+                     "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 12}],
+                     "candidatesTokensDetails": [{"modality": "AUDIO", "tokenCount": 640}]})
+    assert u.units == {"output_audio_tokens": 640}
+    book = PriceBook()
+    flash = book.price("gemini-2.5-flash-preview-tts", "google", u)
+    assert flash.cost_usd == (12 * Decimal("0.5") + 640 * 10) / M
+    assert book.price("gemini-2.5-pro-preview-tts", "google", u).cost_usd == \
+        (12 * 1 + 640 * 20) / M
+    # a model with an audio output rate of its own keeps it: gemini-live-2.5-flash $12
+    live = book.price("gemini-live-2.5-flash", "google", u)
+    assert live.cost_usd == (12 * Decimal("0.5") + 640 * 12) / M
+    # and a text model that reports audio output is not priced at its text rate
+    assert book.price("gemini-2.5-flash", "google", u).cost_usd is None

@@ -254,3 +254,46 @@ def test_build_record_is_the_only_builder_of_a_call_record() -> None:
                 if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "CallRecord":
                     builders.append(f"{path.name}:{fn.name}")
     assert builders == ["recorder.py:build_record"]
+
+
+def test_what_the_dialect_measures_or_estimates_is_marked(estimator: Estimator) -> None:
+    """A dialect settles what the provider bills by the request: measured (exact) is
+    `measured`; a side it estimated is `estimated` under its estimator's name, never
+    estimated again; an unanswered call is not settled at all."""
+    from proxy.dialects.base import Observation
+
+    text = Observation(status="complete")
+    f = facts_for("openai.transcription", "openai", text, end=None)
+    f.request_doc = {"model": "whisper-1", "audio_seconds": 61.6}
+    rec = build_record(f, estimator, PriceBook(), lambda c: None)
+    assert (rec.usage_source, rec.estimator, rec.priced_units) == \
+        ("measured", None, {"audio_seconds": 62, "input_audio_seconds": 62})
+    assert rec.cost_usd == 62 * Decimal("0.36") / 3600  # whisper-1: $0.006 a minute
+    assert (rec.input_source, rec.output_source) == ("reported", "reported")
+
+    f = facts_for("openai.transcription", "openai", text, end=None)
+    f.request_doc = {"model": "gpt-4o-mini-transcribe", "audio_seconds": 3.0}
+    rec = build_record(f, estimator, PriceBook(), lambda c: None)
+    # 1,000 audio tokens a minute: 50; no transcript text, so no output
+    assert (rec.usage_source, rec.input_tokens, rec.output_tokens) == ("estimated", 50, 0)
+    assert rec.estimator == "tiktoken:o200k_base+audio-duration"
+    assert rec.cost_usd == 50 * 3 / Decimal(1_000_000)  # $3 per million audio tokens
+
+    f = facts_for("openai.transcription", "openai", text, status=500, end=None)
+    f.request_doc = {"model": "whisper-1", "audio_seconds": 61.6}
+    rec = build_record(f, estimator, PriceBook(), lambda c: None)
+    assert (rec.usage_source, rec.cost_usd, rec.priced_units) == ("none", None, None)
+
+
+def test_an_upload_no_duration_can_be_read_from_stays_unpriced(estimator: Estimator) -> None:
+    """whisper-1 in `text` format of a WebM upload: no duration, no usage; the transcript's
+    estimated tokens have no whisper price: NULL, never $0."""
+    from proxy.dialects.base import Observation, StreamAcc
+
+    acc = StreamAcc(status="complete")
+    acc.text.add("Hello there, general audience.")
+    f = facts_for("openai.transcription", "openai", acc.build(), end=None)
+    f.request_doc = {"model": "whisper-1", "audio_seconds": None}
+    rec = build_record(f, estimator, PriceBook(), lambda c: None)
+    assert rec.usage_source == "estimated" and rec.cost_usd is None and rec.unpriced
+    assert isinstance(f.observation, Observation)

@@ -75,6 +75,13 @@ class Observation:
     provider_cost_usd: Decimal | None = None
     parse_errors: int = 0
     batch_lines: tuple[BatchLine, ...] = ()  # a batch-results download: one per result
+    # The proxy measured the billed quantity itself, exactly as billed (audio seconds of an
+    # upload, characters of a speech input): `usage_source` `measured`.
+    measured: bool = False
+    # How the dialect estimated a side the provider did not report (its usage then counts
+    # as estimated, under this estimator name); None: reported, or left to the estimator.
+    input_estimator: str | None = None
+    output_estimator: str | None = None
 
     @property
     def output_text(self) -> str:
@@ -264,6 +271,23 @@ class DialectBase:
     text_overhead: ClassVar[int] = 0
     free: ClassVar[bool] = False  # not consumption (count-tokens): priced at 0
     has_output: ClassVar[bool] = True  # generates output to estimate when unreported
+    reads_body: ClassVar[bool] = False  # the request is not JSON: `read_body()` reads it
+
+    def read_body(self, body: bytes, content_type: str | None) -> Any:
+        """A request body that is not JSON (multipart uploads), as the dialect's doc."""
+        return None
+
+    def from_json(self, doc: Any) -> Observation:
+        raise NotImplementedError
+
+    def from_body(self, body: bytes, content_type: str | None) -> Observation:
+        """A whole (non-streaming) response body: JSON unless the dialect says otherwise."""
+        return self.from_json(loads(body))
+
+    def settle(self, doc: Any, obs: Observation) -> Observation:
+        """The observation completed from the request, where the provider bills what was
+        sent (audio seconds, characters) and the response does not say it: unchanged here."""
+        return obs
 
     def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
                        model: str | None) -> int:
@@ -283,9 +307,13 @@ class Dialect(Protocol):
     framing: ClassVar[str]  # "auto" (by content type) or "ndjson" (batch files)
     free: ClassVar[bool]
     has_output: ClassVar[bool]
+    reads_body: ClassVar[bool]
 
     def request_info(self, doc: Any) -> RequestInfo: ...
+    def read_body(self, body: bytes, content_type: str | None) -> Any: ...
     def from_json(self, doc: Any) -> Observation: ...
+    def from_body(self, body: bytes, content_type: str | None) -> Observation: ...
+    def settle(self, doc: Any, obs: Observation) -> Observation: ...
     def new_stream(self) -> StreamState: ...
     def estimate_input(self, doc: dict[str, Any], count: Callable[[str], int],
                        model: str | None) -> int: ...

@@ -237,7 +237,7 @@ async def test_unknown_upstream_path_still_recorded(upstream: FakeUpstream, star
                                                     StartProxy) -> None:
     proxy = await start_proxy()
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"{proxy.url}/openai/v1/audio/speech", data=b"{}") as r:
+        async with s.post(f"{proxy.url}/openai/v1/moderations", data=b"{}") as r:
             assert r.status == 200
     (rec,) = await proxy.collector.wait_for(1)
     assert rec.operation == "other" and rec.usage_source == "none" and rec.cost_usd is None

@@ -2,7 +2,8 @@
 Azure deployments): routes, key header, error shape and stream-usage injection.
 
 Parsers: `chat` (chat/completions, completions, embeddings), `responses`, `batch` (Batch
-output files downloaded through `GET /v1/files/{id}/content`).
+output files downloaded through `GET /v1/files/{id}/content`), `audio` (transcriptions,
+translations, speech).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ POST_ROUTES = (
     (re.compile(r"(?:^|/)images/(?:generations|edits)$"), "images", "openai.images"),
     (re.compile(r"(?:^|/)messages/count_tokens$"), "count_tokens", "free.count_tokens"),
     (re.compile(r"(?:^|/)messages$"), "messages", "anthropic.messages"),
+    (re.compile(r"(?:^|/)audio/(?:transcriptions|translations)$"), "transcription",
+     "openai.transcription"),
+    (re.compile(r"(?:^|/)audio/speech$"), "speech", "openai.speech"),
 )
 _AZURE_DEPLOYMENT = re.compile(r"(?:^|/)deployments/([^/]+)/")
 _FILE_CONTENT = re.compile(r"(?:^|/)files/([^/]+)/content$")
