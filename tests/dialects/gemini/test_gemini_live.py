@@ -324,6 +324,41 @@ def test_media_frames_are_screened_not_parsed() -> None:
     assert [(o.status, o.parse_errors) for o in got] == [("complete", 0)]
 
 
+@pytest.mark.parametrize("as_text", [False, True])
+def test_keys_beside_media_are_still_read(as_text: bool) -> None:
+    """The screen skips only the base64 `"data"` strings: a turn's end and usage in the
+    same message as audio (after it, between two chunks, or after a `data` that is not a
+    string) are read."""
+    audio = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": "QUJD" * 2000}}
+    messages = [
+        {"serverContent": {"modelTurn": {"parts": [audio]}, "turnComplete": True},
+         "usageMetadata": USAGE_A},
+        {"serverContent": {"modelTurn": {"parts": [audio, {"text": "data"}, audio]},
+                           "turnComplete": True}, "usageMetadata": USAGE_B},
+        {"serverContent": {"modelTurn": {"parts": [{"inlineData": {"data": {"x": "y"}}}]},
+                           "turnComplete": True}, "usageMetadata": USAGE_A},
+        {"serverContent": {"modelTurn": {"parts": [{"text": 'the "data": "field"'}]},
+                           "turnComplete": True}, "usageMetadata": USAGE_B},
+    ]
+    state = started()
+    got: list[Observation] = []
+    for m in messages:
+        frame = json.dumps(m)
+        got += state.on_server(frame if as_text else frame.encode())
+    assert [o.usage.output_tokens for o in got if o.usage] == [20, 50, 20, 50]
+    assert [o.status for o in got] == ["complete"] * 4
+
+
+def test_client_media_frames_never_ask_for_a_turn() -> None:
+    state = started()
+    for frame in ('{"realtimeInput": {"audio": {"data": "AAAA", "mimeType": "audio/pcm"}}}',
+                  b'{"realtime_input": {"mediaChunks": [{"data": "_9j_", "mime_type": "x"}]}}',
+                  '{"realtime_input": {"audioStreamEnd": true}}'):
+        assert state.on_client(frame) == []
+    assert state.running is False
+    assert state.close() == []
+
+
 def test_frames_that_are_not_json_are_counted_on_the_next_turn() -> None:
     state = started()
     assert state.on_server(b'{"serverContent": {"turnComplete": tr') == []
