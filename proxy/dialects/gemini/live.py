@@ -42,9 +42,10 @@ from proxy.usage import Usage
 
 __all__ = ["LiveState", "from_live", "is_live_path", "socket_dialect"]
 
-# AI Studio: /ws/google.ai.generativelanguage.{v1beta|v1alpha}.GenerativeService.
+# AI Studio: /ws/google.ai.generativelanguage.{v1|v1beta|v1alpha}.GenerativeService.
 # BidiGenerateContent (…Constrained with an ephemeral token); Vertex AI:
-# /ws/google.cloud.aiplatform.{v1|v1beta1}.LlmBidiService/BidiGenerateContent.
+# /ws/google.cloud.aiplatform.{v1|v1beta1}.LlmBidiService/BidiGenerateContent. Any prefix
+# (an upstream's base path) may come before.
 _PATH = re.compile(
     r"(?:^|/)ws/(?:google\.ai\.generativelanguage\.[A-Za-z0-9]+\.GenerativeService\."
     r"BidiGenerateContent(?:Constrained)?"
