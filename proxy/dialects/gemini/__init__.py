@@ -1,14 +1,16 @@
 """Gemini API (generativelanguage): generateContent / streamGenerateContent, countTokens,
-embeddings, its OpenAI-compatible endpoint, and batch result files
-(`GET /download/v1beta/files/{id}:download`)."""
+embeddings, its OpenAI-compatible endpoint, batch result files
+(`GET /download/v1beta/files/{id}:download`), and the Live socket (`live.py`)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from proxy.dialects.base import Injector, Match, Provider
+from proxy.dialects.gemini import live
 from proxy.dialects.openai import injector, match_post
 
 __all__ = ["GeminiProvider", "error_body", "match_method"]
@@ -71,3 +73,7 @@ class GeminiProvider(Provider):
 
     def injector(self, parser: str | None) -> Injector | None:
         return injector(parser)  # the OpenAI-compatible endpoint
+
+    def socket_dialect(self, path: str) -> Callable[[], live.LiveState] | None:
+        """The Live socket's per-socket state factory (AI Studio's or Vertex's path)."""
+        return live.socket_dialect(path)

@@ -1,17 +1,20 @@
 """Vertex AI: Gemini under `publishers/google/models/{m}:generateContent` (and
 streamGenerateContent, countTokens), Claude under `publishers/anthropic/models/{m}:rawPredict`
 / `:streamRawPredict` (Anthropic bodies and streams; the model is only in the path), and
-the OpenAI-compatible `endpoints/openapi/chat/completions`. Auth is an OAuth bearer token.
+the OpenAI-compatible `endpoints/openapi/chat/completions`, and the Gemini Live socket
+(`/ws/google.cloud.aiplatform.{v}.LlmBidiService/BidiGenerateContent`, read by
+`proxy/dialects/gemini/live.py`). Auth is an OAuth bearer token.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from proxy.dialects.base import Injector, Match, Provider
-from proxy.dialects.gemini import error_body, match_method
+from proxy.dialects.gemini import error_body, live, match_method
 from proxy.dialects.openai import injector, match_post
 
 __all__ = ["VertexProvider"]
@@ -42,3 +45,6 @@ class VertexProvider(Provider):
 
     def injector(self, parser: str | None) -> Injector | None:
         return injector(parser)
+
+    def socket_dialect(self, path: str) -> Callable[[], live.LiveState] | None:
+        return live.socket_dialect(path)
