@@ -123,7 +123,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def cmd_report(args: argparse.Namespace, config: Any) -> int:
-    group_by = query.parse_group_by(args.by)
+    if args.quota:
+        return cmd_quota(args, config)
+    group_by = query.parse_group_by(args.by or "agent,model")
     since = query.parse_time("--since", args.since)
     until = query.parse_time("--until", args.until)
     filters = {k: getattr(args, k, None) for k in ("agent", "session", "run", "model",
@@ -152,6 +154,41 @@ def cmd_report(args: argparse.Namespace, config: Any) -> int:
               f"forecast for the month ${mtd['forecast_usd']:,.4f}")
         for n in note:
             print(f"Note: {n}")
+    return 0
+
+
+def cmd_quota(args: argparse.Namespace, config: Any) -> int:
+    """`report --quota`: each session's share of each account's 5-hour window."""
+    from proxy import quota_report
+
+    if args.by is not None:
+        raise query.QueryError("--by", "does not apply to --quota (it reports by session "
+                                        "within each account's window)")
+    for name in ("agent", "run", "model"):
+        if getattr(args, name, None):
+            raise query.QueryError(f"--{name}", "does not apply to --quota (use --session "
+                                                "or --upstream)")
+    since = query.parse_time("--since", args.since)
+    until = query.parse_time("--until", args.until)
+
+    async def work(backend: SqliteBackend | PostgresBackend) -> list[dict[str, Any]]:
+        return await backend.quota_calls(since, until)
+
+    view = quota_report.quota_view(_with_ledger(config, work), args.session, args.upstream)
+    cols = quota_report.COLUMNS
+    if args.format == "json":
+        _emit(view["rows"], cols, "json", {"window": view["window"],
+                                           "windows": view["windows"], "since": since,
+                                           "until": until})
+    elif args.format == "csv":
+        _emit(view["rows"], cols, "csv")
+    elif not view["rows"]:
+        print("(no calls with a 5-hour quota reading in this range)")
+    else:
+        _emit(quota_report.table_rows(view), cols, "table")
+        print("\nshare: the rise of the account's 5-hour utilization from each call's response "
+              "to the account's next response;\na window's latest call is measured once a "
+              "later call reports (calls - measured_calls are not yet)")
     return 0
 
 
@@ -388,8 +425,10 @@ def add_commands(sub: Any, add_common: Callable[..., None],
 
     p = sub.add_parser("report", help="usage and spend grouped by any key")
     add_common(p)
-    p.add_argument("--by", default="agent,model",
-                   help=f"comma-separated: {', '.join(query.GROUP_KEYS)}, tag:<key>")
+    p.add_argument("--by", help=f"comma-separated: {', '.join(query.GROUP_KEYS)}, tag:<key> "
+                                "(default agent,model)")
+    p.add_argument("--quota", action="store_true",
+                   help="each session's share of each provider account's 5-hour window")
     p.add_argument("--since", help="7d, 12h, 2w, or a date like 2026-11-01")
     p.add_argument("--until")
     for f in ("agent", "session", "run", "model", "upstream"):

@@ -5,7 +5,7 @@ PostgreSQL (a ledger shared by a fleet of proxies). `open_backend(target)` picks
 What a backend does, all async: `open()` (connect and migrate), `write(rows)` (one
 transaction: the rows, their roll-up, and on PostgreSQL the fleet's budget spend),
 `recorded(call_ids)`, `reset()` after a failed write, the reads reports and the API need
-(`usage`, `calls`, `spend`, `reprice`, `request_ids`), `purge(before)` for retention,
+(`usage`, `calls`, `spend`, `reprice`, `request_ids`, `quota_calls`), `purge(before)` for retention,
 `export_cursor(sink)` (a webhook's place in the ledger: `acquire`, `rows`, `advance`,
 `release`) and `aclose()`. Failures it cannot help are instances of
 `backend.unavailable`: the ledger sink spools the rows and replays them once writing works
