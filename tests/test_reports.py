@@ -184,3 +184,20 @@ def test_import_skips_what_is_not_a_regular_file(tmp_path: Path) -> None:
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT upstream_request_id FROM llm_usage").fetchall() == [("msg_1",)]
     conn.close()
+
+
+def test_report_quota_refuses_what_does_not_apply_and_says_when_it_has_nothing(
+        ledger_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--quota", "--db", ledger_db, "--by", "agent"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tokenbooth: --by: does not apply to --quota (it reports by session within each "
+        "account's window)")
+    assert main(["report", "--quota", "--db", ledger_db, "--agent", "ana"]) == 2
+    assert "--agent: does not apply to --quota" in capsys.readouterr().err
+    # the rows of this ledger carry no quota headers
+    assert main(["report", "--quota", "--db", ledger_db]) == 0
+    assert capsys.readouterr().out.strip() == \
+        "(no calls with a 5-hour quota reading in this range)"
+    assert main(["report", "--quota", "--db", ledger_db, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.strip() == ("upstream,account,window_resets,session,calls,"
+                                               "measured_calls,share,before,after")
