@@ -100,14 +100,16 @@ def parse_reset(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
+    if text[-1:] in ("s", "m", "h"):  # a duration (no time or number ends so)
+        if _DURATION.fullmatch(text) is None:
+            return None
+        return now + sum(float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+                         for m in _PART.finditer(text))
     n = parse_number(text)
     if n is not None:
         if n >= _EPOCH_MS:
             return n / 1000
         return n if n >= _EPOCH_2001 else now + n
-    if _DURATION.fullmatch(text):
-        return now + sum(float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-                         for m in _PART.finditer(text))
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

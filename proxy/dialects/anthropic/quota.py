@@ -41,12 +41,12 @@ def read_quota(headers: Mapping[str, str], now: float) -> Quota | None:
         return None
     windows = []
     for key, value in kept.items():
-        if m := _UNIFIED.fullmatch(key):
+        if key.endswith("-utilization") and (m := _UNIFIED.fullmatch(key)):
             base = f"anthropic-ratelimit-unified-{m.group(1)}-"
             windows.append(QuotaWindow(m.group(1), parse_number(value),
                                        parse_reset(kept.get(base + "reset"), now),
                                        kept.get(base + "status")))
-        elif m := _LIMIT.fullmatch(key):
+        elif key.endswith("-limit") and (m := _LIMIT.fullmatch(key)):
             base = f"anthropic-ratelimit-{m.group(1)}-"
             limit, remaining = parse_number(value), parse_number(kept.get(base + "remaining"))
             windows.append(QuotaWindow(m.group(1).replace("-", "_"),

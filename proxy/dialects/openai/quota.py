@@ -25,7 +25,7 @@ from proxy.quota import (
 __all__ = ["read_quota"]
 
 _PREFIXES = ("x-ratelimit-",)
-_LIMIT = re.compile(r"x-ratelimit-limit-([a-z0-9_-]{1,32})")
+_NAME = re.compile(r"[a-z0-9_-]{1,32}")  # a window's name, from x-ratelimit-limit-<name>
 
 
 def read_quota(headers: Mapping[str, str], now: float) -> Quota | None:
@@ -35,8 +35,7 @@ def read_quota(headers: Mapping[str, str], now: float) -> Quota | None:
         return None
     windows = []
     for key, value in kept.items():
-        if m := _LIMIT.fullmatch(key):
-            name = m.group(1)
+        if key.startswith("x-ratelimit-limit-") and _NAME.fullmatch(name := key[18:]):
             limit = parse_number(value)
             remaining = parse_number(kept.get(f"x-ratelimit-remaining-{name}"))
             windows.append(QuotaWindow(name.replace("-", "_"), used_fraction(limit, remaining),
