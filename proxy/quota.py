@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -157,7 +157,6 @@ class Share:
     share: float = 0.0
     before: float | None = None  # the utilization its first call's response reported
     after: float | None = None  # the reading after its last measured call
-    call_ids: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"upstream": self.upstream, "account": self.account,
@@ -189,7 +188,6 @@ def session_shares(calls: Iterable[QuotaCall]) -> list[Share]:
                 s = out[key] = Share(upstream, account, resets_at, c.session,
                                      before=c.utilization)
             s.calls += 1
-            s.call_ids.append(c.call_id)
             if i + 1 < len(readings):
                 nxt = readings[i + 1].utilization
                 s.measured_calls += 1
