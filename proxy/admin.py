@@ -1,5 +1,5 @@
 """Our own routes: /healthz, /readyz, /metrics and the read-only /api/* (usage, calls,
-budgets, and the live SSE feed). Handlers reach state only through state.py keys."""
+budgets, provider quota, and the live SSE feed). Handlers reach state only through state.py keys."""
 
 from __future__ import annotations
 
@@ -170,6 +170,12 @@ async def api_budgets(request: web.Request) -> web.Response:
 
 
 @_api
+async def api_quota(request: web.Request) -> web.Response:
+    """Each provider account's latest quota reading (what this replica's calls saw)."""
+    return web.json_response({"accounts": request.app[state.QUOTA].snapshot()})
+
+
+@_api
 async def api_live(request: web.Request) -> web.StreamResponse:
     feed = request.app[state.FEED]
     recorder = request.app[state.RECORDER]
@@ -238,5 +244,6 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/api/calls", api_calls),
         web.get("/api/calls/{call_id}", api_call),
         web.get("/api/budgets", api_budgets),
+        web.get("/api/quota", api_quota),
         web.get("/api/live", api_live),
     ]

@@ -30,6 +30,7 @@ from proxy.sinks.export import WebhookSink, make_exports
 from proxy.sinks.feed import Broadcaster
 from proxy.sinks.ledger import Ledger
 from proxy.sinks.metrics import Metrics
+from proxy.sinks.quota import QuotaBoard
 
 __all__ = ["make_app"]
 
@@ -79,7 +80,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     budgets = Budgets(config.budgets, registry)
     admission = Admission(budgets, prices, est)
     exports = make_exports(config.exports, metrics.export_result)
-    recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets,
+    quota = QuotaBoard(registry, max_accounts=config.metrics.max_label_values)
+    recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets, quota,
                                                        *exports, *extra_sinks],
                         on_sink_error=metrics.sink_failed, on_drop=metrics.record_dropped,
                         recorded=ledger.recorded)
@@ -93,6 +95,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     app[state.BUDGETS] = budgets
     app[state.RECORDER] = recorder
     app[state.LIFECYCLE] = lifecycle
+    app[state.QUOTA] = quota
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         if not est.loaded:

@@ -32,6 +32,7 @@ from proxy.idle import IdleWatch
 from proxy.lifecycle import Lifecycle
 from proxy.meter import Meter
 from proxy.outcome import End, ending
+from proxy.quota import Quota
 from proxy.record import CallFacts, LiveCall, iso_utc
 from proxy.recorder import Recorder
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
@@ -361,6 +362,7 @@ class Forwarder:
             if h in rh:
                 facts.request_id_header = rh[h]
                 break
+        facts.quota = _quota(route, rh)
         content_type = rh.get("Content-Type")
         meter = Meter(DIALECTS.get(route.parser) if route.parser else None, content_type,
                       rh.get("Content-Encoding"), route.path_stream)
@@ -454,6 +456,17 @@ class Forwarder:
         if obs.response_model:
             live.model = obs.response_model
         self.recorder.progress(live)
+
+
+def _quota(route: Route, headers: Any) -> Quota | None:
+    """The response's rate-limit and quota headers, read by its provider (a failure is
+    logged; the call goes on)."""
+    try:
+        return route.provider.quota(headers, time.time())
+    except Exception:
+        log.exception("quota headers of upstream %s not read", route.upstream.name)
+        return None
+
 
 def _raw_rest(request: web.Request, name: str) -> str | None:
     """The path after `/{name}/` as the client encoded it (None if it cannot be cut)."""

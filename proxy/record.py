@@ -15,6 +15,7 @@ from typing import Any
 
 from proxy.dialects.base import Observation, RequestInfo
 from proxy.outcome import End
+from proxy.quota import Quota
 from proxy.usage import Usage
 
 __all__ = ["COLUMNS", "CallFacts", "CallRecord", "LiveCall", "iso_utc"]
@@ -26,7 +27,7 @@ COLUMNS = (
     "output_tokens", "reasoning_tokens", "total_tokens", "usage_source", "estimator",
     "cost_usd", "price_source", "agent", "session", "run", "tags", "end_user", "client",
     "key_id", "upstream_request_id", "error", "usage_raw", "service_tier", "priced_units",
-    "batch_id",
+    "batch_id", "quota",
 )
 
 
@@ -86,6 +87,7 @@ from a client's own log. `recorder.build_record` turns them into the CallRecord.
     # client's own transcript, imported). It is then the row's usage_source as it stands.
     usage_from: str | None = None
     logged_at: str | None = None  # a logged call's time as the log wrote it (ledger text)
+    quota: Quota | None = None  # the response's rate-limit/quota headers, read
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,7 @@ class CallRecord:
     service_tier: str | None = None
     priced_units: dict[str, int] | None = None
     batch_id: str | None = None
+    quota: Quota | None = None  # the column holds its headers (JSON)
     # Not columns: how each token class was obtained, for the metrics' `source` label.
     input_source: str = "none"  # reported | estimated | none
     output_source: str = "none"
@@ -156,6 +159,7 @@ class CallRecord:
             self.service_tier,
             json.dumps(self.priced_units, sort_keys=True) if self.priced_units else None,
             self.batch_id,
+            json.dumps(dict(self.quota.headers), sort_keys=True) if self.quota else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -163,6 +167,7 @@ class CallRecord:
         row["stream"] = self.stream
         row["tags"] = dict(self.tags)
         row["priced_units"] = dict(self.priced_units or {})
+        row["quota"] = dict(self.quota.headers) if self.quota else None
         return row
 
 

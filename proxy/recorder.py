@@ -215,6 +215,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         if obs.usage_raw is not None else None,
         service_tier=usage.service_tier, priced_units=usage.priced_units() or None,
         batch_id=facts.batch_id if facts.operation == "batch" else None,
+        quota=None if line else facts.quota,  # a batch's result lines: not this response
         input_source=_source(in_reported, in_est), output_source=_source(out_reported, out_est),
         tags_cleaned=facts.tags_cleaned, parse_errors=obs.parse_errors,
     )

@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from proxy.sinks.feed import Broadcaster
     from proxy.sinks.ledger import Ledger
     from proxy.sinks.metrics import Metrics
+    from proxy.sinks.quota import QuotaBoard
 
 __all__ = ["BUDGETS", "CONFIG", "FEED", "FORWARDER", "LEDGER", "LIFECYCLE", "METRICS",
-           "RECORDER"]
+           "QUOTA", "RECORDER"]
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
@@ -27,3 +28,4 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 FEED: web.AppKey[Broadcaster] = web.AppKey("feed")
 BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
+QUOTA: web.AppKey[QuotaBoard] = web.AppKey("quota")

@@ -10,6 +10,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.quota import Quota, QuotaWindow
 from proxy.record import COLUMNS, LiveCall, iso_utc
 from proxy.usage import Usage
 from tests.factories import make_record
@@ -42,6 +43,19 @@ def test_to_json_is_the_row_with_json_values() -> None:
     assert doc["stream"] is True and doc["tags"] == {"team": "core"}
     assert doc["priced_units"] == {} and doc["cost_usd"] == 0.001
     json.dumps(doc)  # serializable as it is
+
+
+def test_the_quota_column_is_the_responses_headers_as_json() -> None:
+    quota = Quota({"anthropic-ratelimit-unified-5h-utilization": "0.42",
+                   "anthropic-ratelimit-unified-5h-reset": "1785182400"},
+                  (QuotaWindow("5h", 0.42, 1785182400.0),), 1785170000.0)
+    rec = make_record(quota=quota)
+    row = dict(zip(COLUMNS, rec.to_row(), strict=True))
+    assert row["quota"] == ('{"anthropic-ratelimit-unified-5h-reset": "1785182400", '
+                            '"anthropic-ratelimit-unified-5h-utilization": "0.42"}')
+    assert rec.to_json()["quota"] == dict(quota.headers)
+    assert dict(zip(COLUMNS, make_record().to_row(), strict=True))["quota"] is None
+    assert make_record().to_json()["quota"] is None
 
 
 def test_unpriced_means_spend_without_a_price() -> None:

@@ -16,6 +16,7 @@ from proxy.estimate import Estimator
 from proxy.meter import Meter
 from proxy.outcome import End
 from proxy.pricing import PriceBook
+from proxy.quota import Quota
 from proxy.record import CallFacts, LiveCall, iso_utc
 from proxy.recorder import RECENT, KeyFingerprinter, Recorder, build_record, build_records
 from proxy.usage import Usage
@@ -227,13 +228,17 @@ def test_batch_lines_end_as_their_own_results(estimator: Estimator) -> None:
     meter.feed((ROOT / "openai_batch" / "output.jsonl").read_bytes() + b'{"id": "batch_req_4"')
     f = facts_for("openai.batch", "openai", meter.finish(), end=End.UPSTREAM_CUT)
     f.stream, f.batch_id, f.operation = False, "file-out1", "batch"
+    # the download's own rate-limit headers are no result line's
+    f.quota = Quota({"x-ratelimit-limit-requests": "5000"}, (), 1767000000.0)
     recs = build_records(f, estimator, PriceBook(), lambda c: None)
     assert [(r.outcome, r.status_code, r.error) for r in recs] == [
         ("ok", 200, None), ("ok", 200, None),
         ("upstream_error", 200, "provider error: server_error")]  # its type, never its text
+    assert [r.quota for r in recs] == [None] * 3
     # with no result lines the download is one ordinary row, ended as it was cut
     empty = facts_for("openai.batch", "openai", Observation(), end=End.UPSTREAM_CUT)
     empty.batch_id = "file-out1"
+    empty.quota = f.quota
     (rec,) = build_records(empty, estimator, PriceBook(), lambda c: None)
     assert (rec.operation, rec.outcome, rec.status_code, rec.error) == (
         "other", "upstream_aborted", 200, "upstream closed the stream early")
@@ -297,3 +302,6 @@ def test_an_upload_no_duration_can_be_read_from_stays_unpriced(estimator: Estima
     rec = build_record(f, estimator, PriceBook(), lambda c: None)
     assert rec.usage_source == "estimated" and rec.cost_usd is None and rec.unpriced
     assert isinstance(f.observation, Observation)
+
+
+    assert rec.quota is f.quota  # an ordinary call keeps its response's

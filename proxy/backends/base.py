@@ -89,6 +89,10 @@ class LedgerBackend(Protocol):
     async def request_ids(self, ids: Sequence[str]) -> list[tuple[str, str]]:
         """(upstream_request_id, usage_source) of rows holding any of these ids."""
 
+    async def quota_calls(self, since: str | None, until: str | None
+                          ) -> list[dict[str, Any]]:
+        """Rows holding provider quota headers in the range, oldest first (`report --quota`)."""
+
     async def rows_after(self, after: int, limit: int) -> list[tuple[int, tuple[Any, ...]]]:
         """(id, row in COLUMNS order) of the next `limit` rows after id `after`."""
 

@@ -191,6 +191,11 @@ class PostgresBackend:
         sql, args = query.calls_sql(since, until, filters, limit, call_id)
         return [query.row_json(r) for r in await self._fetch(sql, args)]
 
+    async def quota_calls(self, since: str | None, until: str | None) -> list[dict[str, Any]]:
+        """The rows that keep quota headers, in the range, oldest first."""
+        sql, args = query.quota_sql(since, until)
+        return [dict(r) for r in await self._fetch(sql, args)]
+
     async def spend(self, match: Mapping[str, str], since: str | None) -> Decimal:
         sql, args = query.spend_sql(self.kind, match, since)
         rows = await self._fetch(sql, args)

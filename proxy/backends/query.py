@@ -25,7 +25,7 @@ from proxy.backends.schema import (
 )
 
 __all__ = ["FILTERS", "GROUP_KEYS", "QueryError", "calls_sql", "check_text", "parse_group_by",
-           "spend_sql", "parse_time", "row_json", "usage_result", "usage_sql", "where"]
+           "quota_sql", "spend_sql", "parse_time", "row_json", "usage_result", "usage_sql", "where"]
 
 GROUP_KEYS = ("agent", "session", "run", "model", "upstream", "operation", "end_user",
               "client", "day", "week", "month")
@@ -253,7 +253,7 @@ def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
     out.pop("id", None)
     out.pop("tx", None)  # PostgreSQL: the writing transaction, the export cursor's order
     out["stream"] = bool(out.get("stream"))
-    for key in ("tags", "usage_raw", "priced_units"):
+    for key in ("tags", "usage_raw", "priced_units", "quota"):
         if out.get(key):
             try:
                 out[key] = json.loads(out[key])
@@ -271,6 +271,14 @@ def calls_sql(since: str | None, until: str | None, filters: Mapping[str, str | 
     w, args = where(since, until, filters)
     return (f"SELECT * FROM llm_usage{w} ORDER BY started_at DESC, id DESC LIMIT ?",
             [*args, limit])
+
+
+def quota_sql(since: str | None, until: str | None) -> tuple[str, list[Any]]:
+    """The rows that keep a response's quota headers, in the range, oldest first."""
+    w, args = where(since, until, {})
+    w = f"{w} AND quota IS NOT NULL" if w else " WHERE quota IS NOT NULL"
+    return (f"SELECT call_id, started_at, ttft_ms, duration_ms, upstream, dialect, key_id, "
+            f"session, quota FROM llm_usage{w} ORDER BY started_at, id", args)
 
 
 _COLUMN_KEYS = ("upstream", "model", "client", "agent", "session", "run")

@@ -159,6 +159,8 @@ _EXPORT = "export cursors: each webhook delivers from the ledger, after its curs
 _UNPRICED_OK_NAME = "unpriced: every ok call without a cost, whatever its usage"
 _UNPRICED_OK = "".join(f"UPDATE {t} SET unpriced_calls = calls - priced_calls "
                        "WHERE outcome = 'ok';\n" for t, _, _ in ROLLUPS)
+_QUOTA_NAME = "quota: the provider's rate-limit and quota headers on each response"
+_QUOTA = "ALTER TABLE llm_usage ADD COLUMN quota TEXT;\n"
 _REQUEST_ID_INDEX = ("CREATE INDEX IF NOT EXISTS llm_usage_request_id "
                      "ON llm_usage (upstream_request_id);\n")
 
@@ -173,6 +175,7 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
     (_EXPORT, "CREATE TABLE IF NOT EXISTS tb_export_cursor (\n"
      "    sink TEXT PRIMARY KEY, after_id INTEGER NOT NULL);\n"),
     (_UNPRICED_OK_NAME, _UNPRICED_OK),
+    (_QUOTA_NAME, _QUOTA),
 ]
 
 # PostgreSQL: the same columns and meaning (timestamps are the same sortable ISO-8601 UTC
@@ -256,4 +259,5 @@ CREATE TABLE IF NOT EXISTS tb_export_cursor (
     sink TEXT PRIMARY KEY, tx xid8 NOT NULL, after_id BIGINT NOT NULL);
 """),
     (_UNPRICED_OK_NAME, _UNPRICED_OK),
+    (_QUOTA_NAME, _QUOTA.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")),
 ]

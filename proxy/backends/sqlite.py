@@ -230,6 +230,12 @@ class SqliteBackend:
         rows = await self._read(lambda c: c.execute(sql, args).fetchall())
         return [query.row_json(r) for r in rows]
 
+    async def quota_calls(self, since: str | None, until: str | None) -> list[dict[str, Any]]:
+        """The rows that keep quota headers, in the range, oldest first."""
+        sql, args = query.quota_sql(since, until)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [dict(r) for r in rows]
+
     async def spend(self, match: Mapping[str, str], since: str | None) -> Decimal:
         sql, args = query.spend_sql(self.kind, match, since)
         row = await self._read(lambda c: c.execute(sql, args).fetchone())

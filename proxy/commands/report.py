@@ -23,8 +23,10 @@ def add_parser(sub: Any, add_common: Callable[..., None]) -> argparse.ArgumentPa
     p: argparse.ArgumentParser = sub.add_parser("report",
                                                 help="usage and spend grouped by any key")
     add_common(p)
-    p.add_argument("--by", default="agent,model",
-                   help=f"comma-separated: {', '.join(query.GROUP_KEYS)}, tag:<key>")
+    p.add_argument("--by", help=f"comma-separated: {', '.join(query.GROUP_KEYS)}, tag:<key> "
+                                "(default agent,model)")
+    p.add_argument("--quota", action="store_true",
+                   help="each session's share of each provider account's 5-hour window")
     p.add_argument("--since", help="7d, 12h, 2w, or a date like 2026-11-01")
     p.add_argument("--until")
     for f in ("agent", "session", "run", "model", "upstream"):
@@ -47,7 +49,11 @@ async def month_to_date(backend: LedgerBackend, now: datetime) -> dict[str, Any]
 
 
 def run(args: argparse.Namespace, config: Any) -> int:
-    group_by = query.parse_group_by(args.by)
+    if args.quota:
+        from proxy.commands import report_quota
+
+        return report_quota.run(args, config)
+    group_by = query.parse_group_by(args.by or "agent,model")
     since = query.parse_time("--since", args.since)
     until = query.parse_time("--until", args.until)
     filters = {k: getattr(args, k, None) for k in ("agent", "session", "run", "model",

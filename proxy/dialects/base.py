@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any, ClassVar, Protocol
 
 from proxy.framing import NdjsonFramer, SseFramer
+from proxy.quota import Quota
 from proxy.usage import Usage
 
 __all__ = ["BaseStream", "BatchLine", "BodyFilter", "Dialect", "DialectBase", "Extract",
@@ -379,6 +380,11 @@ class Provider:
              body: bytes) -> dict[str, str]:
         """The outbound headers, signed again where the provider needs it."""
         return headers
+
+    def quota(self, headers: Mapping[str, str], now: float) -> Quota | None:
+        """The rate-limit and quota headers of a response (`now`: when it arrived), or None
+        when the provider sends none we read."""
+        return None
 
 
 @dataclass

@@ -17,6 +17,7 @@ from proxy import state
 from proxy.backends.postgres import migrate
 from proxy.backends.schema import PG_MIGRATIONS
 from proxy.cli import main
+from proxy.dialects import PROVIDERS
 from proxy.record import COLUMNS
 from proxy.sinks.ledger import Ledger
 from tests.conftest import FakeUpstream, Reply, StartProxy, wait_until
@@ -130,6 +131,34 @@ async def test_commands_work_on_postgres(pg_url: str, tmp_path: Path,
             15 * 10**10
     finally:
         await db.close()
+
+
+async def test_quota_headers_are_kept_and_reported_on_postgres(
+        pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ledger = Ledger(pg_url, flush_seconds=0.01)
+    await ledger.open()
+    try:
+        # one account's 5-hour readings, s1 then s2 then s1: 0.40, 0.46, 0.50
+        for i, (session, u) in enumerate((("s1", "0.4"), ("s2", "0.46"), ("s1", "0.5"))):
+            headers = {"anthropic-ratelimit-unified-5h-utilization": u,
+                       "anthropic-ratelimit-unified-5h-reset": "1785182400"}
+            quota = PROVIDERS["anthropic"].quota(headers, 1785170000.0 + i)
+            await ledger.handle(make_record(
+                call_id=f"q{i}", started_at=f"2026-11-20T10:0{i}:00.000Z", upstream="anthropic",
+                dialect="anthropic", key_id="k_acct", session=session, quota=quota))
+        await ledger.flush()
+        (row,) = await ledger.backend.calls(None, None, {}, 1, "q1")
+        assert row["quota"] == {"anthropic-ratelimit-unified-5h-utilization": "0.46",
+                                "anthropic-ratelimit-unified-5h-reset": "1785182400"}
+    finally:
+        await ledger.aclose()
+    # s1: 0.46 - 0.40 = 0.06 (its last call is the window's latest); s2: 0.50 - 0.46 = 0.04
+    assert main(["report", "--quota", "--db", pg_url, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    got = {r["session"]: (r["calls"], r["measured_calls"], r["share"]) for r in doc["rows"]}
+    assert got == {"s1": (2, 1, pytest.approx(0.06)), "s2": (1, 1, pytest.approx(0.04))}
 
 
 async def test_copy_ledger_from_sqlite_once_even_when_run_twice(

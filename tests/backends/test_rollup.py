@@ -166,11 +166,11 @@ async def test_budget_spend_reads_hours_and_tags_alike(target: str) -> None:
         await backend.aclose()
 
 
-async def _old_ledger(target: str, sql: str) -> None:
-    """Make the ledger look like one from before the last migration: run `sql` and set its
-    schema version back by one."""
+async def _old_ledger(target: str, sql: str, before: str) -> None:
+    """Make the ledger look like one from before the migration named `before`: run `sql`
+    (which undoes it and those after it) and set its schema version back to before it."""
     if not parse_url(target).local:
-        version = len(PG_MIGRATIONS) - 1
+        version = [name for name, _ in PG_MIGRATIONS].index(before)
         db = await asyncpg.connect(target)
         try:
             await db.execute(sql)
@@ -178,7 +178,8 @@ async def _old_ledger(target: str, sql: str) -> None:
         finally:
             await db.close()
         return
-    conn, version = sqlite3.connect(target), len(SQLITE_MIGRATIONS) - 1
+    conn = sqlite3.connect(target)
+    version = [name for name, _ in SQLITE_MIGRATIONS].index(before)
     try:
         conn.executescript(sql)
         conn.execute(f"PRAGMA user_version = {version}")
@@ -221,7 +222,9 @@ async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage(target: 
     # calls counted 0. Opening it migrates the measure to what its raw rows say.
     await _old_ledger(target, "".join(
         f"UPDATE {t} SET unpriced_calls = 0 WHERE model = 'whisper-1';\n"
-        for t in ("llm_usage_hourly", "llm_usage_daily")))
+        for t in ("llm_usage_hourly", "llm_usage_daily"))
+        + "ALTER TABLE llm_usage DROP COLUMN quota;\n",  # a later migration's
+        before="unpriced: every ok call without a cost, whatever its usage")
     backend = open_backend(target)
     await backend.open()
     try:

@@ -60,11 +60,12 @@ async def test_a_ledger_from_before_the_rollups_gets_them_built_from_its_rows(
         conn.execute("PRAGMA user_version = 2")
         from proxy.record import COLUMNS
 
-        conn.executemany(f"INSERT INTO llm_usage ({', '.join(COLUMNS)}) VALUES "
-                         f"({', '.join('?' * len(COLUMNS))})",
+        old = COLUMNS[:COLUMNS.index("quota")]  # the columns of that schema
+        conn.executemany(f"INSERT INTO llm_usage ({', '.join(old)}) VALUES "
+                         f"({', '.join('?' * len(old))})",
                          [make_record(call_id=f"v{i}", agent="old", cost_usd=Decimal("0.5"),
                                       started_at=f"2026-11-0{1 + i % 3}T1{i}:00:00.000Z")
-                          .to_row() for i in range(6)])
+                          .to_row()[:len(old)] for i in range(6)])
         conn.commit()
     finally:
         conn.close()

@@ -91,3 +91,20 @@ async def test_a_group_with_no_priced_usage_shows_a_dash_and_an_unpriced_call_sa
     assert "$0.010000" in lines["paid"]
     assert main(["calls", "--db", path, "--agent", "mystery"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("unpriced")
+
+
+def test_report_quota_refuses_what_does_not_apply_and_says_when_it_has_nothing(
+        ledger_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--quota", "--db", ledger_db, "--by", "agent"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tokenbooth: --by: does not apply to --quota (it reports by session within each "
+        "account's window)")
+    assert main(["report", "--quota", "--db", ledger_db, "--agent", "ana"]) == 2
+    assert "--agent: does not apply to --quota" in capsys.readouterr().err
+    # the rows of this ledger carry no quota headers
+    assert main(["report", "--quota", "--db", ledger_db]) == 0
+    assert capsys.readouterr().out.strip() == \
+        "(no calls with a 5-hour quota reading in this range)"
+    assert main(["report", "--quota", "--db", ledger_db, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.strip() == ("upstream,account,window_resets,session,calls,"
+                                               "measured_calls,share,before,after")

@@ -10,6 +10,8 @@ import hashlib
 import json
 import re
 import shutil
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,10 @@ from aiohttp import web
 from playwright.async_api import expect
 
 from proxy import state
-from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
+from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy
 from tests.e2e.test_ledger_metrics import rows
 from tests.e2e.test_passthrough import CHAT_STREAM, SSE
+from tests.e2e.test_quota import MSGS, RESET_5H, claude_code, scripted, unified
 
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -98,7 +101,7 @@ async def test_an_empty_page_says_so_at_every_width(proxy: Proxy, browser: Any) 
     await page.goto(f"{proxy.url}/ui")
     await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
     for text in ("No calls in flight.", "No calls in this period.", "No budgets configured.",
-                 "No spend in the last 30 days.", "No calls yet."):
+                 "No quota headers seen yet.", "No spend in the last 30 days.", "No calls yet."):
         await expect(page.get_by_text(text)).to_be_visible()
     for width in WIDTHS:
         await page.set_viewport_size({"width": width, "height": 900})
@@ -239,3 +242,50 @@ async def test_only_the_pages_own_script_runs(proxy: Proxy, browser: Any) -> Non
         if (window.injected === 1) done(true);
     })""")
     assert ran is False and await page.evaluate("window.injected") is None
+
+
+async def test_the_quota_card_shows_each_accounts_windows_live(
+        upstream: FakeUpstream, proxy: Proxy, sdk: Sdks, browser: Any) -> None:
+    page = await browser.new_page()
+    await page.goto(f"{proxy.url}/ui")
+    await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+    await expect(page.get_by_text("No quota headers seen yet.")).to_be_visible()
+    upstream.on("/v1/messages", scripted([unified(0.42, 0.3), unified(0.47, 0.31),
+                                          unified(0.97, 0.8, "allowed_warning")]))
+    client = claude_code(sdk, proxy, "s-ui", "sk-ant-oat01-account-ui")
+    await client.messages.create(model="claude-sonnet-4-20250514", max_tokens=10,
+                                 messages=MSGS)
+    await proxy.collector.wait_for(1)
+    account = proxy.collector.records[0].key_id
+    assert account is not None
+    row = f'#quota tr[data-account="anthropic/{account}"]'
+    # the page was open: the call's end brings the card up to date
+    await expect(page.locator(f'{row}[data-window="5h"] td.used')).to_have_text(
+        "42.0%", timeout=5_000)
+    await expect(page.locator(f'{row}[data-window="7d"] td.used')).to_have_text("30.0%")
+    assert await page.is_hidden("#quota-empty")
+    await client.messages.create(model="claude-sonnet-4-20250514", max_tokens=10,
+                                 messages=MSGS)
+    await expect(page.locator(f'{row}[data-window="5h"] td.used')).to_have_text(
+        "47.0%", timeout=5_000)
+    # when each window resets: from now, with the exact time in its title
+    resets = page.locator(f'{row}[data-window="5h"] td.resets')
+    assert await resets.get_attribute("title") == \
+        datetime.fromtimestamp(RESET_5H, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    left = re.fullmatch(r"in (\d+)h (\d+)m", await resets.inner_text())
+    assert left is not None
+    shown = int(left[1]) * 3600 + int(left[2]) * 60
+    assert RESET_5H - time.time() - 120 <= shown <= RESET_5H - time.time() + 60
+    assert re.fullmatch(r"in 4d \d+h", await page.inner_text(
+        f'{row}[data-window="7d"] td.resets'))
+    assert await page.inner_text(f'{row}[data-window="5h"] td:nth-child(5)') == "allowed"
+    # near the limit: the window's warning status, and the card still fits every width
+    await client.messages.create(model="claude-sonnet-4-20250514", max_tokens=10,
+                                 messages=MSGS)
+    status = page.locator(f'{row}[data-window="5h"] td:nth-child(5)')
+    await expect(status).to_have_text("allowed_warning", timeout=5_000)
+    assert await status.get_attribute("class") == "state-warning"
+    for width in WIDTHS:
+        await page.set_viewport_size({"width": width, "height": 900})
+        assert await page.evaluate(OVERFLOW) == [], width
+    await page.screenshot(path=str(ARTIFACTS / "ui-quota.png"), full_page=True)

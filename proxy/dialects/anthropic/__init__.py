@@ -9,8 +9,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
+from proxy.dialects.anthropic.quota import read_quota
 from proxy.dialects.base import Match, Provider
 from proxy.dialects.rewrite import BytesReplacer
+from proxy.quota import Quota
 
 __all__ = ["AnthropicProvider", "error_body"]
 
@@ -76,3 +78,6 @@ class AnthropicProvider(Provider):
     def error(self, status: int, kind: str, message: str,
               extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         return error_body(kind, message, extra), {}
+
+    def quota(self, headers: Mapping[str, str], now: float) -> Quota | None:
+        return read_quota(headers, now)

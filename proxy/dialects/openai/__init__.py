@@ -9,11 +9,14 @@ translations, speech).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from proxy.dialects.base import Injector, Match, Provider
 from proxy.dialects.openai import inject as injection
+from proxy.dialects.openai.quota import read_quota
+from proxy.quota import Quota
 
 __all__ = ["OpenAIProvider", "POST_ROUTES", "injector", "match_post"]
 
@@ -87,3 +90,6 @@ class OpenAIProvider(Provider):
 
     def injector(self, parser: str | None) -> Injector | None:
         return injector(parser)
+
+    def quota(self, headers: Mapping[str, str], now: float) -> Quota | None:
+        return read_quota(headers, now)
