@@ -174,11 +174,12 @@ class LocalBudgets:
         if self._ledger is None:
             return
         now = datetime.now(UTC)
+        failures: tuple[type[BaseException], ...] = (*self._ledger.unavailable, ValueError)
         try:
             for w in windows:
                 w.spend = await self._ledger.spend(dict(w.cfg.match),
                                                    w.window_start(now) or None)
-        except (*self._ledger.unavailable, ValueError) as exc:
+        except failures as exc:
             log.warning("could not restore budget spend from the ledger: %s", exc)
 
     async def reserve(self, windows: Sequence[Window], call_id: str,
