@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy import admin, state
 from proxy.admission import Admission
+from proxy.admission.budgets import BudgetCheck, BudgetStore, FleetBudgets, LocalBudgets
 from proxy.config import Config
 from proxy.estimate import Estimator
 from proxy.fleet import Fleet
@@ -77,8 +78,9 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
                     on_rows=metrics.ledger_rows_changed,
                     on_error=lambda: metrics.sink_failed("ledger"))
     feed = Broadcaster()
-    budgets = Budgets(config.budgets, registry)
-    admission = Admission(budgets, prices, est)
+    budget_check = BudgetCheck(config.budgets)
+    budgets = Budgets(budget_check, registry)
+    admission = Admission((budget_check,), prices, est)
     exports = make_exports(config.exports, metrics.export_result)
     quota = QuotaBoard(registry, max_accounts=config.metrics.max_label_values)
     recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets, quota,
@@ -104,14 +106,17 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         await ledger.open()
         backend = ledger.backend
         fleet = None
+        store: BudgetStore
         if backend.fleet is not None:  # a shared ledger: one secret for the fleet's key ids
             recorder.fingerprint = KeyFingerprinter(await backend.fleet.secret())
-            fleet = Fleet(backend.fleet, budgets, feed)
-            ledger.on_committed = budgets.rows_written
+            store = fleet_budgets = FleetBudgets(backend.fleet)  # reserved in the shared ledger
+            fleet = Fleet(backend.fleet, fleet_budgets, feed)
+            ledger.on_committed = fleet_budgets.rows_written
         else:
             recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,
                                                            config.ledger.path)
-        await budgets.restore(backend)
+            store = LocalBudgets(backend)  # reserved in this process
+        await budget_check.open(store)
         for sink in exports:
             if isinstance(sink, WebhookSink):  # delivers from the ledger, after its cursor
                 sink.start(ledger)

@@ -18,8 +18,8 @@ import secrets
 import socket
 from collections import deque
 
+from proxy.admission.budgets import FleetBudgets
 from proxy.backends import FleetBackend
-from proxy.sinks.budgets import Budgets
 from proxy.sinks.feed import Broadcaster
 from proxy.tasks import spawn
 
@@ -32,7 +32,7 @@ QUEUE_EVENTS = 10_000
 
 
 class Fleet:
-    def __init__(self, backend: FleetBackend, budgets: Budgets, feed: Broadcaster,
+    def __init__(self, backend: FleetBackend, budgets: FleetBudgets, feed: Broadcaster,
                  interval: float = INTERVAL_SECONDS) -> None:
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._backend = backend

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from proxy.admission.budgets import BudgetCheck
 from proxy.config import BudgetConfig
 from proxy.sinks.budgets import Budgets
 from proxy.sinks.metrics import Metrics
@@ -46,7 +47,7 @@ def test_promtool_unit_tests() -> None:
 def exported_names() -> set[str]:
     registry = CollectorRegistry()
     Metrics(registry, prices_version="x")
-    Budgets((BudgetConfig("b", {}, 1.0, "day", "alert"),), registry)
+    Budgets(BudgetCheck((BudgetConfig("b", {}, 1.0, "day", "alert"),)), registry)
     names = set()
     for fam in registry.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(

@@ -1,93 +1,114 @@
-"""Budgets on a shared PostgreSQL ledger while the database is away: a blocking budget
-keeps counting what this replica admits and spends (it does not fail open), and one with
-`on_ledger_down: refuse` refuses matching calls until the database answers."""
+"""The budgets sink settles each record against the budgets it matches (its reservation
+released, its cost counted) on the in-process store (SQLite) and through the fleet's ledger
+(PostgreSQL) alike, and serves what it knows as gauges and as `/api/budgets`. It decides
+nothing and imports no backend."""
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from proxy import state
-from tests.conftest import FakeUpstream, Reply, StartProxy, wait_until
-from tests.test_fleet import until
+from proxy.admission.base import Ask
+from proxy.sinks.budgets import Budgets
+from tests.budget_stores import budget, ledger_target, open_budgets
+from tests.factories import make_record
 
-# cap-model: input free, $1.00 per million output tokens. Every call asks max_tokens=1000
-# and the provider reports 1000 out: worst case and cost are both 1000 * $1 / 1e6 = $0.001.
-PRICES = {"models": {"cap-model": {"input": 0, "output": 1.0}}}
-CHAT = json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "cap-model",
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                "finish_reason": "stop"}],
-                   "usage": {"prompt_tokens": 12, "completion_tokens": 1000}}).encode()
+WORST = Decimal("0.001")
 
 
-async def chat(s: aiohttp.ClientSession, base: str, agent: str = "bot"
-               ) -> tuple[int, dict[str, Any]]:
-    async with s.post(f"{base}/openai/v1/chat/completions", headers={"X-Meter-Agent": agent},
-                      json={"model": "cap-model", "max_tokens": 1000,
-                            "messages": [{"role": "user", "content": "hi"}]}) as r:
-        return r.status, await r.json()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    return ledger_target(request, tmp_path)
 
 
-async def test_a_blocking_budget_keeps_counting_while_postgres_is_away(
-        upstream: FakeUpstream, start_proxy: StartProxy, pg_server: Any, pg_url: str) -> None:
-    upstream.on("/v1/chat/completions", Reply([CHAT]))
-    # $0.0095 fits 9 calls: 9 * $0.001 = $0.009; a 10th would make $0.010 > $0.0095
-    proxy = await start_proxy(
-        ledger={"url": pg_url, "flush_seconds": 0.02}, pricing=PRICES,
-        budgets=[{"name": "cap", "match": {"agent": "bot"}, "limit_usd": 0.0095,
-                  "window": "day", "action": "block"}])
-    ledger = proxy.app[state.LEDGER]
-    async with aiohttp.ClientSession() as s:
-        pg_server.stop()
-        try:
-            statuses = [(await chat(s, proxy.url))[0] for _ in range(30)]
-            assert statuses == [200] * 9 + [429] * 21
-            assert len(upstream.requests) == 9
-        finally:
-            pg_server.start()
-        # back: the nine rows are replayed and charged once; the fleet's spend is theirs
-        # and the cap still holds
-        await proxy.collector.wait_for(30)
-        await wait_until(lambda: ledger.stuck_rows == 0)
-
-        async def fleet_spend() -> bool:
-            async with s.get(f"{proxy.url}/api/budgets") as r:
-                (b,) = (await r.json())["budgets"]
-            return abs(b["spend_usd"] - 0.009) < 1e-9
-        await until(fleet_spend)
-        status, body = await chat(s, proxy.url)
-        assert status == 429 and body["error"]["code"] == "budget_exceeded"
-    assert len(upstream.requests) == 9
+def today(call_id: str, cost: str | None, **kw: Any) -> Any:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return make_record(call_id=call_id, started_at=now, ended_at=now,
+                       cost_usd=None if cost is None else Decimal(cost), **kw)
 
 
-async def test_a_refusing_budget_fails_closed_while_postgres_is_away(
-        upstream: FakeUpstream, start_proxy: StartProxy, pg_server: Any, pg_url: str) -> None:
-    upstream.on("/v1/chat/completions", Reply([CHAT]))
-    proxy = await start_proxy(
-        ledger={"url": pg_url, "flush_seconds": 0.02}, pricing=PRICES,
-        budgets=[{"name": "strict", "match": {"agent": "bot"}, "limit_usd": 1,
-                  "window": "day", "action": "block", "on_ledger_down": "refuse"},
-                 {"name": "lenient", "match": {"agent": "other"}, "limit_usd": 1,
-                  "window": "day", "action": "block"}])
-    async with aiohttp.ClientSession() as s:
-        assert (await chat(s, proxy.url))[0] == 200
-        pg_server.stop()
-        try:
-            status, body = await chat(s, proxy.url)
-            assert status == 503
-            assert body["error"]["code"] == "budget_unavailable"
-            assert body["error"]["budget"] == "strict"
-            assert "on_ledger_down: refuse" in body["error"]["message"]
-            assert (await chat(s, proxy.url, agent="other"))[0] == 200  # `local` decides
-            assert len(upstream.requests) == 2
-        finally:
-            pg_server.start()
+def by_name(sink: Budgets) -> dict[str, dict[str, Any]]:
+    return {b["name"]: b for b in sink.snapshot()}
 
-        async def admitted() -> bool:
-            return (await chat(s, proxy.url))[0] == 200
-        await until(admitted)
-    records = await proxy.collector.wait_for(len(upstream.requests) + 1)
-    refused = [r for r in records if r.status_code == 503]
-    assert refused and all(r.outcome == "rejected" for r in refused)
+
+async def test_a_record_releases_its_reservation_and_counts_its_cost(
+        ledger: tuple[str, str]) -> None:
+    configs = [budget("cap", 1, {"agent": "bot"}),
+               budget("watch", 0.0005, {}, window="total", action="alert")]
+    async with open_budgets(*ledger, configs) as b:
+        registry = CollectorRegistry()
+        sink = Budgets(b.check, registry)
+
+        async def worst() -> Decimal:
+            return WORST
+        assert await b.check.check(Ask("c1", {"agent": "bot", "upstream": "openai"},
+                                       worst)) is None
+        await b.sync()
+        assert by_name(sink)["cap"]["reserved_usd"] == 0.001
+        # c1 ends costing $0.0004; c2 (no reservation: admitted before a budget existed,
+        # say) costs $0.0002; a call nobody priced counts nothing
+        for record in (today("c1", "0.0004", agent="bot"), today("c2", "0.0002", agent="bot"),
+                       today("c3", None, agent="bot")):
+            await sink.handle(record)
+            await b.write([record])
+        snap = by_name(sink)
+        assert (snap["cap"]["spend_usd"], snap["cap"]["reserved_usd"]) == (0.0006, 0.0)
+        # the alert budget counts the same calls: $0.0006 against $0.0005
+        assert (snap["watch"]["spend_usd"], snap["watch"]["state"]) == (0.0006, "exceeded")
+        assert snap["cap"]["state"] == "ok"
+        assert snap["watch"]["match"] == {} and snap["watch"]["action"] == "alert"
+        scraped = {(sample.name, sample.labels["budget"]): sample.value
+                   for fam in text_string_to_metric_families(
+                       generate_latest(registry).decode()) for sample in fam.samples}
+        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0,
+                                             microsecond=0) + timedelta(days=1)
+        assert scraped == {
+            ("tokenbooth_budget_spend_usd", "cap"): 0.0006,
+            ("tokenbooth_budget_spend_usd", "watch"): 0.0006,
+            ("tokenbooth_budget_limit_usd", "cap"): 1.0,
+            ("tokenbooth_budget_limit_usd", "watch"): 0.0005,
+            ("tokenbooth_budget_window_end_timestamp_seconds", "cap"): midnight.timestamp(),
+            ("tokenbooth_budget_window_end_timestamp_seconds", "watch"): 0.0}  # total
+
+
+async def test_a_record_counts_by_the_model_answered_or_the_model_asked(
+        ledger: tuple[str, str]) -> None:
+    async with open_budgets(*ledger, [budget("4o", 1, {"model": "gpt-4o"},
+                                             action="alert")]) as b:
+        sink = Budgets(b.check, CollectorRegistry())
+        records = [today("asked", "0.01", model="gpt-4o-2024-08-06", request_model="gpt-4o"),
+                   today("answered", "0.02", model="gpt-4o", request_model=None),
+                   today("neither", "0.5", model="gpt-4o-mini", request_model="gpt-4o-mini")]
+        for record in records:
+            await sink.handle(record)
+        await b.write(records)
+        assert by_name(sink)["4o"]["spend_usd"] == 0.03  # 0.01 + 0.02
+
+
+async def test_the_warning_state_starts_at_eighty_percent(tmp_path: Path) -> None:
+    async with open_budgets("sqlite", str(tmp_path / "l.db"),
+                            [budget("b", 0.01, {}, action="alert")]) as b:
+        sink = Budgets(b.check, CollectorRegistry())
+        states = []
+        for i, cost in enumerate(("0.0079", "0.0001", "0.002")):  # 0.0079, 0.008, 0.01
+            await sink.handle(today(f"c{i}", cost))
+            states.append(by_name(sink)["b"]["state"])
+        assert states == ["ok", "warning", "exceeded"]
+
+
+def test_the_sink_imports_no_backend() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, proxy.sinks.budgets, proxy.admission; "
+         "print(sorted(m for m in sys.modules if m.startswith(('proxy.backends.sqlite', "
+         "'proxy.backends.postgres', 'asyncpg', 'aiosqlite'))))"],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,70 @@
+"""What admission is made of: a call as the checks see it (`Ask`), a check (`Check`), and a
+refusal (`Denied`: which check, the reason, and when a retry may succeed)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+__all__ = ["Ask", "Check", "Denied", "context"]
+
+
+@dataclass(frozen=True)
+class Denied:
+    """One check's refusal: the call is not sent. `name` is what refused (a budget's name),
+    `retry_after_seconds` when a retry may succeed (None: not in this window)."""
+
+    name: str
+    limit_usd: float
+    retry_after_seconds: int | None = None  # until the window ends; None for `total`
+    ledger_down: bool = False  # `on_ledger_down: refuse` and the shared ledger is away
+    check: str = "budget"  # the kind of check that refused
+
+    @property
+    def message(self) -> str:
+        if self.ledger_down:
+            return (f"Tokenbooth budget '{self.name}' cannot be checked: the shared ledger "
+                    f"is unreachable and the budget refuses calls until it answers "
+                    f"(on_ledger_down: refuse); the request was not sent.")
+        return (f"Tokenbooth budget '{self.name}' (limit ${self.limit_usd:g}) is exhausted "
+                f"for this window; the request was not sent.")
+
+
+class Ask:
+    """One call as the checks see it: `context` (what a budget's `match` is compared with:
+    the call's tags, `upstream`, `model`, `client`) and the most it can cost, estimated on
+    first use only (a call no check concerns is never estimated)."""
+
+    __slots__ = ("_cost", "_worst", "call_id", "context")
+
+    def __init__(self, call_id: str, context: Mapping[str, str | None],
+                 worst: Callable[[], Awaitable[Decimal]]) -> None:
+        self.call_id = call_id
+        self.context = context
+        self._worst = worst
+        self._cost: Decimal | None = None
+
+    async def worst_usd(self) -> Decimal:
+        """Its estimated input and all of max_tokens out, priced (0 when unpriced)."""
+        if self._cost is None:
+            self._cost = await self._worst()
+        return self._cost
+
+
+def context(tags: Mapping[str, str], upstream: str, model: str | None,
+            client: str | None) -> dict[str, str | None]:
+    """What a check's match is compared with, for a call or its record."""
+    return {**tags, "upstream": upstream, "model": model, "client": client}
+
+
+class Check(Protocol):
+    """One of admission's questions. `check` admits (holding what the call may use until its
+    record settles it) or refuses; a refused call's record settles what earlier checks held
+    (its ledger row on PostgreSQL, the budgets sink here), so a check never undoes another's."""
+
+    name: str
+    active: bool  # False: it can refuse nothing (admission skips it)
+
+    async def check(self, ask: Ask) -> Denied | None: ...

@@ -1,0 +1,311 @@
+"""The budgets' check: spend + open reservations + a call's worst case must stay within a
+blocking budget's limit, and the worst case stays reserved until the call's record settles
+it, so concurrent calls cannot overshoot. Alert budgets never block (they are only counted).
+
+Where spend and reservations are kept is the store's, injected once the ledger is open:
+- `LocalBudgets`: in this process (the SQLite ledger): spend restored from the ledger at
+  start, then kept by the records; the check and the reservation are one synchronous step.
+- `FleetBudgets`: the fleet's (a shared PostgreSQL ledger): reservations are made there in
+  one round trip (`tb_reserve`), the ledger's write transaction charges each row to the
+  budgets it matches, and `sync()` (every second) reads the fleet's spend, so every replica
+  shows the same number. Should the database not answer, a budget with `on_ledger_down:
+  local` (the default) decides on this replica's own view: the fleet's spend and
+  reservations as last read, plus what this replica has reserved and spent since (a
+  finished call's cost counts here until its row is written and a later `sync()` has read
+  it back); one with `refuse` refuses matching calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Protocol
+
+from proxy.admission.base import Ask, Denied, context
+from proxy.config import BudgetConfig
+from proxy.record import CallRecord
+
+__all__ = ["BudgetCheck", "BudgetStore", "FleetBudgets", "LocalBudgets", "Window", "matches",
+           "window_bounds"]
+
+log = logging.getLogger("tokenbooth.budgets")
+
+
+def window_bounds(window: str, now: datetime) -> tuple[datetime | None, datetime | None]:
+    """UTC calendar window containing `now`: (start, end); `total` has no bounds."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if window == "day":
+        return day, day + timedelta(days=1)
+    if window == "week":
+        start = day - timedelta(days=day.weekday())
+        return start, start + timedelta(days=7)
+    if window == "month":
+        start = day.replace(day=1)
+        nxt = (start + timedelta(days=32)).replace(day=1)
+        return start, nxt
+    return None, None
+
+
+def matches(cfg: BudgetConfig, ctx: Mapping[str, str | None]) -> bool:
+    return all(ctx.get(k) == v for k, v in cfg.match.items())
+
+
+@dataclass
+class Window:
+    """One budget in its current window: its spend and what is held against it."""
+
+    cfg: BudgetConfig
+    spend: Decimal = Decimal(0)
+    reserved: dict[str, Decimal] = field(default_factory=dict)  # held here, by call id
+    window_end: datetime | None = None
+    fleet_reserved: Decimal = Decimal(0)  # other replicas' too (shared ledger)
+    # Shared ledger: costs of this replica's finished calls the fleet's spend may not hold
+    # yet, by call id: `unwritten` until the ledger writes the row, then `written` until a
+    # `sync()` that started after the write has read the spend back.
+    unwritten: dict[str, Decimal] = field(default_factory=dict)
+    written: dict[str, Decimal] = field(default_factory=dict)
+
+    @property
+    def limit(self) -> Decimal:
+        return Decimal(repr(self.cfg.limit_usd))
+
+    def roll(self, now: datetime) -> None:
+        if self.window_end is not None and now >= self.window_end:
+            self.spend = Decimal(0)
+            self.fleet_reserved = Decimal(0)
+            self.unwritten.clear()
+            self.written.clear()
+            self.window_end = window_bounds(self.cfg.window, now)[1]
+
+    def local_spend(self) -> Decimal:
+        """The spend a local decision reads: the fleet's as last read (or this replica's own
+        without a shared ledger), plus costs that may not have reached it yet."""
+        return sum(self.written.values(), sum(self.unwritten.values(), self.spend))
+
+    def window_start(self, now: datetime) -> str:
+        """The current window's start as the ledger writes it ('' for `total`)."""
+        start = window_bounds(self.cfg.window, now)[0]
+        return "" if start is None else start.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    def state(self) -> str:
+        total = self.spend
+        if total >= self.limit:
+            return "exceeded"
+        if total >= self.limit * Decimal("0.8"):
+            return "warning"
+        return "ok"
+
+    def denied(self, now: datetime) -> Denied:
+        retry = None if self.window_end is None else \
+            max(1, int((self.window_end - now).total_seconds()) + 1)
+        return Denied(self.cfg.name, self.cfg.limit_usd, retry)
+
+
+def reserve_here(windows: Sequence[Window], call_id: str, worst: Decimal) -> Denied | None:
+    """Synchronous: nothing runs between the check and the reservation."""
+    now = datetime.now(UTC)
+    for w in windows:
+        w.roll(now)
+        held = sum(w.reserved.values(), w.fleet_reserved)
+        spend = w.local_spend()
+        if spend + held + worst > w.limit or spend >= w.limit:
+            return w.denied(now)
+    if worst:
+        for w in windows:
+            w.reserved[call_id] = worst
+    return None
+
+
+class BudgetStore(Protocol):
+    """Where budgets' spend and reservations are kept and decided."""
+
+    async def restore(self, windows: Sequence[Window]) -> None:
+        """Spend so far in each window (called once, with the windows it keeps)."""
+
+    async def reserve(self, windows: Sequence[Window], call_id: str,
+                      worst: Decimal) -> Denied | None:
+        """Reserve `worst` in every window, or the refusal of the first that cannot."""
+
+    def settle(self, window: Window, call_id: str, cost: Decimal | None) -> None:
+        """A finished call's cost counts against `window` (its reservation is released)."""
+
+    def reserved_usd(self, window: Window) -> Decimal:
+        """What is held against `window` as the store knows it."""
+
+
+class SpendLedger(Protocol):
+    """What `LocalBudgets` reads from the ledger (the SQLite backend)."""
+
+    unavailable: tuple[type[BaseException], ...]
+
+    async def spend(self, match: Mapping[str, str], since: str | None) -> Decimal: ...
+
+
+class FleetLedger(Protocol):
+    """What `FleetBudgets` asks of the shared ledger (the PostgreSQL backend)."""
+
+    unavailable: tuple[type[BaseException], ...]
+
+    async def define_budgets(self, budgets: Sequence[tuple[str, str, dict[str, str],
+                                                           str | None]]) -> None: ...
+
+    async def reserve(self, names: Sequence[str], limits: Sequence[Decimal],
+                      windows: Sequence[str], call_id: str, worst: Decimal,
+                      replica: str) -> str | None: ...
+
+    async def budget_state(self, keys: Sequence[tuple[str, str]]
+                           ) -> dict[str, tuple[Decimal, Decimal]]: ...
+
+    async def reset(self, broken: bool = False) -> None: ...
+
+
+class LocalBudgets:
+    """In this process: spend restored from the ledger (if any), then kept by the records.
+    The roll-up's whole hours are read (a window starts on the hour), raw rows only where a
+    budget matches on a tag or session."""
+
+    def __init__(self, ledger: SpendLedger | None = None) -> None:
+        self._ledger = ledger
+
+    async def restore(self, windows: Sequence[Window]) -> None:
+        if self._ledger is None:
+            return
+        now = datetime.now(UTC)
+        failures: tuple[type[BaseException], ...] = (*self._ledger.unavailable, ValueError)
+        try:
+            for w in windows:
+                w.spend = await self._ledger.spend(dict(w.cfg.match),
+                                                   w.window_start(now) or None)
+        except failures as exc:
+            log.warning("could not restore budget spend from the ledger: %s", exc)
+
+    async def reserve(self, windows: Sequence[Window], call_id: str,
+                      worst: Decimal) -> Denied | None:
+        return reserve_here(windows, call_id, worst)
+
+    def settle(self, window: Window, call_id: str, cost: Decimal | None) -> None:
+        if cost is not None:
+            window.spend += cost
+
+    def reserved_usd(self, window: Window) -> Decimal:
+        return sum(window.reserved.values(), Decimal(0))
+
+
+class FleetBudgets:
+    """The fleet's: budgets defined in the shared ledger (spend counted from the ledger for
+    a new or changed one), reservations made there, spend read back by `sync()`."""
+
+    def __init__(self, ledger: FleetLedger) -> None:
+        self._ledger = ledger
+        self._windows: Sequence[Window] = ()
+        self.replica = ""  # this replica's id in the fleet (set by proxy.fleet)
+
+    async def restore(self, windows: Sequence[Window]) -> None:
+        self._windows = windows
+        now = datetime.now(UTC)
+        await self._ledger.define_budgets([(w.cfg.name, w.cfg.window, dict(w.cfg.match),
+                                            w.window_start(now)) for w in windows])
+        await self.sync()
+
+    async def sync(self) -> None:
+        """Read the fleet's spend and reservations."""
+        if not self._windows:
+            return
+        now = datetime.now(UTC)
+        for w in self._windows:
+            w.roll(now)
+        read = [list(w.written) for w in self._windows]  # written before this read began
+        state = await self._ledger.budget_state([(w.cfg.name, w.window_start(now))
+                                                 for w in self._windows])
+        for w, ids in zip(self._windows, read, strict=True):
+            w.spend, w.fleet_reserved = state.get(w.cfg.name, (Decimal(0), Decimal(0)))
+            for call_id in ids:  # the spend just read holds them
+                w.written.pop(call_id, None)
+
+    def rows_written(self, call_ids: list[str]) -> None:
+        """The ledger wrote these rows: the fleet's spend holds their cost from now on, so
+        the next `sync()` reads it back and this replica stops adding it."""
+        for w in self._windows:
+            if w.unwritten:
+                for call_id in call_ids:
+                    cost = w.unwritten.pop(call_id, None)
+                    if cost is not None:
+                        w.written[call_id] = cost
+
+    async def reserve(self, windows: Sequence[Window], call_id: str,
+                      worst: Decimal) -> Denied | None:
+        """In the fleet's ledger, one round trip; this replica's view if it does not answer
+        (or a refusal, for a budget with `on_ledger_down: refuse`)."""
+        now = datetime.now(UTC)
+        ordered = sorted(windows, key=lambda w: w.cfg.name)  # lock order: no deadlock
+        try:
+            name = await self._ledger.reserve(
+                [w.cfg.name for w in ordered], [w.limit for w in ordered],
+                [w.window_start(now) for w in ordered], call_id, worst, self.replica)
+        except Exception as exc:  # any failure of the fleet's store: never the call's
+            refusing = [w for w in ordered if w.cfg.on_ledger_down == "refuse"]
+            log.warning("fleet budgets unreachable (%s: %s): %s", type(exc).__name__, exc,
+                        f"budget {refusing[0].cfg.name} refuses (on_ledger_down: refuse)"
+                        if refusing else "deciding on this replica's last view")
+            if not isinstance(exc, self._ledger.unavailable):
+                await self._ledger.reset(broken=True)  # the driver is in a bad state
+            if refusing:
+                w = refusing[0]
+                return Denied(w.cfg.name, w.cfg.limit_usd, 1, ledger_down=True)
+            return reserve_here(windows, call_id, worst)
+        if name is None:
+            return None
+        return next(w for w in ordered if w.cfg.name == name).denied(now)
+
+    def settle(self, window: Window, call_id: str, cost: Decimal | None) -> None:
+        # The ledger's write charges the fleet's spend and `sync()` reads it back; until
+        # then (the database may be away for a while) it counts here.
+        if cost is not None and window.cfg.action == "block":
+            window.unwritten[call_id] = cost
+
+    def reserved_usd(self, window: Window) -> Decimal:
+        return window.fleet_reserved
+
+
+class BudgetCheck:
+    """Admission's budget check, and the settling of each record against the budgets."""
+
+    name = "budget"
+
+    def __init__(self, configs: Sequence[BudgetConfig]) -> None:
+        now = datetime.now(UTC)
+        self.windows = [Window(c, window_end=window_bounds(c.window, now)[1]) for c in configs]
+        self.active = any(c.action == "block" for c in configs)
+        self.store: BudgetStore = LocalBudgets()  # until the ledger is open: `open()`
+
+    async def open(self, store: BudgetStore) -> None:
+        """Keep spend and reservations in `store` from now on, restored from it."""
+        self.store = store
+        await store.restore(self.windows)
+
+    async def check(self, ask: Ask) -> Denied | None:
+        """Reserve the call's worst case in every blocking budget it matches, or the
+        refusal of the budget that cannot take it."""
+        windows = [w for w in self.windows
+                   if w.cfg.action == "block" and matches(w.cfg, ask.context)]
+        if not windows:
+            return None
+        return await self.store.reserve(windows, ask.call_id, await ask.worst_usd())
+
+    def settle(self, record: CallRecord) -> None:
+        """The call's record: release its reservations and count its cost in every budget
+        it matches (by the model answered or the model asked for)."""
+        if not self.windows:
+            return
+        ctx = context(record.tags, record.upstream, record.model, record.client)
+        ctx_req = {**ctx, "model": record.request_model}
+        now = datetime.now(UTC)
+        for w in self.windows:
+            reserved = w.reserved.pop(record.call_id, None)
+            if reserved is None and not (matches(w.cfg, ctx) or matches(w.cfg, ctx_req)):
+                continue
+            w.roll(now)
+            self.store.settle(w, record.call_id, record.cost_usd)
