@@ -69,12 +69,16 @@ class Observation:
     usage_raw: Any = None
     response_model: str | None = None
     upstream_request_id: str | None = None
-    status: str = "unknown"  # complete | incomplete | error | unknown
+    status: str = "unknown"  # complete | incomplete | error | unknown | pending
     error: str | None = None
     text: TextBuffer | None = None  # visible output, read only when an estimate needs it
     provider_cost_usd: Decimal | None = None
     parse_errors: int = 0
     batch_lines: tuple[BatchLine, ...] = ()  # a batch-results download: one per result
+    # A background response seen finished (OpenAI Responses): its usage, recorded once, as
+    # a row of its own linked by the response id. `status` "pending": a background
+    # response not finished yet, whose usage is recorded when it is seen finished.
+    background: Observation | None = None
 
     @property
     def output_text(self) -> str:
