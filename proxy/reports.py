@@ -24,17 +24,17 @@ __all__ = ["add_commands", "format_table", "month_to_date"]
 
 _REPORT_COLS = ("calls", "input_tokens", "cache_read_tokens", "cache_write_tokens",
                 "output_tokens", "reasoning_tokens", "total_tokens", "cost_usd",
-                "unpriced_calls", "estimated_calls")
+                "unpriced_calls", "estimated_calls", "pending_calls")
 _CALL_COLS = ("started_at", "call_id", "agent", "session", "run", "upstream", "model",
               "outcome", "input_tokens", "output_tokens", "usage_source", "cost_usd")
 
 
 def _cell(value: Any, key: str, no_cost: str = "-") -> str:
     """`no_cost` shows a NULL cost: a group with no priced usage is `-`; a call whose
-    usage has no price is `unpriced` (never $0)."""
+    usage has no price is `unpriced`, a background response's create `pending` (never $0)."""
     if value is None:
         return no_cost if key == "cost_usd" else "-"
-    if key == "cost_usd":
+    if key == "cost_usd" and not isinstance(value, str):
         return f"${value:,.6f}"
     if isinstance(value, int):
         return f"{value:,}"
@@ -68,7 +68,8 @@ async def month_to_date(backend: SqliteBackend | PostgresBackend,
     return {"month": start.strftime("%Y-%m"), "cost_usd": spent,
             "forecast_usd": round(spent / elapsed * days, 6),
             "unpriced_calls": totals["unpriced_calls"],
-            "estimated_calls": totals["estimated_calls"]}
+            "estimated_calls": totals["estimated_calls"],
+            "pending_calls": totals["pending_calls"]}
 
 
 def _emit(rows: list[dict[str, Any]], cols: Sequence[str], fmt: str,
@@ -148,6 +149,10 @@ def cmd_report(args: argparse.Namespace, config: Any) -> int:
                         f"cost_usd")
         if result["totals"]["estimated_calls"]:
             note.append(f"{result['totals']['estimated_calls']} call(s) hold estimated tokens")
+        if result["totals"]["pending_calls"]:
+            note.append(f"{result['totals']['pending_calls']} background response(s) were "
+                        "pending when created: each one's usage and cost are a row of their "
+                        "own (same upstream_request_id) once the proxy sees it finished")
         print(f"\nMonth to date ({mtd['month']}): ${mtd['cost_usd']:,.4f}; "
               f"forecast for the month ${mtd['forecast_usd']:,.4f}")
         for n in note:
@@ -366,6 +371,9 @@ def cmd_calls(args: argparse.Namespace, config: Any) -> int:
         return await backend.calls(since, None, filters, args.limit)
 
     rows = _with_ledger(config, work)
+    if args.format != "json":  # its cost is not known yet: not unpriced
+        rows = [{**r, "cost_usd": "pending"} if r.get("usage_source") == "pending" else r
+                for r in rows]
     _emit(rows, _CALL_COLS if args.format != "json" else list(rows[0]) if rows else [],
           args.format, no_cost="unpriced")
     return 0

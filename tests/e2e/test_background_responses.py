@@ -194,10 +194,14 @@ async def test_never_retrieved_is_pending_never_zero(
             s.get(f"{proxy.url}/api/usage?group_by=operation&since=7d") as r:
         body = await r.json()
     group = next(g for g in body["groups"] if g["operation"] == "responses")
-    # its cost is not known: counted among the unpriced calls, never as $0
-    assert group["calls"] == 1 and group["cost_usd"] is None and group["unpriced_calls"] == 1
+    # its cost is not known yet: pending, neither $0 nor unpriced
+    assert group["calls"] == 1 and group["cost_usd"] is None
+    assert group["pending_calls"] == 1 and group["unpriced_calls"] == 0
+    assert body["totals"]["pending_calls"] == 1
     metrics = await scrape(proxy)
     assert not [s for s in metrics["tokenbooth_cost_usd_total"] if s.labels["model"] == "gpt-4.1"]
+    assert not [s for s in metrics["tokenbooth_unpriced_requests_total"]
+                if s.labels["model"] == "gpt-4.1"]
 
 
 async def test_resumed_stream_records_the_usage_once(
