@@ -105,7 +105,8 @@ def _with_background(facts: CallFacts, own: CallRecord, estimator: Estimator,
                      request_doc=None, tags_cleaned=0)
     if origin is not None:
         linked = replace(linked, tags=origin.tags, credential=origin.credential,
-                         client=origin.client, request_info=origin.request_info)
+                         client=origin.client, request_info=origin.request_info,
+                         path_model=origin.path_model)
     return [own, build_record(linked, estimator, prices, fingerprint, linked=True)]
 
 

@@ -50,7 +50,8 @@ def response(status: str, *, rid: str = RID, background: bool = True,
 
 def events(*, rid: str = RID, after: int = -1) -> bytes:
     """The response's event stream (as the create streams it, or resumed after `after`)."""
-    evs = [("response.created", {"response": response("queued", rid=rid)}),
+    evs: list[tuple[str, dict[str, Any]]] = [
+           ("response.created", {"response": response("queued", rid=rid)}),
            ("response.queued", {"response": response("queued", rid=rid)}),
            ("response.in_progress", {"response": response("in_progress", rid=rid)}),
            ("response.output_text.delta", {"item_id": "msg_1", "output_index": 0,
