@@ -263,8 +263,8 @@ class Recorder:
         self._on_drop = on_drop  # a call the full queue turned away (metrics)
         # Which batch-line call ids were recorded before (the ledger knows): not again.
         self._recorded = recorded
-        # Background creates seen pending, by response id: their usage row is attributed
-        # as they were (agent, session, key), whoever retrieves them.
+        # Background creates seen pending, by upstream and response id: their usage row is
+        # attributed as they were (agent, session, key), whoever retrieves them.
         self._creates: OrderedDict[str, CallFacts] = OrderedDict()
         # Whether anyone watches calls in flight (the live feed); progress is skipped if not.
         self.watching: Callable[[], bool] = lambda: False
@@ -370,14 +370,14 @@ class Recorder:
         seen; the create of a response that exchange saw finished, or None."""
         obs = facts.observation
         if obs.status == "pending" and obs.upstream_request_id:
-            self._creates[obs.upstream_request_id] = replace(
+            self._creates[f"{facts.upstream}\0{obs.upstream_request_id}"] = replace(
                 facts, request_body=b"", request_doc=None, observation=Observation())
             if len(self._creates) > CREATES:
                 self._creates.popitem(last=False)
         done = obs.background
         if done is None or not done.upstream_request_id:
             return None
-        return self._creates.pop(done.upstream_request_id, None)
+        return self._creates.pop(f"{facts.upstream}\0{done.upstream_request_id}", None)
 
     async def _build(self, facts: CallFacts) -> list[CallRecord]:
         if facts.observation.background is not None:  # its usage row, from what its create said
@@ -388,8 +388,9 @@ class Recorder:
         text = facts.observation.text
         big = len(facts.request_body) > _THREAD_BYTES or (text is not None and
                                                           text.size > _THREAD_BYTES)
-        needs_estimate = facts.observation.usage is None or not (
-            facts.observation.usage.has_input and facts.observation.usage.has_output)
+        needs_estimate = facts.observation.status != "pending" and (
+            facts.observation.usage is None or not (
+                facts.observation.usage.has_input and facts.observation.usage.has_output))
         if big and needs_estimate:
             return await asyncio.to_thread(build_records, facts, self.estimator, self.prices,
                                            self.fingerprint)
