@@ -9,6 +9,7 @@ $0.50 cached input, $8 output.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
 from typing import Any
@@ -132,8 +133,8 @@ def by_operation(proxy: Proxy) -> dict[str, list[Any]]:
     return out
 
 
-def assert_pending_create(row: Any, agent: str | None = "poller") -> None:
-    assert row["usage_source"] == "pending" and row["outcome"] == "ok"
+def assert_pending_create(row: Any, agent: str | None = "poller", outcome: str = "ok") -> None:
+    assert row["usage_source"] == "pending" and row["outcome"] == outcome
     assert row["cost_usd"] is None and row["price_source"] is None
     assert row["input_tokens"] is None and row["output_tokens"] is None
     assert row["upstream_request_id"] == RID and row["agent"] == agent
@@ -284,4 +285,50 @@ async def test_cancelled_keeps_what_was_reported(
     assert Decimal(repr(usage_row["cost_usd"])) == (1200 * Decimal(2) + 40 * Decimal(8)) / M
     (cancel,) = ops["cancel"]
     assert cancel["cost_usd"] == 0 and cancel["path"] == f"/openai/v1/responses/{RID}/cancel"
+    assert [r["cost_usd"] for r in ops["retrieve"]] == [0]
+
+
+async def test_a_client_that_leaves_the_streamed_create_resumes_it_and_pays_once(
+        upstream: FakeUpstream, proxy: Proxy, sdk: Sdks) -> None:
+    """The reason background streams exist: the client drops the create's stream, the
+    response runs on, the client resumes it later. The create is pending (cut by the
+    client), the resumed stream records the usage once."""
+    fake = FakeResponses(upstream)
+    left = asyncio.Event()
+
+    async def create(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        first = events()
+        await resp.write(first[:first.index(b"event: response.in_progress")])
+        try:  # the model runs on upstream: the rest only once the client has gone
+            await asyncio.wait_for(left.wait(), 10)
+            await resp.write(first[first.index(b"event: response.in_progress"):])
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return resp
+
+    upstream.on("/v1/responses", create)
+    oa = sdk.openai(f"{proxy.url}/openai/v1",
+                    default_headers={"X-Meter-Agent": "poller", "X-Meter-Session": "s-bg"})
+    stream = await oa.responses.create(model="gpt-4.1", input="Capital of Portugal?",
+                                       background=True, stream=True)
+    seen = []
+    async for ev in stream:
+        seen.append(ev.sequence_number)
+        if ev.type == "response.queued":
+            break
+    await stream.close()
+    left.set()
+    await wait_until(lambda: any(r.operation == "responses" for r in proxy.collector.records),
+                     what="the create recorded")
+    fake.status = "completed"
+    resumed = await oa.responses.retrieve(RID, stream=True, starting_after=seen[-1])
+    assert [ev.type async for ev in resumed][-1] == "response.completed"
+    await settle(proxy, upstream, sdk)
+    ops = by_operation(proxy)
+    create_row, usage_row = ops["responses"]
+    assert_pending_create(create_row, outcome="client_aborted")  # still pending, not $0
+    assert_usage_row(usage_row)
     assert [r["cost_usd"] for r in ops["retrieve"]] == [0]
