@@ -141,8 +141,10 @@ class CallRecord:
     @property
     def unpriced(self) -> bool:
         """No cost, and the call succeeded upstream or carried usage: spend with no price
-        (the ledger's UNPRICED expression says the same)."""
-        return self.cost_usd is None and (self.outcome == "ok" or self.usage_source != "none")
+        (the ledger's UNPRICED expression says the same). A pending background response
+        is not unpriced: its usage is not known yet."""
+        return self.cost_usd is None and (self.outcome == "ok" or self.usage_source != "none") \
+            and self.usage_source != "pending"
 
     def to_row(self) -> tuple[Any, ...]:
         return (

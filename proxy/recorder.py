@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from proxy.dialects import DIALECTS, recorded_model
+from proxy.dialects import DIALECTS, Observation, recorded_model
 from proxy.estimate import Estimator
 from proxy.outcome import ending
 from proxy.pricing import PriceBook
@@ -32,11 +32,13 @@ from proxy.sinks.base import Sink
 from proxy.tasks import spawn
 from proxy.usage import Usage
 
-__all__ = ["KeyFingerprinter", "Recorder", "batch_call_id", "build_record", "build_records"]
+__all__ = ["KeyFingerprinter", "Recorder", "background_call_id", "batch_call_id", "build_record",
+           "build_records"]
 
 log = logging.getLogger("tokenbooth.recorder")
 _THREAD_BYTES = 64 * 1024  # bodies larger than this are estimated in a worker thread
 RECENT = 1000  # records kept at hand for find(): far more than a ledger flush holds
+CREATES = 10_000  # pending background creates whose attribution is kept for their usage row
 FIND_SECONDS = 5.0  # find() waits this long at most for a call in flight or queued
 
 
@@ -81,10 +83,42 @@ def batch_call_id(upstream: str, batch_id: str, line_id: str) -> str:
     return f"b{digest[:23]}"
 
 
+def background_call_id(upstream: str, response_id: str) -> str:
+    """The one id of a background response's usage row, however often it is seen finished
+    (`g` is no hex digit: never the id of a live call)."""
+    digest = hashlib.sha256(f"{upstream}\0{response_id}".encode()).hexdigest()
+    return f"g{digest[:23]}"
+
+
+def _with_background(facts: CallFacts, own: CallRecord, estimator: Estimator,
+                     prices: PriceBook, fingerprint: Callable[[str | None], str | None],
+                     origin: CallFacts | None) -> list[CallRecord]:
+    """The exchange's own record, and the usage row of a background response it saw
+    finished: one row of its own (id from the response id), attributed as its create was
+    when this proxy saw the create (`origin`), else as the exchange that saw it finished."""
+    done = facts.observation.background
+    if done is None or not done.upstream_request_id:
+        return [own]
+    linked = replace(facts, call_id=background_call_id(facts.upstream, done.upstream_request_id),
+                     operation="responses", parser="openai.responses", observation=done,
+                     end=None, end_detail=None, first_byte=None, request_body=b"",
+                     request_doc=None, tags_cleaned=0)
+    if origin is not None:
+        linked = replace(linked, tags=origin.tags, credential=origin.credential,
+                         client=origin.client, request_info=origin.request_info,
+                         path_model=origin.path_model)
+    return [own, build_record(linked, estimator, prices, fingerprint, linked=True)]
+
+
 def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
-                  fingerprint: Callable[[str | None], str | None]) -> list[CallRecord]:
+                  fingerprint: Callable[[str | None], str | None],
+                  origin: CallFacts | None = None) -> list[CallRecord]:
     """One record per call; a batch-results download is one call per result line (with
-    none of its own: the download itself bills nothing)."""
+    none of its own: the download itself bills nothing); an exchange that saw a background
+    response finished adds that response's usage row (`origin`: what its create said)."""
+    if facts.observation.background is not None:
+        own = build_record(facts, estimator, prices, fingerprint)
+        return _with_background(facts, own, estimator, prices, fingerprint, origin)
     lines = facts.observation.batch_lines
     if not lines or facts.batch_id is None:
         if facts.batch_id is not None:  # no result lines: an ordinary download
@@ -106,11 +140,13 @@ def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
 
 def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
                  fingerprint: Callable[[str | None], str | None],
-                 line: bool = False) -> CallRecord:
+                 line: bool = False, linked: bool = False) -> CallRecord:
     """The only code that combines usage, estimation and price, and the only one that
     builds a CallRecord (live calls, batch result lines, imported transcripts): a new
     column is written here once. Pure and synchronous. `line`: the facts are one result
-    line of a batch download."""
+    line of a batch download. `linked`: the usage row of a background response: what was
+    reported, never estimated. A background response not finished yet (`pending`) is
+    neither estimated nor priced: its cost is not known yet."""
     obs = facts.observation
     dialect = DIALECTS.get(facts.parser) if facts.parser else None
     usage = obs.usage or Usage()
@@ -141,7 +177,9 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         in_reported, in_est = False, True
     if obs.output_estimator is not None and out_reported:
         out_reported, out_est = False, True
-    if dialect is not None and reached:  # the provider took the call: it may have billed
+    pending = obs.status == "pending"  # billed later: recorded when seen finished
+    if dialect is not None and reached and not (linked or pending):
+        # the provider took the call: it may have billed
         if not in_reported and not in_est and doc is not None:
             est = estimator.input(dialect, doc, model_hint)
             usage = replace(usage, input_tokens=est.tokens, cache_read_tokens=0,
@@ -169,14 +207,14 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     elif in_reported or out_reported:
         usage_source = "partial"
     else:
-        usage_source = "none"
+        usage_source = "pending" if pending else "none"
     if facts.usage_from is not None:
         usage_source = facts.usage_from
     if usage.input_tokens is not None and (usage.cache_read_tokens is None
                                            or usage.cache_write_tokens is None):
         usage = usage.with_cache_known()
     model = obs.response_model or request_model
-    if usage_source == "none":
+    if usage_source in ("none", "pending"):
         price_cost: Decimal | None = Decimal(0) if free_call else None
         price_src, priced_model = ("free" if price_cost is not None else None), model
     else:
@@ -248,6 +286,9 @@ class Recorder:
         self._on_drop = on_drop  # a call the full queue turned away (metrics)
         # Which batch-line call ids were recorded before (the ledger knows): not again.
         self._recorded = recorded
+        # Background creates seen pending, by upstream and response id: their usage row is
+        # attributed as they were (agent, session, key), whoever retrieves them.
+        self._creates: OrderedDict[str, CallFacts] = OrderedDict()
         # Whether anyone watches calls in flight (the live feed); progress is skipped if not.
         self.watching: Callable[[], bool] = lambda: False
 
@@ -347,12 +388,32 @@ class Recorder:
                 pass
         return self.recent.get(call_id)
 
+    def _origin(self, facts: CallFacts) -> CallFacts | None:
+        """A background create's attribution, kept (without its body) until its usage is
+        seen; the create of a response that exchange saw finished, or None."""
+        obs = facts.observation
+        if obs.status == "pending" and obs.upstream_request_id:
+            self._creates[f"{facts.upstream}\0{obs.upstream_request_id}"] = replace(
+                facts, request_body=b"", request_doc=None, observation=Observation())
+            if len(self._creates) > CREATES:
+                self._creates.popitem(last=False)
+        done = obs.background
+        if done is None or not done.upstream_request_id:
+            return None
+        return self._creates.pop(f"{facts.upstream}\0{done.upstream_request_id}", None)
+
     async def _build(self, facts: CallFacts) -> list[CallRecord]:
+        if facts.observation.background is not None:  # its usage row, from what its create said
+            return build_records(facts, self.estimator, self.prices, self.fingerprint,
+                                 self._origin(facts))
+        if facts.observation.status == "pending":
+            self._origin(facts)
         text = facts.observation.text
         big = len(facts.request_body) > _THREAD_BYTES or (text is not None and
                                                           text.size > _THREAD_BYTES)
-        needs_estimate = facts.observation.usage is None or not (
-            facts.observation.usage.has_input and facts.observation.usage.has_output)
+        needs_estimate = facts.observation.status != "pending" and (
+            facts.observation.usage is None or not (
+                facts.observation.usage.has_input and facts.observation.usage.has_output))
         if big and needs_estimate:
             return await asyncio.to_thread(build_records, facts, self.estimator, self.prices,
                                            self.fingerprint)
@@ -378,7 +439,8 @@ class Recorder:
                 return
             try:
                 records = await self._build(facts)
-                if facts.batch_id is not None:  # batch result lines, maybe recorded before
+                if facts.batch_id is not None or facts.observation.background is not None:
+                    # batch result lines, or a background response's usage: maybe recorded
                     records = await self._new_only(records)
             except Exception:
                 log.exception("could not build the record of call %s", facts.call_id)

@@ -64,6 +64,8 @@ def test_unpriced_means_spend_without_a_price() -> None:
     assert not make_record(cost_usd=Decimal(0)).unpriced  # free is priced at 0
     # refused before the upstream: no usage, no spend
     assert not make_record(cost_usd=None, outcome="rejected", usage_source="none").unpriced
+    # a background response's create: its cost is not known yet, which is not unpriced
+    assert not make_record(cost_usd=None, usage_source="pending").unpriced
 
 
 def test_a_live_call_shows_its_public_fields_only() -> None:

@@ -11,14 +11,21 @@ from decimal import Decimal
 
 import pytest
 
-from proxy.dialects import DIALECTS, Observation
+from proxy.dialects import DIALECTS, Observation, RequestInfo
 from proxy.estimate import Estimator
 from proxy.meter import Meter
 from proxy.outcome import End
 from proxy.pricing import PriceBook
 from proxy.quota import Quota
 from proxy.record import CallFacts, LiveCall, iso_utc
-from proxy.recorder import RECENT, KeyFingerprinter, Recorder, build_record, build_records
+from proxy.recorder import (
+    RECENT,
+    KeyFingerprinter,
+    Recorder,
+    background_call_id,
+    build_record,
+    build_records,
+)
 from proxy.usage import Usage
 from tests.payloads import ROOT
 
@@ -305,3 +312,102 @@ def test_an_upload_no_duration_can_be_read_from_stays_unpriced(estimator: Estima
 
 
     assert rec.quota is f.quota  # an ordinary call keeps its response's
+
+
+def _background(status: str, usage: dict[str, int] | None) -> bytes:
+    return json.dumps({"id": "resp_bg_9", "object": "response", "status": status,
+                       "background": True, "model": "gpt-4.1-2025-04-14", "output": [],
+                       "usage": usage}).encode()
+
+
+def _observed(parser: str, body: bytes) -> Observation:
+    meter = Meter(DIALECTS[parser], "application/json", None)
+    meter.feed(body)
+    return meter.finish()
+
+
+def test_a_background_create_is_pending_neither_estimated_nor_priced(
+        estimator: Estimator) -> None:
+    f = facts_for("openai.responses", "openai",
+                  _observed("openai.responses", _background("queued", None)), end=None)
+    f.request_body = json.dumps({"model": "gpt-4.1", "input": "hi " * 50,
+                                 "background": True}).encode()
+    (rec,) = build_records(f, estimator, PriceBook(), lambda c: None)
+    assert (rec.usage_source, rec.cost_usd, rec.price_source, rec.outcome) == (
+        "pending", None, None, "ok")
+    assert rec.input_tokens is None and rec.output_tokens is None and rec.estimator is None
+    assert rec.upstream_request_id == "resp_bg_9" and not rec.unpriced
+
+
+def test_a_background_response_seen_finished_is_a_row_of_its_own(estimator: Estimator) -> None:
+    usage = {"input_tokens": 1000, "output_tokens": 100, "total_tokens": 1100}
+    f = facts_for("openai.responses_retrieve", "openai",
+                  _observed("openai.responses_retrieve", _background("completed", usage)),
+                  end=None)
+    f.operation, f.method, f.request_body, f.path_model = "retrieve", "GET", b"", None
+    f.tags = {"agent": "poller-2"}
+    create = facts_for("openai.responses", "openai", Observation(), end=None)
+    create.tags, create.credential = {"agent": "writer", "session": "s-9"}, "sk-abc"
+    create.path_model, create.request_info = None, RequestInfo("gpt-4.1")
+    own, linked = build_records(f, estimator, PriceBook(), lambda c: c and "k_" + c[-3:],
+                                origin=create)
+    assert (own.operation, own.cost_usd, own.price_source, own.input_tokens) == (
+        "retrieve", Decimal(0), "free", 0)
+    assert own.agent == "poller-2" and own.call_id == "c1"
+    assert linked.call_id == background_call_id("openai", "resp_bg_9")
+    assert (linked.operation, linked.usage_source, linked.outcome) == (
+        "responses", "reported", "ok")
+    # gpt-4.1: 1000 in at $2, 100 out at $8 (per million)
+    assert linked.cost_usd == (1000 * Decimal(2) + 100 * Decimal(8)) / 1_000_000
+    # attributed as its create was, not as whoever retrieved it
+    assert (linked.agent, linked.session, linked.key_id) == ("writer", "s-9", "k_abc")
+    assert linked.ttft_ms is None and linked.request_model == "gpt-4.1"
+    assert linked.response_model == "gpt-4.1-2025-04-14" and linked.model == "gpt-4.1"
+
+
+def test_a_cancelled_background_response_keeps_what_was_reported(estimator: Estimator) -> None:
+    """Cancelled with no usage reported: nothing is estimated; its cost is unknown."""
+    f = facts_for("openai.responses_retrieve", "openai",
+                  _observed("openai.responses_retrieve", _background("cancelled", None)),
+                  end=None)
+    _, linked = build_records(f, estimator, PriceBook(), lambda c: None)
+    assert (linked.usage_source, linked.input_tokens, linked.output_tokens) == (
+        "none", None, None)
+    assert linked.cost_usd is None and linked.estimator is None and linked.unpriced
+
+
+def test_background_call_ids_are_stable_and_never_a_live_calls() -> None:
+    one = background_call_id("openai", "resp_1")
+    assert one == background_call_id("openai", "resp_1") != background_call_id("azure",
+                                                                                "resp_1")
+    assert len(one) == 24 and one[0] == "g" and re.fullmatch("[0-9a-f]{23}", one[1:])
+
+
+async def test_seeing_a_background_response_finished_again_records_nothing(
+        estimator: Estimator) -> None:
+    """The recorder asks which usage rows were recorded before (the ledger answers)."""
+    seen: set[str] = set()
+
+    async def recorded(ids: list[str]) -> set[str]:
+        before = seen & set(ids)
+        seen.update(ids)
+        return before
+
+    from tests.conftest import Collector
+
+    sink = Collector()
+    recorder = Recorder(estimator, PriceBook(), lambda c: None, [sink], recorded=recorded)
+    recorder.start()
+    usage = {"input_tokens": 10, "output_tokens": 1, "total_tokens": 11}
+    try:
+        for n in range(2):
+            f = facts_for("openai.responses_retrieve", "openai",
+                          _observed("openai.responses_retrieve",
+                                    _background("completed", usage)), end=None)
+            f.call_id, f.operation = f"r{n}", "retrieve"
+            recorder.submit(f)
+        await sink.wait_for(3)
+    finally:
+        await recorder.aclose()
+    assert [r.call_id for r in sink.records] == [
+        "r0", background_call_id("openai", "resp_bg_9"), "r1"]

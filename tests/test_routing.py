@@ -50,6 +50,23 @@ def test_route_table(up: str, rest: str, op: str, parser: str | None, model: str
     assert route.url == f"{UPSTREAMS[up].url}/{rest}"
 
 
+@pytest.mark.parametrize(("up", "method", "rest", "op", "parser"), [
+    ("openai", "GET", "v1/responses/resp_123", "retrieve", "openai.responses_retrieve"),
+    ("openai", "GET", "openai/responses/resp_123", "retrieve", "openai.responses_retrieve"),
+    ("openai", "POST", "v1/responses/resp_123/cancel", "cancel", "openai.responses_retrieve"),
+    ("openrouter", "GET", "api/v1/responses/resp_9", "retrieve", "openai.responses_retrieve"),
+    ("openai", "GET", "v1/responses/resp_123/input_items", "other", None),
+    ("openai", "DELETE", "v1/responses/resp_123", "other", None),
+    ("openai", "GET", "v1/responses", "other", None),
+])
+def test_stored_responses_are_read_for_background_usage(up: str, method: str, rest: str,
+                                                        op: str, parser: str | None) -> None:
+    """Retrieving (or resuming, or cancelling) a response: where a background response's
+    usage is first seen; the retrieval itself bills nothing."""
+    route = resolve(UPSTREAMS[up], method, rest)
+    assert (route.operation, route.parser) == (op, parser)
+
+
 def test_non_post_is_forwarded_but_not_metered() -> None:
     route = resolve(UPSTREAMS["openai"], "GET", "v1/models")
     assert (route.operation, route.parser) == ("other", None)

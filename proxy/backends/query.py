@@ -19,6 +19,7 @@ from proxy.backends.schema import (
     COUNTERS,
     ESTIMATED,
     MEASURES,
+    PENDING,
     ROLLUP_DIMS,
     UNPRICED,
     cost_units,
@@ -185,7 +186,8 @@ def _raw_measures(flavor: str) -> list[str]:
     return ["1 AS calls", *(f"COALESCE({c}, 0) AS {c}" for c in COUNTERS),
             f"{cost_units(flavor)} AS cost_units",
             "CASE WHEN cost_usd IS NULL THEN 0 ELSE 1 END AS priced_calls",
-            f"{UNPRICED} AS unpriced_calls", f"{ESTIMATED} AS estimated_calls"]
+            f"{UNPRICED} AS unpriced_calls", f"{ESTIMATED} AS estimated_calls",
+            f"{PENDING} AS pending_calls"]
 
 
 def usage_sql(flavor: str, group_by: Sequence[str], since: str | None, until: str | None,
@@ -221,7 +223,7 @@ def usage_sql(flavor: str, group_by: Sequence[str], since: str | None, until: st
 
 def _counters(row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {k: int(row[k] or 0) for k in ("calls", *COUNTERS, "unpriced_calls",
-                                                         "estimated_calls")}
+                                                         "estimated_calls", "pending_calls")}
     priced = int(row["priced_calls"] or 0)
     out["cost_usd"] = round(int(row["cost_units"] or 0) / COST_SCALE, 10) if priced else None
     return out

@@ -11,8 +11,8 @@ NULLIF(x, '') alike.
 
 from __future__ import annotations
 
-__all__ = ["COST_SCALE", "COUNTERS", "ESTIMATED", "MEASURES", "PG_MIGRATIONS", "ROLLUPS",
-           "ROLLUP_DIMS", "SQLITE_MIGRATIONS", "UNPRICED", "cost_units", "rollup_add",
+__all__ = ["COST_SCALE", "COUNTERS", "ESTIMATED", "MEASURES", "PENDING", "PG_MIGRATIONS",
+           "ROLLUPS", "ROLLUP_DIMS", "SQLITE_MIGRATIONS", "UNPRICED", "cost_units", "rollup_add",
            "rollup_upsert", "rollups"]
 
 COUNTERS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
@@ -22,8 +22,12 @@ COST_SCALE = 10_000_000_000  # cost_units per USD
 # Per raw row: what it adds to its roll-up row (the same expressions a report uses).
 # Unpriced (CallRecord.unpriced): no cost, and the call succeeded upstream (audio, speech,
 # realtime, retrievals: whatever the route) or carried usage (an aborted stream's tokens).
+# A pending background response is not unpriced: its usage is not known yet (PENDING).
 UNPRICED = ("CASE WHEN cost_usd IS NULL AND (outcome = 'ok' OR usage_source != 'none') "
-            "THEN 1 ELSE 0 END")
+            "AND usage_source != 'pending' THEN 1 ELSE 0 END")
+# A background response's create: its usage is recorded in a row of its own once seen
+# finished; until then its cost is not known (never $0).
+PENDING = "CASE WHEN usage_source = 'pending' THEN 1 ELSE 0 END"
 ESTIMATED = "CASE WHEN usage_source IN ('estimated', 'partial') THEN 1 ELSE 0 END"
 
 
@@ -33,14 +37,18 @@ def cost_units(flavor: str, col: str = "cost_usd") -> str:
     return f"CAST(ROUND({col} * {COST_SCALE}) AS INTEGER)"
 
 
-MEASURES = ("calls", *COUNTERS, "cost_units", "priced_calls", "unpriced_calls",
-            "estimated_calls")
+# The roll-up's measures as the first migrations created them (frozen: migrations replay),
+# and as they are now.
+_MEASURES_V1 = ("calls", *COUNTERS, "cost_units", "priced_calls", "unpriced_calls",
+                "estimated_calls")
+MEASURES = (*_MEASURES_V1, "pending_calls")
 # (table, key column, length of the started_at prefix that is its key)
 ROLLUPS = (("llm_usage_hourly", "hour", 13), ("llm_usage_daily", "day", 10))
 
 
 def rollup_upsert(flavor: str, source: str, where: str = "", sign: str = "",
-                  table: str = "llm_usage_hourly") -> str:
+                  table: str = "llm_usage_hourly",
+                  measures: tuple[str, ...] = MEASURES) -> str:
     """INSERT the roll-up of `source`'s rows (a table or a CTE) into `table`, adding to the
     periods it holds already. `sign` '-' takes them out again (re-pricing swaps a row's old
     cost for its new)."""
@@ -51,10 +59,10 @@ def rollup_upsert(flavor: str, source: str, where: str = "", sign: str = "",
                       *(f"{sign}SUM(COALESCE({c}, 0))" for c in COUNTERS),
                       f"{sign}COALESCE(SUM({cost_units(flavor)}), 0)",
                       f"{sign}COUNT(cost_usd)", f"{sign}SUM({UNPRICED})",
-                      f"{sign}SUM({ESTIMATED})"])
-    return (f"INSERT INTO {table} ({key}, {dims}, {', '.join(MEASURES)}) "
+                      f"{sign}SUM({ESTIMATED})", f"{sign}SUM({PENDING})"][:len(measures)])
+    return (f"INSERT INTO {table} ({key}, {dims}, {', '.join(measures)}) "
             f"SELECT substr(started_at, 1, {n}), {keys}, {sums} FROM {source} "
-            f"{where or 'WHERE true'} GROUP BY {_group()} {_on_conflict(table, key)}")
+            f"{where or 'WHERE true'} GROUP BY {_group()} {_on_conflict(table, key, measures)}")
 
 
 def rollup_add(table: str) -> str:
@@ -75,15 +83,16 @@ def _group() -> str:
     return ", ".join(str(i) for i in range(1, len(ROLLUP_DIMS) + 2))
 
 
-def _on_conflict(table: str, key: str) -> str:
-    update = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES)
+def _on_conflict(table: str, key: str, measures: tuple[str, ...] = MEASURES) -> str:
+    update = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in measures)
     return f"ON CONFLICT ({key}, {', '.join(ROLLUP_DIMS)}) DO UPDATE SET {update}"
 
 
-def _rollup_table(flavor: str, table: str = "llm_usage_hourly", key: str = "hour") -> str:
+def _rollup_table(flavor: str, table: str = "llm_usage_hourly", key: str = "hour",
+                  measures: tuple[str, ...] = _MEASURES_V1) -> str:
     int_type = "BIGINT" if flavor == "postgresql" else "INTEGER"
     cols = ",\n    ".join([*(f"{d} TEXT NOT NULL" for d in ROLLUP_DIMS),
-                           *(f"{m} {int_type} NOT NULL" for m in MEASURES)])
+                           *(f"{m} {int_type} NOT NULL" for m in measures)])
     tail = " WITHOUT ROWID" if flavor == "sqlite" else ""
     return (f"CREATE TABLE IF NOT EXISTS {table} (\n    {key} TEXT NOT NULL,\n    "
             f"{cols},\n    PRIMARY KEY ({key}, {', '.join(ROLLUP_DIMS)})\n){tail};\n")
@@ -92,12 +101,13 @@ def _rollup_table(flavor: str, table: str = "llm_usage_hourly", key: str = "hour
 def _daily_table(flavor: str) -> str:
     """The daily roll-up, filled from the hourly one (which outlives retention)."""
     dims = ", ".join(ROLLUP_DIMS)
+    v1 = _MEASURES_V1
     return (_rollup_table(flavor, "llm_usage_daily", "day")
-            + f"INSERT INTO llm_usage_daily (day, {dims}, {', '.join(MEASURES)}) "
+            + f"INSERT INTO llm_usage_daily (day, {dims}, {', '.join(v1)}) "
             f"SELECT substr(hour, 1, 10), {dims}, "
-            + ", ".join(f"SUM({m})" for m in MEASURES)
+            + ", ".join(f"SUM({m})" for m in v1)
             + f" FROM llm_usage_hourly WHERE true GROUP BY {_group()} "
-            + _on_conflict("llm_usage_daily", "day") + ";\n")
+            + _on_conflict("llm_usage_daily", "day", v1) + ";\n")
 
 
 _COLUMNS_V1 = """
@@ -161,6 +171,16 @@ _UNPRICED_OK = "".join(f"UPDATE {t} SET unpriced_calls = calls - priced_calls "
                        "WHERE outcome = 'ok';\n" for t, _, _ in ROLLUPS)
 _QUOTA_NAME = "quota: the provider's rate-limit and quota headers on each response"
 _QUOTA = "ALTER TABLE llm_usage ADD COLUMN quota TEXT;\n"
+# Pending background responses: counted apart (no row held one before, so 0 is exact).
+_PENDING_NAME = "pending: background responses whose usage is not known yet"
+
+
+def _pending_column(flavor: str) -> str:
+    int_type, exists = ("BIGINT", "IF NOT EXISTS ") if flavor == "postgresql" else ("INTEGER", "")
+    return "".join(f"ALTER TABLE {t} ADD COLUMN {exists}pending_calls {int_type} NOT NULL "
+                   "DEFAULT 0;\n" for t, _, _ in ROLLUPS)
+
+
 _REQUEST_ID_INDEX = ("CREATE INDEX IF NOT EXISTS llm_usage_request_id "
                      "ON llm_usage (upstream_request_id);\n")
 
@@ -169,13 +189,15 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
      "CREATE TABLE IF NOT EXISTS llm_usage (\n    id INTEGER PRIMARY KEY,"
      + _COLUMNS_V1.format(real="REAL", int="INTEGER") + ");\n" + _INDEXES),
     ("every billed dimension: served tier, priced units, batch id", _V2),
-    (_ROLLUP, _rollup_table("sqlite") + rollup_upsert("sqlite", "llm_usage") + ";\n"
+    (_ROLLUP, _rollup_table("sqlite") + rollup_upsert("sqlite", "llm_usage",
+                                                      measures=_MEASURES_V1) + ";\n"
      + _REQUEST_ID_INDEX),
     (_DAILY, _daily_table("sqlite")),
     (_EXPORT, "CREATE TABLE IF NOT EXISTS tb_export_cursor (\n"
      "    sink TEXT PRIMARY KEY, after_id INTEGER NOT NULL);\n"),
     (_UNPRICED_OK_NAME, _UNPRICED_OK),
     (_QUOTA_NAME, _QUOTA),
+    (_PENDING_NAME, _pending_column("sqlite")),
 ]
 
 # PostgreSQL: the same columns and meaning (timestamps are the same sortable ISO-8601 UTC
@@ -190,7 +212,8 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
      + _COLUMNS_V1.format(real="DOUBLE PRECISION", int="BIGINT") + ");\n" + _INDEXES),
     ("every billed dimension: served tier, priced units, batch id",
      _V2.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")),
-    (_ROLLUP, _rollup_table("postgresql") + rollup_upsert("postgresql", "llm_usage") + ";\n"
+    (_ROLLUP, _rollup_table("postgresql") + rollup_upsert("postgresql", "llm_usage",
+                                                          measures=_MEASURES_V1) + ";\n"
      + _REQUEST_ID_INDEX),
     ("fleet: budgets, spend, reservations, replicas, install secret", """
 CREATE TABLE IF NOT EXISTS tb_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -260,4 +283,5 @@ CREATE TABLE IF NOT EXISTS tb_export_cursor (
 """),
     (_UNPRICED_OK_NAME, _UNPRICED_OK),
     (_QUOTA_NAME, _QUOTA.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")),
+    (_PENDING_NAME, _pending_column("postgresql")),
 ]

@@ -37,8 +37,8 @@ _STARTED, _COST, _SOURCE, _OUTCOME = (COLUMNS.index(c) for c in (
     "started_at", "cost_usd", "usage_source", "outcome"))
 _DIMS = tuple(COLUMNS.index(d) for d in ROLLUP_DIMS)
 _COUNTERS = tuple(enumerate((COLUMNS.index(c) for c in COUNTERS), start=1))
-_UNITS, _PRICED, _UNPRICED, _ESTIMATED = (MEASURES.index(m) for m in (
-    "cost_units", "priced_calls", "unpriced_calls", "estimated_calls"))
+_UNITS, _PRICED, _UNPRICED, _ESTIMATED, _PENDING = (MEASURES.index(m) for m in (
+    "cost_units", "priced_calls", "unpriced_calls", "estimated_calls", "pending_calls"))
 _EXACT = 4503599627370496.0  # 2**52: SQLite's ROUND() is plain arithmetic up to here
 T = TypeVar("T")
 
@@ -108,8 +108,11 @@ def _fold(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]] | None
         if cost is not None:
             m[_UNITS] += units
             m[_PRICED] += 1
-        elif row[_OUTCOME] == "ok" or row[_SOURCE] != "none":  # schema.UNPRICED's rule
+        elif row[_SOURCE] != "pending" and (row[_OUTCOME] == "ok"
+                                            or row[_SOURCE] != "none"):  # schema.UNPRICED
             m[_UNPRICED] += 1
+        if row[_SOURCE] == "pending":  # schema.PENDING: not known yet, never unpriced
+            m[_PENDING] += 1
         if row[_SOURCE] in ("estimated", "partial"):
             m[_ESTIMATED] += 1
     out = []

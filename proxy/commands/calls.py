@@ -38,6 +38,9 @@ def run(args: argparse.Namespace, config: Any) -> int:
         return await backend.calls(since, None, filters, args.limit)
 
     rows = with_ledger(config, work)
+    if args.format != "json":  # its cost is not known yet: not unpriced
+        rows = [{**r, "cost_usd": "pending"} if r.get("usage_source") == "pending" else r
+                for r in rows]
     emit(rows, _CALL_COLS if args.format != "json" else list(rows[0]) if rows else [],
          args.format, no_cost="unpriced")
     return 0

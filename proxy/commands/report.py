@@ -16,7 +16,7 @@ __all__ = ["add_parser", "month_to_date", "run"]
 
 _REPORT_COLS = ("calls", "input_tokens", "cache_read_tokens", "cache_write_tokens",
                 "output_tokens", "reasoning_tokens", "total_tokens", "cost_usd",
-                "unpriced_calls", "estimated_calls")
+                "unpriced_calls", "estimated_calls", "pending_calls")
 
 
 def add_parser(sub: Any, add_common: Callable[..., None]) -> argparse.ArgumentParser:
@@ -45,7 +45,8 @@ async def month_to_date(backend: LedgerBackend, now: datetime) -> dict[str, Any]
     return {"month": start.strftime("%Y-%m"), "cost_usd": spent,
             "forecast_usd": round(spent / elapsed * days, 6),
             "unpriced_calls": totals["unpriced_calls"],
-            "estimated_calls": totals["estimated_calls"]}
+            "estimated_calls": totals["estimated_calls"],
+            "pending_calls": totals["pending_calls"]}
 
 
 def run(args: argparse.Namespace, config: Any) -> int:
@@ -78,6 +79,10 @@ def run(args: argparse.Namespace, config: Any) -> int:
                         f"cost_usd")
         if result["totals"]["estimated_calls"]:
             note.append(f"{result['totals']['estimated_calls']} call(s) hold estimated tokens")
+        if result["totals"]["pending_calls"]:
+            note.append(f"{result['totals']['pending_calls']} background response(s) were "
+                        "pending when created: each one's usage and cost are a row of their "
+                        "own (same upstream_request_id) once the proxy sees it finished")
         print(f"\nMonth to date ({mtd['month']}): ${mtd['cost_usd']:,.4f}; "
               f"forecast for the month ${mtd['forecast_usd']:,.4f}")
         for n in note:

@@ -19,6 +19,7 @@ from proxy.dialects.gemini.generate import GenerateDialect
 from proxy.dialects.ollama.native import OllamaDialect
 from proxy.dialects.openai import batch as openai_batch
 from proxy.dialects.openai.audio import SpeechDialect, TranscriptionDialect
+from proxy.dialects.openai.background import RetrieveDialect
 from proxy.dialects.openai.chat import ChatDialect, CompletionsDialect, EmbeddingsDialect
 from proxy.dialects.openai.images import ImagesDialect
 from proxy.dialects.openai.responses import ResponsesDialect
@@ -38,7 +39,8 @@ DIALECTS: dict[str, Dialect] = {
     d.name: d
     for d in (ChatDialect(), CompletionsDialect(), EmbeddingsDialect(), ResponsesDialect(),
               MessagesDialect(), GenerateDialect(), OllamaDialect(), CountTokensDialect(),
-              ConverseDialect(), InvokeDialect(), ImagesDialect(), openai_batch.DIALECT,
+              ConverseDialect(), InvokeDialect(), ImagesDialect(), RetrieveDialect(),
+              openai_batch.DIALECT,
               anthropic_batch.DIALECT, gemini_batch.DIALECT, gemini_batch.INLINE_DIALECT,
               TranscriptionDialect(), SpeechDialect())
 }

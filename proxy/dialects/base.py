@@ -70,7 +70,7 @@ class Observation:
     usage_raw: Any = None
     response_model: str | None = None
     upstream_request_id: str | None = None
-    status: str = "unknown"  # complete | incomplete | error | unknown
+    status: str = "unknown"  # complete | incomplete | error | unknown | pending
     error: str | None = None
     text: TextBuffer | None = None  # visible output, read only when an estimate needs it
     provider_cost_usd: Decimal | None = None
@@ -83,6 +83,10 @@ class Observation:
     # as estimated, under this estimator name); None: reported, or left to the estimator.
     input_estimator: str | None = None
     output_estimator: str | None = None
+    # A background response seen finished (OpenAI Responses): its usage, recorded once, as
+    # a row of its own linked by the response id. `status` "pending": a background
+    # response not finished yet, whose usage is recorded when it is seen finished.
+    background: Observation | None = None
 
     @property
     def output_text(self) -> str:

@@ -34,8 +34,8 @@ def random_records(rng: random.Random, n: int) -> list[Any]:
         t = T0 + timedelta(milliseconds=rng.randrange(0, 6 * 86400 * 1000))
         if rng.random() < 0.05:  # exactly on an hour
             t = t.replace(minute=0, second=0, microsecond=0)
-        priced = rng.random() < 0.8
-        source = rng.choice(["reported", "reported", "estimated", "partial", "none"])
+        source = rng.choice(["reported", "reported", "estimated", "partial", "none", "pending"])
+        priced = rng.random() < 0.8 and source != "pending"
         toks = {c: rng.choice([None, rng.randrange(0, 5000)]) for c in COUNTERS}
         out.append(make_record(
             call_id=f"r{i}", started_at=ts(t), ended_at=ts(t),
@@ -70,7 +70,7 @@ def expected(records: list[Any], group_by: list[str], since: str | None, until: 
 
     groups: dict[Any, dict[str, Any]] = defaultdict(lambda: {
         "calls": 0, **dict.fromkeys(COUNTERS, 0), "cost": Decimal(0), "priced": 0,
-        "unpriced_calls": 0, "estimated_calls": 0})
+        "unpriced_calls": 0, "estimated_calls": 0, "pending_calls": 0})
     for r in records:
         if since and r.started_at < since or until and r.started_at >= until:
             continue
@@ -83,6 +83,8 @@ def expected(records: list[Any], group_by: list[str], since: str | None, until: 
         if r.cost_usd is not None:
             g["cost"] += r.cost_usd
             g["priced"] += 1
+        elif r.usage_source == "pending":  # not known yet: neither priced nor unpriced
+            g["pending_calls"] += 1
         elif r.outcome == "ok" or r.usage_source != "none":  # succeeded, or carried usage
             g["unpriced_calls"] += 1
         g["estimated_calls"] += r.usage_source in ("estimated", "partial")
@@ -96,7 +98,7 @@ def check(result: dict[str, Any], want: dict[Any, dict[str, Any]], group_by: lis
     for k, w in want.items():
         g = got[k]
         assert g["calls"] == w["calls"], k
-        for c in (*COUNTERS, "unpriced_calls", "estimated_calls"):
+        for c in (*COUNTERS, "unpriced_calls", "estimated_calls", "pending_calls"):
             assert g[c] == w[c], (k, c)
         assert g["cost_usd"] == (float(w["cost"]) if w["priced"] else None), k
 
@@ -219,11 +221,14 @@ async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage(target: 
         await ledger.aclose()
 
     # A ledger whose roll-ups were built by the old rule (usage required): its ok audio
-    # calls counted 0. Opening it migrates the measure to what its raw rows say.
+    # calls counted 0. Opening it migrates the measure to what its raw rows say. (It is
+    # from before the pending count too, which came after.)
     await _old_ledger(target, "".join(
         f"UPDATE {t} SET unpriced_calls = 0 WHERE model = 'whisper-1';\n"
         for t in ("llm_usage_hourly", "llm_usage_daily"))
-        + "ALTER TABLE llm_usage DROP COLUMN quota;\n",  # a later migration's
+        + "ALTER TABLE llm_usage DROP COLUMN quota;\n"  # later migrations'
+        + "".join(f"ALTER TABLE {t} DROP COLUMN pending_calls;\n"
+                  for t in ("llm_usage_hourly", "llm_usage_daily")),
         before="unpriced: every ok call without a cost, whatever its usage")
     backend = open_backend(target)
     await backend.open()

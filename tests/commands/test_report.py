@@ -87,7 +87,7 @@ async def test_a_group_with_no_priced_usage_shows_a_dash_and_an_unpriced_call_sa
     await ledger.aclose()
     assert main(["report", "--db", path, "--by", "agent", "--since", "1d"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line}
-    assert lines["mystery"].split()[-3] == "-" and "unpriced" not in lines["mystery"]
+    assert lines["mystery"].split()[-4] == "-" and "unpriced" not in lines["mystery"]
     assert "$0.010000" in lines["paid"]
     assert main(["calls", "--db", path, "--agent", "mystery"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("unpriced")
@@ -108,3 +108,28 @@ def test_report_quota_refuses_what_does_not_apply_and_says_when_it_has_nothing(
     assert main(["report", "--quota", "--db", ledger_db, "--format", "csv"]) == 0
     assert capsys.readouterr().out.strip() == ("upstream,account,window_resets,session,calls,"
                                                "measured_calls,share,before,after")
+
+
+async def test_a_pending_background_response_is_neither_zero_nor_unpriced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "p.db")
+    ledger = Ledger(path, flush_seconds=0.01)
+    await ledger.open()
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    none = dict.fromkeys(("input_tokens", "cache_read_tokens", "cache_write_tokens",
+                          "output_tokens", "reasoning_tokens", "total_tokens"))
+    await ledger.handle(make_record(call_id="bg1", agent="poller", operation="responses",
+                                    usage_source="pending", cost_usd=None, price_source=None,
+                                    started_at=now, ended_at=now, **none))
+    await ledger.flush()
+    await ledger.aclose()
+    assert main(["report", "--db", path, "--by", "agent", "--since", "1d",
+                 "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["totals"]["pending_calls"] == 1 and out["totals"]["unpriced_calls"] == 0
+    assert out["totals"]["cost_usd"] is None
+    assert main(["report", "--db", path, "--by", "agent", "--since", "1d"]) == 0
+    text = capsys.readouterr().out
+    assert "1 background response(s) were pending" in text and "unpriced call" not in text
+    assert main(["calls", "--db", path, "--agent", "poller"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("pending")

@@ -28,6 +28,12 @@ def check(p: Payload, chunks: list[bytes]) -> None:
                      for ln in exp.get("lines", [])]
     assert obs.upstream_request_id == exp["upstream_request_id"]
     assert obs.status == exp["status"]
+    done = obs.background  # a background response seen finished: its own, linked, row
+    assert (None if done is None else {
+        "usage": usage_dict(done), "response_model": done.response_model,
+        "upstream_request_id": done.upstream_request_id, "status": done.status}) == (
+        None if exp.get("background") is None
+        else {**exp["background"], "usage": expected_usage(exp["background"]["usage"])})
     assert obs.parse_errors == 0
     if "output_text" in exp:
         assert obs.output_text == exp["output_text"]

@@ -289,3 +289,35 @@ async def test_the_quota_card_shows_each_accounts_windows_live(
         await page.set_viewport_size({"width": width, "height": 900})
         assert await page.evaluate(OVERFLOW) == [], width
     await page.screenshot(path=str(ARTIFACTS / "ui-quota.png"), full_page=True)
+
+
+async def test_a_pending_background_response_says_pending_then_its_usage_row_its_cost(
+        upstream: FakeUpstream, proxy: Proxy, browser: Any) -> None:
+    from tests.e2e.test_background_responses import COST, RID, FakeResponses
+
+    FakeResponses(upstream)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}/openai/v1/responses",
+                          headers={"X-Meter-Agent": "poller"},
+                          json={"model": "gpt-4.1", "input": "hi", "background": True}) as r:
+            await r.read()
+            create = r.headers["X-Meter-Call-Id"]
+    await proxy.collector.wait_for(1)
+    await proxy.app[state.LEDGER].flush()
+    page = await browser.new_page()
+    await page.goto(f"{proxy.url}/ui")
+    await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+    # not known yet: neither $0 nor unpriced
+    await expect(page.locator(f'#calls tr[data-call="{create}"] td.cost')).to_have_text(
+        "pending", timeout=5_000)
+    foot = await page.eval_on_selector_all("#spend tfoot td", "ts => ts.map(t => t.innerText)")
+    assert foot[-1] == "-\n+1 pending"
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/openai/v1/responses/{RID}") as r:
+        await r.read()
+    await proxy.collector.wait_for(3)
+    await proxy.app[state.LEDGER].flush()
+    usage_row = next(r for r in rows(proxy) if r["call_id"].startswith("g"))
+    assert usage_row["agent"] == "poller"
+    # the usage row arrives on the live feed with its cost (gpt-4.1, priced by hand)
+    await expect(page.locator(f'#calls tr[data-call="{usage_row["call_id"]}"] td.cost')
+                 ).to_have_text(f"${COST:.6f}", timeout=5_000)

@@ -1,9 +1,10 @@
 """OpenAI and the OpenAI-compatible family (OpenRouter, Groq, Mistral, DeepSeek, xAI, vLLM,
 Azure deployments): routes, key header, error shape and stream-usage injection.
 
-Parsers: `chat` (chat/completions, completions, embeddings), `responses`, `batch` (Batch
-output files downloaded through `GET /v1/files/{id}/content`), `audio` (transcriptions,
-translations, speech).
+Parsers: `chat` (chat/completions, completions, embeddings), `responses`, `background`
+(retrieving, resuming and cancelling a stored response: a background response's usage is
+recorded when first seen finished), `batch` (Batch output files downloaded through
+`GET /v1/files/{id}/content`), `audio` (transcriptions, translations, speech).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ POST_ROUTES = (
 )
 _AZURE_DEPLOYMENT = re.compile(r"(?:^|/)deployments/([^/]+)/")
 _FILE_CONTENT = re.compile(r"(?:^|/)files/([^/]+)/content$")
+_RESPONSE = re.compile(r"(?:^|/)responses/[^/]+$")  # retrieve, or resume its stream
+_CANCEL = re.compile(r"(?:^|/)responses/[^/]+/cancel$")
+_RETRIEVE = "openai.responses_retrieve"
 _INJECTED = frozenset({"openai.chat", "openai.completions"})
 
 
@@ -83,9 +87,13 @@ class OpenAIProvider(Provider):
         if method == "GET":
             m = _FILE_CONTENT.search(path)
             # Any file's content: the batch parser records rows only for batch result lines.
-            return Match("batch", "openai.batch", batch_id=unquote(m.group(1))) if m else None
+            if m:
+                return Match("batch", "openai.batch", batch_id=unquote(m.group(1)))
+            return Match("retrieve", _RETRIEVE) if _RESPONSE.search(path) else None
         if method != "POST":
             return None
+        if _CANCEL.search(path):
+            return Match("cancel", _RETRIEVE)
         return match_post(path)
 
     def injector(self, parser: str | None) -> Injector | None:

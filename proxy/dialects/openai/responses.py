@@ -1,7 +1,10 @@
-"""OpenAI Responses API: usage only in the terminal event (completed/incomplete/failed)."""
+"""OpenAI Responses API: usage only in the terminal event (completed/incomplete/failed).
+A background response's create is read by the same parser and recorded as pending
+(`proxy.dialects.openai.background`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from proxy.dialects.base import (
@@ -17,7 +20,7 @@ from proxy.dialects.base import (
 from proxy.dialects.openai.common import openai_request_info, provider_cost
 from proxy.dialects.openai.usage import from_openai
 
-__all__ = ["ResponsesDialect"]
+__all__ = ["FINISHED", "ResponseStream", "ResponsesDialect", "settle"]
 
 _TERMINAL = {"response.completed": "complete", "response.incomplete": "incomplete",
              "response.failed": "error"}
@@ -26,6 +29,22 @@ _TEXT_EVENTS = frozenset({
     "response.reasoning_summary_text.delta", "response.reasoning_text.delta",
     "response.refusal.delta",
 })
+
+
+# The response object's `status` once it will change no more (cancelled keeps whatever
+# usage was reported by then).
+FINISHED = frozenset({"completed", "incomplete", "failed", "cancelled"})
+
+
+def settle(obs: Observation, background: bool, finished: bool) -> Observation:
+    """A response's observation, as the exchange that saw it records it: unchanged for an
+    ordinary response; for a background one, a pending row that carries the finished
+    response (if it was seen finished) for its own, linked, row."""
+    if not background:
+        return obs
+    done = replace(obs, text=None, parse_errors=0) if finished else None
+    return Observation(None, None, obs.response_model, obs.upstream_request_id, "pending",
+                       None, None, None, obs.parse_errors, background=done)
 
 
 def _apply_response(acc: StreamAcc, resp: Any) -> None:
@@ -74,11 +93,18 @@ def _delta_text(obj: dict[str, Any], out: TextBuffer) -> None:
     out.add(obj.get("delta"))
 
 
-class _Stream(BaseStream):
-    __slots__ = ()
+class ResponseStream(BaseStream):
+    """The Responses events. `background`: the response says it runs in the background;
+    `finished`: its terminal event was seen."""
+
+    __slots__ = ("background", "finished")
     quiet: ClassVar[Screen | None] = Screen(
         (b'"error"', b"event: error", b"response.completed", b"response.incomplete",
          b"response.failed", b"response.created", b"response.in_progress", b"response.queued"))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.background = self.finished = False
 
     def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
         if name in _TEXT_EVENTS or (name is None and b".delta" in data):
@@ -97,12 +123,27 @@ class _Stream(BaseStream):
             acc.text.add(obj.get("delta"))
         elif kind in _TERMINAL:
             acc.status = _TERMINAL[kind]
-            _apply_response(acc, obj.get("response"))
+            self.finished = True
+            self._read(obj.get("response"))
         elif kind == "error":
             acc.status = "error"
             acc.error = error_text(obj)
         elif kind in ("response.created", "response.in_progress", "response.queued"):
-            _apply_response(acc, obj.get("response"))
+            self._read(obj.get("response"))
+
+    def _read(self, resp: Any) -> None:
+        _apply_response(self.acc, resp)
+        if isinstance(resp, dict) and resp.get("background") is True:
+            self.background = True
+
+
+class _Stream(ResponseStream):
+    """A create's stream: a background response's is recorded as pending."""
+
+    __slots__ = ()
+
+    def result(self) -> Observation:
+        return settle(super().result(), self.background, self.finished)
 
 
 class ResponsesDialect(DialectBase):
@@ -114,6 +155,13 @@ class ResponsesDialect(DialectBase):
         return openai_request_info(doc)
 
     def from_json(self, doc: Any) -> Observation:
+        obs = self.whole(doc)
+        if not isinstance(doc, dict):
+            return obs
+        return settle(obs, doc.get("background") is True, doc.get("status") in FINISHED)
+
+    def whole(self, doc: Any) -> Observation:
+        """A whole response object, as it is (background or not)."""
         if not isinstance(doc, dict):
             return Observation(parse_errors=1)
         acc = StreamAcc()
