@@ -35,6 +35,7 @@ from proxy.outcome import End, ending
 from proxy.record import CallFacts, LiveCall, iso_utc
 from proxy.recorder import Recorder
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
+from proxy.sockets import SocketRelay, is_upgrade
 from proxy.usage import Usage
 
 __all__ = ["Forwarder", "error_response"]
@@ -115,6 +116,8 @@ class Forwarder:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One call: its facts, its steps, and exactly one record however it ends."""
+        if is_upgrade(request):
+            return await self._socket(request)
         facts = self._facts(request)
         lifecycle = self.lifecycle
         lifecycle.enter()
@@ -129,6 +132,39 @@ class Forwarder:
             facts.ended = time.monotonic()
             self.recorder.submit(facts)
             lifecycle.leave()
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        """A WebSocket: the first steps of a call (upstream, route, client key, budgets),
+        then proxy.sockets relays it; its rows are recorded however it ends."""
+        facts = self._facts(request)
+        relay = SocketRelay(self, facts)
+        lifecycle = self.lifecycle
+        lifecycle.enter()
+        try:
+            up = self._upstream(request, facts)
+            route = self._route(request, up, facts)
+            replace_auth = self._authenticate(request, route, facts)
+            if (admission := self.admission) is not None and admission.active:
+                await self._admit(admission, facts, route)
+            return await relay.run(request, route, replace_auth)
+        except _Ended as ended:
+            return ended.response
+        except asyncio.CancelledError:
+            if facts.end is None and relay.closed is None:
+                facts.end = End.SHUTDOWN if lifecycle.cutting else End.CLIENT_GONE
+            raise
+        finally:
+            relay.record()
+            lifecycle.leave()
+
+    def socket_refusal(self, facts: CallFacts, route: Route, status: int, kind: str,
+                       message: str) -> web.Response:
+        """The upstream refused a socket's upgrade: its status, in its provider's shape."""
+        return error_response(status, kind, message, call_id=facts.call_id,
+                              provider=route.provider)
+
+    def progress(self, live: LiveCall, obs: Observation | None) -> None:
+        self._progress(live, obs)
 
     async def _call(self, request: web.Request, facts: CallFacts) -> web.StreamResponse:
         """The steps of a call, in order; a step that refuses raises _Ended."""
@@ -410,6 +446,8 @@ class Forwarder:
             else:
                 resp.close()  # closes the upstream connection: generation stops promptly
         return out
+
+    socket_unanswered = _unanswered
 
     def _progress(self, live: LiveCall, obs: Observation | None) -> None:
         """Running counts for the live feed; a failure here never touches the call."""

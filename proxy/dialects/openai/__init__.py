@@ -2,7 +2,7 @@
 Azure deployments): routes, key header, error shape and stream-usage injection.
 
 Parsers: `chat` (chat/completions, completions, embeddings), `responses`, `batch` (Batch
-output files downloaded through `GET /v1/files/{id}/content`).
+output files downloaded through `GET /v1/files/{id}/content`); on a WebSocket, `realtime`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from proxy.dialects.base import Injector, Match, Provider
+from proxy.dialects.base import Injector, Match, Provider, SocketDialect
 from proxy.dialects.openai import inject as injection
+from proxy.dialects.openai.realtime import RealtimeDialect
 
 __all__ = ["OpenAIProvider", "POST_ROUTES", "injector", "match_post"]
 
@@ -29,6 +30,8 @@ POST_ROUTES = (
 )
 _AZURE_DEPLOYMENT = re.compile(r"(?:^|/)deployments/([^/]+)/")
 _FILE_CONTENT = re.compile(r"(?:^|/)files/([^/]+)/content$")
+_REALTIME = re.compile(r"(?:^|/)realtime$")  # OpenAI, Azure (`openai/realtime`, `openai/v1/...`)
+_REALTIME_DIALECT = RealtimeDialect()
 _INJECTED = frozenset({"openai.chat", "openai.completions"})
 
 
@@ -83,3 +86,6 @@ class OpenAIProvider(Provider):
 
     def injector(self, parser: str | None) -> Injector | None:
         return injector(parser)
+
+    def socket(self, path: str) -> SocketDialect | None:
+        return _REALTIME_DIALECT if _REALTIME.search(path.rstrip("/")) else None
