@@ -242,11 +242,15 @@ class SocketRelay:
         if state is None:
             return
         try:
-            self._results(state.on_server(frame))
+            results = state.on_server(frame)
+            # a response shows on the live feed as soon as it runs, then its running
+            # counts at most every PROGRESS_SECONDS
             now = time.monotonic()
-            if now >= self.progress_at:
+            update = now >= self.progress_at
+            if update:
                 self.progress_at = now + PROGRESS_SECONDS
-                self._progress(state)
+            self._progress(state, update)
+            self._results(results)
         except Exception:
             self._meter_failed()
 
@@ -295,7 +299,7 @@ class SocketRelay:
             return {**tags, "session": session}
         return tags
 
-    def _progress(self, state: SocketState) -> None:
+    def _progress(self, state: SocketState, update: bool) -> None:
         """Each running response on the live feed, with its running output."""
         running = getattr(state, "progress", None)
         if running is None:
@@ -314,7 +318,7 @@ class SocketRelay:
                     price_provider=route.price_provider if route else None,
                     free=facts.free)
                 self.fw.recorder.started(live)
-            elif self.fw.recorder.watching():
+            elif update and self.fw.recorder.watching():
                 self.fw.progress(live, obs)
 
     async def _refused(self, client: web.WebSocketResponse, frame: str | bytes) -> bool:

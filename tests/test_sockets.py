@@ -136,6 +136,9 @@ async def test_openai_sdk_realtime_is_metered_per_response(
     for r in (rt, tr):  # one socket: its tags, and the provider's session id
         assert (r.agent, r.session, r.path) == ("voice", "sess_abc", "/openai/v1/realtime")
     assert rt.call_id != tr.call_id
+    # the response was on the live feed while it ran, under its row's id
+    assert [(c.call_id, c.operation, c.model) for c in proxy.collector.started_calls] == \
+        [(rt.call_id, "realtime", "gpt-realtime")]
     await asyncio.sleep(0)  # nothing more: the socket's rows are exactly these two
     assert len(proxy.collector.records) == 2
 

@@ -259,7 +259,10 @@ class SocketState(Protocol):
     whole message as it passed (text as `str`, binary as `bytes`), it returns the
     responses each message finished (one row each: usage, ids, model, status, and the
     row's `operation`); `close()` returns what was still running when the socket closed.
-    Sans-IO, and it never raises on a message it cannot read (it counts it)."""
+    Sans-IO, and it never raises on a message it cannot read (it counts it). Optional, read
+    when present: `progress() -> dict[str, Observation]` (the responses running now, by id,
+    for the live feed) and `session_id` (the provider's session id, the rows' `session`
+    unless the client sent X-Meter-Session)."""
 
     def on_client(self, frame: str | bytes) -> list[Observation]: ...
     def on_server(self, frame: str | bytes) -> list[Observation]: ...
