@@ -35,7 +35,7 @@ from proxy.outcome import End, ending
 from proxy.record import CallFacts, LiveCall, iso_utc
 from proxy.recorder import Recorder
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
-from proxy.sockets import SocketRelay, is_upgrade
+from proxy.sockets import SocketRelay, is_upgrade, subprotocol_key
 from proxy.usage import Usage
 
 __all__ = ["Forwarder", "error_response"]
@@ -233,7 +233,8 @@ class Forwarder:
     def _authenticate(self, request: web.Request, route: Route,
                       facts: CallFacts) -> dict[str, str] | None:
         """With `api_key` on the upstream, clients present a client key and we supply ours."""
-        facts.credential = hdr.credential(request.headers)
+        facts.credential = hdr.credential(request.headers) or (
+            subprotocol_key(request.headers) if is_upgrade(request) else None)
         up = route.upstream
         if not up.api_key and up.aws is None:
             return None

@@ -36,7 +36,7 @@ from proxy.routing import Route
 if TYPE_CHECKING:
     from proxy.forward import Forwarder
 
-__all__ = ["SocketRelay", "is_upgrade"]
+__all__ = ["SocketRelay", "is_upgrade", "subprotocol_key"]
 
 log = logging.getLogger("tokenbooth.sockets")
 PROGRESS_SECONDS = 0.5
@@ -46,6 +46,21 @@ _HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-webso
                         "sec-websocket-extensions", "sec-websocket-accept", "date", "server",
                         "content-length", "content-type"})
 GOING_AWAY = 1001
+# Browsers cannot set headers on a WebSocket: OpenAI takes the key as a subprotocol.
+_KEY_PROTOCOL = "openai-insecure-api-key."
+
+
+def _protocols(headers: Any) -> list[str]:
+    return [p.strip() for v in headers.getall("Sec-WebSocket-Protocol", [])
+            for p in v.split(",") if p.strip()]
+
+
+def subprotocol_key(headers: Any) -> str | None:
+    """The API key a browser's socket carries as a subprotocol, if any."""
+    for p in _protocols(headers):
+        if p.startswith(_KEY_PROTOCOL):
+            return p[len(_KEY_PROTOCOL):] or None
+    return None
 
 
 def is_upgrade(request: web.Request) -> bool:
@@ -118,8 +133,9 @@ class SocketRelay:
         """The upstream socket, or our answer when it refused or never answered."""
         facts, fw = self.facts, self.fw
         headers = hdr.outbound(request.headers, replace_auth=replace_auth)
-        protocols = [p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", [])
-                     for p in v.split(",") if p.strip()]
+        protocols = _protocols(request.headers)
+        if replace_auth is not None:  # a client key in a subprotocol: ours goes as a header
+            protocols = [p for p in protocols if not p.startswith(_KEY_PROTOCOL)]
         for name in _HANDSHAKE:
             headers.popall(name, None)
         url = route.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) \
@@ -366,8 +382,11 @@ class SocketRelay:
             rows.append(self._row(Observation(response_model=live.model,
                                               upstream_request_id=rid, status="incomplete",
                                               operation="realtime"), end=cut))
-        if not rows and not self.submitted:
-            rows.append(facts)  # a socket without responses: one row of its own
+        if not rows and not self.submitted:  # a socket without responses: a row of its own
+            model = getattr(self.state, "model", None)
+            if isinstance(model, str) and facts.request_info is None:
+                facts.request_info = RequestInfo(model=model)
+            rows.append(facts)
         for row in rows:
             self._submit(row)
 

@@ -60,7 +60,7 @@ class FakeRealtime:
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         self.headers, self.query = dict(request.headers), request.query_string
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(protocols=("realtime",))
         await ws.prepare(request)
         await ws.send_json({"type": "session.created", "event_id": "ev_0", "session": {
             "object": "realtime.session", "type": "realtime", "id": "sess_abc",
@@ -347,3 +347,46 @@ async def test_sigterm_closes_an_open_socket_with_1001_and_records_it(
                         "FROM llm_usage").fetchall()
     conn.close()
     assert rows == [("realtime", "timeout", "cut at shutdown: drain deadline", "resp_1")]
+
+
+async def test_client_keys_and_the_proxy_held_key_apply_to_sockets(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """With `api_key` on the upstream, a socket needs a client key (as a header, or as a
+    browser's key subprotocol) and the upstream gets ours; without one, 401 and a row."""
+    fake = FakeRealtime()
+    upstream.on("/v1/realtime", fake)
+    proxy = await start_proxy(upstreams={"openai": {"url": upstream.url,
+                                                    "api_key": "sk-proxy-held"}},
+                              auth={"client_keys": {"team-a": "ck-team-a"}})
+    url = f"{proxy.url}/openai/v1/realtime?model=gpt-realtime"
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await s.ws_connect(url, headers={"Authorization": "Bearer sk-someone"})
+        assert err.value.status == 401
+        ws = await s.ws_connect(url, protocols=("realtime", "openai-insecure-api-key.ck-team-a"))
+        assert ws.protocol == "realtime"
+        await ws.close()
+    assert fake.headers["Authorization"] == "Bearer sk-proxy-held"
+    assert "ck-team-a" not in json.dumps(fake.headers)
+    records = await proxy.collector.wait_for(2)
+    assert sorted((r.outcome, r.client) for r in records) == [("ok", "team-a"),
+                                                              ("rejected", None)]
+
+
+async def test_a_silent_socket_meets_the_idle_timeout(upstream: FakeUpstream,
+                                                      start_proxy: StartProxy) -> None:
+    """No message either way for server.idle_timeout_seconds: both sides closed with 1001,
+    and the socket's row says it timed out."""
+    fake = FakeRealtime()
+    upstream.on("/v1/realtime", fake)
+    proxy = await start_proxy(server={"idle_timeout_seconds": 0.5})
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime")
+        assert json.loads((await ws.receive(timeout=5)).data)["type"] == "session.created"
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+        await ws.close()
+    await wait_until(lambda: fake.close_code == 1001, 5, "the upstream socket closed")
+    (row,) = await proxy.collector.wait_for(1)
+    assert (row.operation, row.outcome, row.request_model) == ("realtime", "timeout",
+                                                               "gpt-realtime")
