@@ -34,12 +34,20 @@ async def _upstream(request: web.Request) -> web.WebSocketResponse:
     await ws.send_str(json.dumps({"type": "session.created", "session": {
         "object": "realtime.session", "id": "sess_b", "model": "gpt-realtime"}}))
     async for msg in ws:
-        if msg.type is aiohttp.WSMsgType.TEXT:
-            doc = json.loads(msg.data)
-            await ws.send_str(json.dumps({"type": "response.output_audio.delta",
-                                          "response_id": "resp_b", "seq": doc["seq"],
-                                          "t": doc["t"], "delta": AUDIO}))
+        if msg.type is aiohttp.WSMsgType.TEXT:  # back as an audio delta of the same size
+            await ws.send_str(msg.data.replace("input_audio_buffer.append",
+                                               "response.output_audio.delta", 1))
     return ws
+
+
+async def _serve_upstream(port: int) -> None:
+    """The fake upstream alone (its own process: the load generator needs the other core)."""
+    app = web.Application()
+    app.router.add_get("/v1/realtime", _upstream)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+    await asyncio.Event().wait()
 
 
 def _port() -> int:
@@ -63,17 +71,18 @@ async def _one(session: aiohttp.ClientSession, url: str, fps: int, seconds: floa
                 msg = await ws.receive(timeout=30)
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     return
-                doc = json.loads(msg.data)
-                rtts.append(time.perf_counter() - doc["t"])
-                disorder += doc["seq"] != last + 1
-                last = doc["seq"]
+                head = msg.data[:120].split(",")  # the type, then seq and t: no JSON parse
+                seq, sent = int(head[1][6:]), float(head[2][4:])
+                rtts.append(time.perf_counter() - sent)
+                disorder += seq != last + 1
+                last = seq
                 got += 1
 
         task = asyncio.ensure_future(reader())
         start = time.perf_counter()
         for seq in range(n):
-            await ws.send_str(json.dumps({"type": "input_audio_buffer.append", "seq": seq,
-                                          "t": time.perf_counter(), "audio": AUDIO}))
+            await ws.send_str(f'{{"type":"input_audio_buffer.append","seq":{seq},'
+                              f'"t":{time.perf_counter()!r},"audio":"{AUDIO}"}}')
             delay = start + (seq + 1) / fps - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -108,13 +117,14 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--sockets", type=int, default=200)
     ap.add_argument("--fps", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--upstream-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    app = web.Application()
-    app.router.add_get("/v1/realtime", _upstream)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    if args.upstream_only:
+        await _serve_upstream(args.upstream_only)
+        return 0
     up_port = _port()
-    await web.TCPSite(runner, "127.0.0.1", up_port, backlog=1024).start()
+    upstream = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.socket_bench", "--upstream-only", str(up_port))
     port = _port()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "bench.yaml"
@@ -133,6 +143,13 @@ async def main(argv: list[str]) -> int:
                     except aiohttp.ClientConnectionError:
                         pass
                     await asyncio.sleep(0.1)
+            for _ in range(300):  # and the upstream's process
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", up_port)
+                    w.close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
             q = "model=gpt-realtime"
             direct = await _run(f"ws://127.0.0.1:{up_port}/v1/realtime?{q}", args.sockets,
                                 args.fps, min(args.seconds, 10))
@@ -143,9 +160,9 @@ async def main(argv: list[str]) -> int:
             cpu1, rss1 = _proc_stats(proc.pid)
             wall = time.monotonic() - t0
         finally:
-            proc.terminate()
-            await proc.wait()
-    await runner.cleanup()
+            for p in (proc, upstream):
+                p.terminate()
+                await p.wait()
     print(f"sockets {args.sockets} x {args.fps} frames/s x {args.seconds:g} s "
           f"(each frame echoed back)")
     print(f"direct:  p50 {direct['p50_ms']:.2f} ms, p99 {direct['p99_ms']:.2f} ms round trip")
