@@ -50,8 +50,8 @@ class FakeRealtime:
     `hold`: stop after the delta (the response stays running); `cut`: then drop the
     connection."""
 
-    def __init__(self, hold: bool = False, cut: bool = False) -> None:
-        self.hold, self.cut = hold, cut
+    def __init__(self, hold: bool = False, cut: bool = False, more: int = 0) -> None:
+        self.hold, self.cut, self.more = hold, cut, more  # more: deltas 0.3 s apart
         self.seen: list[dict[str, Any]] = []
         self.headers: dict[str, str] = {}
         self.query = ""
@@ -81,6 +81,12 @@ class FakeRealtime:
                                     "event_id": f"ev_d{n}", "response_id": rid,
                                     "item_id": "item_1", "output_index": 0,
                                     "content_index": 0, "delta": "Hello there"})
+                for _ in range(self.more):
+                    await asyncio.sleep(0.3)  # a response streaming its transcript
+                    await ws.send_json({"type": "response.output_audio_transcript.delta",
+                                        "event_id": "ev_m", "response_id": rid,
+                                        "item_id": "item_1", "output_index": 0,
+                                        "content_index": 0, "delta": " and more text"})
                 if self.hold:
                     self.running.set()
                     if self.cut:
@@ -390,3 +396,39 @@ async def test_a_silent_socket_meets_the_idle_timeout(upstream: FakeUpstream,
     (row,) = await proxy.collector.wait_for(1)
     assert (row.operation, row.outcome, row.request_model) == ("realtime", "timeout",
                                                                "gpt-realtime")
+
+
+async def _events(r: aiohttp.ClientResponse, until: str) -> list[tuple[str, Any]]:
+    """Server-sent events of the live feed up to and including the first `until`."""
+    got = []
+    while True:
+        block = (await asyncio.wait_for(r.content.readuntil(b"\n\n"), 10)).decode()
+        event, data = block.rstrip().split("\n", 1)
+        got.append((event[len("event: "):], json.loads(data[len("data: "):])))
+        if got[-1][0] == until:
+            return got
+
+
+async def test_a_running_response_is_on_the_live_feed(upstream: FakeUpstream,
+                                                      start_proxy: StartProxy) -> None:
+    upstream.on("/v1/realtime", FakeRealtime(more=3))
+    proxy = await start_proxy()
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{proxy.url}/api/live") as feed:
+            await _events(feed, "snapshot")
+            ws = await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime",
+                                    headers={"X-Meter-Session": "call-42"})
+            await ws.send_str(json.dumps({"type": "response.create"}))
+            events = await _events(feed, "call_finished")
+            await ws.close()
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "call_started" and "call_progress" in kinds
+    started = events[0][1]
+    assert (started["operation"], started["model"], started["session"]) == \
+        ("realtime", "gpt-realtime", "call-42")
+    progress = next(d for k, d in events if k == "call_progress")
+    # "Hello there" and " and more text" so far, as characters / 4 while unreported
+    assert progress["usage_source"] == "estimated" and progress["output_tokens"] >= 3
+    finished = events[-1][1]
+    assert finished["call_id"] == started["call_id"]
+    assert finished["output_tokens"] == 121 and finished["session"] == "call-42"
