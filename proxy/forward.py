@@ -36,6 +36,7 @@ from proxy.quota import Quota
 from proxy.record import CallFacts, LiveCall, iso_utc
 from proxy.recorder import Recorder
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
+from proxy.sockets import SocketRelay, is_upgrade, subprotocol_key
 from proxy.usage import Usage
 
 __all__ = ["Forwarder", "error_response"]
@@ -123,6 +124,8 @@ class Forwarder:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One call: its facts, its steps, and exactly one record however it ends."""
+        if is_upgrade(request):
+            return await self._socket(request)
         facts = self._facts(request)
         lifecycle = self.lifecycle
         lifecycle.enter()
@@ -137,6 +140,39 @@ class Forwarder:
             facts.ended = time.monotonic()
             self.recorder.submit(facts)
             lifecycle.leave()
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        """A WebSocket: the first steps of a call (upstream, route, client key, budgets),
+        then proxy.sockets relays it; its rows are recorded however it ends."""
+        facts = self._facts(request)
+        relay = SocketRelay(self, facts)
+        lifecycle = self.lifecycle
+        lifecycle.enter()
+        try:
+            up = self._upstream(request, facts)
+            route = self._route(request, up, facts)
+            replace_auth = self._authenticate(request, route, facts)
+            if (admission := self.admission) is not None and admission.active:
+                await self._admit(admission, facts, route)
+            return await relay.run(request, route, replace_auth)
+        except _Ended as ended:
+            return ended.response
+        except asyncio.CancelledError:
+            if facts.end is None and relay.closed is None:
+                facts.end = End.SHUTDOWN if lifecycle.cutting else End.CLIENT_GONE
+            raise
+        finally:
+            relay.record()
+            lifecycle.leave()
+
+    def socket_refusal(self, facts: CallFacts, route: Route, status: int, kind: str,
+                       message: str) -> web.Response:
+        """The upstream refused a socket's upgrade: its status, in its provider's shape."""
+        return error_response(status, kind, message, call_id=facts.call_id,
+                              provider=route.provider)
+
+    def progress(self, live: LiveCall, obs: Observation | None) -> None:
+        self._progress(live, obs)
 
     async def _call(self, request: web.Request, facts: CallFacts) -> web.StreamResponse:
         """The steps of a call, in order; a step that refuses raises _Ended."""
@@ -205,7 +241,8 @@ class Forwarder:
     def _authenticate(self, request: web.Request, route: Route,
                       facts: CallFacts) -> dict[str, str] | None:
         """With `api_key` on the upstream, clients present a client key and we supply ours."""
-        facts.credential = hdr.credential(request.headers)
+        facts.credential = hdr.credential(request.headers) or (
+            subprotocol_key(request.headers) if is_upgrade(request) else None)
         up = route.upstream
         if not up.api_key and up.aws is None:
             return None
@@ -432,6 +469,8 @@ class Forwarder:
             else:
                 resp.close()  # closes the upstream connection: generation stops promptly
         return out
+
+    socket_unanswered = _unanswered
 
     def _progress(self, live: LiveCall, obs: Observation | None) -> None:
         """Running counts for the live feed; a failure here never touches the call."""

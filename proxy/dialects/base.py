@@ -20,8 +20,8 @@ from proxy.usage import Usage
 
 __all__ = ["BaseStream", "BatchLine", "BodyFilter", "Dialect", "DialectBase", "Extract",
            "FrameText", "Injector", "Match", "Observation", "Provider", "RequestInfo", "Screen",
-           "ScreenScan", "Skipped", "StreamAcc", "StreamState", "TextBuffer", "error_text",
-           "loads", "read_skipped"]
+           "ScreenScan", "Skipped", "SocketDialect", "SocketState", "StreamAcc", "StreamState",
+           "TextBuffer", "error_text", "loads", "read_skipped"]
 
 MAX_TEXT_CHARS = 1 << 20  # visible output kept for estimation; beyond it we count chars only
 
@@ -87,6 +87,7 @@ class Observation:
     # a row of its own linked by the response id. `status` "pending": a background
     # response not finished yet, whose usage is recorded when it is seen finished.
     background: Observation | None = None
+    operation: str | None = None  # a socket's result: its row's operation (realtime, ...)
 
     @property
     def output_text(self) -> str:
@@ -265,6 +266,34 @@ class StreamState(Protocol):
     def result(self) -> Observation: ...
 
 
+class SocketState(Protocol):
+    """Per-socket parser of a WebSocket API (OpenAI Realtime, Gemini Live). Fed every
+    whole message as it passed (text as `str`, binary as `bytes`), it returns the
+    responses each message finished (one row each: usage, ids, model, status, and the
+    row's `operation`); `close()` returns what was still running when the socket closed.
+    Sans-IO, and it never raises on a message it cannot read (it counts it). Optional, read
+    when present: `progress() -> dict[str, Observation]` (the responses running now, by id,
+    for the live feed) and `session_id` (the provider's session id, the rows' `session`
+    unless the client sent X-Meter-Session)."""
+
+    def on_client(self, frame: str | bytes) -> list[Observation]: ...
+    def on_server(self, frame: str | bytes) -> list[Observation]: ...
+    def close(self) -> list[Observation]: ...
+
+
+class SocketDialect(Protocol):
+    """A WebSocket API's parser factory, registered by its provider home
+    (`Provider.socket()`). `refusal()` is the provider's own error event answering a
+    client message that would start a billed response (the budget refused it), or None
+    when the message starts none (it is forwarded)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def new_socket(self, query: Mapping[str, str], path_model: str | None) -> SocketState: ...
+    def refusal(self, frame: str | bytes, message: str) -> str | None: ...
+
+
 class DialectBase:
     """Defaults for a parser: framing chosen by content type, and an input estimate that
     counts every text under the request's `text_keys` (plus a fixed overhead)."""
@@ -357,6 +386,11 @@ class Provider:
 
     def match(self, method: str, path: str) -> Match | None:
         raise NotImplementedError
+
+    def socket(self, path: str) -> SocketDialect | None:
+        """The parser of a WebSocket opened on `path`, or None (relayed, metered as one
+        call without usage)."""
+        return None
 
     def key_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}

@@ -4,7 +4,8 @@ Azure deployments): routes, key header, error shape and stream-usage injection.
 Parsers: `chat` (chat/completions, completions, embeddings), `responses`, `background`
 (retrieving, resuming and cancelling a stored response: a background response's usage is
 recorded when first seen finished), `batch` (Batch output files downloaded through
-`GET /v1/files/{id}/content`), `audio` (transcriptions, translations, speech).
+`GET /v1/files/{id}/content`), `audio` (transcriptions, translations, speech); on a
+WebSocket, `realtime`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from proxy.dialects.base import Injector, Match, Provider
+from proxy.dialects.base import Injector, Match, Provider, SocketDialect
 from proxy.dialects.openai import inject as injection
 from proxy.dialects.openai.quota import read_quota
+from proxy.dialects.openai.realtime import RealtimeDialect
 from proxy.quota import Quota
 
 __all__ = ["OpenAIProvider", "POST_ROUTES", "injector", "match_post"]
@@ -40,6 +42,8 @@ _FILE_CONTENT = re.compile(r"(?:^|/)files/([^/]+)/content$")
 _RESPONSE = re.compile(r"(?:^|/)responses/[^/]+$")  # retrieve, or resume its stream
 _CANCEL = re.compile(r"(?:^|/)responses/[^/]+/cancel$")
 _RETRIEVE = "openai.responses_retrieve"
+_REALTIME = re.compile(r"(?:^|/)realtime$")  # OpenAI, Azure (`openai/realtime`, `openai/v1/...`)
+_REALTIME_DIALECT = RealtimeDialect()
 _INJECTED = frozenset({"openai.chat", "openai.completions"})
 
 
@@ -101,3 +105,6 @@ class OpenAIProvider(Provider):
 
     def quota(self, headers: Mapping[str, str], now: float) -> Quota | None:
         return read_quota(headers, now)
+
+    def socket(self, path: str) -> SocketDialect | None:
+        return _REALTIME_DIALECT if _REALTIME.search(path.rstrip("/")) else None

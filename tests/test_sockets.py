@@ -1,0 +1,434 @@
+"""WebSockets through the proxy (proxy/sockets.py): the real openai SDK's realtime client
+metered exactly, every frame relayed unchanged both ways, a socket cut by either side
+mid-response, a budget refusing the next response.create, SIGTERM with a socket open."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+
+from tests.conftest import FakeUpstream, StartProxy, served, wait_until
+
+# The realtime response's usage, as OpenAI reports it on `response.done`.
+USAGE = {"total_tokens": 253, "input_tokens": 132, "output_tokens": 121,
+         "input_token_details": {"text_tokens": 119, "audio_tokens": 13, "image_tokens": 0,
+                                 "cached_tokens": 64,
+                                 "cached_tokens_details": {"text_tokens": 60, "audio_tokens": 4,
+                                                           "image_tokens": 0}},
+         "output_token_details": {"text_tokens": 30, "audio_tokens": 91}}
+# gpt-realtime, published per million tokens: text in $4, cached text $0.40, audio in $32,
+# cached audio $0.40, text out $16, audio out $64.
+#   uncached text in  132 - 13 audio - 60 cached text = 59 * 4    = 236
+#   cached text        60 * 0.40                                     =  24
+#   uncached audio in  13 - 4 cached audio = 9 * 32                   = 288
+#   cached audio        4 * 0.40                                     =   1.6
+#   text out           30 * 16                                       = 480
+#   audio out          91 * 64                                       = 5824
+REALTIME_COST = (Decimal(236) + 24 + 288 + Decimal("1.6") + 480 + 5824) / 1_000_000
+# gpt-4o-transcribe, per million: text in $2.50, audio in $6, text out $10.
+TRANSCRIPTION_USAGE = {"type": "tokens", "input_tokens": 50, "output_tokens": 20,
+                       "total_tokens": 70,
+                       "input_token_details": {"text_tokens": 10, "audio_tokens": 40}}
+TRANSCRIPTION_COST = (Decimal(10) * Decimal("2.5") + 40 * 6 + 20 * 10) / 1_000_000
+
+
+class FakeRealtime:
+    """An OpenAI Realtime server on the fake upstream: a session, then one response per
+    `response.create` (created, a transcript delta, done) and a transcription per commit.
+    `hold`: stop after the delta (the response stays running); `cut`: then drop the
+    connection."""
+
+    def __init__(self, hold: bool = False, cut: bool = False, more: int = 0) -> None:
+        self.hold, self.cut, self.more = hold, cut, more  # more: deltas 0.3 s apart
+        self.seen: list[dict[str, Any]] = []
+        self.headers: dict[str, str] = {}
+        self.query = ""
+        self.close_code: int | None = None
+        self.running = asyncio.Event()
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        self.headers, self.query = dict(request.headers), request.query_string
+        ws = web.WebSocketResponse(protocols=("realtime",))
+        await ws.prepare(request)
+        await ws.send_json({"type": "session.created", "event_id": "ev_0", "session": {
+            "object": "realtime.session", "type": "realtime", "id": "sess_abc",
+            "model": "gpt-realtime"}})
+        n = 0
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue
+            event = json.loads(msg.data)
+            self.seen.append(event)
+            if event["type"] == "response.create":
+                n += 1
+                rid = f"resp_{n}"
+                await ws.send_json({"type": "response.created", "event_id": f"ev_c{n}",
+                                    "response": {"id": rid, "object": "realtime.response",
+                                                 "status": "in_progress"}})
+                await ws.send_json({"type": "response.output_audio_transcript.delta",
+                                    "event_id": f"ev_d{n}", "response_id": rid,
+                                    "item_id": "item_1", "output_index": 0,
+                                    "content_index": 0, "delta": "Hello there"})
+                for _ in range(self.more):
+                    await asyncio.sleep(0.3)  # a response streaming its transcript
+                    await ws.send_json({"type": "response.output_audio_transcript.delta",
+                                        "event_id": "ev_m", "response_id": rid,
+                                        "item_id": "item_1", "output_index": 0,
+                                        "content_index": 0, "delta": " and more text"})
+                if self.hold:
+                    self.running.set()
+                    if self.cut:
+                        assert request.transport is not None
+                        request.transport.abort()
+                        return ws
+                    continue
+                await ws.send_json({"type": "response.done", "event_id": f"ev_e{n}",
+                                    "response": {"id": rid, "object": "realtime.response",
+                                                 "status": "completed", "usage": USAGE}})
+            elif event["type"] == "input_audio_buffer.commit":
+                await ws.send_json({
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "event_id": "ev_t", "item_id": "item_in", "content_index": 0,
+                    "transcript": "hi", "usage": TRANSCRIPTION_USAGE})
+        self.close_code = ws.close_code
+        return ws
+
+
+async def test_openai_sdk_realtime_is_metered_per_response(
+        upstream: FakeUpstream, start_proxy: StartProxy, sdk: Any) -> None:
+    fake = FakeRealtime()
+    upstream.on("/v1/realtime", fake)
+    proxy = await start_proxy()
+    client = sdk.openai(f"{proxy.url}/openai/v1", api_key="sk-live-key",
+                        default_headers={"X-Meter-Agent": "voice"})
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "transcription": {"model": "gpt-4o-transcribe"}}}})
+        await conn.response.create()
+        async for event in conn:
+            if event.type == "response.done":
+                assert event.response.usage.input_tokens == 132  # the client got it whole
+                break
+        await conn.input_audio_buffer.commit()
+        async for event in conn:
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                break
+    records = await proxy.collector.wait_for(2)
+    assert fake.headers["Authorization"] == "Bearer sk-live-key"  # the key, as sent
+    assert "model=gpt-realtime" in fake.query
+    assert "X-Meter-Agent" not in fake.headers
+    by_op = {r.operation: r for r in records}
+    rt, tr = by_op["realtime"], by_op["transcription"]
+    assert (rt.model, rt.input_tokens, rt.cache_read_tokens, rt.output_tokens) == \
+        ("gpt-realtime", 132, 64, 121)
+    assert rt.cost_usd == REALTIME_COST and rt.usage_source == "reported"
+    assert rt.priced_units == {"input_audio_tokens": 13, "cache_audio_read_tokens": 4,
+                               "output_audio_tokens": 91}
+    assert (rt.outcome, rt.status_code, rt.upstream_request_id) == ("ok", 101, "resp_1")
+    assert (tr.model, tr.input_tokens, tr.output_tokens, tr.cost_usd) == \
+        ("gpt-4o-transcribe", 50, 20, TRANSCRIPTION_COST)
+    for r in (rt, tr):  # one socket: its tags, and the provider's session id
+        assert (r.agent, r.session, r.path) == ("voice", "sess_abc", "/openai/v1/realtime")
+    assert rt.call_id != tr.call_id
+    # the response was on the live feed while it ran, under its row's id
+    assert [(c.call_id, c.operation, c.model) for c in proxy.collector.started_calls] == \
+        [(rt.call_id, "realtime", "gpt-realtime")]
+    await asyncio.sleep(0)  # nothing more: the socket's rows are exactly these two
+    assert len(proxy.collector.records) == 2
+
+
+def _digest(h: Any, kind: WSMsgType, data: str | bytes) -> None:
+    h.update(b"T" if kind is WSMsgType.TEXT else b"B")
+    h.update(data.encode() if isinstance(data, str) else data)
+
+
+async def test_frames_pass_unchanged_both_ways(upstream: FakeUpstream,
+                                               start_proxy: StartProxy) -> None:
+    """10,000 frames each way (text and binary, random sizes), their checksum equal at the
+    other end; a ping's payload and its pong; the close code and reason both ways."""
+    rng = random.Random(7)
+    frames = [rng.randbytes(rng.randrange(0, 3000)) if i % 2 else
+              rng.randbytes(rng.randrange(0, 1500)).hex() for i in range(10_000)]
+    sent_up, got_up, sent_down = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    closes: list[tuple[int | None, str]] = []
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(autoping=False, autoclose=False, max_msg_size=0,
+                                   protocols=("realtime",))
+        await ws.prepare(request)
+        count = 0
+        while True:
+            msg = await ws.receive()
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                _digest(got_up, msg.type, msg.data)
+                count += 1
+                if count == len(frames):
+                    for data in frames:  # the same frames back, the other way
+                        if isinstance(data, str):
+                            await ws.send_str(data)
+                        else:
+                            await ws.send_bytes(data)
+            elif msg.type is WSMsgType.PING:
+                await ws.pong(msg.data + b"-pong")
+            elif msg.type is WSMsgType.CLOSE:
+                closes.append((msg.data, msg.extra))
+                await ws.close(code=4002, message=b"upstream says bye")
+                return ws
+            else:
+                return ws
+
+    upstream.on("/v1/echo", echo)
+    proxy = await start_proxy()
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"{proxy.url}/openai/v1/echo", autoping=False,
+                                max_msg_size=0, protocols=("realtime", "other")) as ws:
+            assert ws.protocol == "realtime"  # the upstream's choice, as it chose
+            for data in frames:
+                _digest(sent_up, WSMsgType.TEXT if isinstance(data, str) else
+                        WSMsgType.BINARY, data)
+                if isinstance(data, str):
+                    await ws.send_str(data)
+                else:
+                    await ws.send_bytes(data)
+            received = 0
+            while received < len(frames):
+                msg = await ws.receive(timeout=20)
+                assert msg.type in (WSMsgType.TEXT, WSMsgType.BINARY), msg
+                _digest(sent_down, msg.type, msg.data)
+                received += 1
+            await ws.ping(b"are you there")
+            pong = await ws.receive(timeout=5)
+            assert (pong.type, pong.data) == (WSMsgType.PONG, b"are you there-pong")
+            await ws.close(code=4001, message=b"client says bye")
+            assert ws.close_code == 4002  # the upstream's own reply
+    assert got_up.hexdigest() == sent_up.hexdigest()
+    mirror = hashlib.sha256()
+    for data in frames:
+        _digest(mirror, WSMsgType.TEXT if isinstance(data, str) else WSMsgType.BINARY, data)
+    assert sent_down.hexdigest() == mirror.hexdigest()
+    assert closes == [(4001, "client says bye")]
+    (row,) = await proxy.collector.wait_for(1)
+    assert (row.operation, row.outcome, row.status_code) == ("other", "ok", 101)
+
+
+async def test_upstream_close_code_and_reason_reach_the_client(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    async def closer(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_bytes(b"\x00\x01last")
+        await ws.close(code=4003, message=b"session expired")
+        return ws
+
+    upstream.on("/v1/closer", closer)
+    proxy = await start_proxy()
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"{proxy.url}/openai/v1/closer") as ws:
+            msg = await ws.receive(timeout=5)
+            assert (msg.type, msg.data) == (WSMsgType.BINARY, b"\x00\x01last")
+            msg = await ws.receive(timeout=5)
+            assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 4003,
+                                                       "session expired")
+
+
+async def test_upstream_refusing_the_upgrade_is_its_status_and_a_row(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": {"type": "invalid_api_key"}}, status=401)
+
+    upstream.on("/v1/realtime", refuse)
+    proxy = await start_proxy()
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime")
+    assert err.value.status == 401
+    (row,) = await proxy.collector.wait_for(1)
+    assert (row.outcome, row.status_code) == ("upstream_error", 401)
+
+
+async def _open_running(proxy_url: str, s: aiohttp.ClientSession
+                        ) -> aiohttp.ClientWebSocketResponse:
+    ws = await s.ws_connect(f"{proxy_url}/openai/v1/realtime?model=gpt-realtime")
+    await ws.send_str(json.dumps({"type": "response.create"}))
+    while True:  # until the response's first delta: it is running
+        msg = await ws.receive(timeout=5)
+        if msg.type is WSMsgType.TEXT and "transcript.delta" in msg.data:
+            return ws
+
+
+async def test_upstream_cut_mid_response(upstream: FakeUpstream,
+                                         start_proxy: StartProxy) -> None:
+    upstream.on("/v1/realtime", FakeRealtime(hold=True, cut=True))
+    proxy = await start_proxy()
+    async with aiohttp.ClientSession() as s:
+        ws = await _open_running(proxy.url, s)
+        msg = await ws.receive(timeout=5)  # the client's connection is cut too
+        assert msg.type in (WSMsgType.CLOSED, WSMsgType.ERROR, WSMsgType.CLOSE)
+        await ws.close()
+    (row,) = await proxy.collector.wait_for(1)
+    assert (row.operation, row.outcome, row.upstream_request_id) == \
+        ("realtime", "upstream_aborted", "resp_1")
+    assert row.model == "gpt-realtime" and row.cost_usd is None
+
+
+async def test_client_gone_mid_response(upstream: FakeUpstream,
+                                        start_proxy: StartProxy) -> None:
+    fake = FakeRealtime(hold=True)
+    upstream.on("/v1/realtime", fake)
+    proxy = await start_proxy()
+    async with aiohttp.ClientSession() as s:
+        ws = await _open_running(proxy.url, s)
+        # the client's connection drops without a close frame
+        conn = ws._response.connection
+        assert conn is not None and conn.transport is not None
+        conn.transport.abort()
+    (row,) = await proxy.collector.wait_for(1)
+    assert (row.operation, row.outcome, row.upstream_request_id) == \
+        ("realtime", "client_aborted", "resp_1")
+    await wait_until(lambda: fake.close_code == 1001, 5, "the upstream socket closed")
+
+
+async def test_budget_refuses_the_next_response_and_the_socket_stays_up(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    fake = FakeRealtime()
+    upstream.on("/v1/realtime", fake)
+    proxy = await start_proxy(budgets=[{"name": "voice-cap", "match": {"agent": "voice"},
+                                        "limit_usd": 0.001, "window": "total",
+                                        "action": "block"}])
+    async with aiohttp.ClientSession(headers={"X-Meter-Agent": "voice"}) as s:
+        ws = await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime")
+        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c1"}))
+        while "response.done" not in (await ws.receive(timeout=5)).data:
+            pass
+        await proxy.collector.wait_for(1)  # $0.0068536 spent: over the $0.001 cap
+        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c2"}))
+        refusal = json.loads((await ws.receive(timeout=5)).data)
+        assert refusal["type"] == "error"
+        assert refusal["error"]["code"] == "budget_exceeded"
+        assert refusal["error"]["event_id"] == "c2"
+        await ws.send_str(json.dumps({"type": "input_audio_buffer.commit"}))
+        got = json.loads((await ws.receive(timeout=5)).data)  # still up, both ways
+        assert got["type"] == "conversation.item.input_audio_transcription.completed"
+        await ws.close()
+    assert [e.get("event_id") for e in fake.seen if e["type"] == "response.create"] == ["c1"]
+    records = await proxy.collector.wait_for(3)
+    refused = [r for r in records if r.outcome == "rejected"]
+    assert len(refused) == 1 and refused[0].status_code == 429
+    assert refused[0].error == "budget voice-cap exhausted"
+
+
+async def test_sigterm_closes_an_open_socket_with_1001_and_records_it(
+        aiohttp_server: Any, tmp_path: Path) -> None:
+    fake = FakeRealtime(hold=True)
+    async def realtime(request: web.Request) -> web.StreamResponse:
+        return await fake(request)
+
+    app = web.Application()
+    app.router.add_get("/v1/realtime", realtime)
+    up = await aiohttp_server(app)
+    config = (f"upstreams: {{openai: {{url: '{str(up.make_url('')).rstrip('/')}'}}}}\n"
+              f"ledger: {{path: '{tmp_path / 'l.db'}'}}\nserver: {{drain_seconds: 2}}\n")
+    async with served(tmp_path, config) as (proc, port):
+        async with aiohttp.ClientSession() as s:
+            ws = await _open_running(f"http://127.0.0.1:{port}", s)
+            os.kill(proc.pid, signal.SIGTERM)
+            msg = await ws.receive(timeout=10)
+            assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+            await ws.close()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    conn = sqlite3.connect(tmp_path / "l.db")
+    rows = conn.execute("SELECT operation, outcome, error, upstream_request_id "
+                        "FROM llm_usage").fetchall()
+    conn.close()
+    assert rows == [("realtime", "timeout", "cut at shutdown: drain deadline", "resp_1")]
+
+
+async def test_client_keys_and_the_proxy_held_key_apply_to_sockets(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """With `api_key` on the upstream, a socket needs a client key (as a header, or as a
+    browser's key subprotocol) and the upstream gets ours; without one, 401 and a row."""
+    fake = FakeRealtime()
+    upstream.on("/v1/realtime", fake)
+    proxy = await start_proxy(upstreams={"openai": {"url": upstream.url,
+                                                    "api_key": "sk-proxy-held"}},
+                              auth={"client_keys": {"team-a": "ck-team-a"}})
+    url = f"{proxy.url}/openai/v1/realtime?model=gpt-realtime"
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await s.ws_connect(url, headers={"Authorization": "Bearer sk-someone"})
+        assert err.value.status == 401
+        ws = await s.ws_connect(url, protocols=("realtime", "openai-insecure-api-key.ck-team-a"))
+        assert ws.protocol == "realtime"
+        await ws.close()
+    assert fake.headers["Authorization"] == "Bearer sk-proxy-held"
+    assert "ck-team-a" not in json.dumps(fake.headers)
+    records = await proxy.collector.wait_for(2)
+    assert sorted((r.outcome, r.client) for r in records) == [("ok", "team-a"),
+                                                              ("rejected", None)]
+
+
+async def test_a_silent_socket_meets_the_idle_timeout(upstream: FakeUpstream,
+                                                      start_proxy: StartProxy) -> None:
+    """No message either way for server.idle_timeout_seconds: both sides closed with 1001,
+    and the socket's row says it timed out."""
+    fake = FakeRealtime()
+    upstream.on("/v1/realtime", fake)
+    proxy = await start_proxy(server={"idle_timeout_seconds": 0.5})
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime")
+        assert json.loads((await ws.receive(timeout=5)).data)["type"] == "session.created"
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+        await ws.close()
+    await wait_until(lambda: fake.close_code == 1001, 5, "the upstream socket closed")
+    (row,) = await proxy.collector.wait_for(1)
+    assert (row.operation, row.outcome, row.request_model) == ("realtime", "timeout",
+                                                               "gpt-realtime")
+
+
+async def _events(r: aiohttp.ClientResponse, until: str) -> list[tuple[str, Any]]:
+    """Server-sent events of the live feed up to and including the first `until`."""
+    got = []
+    while True:
+        block = (await asyncio.wait_for(r.content.readuntil(b"\n\n"), 10)).decode()
+        event, data = block.rstrip().split("\n", 1)
+        got.append((event[len("event: "):], json.loads(data[len("data: "):])))
+        if got[-1][0] == until:
+            return got
+
+
+async def test_a_running_response_is_on_the_live_feed(upstream: FakeUpstream,
+                                                      start_proxy: StartProxy) -> None:
+    upstream.on("/v1/realtime", FakeRealtime(more=3))
+    proxy = await start_proxy()
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{proxy.url}/api/live") as feed:
+            await _events(feed, "snapshot")
+            ws = await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime",
+                                    headers={"X-Meter-Session": "call-42"})
+            await ws.send_str(json.dumps({"type": "response.create"}))
+            events = await _events(feed, "call_finished")
+            await ws.close()
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "call_started" and "call_progress" in kinds
+    started = events[0][1]
+    assert (started["operation"], started["model"], started["session"]) == \
+        ("realtime", "gpt-realtime", "call-42")
+    progress = next(d for k, d in events if k == "call_progress")
+    # "Hello there" and " and more text" so far, as characters / 4 while unreported
+    assert progress["usage_source"] == "estimated" and progress["output_tokens"] >= 3
+    finished = events[-1][1]
+    assert finished["call_id"] == started["call_id"]
+    assert finished["output_tokens"] == 121 and finished["session"] == "call-42"
