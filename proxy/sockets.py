@@ -86,6 +86,7 @@ class SocketRelay:
         self.progress_at = 0.0
         self.meter_errors = 0
         self.closed: str | None = None  # who began the close handshake: client | upstream
+        self.session: str | None = None  # the rows' session, pinned at the first row
 
     # -- the socket's life -------------------------------------------------------------
 
@@ -308,12 +309,18 @@ class SocketRelay:
                        credential=facts.credential)
 
     def _tags(self) -> dict[str, str]:
-        """The socket's tags; its session: X-Meter-Session, else the provider's."""
+        """The socket's tags; its session: X-Meter-Session, else the provider's, else the
+        socket's own (`ws-<its call id>`). Pinned at its first row, so every row of one
+        socket has the same session even when the provider names it only later (Gemini
+        Live's resumption handle comes after the first turn)."""
         tags = self.facts.tags
-        session = getattr(self.state, "session_id", None)
-        if "session" not in tags and isinstance(session, str) and session:
-            return {**tags, "session": session}
-        return tags
+        if "session" in tags:
+            return tags
+        if self.session is None:
+            session = getattr(self.state, "session_id", None)
+            self.session = session if isinstance(session, str) and session \
+                else f"ws-{self.facts.call_id}"
+        return {**tags, "session": self.session}
 
     def _progress(self, state: SocketState, update: bool) -> None:
         """Each running response on the live feed, with its running output."""

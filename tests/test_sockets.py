@@ -432,3 +432,92 @@ async def test_a_running_response_is_on_the_live_feed(upstream: FakeUpstream,
     finished = events[-1][1]
     assert finished["call_id"] == started["call_id"]
     assert finished["output_tokens"] == 121 and finished["session"] == "call-42"
+
+
+async def test_google_genai_live_through_the_proxy_is_metered_per_turn(
+        aiohttp_server: Any, tmp_path: Path, estimator: Any) -> None:
+    """The real google-genai Live client (wss: it has an API key) through the proxy (behind
+    TLS) to a fake Live upstream replaying a recorded AI Studio audio session: every frame
+    relayed, one `realtime` row per completed turn, usage per turn (never summed), priced
+    by modality."""
+    import ssl
+    import subprocess
+
+    from google import genai
+    from google.genai import types
+
+    from proxy.app import make_app
+    from tests.conftest import Collector, make_config
+    from tests.dialects.gemini.test_gemini_live import LiveServer, frames, pcm, read_turn
+
+    d = tmp_path / "tls"
+    d.mkdir()
+    key, cert = d / "key.pem", d / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    fake = LiveServer(frames("ai_studio_audio"))
+    live_app = web.Application()
+    live_app.router.add_get("/{tail:.*}", fake.handle)
+    live = await aiohttp_server(live_app)
+    config = make_config(tmp_path, str(live.make_url("")).rstrip("/"))
+    collector = Collector()
+    app = make_app(config, estimator=estimator, extra_sinks=(collector,))
+    proxy = await aiohttp_server(app, ssl=server_ctx)
+
+    script = frames("ai_studio_audio")
+    audio = [pcm(f) for direction, f in script if direction == "client" and '"audio"' in f]
+    client = genai.Client(api_key="AIza-test-key", http_options=types.HttpOptions(
+        base_url=f"https://127.0.0.1:{proxy.port}/gemini",
+        headers={"X-Meter-Agent": "voice"},
+        async_client_args={"ssl": ssl.create_default_context(cafile=str(cert))}))
+    config_live = types.LiveConnectConfig(
+        response_modalities=[types.Modality.AUDIO],
+        session_resumption=types.SessionResumptionConfig())
+    async with asyncio.timeout(30):
+        async with client.aio.live.connect(
+                model="gemini-2.5-flash-native-audio-preview-09-2025",
+                config=config_live) as session:
+            for chunk in audio[:3]:
+                await session.send_realtime_input(
+                    audio=types.Blob(data=chunk, mime_type="audio/pcm;rate=16000"))
+            await session.send_realtime_input(audio_stream_end=True)
+            first = await read_turn(session)
+            for chunk in audio[3:]:
+                await session.send_realtime_input(
+                    audio=types.Blob(data=chunk, mime_type="audio/pcm;rate=16000"))
+            await session.send_realtime_input(audio_stream_end=True)
+            second = await read_turn(session)
+        await fake.closed.wait()
+    # the client read the upstream's usage as sent, per turn
+    usage = [m.usage_metadata for m in first + second if m.usage_metadata is not None]
+    assert [(u.prompt_token_count, u.response_token_count) for u in usage] == [
+        (373, 150), (596, 212)]
+    # the upstream got the path under the upstream's base, the key, no X-Meter-* header
+    assert fake.path == \
+        "/ws/google.ai.generativelanguage.v1.GenerativeService.BidiGenerateContent"
+    assert fake.headers["x-goog-api-key"] == "AIza-test-key"
+    assert not any(h.lower().startswith("x-meter-") for h in fake.headers)
+    records = await collector.wait_for(2)
+    turns = sorted((r for r in records if r.operation == "realtime"),
+                   key=lambda r: r.input_tokens or 0)
+    native = "gemini-2.5-flash-native-audio-preview-09-2025"  # priced as the Live model
+    assert [(r.response_model, r.model, r.input_tokens, r.output_tokens, r.usage_source,
+             r.outcome) for r in turns] == [
+        (native, "gemini-live-2.5-flash", 373, 150, "reported", "ok"),
+        (native, "gemini-live-2.5-flash", 596, 212, "reported", "ok")]
+    # Live native audio, per million tokens: text in $0.50, audio in $3.00, audio out $12.00
+    m = Decimal(1_000_000)
+    assert [r.cost_usd for r in turns] == [
+        (305 * Decimal("0.50") + 68 * Decimal("3.00") + 150 * Decimal("12.00")) / m,
+        (478 * Decimal("0.50") + 118 * Decimal("3.00") + 212 * Decimal("12.00")) / m]
+    # one socket, one session: pinned at its first row (Live names the session with its
+    # first resumption handle, after the first turn), so the socket's own
+    (session,) = {r.session for r in turns}
+    assert session is not None and session.startswith("ws-")
+    assert {(r.agent, r.path) for r in turns} == {
+        ("voice",
+         "/gemini/ws/google.ai.generativelanguage.v1.GenerativeService.BidiGenerateContent")}

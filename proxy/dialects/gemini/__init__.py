@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from proxy.dialects.base import Injector, Match, Provider
+from proxy.dialects.base import Injector, Match, Provider, SocketDialect
 from proxy.dialects.gemini import live
 from proxy.dialects.openai import injector, match_post
 
@@ -77,3 +77,7 @@ class GeminiProvider(Provider):
     def socket_dialect(self, path: str) -> Callable[[], live.LiveState] | None:
         """The Live socket's per-socket state factory (AI Studio's or Vertex's path)."""
         return live.socket_dialect(path)
+
+    def socket(self, path: str) -> SocketDialect | None:
+        """Gemini Live (`BidiGenerateContent`): one row per completed turn."""
+        return live.DIALECT if live.is_live_path(path) else None

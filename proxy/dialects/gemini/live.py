@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, AnyStr, ClassVar
 
 from proxy.dialects.base import Observation, TextBuffer, loads
 from proxy.dialects.gemini.usage import from_gemini
 from proxy.usage import Usage
 
-__all__ = ["LiveState", "from_live", "is_live_path", "socket_dialect"]
+__all__ = ["DIALECT", "LiveDialect", "LiveState", "from_live", "is_live_path", "socket_dialect"]
 
 # AI Studio: /ws/google.ai.generativelanguage.{v1|v1beta|v1alpha}.GenerativeService.
 # BidiGenerateContent (…Constrained with an ephemeral token); Vertex AI:
@@ -81,6 +81,26 @@ def is_live_path(path: str) -> bool:
 def socket_dialect(path: str) -> Callable[[], LiveState] | None:
     """The per-socket state factory for a Live socket path, else None."""
     return LiveState if is_live_path(path) else None
+
+
+class LiveDialect:
+    """The Live socket as the relay (proxy/sockets.py) meets it: a LiveState per socket.
+    Live has no error event that answers one client message and leaves the session up (an
+    error closes the socket), so a budget is checked when the socket opens (admission, as
+    for HTTP) and nothing is refused mid-session: `refusal` forwards every message."""
+
+    name = "gemini.live"
+
+    def new_socket(self, query: Mapping[str, str], path_model: str | None) -> LiveState:
+        state = LiveState()
+        state.model = path_model  # the setup message names it (and wins) when it comes
+        return state
+
+    def refusal(self, frame: str | bytes, message: str) -> str | None:
+        return None
+
+
+DIALECT = LiveDialect()
 
 
 def from_live(u: dict[str, Any]) -> Usage:
@@ -158,6 +178,11 @@ class LiveState:
         self._held: _Turn | None = None  # complete, its usage not seen yet
         self._requested = False  # the client asked for a generation, none began yet
         self._errors = 0  # frames that were not JSON, reported with the next turn
+
+    @property
+    def session_id(self) -> str | None:
+        """The provider's session id (the relay's name for `session`)."""
+        return self.session
 
     @property
     def running(self) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from proxy.dialects.base import Injector, Match, Provider
+from proxy.dialects.base import Injector, Match, Provider, SocketDialect
 from proxy.dialects.gemini import error_body, live, match_method
 from proxy.dialects.openai import injector, match_post
 
@@ -47,4 +47,9 @@ class VertexProvider(Provider):
         return injector(parser)
 
     def socket_dialect(self, path: str) -> Callable[[], live.LiveState] | None:
+        """The Live socket's per-socket state factory (AI Studio's or Vertex's path)."""
         return live.socket_dialect(path)
+
+    def socket(self, path: str) -> SocketDialect | None:
+        """Gemini Live (`BidiGenerateContent`): one row per completed turn."""
+        return live.DIALECT if live.is_live_path(path) else None
