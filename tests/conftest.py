@@ -9,6 +9,8 @@ import ctypes
 import gzip
 import os
 import socket
+import ssl
+import subprocess
 import sys
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -336,3 +338,18 @@ async def _until_ready(proc: Process, port: int, timeout: float, log_path: Path)
             await asyncio.sleep(0.1)
     raise AssertionError(f"tokenbooth serve not ready on port {port} within {timeout} s "
                          f"(last /readyz: {status}):\n{log_path.read_text(errors='replace')}")
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts for a throwaway certificate of 127.0.0.1: the SDK always
+    connects with wss when it has an API key."""
+    d = tmp_path_factory.mktemp("tls")
+    key, cert = d / "key.pem", d / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    return server_ctx, ssl.create_default_context(cafile=str(cert))

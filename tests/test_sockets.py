@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import sqlite3
+import ssl
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -435,14 +436,12 @@ async def test_a_running_response_is_on_the_live_feed(upstream: FakeUpstream,
 
 
 async def test_google_genai_live_through_the_proxy_is_metered_per_turn(
-        aiohttp_server: Any, tmp_path: Path, estimator: Any) -> None:
+        aiohttp_server: Any, tmp_path: Path, estimator: Any,
+        tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     """The real google-genai Live client (wss: it has an API key) through the proxy (behind
     TLS) to a fake Live upstream replaying a recorded AI Studio audio session: every frame
     relayed, one `realtime` row per completed turn, usage per turn (never summed), priced
     by modality."""
-    import ssl
-    import subprocess
-
     from google import genai
     from google.genai import types
 
@@ -450,15 +449,7 @@ async def test_google_genai_live_through_the_proxy_is_metered_per_turn(
     from tests.conftest import Collector, make_config
     from tests.dialects.gemini.test_gemini_live import LiveServer, frames, pcm, read_turn
 
-    d = tmp_path / "tls"
-    d.mkdir()
-    key, cert = d / "key.pem", d / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
+    server_ctx, client_ctx = tls
     fake = LiveServer(frames("ai_studio_audio"))
     live_app = web.Application()
     live_app.router.add_get("/{tail:.*}", fake.handle)
@@ -473,7 +464,7 @@ async def test_google_genai_live_through_the_proxy_is_metered_per_turn(
     client = genai.Client(api_key="AIza-test-key", http_options=types.HttpOptions(
         base_url=f"https://127.0.0.1:{proxy.port}/gemini",
         headers={"X-Meter-Agent": "voice"},
-        async_client_args={"ssl": ssl.create_default_context(cafile=str(cert))}))
+        async_client_args={"ssl": client_ctx}))
     config_live = types.LiveConnectConfig(
         response_modalities=[types.Modality.AUDIO],
         session_resumption=types.SessionResumptionConfig())
