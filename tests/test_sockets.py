@@ -447,7 +447,7 @@ async def test_google_genai_live_through_the_proxy_is_metered_per_turn(
 
     from proxy.app import make_app
     from tests.conftest import Collector, make_config
-    from tests.dialects.gemini.test_gemini_live import LiveServer, frames, pcm, read_turn
+    from tests.dialects.gemini.test_gemini_live import LiveServer, frames, pcm, speak_two_turns
 
     server_ctx, client_ctx = tls
     fake = LiveServer(frames("ai_studio_audio"))
@@ -468,21 +468,7 @@ async def test_google_genai_live_through_the_proxy_is_metered_per_turn(
     config_live = types.LiveConnectConfig(
         response_modalities=[types.Modality.AUDIO],
         session_resumption=types.SessionResumptionConfig())
-    async with asyncio.timeout(30):
-        async with client.aio.live.connect(
-                model="gemini-2.5-flash-native-audio-preview-09-2025",
-                config=config_live) as session:
-            for chunk in audio[:3]:
-                await session.send_realtime_input(
-                    audio=types.Blob(data=chunk, mime_type="audio/pcm;rate=16000"))
-            await session.send_realtime_input(audio_stream_end=True)
-            first = await read_turn(session)
-            for chunk in audio[3:]:
-                await session.send_realtime_input(
-                    audio=types.Blob(data=chunk, mime_type="audio/pcm;rate=16000"))
-            await session.send_realtime_input(audio_stream_end=True)
-            second = await read_turn(session)
-        await fake.closed.wait()
+    first, second = await speak_two_turns(client, config_live, audio, fake)
     # the client read the upstream's usage as sent, per turn
     usage = [m.usage_metadata for m in first + second if m.usage_metadata is not None]
     assert [(u.prompt_token_count, u.response_token_count) for u in usage] == [

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import subprocess
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,6 @@ PAYLOADS = Path(__file__).parents[1] / "payloads"
 M = Decimal(1_000_000)
 MODEL = "us.anthropic.claude-sonnet-4-20250514-v1:0"
 STREAM = {"Content-Type": "application/vnd.amazon.eventstream"}
-
-
-@pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate for 127.0.0.1."""
-    d = tmp_path_factory.mktemp("tls")
-    key, cert = d / "key.pem", d / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    return key, cert
 
 
 @pytest.fixture

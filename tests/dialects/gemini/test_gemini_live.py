@@ -505,6 +505,26 @@ async def read_turn(session: Any) -> list[Any]:
                 return got
 
 
+async def speak_two_turns(client: Any, config: Any, audio: list[bytes], fake: LiveServer
+                          ) -> tuple[list[Any], list[Any]]:
+    """The recorded AI Studio audio session through the real SDK: three chunks and the end
+    of the user's audio, a turn, the rest, a turn; then the server closes the socket."""
+    from google.genai import types
+
+    turns: list[list[Any]] = []
+    async with asyncio.timeout(30):
+        async with client.aio.live.connect(
+                model="gemini-2.5-flash-native-audio-preview-09-2025", config=config) as session:
+            for part in (audio[:3], audio[3:]):
+                for chunk in part:
+                    await session.send_realtime_input(
+                        audio=types.Blob(data=chunk, mime_type="audio/pcm;rate=16000"))
+                await session.send_realtime_input(audio_stream_end=True)
+                turns.append(await read_turn(session))
+        await fake.closed.wait()
+    return turns[0], turns[1]
+
+
 async def test_google_genai_live_client_ai_studio(live_server: Callable[[str], Any],
                                                   tls: tuple[ssl.SSLContext, ssl.SSLContext]
                                                   ) -> None:
@@ -524,20 +544,7 @@ async def test_google_genai_live_client_ai_studio(live_server: Callable[[str], A
         input_audio_transcription=types.AudioTranscriptionConfig(),
         output_audio_transcription=types.AudioTranscriptionConfig(),
         session_resumption=types.SessionResumptionConfig())
-    async with asyncio.timeout(20):
-        async with client.aio.live.connect(
-                model="gemini-2.5-flash-native-audio-preview-09-2025", config=config) as session:
-            for chunk in audio[:3]:
-                await session.send_realtime_input(
-                    audio=types.Blob(data=chunk, mime_type="audio/pcm;rate=16000"))
-            await session.send_realtime_input(audio_stream_end=True)
-            first = await read_turn(session)
-            for chunk in audio[3:]:
-                await session.send_realtime_input(
-                    audio=types.Blob(data=chunk, mime_type="audio/pcm;rate=16000"))
-            await session.send_realtime_input(audio_stream_end=True)
-            second = await read_turn(session)
-        await fake.closed.wait()
+    first, second = await speak_two_turns(client, config, audio, fake)
 
     # The SDK read the recorded shapes: per-turn usage by modality, AI Studio's names.
     usage = [m.usage_metadata for m in first + second if m.usage_metadata is not None]
