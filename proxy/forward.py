@@ -10,7 +10,6 @@ CallFacts goes to the recorder, from the `finally` block. The facts say what hap
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import posixpath
@@ -24,10 +23,11 @@ from yarl import URL
 
 from proxy import headers as hdr
 from proxy.admission import Admission
+from proxy.bodies import parse_json as _parse
+from proxy.bodies import parse_json_encoded as _parse_encoded
 from proxy.config import Config, Upstream
 from proxy.dialects import DIALECTS, PROVIDERS, Observation, provider_by_headers
 from proxy.dialects.base import Dialect
-from proxy.framing.decoders import decode_capped
 from proxy.idle import IdleWatch
 from proxy.lifecycle import Lifecycle
 from proxy.meter import Meter
@@ -69,29 +69,6 @@ def _attribute(facts: CallFacts, provider_tags: dict[str, str]) -> None:
         provider_tags.setdefault("session", info.session)
     for key, value in provider_tags.items():
         facts.tags.setdefault(key, value)
-
-
-def _parse_encoded(body: bytes, encoding: str | None, cap: int) -> Any:
-    """The JSON of a body the client compressed, from a side copy inflated up to `cap`
-    bytes (a decompression bomb stops there); None when it cannot be read. The upstream
-    gets the client's bytes either way."""
-    if encoding is None:
-        return _parse(body)
-    try:
-        return _parse(decode_capped(body, encoding, cap))
-    except ValueError as exc:
-        log.info("request body not metered: %s", exc)
-        return None
-
-
-def _parse(body: bytes) -> Any:
-    """The request body's JSON, parsed once per call for every consumer; None if not JSON."""
-    if not body:
-        return None
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 class _WithFirstChunk(web.StreamResponse):
