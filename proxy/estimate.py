@@ -49,6 +49,10 @@ _SPECIAL = {
     "o200k_base": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
 }
 _CL100K_PREFIXES = ("gpt-4-", "gpt-3.5", "gpt-35", "text-embedding-", "davinci", "babbage")
+_ORDER = ("o200k_base", "cl100k_base")
+_ORDER_CL100K = ("cl100k_base", "o200k_base")
+SHORT_CHARS = 12  # texts this short (a message's role, a name) are counted once, remembered
+_SHORT_KEPT = 4096  # at most this many of them per encoding
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,7 @@ class Estimator:
         self._data_dir = data_dir
         self._wanted = encodings
         self._enc: dict[str, tiktoken.Encoding] = {}
+        self._counters: dict[str, _Counter] = {}  # one per encoding, made on first use
         self.loaded = False
 
     def load(self) -> None:
@@ -96,14 +101,16 @@ class Estimator:
         self.loaded = True
 
     def _counter(self, model: str | None) -> tuple[str, Callable[[str], int]]:
-        order = ["o200k_base", "cl100k_base"]
-        if model and model.lower().startswith(_CL100K_PREFIXES):
-            order.reverse()
+        order = _ORDER_CL100K if model and model.lower().startswith(_CL100K_PREFIXES) \
+            else _ORDER
         for name in order:
             enc = self._enc.get(name)
             if enc is not None:
-                return f"tiktoken:{name}", lambda t, e=enc: _count_tokens(e, t)
-        return "chars/4", lambda t: math.ceil(len(t) / 4)
+                counter = self._counters.get(name)
+                if counter is None or counter.enc is not enc:
+                    counter = self._counters[name] = _Counter(name, enc)
+                return counter.label, counter
+        return "chars/4", _chars4
 
     def count_text(self, text: str, model: str | None = None) -> Estimate:
         name, count = self._counter(model)
@@ -131,6 +138,34 @@ class Estimator:
 
 
 SAMPLE_CHARS = 1 << 20  # longer texts: tokens counted in slices of this size
+
+
+def _chars4(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+class _Counter:
+    """One encoding's exact count. Every message of a conversation repeats its role
+    ("user", "assistant"): a text of at most SHORT_CHARS characters is counted once and
+    its count remembered (bounded), so a 40-message request does not call the tokenizer
+    40 times for the same few words."""
+
+    __slots__ = ("_short", "enc", "label")
+
+    def __init__(self, name: str, enc: tiktoken.Encoding) -> None:
+        self.enc = enc
+        self.label = f"tiktoken:{name}"
+        self._short: dict[str, int] = {}
+
+    def __call__(self, text: str) -> int:
+        if len(text) > SHORT_CHARS:
+            return _count_tokens(self.enc, text)
+        n = self._short.get(text)
+        if n is None:
+            n = _count_tokens(self.enc, text)
+            if len(self._short) < _SHORT_KEPT:
+                self._short[text] = n
+        return n
 
 
 def _count_tokens(enc: tiktoken.Encoding, text: str) -> int:

@@ -196,6 +196,35 @@ async def test_the_worst_case_is_estimated_once_and_only_when_a_check_needs_it()
     assert [c.windows[0].reserved for c in checks] == [{"c2": WORST}] * 2
 
 
+async def test_what_is_held_stays_the_sum_of_the_reservations_in_flight() -> None:
+    """The held total is kept as calls come and go (not summed per call): with 300 calls in
+    flight, settled out of order, every decision and the gauge read the exact sum."""
+    check = BudgetCheck([budget("cap", 0.3, {"agent": "bot"})])
+    store = LocalBudgets()
+    await check.open(store)
+    w = check.windows[0]
+
+    async def worst() -> Decimal:
+        return WORST
+
+    for i in range(300):  # 300 * $0.001 = $0.3: exactly the limit, admitted
+        assert await check.check(Ask(f"c{i}", {"agent": "bot"}, worst)) is None
+    assert store.reserved_usd(w) == 300 * WORST == Decimal("0.3")
+    # one more would hold $0.301 > $0.3
+    assert isinstance(await check.check(Ask("late", {"agent": "bot"}, worst)), Denied)
+    for i in [*range(1, 300, 2), *range(0, 300, 2)][:299]:  # all but c298, out of order
+        check.settle(settled(f"c{i}", "0"))
+    assert w.reserved == {"c298": WORST}
+    assert store.reserved_usd(w) == WORST  # 0.3 - 299 * 0.001
+    check.settle(settled("c298", "0.0005"))
+    assert store.reserved_usd(w) == 0 and w.reserved == {}
+    assert w.spend == Decimal("0.0005")
+    # $0.0005 spent: 299 worst cases fit (0.2995), a 300th would make 0.3005
+    for i in range(299):
+        assert await check.check(Ask(f"d{i}", {"agent": "bot"}, worst)) is None
+    assert isinstance(await check.check(Ask("d299", {"agent": "bot"}, worst)), Denied)
+
+
 async def test_spend_so_far_is_restored_from_the_ledger(
         ledger: tuple[str, str], tmp_path: Path, estimator: Estimator) -> None:
     cfg = config(tmp_path)

@@ -143,3 +143,23 @@ def test_a_huge_text_is_counted_in_slices_within_a_token_per_slice(estimator: Es
     whole = len(estimator._enc["o200k_base"].encode(text))
     sliced = estimator.count_text(text, "gpt-4o").tokens
     assert whole <= sliced <= whole + len(text) // SAMPLE_CHARS + 1
+
+
+def test_short_texts_are_counted_once_and_remembered_within_a_bound(
+        estimator: Estimator) -> None:
+    """A message's role repeats in every message: its count is remembered (at most
+    _SHORT_KEPT short texts per encoding), and every count stays the tokenizer's own."""
+    from proxy.estimate import _SHORT_KEPT, SHORT_CHARS
+
+    enc = estimator._enc["o200k_base"]
+    label, count = estimator._counter("gpt-4o")
+    assert label == "tiktoken:o200k_base"
+    texts = ["user", "assistant", "tool", "", "x" * SHORT_CHARS, "x" * (SHORT_CHARS + 1),
+             *(f"w{i}" for i in range(_SHORT_KEPT + 100))]
+    for _ in range(2):  # counted, then read back
+        assert [count(t) for t in texts] == [len(enc.encode(t)) for t in texts]
+    kept = estimator._counters["o200k_base"]._short
+    assert len(kept) == _SHORT_KEPT  # bounded
+    assert kept["user"] == 1 and kept["assistant"] == 1
+    assert "x" * (SHORT_CHARS + 1) not in kept
+    assert estimator._counter("gpt-4o")[1] is count  # one counter per encoding

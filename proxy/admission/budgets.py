@@ -60,6 +60,7 @@ class Window:
     cfg: BudgetConfig
     spend: Decimal = Decimal(0)
     reserved: dict[str, Decimal] = field(default_factory=dict)  # held here, by call id
+    held: Decimal = Decimal(0)  # the sum of `reserved`, kept as it changes (O(1) per call)
     window_end: datetime | None = None
     fleet_reserved: Decimal = Decimal(0)  # other replicas' too (shared ledger)
     # Shared ledger: costs of this replica's finished calls the fleet's spend may not hold
@@ -67,6 +68,18 @@ class Window:
     # `sync()` that started after the write has read the spend back.
     unwritten: dict[str, Decimal] = field(default_factory=dict)
     written: dict[str, Decimal] = field(default_factory=dict)
+
+    def hold(self, call_id: str, worst: Decimal) -> None:
+        """Reserve `worst` for the call until its record releases it."""
+        self.held += worst - self.reserved.get(call_id, 0)
+        self.reserved[call_id] = worst
+
+    def release(self, call_id: str) -> Decimal | None:
+        """The call's reservation, released (None: it held nothing here)."""
+        worst = self.reserved.pop(call_id, None)
+        if worst is not None:
+            self.held = self.held - worst if self.reserved else Decimal(0)
+        return worst
 
     @property
     def limit(self) -> Decimal:
@@ -109,13 +122,13 @@ def reserve_here(windows: Sequence[Window], call_id: str, worst: Decimal) -> Den
     now = datetime.now(UTC)
     for w in windows:
         w.roll(now)
-        held = sum(w.reserved.values(), w.fleet_reserved)
+        held = w.held + w.fleet_reserved
         spend = w.local_spend()
         if spend + held + worst > w.limit or spend >= w.limit:
             return w.denied(now)
     if worst:
         for w in windows:
-            w.reserved[call_id] = worst
+            w.hold(call_id, worst)
     return None
 
 
@@ -191,7 +204,7 @@ class LocalBudgets:
             window.spend += cost
 
     def reserved_usd(self, window: Window) -> Decimal:
-        return sum(window.reserved.values(), Decimal(0))
+        return window.held
 
 
 class FleetBudgets:
@@ -304,7 +317,7 @@ class BudgetCheck:
         ctx_req = {**ctx, "model": record.request_model}
         now = datetime.now(UTC)
         for w in self.windows:
-            reserved = w.reserved.pop(record.call_id, None)
+            reserved = w.release(record.call_id)
             if reserved is None and not (matches(w.cfg, ctx) or matches(w.cfg, ctx_req)):
                 continue
             w.roll(now)
