@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.dialects.base import Observation, RequestInfo
+from proxy.keys import ConsumerKey
 from proxy.outcome import End
 from proxy.quota import Quota
 from proxy.usage import Usage
@@ -71,6 +72,7 @@ from a client's own log. `recorder.build_record` turns them into the CallRecord.
     tags: dict[str, str] = field(default_factory=dict)
     tags_cleaned: int = 0  # X-Meter-* values truncated, cleaned or over the cap
     client: str | None = None
+    key: ConsumerKey | None = None  # the consumer key presented (issued at run time)
     credential: str | None = None
     status_code: int | None = None  # the upstream's (None: it never answered)
     end: End | None = None  # what ended the call early (None: the body ran to its end)

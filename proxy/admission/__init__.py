@@ -44,7 +44,8 @@ class Admission:
         async def worst() -> Decimal:
             return await self._worst(facts, route, model)
 
-        ask = Ask(facts.call_id, context(facts.tags, facts.upstream, model, facts.client),
+        ask = Ask(facts.call_id, context(facts.tags, facts.upstream, model, facts.client,
+                                          facts.key.id if facts.key else None),
                   worst)
         for check in self._checks:
             denied = await check.check(ask)

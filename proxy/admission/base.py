@@ -54,9 +54,10 @@ class Ask:
 
 
 def context(tags: Mapping[str, str], upstream: str, model: str | None,
-            client: str | None) -> dict[str, str | None]:
-    """What a check's match is compared with, for a call or its record."""
-    return {**tags, "upstream": upstream, "model": model, "client": client}
+            client: str | None, key: str | None = None) -> dict[str, str | None]:
+    """What a check's match is compared with, for a call or its record (`key`: the
+    consumer key's id, when the call presented one)."""
+    return {**tags, "upstream": upstream, "model": model, "client": client, "key": key}
 
 
 class Check(Protocol):
