@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from proxy import attribution
 from proxy import headers as hdr
 from proxy.admission import Admission
 from proxy.bodies import parse_json as _parse
@@ -89,7 +90,7 @@ def error_response(status: int, kind: str, message: str, *, call_id: str | None 
 
 def _attribute(facts: CallFacts, provider_tags: dict[str, str]) -> None:
     """Tags the client's own SDK sends (Claude Code's session and sub-agent), under the
-    caller's X-Meter-* tags: those always win."""
+    caller's X-Meter-* tags and other tools' attribution: those always win."""
     info = facts.request_info
     if info is not None and info.session:
         provider_tags.setdefault("session", info.session)
@@ -124,6 +125,7 @@ class Forwarder:
         self.no_inject: set[str] = set()  # upstreams that answered 400 to injected requests
         self._client_keys = {v: k for k, v in config.client_keys.items()}
         self._known = ", ".join(sorted(config.upstreams))
+        self.strip = attribution.stripped(config.attribution)  # header prefixes never sent
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One call: its facts, its steps, and exactly one record however it ends."""
@@ -200,6 +202,7 @@ class Forwarder:
                           f"/{name}/{request.match_info['rest']}")
         tagset = hdr.parse_tags(request.headers)
         facts.tags, facts.tags_cleaned = tagset.tags, tagset.cleaned
+        attribution.read_headers(facts, request.headers, self.config.attribution)
         return facts
 
     def _refuse(self, facts: CallFacts, end: End, kind: str, message: str, provider: Any,
@@ -291,6 +294,7 @@ class Forwarder:
                 facts.request_doc = await asyncio.to_thread(
                     _parse_encoded, body, encoding, self.config.server.max_body_bytes)
             facts.request_info = dialect.request_info(facts.request_doc)
+        attribution.read_body(facts, self.config.attribution)
         _attribute(facts, route.provider.tags(request.headers))
         return dialect
 
@@ -335,7 +339,7 @@ class Forwarder:
                     injected: bool, replace_auth: dict[str, str] | None
                     ) -> aiohttp.ClientResponse:
         headers: Any = hdr.outbound(request.headers, identity=injected,
-                                    replace_auth=replace_auth)
+                                    replace_auth=replace_auth, strip=self.strip)
         if route.upstream.aws is not None:  # signed for the URL exactly as it will be sent
             headers = route.provider.sign(route.upstream, request.method, str(URL(url)),
                                           headers, body)

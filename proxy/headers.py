@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["HOP_BY_HOP", "TagSet", "inbound", "outbound", "parse_tags", "credential"]
+__all__ = ["HOP_BY_HOP", "TagSet", "clean", "inbound", "outbound", "parse_tags", "credential",
+           "tag_key"]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -20,6 +21,7 @@ HOP_BY_HOP = frozenset({
 METER_PREFIX = "x-meter-"
 MAX_TAG_CHARS = 256
 MAX_TAGS = 32
+MAX_KEY_CHARS = 64
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
 
@@ -41,10 +43,12 @@ def _filtered(items: Iterable[tuple[str, str]], drop: set[str]) -> CIMultiDict[s
 
 
 def outbound(headers: CIMultiDictProxy[str], *, identity: bool = False,
-             replace_auth: Mapping[str, str] | None = None) -> CIMultiDict[str]:
-    """Request headers for the upstream: no hop-by-hop, no Host, no X-Meter-*."""
+             replace_auth: Mapping[str, str] | None = None,
+             strip: tuple[str, ...] = (METER_PREFIX,)) -> CIMultiDict[str]:
+    """Request headers for the upstream: no hop-by-hop, no Host, none whose lowercase name
+    starts with one of `strip` (X-Meter-*, and the attribution families read)."""
     drop = _connection_listed(headers) | {"host", "content-length"}
-    drop.update(k.lower() for k in headers if k.lower().startswith(METER_PREFIX))
+    drop.update(lk for k in headers if (lk := k.lower()).startswith(strip))
     if replace_auth is not None:
         drop.update(_CREDENTIAL_HEADERS)
     out = _filtered(headers.items(), drop)
@@ -69,7 +73,9 @@ class TagSet:
     cleaned: int = 0  # values truncated or stripped of unprintable characters
 
 
-def _clean(value: str) -> tuple[str, bool]:
+def clean(value: str) -> tuple[str, bool]:
+    """A tag value (or end user): printable, stripped, at most MAX_TAG_CHARS; and whether
+    that changed it."""
     text = "".join(ch for ch in value if ch.isprintable()).strip()
     changed = text != value
     if len(text) > MAX_TAG_CHARS:
@@ -84,9 +90,8 @@ def parse_tags(headers: Mapping[str, str]) -> TagSet:
         lk = k.lower()
         if not lk.startswith(METER_PREFIX) or len(lk) == len(METER_PREFIX):
             continue
-        key = lk[len(METER_PREFIX):].replace("-", "_")
-        key, key_changed = _clean(key[:64])
-        value, changed = _clean(v)
+        key, key_changed = tag_key(lk[len(METER_PREFIX):])
+        value, changed = clean(v)
         if not key:
             result.cleaned += 1
             continue
@@ -96,6 +101,13 @@ def parse_tags(headers: Mapping[str, str]) -> TagSet:
         result.tags[key] = value
         result.cleaned += changed or key_changed
     return result
+
+
+def tag_key(name: str) -> tuple[str, bool]:
+    """A tag's key from a header suffix or another tool's key: lowercase, `-` becomes `_`,
+    printable, at most MAX_KEY_CHARS; and whether cleaning (not the spelling) changed it."""
+    key, changed = clean(name.lower().replace("-", "_")[:MAX_KEY_CHARS])
+    return key, changed
 
 
 def credential(headers: Mapping[str, str]) -> str | None:

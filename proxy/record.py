@@ -90,6 +90,10 @@ from a client's own log. `recorder.build_record` turns them into the CallRecord.
     usage_from: str | None = None
     logged_at: str | None = None  # a logged call's time as the log wrote it (ledger text)
     quota: Quota | None = None  # the response's rate-limit/quota headers, read
+    # Attribution (proxy.attribution): the end user (X-Meter-End-User, another tool's header,
+    # else the body's), and other tools' attribution values that could not be read.
+    end_user: str | None = None
+    attribution_unreadable: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,7 @@ class CallRecord:
     output_source: str = "none"
     tags_cleaned: int = 0  # X-Meter-* values truncated or cleaned (metrics)
     parse_errors: int = 0  # response events the meter could not read (metrics)
+    attribution_unreadable: int = 0  # other tools' attribution not readable (metrics)
 
     @property
     def unpriced(self) -> bool:

@@ -102,11 +102,11 @@ def _with_background(facts: CallFacts, own: CallRecord, estimator: Estimator,
     linked = replace(facts, call_id=background_call_id(facts.upstream, done.upstream_request_id),
                      operation="responses", parser="openai.responses", observation=done,
                      end=None, end_detail=None, first_byte=None, request_body=b"",
-                     request_doc=None, tags_cleaned=0)
+                     request_doc=None, tags_cleaned=0, attribution_unreadable=0)
     if origin is not None:
         linked = replace(linked, tags=origin.tags, credential=origin.credential,
                          client=origin.client, request_info=origin.request_info,
-                         path_model=origin.path_model)
+                         path_model=origin.path_model, end_user=origin.end_user)
     return [own, build_record(linked, estimator, prices, fingerprint, linked=True)]
 
 
@@ -133,7 +133,9 @@ def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
                                  observation=replace(line.observation, parse_errors=line
                                                      .observation.parse_errors + download_errors)
                                  if i == 0 and download_errors else line.observation,
-                                 tags_cleaned=facts.tags_cleaned if i == 0 else 0),
+                                 tags_cleaned=facts.tags_cleaned if i == 0 else 0,
+                                 attribution_unreadable=facts.attribution_unreadable
+                                 if i == 0 else 0),
                          estimator, prices, fingerprint, line=True)
             for i, line in enumerate(lines)]
 
@@ -246,7 +248,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         usage_source=usage_source, estimator=estimator_name if (in_est or out_est) else None,
         cost_usd=price_cost, price_source=price_src, agent=tags.get("agent"),
         session=tags.get("session"), run=tags.get("run"), tags=tags,
-        end_user=info.end_user if info else None, client=facts.client,
+        end_user=facts.end_user, client=facts.client,
         key_id=fingerprint(facts.credential),
         upstream_request_id=obs.upstream_request_id or facts.request_id_header, error=end.error,
         usage_raw=json.dumps(obs.usage_raw, separators=(",", ":"))
@@ -256,6 +258,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         quota=None if line else facts.quota,  # a batch's result lines: not this response
         input_source=_source(in_reported, in_est), output_source=_source(out_reported, out_est),
         tags_cleaned=facts.tags_cleaned, parse_errors=obs.parse_errors,
+        attribution_unreadable=facts.attribution_unreadable,
     )
 
 

@@ -133,7 +133,7 @@ class SocketRelay:
                        ) -> aiohttp.ClientWebSocketResponse | web.StreamResponse:
         """The upstream socket, or our answer when it refused or never answered."""
         facts, fw = self.facts, self.fw
-        headers = hdr.outbound(request.headers, replace_auth=replace_auth)
+        headers = hdr.outbound(request.headers, replace_auth=replace_auth, strip=fw.strip)
         protocols = _protocols(request.headers)
         if replace_auth is not None:  # a client key in a subprotocol: ours goes as a header
             protocols = [p for p in protocols if not p.startswith(_KEY_PROTOCOL)]

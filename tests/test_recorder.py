@@ -112,7 +112,11 @@ def test_request_info_from_the_request_path_spares_a_second_parse(estimator: Est
     f.request_body = b"{ not json: a parse here would fail }"
     f.request_info = RequestInfo("gpt-4o", True, "user-7", None)
     rec = build_record(f, estimator, PriceBook(), lambda c: None)
-    assert (rec.request_model, rec.end_user) == ("gpt-4o", "user-7")
+    # the end user is the handler's attribution (facts.end_user: it may have switched the
+    # body's user off), never read again from the request
+    assert (rec.request_model, rec.end_user) == ("gpt-4o", None)
+    f.end_user = "user-9"
+    assert build_record(f, estimator, PriceBook(), lambda c: None).end_user == "user-9"
     assert (rec.input_tokens, rec.output_tokens, rec.usage_source) == (12, 3, "reported")
     # input not reported: the estimate reads the body the handler parsed
     f2 = facts_for("openai.chat", "openai", Observation(Usage(None, None, None, None, 3)),

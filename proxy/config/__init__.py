@@ -10,6 +10,7 @@ from __future__ import annotations
 from proxy.config.model import (
     RESERVED_NAMES,
     AdminConfig,
+    AttributionConfig,
     BudgetConfig,
     Config,
     ConfigError,
@@ -26,6 +27,7 @@ from proxy.config.yamlfile import load
 __all__ = [
     "RESERVED_NAMES",
     "AdminConfig",
+    "AttributionConfig",
     "BudgetConfig",
     "Config",
     "ConfigError",

@@ -18,6 +18,7 @@ __all__ = [
     "BUDGET_WINDOWS",
     "RESERVED_NAMES",
     "AdminConfig",
+    "AttributionConfig",
     "BudgetConfig",
     "Config",
     "ConfigError",
@@ -93,6 +94,19 @@ class AdminConfig:
     token: str | None = None
 
 
+# --- attribution from other tools' headers and bodies (issue 21) ---
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Which families of other tools' attribution are read (and their headers stripped
+    before forwarding); a family switched off passes its headers through untouched."""
+
+    helicone: bool = True
+    litellm: bool = True
+    portkey: bool = True
+    body_user: bool = True  # the body's own `user` / `metadata.user_id` as end user
+# --- end attribution ---
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     tag_labels: tuple[str, ...] = ()
@@ -160,6 +174,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     tls_cert: str | None = None  # listen over HTTPS (boto3 sends bearer tokens only so)
     tls_key: str | None = None
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)  # issue 21
 
     def effective_factors(self) -> dict[str, float]:
         """The factor each tokenizer family's estimates get: config, else the dialect's."""
@@ -199,6 +214,7 @@ class Config:
                          "on_ledger_down": b.on_ledger_down} for b in self.budgets],
             "server": dict(vars(self.server)),
             "export": [{**vars(e), "secret": _mask(e.secret)} for e in self.exports],
+            "attribution": dict(vars(self.attribution)),  # issue 21
         }
 
 

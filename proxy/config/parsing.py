@@ -22,6 +22,7 @@ from proxy.config.model import (
     BUDGET_WINDOWS,
     RESERVED_NAMES,
     AdminConfig,
+    AttributionConfig,
     BudgetConfig,
     Config,
     ConfigError,
@@ -320,7 +321,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate a YAML tree (already loaded) into a Config."""
     data = _expand(raw if raw is not None else {}, "", os.environ if env is None else env)
     top = _Reader(data, "", ("listen", "ledger", "upstreams", "auth", "admin", "metrics",
-                             "pricing", "estimation", "budgets", "server", "export"))
+                             "pricing", "estimation", "budgets", "server", "export",
+                             "attribution"))
     listen = top.child("listen", ("host", "port", "tls_cert", "tls_key"))
     tls_cert, tls_key = listen.get("tls_cert", str, None), listen.get("tls_key", str, None)
     if (tls_cert is None) != (tls_key is None):
@@ -347,9 +349,15 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     srv = top.child("server", _keys(ServerConfig))
     server = ServerConfig(**_numbers(srv, ServerConfig, _keys(ServerConfig),
                                      not_negative=("drain_seconds",)))
+    # --- attribution (issue 21): each family on unless switched off ---
+    att = top.child("attribution", _keys(AttributionConfig))
+    attribution = AttributionConfig(**{k: att.get(k, bool, _default(AttributionConfig, k))
+                                       for k in _keys(AttributionConfig)})
+    # --- end attribution ---
     return Config(
         host=listen.get("host", str, _default(Config, "host")), port=port, ledger=ledger,
         upstreams=upstreams, client_keys=client_keys, admin=AdminConfig(token),
         metrics=metrics, prices=prices, estimation_factors=factors, budgets=budgets,
         exports=exports, server=server, tls_cert=tls_cert, tls_key=tls_key,
+        attribution=attribution,
     )

@@ -119,6 +119,9 @@ class Metrics:
             self.clients_refused.labels(reason)
         self.tag_cleaned = Counter("tokenbooth_tag_values_cleaned",
                                    "X-Meter-* values truncated or cleaned.", registry=r)
+        self.attribution_unreadable = Counter(  # issue 21
+            "tokenbooth_attribution_unreadable",
+            "Other tools' attribution values that could not be read (skipped).", registry=r)
         self.parse_errors = Counter("tokenbooth_parse_errors",
                                     "Response events the meter could not read.", ("upstream",),
                                     registry=r)
@@ -191,6 +194,8 @@ class Metrics:
             self.ttft.observe((up, op, model), rec.ttft_ms / 1000)
         if rec.tags_cleaned:
             self.tag_cleaned.inc(rec.tags_cleaned)
+        if rec.attribution_unreadable:
+            self.attribution_unreadable.inc(rec.attribution_unreadable)
         if rec.parse_errors:
             self._child(self.parse_errors, (up,)).inc(rec.parse_errors)
 

@@ -1,0 +1,205 @@
+"""Attribution from what other tools' clients already send: Helicone, LiteLLM and Portkey
+headers, LiteLLM's body tags, and the bodies' own end user. Sans-IO: headers and the parsed
+request in, the call's tags and end user out.
+
+One table (`HEADERS`) says which header fills which tag or the end user; `STRIPPED` says which
+headers each family removes before forwarding. Precedence, first source wins:
+`X-Meter-*` (read before these), then Helicone, Portkey, LiteLLM's header, LiteLLM's body
+tags, the body's own end user, and last the client SDK's own tags (Claude Code's session).
+A family switched off in `attribution:` is neither read nor stripped. Values are cleaned and
+capped as `X-Meter-*` values are (counted in `tags_cleaned`); an unreadable value (bad
+`x-portkey-metadata` JSON) is skipped and counted in `attribution_unreadable`, never failing
+the call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.config.model import AttributionConfig
+from proxy.headers import MAX_TAGS, METER_PREFIX, clean, tag_key
+from proxy.record import CallFacts
+
+__all__ = ["FAMILIES", "HEADERS", "STRIPPED", "HeaderRule", "read_body", "read_headers",
+           "stripped"]
+
+FAMILIES = ("helicone", "portkey", "litellm")  # header families, in precedence order
+END_USER = "end_user"  # X-Meter-End-User fills the column too (and stays a tag)
+
+
+def _tag(facts: CallFacts, key: str, value: str) -> None:
+    """A tag under those already set (an earlier source's stays), cleaned and capped like an
+    `X-Meter-*` tag."""
+    key, key_changed = tag_key(key)
+    if not key:
+        facts.tags_cleaned += 1
+        return
+    if key in facts.tags:
+        return
+    if len(facts.tags) >= MAX_TAGS:
+        facts.tags_cleaned += 1
+        return
+    value, changed = clean(value)
+    facts.tags[key] = value
+    facts.tags_cleaned += changed or key_changed
+
+
+def _user(facts: CallFacts, value: str) -> None:
+    """The end user, unless an earlier source named one."""
+    if facts.end_user is not None:
+        return
+    value, changed = clean(value)
+    if value:
+        facts.end_user = value
+        facts.tags_cleaned += changed
+
+
+# Readers: (facts, what follows the rule's prefix, the header's value)
+Reader = Callable[[CallFacts, str, str], None]
+
+
+def _as_tag(key: str) -> Reader:
+    return lambda facts, _, value: _tag(facts, key, value)
+
+
+def _suffix_tag(facts: CallFacts, suffix: str, value: str) -> None:
+    if suffix:
+        _tag(facts, suffix, value)
+
+
+def _as_user(facts: CallFacts, _: str, value: str) -> None:
+    _user(facts, value)
+
+
+def _entries(facts: CallFacts, entries: list[str]) -> None:
+    """LiteLLM tags: each `k:v` or `k=v` entry is also tag `k` (plain entries are not)."""
+    for entry in entries:
+        cut = min((i for i in (entry.find(":"), entry.find("=")) if i > 0), default=-1)
+        if cut > 0:
+            key, value = entry[:cut].strip(), entry[cut + 1:].strip()
+            if key and value:
+                _tag(facts, key, value)
+
+
+def _litellm_tags(facts: CallFacts, _: str, value: str) -> None:
+    """`x-litellm-tags: a,team:ml` -> `litellm_tags` = `a,team:ml`, `team` = `ml`."""
+    _tag(facts, "litellm_tags", value)
+    _entries(facts, [e.strip() for e in value.split(",")])
+
+
+def _scalar(value: Any) -> str | None:
+    """A metadata value as tag text: strings as sent, other JSON compact; null is none."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _portkey_metadata(facts: CallFacts, _: str, value: str) -> None:
+    """`x-portkey-metadata: {"team": "ml", "_user": "u-1"}` -> tag `team`, end user `u-1`."""
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        facts.attribution_unreadable += 1
+        return
+    for key, item in doc.items():
+        text = _scalar(item)
+        if text is None:
+            continue
+        if key == "_user":
+            _user(facts, text)
+        else:
+            _tag(facts, key, text)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRule:
+    family: str
+    header: str  # lowercase; a prefix when it ends with `-`
+    read: Reader
+    fills: str  # what it fills, for the documentation's table
+
+
+HEADERS: tuple[HeaderRule, ...] = (
+    HeaderRule("helicone", "helicone-property-", _suffix_tag, "tag `<k>`"),
+    HeaderRule("helicone", "helicone-user-id", _as_user, "end_user"),
+    HeaderRule("helicone", "helicone-session-id", _as_tag("session"), "tag `session`"),
+    HeaderRule("helicone", "helicone-session-path", _as_tag("session_path"),
+               "tag `session_path`"),
+    HeaderRule("helicone", "helicone-session-name", _as_tag("session_name"),
+               "tag `session_name`"),
+    HeaderRule("portkey", "x-portkey-metadata", _portkey_metadata, "tags; `_user` end_user"),
+    HeaderRule("portkey", "x-portkey-trace-id", _as_tag("trace_id"), "tag `trace_id`"),
+    HeaderRule("litellm", "x-litellm-tags", _litellm_tags, "tag `litellm_tags`, `k:v` tag `k`"),
+)
+# Every header of a family read is removed before forwarding: none is the provider's, and
+# some carry the tool's own key (Helicone-Auth, x-litellm-api-key, x-portkey-api-key).
+STRIPPED = {"helicone": "helicone-", "portkey": "x-portkey-", "litellm": "x-litellm-"}
+
+_EXACT = {r.header: r for r in HEADERS if not r.header.endswith("-")}
+_PREFIXED = tuple(r for r in HEADERS if r.header.endswith("-"))
+_RANK = {f: i for i, f in enumerate(FAMILIES)}
+
+
+def _on(config: AttributionConfig) -> tuple[str, ...]:
+    return tuple(f for f in FAMILIES if getattr(config, f))
+
+
+def stripped(config: AttributionConfig) -> tuple[str, ...]:
+    """The header name prefixes removed before forwarding: ours, and each family's read."""
+    return (METER_PREFIX, *(STRIPPED[f] for f in _on(config)))
+
+
+def read_headers(facts: CallFacts, headers: Mapping[str, str],
+                 config: AttributionConfig) -> None:
+    """Tags and end user from the families' headers, under the `X-Meter-*` tags already in
+    `facts.tags` (`X-Meter-End-User` is the end user before any of them)."""
+    meter_user = facts.tags.get(END_USER)
+    if meter_user and facts.end_user is None:
+        facts.end_user = meter_user
+    families = _on(config)
+    if not families:
+        return
+    prefixes = tuple(STRIPPED[f] for f in families)
+    hits: list[tuple[int, int, HeaderRule, str, str]] = []
+    for k, v in headers.items():
+        lk = k.lower()
+        if not lk.startswith(prefixes):
+            continue
+        rule = _EXACT.get(lk)
+        suffix = ""
+        if rule is None:
+            rule = next((r for r in _PREFIXED if lk.startswith(r.header)), None)
+            if rule is None:
+                continue  # stripped, never read (Helicone-Auth and the like)
+            suffix = lk[len(rule.header):]
+        if rule.family in families:
+            hits.append((_RANK[rule.family], len(hits), rule, suffix, v))
+    hits.sort(key=lambda h: h[:2])
+    for _, _, rule, suffix, value in hits:
+        try:
+            rule.read(facts, suffix, value)
+        except Exception:  # a reader's bug never fails the call
+            facts.attribution_unreadable += 1
+
+
+def read_body(facts: CallFacts, config: AttributionConfig) -> None:
+    """What the parsed request says (never the body's bytes): LiteLLM's `metadata.tags`,
+    then the body's own end user (OpenAI `user`, Anthropic `metadata.user_id`, as the
+    dialect read them), under everything the headers said."""
+    doc = facts.request_doc
+    if config.litellm and isinstance(doc, dict):
+        meta = doc.get("metadata")
+        tags = meta.get("tags") if isinstance(meta, dict) else None
+        if isinstance(tags, list):
+            entries = [t.strip() for t in tags if isinstance(t, str) and t.strip()]
+            if entries:
+                _tag(facts, "litellm_tags", ",".join(entries))
+                _entries(facts, entries)
+    info = facts.request_info
+    if config.body_user and info is not None and info.end_user:
+        _user(facts, info.end_user)
