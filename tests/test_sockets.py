@@ -150,6 +150,28 @@ async def test_openai_sdk_realtime_is_metered_per_response(
     assert len(proxy.collector.records) == 2
 
 
+async def test_a_socket_reads_other_tools_attribution_and_strips_their_headers(
+        upstream: FakeUpstream, start_proxy: StartProxy, sdk: Any) -> None:
+    """Helicone and Portkey headers on the upgrade: every row of the socket carries their
+    tags and end user, and the upstream's handshake has none of them."""
+    fake = FakeRealtime()
+    upstream.on("/v1/realtime", fake)
+    proxy = await start_proxy()
+    client = sdk.openai(f"{proxy.url}/openai/v1", api_key="sk-live-key", default_headers={
+        "Helicone-Property-Team": "voice-ml", "Helicone-User-Id": "alice",
+        "Helicone-Auth": "Bearer sk-helicone", "x-portkey-trace-id": "trace-3"})
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        await conn.response.create()
+        async for event in conn:
+            if event.type == "response.done":
+                break
+    (rt,) = await proxy.collector.wait_for(1)
+    assert rt.tags == {"team": "voice-ml", "trace_id": "trace-3", "session": "sess_abc"}
+    assert rt.end_user == "alice" and rt.outcome == "ok"
+    assert fake.headers["Authorization"] == "Bearer sk-live-key"
+    assert [k for k in fake.headers if k.lower().startswith(("helicone-", "x-portkey-"))] == []
+
+
 def _digest(h: Any, kind: WSMsgType, data: str | bytes) -> None:
     h.update(b"T" if kind is WSMsgType.TEXT else b"B")
     h.update(data.encode() if isinstance(data, str) else data)
