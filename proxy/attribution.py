@@ -3,8 +3,8 @@ headers, LiteLLM's body tags, and the bodies' own end user. Sans-IO: headers and
 request in, the call's tags and end user out.
 
 One table (`HEADERS`) says which header fills which tag or the end user; `STRIPPED` says which
-headers each family removes before forwarding. Precedence, first source wins:
-`X-Meter-*` (read before these), then Helicone, Portkey, LiteLLM's header, LiteLLM's body
+headers each family removes before forwarding. Precedence, first source wins: `X-Meter-*`
+(the proxy's own, always read), then Helicone, Portkey, LiteLLM's header, LiteLLM's body
 tags, the body's own end user, and last the client SDK's own tags (Claude Code's session).
 A family switched off in `attribution:` is neither read nor stripped. Values are cleaned and
 capped as `X-Meter-*` values are (counted in `tags_cleaned`); an unreadable value (bad
@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from proxy.config.model import AttributionConfig
-from proxy.headers import MAX_TAGS, METER_PREFIX, clean, tag_key
+from proxy.headers import MAX_TAGS, METER_PREFIX, clean, parse_tags, tag_key
 from proxy.record import CallFacts
 
 __all__ = ["FAMILIES", "HEADERS", "STRIPPED", "HeaderRule", "read_body", "read_headers",
@@ -145,10 +146,12 @@ _PREFIXED = tuple(r for r in HEADERS if r.header.endswith("-"))
 _RANK = {f: i for i, f in enumerate(FAMILIES)}
 
 
+@cache
 def _on(config: AttributionConfig) -> tuple[str, ...]:
     return tuple(f for f in FAMILIES if getattr(config, f))
 
 
+@cache
 def stripped(config: AttributionConfig) -> tuple[str, ...]:
     """The header name prefixes removed before forwarding: ours, and each family's read."""
     return (METER_PREFIX, *(STRIPPED[f] for f in _on(config)))
@@ -156,19 +159,18 @@ def stripped(config: AttributionConfig) -> tuple[str, ...]:
 
 def read_headers(facts: CallFacts, headers: Mapping[str, str],
                  config: AttributionConfig) -> None:
-    """Tags and end user from the families' headers, under the `X-Meter-*` tags already in
-    `facts.tags` (`X-Meter-End-User` is the end user before any of them)."""
-    meter_user = facts.tags.get(END_USER)
-    if meter_user and facts.end_user is None:
-        facts.end_user = meter_user
+    """The call's tags and end user from its headers, in one pass: `X-Meter-*` first
+    (`X-Meter-End-User` is the end user before any other), then each family switched on."""
     families = _on(config)
-    if not families:
-        return
-    prefixes = tuple(STRIPPED[f] for f in families)
+    prefixes = stripped(config)
+    meter: list[tuple[str, str]] = []
     hits: list[tuple[int, int, HeaderRule, str, str]] = []
     for k, v in headers.items():
         lk = k.lower()
         if not lk.startswith(prefixes):
+            continue
+        if lk.startswith(METER_PREFIX):
+            meter.append((lk, v))
             continue
         rule = _EXACT.get(lk)
         suffix = ""
@@ -179,6 +181,11 @@ def read_headers(facts: CallFacts, headers: Mapping[str, str],
             suffix = lk[len(rule.header):]
         if rule.family in families:
             hits.append((_RANK[rule.family], len(hits), rule, suffix, v))
+    tagset = parse_tags(meter)
+    facts.tags, facts.tags_cleaned = tagset.tags, tagset.cleaned
+    meter_user = tagset.tags.get(END_USER)
+    if meter_user:
+        facts.end_user = meter_user
     hits.sort(key=lambda h: h[:2])
     for _, _, rule, suffix, value in hits:
         try:

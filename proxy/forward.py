@@ -194,14 +194,13 @@ class Forwarder:
         return await self._forward(request, route, body, facts, live, replace_auth)
 
     def _facts(self, request: web.Request) -> CallFacts:
-        """The call's facts as it arrives: its id, its clocks, its upstream and tags."""
+        """The call's facts as it arrives: its id, its clocks, its upstream, and the tags
+        and end user its headers name (proxy.attribution)."""
         name = request.match_info["upstream"]
         up = self.config.upstreams.get(name)
         facts = CallFacts(new_call_id(), time.time(), time.monotonic(), name,
                           up.dialect if up else None, "other", request.method,
                           f"/{name}/{request.match_info['rest']}")
-        tagset = hdr.parse_tags(request.headers)
-        facts.tags, facts.tags_cleaned = tagset.tags, tagset.cleaned
         attribution.read_headers(facts, request.headers, self.config.attribution)
         return facts
 

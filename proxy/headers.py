@@ -83,10 +83,11 @@ def clean(value: str) -> tuple[str, bool]:
     return text, changed
 
 
-def parse_tags(headers: Mapping[str, str]) -> TagSet:
-    """`X-Meter-Parent-Run: r-6` -> {"parent_run": "r-6"}; never raises."""
+def parse_tags(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> TagSet:
+    """`X-Meter-Parent-Run: r-6` -> {"parent_run": "r-6"}; never raises. `headers`: a
+    mapping, or (name, value) pairs."""
     result = TagSet()
-    for k, v in headers.items():
+    for k, v in headers.items() if isinstance(headers, Mapping) else headers:
         lk = k.lower()
         if not lk.startswith(METER_PREFIX) or len(lk) == len(METER_PREFIX):
             continue

@@ -14,7 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.attribution import HEADERS, STRIPPED, read_body, read_headers, stripped
 from proxy.config import AttributionConfig, parse
 from proxy.dialects import DIALECTS
-from proxy.headers import MAX_TAG_CHARS, MAX_TAGS, outbound, parse_tags
+from proxy.headers import MAX_TAG_CHARS, MAX_TAGS, outbound
 from proxy.record import CallFacts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,11 +23,10 @@ ALL_ON = AttributionConfig()
 
 def attributed(*pairs: tuple[str, str], doc: Any = None, parser: str = "openai.chat",
                config: AttributionConfig = ALL_ON) -> CallFacts:
-    """What the handler does: X-Meter-* tags, the families' headers, then the parsed body."""
+    """What the handler does: the headers (X-Meter-* and the families'), then the parsed
+    body."""
     headers = CIMultiDictProxy(CIMultiDict(pairs))
     facts = CallFacts("c1", 0.0, 0.0, "openai", "openai", "chat", "POST", "/openai/x")
-    tagset = parse_tags(headers)
-    facts.tags, facts.tags_cleaned = tagset.tags, tagset.cleaned
     read_headers(facts, headers, config)
     if doc is not None:
         facts.request_doc = doc

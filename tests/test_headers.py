@@ -44,6 +44,17 @@ def test_outbound_identity_and_replaced_credentials() -> None:
     assert dict(outbound(sent, replace_auth={})) == {"Accept-Encoding": "br", "X-Other": "kept"}
 
 
+def test_outbound_strips_every_header_named_by_a_given_prefix() -> None:
+    sent = headers(("X-Meter-Agent", "a"), ("Helicone-Auth", "Bearer sk-h"),
+                   ("HELICONE-PROPERTY-X", "1"), ("X-Helicone", "kept: not the prefix"),
+                   ("Accept", "a"))
+    assert list(outbound(sent, strip=("x-meter-", "helicone-")).items()) == [
+        ("X-Helicone", "kept: not the prefix"), ("Accept", "a")]
+    # by default, ours alone
+    assert list(outbound(sent)) == ["Helicone-Auth", "HELICONE-PROPERTY-X", "X-Helicone",
+                                    "Accept"]
+
+
 def test_inbound_drops_hop_by_hop_and_optionally_the_length() -> None:
     resp = headers(("Content-Type", "text/event-stream"), ("Content-Length", "99"),
                    ("Connection", "close, X-Internal"), ("X-Internal", "1"),
@@ -62,6 +73,11 @@ def test_tags_from_meter_headers_named_in_snake_case() -> None:
                       "Authorization": "Bearer sk"})
     assert got.tags == {"agent": "planner", "parent_run": "r-6", "team_name": "core"}
     assert got.cleaned == 1  # the padded value
+
+
+def test_tags_from_name_value_pairs_repeated_names_the_last_wins() -> None:
+    got = parse_tags([("x-meter-run", "r-1"), ("x-meter-run", "r-2"), ("accept", "a")])
+    assert got.tags == {"run": "r-2"} and got.cleaned == 0
 
 
 def test_tag_values_are_cleaned_truncated_and_counted() -> None:
