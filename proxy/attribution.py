@@ -108,12 +108,10 @@ def _portkey_metadata(facts: CallFacts, _: str, value: str) -> None:
         facts.attribution_unreadable += 1
         return
     for key, item in doc.items():
-        text = _scalar(item)
-        if text is None:
-            continue
-        if key == "_user":
-            _user(facts, text)
-        else:
+        if key == "_user":  # Portkey's reserved key for the end user: a string (or an id)
+            if isinstance(item, str | int) and not isinstance(item, bool):
+                _user(facts, str(item))
+        elif (text := _scalar(item)) is not None:
             _tag(facts, key, text)
 
 
@@ -121,21 +119,18 @@ def _portkey_metadata(facts: CallFacts, _: str, value: str) -> None:
 class HeaderRule:
     family: str
     header: str  # lowercase; a prefix when it ends with `-`
-    read: Reader
-    fills: str  # what it fills, for the documentation's table
+    read: Reader  # fills tags and the end user (docs/reference.md: the table of them all)
 
 
 HEADERS: tuple[HeaderRule, ...] = (
-    HeaderRule("helicone", "helicone-property-", _suffix_tag, "tag `<k>`"),
-    HeaderRule("helicone", "helicone-user-id", _as_user, "end_user"),
-    HeaderRule("helicone", "helicone-session-id", _as_tag("session"), "tag `session`"),
-    HeaderRule("helicone", "helicone-session-path", _as_tag("session_path"),
-               "tag `session_path`"),
-    HeaderRule("helicone", "helicone-session-name", _as_tag("session_name"),
-               "tag `session_name`"),
-    HeaderRule("portkey", "x-portkey-metadata", _portkey_metadata, "tags; `_user` end_user"),
-    HeaderRule("portkey", "x-portkey-trace-id", _as_tag("trace_id"), "tag `trace_id`"),
-    HeaderRule("litellm", "x-litellm-tags", _litellm_tags, "tag `litellm_tags`, `k:v` tag `k`"),
+    HeaderRule("helicone", "helicone-property-", _suffix_tag),  # tag <k>
+    HeaderRule("helicone", "helicone-user-id", _as_user),
+    HeaderRule("helicone", "helicone-session-id", _as_tag("session")),
+    HeaderRule("helicone", "helicone-session-path", _as_tag("session_path")),
+    HeaderRule("helicone", "helicone-session-name", _as_tag("session_name")),
+    HeaderRule("portkey", "x-portkey-metadata", _portkey_metadata),  # tags, `_user` end user
+    HeaderRule("portkey", "x-portkey-trace-id", _as_tag("trace_id")),
+    HeaderRule("litellm", "x-litellm-tags", _litellm_tags),  # litellm_tags, `k:v` tag k
 )
 # Every header of a family read is removed before forwarding: none is the provider's, and
 # some carry the tool's own key (Helicone-Auth, x-litellm-api-key, x-portkey-api-key).

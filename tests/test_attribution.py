@@ -83,6 +83,13 @@ def test_portkey_metadata_and_trace_id() -> None:
     assert "pk-secret" not in repr((f.tags, f.end_user))
 
 
+def test_portkey_user_only_as_a_string_or_an_id() -> None:
+    assert attributed(("x-portkey-metadata", '{"_user": 42}')).end_user == "42"
+    f = attributed(("x-portkey-metadata", '{"_user": {"id": 1}, "team": "ml"}'))
+    assert f.end_user is None and f.tags == {"team": "ml"}
+    assert attributed(("x-portkey-metadata", '{"_user": true}')).end_user is None
+
+
 @pytest.mark.parametrize("bad", ["{not json", "[1, 2]", '"text"', "", "null"])
 def test_unreadable_portkey_metadata_is_skipped_and_counted(bad: str) -> None:
     f = attributed(("x-portkey-metadata", bad), ("x-portkey-trace-id", "tr-1"))
