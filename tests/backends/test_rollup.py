@@ -227,7 +227,9 @@ async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage(target: 
         f"UPDATE {t} SET unpriced_calls = 0 WHERE model = 'whisper-1';\n"
         for t in ("llm_usage_hourly", "llm_usage_daily"))
         + "ALTER TABLE llm_usage DROP COLUMN quota;\n"  # later migrations'
+        + "ALTER TABLE llm_usage DROP COLUMN list_cost_usd;\n"
         + "".join(f"ALTER TABLE {t} DROP COLUMN pending_calls;\n"
+                  f"ALTER TABLE {t} DROP COLUMN list_cost_units;\n"
                   for t in ("llm_usage_hourly", "llm_usage_daily")),
         before="unpriced: every ok call without a cost, whatever its usage")
     backend = open_backend(target)
