@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
@@ -223,8 +223,8 @@ class PriceBook:
         """`provider_id` is the genai-prices provider (None: whichever knows the model).
         `upstream`: the route's name, which `pricing.adjustments` match."""
         p = self.list_price(model, provider_id, usage, free=free, provider_cost=provider_cost)
-        return replace(p, cost_usd=self.adjuster.charged(p.cost_usd, upstream, model, p.model),
-                       list_cost_usd=p.cost_usd)
+        return Price(self.adjuster.charged(p.cost_usd, upstream, model, p.model), p.source,
+                     p.model, p.cost_usd)
 
     def list_price(self, model: str | None, provider_id: str | None, usage: Usage, *,
                    free: bool = False, provider_cost: Decimal | None = None) -> Price:
