@@ -191,6 +191,14 @@ async def test_list_and_charged_costs_everywhere_and_reprice(
     mini_line = next(line for line in table.splitlines() if line.startswith("gpt-4o-mini "))
     assert "$0.000360" in mini_line and "$0.000450" in mini_line
     assert "At list prices: $0.0050;" in table
+    # `tokenbooth calls`: each call's charged and list cost; the unpriced one says so in both
+    assert main(["calls", "--db", target, "--agent", "ana", "--since", "1d"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert header[-2:] == ["cost_usd", "list_cost_usd"]
+    cells = {line.split()[6]: line.split()[-2:] for line in lines[2:]}
+    assert cells["gpt-4o-mini"] == ["$0.000360", "$0.000450"]
+    assert cells["mystery-7b"] == ["unpriced", "unpriced"]
 
     # `tokenbooth reprice` with the adjustments changed: gpt-4o-mini now 50 % off, haiku at
     # its list price, gpt-4o marked up 100 %; the unpriced call stays NULL in both
