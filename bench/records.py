@@ -20,7 +20,7 @@ _BASE: dict[str, Any] = dict(
     estimator=None, cost_usd=Decimal("0.001"), price_source="genai-prices", agent=None,
     session=None, run=None, tags={}, end_user=None, client=None, key_id=None,
     upstream_request_id="chatcmpl-1", error=None, usage_raw=None, input_source="reported",
-    output_source="reported",
+    output_source="reported", list_cost_usd=Decimal("0.001"),
 )
 
 

@@ -61,6 +61,7 @@ def rows(n: int, seed: int = 7) -> Any:
             row[idx["reasoning_tokens"]], row[idx["total_tokens"]] = 0, inp + out_t
             row[idx["usage_source"]] = "reported"
             row[idx["cost_usd"]] = (inp * 2.5 + out_t * 10) / 1e6
+            row[idx["list_cost_usd"]] = row[idx["cost_usd"]]  # no adjustment
             row[idx["price_source"]] = "genai-prices"
             row[idx["agent"]] = agent
             row[idx["session"]] = f"s-{i // 40}"

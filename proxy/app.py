@@ -66,7 +66,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         handler_args={"auto_decompress": False,
                       "keepalive_timeout": config.server.keepalive_timeout_seconds})
     registry = CollectorRegistry()
-    prices = PriceBook(config.prices)
+    prices = PriceBook(config.prices, config.adjustments)
     est = estimator or Estimator(dict(config.estimation_factors))
     metrics = Metrics(registry, max_label_values=config.metrics.max_label_values,
                       upstreams=tuple(config.upstreams), max_series=config.metrics.max_series,

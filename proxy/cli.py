@@ -157,7 +157,7 @@ def cmd_prices(args: argparse.Namespace) -> int:
     else:  # as the ledger would price a call through any configured upstream
         pids = [None, *dict.fromkeys(price_provider(u.dialect, u.name)
                                      for u in config.upstreams.values())]
-    book = PriceBook(config.prices)
+    book = PriceBook(config.prices, config.adjustments)
     for pid in pids:
         info = book.describe(args.model, pid)
         if info["source"] is not None:

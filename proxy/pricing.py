@@ -6,23 +6,29 @@ at the price variant of the tier that *served* the call, or of batch processing.
 models, and billed units, tiers or batch processing that have no price, give cost None
 (unpriced), never a smaller number. A provider-reported cost (OpenRouter `cost`, xAI
 ticks) wins with source `provider`. Money is Decimal while computing.
+
+Negotiated prices (`pricing.adjustments`): the price found above is the list price
+(`list_cost_usd`); the first adjustment matching the call's upstream and model gives the
+charged cost, list * (1 + percent/100), exact in Decimal (`cost_usd`). Unpriced stays None
+in both, free stays 0 in both.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from fnmatch import fnmatchcase
 from importlib.metadata import version
 from typing import Any
 
-from proxy.config import ModelPrice
+from proxy.config import ModelPrice, PriceAdjustment
 from proxy.usage import STANDARD_TIERS, Usage
 
-__all__ = ["FREE_UNITS", "Price", "PriceBook", "candidate_names", "price_context"]
+__all__ = ["FREE_UNITS", "Adjuster", "Price", "PriceBook", "candidate_names", "price_context"]
 
 MILLION = Decimal(1_000_000)
 # Billed units that cost nothing beyond their tokens (Anthropic web fetch).
@@ -32,9 +38,52 @@ _DATED = re.compile(r"^(.*?)-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    cost_usd: Decimal | None
+    cost_usd: Decimal | None  # charged: the list cost under the matching adjustment
     source: str | None
     model: str | None  # the name that was priced
+    list_cost_usd: Decimal | None = None  # the list price (set by PriceBook.price)
+
+
+class Adjuster:
+    """`pricing.adjustments`: the factor (1 + percent/100, exact) of the first adjustment
+    whose globs match a call's upstream and model (either the model the call named or the
+    name it was priced as); 1 when none matches."""
+
+    def __init__(self, adjustments: Sequence[PriceAdjustment] = ()) -> None:
+        self.adjustments = tuple(adjustments)
+        self._factors = [Decimal(1) + Decimal(repr(float(a.percent))) / 100
+                         for a in self.adjustments]
+        self._cache: dict[tuple[str | None, str | None, str | None], Decimal | None] = {}
+
+    def factor(self, upstream: str | None, model: str | None,
+               priced: str | None = None) -> Decimal | None:
+        """The matching adjustment's factor, or None (no adjustment matches)."""
+        if not self.adjustments:
+            return None
+        key = (upstream, model, priced)
+        if key in self._cache:
+            return self._cache[key]
+        found = None
+        models = [m for m in (model, priced) if m]
+        for adj, f in zip(self.adjustments, self._factors, strict=True):
+            if adj.upstream is not None and (
+                    upstream is None or not fnmatchcase(upstream, adj.upstream)):
+                continue
+            if adj.model is not None and not any(fnmatchcase(m, adj.model) for m in models):
+                continue
+            found = f
+            break
+        if len(self._cache) < 10_000:  # model names come from clients: bounded
+            self._cache[key] = found
+        return found
+
+    def charged(self, list_cost: Decimal | None, upstream: str | None, model: str | None,
+                priced: str | None = None) -> Decimal | None:
+        """The charged cost of a list cost (None stays None, 0 stays 0)."""
+        if list_cost is None or not list_cost:
+            return list_cost
+        f = self.factor(upstream, model, priced)
+        return list_cost if f is None else list_cost * f
 
 
 def candidate_names(model: str) -> list[str]:
@@ -108,8 +157,10 @@ def unpriced_units(mp: Any, units: Mapping[str, int]) -> list[str]:
 
 
 class PriceBook:
-    def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
+    def __init__(self, overrides: Mapping[str, ModelPrice] | None = None,
+                 adjustments: Sequence[PriceAdjustment] = ()) -> None:
         self._overrides = dict(overrides or {})
+        self.adjuster = Adjuster(adjustments)
         self._cache: dict[tuple[str, str | None], Any] = {}
         self._mp_cache: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[float, Any]] = {}
         self._override_cache: dict[str, tuple[str, ModelPrice] | None] = {}
@@ -167,8 +218,17 @@ class PriceBook:
         return found
 
     def price(self, model: str | None, provider_id: str | None, usage: Usage, *,
-              free: bool = False, provider_cost: Decimal | None = None) -> Price:
-        """`provider_id` is the genai-prices provider (None: whichever knows the model)."""
+              free: bool = False, provider_cost: Decimal | None = None,
+              upstream: str | None = None) -> Price:
+        """`provider_id` is the genai-prices provider (None: whichever knows the model).
+        `upstream`: the route's name, which `pricing.adjustments` match."""
+        p = self.list_price(model, provider_id, usage, free=free, provider_cost=provider_cost)
+        return Price(self.adjuster.charged(p.cost_usd, upstream, model, p.model), p.source,
+                     p.model, p.cost_usd)
+
+    def list_price(self, model: str | None, provider_id: str | None, usage: Usage, *,
+                   free: bool = False, provider_cost: Decimal | None = None) -> Price:
+        """The list price (no adjustment): its cost_usd is the list cost."""
         if provider_cost is not None:
             return Price(provider_cost, "provider", model)
         if free:

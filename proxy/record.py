@@ -28,7 +28,7 @@ COLUMNS = (
     "output_tokens", "reasoning_tokens", "total_tokens", "usage_source", "estimator",
     "cost_usd", "price_source", "agent", "session", "run", "tags", "end_user", "client",
     "key_id", "upstream_request_id", "error", "usage_raw", "service_tier", "priced_units",
-    "batch_id", "quota",
+    "batch_id", "quota", "list_cost_usd",
 )
 
 
@@ -138,6 +138,9 @@ class CallRecord:
     priced_units: dict[str, int] | None = None
     batch_id: str | None = None
     quota: Quota | None = None  # the column holds its headers (JSON)
+    # The list price's cost (before `pricing.adjustments`); cost_usd is what is charged.
+    # NULL exactly when cost_usd is (unpriced), 0 when it is 0 (free).
+    list_cost_usd: Decimal | None = None
     # Not columns: how each token class was obtained, for the metrics' `source` label.
     input_source: str = "none"  # reported | estimated | none
     output_source: str = "none"
@@ -169,6 +172,7 @@ class CallRecord:
             json.dumps(self.priced_units, sort_keys=True) if self.priced_units else None,
             self.batch_id,
             json.dumps(dict(self.quota.headers), sort_keys=True) if self.quota else None,
+            None if self.list_cost_usd is None else float(self.list_cost_usd),
         )
 
     def to_json(self) -> dict[str, Any]:

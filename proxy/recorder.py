@@ -218,11 +218,13 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     model = obs.response_model or request_model
     if usage_source in ("none", "pending"):
         price_cost: Decimal | None = Decimal(0) if free_call else None
+        list_cost = price_cost
         price_src, priced_model = ("free" if price_cost is not None else None), model
     else:
         price = prices.price(model, facts.price_provider, usage, free=facts.free or free_call,
-                             provider_cost=obs.provider_cost_usd)
+                             provider_cost=obs.provider_cost_usd, upstream=facts.upstream)
         price_cost, price_src, priced_model = price.cost_usd, price.source, price.model
+        list_cost = price.list_cost_usd
     priced_model = recorded_model(facts.dialect, request_model, priced_model)
     ttft = None
     if facts.stream and facts.first_byte is not None:
@@ -259,6 +261,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         input_source=_source(in_reported, in_est), output_source=_source(out_reported, out_est),
         tags_cleaned=facts.tags_cleaned, parse_errors=obs.parse_errors,
         attribution_unreadable=facts.attribution_unreadable,
+        list_cost_usd=list_cost,
     )
 
 
@@ -325,7 +328,8 @@ class Recorder:
             if usage.input_tokens is not None and (usage.cache_read_tokens is None
                                                    or usage.cache_write_tokens is None):
                 usage = usage.with_cache_known()
-            price = self.prices.price(call.model, call.price_provider, usage, free=call.free)
+            price = self.prices.price(call.model, call.price_provider, usage, free=call.free,
+                                      upstream=call.upstream)
             call.cost_usd = float(price.cost_usd) if price.cost_usd is not None else None
         for name, progress in self._progress:
             try:

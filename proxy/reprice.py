@@ -1,7 +1,9 @@
 """Re-pricing stored calls with the current prices (after a genai-prices upgrade or a
 config price change): the token columns and `priced_units` hold every billed unit, the
 `service_tier` column the served tier, `batch_id` whether it was a batch line. Pure: rows
-in, new (cost, source) out; `tokenbooth reprice` does the reading and writing."""
+in, new (cost, list cost, source) out; `tokenbooth reprice` does the reading and writing.
+Both costs follow the current prices and `pricing.adjustments`: a provider-reported cost
+keeps its list cost (what the provider charged) and gets the current adjustment."""
 
 from __future__ import annotations
 
@@ -20,18 +22,25 @@ __all__ = ["COLUMNS", "Repriced", "reprice", "usage_of_row"]
 
 COLUMNS = ("call_id", "upstream", "request_model", "response_model", "model", "input_tokens",
            "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
-           "priced_units", "service_tier", "batch_id", "cost_usd", "price_source", "usage_raw")
+           "priced_units", "service_tier", "batch_id", "cost_usd", "price_source", "usage_raw",
+           "list_cost_usd")
 # Costs that no price list changes: the provider's own charge, free calls.
 _KEEP = ("provider", "free")
+
+
+def _dec(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(repr(value))
 
 
 @dataclass(frozen=True, slots=True)
 class Repriced:
     call_id: str
     model: str | None
-    old_usd: Decimal | None
+    old_usd: Decimal | None  # charged
     new_usd: Decimal | None
     source: str | None
+    old_list_usd: Decimal | None = None
+    new_list_usd: Decimal | None = None
 
 
 def usage_of_row(row: Mapping[str, Any]) -> Usage:
@@ -49,6 +58,15 @@ def reprice(rows: Iterable[Mapping[str, Any]], prices: PriceBook,
             upstreams: Mapping[str, Upstream]) -> list[Repriced]:
     out = []
     for row in rows:
+        old, old_list = _dec(row["cost_usd"]), _dec(row["list_cost_usd"])
+        model = row["response_model"] or row["request_model"] or row["model"]
+        if row["price_source"] == "provider" and old is not None:
+            # the provider's own charge is its list cost; only the adjustment may change
+            listed = old if old_list is None else old_list
+            new = prices.adjuster.charged(listed, row["upstream"], model, row["model"])
+            out.append(Repriced(row["call_id"], row["model"], old, new, "provider",
+                                old_list, listed))
+            continue
         if row["price_source"] in _KEEP or (row["input_tokens"] is None
                                              and row["output_tokens"] is None):
             continue
@@ -56,10 +74,9 @@ def reprice(rows: Iterable[Mapping[str, Any]], prices: PriceBook,
         if up is not None and up.free:
             continue
         pid = price_provider(up.dialect, up.name) if up is not None else None
-        model = row["response_model"] or row["request_model"] or row["model"]
-        price = prices.price(model, pid, usage_of_row(row))
-        old = None if row["cost_usd"] is None else Decimal(repr(row["cost_usd"]))
+        price = prices.price(model, pid, usage_of_row(row), upstream=row["upstream"])
         kept = recorded_model(up.dialect if up is not None else None, row["request_model"],
                               price.model or model)
-        out.append(Repriced(row["call_id"], kept, old, price.cost_usd, price.source))
+        out.append(Repriced(row["call_id"], kept, old, price.cost_usd, price.source,
+                            old_list, price.list_cost_usd))
     return out

@@ -28,4 +28,5 @@ def make_record(**overrides: Any) -> CallRecord:
         if values[key] is not None:
             tags.setdefault(key, values[key])
     values["tags"] = tags
+    values.setdefault("list_cost_usd", values["cost_usd"])  # no adjustment: list = charged
     return CallRecord(**values)

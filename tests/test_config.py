@@ -301,3 +301,52 @@ def test_a_ledger_url_of_no_backend_is_a_config_error(tmp_path: Path) -> None:
     config = parse({"ledger": {"url": "postgres://db/tb"}}, env={})
     assert config.ledger.target == "postgres://db/tb" and config.ledger.shared
     assert config.ledger.spool == "tokenbooth-postgresql.spool"
+
+
+# --- pricing.adjustments ---
+
+@pytest.mark.parametrize(("adjustment", "message"), [
+    ({"match": {"upstream": "openai"}}, r"^pricing\.adjustments\[0\]\.percent: required"),
+    ({"percent": -100}, r"^pricing\.adjustments\[0\]\.percent: must be greater than -100"),
+    ({"percent": -250.5}, r"^pricing\.adjustments\[0\]\.percent: must be greater than -100"),
+    ({"percent": float("nan")}, r"^pricing\.adjustments\[0\]\.percent: expected a finite"),
+    ({"percent": "-20"}, r"^pricing\.adjustments\[0\]\.percent: expected float, got str$"),
+    ({"percent": float("inf")}, r"^pricing\.adjustments\[0\]\.percent: expected a finite"),
+    ({"percent": True}, r"^pricing\.adjustments\[0\]\.percent: expected float, got bool$"),
+    ({"match": {"upstream": "opnai"}, "percent": -20},
+     r"^pricing\.adjustments\[0\]\.match\.upstream: no upstream named 'opnai'"),
+    ({"match": {"model": ""}, "percent": -20},
+     r"^pricing\.adjustments\[0\]\.match\.model: must not be empty"),
+    ({"match": {"agent": "a"}, "percent": -20},
+     r"^pricing\.adjustments\[0\]\.match\.agent: unknown key \(allowed: upstream, model\)$"),
+    ({"match": {"upstream": "openai"}, "percnt": -20},
+     r"^pricing\.adjustments\[0\]\.percnt: unknown key \(allowed: match, percent\)$"),
+])
+def test_a_bad_price_adjustment_names_the_key(adjustment: dict[str, object],
+                                              message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({"pricing": {"adjustments": [adjustment]}}, env={})
+    assert re.search(message, str(info.value)), str(info.value)
+
+
+def test_price_adjustments_keep_their_order_and_accept_globs() -> None:
+    config = parse({"upstreams": {"azure-eu": {"url": "http://127.0.0.1:1"}},
+                    "pricing": {"adjustments": [
+                        {"match": {"upstream": "openai", "model": "gpt-4o-mini*"}, "percent": -20},
+                        {"match": {"upstream": "azure-*"}, "percent": 12.5},
+                        {"percent": 0}]}}, env={})
+    assert [(a.upstream, a.model, a.percent) for a in config.adjustments] == [
+        ("openai", "gpt-4o-mini*", -20.0), ("azure-*", None, 12.5), (None, None, 0.0)]
+    assert config.masked()["pricing"]["adjustments"][1] == {"match": {"upstream": "azure-*"},
+                                                            "percent": 12.5}
+
+
+def test_the_shipped_adjustments_hint_is_valid_once_uncommented(tmp_path: Path) -> None:
+    text = (ROOT / "config.yaml").read_text()
+    hinted = text.replace("  # adjustments:", "  adjustments:").replace(
+        "  #   - {match:", "    - {match:")
+    assert hinted.count("    - {match:") == 2
+    (tmp_path / "c.yaml").write_text(hinted)
+    config = load(tmp_path / "c.yaml", env={})
+    assert [(a.upstream, a.model, a.percent) for a in config.adjustments] == [
+        ("openai", "gpt-4o-mini*", -20.0), ("anthropic", None, 10.0)]

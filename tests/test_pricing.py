@@ -251,3 +251,86 @@ def test_gemini_tts_audio_output_is_priced_at_its_output_rate() -> None:
     assert live.cost_usd == (12 * Decimal("0.5") + 640 * 12) / M
     # and a text model that reports audio output is not priced at its text rate
     assert book.price("gemini-2.5-flash", "google", u).cost_usd is None
+
+
+# --- pricing.adjustments: negotiated prices (list price vs charged) ---
+
+def _adjusted_book(**overrides: ModelPrice) -> PriceBook:
+    from proxy.config import PriceAdjustment
+
+    return PriceBook(overrides, [
+        PriceAdjustment(-20, upstream="openai", model="gpt-4o-mini*"),
+        PriceAdjustment(10, upstream="anth*", model="claude-3-5-haiku*"),
+        PriceAdjustment(0, upstream="openai", model="gpt-4o*"),  # shadowed for mini above
+        PriceAdjustment(50, upstream="openai"),
+    ])
+
+
+def test_a_discount_and_a_markup_keep_the_list_price_beside_the_charged_cost() -> None:
+    book = _adjusted_book()
+    # gpt-4o-mini (OpenAI's price list): $0.15 per million input, $0.60 output
+    mini = book.price("gpt-4o-mini-2024-07-18", "openai", Usage(1000, 0, 0, None, 500, 0),
+                      upstream="openai")
+    listed = (1000 * Decimal("0.15") + 500 * Decimal("0.6")) / M  # $0.00045
+    assert mini.list_cost_usd == listed == Decimal("0.00045")
+    assert mini.cost_usd == listed * Decimal("0.8") == Decimal("0.00036")  # 20 % off
+    # claude-3-5-haiku (Anthropic's price list): $0.80 input, $0.08 cache read, $4 output
+    haiku = book.price("claude-3-5-haiku-20241022", "anthropic",
+                       Usage(2000, 1000, 0, None, 100, None), upstream="anthropic")
+    listed = (1000 * Decimal("0.8") + 1000 * Decimal("0.08") + 100 * 4) / M  # $0.00128
+    assert haiku.list_cost_usd == listed == Decimal("0.00128")
+    assert haiku.cost_usd == listed * Decimal("1.1") == Decimal("0.001408")  # 10 % markup
+    assert haiku.source and haiku.source.startswith("genai-prices ")
+
+
+def test_the_first_matching_adjustment_wins_and_others_leave_the_list_price() -> None:
+    book = _adjusted_book()
+    u = Usage(1_000_000, 0, 0, None, 0, 0)
+    # gpt-4o: $2.50 per million input; the 0 % entry matches before the 50 % catch-all
+    p = book.price("gpt-4o", "openai", u, upstream="openai")
+    assert p.cost_usd == p.list_cost_usd == Decimal("2.5")
+    # gpt-4.1 (OpenAI): $2.00 per million input; only the catch-all matches: +50 %
+    p = book.price("gpt-4.1", "openai", u, upstream="openai")
+    assert (p.list_cost_usd, p.cost_usd) == (Decimal("2"), Decimal("2") * Decimal("1.5"))
+    # the same model through another upstream: no adjustment matches
+    p = book.price("gpt-4o-mini", "openai", u, upstream="azure")
+    assert p.cost_usd == p.list_cost_usd == Decimal("0.15")
+    # no upstream given (a price asked for outside a call): only upstream-free entries
+    assert book.price("gpt-4o-mini", "openai", u).cost_usd == Decimal("0.15")
+
+
+def test_the_model_glob_matches_the_priced_name_too() -> None:
+    from proxy.config import PriceAdjustment
+
+    book = PriceBook({}, [PriceAdjustment(-25, model="claude-sonnet-4-0")])
+    # asked as the dated id, priced as genai-prices' `claude-sonnet-4-0`: $3 in, $15 out
+    p = book.price("claude-sonnet-4-20250514", "anthropic", Usage(1000, 0, 0, None, 100, None),
+                   upstream="anthropic")
+    assert p.model == "claude-sonnet-4-0"
+    assert p.list_cost_usd == (1000 * 3 + 100 * 15) / M
+    assert p.cost_usd == (1000 * 3 + 100 * 15) / M * Decimal("0.75")
+
+
+def test_unpriced_stays_none_and_free_stays_zero_in_both() -> None:
+    book = _adjusted_book()
+    p = book.price("gpt-mystery-9", "openai", Usage(10, 0, 0, None, 5, None), upstream="openai")
+    assert (p.cost_usd, p.list_cost_usd) == (None, None)
+    p = book.price("llama3.2", None, Usage(10, 0, 0, None, 5, None), free=True,
+                   upstream="openai")
+    assert (p.cost_usd, p.list_cost_usd, p.source) == (0, 0, "free")
+
+
+def test_config_prices_and_a_provider_charge_are_list_prices_too() -> None:
+    book = _adjusted_book(**{"gpt-4o-mini-house": ModelPrice(1.0, 2.0)})
+    # the config price: 1000 x $1 + 500 x $2 per million, then 20 % off
+    p = book.price("gpt-4o-mini-house", None, Usage(1000, 0, 0, None, 500, None),
+                   upstream="openai")
+    assert p.list_cost_usd == Decimal(2000) / M
+    assert p.cost_usd == Decimal(2000) / M * Decimal("0.8")
+    from proxy.config import PriceAdjustment
+
+    routed = PriceBook({}, [PriceAdjustment(-5, upstream="openrouter")])
+    p = routed.price("openai/gpt-4o", "openrouter", Usage(220, 0, 128, None, 12, 0),
+                     provider_cost=Decimal("0.00031"), upstream="openrouter")
+    assert (p.list_cost_usd, p.cost_usd, p.source) == (
+        Decimal("0.00031"), Decimal("0.00031") * Decimal("0.95"), "provider")

@@ -104,3 +104,40 @@ def test_an_old_ledger_is_migrated_in_place(tmp_path: Path) -> None:
         assert Decimal(repr(cost)) == (80 * Decimal("2.5") + 20 * Decimal("1.25") + 100) / M
     finally:
         conn.close()
+
+
+def test_reprice_applies_the_adjustments_configured_now(stale_ledger: str,
+                                                        tmp_path: Path) -> None:
+    """Both costs are recomputed: the list price from the stored units, the charged cost
+    under `pricing.adjustments`; a provider's own charge keeps its list cost and gets the
+    current adjustment."""
+    config = tmp_path / "adjusted.yaml"
+    config.write_text("pricing:\n  adjustments:\n"
+                      "    - {match: {model: 'gpt-5*'}, percent: -10}\n"
+                      "    - {match: {upstream: openai}, percent: 5}\n")
+    assert main(["reprice", "--config", str(config), "--since", "1d", "--db",
+                 stale_ledger]) == 0
+    conn = sqlite3.connect(stale_ledger)
+    try:
+        got = {k: (None if lc is None else Decimal(repr(lc)), None if c is None
+                   else Decimal(repr(c))) for k, lc, c in conn.execute(
+            "SELECT call_id, list_cost_usd, cost_usd FROM llm_usage")}
+        hour = conn.execute("SELECT sum(list_cost_units), sum(cost_units) "
+                            "FROM llm_usage_hourly").fetchone()
+    finally:
+        conn.close()
+    # gpt-5 served at flex: $0.625 in, $5 out per million; 10 % off
+    flex = (1000 * Decimal("0.625") + 500 * 5) / M
+    assert got["flex"] == (flex, flex * Decimal("0.9"))
+    # Sonnet 4 at anthropic: $3 in, $15 out, 2 web searches at $10 per 1,000; no adjustment
+    search = (21900 * 3 + 640 * 15) / M + Decimal("0.02")
+    assert got["search"] == (search, search)
+    # a gpt-4o-mini batch line at openai: $0.075 in, $0.30 out; 5 % markup
+    batch = (1200 * Decimal("0.075") + 300 * Decimal("0.3")) / M
+    assert got["batch"] == (batch, batch * Decimal("1.05"))
+    # the provider's own charge ($0.50) at openai: 5 % markup, its list cost kept
+    assert got["own"] == (Decimal("0.5"), Decimal("0.525"))
+    # the roll-up follows, in whole 1e-10 USD units
+    assert hour == (int((flex + search + batch + Decimal("0.5")) * 10**10),
+                    int((flex * Decimal("0.9") + search + batch * Decimal("1.05")
+                         + Decimal("0.525")) * 10**10))

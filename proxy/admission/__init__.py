@@ -66,5 +66,5 @@ class Admission:
         out = info.max_tokens if info and info.max_tokens else 0
         price = self._prices.price(model, route.price_provider,
                                    Usage(est.tokens, 0, 0, None, out, None),
-                                   free=route.upstream.free)
+                                   free=route.upstream.free, upstream=facts.upstream)
         return price.cost_usd or Decimal(0)

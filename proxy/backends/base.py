@@ -15,8 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["ExportCursor", "FleetBackend", "LedgerBackend", "Repricer"]
 
-# Rows in a reprice range -> (cost, price source, call_id) of each row to rewrite.
-Repricer = Callable[[list[Any]], list[tuple[float | None, str | None, str]]]
+# Rows in a reprice range -> (cost, list cost, price source, call_id) of each row to rewrite.
+Repricer = Callable[[list[Any]], list[tuple[float | None, float | None, str | None, str]]]
 
 
 @runtime_checkable

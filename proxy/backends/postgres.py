@@ -202,8 +202,8 @@ class PostgresBackend:
         return Decimal(rows[0][0] or 0) / COST_SCALE
 
     async def reprice(self, since: str | None, until: str | None,
-                      change: Callable[[list[Any]], list[tuple[float | None, str | None,
-                                                               str]]],
+                      change: Callable[[list[Any]], list[tuple[float | None, float | None,
+                                                               str | None, str]]],
                       columns: Sequence[str], dry_run: bool) -> None:
         w, args = query.where(since, until, {})
         rows = await self._fetch(f"SELECT {', '.join(columns)} FROM llm_usage {w}", args)
@@ -214,12 +214,12 @@ class PostgresBackend:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("CREATE TEMP TABLE IF NOT EXISTS tb_changed (call_id TEXT) "
                                "ON COMMIT DELETE ROWS")
-            await conn.copy_records_to_table("tb_changed", records=[(u[2],) for u in updates])
+            await conn.copy_records_to_table("tb_changed", records=[(u[3],) for u in updates])
             mine = "WHERE call_id IN (SELECT call_id FROM tb_changed)"
             for sql in rollups(self.kind, "llm_usage", mine, sign="-"):
                 await conn.execute(sql)
-            await conn.executemany("UPDATE llm_usage SET cost_usd = $1, price_source = $2 "
-                                   "WHERE call_id = $3", updates)
+            await conn.executemany("UPDATE llm_usage SET cost_usd = $1, list_cost_usd = $2, "
+                                   "price_source = $3 WHERE call_id = $4", updates)
             for sql in rollups(self.kind, "llm_usage", mine):
                 await conn.execute(sql)
 

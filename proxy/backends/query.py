@@ -187,7 +187,8 @@ def _raw_measures(flavor: str) -> list[str]:
             f"{cost_units(flavor)} AS cost_units",
             "CASE WHEN cost_usd IS NULL THEN 0 ELSE 1 END AS priced_calls",
             f"{UNPRICED} AS unpriced_calls", f"{ESTIMATED} AS estimated_calls",
-            f"{PENDING} AS pending_calls"]
+            f"{PENDING} AS pending_calls",
+            f"COALESCE({cost_units(flavor, 'list_cost_usd')}, 0) AS list_cost_units"]
 
 
 def usage_sql(flavor: str, group_by: Sequence[str], since: str | None, until: str | None,
@@ -226,6 +227,9 @@ def _counters(row: Mapping[str, Any]) -> dict[str, Any]:
                                                          "estimated_calls", "pending_calls")}
     priced = int(row["priced_calls"] or 0)
     out["cost_usd"] = round(int(row["cost_units"] or 0) / COST_SCALE, 10) if priced else None
+    # the list price's cost (before pricing.adjustments): NULL exactly when cost_usd is
+    out["list_cost_usd"] = round(int(row["list_cost_units"] or 0) / COST_SCALE, 10) \
+        if priced else None
     return out
 
 

@@ -41,7 +41,7 @@ def cost_units(flavor: str, col: str = "cost_usd") -> str:
 # and as they are now.
 _MEASURES_V1 = ("calls", *COUNTERS, "cost_units", "priced_calls", "unpriced_calls",
                 "estimated_calls")
-MEASURES = (*_MEASURES_V1, "pending_calls")
+MEASURES = (*_MEASURES_V1, "pending_calls", "list_cost_units")
 # (table, key column, length of the started_at prefix that is its key)
 ROLLUPS = (("llm_usage_hourly", "hour", 13), ("llm_usage_daily", "day", 10))
 
@@ -59,7 +59,9 @@ def rollup_upsert(flavor: str, source: str, where: str = "", sign: str = "",
                       *(f"{sign}SUM(COALESCE({c}, 0))" for c in COUNTERS),
                       f"{sign}COALESCE(SUM({cost_units(flavor)}), 0)",
                       f"{sign}COUNT(cost_usd)", f"{sign}SUM({UNPRICED})",
-                      f"{sign}SUM({ESTIMATED})", f"{sign}SUM({PENDING})"][:len(measures)])
+                      f"{sign}SUM({ESTIMATED})", f"{sign}SUM({PENDING})",
+                      f"{sign}COALESCE(SUM({cost_units(flavor, 'list_cost_usd')}), 0)"]
+                     [:len(measures)])
     return (f"INSERT INTO {table} ({key}, {dims}, {', '.join(measures)}) "
             f"SELECT substr(started_at, 1, {n}), {keys}, {sums} FROM {source} "
             f"{where or 'WHERE true'} GROUP BY {_group()} {_on_conflict(table, key, measures)}")
@@ -181,6 +183,24 @@ def _pending_column(flavor: str) -> str:
                    "DEFAULT 0;\n" for t, _, _ in ROLLUPS)
 
 
+# --- list cost (pricing.adjustments): the list price beside the charged cost ---
+# Every row written before adjustments existed was charged its list price, so the list
+# cost is its cost; and within a roll-up row the list cost units are its cost units,
+# exactly (same rows, same rounding), retention or not.
+_LIST_COST_NAME = "list cost: the list price beside the charged cost (pricing.adjustments)"
+
+
+def _list_cost(flavor: str) -> str:
+    real, int_type, exists = (("DOUBLE PRECISION", "BIGINT", "IF NOT EXISTS ")
+                              if flavor == "postgresql" else ("REAL", "INTEGER", ""))
+    return (f"ALTER TABLE llm_usage ADD COLUMN {exists}list_cost_usd {real};\n"
+            "UPDATE llm_usage SET list_cost_usd = cost_usd;\n"
+            + "".join(f"ALTER TABLE {t} ADD COLUMN {exists}list_cost_units {int_type} NOT NULL "
+                      f"DEFAULT 0;\nUPDATE {t} SET list_cost_units = cost_units;\n"
+                      for t, _, _ in ROLLUPS))
+# --- end list cost ---
+
+
 _REQUEST_ID_INDEX = ("CREATE INDEX IF NOT EXISTS llm_usage_request_id "
                      "ON llm_usage (upstream_request_id);\n")
 
@@ -198,6 +218,7 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
     (_UNPRICED_OK_NAME, _UNPRICED_OK),
     (_QUOTA_NAME, _QUOTA),
     (_PENDING_NAME, _pending_column("sqlite")),
+    (_LIST_COST_NAME, _list_cost("sqlite")),
 ]
 
 # PostgreSQL: the same columns and meaning (timestamps are the same sortable ISO-8601 UTC
@@ -284,4 +305,5 @@ CREATE TABLE IF NOT EXISTS tb_export_cursor (
     (_UNPRICED_OK_NAME, _UNPRICED_OK),
     (_QUOTA_NAME, _QUOTA.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")),
     (_PENDING_NAME, _pending_column("postgresql")),
+    (_LIST_COST_NAME, _list_cost("postgresql")),
 ]

@@ -33,12 +33,13 @@ INSERT = (f"INSERT OR IGNORE INTO llm_usage ({', '.join(COLUMNS)}) "
 BUSY_TIMEOUT_MS = 1000
 _ROLLUP_NEW = rollups("sqlite", "llm_usage", "WHERE id > ?")
 _ROLLUP_ADD = [(rollup_add(table), n) for table, _, n in ROLLUPS]
-_STARTED, _COST, _SOURCE, _OUTCOME = (COLUMNS.index(c) for c in (
-    "started_at", "cost_usd", "usage_source", "outcome"))
+_STARTED, _COST, _SOURCE, _OUTCOME, _LIST = (COLUMNS.index(c) for c in (
+    "started_at", "cost_usd", "usage_source", "outcome", "list_cost_usd"))
 _DIMS = tuple(COLUMNS.index(d) for d in ROLLUP_DIMS)
 _COUNTERS = tuple(enumerate((COLUMNS.index(c) for c in COUNTERS), start=1))
-_UNITS, _PRICED, _UNPRICED, _ESTIMATED, _PENDING = (MEASURES.index(m) for m in (
-    "cost_units", "priced_calls", "unpriced_calls", "estimated_calls", "pending_calls"))
+_UNITS, _PRICED, _UNPRICED, _ESTIMATED, _PENDING, _LIST_UNITS = (
+    MEASURES.index(m) for m in ("cost_units", "priced_calls", "unpriced_calls",
+                                "estimated_calls", "pending_calls", "list_cost_units"))
 _EXACT = 4503599627370496.0  # 2**52: SQLite's ROUND() is plain arithmetic up to here
 T = TypeVar("T")
 
@@ -90,13 +91,18 @@ def _fold(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]] | None
     instead of two in SQLite. None if a row's cost needs SQLite's own rounding."""
     hours: dict[tuple[Any, ...], list[int]] = {}
     for row in rows:
-        cost = row[_COST]
-        units = 0
+        cost, listed = row[_COST], row[_LIST]
+        units = list_units = 0
         if cost is not None:
             got = _cost_units(cost)
             if got is None:
                 return None
             units = got
+        if listed is not None:
+            got = _cost_units(listed)
+            if got is None:
+                return None
+            list_units = got
         key = (row[_STARTED][:13], *["" if row[i] is None else row[i] for i in _DIMS])
         m = hours.get(key)
         if m is None:
@@ -105,6 +111,7 @@ def _fold(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]] | None
         for j, i in _COUNTERS:
             if row[i]:
                 m[j] += row[i]
+        m[_LIST_UNITS] += list_units
         if cost is not None:
             m[_UNITS] += units
             m[_PRICED] += 1
@@ -245,11 +252,11 @@ class SqliteBackend:
         return Decimal(row[0] or 0) / COST_SCALE
 
     async def reprice(self, since: str | None, until: str | None,
-                      change: Callable[[list[Any]], list[tuple[float | None, str | None,
-                                                               str]]],
+                      change: Callable[[list[Any]], list[tuple[float | None, float | None,
+                                                               str | None, str]]],
                       columns: Sequence[str], dry_run: bool) -> None:
-        """Rows in the range go to `change`, which returns (cost, source, call_id) for each
-        row to rewrite; rows and roll-up change in one transaction."""
+        """Rows in the range go to `change`, which returns (cost, list cost, source, call_id)
+        for each row to rewrite; rows and roll-up change in one transaction."""
         w, args = query.where(since, until, {})
 
         def run() -> None:
@@ -266,12 +273,12 @@ class SqliteBackend:
                 conn.execute("CREATE TEMP TABLE IF NOT EXISTS tb_changed (call_id TEXT)")
                 conn.execute("DELETE FROM tb_changed")
                 conn.executemany("INSERT INTO tb_changed VALUES (?)",
-                                 [(u[2],) for u in updates])
+                                 [(u[3],) for u in updates])
                 mine = "WHERE call_id IN (SELECT call_id FROM tb_changed)"
                 for sql in rollups("sqlite", "llm_usage", mine, sign="-"):
                     conn.execute(sql)
-                conn.executemany("UPDATE llm_usage SET cost_usd = ?, price_source = ? "
-                                 "WHERE call_id = ?", updates)
+                conn.executemany("UPDATE llm_usage SET cost_usd = ?, list_cost_usd = ?, "
+                                 "price_source = ? WHERE call_id = ?", updates)
                 for sql in rollups("sqlite", "llm_usage", mine):
                     conn.execute(sql)
                 conn.execute("COMMIT")

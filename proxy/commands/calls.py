@@ -12,7 +12,8 @@ from proxy.commands.common import emit, with_ledger
 __all__ = ["add_parser", "run"]
 
 _CALL_COLS = ("started_at", "call_id", "agent", "session", "run", "upstream", "model",
-              "outcome", "input_tokens", "output_tokens", "usage_source", "cost_usd")
+              "outcome", "input_tokens", "output_tokens", "usage_source", "cost_usd",
+              "list_cost_usd")
 
 
 def add_parser(sub: Any, add_common: Callable[..., None]) -> argparse.ArgumentParser:
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace, config: Any) -> int:
 
     rows = with_ledger(config, work)
     if args.format != "json":  # its cost is not known yet: not unpriced
-        rows = [{**r, "cost_usd": "pending"} if r.get("usage_source") == "pending" else r
+        rows = [{**r, "cost_usd": "pending", "list_cost_usd": "pending"}
+                if r.get("usage_source") == "pending" else r
                 for r in rows]
     emit(rows, _CALL_COLS if args.format != "json" else list(rows[0]) if rows else [],
          args.format, no_cost="unpriced")

@@ -23,12 +23,15 @@ T = TypeVar("T")
 Command = Callable[[Any, Any], int]  # (parsed arguments, Config) -> exit status
 
 
+_COSTS = ("cost_usd", "list_cost_usd")  # charged, and the list price's (pricing.adjustments)
+
+
 def _cell(value: Any, key: str, no_cost: str = "-") -> str:
     """`no_cost` shows a NULL cost: a group with no priced usage is `-`; a call whose
     usage has no price is `unpriced`, a background response's create `pending` (never $0)."""
     if value is None:
-        return no_cost if key == "cost_usd" else "-"
-    if key == "cost_usd" and not isinstance(value, str):
+        return no_cost if key in _COSTS else "-"
+    if key in _COSTS and not isinstance(value, str):
         return f"${value:,.6f}"
     if isinstance(value, int):
         return f"{value:,}"

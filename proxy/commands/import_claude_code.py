@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, config: Any) -> int:
     up = config.upstreams.get("anthropic")
     dialect = up.dialect if up is not None else None
     pid = price_provider(up.dialect, up.name) if up is not None else None
-    prices = PriceBook(config.prices)
+    prices = PriceBook(config.prices, config.adjustments)
     estimator = Estimator(dict(config.estimation_factors))  # never used: usage is reported
     seen: set[str] = set()
     bad = imported = skipped = again = tokens = not_files = 0

@@ -16,7 +16,7 @@ __all__ = ["add_parser", "month_to_date", "run"]
 
 _REPORT_COLS = ("calls", "input_tokens", "cache_read_tokens", "cache_write_tokens",
                 "output_tokens", "reasoning_tokens", "total_tokens", "cost_usd",
-                "unpriced_calls", "estimated_calls", "pending_calls")
+                "list_cost_usd", "unpriced_calls", "estimated_calls", "pending_calls")
 
 
 def add_parser(sub: Any, add_common: Callable[..., None]) -> argparse.ArgumentParser:
@@ -42,8 +42,11 @@ async def month_to_date(backend: LedgerBackend, now: datetime) -> dict[str, Any]
     days = calendar.monthrange(now.year, now.month)[1]
     elapsed = max((now - start).total_seconds() / 86400, 1 / 24)
     spent = totals["cost_usd"] or 0.0
+    listed = totals["list_cost_usd"] or 0.0
     return {"month": start.strftime("%Y-%m"), "cost_usd": spent,
             "forecast_usd": round(spent / elapsed * days, 6),
+            "list_cost_usd": listed,  # before pricing.adjustments
+            "list_forecast_usd": round(listed / elapsed * days, 6),
             "unpriced_calls": totals["unpriced_calls"],
             "estimated_calls": totals["estimated_calls"],
             "pending_calls": totals["pending_calls"]}
@@ -85,6 +88,9 @@ def run(args: argparse.Namespace, config: Any) -> int:
                         "own (same upstream_request_id) once the proxy sees it finished")
         print(f"\nMonth to date ({mtd['month']}): ${mtd['cost_usd']:,.4f}; "
               f"forecast for the month ${mtd['forecast_usd']:,.4f}")
+        if mtd["list_cost_usd"] != mtd["cost_usd"]:  # pricing.adjustments moved it
+            print(f"At list prices: ${mtd['list_cost_usd']:,.4f}; forecast "
+                  f"${mtd['list_forecast_usd']:,.4f}")
         for n in note:
             print(f"Note: {n}")
     return 0

@@ -18,6 +18,7 @@ from proxy.config.model import (
     LedgerConfig,
     MetricsConfig,
     ModelPrice,
+    PriceAdjustment,
     ServerConfig,
     Upstream,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "LedgerConfig",
     "MetricsConfig",
     "ModelPrice",
+    "PriceAdjustment",
     "ServerConfig",
     "Upstream",
     "load",

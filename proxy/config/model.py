@@ -20,6 +20,7 @@ __all__ = [
     "AdminConfig",
     "AttributionConfig",
     "BudgetConfig",
+    "PriceAdjustment",
     "Config",
     "ConfigError",
     "ExportConfig",
@@ -61,6 +62,17 @@ class ModelPrice:
     output: float
     cache_read: float | None = None
     cache_write: float | None = None
+
+
+@dataclass(frozen=True)
+class PriceAdjustment:
+    """`pricing.adjustments` entry: a negotiated discount (percent < 0) or a markup
+    (percent > 0) on the list price of the calls it matches. `upstream` and `model` are
+    globs (fnmatch, case-sensitive; None: any). The first entry that matches a call wins."""
+
+    percent: float
+    upstream: str | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    adjustments: tuple[PriceAdjustment, ...] = ()  # pricing.adjustments, in order
     estimation_factors: Mapping[str, float] = field(default_factory=dict)
     budgets: tuple[BudgetConfig, ...] = ()
     exports: tuple[ExportConfig, ...] = ()
@@ -207,7 +220,11 @@ class Config:
                         "max_series": self.metrics.max_series,
                         "require_auth": self.metrics.require_auth},
             "pricing": {"models": {m: {k: v for k, v in vars(p).items() if v is not None}
-                                   for m, p in self.prices.items()}},
+                                   for m, p in self.prices.items()},
+                        "adjustments": [
+                            {"match": {k: v for k, v in (("upstream", a.upstream),
+                                                         ("model", a.model)) if v is not None},
+                             "percent": a.percent} for a in self.adjustments]},
             "estimation": {"factors": self.effective_factors()},
             "budgets": [{"name": b.name, "match": dict(b.match), "limit_usd": b.limit_usd,
                          "window": b.window, "action": b.action,

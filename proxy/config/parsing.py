@@ -30,6 +30,7 @@ from proxy.config.model import (
     LedgerConfig,
     MetricsConfig,
     ModelPrice,
+    PriceAdjustment,
     ServerConfig,
     Upstream,
 )
@@ -181,6 +182,33 @@ def _price(model: str, raw: Any) -> ModelPrice:
         if v is not None and not v >= 0:
             raise ConfigError(f"pricing.models.{model}.{k}: must not be negative")
     return ModelPrice(**values)
+
+
+# --- pricing.adjustments (negotiated prices: a discount or markup on the list price) ---
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _adjustment(i: int, raw: Any, upstreams: Mapping[str, Upstream]) -> PriceAdjustment:
+    path = f"pricing.adjustments[{i}]"
+    r = _Reader(raw, path, ("match", "percent"))
+    if "percent" not in r.data:
+        raise ConfigError(f"{path}.percent: required (e.g. -20 for a 20 % discount, 10 for a "
+                          f"10 % markup)")
+    percent = r.get("percent", float, None)
+    if percent is None or not percent > -100:
+        raise ConfigError(f"{path}.percent: must be greater than -100 (a cost cannot go "
+                          f"below 0), got {percent}")
+    m = r.child("match", ("upstream", "model"))
+    upstream, model = m.get("upstream", str, None), m.get("model", str, None)
+    for key, value in (("upstream", upstream), ("model", model)):
+        if value is not None and not value:
+            raise ConfigError(f"{path}.match.{key}: must not be empty (leave it out to match "
+                              f"any {key})")
+    if upstream is not None and not _GLOB.search(upstream) and upstream not in upstreams:
+        raise ConfigError(f"{path}.match.upstream: no upstream named {upstream!r} "
+                          f"(configured: {', '.join(sorted(upstreams))})")
+    return PriceAdjustment(percent, upstream, model)
+# --- end pricing.adjustments ---
 
 
 _MATCH_KEYS = ("agent", "session", "run", "upstream", "model", "client")
@@ -340,8 +368,11 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     client_keys = _client_keys(top.child("auth", ("client_keys",)), upstreams)
     token = top.child("admin", _keys(AdminConfig)).get("token", str, None)
     metrics = _metrics(top.child("metrics", _keys(MetricsConfig)), token)
-    models_raw = top.child("pricing", ("models",)).get("models", dict, {}) or {}
+    pricing = top.child("pricing", ("models", "adjustments"))
+    models_raw = pricing.get("models", dict, {}) or {}
     prices = {str(m): _price(str(m), p) for m, p in models_raw.items()}
+    adjustments = tuple(_adjustment(i, a, upstreams) for i, a in
+                        enumerate(pricing.get("adjustments", list, []) or []))
     factors = _factors(top.child("estimation", ("factors",)))
     names: set[str] = set()
     budgets = tuple(_budget(i, b, names) for i, b in enumerate(top.get("budgets", list, []) or []))
@@ -357,7 +388,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     return Config(
         host=listen.get("host", str, _default(Config, "host")), port=port, ledger=ledger,
         upstreams=upstreams, client_keys=client_keys, admin=AdminConfig(token),
-        metrics=metrics, prices=prices, estimation_factors=factors, budgets=budgets,
-        exports=exports, server=server, tls_cert=tls_cert, tls_key=tls_key,
+        metrics=metrics, prices=prices, adjustments=adjustments, estimation_factors=factors,
+        budgets=budgets, exports=exports, server=server, tls_cert=tls_cert, tls_key=tls_key,
         attribution=attribution,
     )

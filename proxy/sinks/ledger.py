@@ -30,6 +30,7 @@ from proxy.tasks import spawn
 __all__ = ["Ledger"]
 
 log = logging.getLogger("tokenbooth.ledger")
+_COST, _LIST = COLUMNS.index("cost_usd"), COLUMNS.index("list_cost_usd")
 BATCH_ROWS = 20_000
 RETRY_SECONDS = 0.5
 RETENTION_SECONDS = 3600.0
@@ -252,7 +253,10 @@ class Ledger:
                 try:
                     row = tuple(json.loads(line))
                     # a row spooled by an older version lacks the newer (trailing) columns
-                    rows.append(row + (None,) * (len(COLUMNS) - len(row)))
+                    full = row + (None,) * (len(COLUMNS) - len(row))
+                    if len(row) <= _LIST:  # from before list costs: charged the list price
+                        full = full[:_LIST] + (full[_COST],) + full[_LIST + 1:]
+                    rows.append(full)
                 except ValueError:
                     log.error("unreadable spool line skipped")
         return rows

@@ -85,6 +85,10 @@ class Metrics:
         self.cost = tallies.add(CounterTally(
             "tokenbooth_cost_usd", "Spend in USD (priced calls only).",
             ("upstream", "model", "agent", *t)))
+        self.list_cost = tallies.add(CounterTally(
+            "tokenbooth_list_cost_usd",
+            "Spend in USD at list prices, before pricing.adjustments (priced calls only).",
+            ("upstream", "model", "agent", *t)))
         self.unpriced = tallies.add(CounterTally(
             "tokenbooth_unpriced_requests",
             "Calls with no known price that succeeded or carried usage.",
@@ -184,6 +188,8 @@ class Metrics:
         if rec.cost_usd is not None:
             if rec.cost_usd:
                 self.cost.inc((up, model, agent, *tags), float(rec.cost_usd))
+            if rec.list_cost_usd:
+                self.list_cost.inc((up, model, agent, *tags), float(rec.list_cost_usd))
         elif rec.unpriced:
             self.unpriced.inc((up, model))
         if rec.usage_source in ("estimated", "partial"):

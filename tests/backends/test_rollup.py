@@ -48,6 +48,8 @@ def random_records(rng: random.Random, n: int) -> list[Any]:
             outcome=rng.choice(["ok", "ok", "upstream_error", "client_abort"]),
             usage_source=source, tags={"team": rng.choice(["red", "blue"])},
             cost_usd=Decimal(rng.randrange(0, 10**7)) / 10**10 if priced else None,
+            # the list price's cost (pricing.adjustments): NULL exactly when cost_usd is
+            list_cost_usd=Decimal(rng.randrange(0, 10**7)) / 10**10 if priced else None,
             **toks))
     return out
 
@@ -70,6 +72,7 @@ def expected(records: list[Any], group_by: list[str], since: str | None, until: 
 
     groups: dict[Any, dict[str, Any]] = defaultdict(lambda: {
         "calls": 0, **dict.fromkeys(COUNTERS, 0), "cost": Decimal(0), "priced": 0,
+        "list_cost": Decimal(0),
         "unpriced_calls": 0, "estimated_calls": 0, "pending_calls": 0})
     for r in records:
         if since and r.started_at < since or until and r.started_at >= until:
@@ -82,6 +85,7 @@ def expected(records: list[Any], group_by: list[str], since: str | None, until: 
             g[c] += getattr(r, c) or 0
         if r.cost_usd is not None:
             g["cost"] += r.cost_usd
+            g["list_cost"] += r.list_cost_usd
             g["priced"] += 1
         elif r.usage_source == "pending":  # not known yet: neither priced nor unpriced
             g["pending_calls"] += 1
@@ -101,6 +105,7 @@ def check(result: dict[str, Any], want: dict[Any, dict[str, Any]], group_by: lis
         for c in (*COUNTERS, "unpriced_calls", "estimated_calls", "pending_calls"):
             assert g[c] == w[c], (k, c)
         assert g["cost_usd"] == (float(w["cost"]) if w["priced"] else None), k
+        assert g["list_cost_usd"] == (float(w["list_cost"]) if w["priced"] else None), k
 
 
 async def test_rollup_equals_raw_rows_on_random_data(target: str) -> None:
@@ -227,7 +232,9 @@ async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage(target: 
         f"UPDATE {t} SET unpriced_calls = 0 WHERE model = 'whisper-1';\n"
         for t in ("llm_usage_hourly", "llm_usage_daily"))
         + "ALTER TABLE llm_usage DROP COLUMN quota;\n"  # later migrations'
+        + "ALTER TABLE llm_usage DROP COLUMN list_cost_usd;\n"
         + "".join(f"ALTER TABLE {t} DROP COLUMN pending_calls;\n"
+                  f"ALTER TABLE {t} DROP COLUMN list_cost_units;\n"
                   for t in ("llm_usage_hourly", "llm_usage_daily")),
         before="unpriced: every ok call without a cost, whatever its usage")
     backend = open_backend(target)
@@ -255,6 +262,10 @@ async def test_sqlite_batch_rollup_equals_the_sql_rollup_of_its_rows(tmp_path: A
         r.cost_usd, None if r.cost_usd is None else Decimal(rng.random() / 7),
         Decimal(rng.randrange(0, 10**6)) / 10**10 + Decimal("0.5") / 10**10]))
         for r in records]
+    records = [replace(r, list_cost_usd=None if r.cost_usd is None else rng.choice([
+        r.cost_usd, Decimal(rng.random() / 5),
+        Decimal(rng.randrange(0, 10**6)) / 10**10 + Decimal("0.5") / 10**10]))
+        for r in records]
     path = str(tmp_path / "ledger.db")
     backend = SqliteBackend(path)
     await backend.open()
@@ -279,3 +290,47 @@ async def test_sqlite_batch_rollup_equals_the_sql_rollup_of_its_rows(tmp_path: A
         assert written == tables()
     finally:
         conn.close()
+
+
+async def test_a_ledger_from_before_list_costs_gets_them_from_its_costs(target: str) -> None:
+    """Rows written before pricing.adjustments were charged the list price: migrating gives
+    each row list_cost_usd = cost_usd, and each roll-up row list_cost_units = cost_units,
+    exactly, also for hours whose raw rows retention already deleted."""
+    at = {"started_at": "2026-10-02T10:00:00.000Z", "ended_at": "2026-10-02T10:00:01.000Z"}
+    records = [
+        make_record(call_id="a", cost_usd=Decimal("0.0012345678"), **at),
+        make_record(call_id="b", model="mystery-7b", cost_usd=None, **at),
+        make_record(call_id="c", cost_usd=Decimal("0.5"), **at),
+        make_record(call_id="gone", cost_usd=Decimal("0.25"),
+                    started_at="2026-10-01T08:00:00.000Z", ended_at="2026-10-01T08:00:01.000Z"),
+    ]
+    ledger = Ledger(target, flush_seconds=0.01)
+    await ledger.open()
+    try:
+        for r in records:
+            await ledger.handle(r)
+        await ledger.flush()
+    finally:
+        await ledger.aclose()
+    await _old_ledger(target, "DELETE FROM llm_usage WHERE call_id = 'gone';\n"  # retention
+                      "ALTER TABLE llm_usage DROP COLUMN list_cost_usd;\n"
+                      + "".join(f"ALTER TABLE {t} DROP COLUMN list_cost_units;\n"
+                                for t in ("llm_usage_hourly", "llm_usage_daily")),
+                      before="list cost: the list price beside the charged cost "
+                             "(pricing.adjustments)")
+    backend = open_backend(target)
+    await backend.open()
+    try:
+        rows = {r["call_id"]: r for r in await backend.calls(None, None, {}, 10)}
+        assert {k: (r["list_cost_usd"], r["cost_usd"]) for k, r in rows.items()} == {
+            "a": (0.0012345678, 0.0012345678), "b": (None, None), "c": (0.5, 0.5)}
+        # whole days (the roll-up, with the deleted row's day) and a raw-row range
+        got = await backend.usage([], None, None, {})
+        assert (got["totals"]["list_cost_usd"], got["totals"]["cost_usd"]) == \
+            (0.7512345678, 0.7512345678)
+        got = await backend.usage([], "2026-10-02T09:59:00.000Z", "2026-10-02T10:01:00.000Z",
+                                  {})
+        assert (got["totals"]["list_cost_usd"], got["totals"]["cost_usd"]) == \
+            (0.5012345678, 0.5012345678)
+    finally:
+        await backend.aclose()

@@ -321,3 +321,40 @@ async def test_a_pending_background_response_says_pending_then_its_usage_row_its
     # the usage row arrives on the live feed with its cost (gpt-4.1, priced by hand)
     await expect(page.locator(f'#calls tr[data-call="{usage_row["call_id"]}"] td.cost')
                  ).to_have_text(f"${COST:.6f}", timeout=5_000)
+
+
+async def test_spend_shows_the_list_price_under_a_negotiated_charge(
+        upstream: FakeUpstream, start_proxy: StartProxy, browser: Any) -> None:
+    """pricing.adjustments: the spend cells show the charged cost, and the list price under
+    it where they differ; where no adjustment matched, the cost alone."""
+    proxy = await start_proxy(pricing={"adjustments": [
+        {"match": {"upstream": "openai", "model": "gpt-4o-mini*"}, "percent": -20}]})
+
+    async def reply(request: web.Request) -> web.Response:
+        doc = await request.json()
+        return web.Response(body=chat_json(doc["model"], {"prompt_tokens": 1000,
+                                                          "completion_tokens": 500}),
+                            content_type="application/json")
+
+    upstream.on("/v1/chat/completions", reply)
+    async with aiohttp.ClientSession() as s:
+        for model in ("gpt-4o-mini", "gpt-4o"):
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions",
+                              headers={"X-Meter-Agent": "ana"},
+                              json={"model": model,
+                                    "messages": [{"role": "user", "content": "hi"}]}) as r:
+                await r.read()
+    await proxy.collector.wait_for(2)
+    await proxy.app[state.LEDGER].flush()
+    page = await browser.new_page()
+    await page.goto(f"{proxy.url}/ui")
+    await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+    await expect(page.locator("#spend tfoot td")).to_have_count(4, timeout=5_000)
+    # gpt-4o-mini: 1000 x $0.15 + 500 x $0.60 per million = $0.00045 list, 20 % off: $0.00036
+    # gpt-4o: 1000 x $2.50 + 500 x $10 per million = $0.0075, no adjustment
+    by_model = await page.eval_on_selector_all(
+        "#spend tbody tr", "rs => rs.map(r => [r.cells[1].innerText, r.cells[4].innerText])")
+    assert sorted(by_model) == [["gpt-4o", "$0.007500"],
+                                ["gpt-4o-mini", "$0.000360\nlist $0.000450"]]
+    foot = await page.eval_on_selector_all("#spend tfoot td", "ts => ts.map(t => t.innerText)")
+    assert foot[-1] == "$0.007860\nlist $0.007950"

@@ -229,3 +229,34 @@ async def test_the_writer_outlives_every_postgres_outage(
     finally:
         await db.close()
     assert len(rows) == len(set(rows)) == len(answered) and set(rows) == set(answered)
+
+
+async def test_a_row_spooled_before_list_costs_replays_with_its_cost_as_list_cost(
+        tmp_path: Path) -> None:
+    """A spool left by a version from before `list_cost_usd`: its rows were charged the list
+    price, so they replay with list_cost_usd = cost_usd (NULL stays NULL), as the ledger's
+    migration gives the rows already written."""
+    from decimal import Decimal
+
+    from proxy.record import COLUMNS
+
+    old = COLUMNS.index("list_cost_usd")  # the columns such a version wrote
+    path = tmp_path / "old.db"
+    ledger = Ledger(str(path), flush_seconds=0.01)
+    ledger.spool_path.write_text("".join(
+        json.dumps(list(make_record(call_id=c, cost_usd=cost).to_row()[:old])) + "\n"
+        for c, cost in (("priced", Decimal("0.25")), ("unpriced", None))))
+    await ledger.open()
+    try:
+        await wait_until(lambda: not ledger.spool_path.exists(), what="the replay")
+        await ledger.flush()
+    finally:
+        await ledger.aclose()
+    conn = sqlite3.connect(path)
+    try:
+        got = dict(conn.execute("SELECT call_id, list_cost_usd FROM llm_usage"))
+        units = conn.execute("SELECT sum(list_cost_units) FROM llm_usage_hourly").fetchone()
+    finally:
+        conn.close()
+    assert got == {"priced": 0.25, "unpriced": None}
+    assert units == (2_500_000_000,)
