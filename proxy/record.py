@@ -29,6 +29,7 @@ COLUMNS = (
     "cost_usd", "price_source", "agent", "session", "run", "tags", "end_user", "client",
     "key_id", "upstream_request_id", "error", "usage_raw", "service_tier", "priced_units",
     "batch_id", "quota",
+    "consumer_key",  # issue 20: the consumer key's id (`key_...`) the call was made with
 )
 
 
@@ -134,6 +135,7 @@ class CallRecord:
     priced_units: dict[str, int] | None = None
     batch_id: str | None = None
     quota: Quota | None = None  # the column holds its headers (JSON)
+    consumer_key: str | None = None  # the consumer key's id (not its secret)
     # Not columns: how each token class was obtained, for the metrics' `source` label.
     input_source: str = "none"  # reported | estimated | none
     output_source: str = "none"
@@ -164,6 +166,7 @@ class CallRecord:
             json.dumps(self.priced_units, sort_keys=True) if self.priced_units else None,
             self.batch_id,
             json.dumps(dict(self.quota.headers), sort_keys=True) if self.quota else None,
+            self.consumer_key,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -33,13 +33,32 @@ from proxy.tasks import spawn
 from proxy.usage import Usage
 
 __all__ = ["KeyFingerprinter", "Recorder", "background_call_id", "batch_call_id", "build_record",
-           "build_records"]
+           "build_records", "secret_beside"]
 
 log = logging.getLogger("tokenbooth.recorder")
 _THREAD_BYTES = 64 * 1024  # bodies larger than this are estimated in a worker thread
 RECENT = 1000  # records kept at hand for find(): far more than a ledger flush holds
 CREATES = 10_000  # pending background creates whose attribution is kept for their usage row
 FIND_SECONDS = 5.0  # find() waits this long at most for a call in flight or queued
+
+
+def secret_beside(db_path: str) -> bytes:
+    """The per-install secret of a SQLite ledger: `<ledger>.secret` beside it (0600),
+    made on first use. It keys credential fingerprints and consumer keys' stored hashes."""
+    path = Path(f"{db_path}.secret")
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_hex(32).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: theirs
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+    return secret
 
 
 class KeyFingerprinter:
@@ -51,16 +70,7 @@ class KeyFingerprinter:
 
     @classmethod
     def beside(cls, db_path: str) -> KeyFingerprinter:
-        path = Path(f"{db_path}.secret")
-        try:
-            secret = path.read_bytes().strip()
-        except FileNotFoundError:
-            secret = secrets.token_hex(32).encode()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secret)
-        return cls(secret)
+        return cls(secret_beside(db_path))
 
     def __call__(self, credential: str | None) -> str | None:
         if not credential:
@@ -104,7 +114,7 @@ def _with_background(facts: CallFacts, own: CallRecord, estimator: Estimator,
                      end=None, end_detail=None, first_byte=None, request_body=b"",
                      request_doc=None, tags_cleaned=0)
     if origin is not None:
-        linked = replace(linked, tags=origin.tags, credential=origin.credential,
+        linked = replace(linked, tags=origin.tags, credential=origin.credential, key=origin.key,
                          client=origin.client, request_info=origin.request_info,
                          path_model=origin.path_model)
     return [own, build_record(linked, estimator, prices, fingerprint, linked=True)]
@@ -256,6 +266,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         quota=None if line else facts.quota,  # a batch's result lines: not this response
         input_source=_source(in_reported, in_est), output_source=_source(out_reported, out_est),
         tags_cleaned=facts.tags_cleaned, parse_errors=obs.parse_errors,
+        consumer_key=facts.key.id if facts.key is not None else None,
     )
 
 

@@ -227,6 +227,8 @@ async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage(target: 
         f"UPDATE {t} SET unpriced_calls = 0 WHERE model = 'whisper-1';\n"
         for t in ("llm_usage_hourly", "llm_usage_daily"))
         + "ALTER TABLE llm_usage DROP COLUMN quota;\n"  # later migrations'
+        + "DROP INDEX llm_usage_consumer_key;\nALTER TABLE llm_usage DROP COLUMN consumer_key;\n"
+        + "DROP TABLE tb_keys;\nDROP TABLE tb_keys_version;\n"
         + "".join(f"ALTER TABLE {t} DROP COLUMN pending_calls;\n"
                   for t in ("llm_usage_hourly", "llm_usage_daily")),
         before="unpriced: every ok call without a cost, whatever its usage")
