@@ -262,6 +262,18 @@ async def api_key_delete(request: web.Request) -> web.Response:
     return web.json_response(_key_json(stored))
 
 
+@_api
+@_key_errors
+async def api_key_rotate(request: web.Request) -> web.Response:
+    """A new secret (shown once) for the same key; the old secret stops working."""
+    key_id = request.match_info["key_id"]
+    got = await request.app[state.KEY_ADMIN].rotate(key_id)
+    if got is None:
+        return _no_key(key_id)
+    await request.app[state.KEYS].load()
+    return web.json_response({**_key_json(got[0]), "key": got[1]})
+
+
 def _me_budgets(request: web.Request, ctx: dict[str, str | None]) -> list[dict[str, Any]]:
     """The budgets every call of the key falls under: those matching only on what the key
     itself fixes (its id, its name as `client`, its tags)."""
@@ -391,5 +403,6 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/api/keys/{key_id}", api_key_get),
         web.patch("/api/keys/{key_id}", api_key_patch),
         web.delete("/api/keys/{key_id}", api_key_delete),
+        web.post("/api/keys/{key_id}/rotate", api_key_rotate),
         web.get("/api/me", api_me),
     ]
