@@ -134,3 +134,31 @@ async def test_postgresql_notifies_every_listener_of_a_change(pg_url: str) -> No
     finally:
         await writer.aclose()
         await reader.aclose()
+
+
+async def test_a_budget_matching_a_key_counts_its_rows(target: str) -> None:
+    """Restored spend (both backends) and, on PostgreSQL, the fleet's spend charged in the
+    write transaction: a budget with `match: {key: <id>}` holds exactly the key's priced
+    rows."""
+    ledger = Ledger(target, flush_seconds=0.01)
+    await ledger.open()
+    backend = ledger.backend
+    try:
+        fleet = backend.fleet
+        if fleet is not None:
+            await fleet.define_budgets([("k-day", "day", {"key": ROW["id"]},
+                                         "2026-12-03T00:00:00.000Z")])
+        for i, (key, cost) in enumerate([(ROW["id"], Decimal("0.25")),
+                                         (ROW["id"], Decimal("0.125")),
+                                         ("key_other", Decimal("4")), (None, Decimal("8"))]):
+            await ledger.handle(make_record(call_id=f"b{i}", started_at="2026-12-03T10:00:00.000Z",
+                                            ended_at="2026-12-03T10:00:01.000Z", cost_usd=cost,
+                                            consumer_key=key))
+        await ledger.flush()
+        assert await backend.spend({"key": ROW["id"]}, "2026-12-03T00:00:00.000Z") == \
+            Decimal("0.375")  # 0.25 + 0.125
+        if fleet is not None:
+            state = await fleet.budget_state([("k-day", "2026-12-03T00:00:00.000Z")])
+            assert state["k-day"] == (Decimal("0.375"), Decimal(0))
+    finally:
+        await ledger.aclose()
