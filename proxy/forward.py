@@ -159,6 +159,10 @@ class Forwarder:
             up = self._upstream(request, facts)
             route = self._route(request, up, facts)
             replace_auth = self._authenticate(request, route, facts)
+            key = facts.key
+            if key is not None and key.models and \
+                    not allows(key.models, request.query.get("model")):  # a Realtime socket's
+                self._forbid(facts, route, f"model {request.query.get('model')!r}", key.models)
             if (admission := self.admission) is not None and admission.active:
                 await self._admit(admission, facts, route)
             return await relay.run(request, route, replace_auth)
