@@ -114,7 +114,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         recorder.fingerprint = KeyFingerprinter(secret)
         keys = KeyRegistry(backend, secret)
         try:
-            await keys.load()
+            await keys.open()
         except backend.unavailable as exc:
             raise LedgerUnavailable(f"{backend!r}: consumer keys not readable: {exc}") from None
         app[state.KEYS] = keys

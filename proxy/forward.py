@@ -260,9 +260,9 @@ class Forwarder:
         up = route.upstream
         if cred is not None and cred.startswith(SECRET_PREFIX) and self.keys is not None:
             self._consumer_key(cred, route, facts)
-            if up.api_key:
-                return route.provider.key_headers(up.api_key)
-            return {}  # signed with the upstream's aws keys, or sent without a credential
+            # ours; or none: signed with the upstream's aws keys, or sent without a credential
+            ours: dict[str, str] = route.provider.key_headers(up.api_key) if up.api_key else {}
+            return ours
         if not up.api_key and up.aws is None:
             return None
         client = self._client_keys.get(cred or "")

@@ -22,6 +22,7 @@ from typing import Any
 from proxy.backends import LedgerBackend
 from proxy.keys import (
     ConsumerKey,
+    KeyLimits,
     KeySpecError,
     StoredKey,
     from_row,
@@ -68,9 +69,19 @@ class KeyRegistry:
         """The stored key this credential is the secret of (None: not a consumer key)."""
         return self.by_hash.get(hash_secret(self._secret, credential))
 
+    async def open(self) -> None:
+        """Load every key and, on a shared ledger, listen for changes (before serving)."""
+        await self.load()
+        fleet = self._backend.fleet
+        if fleet is not None:
+            await fleet.watch_keys(self.changed)
+
     async def load(self) -> None:
-        """Read every key from the ledger (a snapshot, with its version)."""
+        """Read every key from the ledger (a snapshot, with its version; a snapshot older
+        than the one held, read by a load that overlapped a newer one, is dropped)."""
         version, rows = await self._backend.keys()
+        if version < self.version:
+            return
         keys = [from_row(r) for r in rows]
         self.by_hash = {k.hash: k for k in keys}
         self.by_id = {k.key.id: k for k in keys}
@@ -140,8 +151,7 @@ class KeyAdmin:
         secret, digest = self._new_secret()
         key = ConsumerKey(new_id(), spec["name"], dict(spec.get("tags", {})),
                           tuple(spec.get("upstreams", ())), tuple(spec.get("models", ())),
-                          spec.get("expires_at"),
-                          spec["limits"] if "limits" in spec else ConsumerKey("", "").limits)
+                          spec.get("expires_at"), spec.get("limits", KeyLimits()))
         stored = StoredKey(key, digest, secret[-4:], iso(datetime.now(UTC)))
         await self._backend.add_key(to_row(stored))
         return from_row(to_row(stored)), secret

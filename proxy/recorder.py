@@ -68,10 +68,6 @@ class KeyFingerprinter:
         self._secret = secret
         self._cache: dict[str, str] = {}
 
-    @classmethod
-    def beside(cls, db_path: str) -> KeyFingerprinter:
-        return cls(secret_beside(db_path))
-
     def __call__(self, credential: str | None) -> str | None:
         if not credential:
             return None
