@@ -1,5 +1,7 @@
-"""Our own routes: /healthz, /readyz, /metrics and the read-only /api/* (usage, calls,
-budgets, provider quota, and the live SSE feed). Handlers reach state only through state.py keys."""
+"""Our own routes: /healthz, /readyz, /metrics, the read-only /api/* (usage, calls,
+budgets, provider quota, and the live SSE feed), consumer keys (/api/keys, admin token) and
+what a key sees of itself (/api/me, the key itself). Handlers reach state only through
+state.py keys."""
 
 from __future__ import annotations
 
@@ -10,15 +12,20 @@ import hmac
 import ipaddress
 import json
 import re
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy import headers as hdr
 from proxy import state
 from proxy.backends import query
 from proxy.forward import error_response
+from proxy.keys import KeySpecError, StoredKey, limits_json, parse_spec
 from proxy.record import COLUMNS
 
 __all__ = ["routes"]
@@ -169,6 +176,151 @@ async def api_budgets(request: web.Request) -> web.Response:
     return web.json_response({"budgets": request.app[state.BUDGETS].snapshot()})
 
 
+# --- consumer keys (issue 20) ---
+
+async def _json_body(request: web.Request) -> Any:
+    """A JSON body, sent as such: a form another site's page could post is refused."""
+    ctype = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise KeySpecError("Content-Type", "send the key as JSON (Content-Type: "
+                                           "application/json)")
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise KeySpecError("body", "not valid JSON") from None
+
+
+def _key_errors(handler: Any) -> Any:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            result: web.StreamResponse = await handler(request)
+            return result
+        except KeySpecError as exc:
+            return error_response(400, "invalid_request", str(exc), extra={"param": exc.field})
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+def _no_key(key_id: str) -> web.Response:
+    return error_response(404, "not_found", f"no consumer key {key_id!r}")
+
+
+def _key_json(stored: StoredKey, last_used: dict[str, str] | None = None) -> dict[str, Any]:
+    out = stored.to_json()
+    if last_used is not None:
+        out["last_used_at"] = last_used.get(stored.key.id)
+    return out
+
+
+@_api
+@_key_errors
+async def api_keys_create(request: web.Request) -> web.Response:
+    spec = parse_spec(await _json_body(request))
+    stored, secret = await request.app[state.KEY_ADMIN].create(spec)
+    await request.app[state.KEYS].load()  # this process knows it before the answer
+    return web.json_response({**_key_json(stored), "key": secret}, status=201)
+
+
+@_api
+async def api_keys_list(request: web.Request) -> web.Response:
+    keys = await request.app[state.KEY_ADMIN].all()
+    used = await request.app[state.LEDGER].backend.keys_last_used()
+    return web.json_response({"keys": [_key_json(k, used) for k in keys]})
+
+
+@_api
+async def api_key_get(request: web.Request) -> web.Response:
+    key_id = request.match_info["key_id"]
+    stored = await request.app[state.KEY_ADMIN].get(key_id)
+    if stored is None:
+        return _no_key(key_id)
+    used = await request.app[state.LEDGER].backend.keys_last_used()
+    return web.json_response(_key_json(stored, used))
+
+
+@_api
+@_key_errors
+async def api_key_patch(request: web.Request) -> web.Response:
+    key_id = request.match_info["key_id"]
+    spec = parse_spec(await _json_body(request), partial=True)
+    stored = await request.app[state.KEY_ADMIN].change(key_id, spec)
+    if stored is None:
+        return _no_key(key_id)
+    await request.app[state.KEYS].load()
+    return web.json_response(_key_json(stored))
+
+
+@_api
+async def api_key_delete(request: web.Request) -> web.Response:
+    """Revokes: the key stops working at once (on every replica within a second); it and
+    its calls stay on record."""
+    key_id = request.match_info["key_id"]
+    stored = await request.app[state.KEY_ADMIN].revoke(key_id)
+    if stored is None:
+        return _no_key(key_id)
+    await request.app[state.KEYS].load()
+    return web.json_response(_key_json(stored))
+
+
+@_api
+@_key_errors
+async def api_key_rotate(request: web.Request) -> web.Response:
+    """A new secret (shown once) for the same key; the old secret stops working."""
+    key_id = request.match_info["key_id"]
+    got = await request.app[state.KEY_ADMIN].rotate(key_id)
+    if got is None:
+        return _no_key(key_id)
+    await request.app[state.KEYS].load()
+    return web.json_response({**_key_json(got[0]), "key": got[1]})
+
+
+def _me_budgets(request: web.Request, ctx: dict[str, str | None]) -> list[dict[str, Any]]:
+    """The budgets every call of the key falls under: those matching only on what the key
+    itself fixes (its id, its name as `client`, its tags)."""
+    out = []
+    now = datetime.now(UTC)
+    for w in request.app[state.BUDGETS].windows():
+        match = w.cfg.match
+        if not all(k in ctx and ctx[k] == v for k, v in match.items()):
+            continue
+        w.roll(now)
+        spend, limit = w.spend, w.limit
+        out.append({"name": w.cfg.name, "window": w.cfg.window, "spend_usd": float(spend),
+                    "limit_usd": w.cfg.limit_usd,
+                    "remaining_usd": float(max(limit - spend, Decimal(0))),
+                    "resets_at": w.window_end.strftime("%Y-%m-%dT%H:%M:%SZ")
+                    if w.window_end is not None else None})
+    return out
+
+
+async def api_me(request: web.Request) -> web.Response:
+    """What a consumer key may see of itself: authenticated by the key (sent as the
+    forwarder reads credentials), not by the admin token."""
+    cred = hdr.credential(request.headers)
+    stored = request.app[state.KEYS].lookup(cred) if cred else None
+    if stored is None or stored.revoked_at is not None or stored.expired(time.time()):
+        why = "no consumer key sent" if not cred else "not a live consumer key"
+        resp = error_response(401, "authentication_error", f"{why}: send the key as "
+                              "'Authorization: Bearer tb-...' (or x-api-key, x-goog-api-key)")
+        resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+    key = stored.key
+    ctx: dict[str, str | None] = {**key.tags, "client": key.name, "key": key.id}
+    today = datetime.now(UTC).strftime("%Y-%m-%dT00:00:00.000Z")
+    backend = request.app[state.LEDGER].backend
+    try:
+        calls, cost = await backend.key_calls(key.id, today)
+    except backend.unavailable as exc:
+        return error_response(503, "ledger_unavailable", f"ledger not readable: {exc}")
+    return web.json_response({
+        "key": {"id": key.id, "name": key.name, "tags": dict(key.tags)},
+        "limits": limits_json(key.limits),
+        "budgets": _me_budgets(request, ctx),
+        "today": {"calls": calls, "cost_usd": float(cost)}})
+
+# --- end consumer keys ---
+
+
 @_api
 async def api_quota(request: web.Request) -> web.Response:
     """Each provider account's latest quota reading (what this replica's calls saw)."""
@@ -246,4 +398,11 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/api/budgets", api_budgets),
         web.get("/api/quota", api_quota),
         web.get("/api/live", api_live),
+        web.post("/api/keys", api_keys_create),
+        web.get("/api/keys", api_keys_list),
+        web.get("/api/keys/{key_id}", api_key_get),
+        web.patch("/api/keys/{key_id}", api_key_patch),
+        web.delete("/api/keys/{key_id}", api_key_delete),
+        web.post("/api/keys/{key_id}/rotate", api_key_rotate),
+        web.get("/api/me", api_me),
     ]

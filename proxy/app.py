@@ -18,10 +18,12 @@ from prometheus_client import CollectorRegistry
 from proxy import admin, state
 from proxy.admission import Admission
 from proxy.admission.budgets import BudgetCheck, BudgetStore, FleetBudgets, LocalBudgets
+from proxy.backends import LedgerUnavailable
 from proxy.config import Config
 from proxy.estimate import Estimator
 from proxy.fleet import Fleet
 from proxy.forward import Forwarder
+from proxy.keyring import KeyAdmin, KeyRegistry, install_secret
 from proxy.lifecycle import Lifecycle
 from proxy.pricing import PriceBook
 from proxy.recorder import KeyFingerprinter, Recorder
@@ -107,14 +109,21 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         backend = ledger.backend
         fleet = None
         store: BudgetStore
-        if backend.fleet is not None:  # a shared ledger: one secret for the fleet's key ids
-            recorder.fingerprint = KeyFingerprinter(await backend.fleet.secret())
+        # the install's secret (a shared ledger's is the fleet's): key ids and consumer keys
+        secret = await install_secret(backend)
+        recorder.fingerprint = KeyFingerprinter(secret)
+        keys = KeyRegistry(backend, secret)
+        try:
+            await keys.open()
+        except backend.unavailable as exc:
+            raise LedgerUnavailable(f"{backend!r}: consumer keys not readable: {exc}") from None
+        app[state.KEYS] = keys
+        app[state.KEY_ADMIN] = KeyAdmin(backend, secret)
+        if backend.fleet is not None:
             store = fleet_budgets = FleetBudgets(backend.fleet)  # reserved in the shared ledger
             fleet = Fleet(backend.fleet, fleet_budgets, feed)
             ledger.on_committed = fleet_budgets.rows_written
         else:
-            recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,
-                                                           config.ledger.path)
             store = LocalBudgets(backend)  # reserved in this process
         await budget_check.open(store)
         for sink in exports:
@@ -133,7 +142,9 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
-        app[state.FORWARDER] = Forwarder(config, session, recorder, lifecycle, admission)
+        app[state.FORWARDER] = Forwarder(config, session, recorder, lifecycle, admission,
+                                         keys)
+        keys.start()
         recorder.start()
         lifecycle.ready = True
         try:
@@ -142,6 +153,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
             lifecycle.draining = True
             if fleet is not None:  # heartbeats go on (reservations stay ours) until the end
                 fleet.stopping = True
+            await keys.aclose()
             await recorder.aclose()  # records every finished call, then flushes the ledger
             if fleet is not None:
                 await fleet.aclose()

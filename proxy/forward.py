@@ -30,6 +30,8 @@ from proxy.config import Config, Upstream
 from proxy.dialects import DIALECTS, PROVIDERS, Observation, provider_by_headers
 from proxy.dialects.base import Dialect
 from proxy.idle import IdleWatch
+from proxy.keyring import KeyRegistry
+from proxy.keys import SECRET_PREFIX, allows
 from proxy.lifecycle import Lifecycle
 from proxy.meter import Meter
 from proxy.outcome import End, ending
@@ -116,8 +118,10 @@ class Forwarder:
     """Holds what every call needs; built once in make_app()."""
 
     def __init__(self, config: Config, session: aiohttp.ClientSession, recorder: Recorder,
-                 lifecycle: Lifecycle, admission: Admission | None = None) -> None:
+                 lifecycle: Lifecycle, admission: Admission | None = None,
+                 keys: KeyRegistry | None = None) -> None:
         self.config = config
+        self.keys = keys  # consumer keys issued at run time
         self.session = session
         self.recorder = recorder
         self.lifecycle = lifecycle
@@ -157,6 +161,10 @@ class Forwarder:
             up = self._upstream(request, facts)
             route = self._route(request, up, facts)
             replace_auth = self._authenticate(request, route, facts)
+            key = facts.key
+            if key is not None and key.models and \
+                    not allows(key.models, request.query.get("model")):  # a Realtime socket's
+                self._forbid(facts, route, f"model {request.query.get('model')!r}", key.models)
             if (admission := self.admission) is not None and admission.active:
                 await self._admit(admission, facts, route)
             return await relay.run(request, route, replace_auth)
@@ -186,6 +194,7 @@ class Forwarder:
         replace_auth = self._authenticate(request, route, facts)
         body = await self._read_body(request, route, facts)
         dialect = await self._read_request(request, route, body, facts)
+        self._key_allows_model(facts, route)
         live = self._live(facts, route, dialect, len(body))
         if (admission := self.admission) is not None and admission.active:
             await self._admit(admission, facts, route)
@@ -245,19 +254,68 @@ class Forwarder:
 
     def _authenticate(self, request: web.Request, route: Route,
                       facts: CallFacts) -> dict[str, str] | None:
-        """With `api_key` on the upstream, clients present a client key and we supply ours."""
-        facts.credential = hdr.credential(request.headers) or (
+        """A consumer key (issued at run time) or, with `api_key` on the upstream, a client
+        key from auth.client_keys; with either, we supply the provider's key (a consumer
+        key on an upstream without one is removed: the call goes without a credential)."""
+        facts.credential = cred = hdr.credential(request.headers) or (
             subprotocol_key(request.headers) if is_upgrade(request) else None)
         up = route.upstream
+        if cred is not None and cred.startswith(SECRET_PREFIX) and self.keys is not None:
+            self._consumer_key(cred, route, facts)
+            # ours; or none: signed with the upstream's aws keys, or sent without a credential
+            ours: dict[str, str] = route.provider.key_headers(up.api_key) if up.api_key else {}
+            return ours
         if not up.api_key and up.aws is None:
             return None
-        client = self._client_keys.get(facts.credential or "")
+        client = self._client_keys.get(cred or "")
         if client is None:
             raise _Ended(self._refuse(
                 facts, End.CLIENT_KEY, "authentication_error",
-                "this upstream needs a client key from auth.client_keys", route.provider))
+                "this upstream needs a client key (a consumer key, or one from "
+                "auth.client_keys)", route.provider))
         facts.client = client
         return route.provider.key_headers(up.api_key) if up.api_key else {}
+
+    def _consumer_key(self, credential: str, route: Route, facts: CallFacts) -> None:
+        """A `tb-` credential: a live consumer key, allowed this upstream (and the model the
+        path names), or the call is refused (401, 403) in the caller's SDK's shape."""
+        assert self.keys is not None
+        stored = self.keys.lookup(credential)
+        if stored is None or stored.revoked_at is not None or stored.expired(time.time()):
+            why = "unknown" if stored is None else \
+                "revoked" if stored.revoked_at is not None else "expired"
+            raise _Ended(self._refuse(
+                facts, End.KEY_REFUSED, "authentication_error",
+                f"this consumer key is {why}" + ("" if stored is None else
+                                                 f" ({stored.key.id})"), route.provider,
+                detail=why))
+        key = facts.key = stored.key
+        facts.client = key.name
+        tags = facts.tags
+        for k, v in key.tags.items():  # X-Meter-* tags win
+            tags.setdefault(k, v)
+        if not allows(key.upstreams, route.upstream.name):
+            self._forbid(facts, route, f"upstream {route.upstream.name!r}", key.upstreams)
+        if not allows(key.models, route.path_model):
+            self._forbid(facts, route, f"model {route.path_model!r}", key.models)
+
+    def _forbid(self, facts: CallFacts, route: Route, what: str,
+                allowed: tuple[str, ...]) -> None:
+        assert facts.key is not None
+        raise _Ended(self._refuse(
+            facts, End.KEY_FORBIDDEN, "permission_error",
+            f"consumer key {facts.key.id} ({facts.key.name}) may not use {what}; allowed: "
+            + ", ".join(allowed), route.provider, detail=what))
+
+    def _key_allows_model(self, facts: CallFacts, route: Route) -> None:
+        """The model the request body names, against the key's model globs."""
+        key = facts.key
+        if key is None or not key.models:
+            return
+        info = facts.request_info
+        model = info.model if info is not None else None
+        if not allows(key.models, model):
+            self._forbid(facts, route, f"model {model!r}", key.models)
 
     async def _read_body(self, request: web.Request, route: Route, facts: CallFacts) -> bytes:
         """The whole request body, up to server.max_body_bytes."""

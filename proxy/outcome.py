@@ -28,6 +28,8 @@ class End(Enum):
     UNKNOWN_UPSTREAM = ("rejected", 404, "unknown upstream")
     PATH_ESCAPE = ("rejected", 400, "path leaves the upstream's base path")
     CLIENT_KEY = ("rejected", 401, "client authentication failed")
+    KEY_REFUSED = ("rejected", 401, "consumer key {}")  # revoked, expired
+    KEY_FORBIDDEN = ("rejected", 403, "consumer key may not use {}")  # an upstream, a model
     BODY_TOO_LARGE = ("rejected", 413, "request body too large")
     BUDGET = ("rejected", 429, "budget {} exhausted")
     BUDGET_UNVERIFIABLE = ("rejected", 503, "budget {} unverifiable: ledger unreachable")

@@ -29,6 +29,7 @@ COLUMNS = (
     "cost_usd", "price_source", "agent", "session", "run", "tags", "end_user", "client",
     "key_id", "upstream_request_id", "error", "usage_raw", "service_tier", "priced_units",
     "batch_id", "quota", "list_cost_usd",
+    "consumer_key",  # issue 20: the consumer key's id (`key_...`) the call was made with
 )
 
 
@@ -141,6 +142,7 @@ class CallRecord:
     # The list price's cost (before `pricing.adjustments`); cost_usd is what is charged.
     # NULL exactly when cost_usd is (unpriced), 0 when it is 0 (free).
     list_cost_usd: Decimal | None = None
+    consumer_key: str | None = None  # the consumer key's id (not its secret)
     # Not columns: how each token class was obtained, for the metrics' `source` label.
     input_source: str = "none"  # reported | estimated | none
     output_source: str = "none"
@@ -173,6 +175,7 @@ class CallRecord:
             self.batch_id,
             json.dumps(dict(self.quota.headers), sort_keys=True) if self.quota else None,
             None if self.list_cost_usd is None else float(self.list_cost_usd),
+            self.consumer_key,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from proxy.tasks import spawn
 from proxy.usage import Usage
 
 __all__ = ["KeyFingerprinter", "Recorder", "background_call_id", "batch_call_id", "build_record",
-           "build_records"]
+           "build_records", "secret_beside"]
 
 log = logging.getLogger("tokenbooth.recorder")
 _THREAD_BYTES = 64 * 1024  # bodies larger than this are estimated in a worker thread
@@ -42,25 +42,31 @@ CREATES = 10_000  # pending background creates whose attribution is kept for the
 FIND_SECONDS = 5.0  # find() waits this long at most for a call in flight or queued
 
 
+def secret_beside(db_path: str) -> bytes:
+    """The per-install secret of a SQLite ledger: `<ledger>.secret` beside it (0600),
+    made on first use. It keys credential fingerprints and consumer keys' stored hashes."""
+    path = Path(f"{db_path}.secret")
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_hex(32).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: theirs
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+    return secret
+
+
 class KeyFingerprinter:
     """HMAC of a credential with a per-install secret kept beside the database (0600)."""
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
         self._cache: dict[str, str] = {}
-
-    @classmethod
-    def beside(cls, db_path: str) -> KeyFingerprinter:
-        path = Path(f"{db_path}.secret")
-        try:
-            secret = path.read_bytes().strip()
-        except FileNotFoundError:
-            secret = secrets.token_hex(32).encode()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secret)
-        return cls(secret)
 
     def __call__(self, credential: str | None) -> str | None:
         if not credential:
@@ -104,7 +110,7 @@ def _with_background(facts: CallFacts, own: CallRecord, estimator: Estimator,
                      end=None, end_detail=None, first_byte=None, request_body=b"",
                      request_doc=None, tags_cleaned=0, attribution_unreadable=0)
     if origin is not None:
-        linked = replace(linked, tags=origin.tags, credential=origin.credential,
+        linked = replace(linked, tags=origin.tags, credential=origin.credential, key=origin.key,
                          client=origin.client, request_info=origin.request_info,
                          path_model=origin.path_model, end_user=origin.end_user)
     return [own, build_record(linked, estimator, prices, fingerprint, linked=True)]
@@ -262,6 +268,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         tags_cleaned=facts.tags_cleaned, parse_errors=obs.parse_errors,
         attribution_unreadable=facts.attribution_unreadable,
         list_cost_usd=list_cost,
+        consumer_key=facts.key.id if facts.key is not None else None,
     )
 
 

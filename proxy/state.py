@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.forward import Forwarder
+    from proxy.keyring import KeyAdmin, KeyRegistry
     from proxy.lifecycle import Lifecycle
     from proxy.recorder import Recorder
     from proxy.sinks.budgets import Budgets
@@ -17,8 +18,8 @@ if TYPE_CHECKING:
     from proxy.sinks.metrics import Metrics
     from proxy.sinks.quota import QuotaBoard
 
-__all__ = ["BUDGETS", "CONFIG", "FEED", "FORWARDER", "LEDGER", "LIFECYCLE", "METRICS",
-           "QUOTA", "RECORDER"]
+__all__ = ["BUDGETS", "CONFIG", "FEED", "FORWARDER", "KEYS", "KEY_ADMIN", "LEDGER",
+           "LIFECYCLE", "METRICS", "QUOTA", "RECORDER"]
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
@@ -29,3 +30,5 @@ FEED: web.AppKey[Broadcaster] = web.AppKey("feed")
 BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
 QUOTA: web.AppKey[QuotaBoard] = web.AppKey("quota")
+KEYS: web.AppKey[KeyRegistry] = web.AppKey("keys")  # consumer keys, by their secret's hash
+KEY_ADMIN: web.AppKey[KeyAdmin] = web.AppKey("key_admin")  # issue, change, revoke, rotate

@@ -330,3 +330,55 @@ async def test_one_replica_at_a_time_delivers_a_webhook_every_replicas_rows(
     assert set(got) == {cid for _, cid in results}  # every replica's rows, at least once
     assert len(got) == 60  # and here, with no replica dying, once
     assert inflight[1] == 1  # never two replicas posting at once
+
+
+async def test_a_key_revoked_on_one_replica_is_refused_by_every_replica_within_a_second(
+        tmp_path: Path, pg_url: str, upstream: FakeUpstream) -> None:
+    upstream.on("/v1/chat/completions", Reply([CHAT]))
+    config = f"""
+ledger: {{url: "{pg_url}", flush_seconds: 0.05}}
+upstreams: {{openai: {{url: "{upstream.url}", api_key: sk-provider}}}}
+auth: {{client_keys: {{legacy: ck-legacy}}}}
+pricing: {{models: {{fleet-model: {{input: 0, output: {PRICE}}}}}}}
+"""
+    async with AsyncExitStack() as stack:
+        bases = await start_fleet(stack, tmp_path, config)
+        async with aiohttp.ClientSession() as s:
+            async def status(base: str, key: str) -> int:
+                async with s.post(f"{base}/openai/v1/chat/completions",
+                                  headers={"Authorization": f"Bearer {key}"},
+                                  json={"model": "fleet-model", "max_tokens": 5,
+                                        "messages": [{"role": "user", "content": "hi"}]}) as r:
+                    await r.read()
+                    return r.status
+
+            async def refused_everywhere(key: str, want: int) -> float:
+                """Seconds until every replica answers `want` (polled; bounded)."""
+                t0 = asyncio.get_running_loop().time()
+                pending = set(bases)
+                while pending:
+                    got = await asyncio.gather(*(status(b, key) for b in pending))
+                    pending = {b for b, st in zip(list(pending), got, strict=True)
+                               if st != want}
+                    elapsed = asyncio.get_running_loop().time() - t0
+                    assert elapsed < 5, f"{sorted(pending)} not {want} after 5 s"
+                return asyncio.get_running_loop().time() - t0
+
+            async with s.post(f"{bases[0]}/api/keys", json={"name": "fleet-key"}) as r:
+                assert r.status == 201
+                made = await r.json()
+            assert await refused_everywhere(made["key"], 200) < 1  # a new key: everywhere
+            t0 = asyncio.get_running_loop().time()
+            async with s.delete(f"{bases[1]}/api/keys/{made['id']}") as r:
+                assert r.status == 200
+            await refused_everywhere(made["key"], 401)
+            assert asyncio.get_running_loop().time() - t0 < 1.0
+        db = await asyncpg.connect(pg_url)
+        try:
+            async def rows() -> Any:
+                return await db.fetch("SELECT consumer_key, client, status_code "
+                                      "FROM llm_usage WHERE consumer_key IS NOT NULL")
+            got = await until(rows)
+            assert {(r[0], r[1], r[2]) for r in got} == {(made["id"], "fleet-key", 200)}
+        finally:
+            await db.close()

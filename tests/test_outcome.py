@@ -66,6 +66,11 @@ def test_the_detail_names_the_budget_and_the_exception() -> None:
     assert ending(End.READ_FAILED, detail="ClientOSError", status=200,
                   answer="incomplete") == \
         Ending("upstream_aborted", 200, "upstream error: ClientOSError")
+    # a consumer key refused: why, and what it may not use
+    assert ending(End.KEY_REFUSED, detail="revoked") == \
+        Ending("rejected", 401, "consumer key revoked")
+    assert ending(End.KEY_FORBIDDEN, detail="model 'gpt-4o'") == \
+        Ending("rejected", 403, "consumer key may not use model 'gpt-4o'")
 
 
 def test_a_provider_error_in_a_success_body_is_the_error_not_the_outcome() -> None:
@@ -101,7 +106,8 @@ def test_the_table_covers_every_outcome_and_only_those() -> None:
     assert {end: ending(end, detail="x").status_code for end in End
             if ending(end, detail="x").outcome == "rejected"} == {
         End.UNKNOWN_UPSTREAM: 404, End.PATH_ESCAPE: 400, End.CLIENT_KEY: 401,
-        End.BODY_TOO_LARGE: 413, End.BUDGET: 429, End.BUDGET_UNVERIFIABLE: 503}
+        End.BODY_TOO_LARGE: 413, End.BUDGET: 429, End.BUDGET_UNVERIFIABLE: 503,
+        End.KEY_REFUSED: 401, End.KEY_FORBIDDEN: 403}
     assert all(ending(end, detail="x").status_code is None for end in End
                if ending(end, detail="x").outcome != "rejected")
 

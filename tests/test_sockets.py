@@ -402,6 +402,37 @@ async def test_client_keys_and_the_proxy_held_key_apply_to_sockets(
                                                               ("rejected", None)]
 
 
+async def test_a_consumer_key_opens_a_socket_within_its_models(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """A consumer key as the browser's key subprotocol: the upstream gets the proxy's key,
+    never the consumer key; the socket's rows are the key's; a model outside its globs is
+    refused (403) before the upstream is asked."""
+    fake = FakeRealtime()
+    upstream.on("/v1/realtime", fake)
+    proxy = await start_proxy(upstreams={"openai": {"url": upstream.url,
+                                                    "api_key": "sk-proxy-held"}},
+                              auth={"client_keys": {"team-a": "ck-team-a"}})
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}/api/keys", json={
+                "name": "voice", "tags": {"team": "rt"}, "models": ["gpt-realtime*"]}) as r:
+            made = await r.json()
+        proto = f"openai-insecure-api-key.{made['key']}"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-4o",
+                               protocols=("realtime", proto))
+        assert err.value.status == 403
+        ws = await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime",
+                                protocols=("realtime", proto))
+        assert ws.protocol == "realtime"
+        await ws.close()
+    assert fake.headers["Authorization"] == "Bearer sk-proxy-held"
+    assert made["key"] not in json.dumps(fake.headers)
+    records = await proxy.collector.wait_for(2)
+    assert sorted((r.outcome, r.status_code, r.client, r.consumer_key, r.tags.get("team"))
+                  for r in records) == [("ok", 101, "voice", made["id"], "rt"),
+                                        ("rejected", 403, "voice", made["id"], "rt")]
+
+
 async def test_a_silent_socket_meets_the_idle_timeout(upstream: FakeUpstream,
                                                       start_proxy: StartProxy) -> None:
     """No message either way for server.idle_timeout_seconds: both sides closed with 1001,

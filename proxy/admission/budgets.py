@@ -313,7 +313,8 @@ class BudgetCheck:
         it matches (by the model answered or the model asked for)."""
         if not self.windows:
             return
-        ctx = context(record.tags, record.upstream, record.model, record.client)
+        ctx = context(record.tags, record.upstream, record.model, record.client,
+                      record.consumer_key)
         ctx_req = {**ctx, "model": record.request_model}
         now = datetime.now(UTC)
         for w in self.windows:

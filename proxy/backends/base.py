@@ -101,6 +101,26 @@ class LedgerBackend(Protocol):
     async def purge(self, before: str) -> int:
         """Delete raw rows started before `before`; their hours stay in the roll-up."""
 
+    # Consumer keys (`tb_keys`, rows as `schema.KEY_COLUMNS`; `proxy/keyring.py` uses them)
+
+    async def keys(self) -> tuple[int, list[dict[str, Any]]]:
+        """The keys' version (it moves on every change) and every stored key."""
+
+    async def keys_version(self) -> int:
+        """The keys' version alone: the cheap check of whether to reload."""
+
+    async def add_key(self, row: Mapping[str, Any]) -> None:
+        """Store a new key (every KEY_COLUMNS value); the version moves."""
+
+    async def change_key(self, key_id: str, fields: Mapping[str, Any]) -> bool:
+        """Set these columns of a key (False: no such key); the version moves."""
+
+    async def key_calls(self, key_id: str, since: str) -> tuple[int, Decimal]:
+        """How many calls the key made since `since`, and their cost (priced ones)."""
+
+    async def keys_last_used(self) -> dict[str, str]:
+        """When each key that made a call made its last one."""
+
 
 @runtime_checkable
 class FleetBackend(LedgerBackend, Protocol):
@@ -127,3 +147,8 @@ class FleetBackend(LedgerBackend, Protocol):
     async def listen(self, callback: Callable[[str], None]) -> None: ...
 
     def listening(self) -> bool: ...
+
+    async def watch_keys(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the loop) whenever any replica changes a key."""
+
+    def watching_keys(self) -> bool: ...

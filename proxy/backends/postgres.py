@@ -29,19 +29,20 @@ import asyncpg
 
 from proxy.backends import mask_url, query
 from proxy.backends.base import FleetBackend
-from proxy.backends.schema import COST_SCALE, PG_MIGRATIONS, rollups
+from proxy.backends.schema import COST_SCALE, KEY_COLUMNS, PG_MIGRATIONS, cost_units, rollups
 from proxy.record import COLUMNS
 
-__all__ = ["CHANNEL", "PgExportCursor", "PostgresBackend"]
+__all__ = ["CHANNEL", "KEYS_CHANNEL", "PgExportCursor", "PostgresBackend"]
 
 log = logging.getLogger("tokenbooth.ledger")
 CHANNEL = "tokenbooth_live"
+KEYS_CHANNEL = "tokenbooth_keys"  # a key was created, changed, revoked or rotated
 _LOCK = 0x7B_0074  # advisory lock key: migrations and budget (re)definition
 _EXPORT_LOCK = 0x7B_0075  # advisory lock class: one replica delivers a given export sink
 _STAGE = "tb_incoming"
 _COLS = ", ".join(COLUMNS)
 _CTX = ("(COALESCE(i.tags, '{{}}')::jsonb || jsonb_build_object('upstream', i.upstream, "
-        "'model', i.{model}, 'client', i.client))")
+        "'model', i.{model}, 'client', i.client, 'key', i.consumer_key))")
 _WRITE = f"""
 WITH ins AS (
     INSERT INTO llm_usage ({_COLS}) SELECT {_COLS} FROM {_STAGE}
@@ -114,6 +115,7 @@ class PostgresBackend:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._key_listener: asyncpg.Connection | None = None
 
     def __repr__(self) -> str:
         return f"postgresql ledger at {mask_url(self.url)}"
@@ -161,12 +163,13 @@ class PostgresBackend:
         return {r[0] for r in rows}
 
     async def aclose(self) -> None:
-        if self._listener is not None:
-            try:
-                await self._listener.close(timeout=2)
-            except self.unavailable:
-                pass
-            self._listener = None
+        for listener in (self._listener, self._key_listener):
+            if listener is not None:
+                try:
+                    await listener.close(timeout=2)
+                except self.unavailable:
+                    pass
+        self._listener = self._key_listener = None
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), 5)
@@ -332,6 +335,70 @@ class PostgresBackend:
 
     def listening(self) -> bool:
         return self._listener is not None and not self._listener.is_closed()
+
+
+    # Consumer keys: a change moves `tb_keys_version` and NOTIFYs KEYS_CHANNEL in its own
+    # transaction (delivered when it commits), so every replica reloads at once.
+
+    async def keys(self) -> tuple[int, list[dict[str, Any]]]:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                            readonly=True):
+            version = await conn.fetchval("SELECT version FROM tb_keys_version")
+            rows = await conn.fetch(f"SELECT {', '.join(KEY_COLUMNS)} FROM tb_keys "
+                                    f"ORDER BY created_at, id")
+        return int(version), [dict(r) for r in rows]
+
+    async def keys_version(self) -> int:
+        pool = await self._get_pool()
+        return int(await pool.fetchval("SELECT version FROM tb_keys_version"))
+
+    async def _change_keys(self, sql: str, args: Sequence[Any], key_id: str) -> int:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(sql, *args)
+            n = int(status.split()[-1])
+            if n:
+                await conn.execute("UPDATE tb_keys_version SET version = version + 1")
+                await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, key_id)
+        return n
+
+    async def add_key(self, row: Mapping[str, Any]) -> None:
+        await self._change_keys(
+            f"INSERT INTO tb_keys ({', '.join(KEY_COLUMNS)}) VALUES "
+            f"({', '.join(f'${i}' for i in range(1, len(KEY_COLUMNS) + 1))})",
+            [row[k] for k in KEY_COLUMNS], str(row["id"]))
+
+    async def change_key(self, key_id: str, fields: Mapping[str, Any]) -> bool:
+        cols = [k for k in fields if k in KEY_COLUMNS and k != "id"]
+        sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(cols, start=2))
+        return bool(await self._change_keys(f"UPDATE tb_keys SET {sets} WHERE id = $1",
+                                            [key_id, *(fields[k] for k in cols)], key_id))
+
+    async def key_calls(self, key_id: str, since: str) -> tuple[int, Decimal]:
+        pool = await self._get_pool()
+        row = await pool.fetchrow(
+            f"SELECT COUNT(*), SUM({cost_units(self.kind)}) FROM llm_usage "
+            f"WHERE consumer_key = $1 AND started_at >= $2", key_id, since)
+        return int(row[0]), Decimal(row[1] or 0) / COST_SCALE
+
+    async def keys_last_used(self) -> dict[str, str]:
+        pool = await self._get_pool()
+        rows = await pool.fetch("SELECT k.id, (SELECT MAX(u.started_at) FROM llm_usage u "
+                                "WHERE u.consumer_key = k.id) FROM tb_keys k")
+        return {r[0]: r[1] for r in rows if r[1] is not None}
+
+    async def watch_keys(self, callback: Callable[[], None]) -> None:
+        """`callback` on every key change anywhere in the fleet (a connection of its own:
+        the live feed's may come and go with the heartbeat)."""
+        if self.watching_keys():
+            return
+        conn = await asyncpg.connect(self.url, timeout=5)
+        await conn.add_listener(KEYS_CHANNEL, lambda _c, _pid, _ch, _payload: callback())
+        self._key_listener = conn
+
+    def watching_keys(self) -> bool:
+        return self._key_listener is not None and not self._key_listener.is_closed()
 
 
 class PgExportCursor:

@@ -308,6 +308,7 @@ def spend_sql(flavor: str, match: Mapping[str, str], since: str | None) -> tuple
         conds.append("started_at >= ?")
         args.append(since)
     for k, v in match.items():
-        conds.append(f"{k if k in _COLUMN_KEYS else tag_expr(flavor, k)} = ?")
+        col = "consumer_key" if k == "key" else k if k in _COLUMN_KEYS else tag_expr(flavor, k)
+        conds.append(f"{col} = ?")
         args.append(v)
     return f"SELECT SUM({cost_units(flavor)}) FROM llm_usage WHERE {' AND '.join(conds)}", args

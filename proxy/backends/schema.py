@@ -11,8 +11,9 @@ NULLIF(x, '') alike.
 
 from __future__ import annotations
 
-__all__ = ["COST_SCALE", "COUNTERS", "ESTIMATED", "MEASURES", "PENDING", "PG_MIGRATIONS",
-           "ROLLUPS", "ROLLUP_DIMS", "SQLITE_MIGRATIONS", "UNPRICED", "cost_units", "rollup_add",
+__all__ = ["COST_SCALE", "COUNTERS", "ESTIMATED", "KEY_COLUMNS", "MEASURES", "PENDING",
+           "PG_MIGRATIONS", "ROLLUPS", "ROLLUP_DIMS", "SQLITE_MIGRATIONS", "UNPRICED", "cost_units",
+           "rollup_add",
            "rollup_upsert", "rollups"]
 
 COUNTERS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
@@ -201,6 +202,33 @@ def _list_cost(flavor: str) -> str:
 # --- end list cost ---
 
 
+# --- consumer keys (issue 20) ---
+# Keys issued at run time: stored as the HMAC of their secret (keyed with the install's
+# secret), never the secret. `tb_keys_version` counts every change: a replica (or a
+# process serving a SQLite ledger the CLI writes) reloads its keys when it moves. Each row
+# names the key it was made with (`consumer_key`: the key's id), so a budget can match it.
+_KEYS_NAME = "consumer keys: issued at run time, stored hashed; each call's consumer_key"
+
+
+def _keys(flavor: str) -> str:
+    exists = "IF NOT EXISTS " if flavor == "postgresql" else ""
+    return f"""
+ALTER TABLE llm_usage ADD COLUMN {exists}consumer_key TEXT;
+CREATE INDEX IF NOT EXISTS llm_usage_consumer_key ON llm_usage (consumer_key, started_at);
+CREATE TABLE IF NOT EXISTS tb_keys (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, last4 TEXT NOT NULL,
+    tags TEXT NOT NULL, upstreams TEXT NOT NULL, models TEXT NOT NULL, expires_at TEXT,
+    limits TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT);
+CREATE TABLE IF NOT EXISTS tb_keys_version (
+    id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
+INSERT INTO tb_keys_version (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;
+"""
+
+
+KEY_COLUMNS = ("id", "name", "hash", "last4", "tags", "upstreams", "models", "expires_at",
+               "limits", "created_at", "revoked_at")
+# --- end consumer keys ---
+
 _REQUEST_ID_INDEX = ("CREATE INDEX IF NOT EXISTS llm_usage_request_id "
                      "ON llm_usage (upstream_request_id);\n")
 
@@ -219,6 +247,7 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
     (_QUOTA_NAME, _QUOTA),
     (_PENDING_NAME, _pending_column("sqlite")),
     (_LIST_COST_NAME, _list_cost("sqlite")),
+    (_KEYS_NAME, _keys("sqlite")),
 ]
 
 # PostgreSQL: the same columns and meaning (timestamps are the same sortable ISO-8601 UTC
@@ -306,4 +335,5 @@ CREATE TABLE IF NOT EXISTS tb_export_cursor (
     (_QUOTA_NAME, _QUOTA.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")),
     (_PENDING_NAME, _pending_column("postgresql")),
     (_LIST_COST_NAME, _list_cost("postgresql")),
+    (_KEYS_NAME, _keys("postgresql")),
 ]

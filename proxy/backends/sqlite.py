@@ -17,10 +17,12 @@ from proxy.backends.base import FleetBackend, LedgerBackend
 from proxy.backends.schema import (
     COST_SCALE,
     COUNTERS,
+    KEY_COLUMNS,
     MEASURES,
     ROLLUP_DIMS,
     ROLLUPS,
     SQLITE_MIGRATIONS,
+    cost_units,
     rollup_add,
     rollups,
 )
@@ -322,6 +324,63 @@ class SqliteBackend:
             total += cur.rowcount
             if cur.rowcount < 5000:
                 return total
+
+
+    # Consumer keys: written in short transactions of their own (the CLI writes from another
+    # process); serving processes poll `keys_version()`.
+
+    def _change(self, work: Callable[[sqlite3.Connection], int]) -> int:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000 * 5,
+                               isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = work(conn)
+                if n:
+                    conn.execute("UPDATE tb_keys_version SET version = version + 1")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return n
+        finally:
+            conn.close()
+
+    async def keys(self) -> tuple[int, list[dict[str, Any]]]:
+        def run(c: sqlite3.Connection) -> tuple[int, list[dict[str, Any]]]:
+            version = c.execute("SELECT version FROM tb_keys_version").fetchone()[0]
+            rows = c.execute(f"SELECT {', '.join(KEY_COLUMNS)} FROM tb_keys "
+                             f"ORDER BY created_at, id").fetchall()
+            return int(version), [dict(r) for r in rows]
+        return await self._read(run)
+
+    async def keys_version(self) -> int:
+        return int(await self._read(lambda c: c.execute(
+            "SELECT version FROM tb_keys_version").fetchone()[0]))
+
+    async def add_key(self, row: Mapping[str, Any]) -> None:
+        sql = (f"INSERT INTO tb_keys ({', '.join(KEY_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(KEY_COLUMNS))})")
+        await asyncio.to_thread(self._change, lambda c: c.execute(
+            sql, [row[k] for k in KEY_COLUMNS]).rowcount)
+
+    async def change_key(self, key_id: str, fields: Mapping[str, Any]) -> bool:
+        cols = [k for k in fields if k in KEY_COLUMNS and k != "id"]
+        sql = f"UPDATE tb_keys SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?"
+        return bool(await asyncio.to_thread(self._change, lambda c: c.execute(
+            sql, [*(fields[k] for k in cols), key_id]).rowcount))
+
+    async def key_calls(self, key_id: str, since: str) -> tuple[int, Decimal]:
+        row = await self._read(lambda c: c.execute(
+            f"SELECT COUNT(*), SUM({cost_units('sqlite')}) FROM llm_usage "
+            f"WHERE consumer_key = ? AND started_at >= ?", (key_id, since)).fetchone())
+        return int(row[0]), Decimal(row[1] or 0) / COST_SCALE
+
+    async def keys_last_used(self) -> dict[str, str]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT k.id, (SELECT MAX(u.started_at) FROM llm_usage u "
+            "WHERE u.consumer_key = k.id) FROM tb_keys k").fetchall())
+        return {r[0]: r[1] for r in rows if r[1] is not None}
 
 
 class SqliteExportCursor:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from proxy.admission.budgets import BudgetCheck
+from proxy.admission.budgets import BudgetCheck, Window
 from proxy.record import CallRecord
 
 __all__ = ["Budgets"]
@@ -51,6 +51,10 @@ class Budgets:
             window_end.add_metric((w.cfg.name,), w.window_end.timestamp()
                                   if w.window_end is not None else 0)
         return iter((spend, limit, window_end))
+
+    def windows(self) -> list[Window]:
+        """Each budget in its current window (what /api/me reads for a key)."""
+        return list(self._check.windows)
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = datetime.now(UTC)

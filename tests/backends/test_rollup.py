@@ -233,6 +233,8 @@ async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage(target: 
         for t in ("llm_usage_hourly", "llm_usage_daily"))
         + "ALTER TABLE llm_usage DROP COLUMN quota;\n"  # later migrations'
         + "ALTER TABLE llm_usage DROP COLUMN list_cost_usd;\n"
+        + "DROP INDEX llm_usage_consumer_key;\nALTER TABLE llm_usage DROP COLUMN consumer_key;\n"
+        + "DROP TABLE tb_keys;\nDROP TABLE tb_keys_version;\n"
         + "".join(f"ALTER TABLE {t} DROP COLUMN pending_calls;\n"
                   f"ALTER TABLE {t} DROP COLUMN list_cost_units;\n"
                   for t in ("llm_usage_hourly", "llm_usage_daily")),

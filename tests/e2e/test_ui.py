@@ -101,7 +101,8 @@ async def test_an_empty_page_says_so_at_every_width(proxy: Proxy, browser: Any) 
     await page.goto(f"{proxy.url}/ui")
     await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
     for text in ("No calls in flight.", "No calls in this period.", "No budgets configured.",
-                 "No quota headers seen yet.", "No spend in the last 30 days.", "No calls yet."):
+                 "No quota headers seen yet.", "No spend in the last 30 days.", "No calls yet.",
+                 "No consumer keys issued."):
         await expect(page.get_by_text(text)).to_be_visible()
     for width in WIDTHS:
         await page.set_viewport_size({"width": width, "height": 900})
@@ -321,6 +322,45 @@ async def test_a_pending_background_response_says_pending_then_its_usage_row_its
     # the usage row arrives on the live feed with its cost (gpt-4.1, priced by hand)
     await expect(page.locator(f'#calls tr[data-call="{usage_row["call_id"]}"] td.cost')
                  ).to_have_text(f"${COST:.6f}", timeout=5_000)
+
+
+async def test_the_keys_card_shows_each_key_and_never_a_secret(
+        upstream: FakeUpstream, proxy: Proxy, browser: Any) -> None:
+    upstream.on("/v1/chat/completions", Reply([chat_json("gpt-4o", {"prompt_tokens": 3,
+                                                                     "completion_tokens": 2})]))
+    async with aiohttp.ClientSession() as s:
+        made = []
+        for body in ({"name": "alice", "tags": {"team": "ml"},
+                      "limits": {"requests_per_minute": 100, "usd_per_minute": 0.5}},
+                     {"name": "bob", "expires_at": "2020-01-01T00:00:00Z"},
+                     {"name": "carol"}):
+            async with s.post(f"{proxy.url}/api/keys", json=body) as r:
+                made.append(await r.json())
+        async with s.delete(f"{proxy.url}/api/keys/{made[2]['id']}") as r:
+            assert r.status == 200
+        async with s.post(f"{proxy.url}/ollama/v1/chat/completions",
+                          headers={"Authorization": f"Bearer {made[0]['key']}"},
+                          json={"model": "gpt-4o", "messages": []}) as r:
+            assert r.status == 200
+    await proxy.collector.wait_for(1)
+    await proxy.app[state.LEDGER].flush()
+    page = await browser.new_page()
+    await page.goto(f"{proxy.url}/ui")
+    await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+    rows_ = page.locator("#keys tbody tr")
+    await expect(rows_).to_have_count(3, timeout=5_000)
+    alice = await page.inner_text(f'#keys tr[data-key="{made[0]["id"]}"]')
+    assert "alice" in alice and made[0]["id"] in alice and "team=ml" in alice
+    assert "100 req/min" in alice and "0.5 $/min" in alice and "active" in alice
+    assert "never" in alice.split("active")[0]  # no expiry
+    assert "never" not in alice.split("active")[1]  # used: the call's time
+    assert "expired" in await page.inner_text(f'#keys tr[data-key="{made[1]["id"]}"]')
+    assert "revoked" in await page.inner_text(f'#keys tr[data-key="{made[2]["id"]}"]')
+    html = await page.content()
+    assert all(m["key"] not in html for m in made)  # never a secret
+    for width in WIDTHS:
+        await page.set_viewport_size({"width": width, "height": 900})
+        assert await page.evaluate(OVERFLOW) == [], width
 
 
 async def test_spend_shows_the_list_price_under_a_negotiated_charge(
