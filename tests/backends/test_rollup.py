@@ -316,6 +316,10 @@ async def test_a_ledger_from_before_list_costs_gets_them_from_its_costs(target: 
         await ledger.aclose()
     await _old_ledger(target, "DELETE FROM llm_usage WHERE call_id = 'gone';\n"  # retention
                       "ALTER TABLE llm_usage DROP COLUMN list_cost_usd;\n"
+                      # a later migration's
+                      "DROP INDEX llm_usage_consumer_key;\n"
+                      "ALTER TABLE llm_usage DROP COLUMN consumer_key;\n"
+                      "DROP TABLE tb_keys;\nDROP TABLE tb_keys_version;\n"
                       + "".join(f"ALTER TABLE {t} DROP COLUMN list_cost_units;\n"
                                 for t in ("llm_usage_hourly", "llm_usage_daily")),
                       before="list cost: the list price beside the charged cost "
