@@ -201,6 +201,11 @@ class PostgresBackend:
         rows = await self._fetch(sql, args)
         return Decimal(rows[0][0] or 0) / COST_SCALE
 
+    async def spend_by_hour(self, match: Mapping[str, str], since: str) -> dict[str, Decimal]:
+        sql, args = query.spend_by_hour_sql(self.kind, match, since)
+        rows = await self._fetch(sql, args)
+        return {r[0]: Decimal(r[1] or 0) / COST_SCALE for r in rows}
+
     async def reprice(self, since: str | None, until: str | None,
                       change: Callable[[list[Any]], list[tuple[float | None, str | None,
                                                                str]]],
@@ -278,6 +283,14 @@ class PostgresBackend:
                     "ON CONFLICT (name) DO UPDATE SET period = $2, match = $3::jsonb",
                     name, period, json.dumps(match))
                 await conn.execute("DELETE FROM tb_budget_spend WHERE budget = $1", name)
+                if period.startswith("rolling:"):  # spend per hour: the window moves hourly
+                    sql, args = query.spend_by_hour_sql(self.kind, match, start or "")
+                    await conn.executemany(
+                        "INSERT INTO tb_budget_spend (budget, window_start, spent) "
+                        "VALUES ($1, $2, $3)",
+                        [(name, r[0], Decimal(r[1] or 0) / COST_SCALE)
+                         for r in await conn.fetch(pg(sql), *args)])
+                    continue
                 sql, args = query.spend_sql(self.kind, match, start)
                 units = await conn.fetchval(pg(sql), *args)
                 await conn.execute(
@@ -300,10 +313,7 @@ class PostgresBackend:
         """Fleet spend and open reservations of each (budget, window start)."""
         pool = await self._get_pool()
         rows = await pool.fetch(
-            "SELECT k.budget, COALESCE((SELECT spent FROM tb_budget_spend s "
-            "  WHERE s.budget = k.budget AND s.window_start = k.ws), 0), "
-            "COALESCE((SELECT SUM(amount) FROM tb_reservation r "
-            "  WHERE r.budget = k.budget AND r.window_start = k.ws), 0) "
+            "SELECT k.budget, tb_budget_spent(k.budget, k.ws), tb_budget_held(k.budget, k.ws) "
             "FROM unnest($1::text[], $2::text[]) AS k(budget, ws)",
             [k[0] for k in keys], [k[1] for k in keys])
         return {r[0]: (Decimal(r[1]), Decimal(r[2])) for r in rows}

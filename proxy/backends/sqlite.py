@@ -244,6 +244,11 @@ class SqliteBackend:
         row = await self._read(lambda c: c.execute(sql, args).fetchone())
         return Decimal(row[0] or 0) / COST_SCALE
 
+    async def spend_by_hour(self, match: Mapping[str, str], since: str) -> dict[str, Decimal]:
+        sql, args = query.spend_by_hour_sql(self.kind, match, since)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return {r[0]: Decimal(r[1] or 0) / COST_SCALE for r in rows}
+
     async def reprice(self, since: str | None, until: str | None,
                       change: Callable[[list[Any]], list[tuple[float | None, str | None,
                                                                str]]],
