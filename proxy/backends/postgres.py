@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from proxy.backends import mask_url, query
+from proxy.backends import mask_url, notices, query
 from proxy.backends.base import FleetBackend
 from proxy.backends.schema import COST_SCALE, PG_MIGRATIONS, rollups
 from proxy.record import COLUMNS
@@ -238,6 +238,30 @@ class PostgresBackend:
         rows = await self._fetch(f"SELECT id, {_COLS} FROM llm_usage WHERE id > ? "
                                  f"ORDER BY id LIMIT ?", [after, limit])
         return [(r[0], tuple(r[1:])) for r in rows]
+
+    # --- budget notices' outbox (issue 20)
+
+    async def _notice_rows(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._fetch(sql, args)]
+
+    async def notice_offer(self, values: Sequence[Any]) -> list[dict[str, Any]]:
+        return await self._notice_rows(notices.OFFER, values)
+
+    async def notice_claim(self, replica: str, now: str,
+                           stale_before: str) -> list[dict[str, Any]]:
+        return await self._notice_rows(notices.CLAIM, (replica, now, replica, stale_before))
+
+    async def notice_done(self, notice_id: int, replica: str, now: str,
+                          error: str | None) -> None:
+        pool = await self._get_pool()
+        if error is None:
+            await pool.execute(pg(notices.SENT), now, notice_id)
+        else:
+            await pool.execute(pg(notices.FAILED), error, now, notice_id, replica)
+
+    async def notices(self, limit: int) -> list[dict[str, Any]]:
+        return [notices.notice_json(r) for r in await self._fetch(notices.LIST, (limit,))]
+    # --- end budget notices
 
     def export_cursor(self, sink: str) -> PgExportCursor:
         return PgExportCursor(self, sink)

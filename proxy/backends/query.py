@@ -26,7 +26,8 @@ from proxy.backends.schema import (
 )
 
 __all__ = ["FILTERS", "GROUP_KEYS", "QueryError", "calls_sql", "check_text", "parse_group_by",
-           "quota_sql", "spend_by_hour_sql", "spend_sql", "parse_time", "row_json", "usage_result", "usage_sql", "where"]
+           "quota_sql", "spend_by_hour_sql", "spend_sql", "parse_time", "row_json",
+           "usage_result", "usage_sql", "where"]
 
 GROUP_KEYS = ("agent", "session", "run", "model", "upstream", "operation", "end_user",
               "client", "day", "week", "month")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
-from proxy.backends import query
+from proxy.backends import notices, query
 from proxy.backends.base import FleetBackend, LedgerBackend
 from proxy.backends.schema import (
     COST_SCALE,
@@ -302,6 +302,40 @@ class SqliteBackend:
                f"ORDER BY id LIMIT ?")
         rows = await self._read(lambda c: c.execute(sql, (after, limit)).fetchall())
         return [(r[0], tuple(r[1:])) for r in rows]
+
+    # --- budget notices' outbox (issue 20): on the write connection, each statement its own
+    # transaction (autocommit)
+
+    async def _notice_rows(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        conn = await self._connect()
+        async with conn.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [dict(zip(notices.COLUMNS, r, strict=True)) for r in rows]
+
+    async def notice_offer(self, values: Sequence[Any]) -> list[dict[str, Any]]:
+        return await self._notice_rows(notices.OFFER, values)
+
+    async def notice_claim(self, replica: str, now: str,
+                           stale_before: str) -> list[dict[str, Any]]:
+        return await self._notice_rows(notices.CLAIM, (replica, now, replica, stale_before))
+
+    async def notice_done(self, notice_id: int, replica: str, now: str,
+                          error: str | None) -> None:
+        conn = await self._connect()
+        if error is None:
+            await conn.execute(notices.SENT, (now, notice_id))
+        else:
+            await conn.execute(notices.FAILED, (error, now, notice_id, replica))
+
+    async def notices(self, limit: int) -> list[dict[str, Any]]:
+        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            try:
+                rows = conn.execute(notices.LIST, (limit,)).fetchall()
+            except sqlite3.OperationalError:  # a ledger from before the outbox
+                return []
+            return [notices.notice_json(r) for r in rows]
+        return await self._read(run)
+    # --- end budget notices
 
     def export_cursor(self, sink: str) -> SqliteExportCursor:
         return SqliteExportCursor(self, sink)
