@@ -64,6 +64,10 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
+def _usd(v: float) -> str:
+    return f"${v:,.2f}" if v >= 1 else f"${v:.4g}"
+
+
 def _when(t: datetime) -> str:
     return t.strftime("%Y-%m-%d %H:%M UTC")
 
@@ -84,8 +88,7 @@ class Notice:
 
     @property
     def message(self) -> str:
-        spend = f"${self.spend_usd:.2f}"
-        limit = f"${self.limit_usd:g}"
+        spend, limit = _usd(float(self.spend_usd)), _usd(self.limit_usd)
         resets = f"; it resets {_when(self.resets_at)}" if self.resets_at else ""
         if self.kind == "forecast":
             assert self.exhausts_at is not None
