@@ -182,8 +182,10 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
               .replace("  # - {name: red-team", "  - {name: red-team")
               .replace("  # - name: team-ml", "  - name: team-ml")
               .replace("  #   match: {team: ml}", "    match: {team: ml}")
-              .replace("  #   windows:", "    windows:").replace("  #     - {window", "      - {window")
-              .replace("  #   thresholds:", "    thresholds:").replace("  #   notify:", "    notify:")
+              .replace("  #   windows:", "    windows:")
+              .replace("  #     - {window", "      - {window")
+              .replace("  #   thresholds:", "    thresholds:")
+              .replace("  #   notify:", "    notify:")
               .replace("# notify:", "notify:").replace("#   - {name: ops", "  - {name: ops")
               .replace("#      format: json}", "     format: json}"))
     assert hinted != text
