@@ -17,9 +17,11 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp import web
 
 from proxy import state
+from proxy.backends import open_backend
 from tests.conftest import FakeUpstream, Reply, StartProxy, served, wait_until
 
 SECRET = "whsec-notices"
@@ -231,3 +233,38 @@ budgets:
         await conn.close()
     assert [(r["threshold"], r["sent_at"] is not None) for r in rows] == [(0.5, True),
                                                                            (1.0, True)]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_a_notice_left_unsent_by_a_crash_is_sent_by_the_next_proxy(
+        kind: str, tmp_path: Path, aiohttp_server: Any, start_proxy: StartProxy,
+        request: pytest.FixtureRequest) -> None:
+    """A row in the outbox, claimed by a process that died before sending it (on SQLite any
+    other process; on PostgreSQL a claim not renewed for over a minute): the proxy that
+    starts next claims it and sends it, once."""
+    rec, url = await receiver(aiohttp_server)
+    ledger: dict[str, Any] = {"flush_seconds": 0.05}
+    if kind == "postgresql":
+        ledger["url"] = request.getfixturevalue("pg_url")
+    backend = open_backend(ledger.get("url") or str(tmp_path / "ledger.db"))
+    await backend.open()  # the schema, as the crashed proxy left it
+    facts = {"kind": "threshold", "budget": "team", "window": "day", "threshold": 0.8,
+             "spend_usd": 4.0, "limit_usd": 5.0, "resets_at": None, "message": "80 %"}
+    old = (datetime.now(UTC) - timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    try:
+        added = await backend.notice_offer((
+            "team:day|2026-12-03T00:00:00.000Z|threshold:0.8|ops", "ops", "team", "day",
+            "2026-12-03T00:00:00.000Z", "threshold", 0.8, json.dumps(facts), old,
+            "crashed-replica", old, None))
+        assert len(added) == 1
+    finally:
+        await backend.aclose()
+    proxy = await start_proxy(ledger=ledger, notify=sinks(url)[:1], budgets=[
+        {"name": "team", "limit_usd": 5, "notify": ["ops"]}])
+    await wait_until(lambda: len(rec.got) == 1, what="the crashed proxy's notice")
+    notifier = proxy.app[state.BUDGETS].notifier
+    await wait_until(lambda: not notifier._pending, what="its delivery recorded")
+    assert rec.got[0][:2] == ("/ops", facts) and rec.posts == 1
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/api/notices") as r:
+        (listed,) = (await r.json())["notices"]
+    assert listed["sent_at"] is not None and listed["attempts"] == 0
