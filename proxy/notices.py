@@ -178,6 +178,7 @@ class Notifier:
         self.lease_seconds = LEASE_SECONDS
         self.source: Callable[[], list[Notice]] = list  # every window's due notices, per tick
         self.dropped = 0
+        self._healthy = True
 
     def start(self, outbox: Any, replica: str | None = None, shared: bool = False) -> None:
         """Deliver through `outbox` (the ledger's backend). A local ledger (SQLite) has one
@@ -208,9 +209,14 @@ class Notifier:
                 if loop.time() - claimed_at >= CLAIM_SECONDS:
                     await self._claim()
                     claimed_at = loop.time()
+                if not self._healthy:
+                    log.info("budget notices: the ledger's outbox answers again")
+                self._healthy = True
             except Exception as exc:  # the ledger is away: offers wait, rows wait
-                log.warning("budget notices: the ledger's outbox is unreachable (%s: %s)",
-                            type(exc).__name__, exc)
+                if self._healthy:
+                    log.warning("budget notices: the ledger's outbox is unreachable (%s: %s);"
+                                " notices wait", type(exc).__name__, exc)
+                self._healthy = False
             await self._deliver_due(loop.time())
             wait = POLL_SECONDS
             if self._pending:

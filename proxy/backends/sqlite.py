@@ -303,29 +303,33 @@ class SqliteBackend:
         rows = await self._read(lambda c: c.execute(sql, (after, limit)).fetchall())
         return [(r[0], tuple(r[1:])) for r in rows]
 
-    # --- budget notices' outbox (issue 20): on the write connection, each statement its own
-    # transaction (autocommit)
+    # --- budget notices' outbox (issue 20): each statement on its own short connection in a
+    # worker thread (as an export cursor's), never inside the ledger writer's transaction
 
-    async def _notice_rows(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
-        conn = await self._connect()
-        async with conn.execute(sql, args) as cur:
-            rows = await cur.fetchall()
-        return [dict(zip(notices.COLUMNS, r, strict=True)) for r in rows]
+    def _notice_sql(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000 * 5,
+                               isolation_level=None)
+        try:
+            rows = conn.execute(sql, args).fetchall()
+            return [dict(zip(notices.COLUMNS, r, strict=True)) for r in rows]
+        finally:
+            conn.close()
 
     async def notice_offer(self, values: Sequence[Any]) -> list[dict[str, Any]]:
-        return await self._notice_rows(notices.OFFER, values)
+        return await asyncio.to_thread(self._notice_sql, notices.OFFER, values)
 
     async def notice_claim(self, replica: str, now: str,
                            stale_before: str) -> list[dict[str, Any]]:
-        return await self._notice_rows(notices.CLAIM, (replica, now, replica, stale_before))
+        return await asyncio.to_thread(self._notice_sql, notices.CLAIM,
+                                       (replica, now, replica, stale_before))
 
     async def notice_done(self, notice_id: int, replica: str, now: str,
                           error: str | None) -> None:
-        conn = await self._connect()
         if error is None:
-            await conn.execute(notices.SENT, (now, notice_id))
+            await asyncio.to_thread(self._notice_sql, notices.SENT, (now, notice_id))
         else:
-            await conn.execute(notices.FAILED, (error, now, notice_id, replica))
+            await asyncio.to_thread(self._notice_sql, notices.FAILED,
+                                    (error, now, notice_id, replica))
 
     async def notices(self, limit: int) -> list[dict[str, Any]]:
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
