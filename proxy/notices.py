@@ -163,8 +163,7 @@ class Notifier:
     """The notices' outbox and their delivery: `offer` (never blocks) from the budgets sink;
     a task adds them to the ledger's outbox and sends the rows it added or claimed."""
 
-    def __init__(self, sinks: Sequence[NotifyConfig],
-                 on_result: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, sinks: Sequence[NotifyConfig]) -> None:
         self._sinks = {s.name: s for s in sinks}
         self._offered: deque[Notice] = deque(maxlen=QUEUE_NOTICES)
         self._pending: dict[int, _Pending] = {}
@@ -173,7 +172,6 @@ class Notifier:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._outbox: Any = None
-        self._on_result = on_result
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.lease_seconds = LEASE_SECONDS
         self.source: Callable[[], list[Notice]] = list  # every window's due notices, per tick
@@ -271,8 +269,6 @@ class Notifier:
                 if error is None:  # sent: not again from here; the row's claim will lapse
                     self._pending.pop(notice_id, None)
                     continue
-            if self._on_result is not None:
-                self._on_result(p.row["sink"] or "", "sent" if error is None else "failed")
             if error is None:
                 self._pending.pop(notice_id, None)
                 continue
