@@ -322,6 +322,19 @@ async def api_me(request: web.Request) -> web.Response:
 
 
 @_api
+async def api_notices(request: web.Request) -> web.Response:
+    """The newest budget notices (thresholds crossed, forecasts), one per notification sink,
+    and how their delivery went (`sent_at`, `attempts`, `last_error`)."""
+    raw = request.query.get("limit", "100")
+    if set(request.query) - {"limit"}:
+        raise query.QueryError(sorted(set(request.query) - {"limit"})[0], "unknown parameter")
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= 1000:
+        raise query.QueryError("limit", f"{raw!r} is not a whole number from 1 to 1000")
+    rows = await request.app[state.LEDGER].backend.notices(int(raw))
+    return web.json_response({"notices": rows})
+
+
+@_api
 async def api_quota(request: web.Request) -> web.Response:
     """Each provider account's latest quota reading (what this replica's calls saw)."""
     return web.json_response({"accounts": request.app[state.QUOTA].snapshot()})
@@ -396,6 +409,7 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/api/calls", api_calls),
         web.get("/api/calls/{call_id}", api_call),
         web.get("/api/budgets", api_budgets),
+        web.get("/api/notices", api_notices),
         web.get("/api/quota", api_quota),
         web.get("/api/live", api_live),
         web.post("/api/keys", api_keys_create),

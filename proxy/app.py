@@ -25,6 +25,7 @@ from proxy.fleet import Fleet
 from proxy.forward import Forwarder
 from proxy.keyring import KeyAdmin, KeyRegistry, install_secret
 from proxy.lifecycle import Lifecycle
+from proxy.notices import Notifier
 from proxy.pricing import PriceBook
 from proxy.recorder import KeyFingerprinter, Recorder
 from proxy.sinks.base import Sink
@@ -81,7 +82,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
                     on_error=lambda: metrics.sink_failed("ledger"))
     feed = Broadcaster()
     budget_check = BudgetCheck(config.budgets)
-    budgets = Budgets(budget_check, registry)
+    notifier = Notifier(config.notify) if config.budgets else None  # budget notices
+    budgets = Budgets(budget_check, registry, notifier)
     admission = Admission((budget_check,), prices, est)
     exports = make_exports(config.exports, metrics.export_result)
     quota = QuotaBoard(registry, max_accounts=config.metrics.max_label_values)
@@ -126,6 +128,9 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         else:
             store = LocalBudgets(backend)  # reserved in this process
         await budget_check.open(store)
+        if notifier is not None:  # the outbox is the ledger's
+            notifier.start(backend, fleet.replica if fleet is not None else None,
+                           shared=fleet is not None)
         for sink in exports:
             if isinstance(sink, WebhookSink):  # delivers from the ledger, after its cursor
                 sink.start(ledger)
@@ -154,6 +159,9 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
             if fleet is not None:  # heartbeats go on (reservations stay ours) until the end
                 fleet.stopping = True
             await keys.aclose()
+            await recorder.drain()
+            if notifier is not None:  # the last records' notices, before the ledger closes
+                await notifier.aclose()
             await recorder.aclose()  # records every finished call, then flushes the ledger
             if fleet is not None:
                 await fleet.aclose()

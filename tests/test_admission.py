@@ -20,7 +20,7 @@ from proxy import state
 from proxy.admission import Admission, Denied
 from proxy.admission.base import Ask
 from proxy.admission.budgets import BudgetCheck, LocalBudgets, window_bounds
-from proxy.config import Config
+from proxy.config import BudgetConfig, BudgetWindow, Config
 from proxy.dialects import DIALECTS
 from proxy.estimate import Estimator
 from proxy.pricing import PriceBook
@@ -312,3 +312,92 @@ async def test_a_refusing_budget_fails_closed_while_postgres_is_away(
     records = await proxy.collector.wait_for(len(upstream.requests) + 1)
     refused = [r for r in records if r.status_code == 503]
     assert refused and all(r.outcome == "rejected" for r in refused)
+
+
+# --- layered budgets (issue 20) ---
+
+def layered(name: str, match: dict[str, str], *windows: BudgetWindow) -> BudgetConfig:
+    first = windows[0]
+    return BudgetConfig(name, match, first.limit_usd, first.window, first.action,
+                        windows=windows, layered=True)
+
+
+async def test_a_layered_budget_day_blocks_while_month_alerts(
+        ledger: tuple[str, str]) -> None:
+    """Day: block at $0.003; month: alert at $0.002. Three calls of worst case $0.001 fit
+    the day (0.003 <= 0.003), the fourth is refused by the day window; the month window,
+    over its limit ($0.003 > $0.002), refuses nothing and holds nothing."""
+    team = layered("team", {"agent": "bot"}, BudgetWindow("day", 0.003, "block"),
+                   BudgetWindow("month", 0.002, "alert"))
+
+    async def worst() -> Decimal:
+        return WORST
+
+    async with open_budgets(*ledger, [team]) as b:
+        day, month = b.check.windows
+        assert (day.cfg.name, month.cfg.name) == ("team:day", "team:month")
+        for i in range(3):
+            assert await b.check.check(Ask(f"c{i}", {"agent": "bot"}, worst)) is None
+        await b.sync()
+        assert b.reserved("team:day") == Decimal("0.003") and b.reserved("team:month") == 0
+        denied = await b.check.check(Ask("c3", {"agent": "bot"}, worst))
+        assert isinstance(denied, Denied) and denied.name == "team:day"
+        midnight = window_bounds("day", datetime.now(UTC))[1]
+        assert midnight is not None and denied.retry_after_seconds is not None
+        left = (midnight - datetime.now(UTC)).total_seconds()
+        assert left - 2 <= denied.retry_after_seconds <= left + 2
+        records = [settled(f"c{i}", "0.001") for i in range(3)]
+        for r in records:
+            b.check.settle(r)
+        await b.write(records)
+        assert (day.local_spend(), month.local_spend()) == (Decimal("0.003"),) * 2
+        assert b.reserved("team:day") == 0
+        assert month.state() == "exceeded"  # alerted, never refused
+    async with open_budgets(*ledger, [team]) as b:  # restored per window from the ledger
+        assert [w.spend for w in b.check.windows] == [Decimal("0.003")] * 2
+        denied = await b.check.check(Ask("c4", {"agent": "bot"}, worst))
+        assert isinstance(denied, Denied) and denied.name == "team:day"
+
+
+async def test_a_rolling_window_counts_the_current_hour_and_the_ones_before(
+        ledger: tuple[str, str]) -> None:
+    """rolling, hours: 3 = the current clock hour and the two before it. Rows one and two
+    hours ago count ($0.004 + $0.002), one three hours ago does not ($0.5)."""
+    now = datetime.now(UTC)
+
+    def ago(hours: int, call_id: str, cost: str) -> Any:
+        t = (now - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        return make_record(call_id=call_id, agent="bot", model="cap-model",
+                           cost_usd=Decimal(cost), started_at=t, ended_at=t)
+
+    roll = layered("burst", {"agent": "bot"}, BudgetWindow("rolling", 0.01, "block", hours=3))
+    before = [ago(1, "h1", "0.004"), ago(2, "h2", "0.002"), ago(3, "h3", "0.5")]
+
+    async def worst() -> Decimal:
+        return Decimal("0.004")
+
+    async with open_budgets(*ledger, [roll], before=before) as b:
+        (w,) = b.check.windows
+        assert w.cfg.name == "burst:rolling_3h"
+        assert w.spend == Decimal("0.006")
+        assert await b.check.check(Ask("c1", {"agent": "bot"}, worst)) is None  # 0.010
+        denied = await b.check.check(Ask("c2", {"agent": "bot"}, worst))
+        assert isinstance(denied, Denied) and denied.name == "burst:rolling_3h"
+        # Retry-After: the next hour boundary, when the oldest hour ages out
+        hour_end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        left = (hour_end - datetime.now(UTC)).total_seconds()
+        assert denied.retry_after_seconds is not None
+        assert left - 2 <= denied.retry_after_seconds <= left + 2
+        record = settled("c1", "0.001")
+        b.check.settle(record)
+        await b.write([record])
+        assert w.local_spend() == Decimal("0.007")
+        # an hour on, the window starts one hour later: the $0.002 two hours ago is out
+        later = hour_end + timedelta(minutes=1)
+        if b.backend.fleet is None:
+            w.roll(later)
+            assert w.spend == Decimal("0.005")
+        else:
+            start = (hour_end - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            state = await b.backend.fleet.budget_state([(w.cfg.name, start)])
+            assert state[w.cfg.name][0] == Decimal("0.005")

@@ -70,6 +70,33 @@ BAD = [
     ({"budgets": [{"name": "b"}]}, r"^budgets\[0\]\.limit_usd: required$"),
     ({"budgets": [{"name": "b", "limit_usd": 1, "on_ledger_down": "open"}]},
      r"^budgets\[0\]\.on_ledger_down: 'open' is not one of local, refuse$"),
+    # layered budgets and notices
+    ({"budgets": [{"name": "b", "limit_usd": 1, "windows": [{"window": "day",
+                                                             "limit_usd": 1}]}]},
+     r"^budgets\[0\]\.limit_usd: give it in each of `windows`"),
+    ({"budgets": [{"name": "b", "windows": []}]},
+     r"^budgets\[0\]\.windows: expected a non-empty list"),
+    ({"budgets": [{"name": "b", "windows": [{"window": "rolling", "limit_usd": 1}]}]},
+     r"^budgets\[0\]\.windows\[0\]\.hours: a rolling window needs `hours`"),
+    ({"budgets": [{"name": "b", "windows": [{"window": "day", "hours": 3, "limit_usd": 1}]}]},
+     r"^budgets\[0\]\.windows\[0\]\.hours: only a rolling window has `hours`"),
+    ({"budgets": [{"name": "b", "limit_usd": 1, "window": "rolling"}]},
+     r"^budgets\[0\]\.window: 'rolling' is not one of .*given in `windows:`"),
+    ({"budgets": [{"name": "b", "windows": [{"window": "day", "limit_usd": 1},
+                                            {"window": "day", "limit_usd": 2}]}]},
+     r"^budgets\[0\]\.windows: window 'day' is given twice$"),
+    ({"budgets": [{"name": "b", "windows": [{"window": "day", "limit_usd": 1, "act": "x"}]}]},
+     r"^budgets\[0\]\.windows\[0\]\.act: unknown key"),
+    ({"budgets": [{"name": "b", "limit_usd": 1, "thresholds": [0.5, 0]}]},
+     r"^budgets\[0\]\.thresholds\[1\]: expected a fraction of the limit"),
+    ({"budgets": [{"name": "b", "limit_usd": 1, "notify": ["ops"]}]},
+     r"^budgets\[0\]\.notify\[0\]: no notification sink named 'ops'"),
+    ({"notify": [{"name": "ops", "url": "ftp://x"}]}, r"^notify\[0\]\.url: a webhook needs"),
+    ({"notify": [{"name": "ops", "url": "http://x/h", "format": "teams"}]},
+     r"^notify\[0\]\.format: 'teams' is not one of json, slack$"),
+    ({"notify": [{"url": "http://x/h"}]}, r"^notify\[0\]\.name: required"),
+    ({"notify": [{"name": "a", "url": "http://x/h"}, {"name": "a", "url": "http://y/h"}]},
+     r"^notify\[1\]\.name: duplicate notification sink name 'a'$"),
     ({"server": {"max_body_bytes": -5}}, r"^server\.max_body_bytes: must be greater than 0$"),
     ({"server": {"idle_timeout": 5}}, r"^server\.idle_timeout: unknown key"),
     ({"admin": {"token": "${TB_MISSING_TOKEN}"}},
@@ -152,7 +179,15 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
               .replace("\nledger: {path", "\n# ledger: {path")  # the fleet hint instead
               .replace("# ledger: {url", "ledger: {url")
               .replace("# export:", "export:").replace("#   - {type", "  - {type")
-              .replace("  # - {name: red-team", "  - {name: red-team"))
+              .replace("  # - {name: red-team", "  - {name: red-team")
+              .replace("  # - name: team-ml", "  - name: team-ml")
+              .replace("  #   match: {team: ml}", "    match: {team: ml}")
+              .replace("  #   windows:", "    windows:")
+              .replace("  #     - {window", "      - {window")
+              .replace("  #   thresholds:", "    thresholds:")
+              .replace("  #   notify:", "    notify:")
+              .replace("# notify:", "notify:").replace("#   - {name: ops", "  - {name: ops")
+              .replace("#      format: json}", "     format: json}"))
     assert hinted != text
     (tmp_path / "c.yaml").write_text(hinted)
     config = load(tmp_path / "c.yaml", env={"OPENAI_API_KEY": "sk-x", "AWS_ACCESS_KEY_ID": "AK",
@@ -162,7 +197,9 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
     assert config.ledger.url == "postgresql://tokenbooth:pw@db:5432/tokenbooth"
     assert config.ledger.retention_days == 90
     assert [(b.name, b.on_ledger_down) for b in config.budgets] == [
-        ("researcher-daily", "local"), ("red-team", "refuse")]
+        ("researcher-daily", "local"), ("red-team", "refuse"), ("team-ml", "local")]
+    assert [w.id for w in config.budgets[2].windows] == ["day", "month", "rolling_5h"]
+    assert config.budgets[2].notify == ("ops",) and config.notify[0].secret == "whsec"
     aws = config.upstreams["bedrock"].aws
     assert aws is not None and (aws.region, aws.access_key_id) == ("us-east-1", "AK")
     assert [e.type for e in config.exports] == ["webhook", "jsonl", "stdout"]
@@ -350,3 +387,24 @@ def test_the_shipped_adjustments_hint_is_valid_once_uncommented(tmp_path: Path) 
     config = load(tmp_path / "c.yaml", env={})
     assert [(a.upstream, a.model, a.percent) for a in config.adjustments] == [
         ("openai", "gpt-4o-mini*", -20.0), ("anthropic", None, 10.0)]
+
+
+def test_layered_budgets_and_notification_sinks_parse() -> None:
+    config = parse({"notify": [{"name": "ops", "url": "http://127.0.0.1:9/h", "secret": "s",
+                                "format": "slack"}],
+                    "budgets": [
+                        {"name": "single", "limit_usd": 5, "window": "week", "action": "block"},
+                        {"name": "team", "match": {"team": "ml"}, "notify": ["ops"],
+                         "thresholds": [1.0, 0.5], "windows": [
+                             {"window": "day", "limit_usd": 20, "action": "block"},
+                             {"window": "rolling", "hours": 5, "limit_usd": 8}]}]}, env={})
+    single, team = config.budgets
+    assert (single.layered, single.thresholds, single.notify) == (False, (0.8, 1.0), ())
+    assert [(w.window, w.limit_usd, w.action, w.hours) for w in single.all_windows()] == [
+        ("week", 5.0, "block", None)]
+    assert team.layered and team.thresholds == (0.5, 1.0) and team.notify == ("ops",)
+    assert [(w.id, w.limit_usd, w.action) for w in team.windows] == [
+        ("day", 20.0, "block"), ("rolling_5h", 8.0, "alert")]
+    assert config.masked()["notify"] == [{"name": "ops", "url": "http://127.0.0.1:9/h",
+                                          "type": "webhook", "secret": "***",
+                                          "format": "slack"}]

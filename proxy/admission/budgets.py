@@ -13,6 +13,13 @@ Where spend and reservations are kept is the store's, injected once the ledger i
   reservations as last read, plus what this replica has reserved and spent since (a
   finished call's cost counts here until its row is written and a later `sync()` has read
   it back); one with `refuse` refuses matching calls.
+
+A layered budget (`windows:`) is one `Window` per window, each keyed `<name>:<window id>`
+(`team:day`, `team:rolling_5h`), so the stores keep, reserve and settle each as they would
+a single-window budget (keyed by its name alone); a call reserves in all of them at once
+(one round trip on PostgreSQL). A rolling window of N hours is the current clock hour and
+the N - 1 before it: its spend is kept per hour (here, and in `tb_budget_spend` on
+PostgreSQL) and it moves on each hour boundary, when its oldest hour ages out.
 """
 
 from __future__ import annotations
@@ -26,16 +33,23 @@ from typing import Protocol
 
 from proxy.admission.base import Ask, Denied, context
 from proxy.config import BudgetConfig
+from proxy.config.model import BUDGET_ROLLING
 from proxy.record import CallRecord
 
-__all__ = ["BudgetCheck", "BudgetStore", "FleetBudgets", "LocalBudgets", "Window", "matches",
-           "window_bounds"]
+__all__ = ["BudgetCheck", "BudgetStore", "FleetBudgets", "LocalBudgets", "Window",
+           "WindowSpec", "expand", "matches", "window_bounds"]
 
 log = logging.getLogger("tokenbooth.budgets")
 
 
-def window_bounds(window: str, now: datetime) -> tuple[datetime | None, datetime | None]:
-    """UTC calendar window containing `now`: (start, end); `total` has no bounds."""
+def window_bounds(window: str, now: datetime,
+                  hours: int | None = None) -> tuple[datetime | None, datetime | None]:
+    """UTC calendar window containing `now`: (start, end); `total` has no bounds; a rolling
+    window of `hours` starts `hours - 1` whole hours before the current one and moves on at
+    the next hour."""
+    if window == BUDGET_ROLLING:
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        return hour - timedelta(hours=(hours or 1) - 1), hour + timedelta(hours=1)
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if window == "day":
         return day, day + timedelta(days=1)
@@ -49,15 +63,51 @@ def window_bounds(window: str, now: datetime) -> tuple[datetime | None, datetime
     return None, None
 
 
-def matches(cfg: BudgetConfig, ctx: Mapping[str, str | None]) -> bool:
+def matches(cfg: BudgetConfig | WindowSpec, ctx: Mapping[str, str | None]) -> bool:
     return all(ctx.get(k) == v for k, v in cfg.match.items())
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """One window of one budget, as the stores see it: `name` is its key (the budget's name
+    for the single-window form, `<budget>:<window id>` for each of a layered budget's)."""
+
+    name: str
+    budget: str
+    id: str  # day | week | month | total | rolling_<n>h
+    match: Mapping[str, str]
+    limit_usd: float
+    window: str
+    action: str
+    on_ledger_down: str = "local"
+    hours: int | None = None
+    thresholds: tuple[float, ...] = ()
+    notify: tuple[str, ...] = ()
+
+    @property
+    def period(self) -> str:
+        """How the shared ledger names its period (`rolling:<hours>` for a rolling one)."""
+        return f"{BUDGET_ROLLING}:{self.hours}" if self.window == BUDGET_ROLLING else self.window
+
+
+def expand(cfg: BudgetConfig) -> list[WindowSpec]:
+    """A budget's windows, each enforced on its own."""
+    return [WindowSpec(f"{cfg.name}:{w.id}" if cfg.layered else cfg.name, cfg.name, w.id,
+                       cfg.match, w.limit_usd, w.window, w.action, cfg.on_ledger_down,
+                       w.hours, cfg.thresholds, cfg.notify)
+            for w in cfg.all_windows()]
+
+
+def hour_of(ts: str) -> str:
+    """The hour an ISO-8601 UTC timestamp falls in, as the ledger writes it."""
+    return ts[:13] + ":00:00.000Z"
 
 
 @dataclass
 class Window:
-    """One budget in its current window: its spend and what is held against it."""
+    """One budget window in its current span: its spend and what is held against it."""
 
-    cfg: BudgetConfig
+    cfg: WindowSpec
     spend: Decimal = Decimal(0)
     reserved: dict[str, Decimal] = field(default_factory=dict)  # held here, by call id
     held: Decimal = Decimal(0)  # the sum of `reserved`, kept as it changes (O(1) per call)
@@ -68,6 +118,9 @@ class Window:
     # `sync()` that started after the write has read the spend back.
     unwritten: dict[str, Decimal] = field(default_factory=dict)
     written: dict[str, Decimal] = field(default_factory=dict)
+    # A rolling window kept in this process: spend per hour (its `spend` is their sum)
+    hourly: dict[str, Decimal] = field(default_factory=dict)
+    noticed: set[str] = field(default_factory=set)  # notices offered in the current span
 
     def hold(self, call_id: str, worst: Decimal) -> None:
         """Reserve `worst` for the call until its record releases it."""
@@ -85,13 +138,23 @@ class Window:
     def limit(self) -> Decimal:
         return Decimal(repr(self.cfg.limit_usd))
 
+    def bounds(self, now: datetime) -> tuple[datetime | None, datetime | None]:
+        return window_bounds(self.cfg.window, now, self.cfg.hours)
+
     def roll(self, now: datetime) -> None:
         if self.window_end is not None and now >= self.window_end:
+            start, self.window_end = self.bounds(now)
+            self.noticed.clear()
+            if self.hourly and start is not None:  # the hours still in the window stay
+                first = start.strftime("%Y-%m-%dT%H:00:00.000Z")
+                for hour in [h for h in self.hourly if h < first]:
+                    del self.hourly[hour]
+                self.spend = sum(self.hourly.values(), Decimal(0))
+                return
             self.spend = Decimal(0)
             self.fleet_reserved = Decimal(0)
             self.unwritten.clear()
             self.written.clear()
-            self.window_end = window_bounds(self.cfg.window, now)[1]
 
     def local_spend(self) -> Decimal:
         """The spend a local decision reads: the fleet's as last read (or this replica's own
@@ -100,7 +163,7 @@ class Window:
 
     def window_start(self, now: datetime) -> str:
         """The current window's start as the ledger writes it ('' for `total`)."""
-        start = window_bounds(self.cfg.window, now)[0]
+        start = self.bounds(now)[0]
         return "" if start is None else start.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
     def state(self) -> str:
@@ -142,8 +205,10 @@ class BudgetStore(Protocol):
                       worst: Decimal) -> Denied | None:
         """Reserve `worst` in every window, or the refusal of the first that cannot."""
 
-    def settle(self, window: Window, call_id: str, cost: Decimal | None) -> None:
-        """A finished call's cost counts against `window` (its reservation is released)."""
+    def settle(self, window: Window, call_id: str, cost: Decimal | None,
+               started_at: str | None = None) -> None:
+        """A finished call's cost counts against `window` (its reservation is released);
+        `started_at` places it in a rolling window's hour."""
 
     def reserved_usd(self, window: Window) -> Decimal:
         """What is held against `window` as the store knows it."""
@@ -155,6 +220,9 @@ class SpendLedger(Protocol):
     unavailable: tuple[type[BaseException], ...]
 
     async def spend(self, match: Mapping[str, str], since: str | None) -> Decimal: ...
+
+    async def spend_by_hour(self, match: Mapping[str, str],
+                            since: str) -> dict[str, Decimal]: ...
 
 
 class FleetLedger(Protocol):
@@ -190,6 +258,11 @@ class LocalBudgets:
         failures: tuple[type[BaseException], ...] = (*self._ledger.unavailable, ValueError)
         try:
             for w in windows:
+                if w.cfg.window == BUDGET_ROLLING:
+                    w.hourly = await self._ledger.spend_by_hour(dict(w.cfg.match),
+                                                                w.window_start(now))
+                    w.spend = sum(w.hourly.values(), Decimal(0))
+                    continue
                 w.spend = await self._ledger.spend(dict(w.cfg.match),
                                                    w.window_start(now) or None)
         except failures as exc:
@@ -199,9 +272,14 @@ class LocalBudgets:
                       worst: Decimal) -> Denied | None:
         return reserve_here(windows, call_id, worst)
 
-    def settle(self, window: Window, call_id: str, cost: Decimal | None) -> None:
+    def settle(self, window: Window, call_id: str, cost: Decimal | None,
+               started_at: str | None = None) -> None:
         if cost is not None:
             window.spend += cost
+            if window.cfg.window == BUDGET_ROLLING:
+                hour = hour_of(started_at) if started_at else \
+                    datetime.now(UTC).strftime("%Y-%m-%dT%H:00:00.000Z")
+                window.hourly[hour] = window.hourly.get(hour, Decimal(0)) + cost
 
     def reserved_usd(self, window: Window) -> Decimal:
         return window.held
@@ -219,7 +297,7 @@ class FleetBudgets:
     async def restore(self, windows: Sequence[Window]) -> None:
         self._windows = windows
         now = datetime.now(UTC)
-        await self._ledger.define_budgets([(w.cfg.name, w.cfg.window, dict(w.cfg.match),
+        await self._ledger.define_budgets([(w.cfg.name, w.cfg.period, dict(w.cfg.match),
                                             w.window_start(now)) for w in windows])
         await self.sync()
 
@@ -273,7 +351,8 @@ class FleetBudgets:
             return None
         return next(w for w in ordered if w.cfg.name == name).denied(now)
 
-    def settle(self, window: Window, call_id: str, cost: Decimal | None) -> None:
+    def settle(self, window: Window, call_id: str, cost: Decimal | None,
+               started_at: str | None = None) -> None:
         # The ledger's write charges the fleet's spend and `sync()` reads it back; until
         # then (the database may be away for a while) it counts here.
         if cost is not None and window.cfg.action == "block":
@@ -290,8 +369,9 @@ class BudgetCheck:
 
     def __init__(self, configs: Sequence[BudgetConfig]) -> None:
         now = datetime.now(UTC)
-        self.windows = [Window(c, window_end=window_bounds(c.window, now)[1]) for c in configs]
-        self.active = any(c.action == "block" for c in configs)
+        self.windows = [Window(s, window_end=window_bounds(s.window, now, s.hours)[1])
+                        for c in configs for s in expand(c)]
+        self.active = any(w.cfg.action == "block" for w in self.windows)
         self.store: BudgetStore = LocalBudgets()  # until the ledger is open: `open()`
 
     async def open(self, store: BudgetStore) -> None:
@@ -308,11 +388,12 @@ class BudgetCheck:
             return None
         return await self.store.reserve(windows, ask.call_id, await ask.worst_usd())
 
-    def settle(self, record: CallRecord) -> None:
+    def settle(self, record: CallRecord) -> list[Window]:
         """The call's record: release its reservations and count its cost in every budget
-        it matches (by the model answered or the model asked for)."""
+        it matches (by the model answered or the model asked for); the windows it touched."""
+        touched: list[Window] = []
         if not self.windows:
-            return
+            return touched
         ctx = context(record.tags, record.upstream, record.model, record.client,
                       record.consumer_key)
         ctx_req = {**ctx, "model": record.request_model}
@@ -322,4 +403,6 @@ class BudgetCheck:
             if reserved is None and not (matches(w.cfg, ctx) or matches(w.cfg, ctx_req)):
                 continue
             w.roll(now)
-            self.store.settle(w, record.call_id, record.cost_usd)
+            self.store.settle(w, record.call_id, record.cost_usd, record.started_at)
+            touched.append(w)
+        return touched

@@ -121,6 +121,25 @@ class LedgerBackend(Protocol):
     async def keys_last_used(self) -> dict[str, str]:
         """When each key that made a call made its last one."""
 
+    # --- budget notices' outbox (issue 20; SQL in `proxy.backends.notices`)
+    async def spend_by_hour(self, match: Mapping[str, str], since: str) -> dict[str, Decimal]:
+        """A rolling budget's spend per hour start, from `since` on."""
+
+    async def notice_offer(self, values: Sequence[Any]) -> list[dict[str, Any]]:
+        """Add a notice (`notices.OFFER`'s values): the row if this call added it, else []."""
+
+    async def notice_claim(self, replica: str, now: str,
+                           stale_before: str) -> list[dict[str, Any]]:
+        """Claim the unsent notices that are this replica's, nobody's, or gone stale."""
+
+    async def notice_done(self, notice_id: int, replica: str, now: str,
+                          error: str | None) -> None:
+        """A delivery's outcome: sent (`error` None) or one more failed attempt."""
+
+    async def notices(self, limit: int) -> list[dict[str, Any]]:
+        """The newest notices (`notices.notice_json`)."""
+    # --- end budget notices
+
 
 @runtime_checkable
 class FleetBackend(LedgerBackend, Protocol):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from proxy.backends import mask_url, query
+from proxy.backends import mask_url, notices, query
 from proxy.backends.base import FleetBackend
 from proxy.backends.schema import COST_SCALE, KEY_COLUMNS, PG_MIGRATIONS, cost_units, rollups
 from proxy.record import COLUMNS
@@ -204,6 +204,11 @@ class PostgresBackend:
         rows = await self._fetch(sql, args)
         return Decimal(rows[0][0] or 0) / COST_SCALE
 
+    async def spend_by_hour(self, match: Mapping[str, str], since: str) -> dict[str, Decimal]:
+        sql, args = query.spend_by_hour_sql(self.kind, match, since)
+        rows = await self._fetch(sql, args)
+        return {r[0]: Decimal(r[1] or 0) / COST_SCALE for r in rows}
+
     async def reprice(self, since: str | None, until: str | None,
                       change: Callable[[list[Any]], list[tuple[float | None, float | None,
                                                                str | None, str]]],
@@ -236,6 +241,30 @@ class PostgresBackend:
         rows = await self._fetch(f"SELECT id, {_COLS} FROM llm_usage WHERE id > ? "
                                  f"ORDER BY id LIMIT ?", [after, limit])
         return [(r[0], tuple(r[1:])) for r in rows]
+
+    # --- budget notices' outbox (issue 20)
+
+    async def _notice_rows(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._fetch(sql, args)]
+
+    async def notice_offer(self, values: Sequence[Any]) -> list[dict[str, Any]]:
+        return await self._notice_rows(notices.OFFER, values)
+
+    async def notice_claim(self, replica: str, now: str,
+                           stale_before: str) -> list[dict[str, Any]]:
+        return await self._notice_rows(notices.CLAIM, (replica, now, replica, stale_before))
+
+    async def notice_done(self, notice_id: int, replica: str, now: str,
+                          error: str | None) -> None:
+        pool = await self._get_pool()
+        if error is None:
+            await pool.execute(pg(notices.SENT), now, notice_id)
+        else:
+            await pool.execute(pg(notices.FAILED), error, now, notice_id, replica)
+
+    async def notices(self, limit: int) -> list[dict[str, Any]]:
+        return [notices.notice_json(r) for r in await self._fetch(notices.LIST, (limit,))]
+    # --- end budget notices
 
     def export_cursor(self, sink: str) -> PgExportCursor:
         return PgExportCursor(self, sink)
@@ -281,6 +310,14 @@ class PostgresBackend:
                     "ON CONFLICT (name) DO UPDATE SET period = $2, match = $3::jsonb",
                     name, period, json.dumps(match))
                 await conn.execute("DELETE FROM tb_budget_spend WHERE budget = $1", name)
+                if period.startswith("rolling:"):  # spend per hour: the window moves hourly
+                    sql, args = query.spend_by_hour_sql(self.kind, match, start or "")
+                    await conn.executemany(
+                        "INSERT INTO tb_budget_spend (budget, window_start, spent) "
+                        "VALUES ($1, $2, $3)",
+                        [(name, r[0], Decimal(r[1] or 0) / COST_SCALE)
+                         for r in await conn.fetch(pg(sql), *args)])
+                    continue
                 sql, args = query.spend_sql(self.kind, match, start)
                 units = await conn.fetchval(pg(sql), *args)
                 await conn.execute(
@@ -303,10 +340,7 @@ class PostgresBackend:
         """Fleet spend and open reservations of each (budget, window start)."""
         pool = await self._get_pool()
         rows = await pool.fetch(
-            "SELECT k.budget, COALESCE((SELECT spent FROM tb_budget_spend s "
-            "  WHERE s.budget = k.budget AND s.window_start = k.ws), 0), "
-            "COALESCE((SELECT SUM(amount) FROM tb_reservation r "
-            "  WHERE r.budget = k.budget AND r.window_start = k.ws), 0) "
+            "SELECT k.budget, tb_budget_spent(k.budget, k.ws), tb_budget_held(k.budget, k.ws) "
             "FROM unnest($1::text[], $2::text[]) AS k(budget, ws)",
             [k[0] for k in keys], [k[1] for k in keys])
         return {r[0]: (Decimal(r[1]), Decimal(r[2])) for r in rows}

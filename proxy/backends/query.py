@@ -26,7 +26,8 @@ from proxy.backends.schema import (
 )
 
 __all__ = ["FILTERS", "GROUP_KEYS", "QueryError", "calls_sql", "check_text", "parse_group_by",
-           "quota_sql", "spend_sql", "parse_time", "row_json", "usage_result", "usage_sql", "where"]
+           "quota_sql", "spend_by_hour_sql", "spend_sql", "parse_time", "row_json",
+           "usage_result", "usage_sql", "where"]
 
 GROUP_KEYS = ("agent", "session", "run", "model", "upstream", "operation", "end_user",
               "client", "day", "week", "month")
@@ -312,3 +313,16 @@ def spend_sql(flavor: str, match: Mapping[str, str], since: str | None) -> tuple
         conds.append(f"{col} = ?")
         args.append(v)
     return f"SELECT SUM({cost_units(flavor)}) FROM llm_usage WHERE {' AND '.join(conds)}", args
+
+
+def spend_by_hour_sql(flavor: str, match: Mapping[str, str],
+                      since: str) -> tuple[str, list[Any]]:
+    """A rolling budget's spend per hour since `since` (an hour's start), in cost_units,
+    from raw rows: `(hour start, units)` rows."""
+    conds, args = ["cost_usd IS NOT NULL", "started_at >= ?"], [since]
+    for k, v in match.items():
+        conds.append(f"{k if k in _COLUMN_KEYS else tag_expr(flavor, k)} = ?")
+        args.append(v)
+    hour = "substr(started_at, 1, 13) || ':00:00.000Z'"
+    return (f"SELECT {hour}, SUM({cost_units(flavor)}) FROM llm_usage "
+            f"WHERE {' AND '.join(conds)} GROUP BY {hour}", args)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
-from proxy.backends import query
+from proxy.backends import notices, query
 from proxy.backends.base import FleetBackend, LedgerBackend
 from proxy.backends.schema import (
     COST_SCALE,
@@ -253,6 +253,11 @@ class SqliteBackend:
         row = await self._read(lambda c: c.execute(sql, args).fetchone())
         return Decimal(row[0] or 0) / COST_SCALE
 
+    async def spend_by_hour(self, match: Mapping[str, str], since: str) -> dict[str, Decimal]:
+        sql, args = query.spend_by_hour_sql(self.kind, match, since)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return {r[0]: Decimal(r[1] or 0) / COST_SCALE for r in rows}
+
     async def reprice(self, since: str | None, until: str | None,
                       change: Callable[[list[Any]], list[tuple[float | None, float | None,
                                                                str | None, str]]],
@@ -306,6 +311,44 @@ class SqliteBackend:
                f"ORDER BY id LIMIT ?")
         rows = await self._read(lambda c: c.execute(sql, (after, limit)).fetchall())
         return [(r[0], tuple(r[1:])) for r in rows]
+
+    # --- budget notices' outbox (issue 20): each statement on its own short connection in a
+    # worker thread (as an export cursor's), never inside the ledger writer's transaction
+
+    def _notice_sql(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000 * 5,
+                               isolation_level=None)
+        try:
+            rows = conn.execute(sql, args).fetchall()
+            return [dict(zip(notices.COLUMNS, r, strict=True)) for r in rows]
+        finally:
+            conn.close()
+
+    async def notice_offer(self, values: Sequence[Any]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._notice_sql, notices.OFFER, values)
+
+    async def notice_claim(self, replica: str, now: str,
+                           stale_before: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._notice_sql, notices.CLAIM,
+                                       (replica, now, replica, stale_before))
+
+    async def notice_done(self, notice_id: int, replica: str, now: str,
+                          error: str | None) -> None:
+        if error is None:
+            await asyncio.to_thread(self._notice_sql, notices.SENT, (now, notice_id))
+        else:
+            await asyncio.to_thread(self._notice_sql, notices.FAILED,
+                                    (error, now, notice_id, replica))
+
+    async def notices(self, limit: int) -> list[dict[str, Any]]:
+        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            try:
+                rows = conn.execute(notices.LIST, (limit,)).fetchall()
+            except sqlite3.OperationalError:  # a ledger from before the outbox
+                return []
+            return [notices.notice_json(r) for r in rows]
+        return await self._read(run)
+    # --- end budget notices
 
     def export_cursor(self, sink: str) -> SqliteExportCursor:
         return SqliteExportCursor(self, sink)

@@ -21,18 +21,22 @@ __all__ = [
     "AttributionConfig",
     "BudgetConfig",
     "PriceAdjustment",
+    "BudgetWindow",
     "Config",
     "ConfigError",
     "ExportConfig",
     "LedgerConfig",
     "MetricsConfig",
     "ModelPrice",
+    "NotifyConfig",
     "ServerConfig",
     "Upstream",
 ]
 
 RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "api", "ui"})
 BUDGET_WINDOWS = ("day", "week", "month", "total")
+BUDGET_ROLLING = "rolling"  # a layered budget's window: the last `hours` clock hours
+NOTIFY_FORMATS = ("json", "slack")
 BUDGET_ACTIONS = ("alert", "block")
 BUDGET_LEDGER_DOWN = ("local", "refuse")  # a blocking budget while the shared ledger is away
 
@@ -91,14 +95,52 @@ class ExportConfig:
     queue_records: int = 100_000
 
 
+# --- layered budgets and notices (issue 20) ---
+@dataclass(frozen=True)
+class BudgetWindow:
+    """One window of a budget: a UTC calendar window, `total`, or `rolling` over the current
+    clock hour and the `hours - 1` before it."""
+
+    window: str
+    limit_usd: float
+    action: str
+    hours: int | None = None  # rolling only
+
+    @property
+    def id(self) -> str:
+        """How notices, the page and the metrics name it: `day`, ..., `rolling_5h`."""
+        return f"rolling_{self.hours}h" if self.window == BUDGET_ROLLING else self.window
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """A notification sink: budget notices POSTed to `url` (signed like the export webhook
+    when `secret` is set); `format: slack` sends a Slack incoming-webhook `{"text": ...}`."""
+
+    name: str
+    url: str
+    type: str = "webhook"
+    secret: str | None = None
+    format: str = "json"
+# --- end layered budgets and notices ---
+
+
 @dataclass(frozen=True)
 class BudgetConfig:
     name: str
     match: Mapping[str, str]
-    limit_usd: float
+    limit_usd: float  # the first window's (the single-window form's own)
     window: str
     action: str
     on_ledger_down: str = "local"  # shared ledger unreachable: admit on this replica's view
+    # every window enforced; the single-window form is one window (parse() fills it)
+    windows: tuple[BudgetWindow, ...] = ()
+    thresholds: tuple[float, ...] = (0.8, 1.0)  # fractions of a window's limit: a notice
+    notify: tuple[str, ...] = ()  # notification sinks (`notify:` names) that get notices
+    layered: bool = False  # written with `windows:` (each window's key is `name:<id>`)
+
+    def all_windows(self) -> tuple[BudgetWindow, ...]:
+        return self.windows or (BudgetWindow(self.window, self.limit_usd, self.action),)
 
 
 @dataclass(frozen=True)
@@ -184,6 +226,7 @@ class Config:
     estimation_factors: Mapping[str, float] = field(default_factory=dict)
     budgets: tuple[BudgetConfig, ...] = ()
     exports: tuple[ExportConfig, ...] = ()
+    notify: tuple[NotifyConfig, ...] = ()  # notification sinks for budget notices
     server: ServerConfig = field(default_factory=ServerConfig)
     tls_cert: str | None = None  # listen over HTTPS (boto3 sends bearer tokens only so)
     tls_key: str | None = None
@@ -228,7 +271,12 @@ class Config:
             "estimation": {"factors": self.effective_factors()},
             "budgets": [{"name": b.name, "match": dict(b.match), "limit_usd": b.limit_usd,
                          "window": b.window, "action": b.action,
-                         "on_ledger_down": b.on_ledger_down} for b in self.budgets],
+                         "on_ledger_down": b.on_ledger_down,
+                         "windows": [{k: v for k, v in vars(w).items() if v is not None}
+                                     for w in b.all_windows()],
+                         "thresholds": list(b.thresholds), "notify": list(b.notify)}
+                        for b in self.budgets],
+            "notify": [{**vars(n), "secret": _mask(n.secret)} for n in self.notify],
             "server": dict(vars(self.server)),
             "export": [{**vars(e), "secret": _mask(e.secret)} for e in self.exports],
             "attribution": dict(vars(self.attribution)),  # issue 21

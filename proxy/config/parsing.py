@@ -19,17 +19,21 @@ from proxy.backends.registry import UnknownLedger, parse_url
 from proxy.config.model import (
     BUDGET_ACTIONS,
     BUDGET_LEDGER_DOWN,
+    BUDGET_ROLLING,
     BUDGET_WINDOWS,
+    NOTIFY_FORMATS,
     RESERVED_NAMES,
     AdminConfig,
     AttributionConfig,
     BudgetConfig,
+    BudgetWindow,
     Config,
     ConfigError,
     ExportConfig,
     LedgerConfig,
     MetricsConfig,
     ModelPrice,
+    NotifyConfig,
     PriceAdjustment,
     ServerConfig,
     Upstream,
@@ -262,10 +266,10 @@ def _export(i: int, raw: Any) -> ExportConfig:
         r, ExportConfig, ("max_bytes", "keep", "batch", "queue_records")))
 
 
-def _budget(i: int, raw: Any, names: set[str]) -> BudgetConfig:
+def _budget(i: int, raw: Any, names: set[str], sinks: set[str]) -> BudgetConfig:
     path = f"budgets[{i}]"
     r = _Reader(raw, path, ("name", "match", "limit_usd", "window", "action",
-                            "on_ledger_down"))
+                            "on_ledger_down", "windows", "thresholds", "notify"))
     name = r.get("name", str, None)
     if not name:
         raise ConfigError(f"{path}.name: required")
@@ -280,20 +284,91 @@ def _budget(i: int, raw: Any, names: set[str]) -> BudgetConfig:
         if not isinstance(v, str | int | float) or isinstance(v, bool):
             raise ConfigError(f"{path}.match.{k}: expected a string")
         match[_match_key(f"{path}.match.{k}", str(k))] = str(v)
-    if "limit_usd" not in r.data:
-        raise ConfigError(f"{path}.limit_usd: required")
-    limit = _positive(f"{path}.limit_usd", r.get("limit_usd", float, None))
-    window = r.get("window", str, "day")
-    if window not in BUDGET_WINDOWS:
-        raise ConfigError(f"{path}.window: {window!r} is not one of {', '.join(BUDGET_WINDOWS)}")
-    action = r.get("action", str, "alert")
-    if action not in BUDGET_ACTIONS:
-        raise ConfigError(f"{path}.action: {action!r} is not one of {', '.join(BUDGET_ACTIONS)}")
     down = r.get("on_ledger_down", str, "local")
     if down not in BUDGET_LEDGER_DOWN:
         raise ConfigError(f"{path}.on_ledger_down: {down!r} is not one of "
                           f"{', '.join(BUDGET_LEDGER_DOWN)}")
-    return BudgetConfig(name, match, limit, window, action, down)
+    layered = r.data.get("windows") is not None
+    if layered:
+        given = [k for k in ("limit_usd", "window", "action") if k in r.data]
+        if given:
+            raise ConfigError(f"{path}.{given[0]}: give it in each of `windows`, or use the "
+                              f"single-window form without `windows`")
+        items = r.get("windows", list, None)
+        if not items:
+            raise ConfigError(f"{path}.windows: expected a non-empty list of windows")
+        windows = tuple(_budget_window(f"{path}.windows[{j}]", w) for j, w in enumerate(items))
+        ids = [w.id for w in windows]
+        dup = next((x for x in ids if ids.count(x) > 1), None)
+        if dup is not None:
+            raise ConfigError(f"{path}.windows: window {dup!r} is given twice")
+    else:
+        windows = (_budget_window(path, r.data, single=True),)
+    thresholds = r.get("thresholds", list, None)
+    if thresholds is None:
+        thresholds = list(_default(BudgetConfig, "thresholds"))
+    for j, t in enumerate(thresholds):
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= 10:
+            raise ConfigError(f"{path}.thresholds[{j}]: expected a fraction of the limit "
+                              f"greater than 0 (0.8 is 80 %), got {t!r}")
+    notify = r.get("notify", list, [])
+    for j, n in enumerate(notify):
+        if n not in sinks:
+            raise ConfigError(f"{path}.notify[{j}]: no notification sink named {n!r} "
+                              f"(`notify:` names: {', '.join(sorted(sinks)) or 'none'})")
+    first = windows[0]
+    return BudgetConfig(name, match, first.limit_usd, first.window, first.action, down,
+                        windows=windows, thresholds=tuple(sorted({float(t) for t in thresholds})),
+                        notify=tuple(dict.fromkeys(notify)), layered=layered)
+
+
+def _budget_window(path: str, raw: Any, single: bool = False) -> BudgetWindow:
+    """One window: the single-window form's own keys, or one item of `windows`."""
+    if single:
+        r = _Reader(raw, path, tuple(map(str, raw)))  # the budget's keys, checked there
+    else:
+        r = _Reader(raw, path, ("window", "hours", "limit_usd", "action"))
+    if "limit_usd" not in r.data:
+        raise ConfigError(f"{path}.limit_usd: required")
+    limit = _positive(f"{path}.limit_usd", r.get("limit_usd", float, None))
+    window = r.get("window", str, "day")
+    allowed = BUDGET_WINDOWS if single else (*BUDGET_WINDOWS, BUDGET_ROLLING)
+    if window not in allowed:
+        hint = " (rolling windows are given in `windows:`)" if window == BUDGET_ROLLING else ""
+        raise ConfigError(f"{path}.window: {window!r} is not one of {', '.join(allowed)}{hint}")
+    action = r.get("action", str, "alert")
+    if action not in BUDGET_ACTIONS:
+        raise ConfigError(f"{path}.action: {action!r} is not one of {', '.join(BUDGET_ACTIONS)}")
+    hours = None
+    if window == BUDGET_ROLLING:
+        hours = r.get("hours", int, None)
+        if hours is None or not 1 <= hours <= 24 * 92:
+            raise ConfigError(f"{path}.hours: a rolling window needs `hours`, a whole number "
+                              f"from 1 to {24 * 92}")
+    elif "hours" in r.data:
+        raise ConfigError(f"{path}.hours: only a rolling window has `hours`")
+    return BudgetWindow(window, limit, action, hours)
+
+
+def _notify(i: int, raw: Any, names: set[str]) -> NotifyConfig:
+    path = f"notify[{i}]"
+    r = _Reader(raw, path, _keys(NotifyConfig))
+    name = r.get("name", str, None)
+    if not name:
+        raise ConfigError(f"{path}.name: required (budgets name it in their `notify`)")
+    if name in names:
+        raise ConfigError(f"{path}.name: duplicate notification sink name {name!r}")
+    names.add(name)
+    kind = r.get("type", str, "webhook")
+    if kind != "webhook":
+        raise ConfigError(f"{path}.type: expected webhook, got {kind!r}")
+    url = r.get("url", str, None)
+    if not url or not re.match(r"https?://[^/]+", url):
+        raise ConfigError(f"{path}.url: a webhook needs an http(s) URL")
+    fmt = r.get("format", str, "json")
+    if fmt not in NOTIFY_FORMATS:
+        raise ConfigError(f"{path}.format: {fmt!r} is not one of {', '.join(NOTIFY_FORMATS)}")
+    return NotifyConfig(name, url, kind, r.get("secret", str, None), fmt)
 
 
 def _ledger(r: _Reader) -> LedgerConfig:
@@ -350,7 +425,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     data = _expand(raw if raw is not None else {}, "", os.environ if env is None else env)
     top = _Reader(data, "", ("listen", "ledger", "upstreams", "auth", "admin", "metrics",
                              "pricing", "estimation", "budgets", "server", "export",
-                             "attribution"))
+                             "attribution", "notify"))
     listen = top.child("listen", ("host", "port", "tls_cert", "tls_key"))
     tls_cert, tls_key = listen.get("tls_cert", str, None), listen.get("tls_key", str, None)
     if (tls_cert is None) != (tls_key is None):
@@ -374,8 +449,11 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     adjustments = tuple(_adjustment(i, a, upstreams) for i, a in
                         enumerate(pricing.get("adjustments", list, []) or []))
     factors = _factors(top.child("estimation", ("factors",)))
+    sinks: set[str] = set()
+    notify = tuple(_notify(i, n, sinks) for i, n in enumerate(top.get("notify", list, []) or []))
     names: set[str] = set()
-    budgets = tuple(_budget(i, b, names) for i, b in enumerate(top.get("budgets", list, []) or []))
+    budgets = tuple(_budget(i, b, names, sinks)
+                    for i, b in enumerate(top.get("budgets", list, []) or []))
     exports = tuple(_export(i, e) for i, e in enumerate(top.get("export", list, []) or []))
     srv = top.child("server", _keys(ServerConfig))
     server = ServerConfig(**_numbers(srv, ServerConfig, _keys(ServerConfig),
@@ -389,6 +467,6 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         host=listen.get("host", str, _default(Config, "host")), port=port, ledger=ledger,
         upstreams=upstreams, client_keys=client_keys, admin=AdminConfig(token),
         metrics=metrics, prices=prices, adjustments=adjustments, estimation_factors=factors,
-        budgets=budgets, exports=exports, server=server, tls_cert=tls_cert, tls_key=tls_key,
-        attribution=attribution,
+        budgets=budgets, exports=exports, notify=notify, server=server, tls_cert=tls_cert,
+        tls_key=tls_key, attribution=attribution,
     )

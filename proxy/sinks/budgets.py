@@ -1,6 +1,11 @@
 """The budgets sink: each record settles its call against the budgets (the reservation
 admission made is released, the cost counted; `proxy/admission/budgets.py` decides how and
-where), and the budgets are served as gauges and as `/api/budgets`. It decides nothing."""
+where), and the budgets are served as gauges and as `/api/budgets`. It decides nothing.
+With a `Notifier`, the windows a record touched are checked for notices (thresholds crossed,
+a forecast of exhaustion: `proxy.notices.due`), and every window once a second.
+
+A layered budget's windows are one gauge series each, `budget` being the window's key
+(`team:day`, `team:rolling_5h`); a single-window budget's is its name, as before."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from proxy.admission.budgets import BudgetCheck, Window
+from proxy.notices import Notice, Notifier, due, iso
 from proxy.record import CallRecord
 
 __all__ = ["Budgets"]
@@ -21,12 +27,24 @@ __all__ = ["Budgets"]
 class Budgets:
     name = "budgets"
 
-    def __init__(self, check: BudgetCheck, registry: CollectorRegistry) -> None:
+    def __init__(self, check: BudgetCheck, registry: CollectorRegistry,
+                 notifier: Notifier | None = None) -> None:
         self._check = check
+        self.notifier = notifier
+        if notifier is not None:
+            notifier.source = self.due
         registry.register(self)
 
     async def handle(self, record: CallRecord) -> None:
-        self._check.settle(record)
+        touched = self._check.settle(record)
+        if self.notifier is not None and touched:
+            now = datetime.now(UTC)
+            self.notifier.offer([n for w in touched for n in due(w, now)])
+
+    def due(self) -> list[Notice]:
+        """Every window's newly earned notices (what other replicas spent counts too)."""
+        now = datetime.now(UTC)
+        return [n for w in self._check.windows for n in due(w, now)]
 
     def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (GaugeMetricFamily("tokenbooth_budget_spend_usd",
@@ -62,12 +80,14 @@ class Budgets:
         store = self._check.store
         for w in self._check.windows:
             w.roll(now)
-            out.append({"name": w.cfg.name, "window": w.cfg.window,
+            out.append({"name": w.cfg.budget, "window": w.cfg.id,
                         "limit_usd": w.cfg.limit_usd, "spend_usd": float(w.spend),
                         "reserved_usd": float(store.reserved_usd(w)),
                         "action": w.cfg.action, "match": dict(w.cfg.match),
-                        "state": w.state()})
+                        "state": w.state(), "key": w.cfg.name,
+                        "resets_at": iso(w.window_end) if w.window_end else None,
+                        "thresholds": list(w.cfg.thresholds), "notify": list(w.cfg.notify)})
         return out
 
     async def aclose(self) -> None:
-        return None
+        return None  # the notifier is closed by the app, before the ledger

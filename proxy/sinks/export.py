@@ -39,13 +39,19 @@ from proxy.config import ExportConfig
 from proxy.record import COLUMNS, CallRecord
 from proxy.tasks import spawn
 
-__all__ = ["ExportSink", "WebhookSink", "make_exports", "row_json"]
+__all__ = ["ExportSink", "WebhookSink", "make_exports", "row_json", "signature"]
 
 log = logging.getLogger("tokenbooth.export")
 BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 POLL_SECONDS = 1.0  # new rows another replica wrote (this one's writes wake the sink)
 LEASE_SECONDS = 5.0  # how often a replica not delivering a sink tries to take it over
 CLOSE_SECONDS = 10.0  # at shutdown: delivering what the ledger holds, at most this long
+
+
+def signature(secret: str, body: bytes) -> str:
+    """`X-Tokenbooth-Signature`'s value: `sha256=<hex HMAC-SHA256 of the body>` (the export
+    webhook's and the budget notices')."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def record_line(record: CallRecord) -> str:
@@ -169,8 +175,7 @@ class WebhookSink:
                 timeout=aiohttp.ClientTimeout(total=30), trust_env=False)
         headers = {"Content-Type": "application/json", "Idempotency-Key": batch.key}
         if self.cfg.secret:
-            mac = hmac.new(self.cfg.secret.encode(), batch.body, hashlib.sha256).hexdigest()
-            headers["X-Tokenbooth-Signature"] = f"sha256={mac}"
+            headers["X-Tokenbooth-Signature"] = signature(self.cfg.secret, batch.body)
         assert self.cfg.url is not None
         async with self._session.post(self.cfg.url, data=batch.body, headers=headers,
                                       allow_redirects=False) as resp:

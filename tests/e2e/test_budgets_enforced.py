@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -169,3 +170,39 @@ async def test_gemini_clients_get_the_google_error_shape(upstream: FakeUpstream,
             body = await r.json()
     assert body["error"]["code"] == 429 and body["error"]["status"] == "RESOURCE_EXHAUSTED"
     assert "zero" in body["error"]["message"]
+
+
+async def test_a_layered_budget_refuses_on_its_blocking_window_only(
+        upstream: FakeUpstream, start_proxy: StartProxy, estimator: Estimator,
+        sdk: Sdks) -> None:
+    """Day: block at 2 worst cases (and a half); month: alert at 1 worst case. Two calls go
+    through (the month window over its limit, refusing nothing); the third is refused by
+    the day window, which the 429 names, with Retry-After until midnight UTC."""
+    est, worst = worst_case(estimator)
+    proxy = await start_proxy(pricing=PRICES, budgets=[
+        {"name": "team", "match": {"agent": "bot"}, "windows": [
+            {"window": "day", "limit_usd": float(worst * 2 + worst / 2), "action": "block"},
+            {"window": "month", "limit_usd": float(worst), "action": "alert"}]}])
+    upstream.on("/v1/chat/completions", Reply([json.dumps({
+        "id": "c", "object": "chat.completion", "created": 1, "model": "budget-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": est, "completion_tokens": 1000}}).encode()]))
+    client = sdk.openai(f"{proxy.url}/openai/v1", default_headers={"X-Meter-Agent": "bot"})
+    for _ in range(2):
+        await client.chat.completions.create(model="budget-model", messages=MSGS,
+                                             max_tokens=1000)
+    with pytest.raises(openai.RateLimitError) as info:
+        await client.chat.completions.create(model="budget-model", messages=MSGS,
+                                             max_tokens=1000)
+    assert "'team:day'" in info.value.message
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    retry = int(info.value.response.headers["Retry-After"])
+    assert abs(retry - (midnight - now).total_seconds()) <= 3
+    await proxy.collector.wait_for(3)
+    _, body = await _get(proxy.url, "/api/budgets")
+    day, month = body["budgets"]
+    assert (day["key"], day["spend_usd"]) == ("team:day", pytest.approx(float(worst * 2)))
+    assert (month["key"], month["state"]) == ("team:month", "exceeded")
+    assert len(upstream.requests) == 2

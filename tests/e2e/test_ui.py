@@ -102,7 +102,7 @@ async def test_an_empty_page_says_so_at_every_width(proxy: Proxy, browser: Any) 
     await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
     for text in ("No calls in flight.", "No calls in this period.", "No budgets configured.",
                  "No quota headers seen yet.", "No spend in the last 30 days.", "No calls yet.",
-                 "No consumer keys issued."):
+                 "No consumer keys issued.", "No budget notices yet."):
         await expect(page.get_by_text(text)).to_be_visible()
     for width in WIDTHS:
         await page.set_viewport_size({"width": width, "height": 900})
@@ -398,3 +398,36 @@ async def test_spend_shows_the_list_price_under_a_negotiated_charge(
                                 ["gpt-4o-mini", "$0.000360\nlist $0.000450"]]
     foot = await page.eval_on_selector_all("#spend tfoot td", "ts => ts.map(t => t.innerText)")
     assert foot[-1] == "$0.007860\nlist $0.007950"
+
+
+async def test_layered_budgets_and_their_notices_on_the_page(
+        upstream: FakeUpstream, start_proxy: StartProxy, browser: Any) -> None:
+    """A budget with a day and a rolling 5-hour window: a row for each; one call of $0.001
+    (1000 output tokens at $1 per million) is 100 % of the rolling window's $0.001, and the
+    notice (no sink: kept for the page) is listed."""
+    upstream.on("/v1/chat/completions", Reply([chat_json("cap-model", {
+        "prompt_tokens": 10, "completion_tokens": 1000})]))
+    proxy = await start_proxy(
+        pricing={"models": {"cap-model": {"input": 0, "output": 1.0}}},
+        budgets=[{"name": "team", "match": {"agent": "bot"}, "thresholds": [1.0], "windows": [
+            {"window": "day", "limit_usd": 5, "action": "block"},
+            {"window": "rolling", "hours": 5, "limit_usd": 0.001, "action": "alert"}]}])
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}/openai/v1/chat/completions",
+                          headers={"X-Meter-Agent": "bot"},
+                          json={"model": "cap-model",
+                                "messages": [{"role": "user", "content": "hi"}]}) as r:
+            assert r.status == 200 and await r.read()
+    page = await browser.new_page()
+    await page.goto(f"{proxy.url}/ui")
+    await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+    await expect(page.locator("#budgets tbody tr")).to_have_count(2)
+    await expect(page.locator("#notices tbody tr")).to_have_count(1, timeout=10_000)
+    rows_ = await page.locator("#budgets tbody tr").all_inner_texts()
+    assert [r.split("\t")[:2] for r in rows_] == [["team", "day"], ["team", "rolling_5h"]]
+    notice = await page.inner_text("#notices tbody tr")
+    assert "Budget 'team' (rolling_5h window): $0.001 spent, 100% of its $0.001 limit" in notice
+    assert "no sink" in notice
+    for width in WIDTHS:
+        await page.set_viewport_size({"width": width, "height": 900})
+        assert await page.evaluate(OVERFLOW) == [], width

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.admission.base import Ask
+from proxy.config import BudgetConfig, BudgetWindow
 from proxy.sinks.budgets import Budgets
 from tests.budget_stores import budget, ledger_target, open_budgets
 from tests.factories import make_record
@@ -112,3 +113,43 @@ def test_the_sink_imports_no_backend() -> None:
         capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_layered_budget_is_a_row_and_a_gauge_series_per_window(
+        ledger: tuple[str, str]) -> None:
+    """/api/budgets: one entry per window (`name` the budget's, `window` its id, `key` the
+    window's key); the gauges: one series per window, labelled by its key."""
+    team = BudgetConfig("team", {"agent": "bot"}, 0.01, "day", "block", windows=(
+        BudgetWindow("day", 0.01, "block"), BudgetWindow("rolling", 0.002, "alert", 5)),
+        thresholds=(0.5,), layered=True)
+    async with open_budgets(*ledger, [team]) as b:
+        registry = CollectorRegistry()
+        sink = Budgets(b.check, registry)
+        record = today("c1", "0.0015", agent="bot")
+        await sink.handle(record)
+        await b.write([record])
+        now = datetime.now(UTC)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        hour = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        day, rolling = sink.snapshot()
+        assert {k: day[k] for k in ("name", "window", "key", "spend_usd", "limit_usd",
+                                    "action", "state", "resets_at", "thresholds")} == {
+            "name": "team", "window": "day", "key": "team:day", "spend_usd": 0.0015,
+            "limit_usd": 0.01, "action": "block", "state": "ok",
+            "resets_at": midnight.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "thresholds": [0.5]}
+        # $0.0015 of $0.002: 75 %, under the default 80 % "warning"
+        assert (rolling["window"], rolling["key"], rolling["spend_usd"], rolling["state"],
+                rolling["resets_at"]) == ("rolling_5h", "team:rolling_5h", 0.0015, "ok",
+                                          hour.strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+        scraped = {(sample.name, sample.labels["budget"]): sample.value
+                   for fam in text_string_to_metric_families(
+                       generate_latest(registry).decode()) for sample in fam.samples}
+        assert scraped == {
+            ("tokenbooth_budget_spend_usd", "team:day"): 0.0015,
+            ("tokenbooth_budget_spend_usd", "team:rolling_5h"): 0.0015,
+            ("tokenbooth_budget_limit_usd", "team:day"): 0.01,
+            ("tokenbooth_budget_limit_usd", "team:rolling_5h"): 0.002,
+            ("tokenbooth_budget_window_end_timestamp_seconds", "team:day"):
+                midnight.timestamp(),
+            ("tokenbooth_budget_window_end_timestamp_seconds", "team:rolling_5h"):
+                hour.timestamp()}
