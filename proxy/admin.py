@@ -285,7 +285,7 @@ def _me_budgets(request: web.Request, ctx: dict[str, str | None]) -> list[dict[s
             continue
         w.roll(now)
         spend, limit = w.spend, w.limit
-        out.append({"name": w.cfg.name, "window": w.cfg.window, "spend_usd": float(spend),
+        out.append({"name": w.cfg.budget, "window": w.cfg.id, "spend_usd": float(spend),
                     "limit_usd": w.cfg.limit_usd,
                     "remaining_usd": float(max(limit - spend, Decimal(0))),
                     "resets_at": w.window_end.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -246,7 +246,10 @@ async def test_api_me_answers_budgets_limits_and_today(
         {"name": "openai-only", "match": {"upstream": "openai"}, "limit_usd": 9,
          "window": "day", "action": "alert"},  # not fixed by the key: not its budget
         {"name": "other", "match": {"team": "ops"}, "limit_usd": 9, "window": "day",
-         "action": "alert"}]))
+         "action": "alert"},
+        {"name": "layers", "match": {"key": kid}, "windows": [  # one entry per window
+            {"window": "day", "limit_usd": 3, "action": "block"},
+            {"window": "month", "limit_usd": 30, "action": "alert"}]}]))
     client = sdk.openai(f"{proxy.url}/openai/v1", api_key=secret)
     for _ in range(2):
         await client.chat.completions.create(model="keyed-model", messages=MSGS)
@@ -257,7 +260,11 @@ async def test_api_me_answers_budgets_limits_and_today(
     assert me["key"] == {"id": kid, "name": "carol", "tags": {"team": "ml"}}
     assert me["limits"] == {"requests_per_minute": None, "tokens_per_minute": 20000,
                             "usd_per_minute": None}
-    budgets = {b["name"]: b for b in me["budgets"]}
+    layers = {b["window"]: b for b in me["budgets"] if b["name"] == "layers"}
+    assert set(layers) == {"day", "month"}
+    assert layers["day"]["limit_usd"] == 3 and layers["month"]["limit_usd"] == 30
+    assert layers["month"]["remaining_usd"] == pytest.approx(30 - 2 * COST, abs=1e-12)
+    budgets = {b["name"]: b for b in me["budgets"] if b["name"] != "layers"}
     assert set(budgets) == {"carol-daily", "ml-monthly", "by-name"}
     day = budgets["carol-daily"]
     assert day["spend_usd"] == pytest.approx(2 * COST, abs=1e-12)  # 0.007: matched by key
