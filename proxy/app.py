@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from proxy import admin, state
 from proxy.admission import Admission
 from proxy.admission.budgets import BudgetCheck, BudgetStore, FleetBudgets, LocalBudgets
+from proxy.admission.rates import FleetRates, RateCheck
 from proxy.config import Config
 from proxy.estimate import Estimator
 from proxy.fleet import Fleet
@@ -79,8 +80,10 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
                     on_error=lambda: metrics.sink_failed("ledger"))
     feed = Broadcaster()
     budget_check = BudgetCheck(config.budgets)
-    budgets = Budgets(budget_check, registry)
-    admission = Admission((budget_check,), prices, est)
+    rate_check = RateCheck(config.rate_limits)
+    budgets = Budgets(budget_check, registry, rates=rate_check)
+    # rate limits first: on a shared ledger their reservation rides on the budgets' trip
+    admission = Admission((rate_check, budget_check), prices, est)
     exports = make_exports(config.exports, metrics.export_result)
     quota = QuotaBoard(registry, max_accounts=config.metrics.max_label_values)
     recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets, quota,
@@ -111,6 +114,9 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
             recorder.fingerprint = KeyFingerprinter(await backend.fleet.secret())
             store = fleet_budgets = FleetBudgets(backend.fleet)  # reserved in the shared ledger
             fleet = Fleet(backend.fleet, fleet_budgets, feed)
+            fleet_rates = FleetRates(backend.fleet)  # the fleet's log, one trip with budgets
+            fleet_rates.replica = fleet.replica
+            rate_check.open(fleet_rates)
             ledger.on_committed = fleet_budgets.rows_written
         else:
             recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,

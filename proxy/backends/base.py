@@ -117,6 +117,12 @@ class FleetBackend(LedgerBackend, Protocol):
                       replica: str) -> str | None:
         """The name of the budget that refuses, or None (reserved)."""
 
+    async def admit(self, budgets: tuple[Sequence[str], Sequence[Decimal], Sequence[str],
+                                         Decimal],
+                    rates: Sequence[Any], call_id: str, tokens: int, usd: Decimal,
+                    replica: str) -> dict[str, Any]:
+        """Rate limits and budgets in one round trip (`proxy.admission.rates`)."""
+
     async def budget_state(self, keys: Sequence[tuple[str, str]]
                            ) -> dict[str, tuple[Decimal, Decimal]]: ...
 

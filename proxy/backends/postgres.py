@@ -42,10 +42,24 @@ _STAGE = "tb_incoming"
 _COLS = ", ".join(COLUMNS)
 _CTX = ("(COALESCE(i.tags, '{{}}')::jsonb || jsonb_build_object('upstream', i.upstream, "
         "'model', i.{model}, 'client', i.client))")
+# --- rate limits (issue 20, item 2): a row settles its call's rate-limit reservations to
+# what it used (0 when never answered); a refused call was never admitted: it leaves the log
+_RATE_SETTLE = ("UPDATE tb_rate_event e SET "
+                "tokens = CASE WHEN i.status_code IS NULL THEN 0 "
+                "ELSE COALESCE(i.total_tokens, 0) END, "
+                "usd = CASE WHEN i.status_code IS NULL THEN 0 "
+                "ELSE COALESCE(i.cost_usd::numeric, 0) END "
+                "FROM ins i WHERE e.call_id = i.call_id AND i.outcome != 'rejected'")
+# --- end rate limits ---
 _WRITE = f"""
 WITH ins AS (
     INSERT INTO llm_usage ({_COLS}) SELECT {_COLS} FROM {_STAGE}
     ON CONFLICT (call_id) DO NOTHING RETURNING *
+), rated AS (
+    {_RATE_SETTLE}
+), unrated AS (
+    DELETE FROM tb_rate_event e USING ins i WHERE e.call_id = i.call_id
+    AND i.outcome = 'rejected'
 ), roll_h AS (
     {rollups("postgresql", "ins")[0]}
 ), roll_d AS (
@@ -294,6 +308,32 @@ class PostgresBackend:
             "SELECT tb_reserve($1::text[], $2::numeric[], $3::text[], $4, $5, $6, $7)",
             list(names), list(limits), list(windows), call_id, worst, replica, STALE_SECONDS)
         return None if result is None else str(result)
+
+    # --- rate limits (issue 20, item 2) ---
+    async def admit(self, budgets: tuple[Sequence[str], Sequence[Decimal], Sequence[str],
+                                         Decimal],
+                    rates: Sequence[Any], call_id: str, tokens: int, usd: Decimal,
+                    replica: str) -> dict[str, Any]:
+        """One round trip (`tb_admit`): the call's rate limits (`RateLimitConfig`s, sorted
+        by name) and, if they admit, its budgets (name, limit, window start of each, and
+        the call's worst case); both reserved or neither. The answer's `budget` names the
+        budget that refused; `limits` holds each rate limit's figures."""
+        names, limits, windows, worst = budgets
+        pool = await self._get_pool()
+        result = await pool.fetchval(
+            "SELECT tb_admit($1::text[], $2::numeric[], $3::text[], $4, $5, $6, $7, "
+            "$8::text[], $9::bigint[], $10::bigint[], $11::numeric[], $12::numeric[], "
+            "$13, $14)",
+            list(names), list(limits), list(windows), call_id, worst, replica, STALE_SECONDS,
+            [r.name for r in rates], [r.requests_per_minute for r in rates],
+            [r.tokens_per_minute for r in rates],
+            [None if r.usd_per_minute is None else Decimal(repr(r.usd_per_minute))
+             for r in rates],
+            [None if r.usd_per_hour is None else Decimal(repr(r.usd_per_hour))
+             for r in rates],
+            tokens, usd)
+        return dict(json.loads(result))
+    # --- end rate limits ---
 
     async def budget_state(self, keys: Sequence[tuple[str, str]]
                            ) -> dict[str, tuple[Decimal, Decimal]]:

@@ -17,6 +17,7 @@ from proxy.config.model import (
     LedgerConfig,
     MetricsConfig,
     ModelPrice,
+    RateLimitConfig,
     ServerConfig,
     Upstream,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "LedgerConfig",
     "MetricsConfig",
     "ModelPrice",
+    "RateLimitConfig",
     "ServerConfig",
     "Upstream",
     "load",

@@ -25,6 +25,7 @@ __all__ = [
     "LedgerConfig",
     "MetricsConfig",
     "ModelPrice",
+    "RateLimitConfig",
     "ServerConfig",
     "Upstream",
 ]
@@ -86,6 +87,20 @@ class BudgetConfig:
     window: str
     action: str
     on_ledger_down: str = "local"  # shared ledger unreachable: admit on this replica's view
+
+
+# --- rate limits (issue 20, item 2) ---
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """A sliding-window rate limit on the calls it matches (None: no limit of that kind)."""
+
+    name: str
+    match: Mapping[str, str]
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    usd_per_minute: float | None = None
+    usd_per_hour: float | None = None
+# --- end rate limits ---
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,7 @@ class Config:
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     estimation_factors: Mapping[str, float] = field(default_factory=dict)
     budgets: tuple[BudgetConfig, ...] = ()
+    rate_limits: tuple[RateLimitConfig, ...] = ()
     exports: tuple[ExportConfig, ...] = ()
     server: ServerConfig = field(default_factory=ServerConfig)
     tls_cert: str | None = None  # listen over HTTPS (boto3 sends bearer tokens only so)
@@ -197,6 +213,8 @@ class Config:
             "budgets": [{"name": b.name, "match": dict(b.match), "limit_usd": b.limit_usd,
                          "window": b.window, "action": b.action,
                          "on_ledger_down": b.on_ledger_down} for b in self.budgets],
+            "rate_limits": [{k: (dict(v) if k == "match" else v) for k, v in vars(r).items()}
+                            for r in self.rate_limits],
             "server": dict(vars(self.server)),
             "export": [{**vars(e), "secret": _mask(e.secret)} for e in self.exports],
         }

@@ -29,6 +29,7 @@ from proxy.config.model import (
     LedgerConfig,
     MetricsConfig,
     ModelPrice,
+    RateLimitConfig,
     ServerConfig,
     Upstream,
 )
@@ -182,7 +183,7 @@ def _price(model: str, raw: Any) -> ModelPrice:
     return ModelPrice(**values)
 
 
-_MATCH_KEYS = ("agent", "session", "run", "upstream", "model", "client")
+_MATCH_KEYS = ("agent", "session", "run", "upstream", "model", "client", "key")
 
 
 def _near(a: str, b: str) -> bool:
@@ -267,6 +268,39 @@ def _budget(i: int, raw: Any, names: set[str]) -> BudgetConfig:
     return BudgetConfig(name, match, limit, window, action, down)
 
 
+# --- rate limits (issue 20, item 2) ---
+def _rate_limit(i: int, raw: Any, names: set[str]) -> RateLimitConfig:
+    path = f"rate_limits[{i}]"
+    r = _Reader(raw, path, _keys(RateLimitConfig))
+    name = r.get("name", str, None)
+    if not name:
+        raise ConfigError(f"{path}.name: required")
+    if name in names:
+        raise ConfigError(f"{path}.name: duplicate rate limit name {name!r}")
+    if name.startswith("key:"):
+        raise ConfigError(f"{path}.name: 'key:' names are a consumer key's own limits")
+    names.add(name)
+    match_raw = r.data.get("match") or {}
+    if not isinstance(match_raw, dict):
+        raise ConfigError(f"{path}.match: expected a mapping of tag/upstream/model/client/key "
+                          f"to value")
+    match = {}
+    for k, v in match_raw.items():
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            raise ConfigError(f"{path}.match.{k}: expected a string")
+        match[_match_key(f"{path}.match.{k}", str(k))] = str(v)
+    counts = {k: r.get(k, int, None) for k in ("requests_per_minute", "tokens_per_minute")}
+    usd = {k: r.get(k, float, None) for k in ("usd_per_minute", "usd_per_hour")}
+    for k, v in {**counts, **usd}.items():
+        if v is not None:
+            _positive(f"{path}.{k}", v)
+    if all(v is None for v in (*counts.values(), *usd.values())):
+        raise ConfigError(f"{path}: give at least one of requests_per_minute, "
+                          f"tokens_per_minute, usd_per_minute, usd_per_hour")
+    return RateLimitConfig(name, match, **counts, **usd)
+# --- end rate limits ---
+
+
 def _ledger(r: _Reader) -> LedgerConfig:
     url = r.get("url", str, None)
     path = r.get("path", str, _default(LedgerConfig, "path"))
@@ -320,7 +354,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate a YAML tree (already loaded) into a Config."""
     data = _expand(raw if raw is not None else {}, "", os.environ if env is None else env)
     top = _Reader(data, "", ("listen", "ledger", "upstreams", "auth", "admin", "metrics",
-                             "pricing", "estimation", "budgets", "server", "export"))
+                             "pricing", "estimation", "budgets", "server", "export",
+                             "rate_limits"))
     listen = top.child("listen", ("host", "port", "tls_cert", "tls_key"))
     tls_cert, tls_key = listen.get("tls_cert", str, None), listen.get("tls_key", str, None)
     if (tls_cert is None) != (tls_key is None):
@@ -344,6 +379,9 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     names: set[str] = set()
     budgets = tuple(_budget(i, b, names) for i, b in enumerate(top.get("budgets", list, []) or []))
     exports = tuple(_export(i, e) for i, e in enumerate(top.get("export", list, []) or []))
+    rate_names: set[str] = set()
+    rate_limits = tuple(_rate_limit(i, r, rate_names)
+                        for i, r in enumerate(top.get("rate_limits", list, []) or []))
     srv = top.child("server", _keys(ServerConfig))
     server = ServerConfig(**_numbers(srv, ServerConfig, _keys(ServerConfig),
                                      not_negative=("drain_seconds",)))
@@ -352,4 +390,5 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         upstreams=upstreams, client_keys=client_keys, admin=AdminConfig(token),
         metrics=metrics, prices=prices, estimation_factors=factors, budgets=budgets,
         exports=exports, server=server, tls_cert=tls_cert, tls_key=tls_key,
+        rate_limits=rate_limits,
     )

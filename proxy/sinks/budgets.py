@@ -1,6 +1,8 @@
 """The budgets sink: each record settles its call against the budgets (the reservation
 admission made is released, the cost counted; `proxy/admission/budgets.py` decides how and
-where), and the budgets are served as gauges and as `/api/budgets`. It decides nothing."""
+where) and against the rate limits (what it reserved becomes what it used;
+`proxy/admission/rates.py`), and the budgets are served as gauges and as `/api/budgets`.
+It decides nothing."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from proxy.admission.budgets import BudgetCheck
+from proxy.admission.rates import RateCheck
 from proxy.record import CallRecord
 
 __all__ = ["Budgets"]
@@ -21,12 +24,16 @@ __all__ = ["Budgets"]
 class Budgets:
     name = "budgets"
 
-    def __init__(self, check: BudgetCheck, registry: CollectorRegistry) -> None:
+    def __init__(self, check: BudgetCheck, registry: CollectorRegistry,
+                 rates: RateCheck | None = None) -> None:
         self._check = check
+        self._rates = rates
         registry.register(self)
 
     async def handle(self, record: CallRecord) -> None:
         self._check.settle(record)
+        if self._rates is not None:
+            self._rates.settle(record)
 
     def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (GaugeMetricFamily("tokenbooth_budget_spend_usd",
