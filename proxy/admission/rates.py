@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -309,10 +309,9 @@ class RateStore(Protocol):
                       usd: Decimal) -> Denied | None: ...
 
 
-def reserve_here(logs: Sequence[Log], ask: Ask, tokens: int, usd: Decimal
+def reserve_here(logs: Sequence[Log], ask: Ask, tokens: int, usd: Decimal, now: float
                  ) -> Denied | None:
     """Synchronous: nothing runs between the check and the reservation."""
-    now = time.monotonic()
     limits = [lg.cfg for lg in logs]
     figures = [lg.figures(now) for lg in logs]
     retries: list[float | None] = [
@@ -328,11 +327,15 @@ def reserve_here(logs: Sequence[Log], ask: Ask, tokens: int, usd: Decimal
 
 
 class LocalRates:
-    """In this process: the check and the reservation are one synchronous step."""
+    """In this process: the check and the reservation are one synchronous step.
+    `clock`: monotonic seconds (the tests pass their own, to age a window)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
 
     async def reserve(self, logs: Sequence[Log], ask: Ask, tokens: int,
                       usd: Decimal) -> Denied | None:
-        return reserve_here(logs, ask, tokens, usd)
+        return reserve_here(logs, ask, tokens, usd, self.clock())
 
 
 # --- the fleet's log ---
@@ -381,7 +384,7 @@ class FleetPlan:
         if denied is not None:
             return denied
         if result.get("budget") is None:
-            now = time.monotonic()
+            now = self.store.clock()
             for lg in self.logs:
                 lg.hold(now, self.ask.call_id, self.tokens, self.usd)
             self.ask.view = view
@@ -389,7 +392,7 @@ class FleetPlan:
 
     def local(self) -> Denied | None:
         """The database did not answer: decide on this replica's own log."""
-        return reserve_here(self.logs, self.ask, self.tokens, self.usd)
+        return reserve_here(self.logs, self.ask, self.tokens, self.usd, self.store.clock())
 
     async def alone(self) -> Denied | None:
         """No budget check took the reservation along: one round trip of its own."""
@@ -401,8 +404,10 @@ class FleetRates:
     """The fleet's: the log in the shared ledger; this replica's own admissions kept here
     too (settled by the records), for a decision while the database is away."""
 
-    def __init__(self, ledger: FleetRateLedger) -> None:
+    def __init__(self, ledger: FleetRateLedger,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._ledger = ledger
+        self.clock = clock
         self.replica = ""  # this replica's id in the fleet (set by proxy.fleet)
 
     async def reserve(self, logs: Sequence[Log], ask: Ask, tokens: int,
@@ -431,10 +436,12 @@ class RateCheck:
 
     name = "rate"
 
-    def __init__(self, configs: Sequence[RateLimitConfig]) -> None:
+    def __init__(self, configs: Sequence[RateLimitConfig],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.logs = [Log(c) for c in configs]
         self._keys: dict[str, Log] = {}  # a consumer key's own limits, by key id
-        self.store: RateStore = LocalRates()
+        self.clock = clock
+        self.store: RateStore = LocalRates(clock)
         # The keys' side sets this once consumer keys (which may carry limits) are served.
         self.keys_enabled = False
 
@@ -494,7 +501,7 @@ class RateCheck:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Each limit's window as this replica sees it (for the API and the page)."""
-        now = time.monotonic()
+        now = self.clock()
         out = []
         for lg in [*self.logs, *self._keys.values()]:
             f = lg.figures(now)
