@@ -6,15 +6,24 @@ names the limit; a tokens-per-minute limit sees what streamed calls really used.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import anthropic
+import asyncpg
 import openai
 import pytest
+from aiohttp import web
 
 from proxy.dialects import DIALECTS
 from proxy.estimate import Estimator
 from tests.conftest import FakeUpstream, Reply, Sdks, StartProxy, sse
+from tests.test_fleet import start_fleet, until
 
 MSGS = [{"role": "user", "content": "Summarise the quarterly report in one line."}]
 CHAT = json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "rate-model",
@@ -146,3 +155,111 @@ async def test_tokens_per_minute_sees_what_streamed_calls_really_used(
     await client.chat.completions.create(model="rate-model", messages=MSGS,
                                          max_tokens=left - est)  # exactly what is left
     assert len(upstream.requests) == 5
+
+
+def fleet_config(url: str, upstream: str, limits: str) -> str:
+    # a blocking budget matches too, far from its limit: the rate limit and the budget are
+    # decided in one round trip (`tb_admit`)
+    return f"""
+ledger: {{url: "{url}", flush_seconds: 0.05}}
+upstreams: {{openai: {{url: "{upstream}"}}}}
+pricing: {{models: {{rate-model: {{input: 0, output: 1.0}}}}}}
+budgets:
+  - {{name: roomy, match: {{agent: bot}}, limit_usd: 1000, window: day, action: block}}
+rate_limits:
+{limits}
+"""
+
+
+async def test_two_hundred_calls_across_three_replicas_then_the_sdk_retries_them(
+        tmp_path: Path, pg_url: str, upstream: FakeUpstream, sdk: Sdks) -> None:
+    """200 concurrent calls on one limit of 100 requests a minute across three replicas:
+    exactly 100 forwarded, 100 refused with a Retry-After within the window; the openai SDK
+    then sends them again, waits as told, and every one succeeds once the window has
+    moved on (never more than 100 in any minute)."""
+    arrived: list[float] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        arrived.append(time.monotonic())
+        await request.read()
+        return web.Response(body=CHAT, content_type="application/json")
+
+    upstream.on("/v1/chat/completions", answer)
+    limits = "  - {name: fleet-rpm, match: {agent: bot}, requests_per_minute: 100}"
+    async with AsyncExitStack() as stack:
+        bases = await start_fleet(stack, tmp_path, fleet_config(pg_url, upstream.url, limits))
+        body = {"model": "rate-model", "max_tokens": 10, "messages": MSGS}
+
+        async def one(s: aiohttp.ClientSession, base: str) -> tuple[int, Any]:
+            async with s.post(f"{base}/openai/v1/chat/completions", json=body,
+                              headers={"X-Meter-Agent": "bot"}) as r:
+                await r.read()
+                return r.status, r.headers
+
+        async with aiohttp.ClientSession() as s:
+            results = await asyncio.gather(*(one(s, bases[i % 3]) for i in range(200)))
+        statuses = [status for status, _ in results]
+        assert statuses.count(200) == 100 and statuses.count(429) == 100
+        assert len(arrived) == 100  # counted at the upstream: none over-admitted
+        for status, h in results:
+            if status == 429:
+                assert "x-should-retry" not in h
+                assert 1 <= int(h["Retry-After"]) <= 60
+                assert 1 <= int(h["retry-after-ms"]) <= 60_000
+                assert h["x-ratelimit-limit-requests"] == "100"
+                assert h["x-ratelimit-remaining-requests"] == "0"
+        first = min(arrived)
+        # the SDK, told to retry, waits as Retry-After says until the window has room
+        clients = [sdk.openai(f"{b}/openai/v1", default_headers={"X-Meter-Agent": "bot"})
+                   .with_options(max_retries=100) for b in bases]
+        done = await asyncio.gather(*(
+            clients[i % 3].chat.completions.create(model="rate-model", messages=MSGS,
+                                                   max_tokens=10) for i in range(100)))
+        assert len(done) == 100 and len(arrived) == 200
+        # none of the second hundred went out before the first had left the window (the
+        # upstream sees them a few milliseconds after admission: that much slack)
+        assert min(arrived[100:]) >= first + 60 - 0.25
+        db = await asyncpg.connect(pg_url)
+        try:
+            async def written() -> bool:
+                return await db.fetchval("SELECT count(*) FROM llm_usage "
+                                         "WHERE outcome = 'ok'") == 200
+            await until(written)
+            # every refusal is a row naming the limit
+            assert await db.fetchval(
+                "SELECT count(*) FROM llm_usage WHERE outcome = 'rejected' AND "
+                "status_code = 429 AND error = 'rate limit fleet-rpm exceeded'") >= 100
+        finally:
+            await db.close()
+
+
+async def test_a_fleets_tokens_per_minute_sees_what_streamed_calls_used(
+        tmp_path: Path, pg_url: str, upstream: FakeUpstream, estimator: Estimator) -> None:
+    est = estimator.input(DIALECTS["openai.chat"], {"messages": MSGS}, "rate-model").tokens
+    reserve = est + 1000
+    limits = f"  - {{name: fleet-tpm, match: {{agent: bot}}, tokens_per_minute: {2 * reserve}}}"
+    upstream.on("/v1/chat/completions", Reply(stream(12, 30),
+                                              headers={"Content-Type": "text/event-stream"}))
+    async with AsyncExitStack() as stack:
+        a, b = await start_fleet(stack, tmp_path, fleet_config(pg_url, upstream.url, limits),
+                                 n=2)
+        body = {"model": "rate-model", "max_tokens": 1000, "messages": MSGS, "stream": True}
+        db = await asyncpg.connect(pg_url)
+        stack.push_async_callback(db.close)
+        async with aiohttp.ClientSession() as s:
+            async def post(base: str) -> int:
+                async with s.post(f"{base}/openai/v1/chat/completions", json=body,
+                                  headers={"X-Meter-Agent": "bot"}) as r:
+                    await r.read()
+                    return r.status
+
+            # two streams on two replicas hold the whole limit while they run...
+            assert [await post(a), await post(b)] == [200, 200]
+
+            async def settled() -> bool:  # ...and their rows settle them to 42 tokens each
+                return await db.fetchval("SELECT coalesce(sum(tokens), 0) FROM "
+                                         "tb_rate_event") == 84
+            await until(settled)
+            # the fleet's figure is the settled one: 84 + reserve fits in 2 * reserve
+            assert await post(a) == 200
+            assert len(upstream.requests) == 3
