@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Protocol
 
 from proxy.admission.base import Ask, Denied
@@ -57,7 +58,9 @@ def key_limit(key_id: str, limits: KeyLimits) -> RateLimitConfig | None:
                            limits.tokens_per_minute, limits.usd_per_minute)
 
 
+@lru_cache(maxsize=256)
 def _dec(x: float | None) -> Decimal | None:
+    """A configured dollar figure as the exact decimal it was written as."""
     return None if x is None else Decimal(repr(x))
 
 
@@ -517,6 +520,7 @@ class RateCheck:
 
 # --- the headers ---
 
+@lru_cache(maxsize=1024)
 def openai_duration(seconds: float) -> str:
     """A duration as OpenAI's `x-ratelimit-reset-*` writes it (Go style): `20ms`, `1s`,
     `17.28s`, `6m0s`, `1h0m0s`."""
