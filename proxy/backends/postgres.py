@@ -99,6 +99,10 @@ async def _stage(conn: asyncpg.Connection) -> None:
                        f"SELECT {_COLS} FROM llm_usage WITH NO DATA")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pooled connection's reset on release: none (see `_get_pool`)."""
+
+
 async def migrate(conn: asyncpg.Connection) -> int:
     """Apply what is missing, one replica at a time (an advisory lock)."""
     async with conn.transaction():
@@ -136,9 +140,15 @@ class PostgresBackend:
         if self._pool is None:
             # JIT compiling the write statement costs more than running it (its cost
             # estimate is inflated by the budget join): off for our sessions (a startup
-            # setting, so the pool's RESET ALL keeps it)
+            # setting: it holds for the session)
+            # A connection back in the pool keeps its session (asyncpg would otherwise
+            # send RESET ALL and friends on every release: a second round trip for each
+            # query); nothing here leaves session state behind: locks are the
+            # transaction's, LISTEN and the export cursors' locks have connections of
+            # their own, and an open transaction is still rolled back.
             self._pool = await asyncpg.create_pool(self.url, min_size=0,
                                                    max_size=self._pool_size, init=_stage,
+                                                   reset=_keep_session,
                                                    command_timeout=30, timeout=5,
                                                    server_settings={"jit": "off"})
         return self._pool
