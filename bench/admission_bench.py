@@ -74,7 +74,6 @@ async def one_round(label: str, path: str, n: int, inflight: int, est: Estimator
     budget_check = BudgetCheck(cfg.budgets)
     await budget_check.open(LocalBudgets(backend))
     rate_check = RateCheck(cfg.rate_limits)
-    rate_check.keys_enabled = key
     sink = Budgets(budget_check, CollectorRegistry(), rates=rate_check)
     admission = Admission((rate_check, budget_check), PriceBook(cfg.prices), est)
     route = resolve(cfg.upstreams["openai"], "POST", "v1/chat/completions")

@@ -156,7 +156,7 @@ class Forwarder:
             up = self._upstream(request, facts)
             route = self._route(request, up, facts)
             replace_auth = self._authenticate(request, route, facts)
-            if (admission := self.admission) is not None and admission.active:
+            if (admission := self.admission) is not None and admission.needed(facts):
                 await self._admit(admission, facts, route)
             return await relay.run(request, route, replace_auth)
         except _Ended as ended:
@@ -187,7 +187,7 @@ class Forwarder:
         dialect = await self._read_request(request, route, body, facts)
         live = self._live(facts, route, dialect, len(body))
         view = None
-        if (admission := self.admission) is not None and admission.active:
+        if (admission := self.admission) is not None and admission.needed(facts):
             view = await self._admit(admission, facts, route)
         if route.batch_id is None:  # a batch download is recorded as its result lines
             self.recorder.started(live)

@@ -349,7 +349,8 @@ class SocketRelay:
         the provider's `error` event (recorded as a refused call), not forwarded; the socket
         stays up."""
         admission, dialect, route = self.fw.admission, self.dialect, self.route
-        if admission is None or not admission.active or dialect is None or route is None:
+        if admission is None or not admission.needed(self.facts) or dialect is None \
+                or route is None:
             return False
         try:
             if dialect.refusal(frame, "") is None:

@@ -39,9 +39,14 @@ class Admission:
 
     @property
     def active(self) -> bool:
-        """Nothing to decide without a check that can refuse (a rate check becomes active
-        when consumer keys with limits may present themselves)."""
+        """Nothing to decide for a call without a check that can refuse it."""
         return any(c.active for c in self._checks)
+
+    def needed(self, facts: CallFacts) -> bool:
+        """Is there anything to decide for this call: a check that can refuse any call, or
+        one that reads the consumer key the call presented (its own limits)?"""
+        return self.active or (facts.key is not None
+                               and any(getattr(c, "per_key", False) for c in self._checks))
 
     async def admit(self, facts: CallFacts, route: Route) -> Denied | None:
         """None to admit, or the refusal. Reads the request as the handler parsed it
@@ -62,7 +67,7 @@ class Admission:
                                           key.id if key else None),
                   worst, key)
         for check in self._checks:
-            if not check.active:
+            if not (check.active or (key is not None and getattr(check, "per_key", False))):
                 continue
             denied = await check.check(ask)
             if denied is not None:

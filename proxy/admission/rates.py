@@ -445,12 +445,13 @@ class RateCheck:
         self._keys: dict[str, Log] = {}  # a consumer key's own limits, by key id
         self.clock = clock
         self.store: RateStore = LocalRates(clock)
-        # The keys' side sets this once consumer keys (which may carry limits) are served.
-        self.keys_enabled = False
+
+    per_key = True  # asked for every call that presents a consumer key (its own limits)
 
     @property
     def active(self) -> bool:
-        return bool(self.logs) or self.keys_enabled
+        """Asked for every call: some configured limit may match it."""
+        return bool(self.logs)
 
     def open(self, store: RateStore) -> None:
         self.store = store
