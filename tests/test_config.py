@@ -61,6 +61,21 @@ BAD = [
      r"^pricing\.models\.m\.input: must not be negative$"),
     ({"estimation": {"factors": {"anthropic": 0}}}, r"^estimation\.factors\.anthropic: expected"),
     ({"budgets": [{"match": {}, "limit_usd": 1}]}, r"^budgets\[0\]\.name: required$"),
+    ({"rate_limits": [{"requests_per_minute": 1}]}, r"^rate_limits\[0\]\.name: required$"),
+    ({"rate_limits": [{"name": "r"}]},
+     r"^rate_limits\[0\]: give at least one of requests_per_minute, tokens_per_minute, "),
+    ({"rate_limits": [{"name": "r", "requests_per_minute": 0}]},
+     r"^rate_limits\[0\]\.requests_per_minute: must be greater than 0$"),
+    ({"rate_limits": [{"name": "r", "tokens_per_minute": 1.5}]},
+     r"^rate_limits\[0\]\.tokens_per_minute: expected int, got float$"),
+    ({"rate_limits": [{"name": "r", "usd_per_day": 1}]},
+     r"^rate_limits\[0\]\.usd_per_day: unknown key"),
+    ({"rate_limits": [{"name": "r", "usd_per_hour": 1}, {"name": "r", "usd_per_hour": 2}]},
+     r"^rate_limits\[1\]\.name: duplicate rate limit name 'r'$"),
+    ({"rate_limits": [{"name": "key:k1", "requests_per_minute": 1}]},
+     r"^rate_limits\[0\]\.name: 'key:' names are a consumer key's own limits$"),
+    ({"rate_limits": [{"name": "r", "requests_per_minute": 1, "match": {"modle": "x"}}]},
+     r"^rate_limits\[0\]\.match\.modle: unknown match key; did you mean 'model'\?"),
     ({"budgets": [{"name": "b", "limit_usd": 1, "window": "year"}]},
      r"^budgets\[0\]\.window: 'year' is not one of day, week, month, total$"),
     ({"budgets": [{"name": "b", "limit_usd": 1, "action": "stop"}]},
@@ -138,7 +153,7 @@ def test_readme_documents_every_config_key() -> None:
             if isinstance(body, dict) for k in body if section not in ("upstreams",)}
     keys -= {"auth.client_keys", "pricing.models", "estimation.factors"}
     keys |= {"auth.client_keys.<name>", "pricing.models.<model>",
-             "estimation.factors.<dialect>", "budgets[]"}
+             "estimation.factors.<dialect>", "budgets[]", "rate_limits[]"}
     keys |= {f"upstreams.<name>.{k}" for k in config.masked()["upstreams"]["openai"]}
     missing = {k for k in keys if f"`{k}`" not in readme}
     assert not missing, f"README config reference lacks: {sorted(missing)}"
@@ -152,7 +167,10 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
               .replace("\nledger: {path", "\n# ledger: {path")  # the fleet hint instead
               .replace("# ledger: {url", "ledger: {url")
               .replace("# export:", "export:").replace("#   - {type", "  - {type")
-              .replace("  # - {name: red-team", "  - {name: red-team"))
+              .replace("  # - {name: red-team", "  - {name: red-team")
+              .replace("# rate_limits:", "rate_limits:")
+              .replace("#   - {name: team-red-rpm", "  - {name: team-red-rpm")
+              .replace("#   - {name: bot-dollars", "  - {name: bot-dollars"))
     assert hinted != text
     (tmp_path / "c.yaml").write_text(hinted)
     config = load(tmp_path / "c.yaml", env={"OPENAI_API_KEY": "sk-x", "AWS_ACCESS_KEY_ID": "AK",
@@ -163,6 +181,9 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
     assert config.ledger.retention_days == 90
     assert [(b.name, b.on_ledger_down) for b in config.budgets] == [
         ("researcher-daily", "local"), ("red-team", "refuse")]
+    assert [(r.name, dict(r.match), r.requests_per_minute, r.usd_per_hour)
+            for r in config.rate_limits] == [("team-red-rpm", {"team": "red"}, 100, None),
+                                             ("bot-dollars", {"agent": "bot"}, None, 10.0)]
     aws = config.upstreams["bedrock"].aws
     assert aws is not None and (aws.region, aws.access_key_id) == ("us-east-1", "AK")
     assert [e.type for e in config.exports] == ["webhook", "jsonl", "stdout"]
@@ -301,3 +322,17 @@ def test_a_ledger_url_of_no_backend_is_a_config_error(tmp_path: Path) -> None:
     config = parse({"ledger": {"url": "postgres://db/tb"}}, env={})
     assert config.ledger.target == "postgres://db/tb" and config.ledger.shared
     assert config.ledger.spool == "tokenbooth-postgresql.spool"
+
+
+def test_rate_limits_parse_with_any_subset_of_their_kinds() -> None:
+    config = parse({"rate_limits": [
+        {"name": "team", "match": {"team": "red", "key": "k1"}, "requests_per_minute": 100,
+         "tokens_per_minute": 200000},
+        {"name": "money", "usd_per_minute": 0.5, "usd_per_hour": 10}]}, env={})
+    team, money = config.rate_limits
+    assert (team.name, dict(team.match), team.requests_per_minute, team.tokens_per_minute,
+            team.usd_per_minute) == ("team", {"team": "red", "key": "k1"}, 100, 200000, None)
+    assert (dict(money.match), money.usd_per_minute, money.usd_per_hour) == ({}, 0.5, 10.0)
+    assert config.masked()["rate_limits"][1] == {
+        "name": "money", "match": {}, "requests_per_minute": None, "tokens_per_minute": None,
+        "usd_per_minute": 0.5, "usd_per_hour": 10.0}
