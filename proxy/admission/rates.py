@@ -389,6 +389,7 @@ class FleetPlan:
         if result.get("budget") is None:
             now = self.store.clock()
             for lg in self.logs:
+                lg.prune(now)  # this copy is read only while the database is away
                 lg.hold(now, self.ask.call_id, self.tokens, self.usd)
             self.ask.view = view
         return None

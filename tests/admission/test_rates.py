@@ -313,3 +313,22 @@ async def test_fleet_rates_decide_on_this_replicas_log_while_the_database_is_awa
             assert isinstance(denied, Denied) and denied.name == "rpm2"
         finally:
             pg_server.start()
+
+
+async def test_a_fleet_replicas_own_copy_of_the_log_keeps_only_the_window(
+        pg_url: str, tmp_path: Path, estimator: Estimator) -> None:
+    """The copy a replica keeps for a decision while the database is away forgets what
+    has left the window, though the fleet decides every call."""
+    cfg, clock = config(tmp_path), Clock()
+    check = rates(RateLimitConfig("rpm", {}, requests_per_minute=1000), clock=clock)
+    async with open_budgets("postgresql", pg_url, []) as b:
+        assert b.backend.fleet is not None
+        check.open(FleetRates(b.backend.fleet, clock))
+        admission = Admission((check, b.check), PriceBook(cfg.prices), estimator)
+        for i in range(3):
+            assert await admission.admit(*call(cfg, f"c{i}")) is None
+        (log,) = check.logs
+        assert len(log.minute) == len(log.by_call) == 3
+        clock.t += 61  # a minute later here (the fleet's own clock decides there)
+        assert await admission.admit(*call(cfg, "late")) is None
+        assert [e.call_id for e in log.minute] == ["late"] and list(log.by_call) == ["late"]
