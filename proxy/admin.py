@@ -170,6 +170,12 @@ async def api_budgets(request: web.Request) -> web.Response:
 
 
 @_api
+async def api_rate_limits(request: web.Request) -> web.Response:
+    """Each rate limit's window: the fleet's on a shared ledger."""
+    return web.json_response({"rate_limits": await request.app[state.RATES].report()})
+
+
+@_api
 async def api_quota(request: web.Request) -> web.Response:
     """Each provider account's latest quota reading (what this replica's calls saw)."""
     return web.json_response({"accounts": request.app[state.QUOTA].snapshot()})
@@ -245,5 +251,6 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/api/calls/{call_id}", api_call),
         web.get("/api/budgets", api_budgets),
         web.get("/api/quota", api_quota),
+        web.get("/api/rate_limits", api_rate_limits),
         web.get("/api/live", api_live),
     ]

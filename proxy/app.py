@@ -101,6 +101,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     app[state.RECORDER] = recorder
     app[state.LIFECYCLE] = lifecycle
     app[state.QUOTA] = quota
+    app[state.RATES] = rate_check
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         if not est.loaded:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from proxy.admission.rates import RateCheck
     from proxy.config import Config
     from proxy.forward import Forwarder
     from proxy.lifecycle import Lifecycle
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from proxy.sinks.quota import QuotaBoard
 
 __all__ = ["BUDGETS", "CONFIG", "FEED", "FORWARDER", "LEDGER", "LIFECYCLE", "METRICS",
-           "QUOTA", "RECORDER"]
+           "QUOTA", "RATES", "RECORDER"]
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
@@ -29,3 +30,4 @@ FEED: web.AppKey[Broadcaster] = web.AppKey("feed")
 BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
 QUOTA: web.AppKey[QuotaBoard] = web.AppKey("quota")
+RATES: web.AppKey[RateCheck] = web.AppKey("rates")  # rate limits (issue 20)

@@ -311,6 +311,9 @@ class RateStore(Protocol):
     async def reserve(self, logs: Sequence[Log], ask: Ask, tokens: int,
                       usd: Decimal) -> Denied | None: ...
 
+    async def figures(self, logs: Sequence[Log]) -> list[Figures]:
+        """Each limit's window as the store knows it (for the API and the page)."""
+
 
 def reserve_here(logs: Sequence[Log], ask: Ask, tokens: int, usd: Decimal, now: float
                  ) -> Denied | None:
@@ -340,6 +343,10 @@ class LocalRates:
                       usd: Decimal) -> Denied | None:
         return reserve_here(logs, ask, tokens, usd, self.clock())
 
+    async def figures(self, logs: Sequence[Log]) -> list[Figures]:
+        now = self.clock()
+        return [lg.figures(now) for lg in logs]
+
 
 # --- the fleet's log ---
 
@@ -352,6 +359,9 @@ class FleetRateLedger(Protocol):
                                          Decimal],
                     rates: Sequence[RateLimitConfig], call_id: str, tokens: int,
                     usd: Decimal, replica: str) -> dict[str, Any]: ...
+
+    async def rate_state(self, names: Sequence[str]
+                         ) -> dict[str, tuple[int, int, Decimal, Decimal]]: ...
 
     async def reset(self, broken: bool = False) -> None: ...
 
@@ -418,6 +428,21 @@ class FleetRates:
                       usd: Decimal) -> Denied | None:
         ask.rates = FleetPlan(self, logs, ask, tokens, usd)  # made with the budgets' trip
         return None
+
+    async def figures(self, logs: Sequence[Log]) -> list[Figures]:
+        """The fleet's windows; this replica's own while the database does not answer."""
+        try:
+            state = await self._ledger.rate_state([lg.cfg.name for lg in logs])
+        except Exception as exc:
+            log.warning("fleet rate limits unreachable (%s: %s): showing this replica's "
+                        "own log", type(exc).__name__, exc)
+            now = self.clock()
+            return [lg.figures(now) for lg in logs]
+        out = []
+        for lg in logs:
+            n, tokens, um, uh = state.get(lg.cfg.name, (0, 0, Decimal(0), Decimal(0)))
+            out.append(Figures(n, tokens, um, uh, None))
+        return out
 
     async def run(self, plan: FleetPlan, budgets: tuple[Sequence[str], Sequence[Decimal],
                                                         Sequence[str], Decimal]
@@ -505,19 +530,29 @@ class RateCheck:
                 lg.settle(call_id, admitted, tokens, usd)
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Each limit's window as this replica sees it (for the API and the page)."""
+        """Each limit's window as this replica's own log has it."""
         now = self.clock()
-        out = []
-        for lg in [*self.logs, *self._keys.values()]:
-            f = lg.figures(now)
-            c = lg.cfg
-            out.append({"name": c.name, "match": dict(c.match),
-                        "requests_per_minute": c.requests_per_minute,
-                        "tokens_per_minute": c.tokens_per_minute,
-                        "usd_per_minute": c.usd_per_minute, "usd_per_hour": c.usd_per_hour,
-                        "requests": f.requests, "tokens": f.tokens,
-                        "usd_minute": float(f.usd_minute), "usd_hour": float(f.usd_hour)})
-        return out
+        logs = [*self.logs, *self._keys.values()]
+        return _described(logs, [lg.figures(now) for lg in logs])
+
+    async def report(self) -> list[dict[str, Any]]:
+        """Each limit's window as the store knows it (the fleet's on a shared ledger): the
+        configured limits, then the consumer keys' this replica has seen."""
+        logs = [*self.logs, *self._keys.values()]
+        return _described(logs, await self.store.figures(logs))
+
+
+def _described(logs: Sequence[Log], figures: Sequence[Figures]) -> list[dict[str, Any]]:
+    out = []
+    for lg, f in zip(logs, figures, strict=True):
+        c = lg.cfg
+        out.append({"name": c.name, "match": dict(c.match),
+                    "requests_per_minute": c.requests_per_minute,
+                    "tokens_per_minute": c.tokens_per_minute,
+                    "usd_per_minute": c.usd_per_minute, "usd_per_hour": c.usd_per_hour,
+                    "requests": f.requests, "tokens": f.tokens,
+                    "usd_minute": float(f.usd_minute), "usd_hour": float(f.usd_hour)})
+    return out
 
 
 # --- the headers ---

@@ -123,6 +123,10 @@ class FleetBackend(LedgerBackend, Protocol):
                     replica: str) -> dict[str, Any]:
         """Rate limits and budgets in one round trip (`proxy.admission.rates`)."""
 
+    async def rate_state(self, names: Sequence[str]
+                         ) -> dict[str, tuple[int, int, Decimal, Decimal]]:
+        """Each rate limit's window in the fleet (for the API and the page)."""
+
     async def budget_state(self, keys: Sequence[tuple[str, str]]
                            ) -> dict[str, tuple[Decimal, Decimal]]: ...
 

@@ -343,6 +343,21 @@ class PostgresBackend:
              for r in rates],
             tokens, usd)
         return dict(json.loads(result))
+
+    async def rate_state(self, names: Sequence[str]
+                         ) -> dict[str, tuple[int, int, Decimal, Decimal]]:
+        """The fleet's window of each rate limit: requests, tokens and dollars of the last
+        minute, dollars of the last hour."""
+        pool = await self._get_pool()
+        rows = await pool.fetch(
+            "SELECT n.name, count(e.call_id) FILTER (WHERE e.at > now() - interval '60 s'), "
+            "coalesce(sum(e.tokens) FILTER (WHERE e.at > now() - interval '60 s'), 0), "
+            "coalesce(sum(e.usd) FILTER (WHERE e.at > now() - interval '60 s'), 0), "
+            "coalesce(sum(e.usd) FILTER (WHERE e.at > now() - interval '3600 s'), 0) "
+            "FROM unnest($1::text[]) AS n(name) "
+            "LEFT JOIN tb_rate_event e ON e.rate_limit = n.name GROUP BY n.name",
+            list(names))
+        return {r[0]: (int(r[1]), int(r[2]), Decimal(r[3]), Decimal(r[4])) for r in rows}
     # --- end rate limits ---
 
     async def budget_state(self, keys: Sequence[tuple[str, str]]

@@ -292,6 +292,10 @@ async def test_fleet_rates_and_budgets_are_decided_in_one_call(
             assert await only.admit(*call(cfg, "d2")) is None
             assert isinstance(await only.admit(*call(cfg, "d3")), Denied)
             assert await db.fetchval("SELECT count(*) FROM tb_rate_event") == 2
+            # the API's figures are the fleet's: what the database holds
+            (shown,) = await check.report()
+            assert (shown["name"], shown["requests"], shown["tokens"]) == \
+                ("rpm2", 2, 2 * (est + 1000))
         finally:
             await db.close()
 
