@@ -10,6 +10,10 @@ drops reservations of replicas that stopped heartbeating, checks spend + reserva
 the call's worst case against the limit, and reserves. Spend per window lives in
 `tb_budget_spend`, so every replica reads the same number.
 
+Rate limits: when one matches, admission calls `tb_admit` instead (still one round trip),
+which decides the rate limits' sliding windows (`tb_rate_event`) and then the budgets, and
+reserves both or neither; the batch write settles each row's rate-limit reservations.
+
 Live feed: events go out with NOTIFY on `tokenbooth_live` (batched, from a background task,
 never in a call's path) and come in on a LISTEN connection.
 """
