@@ -1,5 +1,6 @@
 """Our own routes: /healthz, /readyz, /metrics and the read-only /api/* (usage, calls,
-budgets, rate limits, provider quota, and the live SSE feed). Handlers reach state only through state.py keys."""
+budgets, rate limits, provider quota, and the live SSE feed). Handlers reach state only
+through state.py keys."""
 
 from __future__ import annotations
 

@@ -123,6 +123,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
             recorder.fingerprint = await asyncio.to_thread(KeyFingerprinter.beside,
                                                            config.ledger.path)
             store = LocalBudgets(backend)  # reserved in this process
+            await rate_check.restore(backend)  # the rate limits' windows, in this process
         await budget_check.open(store)
         for sink in exports:
             if isinstance(sink, WebhookSink):  # delivers from the ledger, after its cursor

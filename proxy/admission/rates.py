@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from proxy.admission.base import Ask, Denied
 from proxy.config import RateLimitConfig
 from proxy.keys import KeyLimits
-from proxy.record import CallRecord
+from proxy.record import CallRecord, iso_utc
 
 __all__ = ["FleetRates", "LocalRates", "RateCheck", "RateView", "headers_for",
            "openai_duration"]
@@ -350,6 +350,15 @@ class LocalRates:
 
 # --- the fleet's log ---
 
+class RateLedger(Protocol):
+    """What `RateCheck.restore` reads from the ledger (the SQLite backend)."""
+
+    unavailable: tuple[type[BaseException], ...]
+
+    async def rate_rows(self, match: Mapping[str, str], since: str
+                        ) -> list[tuple[str, int | None, int | None, float | None]]: ...
+
+
 class FleetRateLedger(Protocol):
     """What `FleetRates` asks of the shared ledger (the PostgreSQL backend)."""
 
@@ -481,6 +490,30 @@ class RateCheck:
 
     def open(self, store: RateStore) -> None:
         self.store = store
+
+    async def restore(self, ledger: RateLedger) -> None:
+        """The windows as the ledger holds them, for a log kept in this process (a SQLite
+        ledger), so a restart does not forget the last minute's (or hour's) calls. A limit
+        matching on `key` starts empty (rows do not name the consumer key), as do keys'."""
+        wall, now = time.time(), self.clock()
+        failures: tuple[type[BaseException], ...] = (*ledger.unavailable, ValueError)
+        for lg in self.logs:
+            if "key" in lg.cfg.match:
+                continue
+            span = HOUR if lg.hour is not None else MINUTE
+            try:
+                rows = await ledger.rate_rows(dict(lg.cfg.match), iso_utc(wall - span))
+            except failures as exc:
+                log.warning("could not restore rate limit %s from the ledger: %s",
+                            lg.cfg.name, exc)
+                continue
+            for i, (started, status, tokens, cost) in enumerate(rows):
+                at = now - (wall - datetime.fromisoformat(started).timestamp())
+                if at <= now - span:
+                    continue
+                answered = status is not None
+                lg.hold(at, f"restored-{i}", (tokens or 0) if answered else 0,
+                        Decimal(repr(cost)) if answered and cost is not None else Decimal(0))
 
     def _key_log(self, key: Any) -> Log | None:
         limits = getattr(key, "limits", None)

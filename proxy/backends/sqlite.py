@@ -244,6 +244,13 @@ class SqliteBackend:
         row = await self._read(lambda c: c.execute(sql, args).fetchone())
         return Decimal(row[0] or 0) / COST_SCALE
 
+    async def rate_rows(self, match: Mapping[str, str], since: str
+                        ) -> list[tuple[str, int | None, int | None, float | None]]:
+        """The calls a rate limit admitted since `since` (`query.rate_rows_sql`)."""
+        sql, args = query.rate_rows_sql(self.kind, match, since)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
     async def reprice(self, since: str | None, until: str | None,
                       change: Callable[[list[Any]], list[tuple[float | None, str | None,
                                                                str]]],

@@ -8,6 +8,7 @@ together (both reserved or neither) and the row write settles the log."""
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,13 @@ from proxy.admission.rates import (
     headers_for,
     openai_duration,
 )
+from proxy.backends import open_backend
 from proxy.config import Config, RateLimitConfig
 from proxy.dialects import DIALECTS
 from proxy.estimate import Estimator
 from proxy.keys import ConsumerKey, KeyLimits
 from proxy.pricing import PriceBook
-from proxy.record import CallFacts
+from proxy.record import CallFacts, iso_utc
 from proxy.routing import Route, resolve
 from tests.budget_stores import budget, open_budgets
 from tests.conftest import make_config
@@ -336,3 +338,44 @@ async def test_a_fleet_replicas_own_copy_of_the_log_keeps_only_the_window(
         clock.t += 61  # a minute later here (the fleet's own clock decides there)
         assert await admission.admit(*call(cfg, "late")) is None
         assert [e.call_id for e in log.minute] == ["late"] and list(log.by_call) == ["late"]
+
+
+async def test_a_restart_on_sqlite_restores_the_windows_from_the_ledger(
+        tmp_path: Path, estimator: Estimator) -> None:
+    """The log lives in the process: a restart reads the last minute's (hour's) admitted
+    calls back from the ledger, so the limit holds across it."""
+    cfg, clock = config(tmp_path), Clock()
+    now = time.time()
+
+    def row(call_id: str, ago: float, tokens: int, cost: str, outcome: str = "ok",
+            agent: str = "bot") -> Any:
+        at = iso_utc(now - ago)
+        return make_record(call_id=call_id, agent=agent, model="cap-model",
+                           request_model="cap-model", started_at=at, ended_at=at,
+                           input_tokens=tokens, output_tokens=0, total_tokens=tokens,
+                           cost_usd=Decimal(cost), outcome=outcome,
+                           status_code=429 if outcome == "rejected" else 200)
+
+    backend = open_backend(str(tmp_path / "ledger.db"))
+    await backend.open()
+    try:
+        await backend.write([r.to_row() for r in (
+            row("old", 70, 500, "0.5"),  # out of the minute, in the hour
+            row("a", 20, 100, "0.25"), row("b", 10, 200, "0.25"),
+            row("refused", 5, 0, "0", outcome="rejected"),  # never admitted
+            row("other", 5, 900, "0.9", agent="other"))])  # another agent's
+        check = rates(RateLimitConfig("rpm", {"agent": "bot"}, requests_per_minute=2,
+                                      tokens_per_minute=10_000),
+                      RateLimitConfig("hourly", {"agent": "bot", "model": "cap-model"},
+                                      usd_per_hour=1.0), clock=clock)
+        await check.restore(backend)
+    finally:
+        await backend.aclose()
+    assert [(s["name"], s["requests"], s["tokens"], s["usd_hour"]) for s in check.snapshot()] \
+        == [("rpm", 2, 300, 0.0), ("hourly", 2, 300, 1.0)]  # the minute's; the hour's dollars
+    denied = await Admission((check,), PriceBook(cfg.prices), estimator).admit(
+        *call(cfg, "c1"))
+    assert isinstance(denied, Denied) and denied.name == "hourly"  # $1.00 of $1.00 spent
+    # "a" (20 s ago) leaves the minute in 40 s, "old" leaves the hour in 3530 s: the wait
+    # is the longest
+    assert denied.retry_after_seconds is not None and 3529 <= denied.retry_after_seconds <= 3531
