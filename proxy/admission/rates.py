@@ -141,7 +141,8 @@ def never_fits(cfg: RateLimitConfig, tokens: int, usd: Decimal) -> bool:
 
 
 _NAMES = {"requests": "requests per minute", "tokens": "tokens per minute",
-          "usd_per_minute": "USD per minute", "usd_per_hour": "USD per hour"}
+          "usd_per_minute": "USD per minute", "usd_per_hour": "USD per hour",
+          "window": "its window"}
 
 
 def denial(cfg: RateLimitConfig, dims: Sequence[str], retry: float | None, view: RateView,
@@ -391,20 +392,26 @@ class FleetPlan:
     def answered(self, result: Mapping[str, Any]) -> Denied | None:
         """The shared ledger's answer (the budgets' part is the caller's): the rate limit
         that refuses, or None (reserved there; kept here too, for a local decision while
-        the database is away)."""
+        the database is away). The database's word stands: it decided under the locks."""
         rows = {r["name"]: r for r in result.get("limits") or ()}
         figures, retries = [], []
         for cfg in self.limits:
             r = rows.get(cfg.name) or {}
             figures.append(Figures(int(r.get("requests") or 0), int(r.get("tokens") or 0),
-                                   Decimal(str(r.get("usd_minute") or 0)),
-                                   Decimal(str(r.get("usd_hour") or 0)),
+                                   Decimal(r.get("usd_minute") or 0),
+                                   Decimal(r.get("usd_hour") or 0),
                                    None if r.get("newest_age") is None
                                    else float(r["newest_age"])))
             retries.append(None if r.get("never") else float(r.get("retry") or 0.0))
-        denied, view = decide(self.limits, figures, retries, self.tokens, self.usd)
-        if denied is not None:
+        if result.get("refused"):
+            denied, view = decide(self.limits, figures, retries, self.tokens, self.usd)
+            if denied is None:  # the same rules: only if a figure came back inexact
+                i = next((i for i, cfg in enumerate(self.limits)
+                          if rows.get(cfg.name, {}).get("refused")), 0)
+                denied = denial(self.limits[i], ["window"], retries[i], view, self.tokens,
+                                self.usd)
             return denied
+        view = view_of(self.limits, figures, self.tokens, True)
         if result.get("budget") is None:
             now = self.store.clock()
             for lg in self.logs:

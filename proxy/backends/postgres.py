@@ -346,7 +346,7 @@ class PostgresBackend:
             [None if r.usd_per_hour is None else Decimal(repr(r.usd_per_hour))
              for r in rates],
             tokens, usd)
-        return dict(json.loads(result))
+        return dict(json.loads(result, parse_float=Decimal))  # exact, as the database has it
 
     async def rate_state(self, names: Sequence[str]
                          ) -> dict[str, tuple[int, int, Decimal, Decimal]]:

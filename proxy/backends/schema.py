@@ -294,7 +294,8 @@ CREATE TABLE IF NOT EXISTS tb_export_cursor (
 # by every caller: no deadlock) and, if they admit, its budgets (`tb_reserve`), and
 # reserves both or neither. It answers JSON: the budget that refused (`budget`), and each
 # limit's figures before this call (`limits`: requests, tokens and dollars in the window,
-# the newest admission's age, the seconds until the call fits, `never` when it cannot).
+# the newest admission's age, the seconds until the call fits, `never` when it cannot,
+# `refused` when it refuses the call), and `refused` when a rate limit did.
 _RATES_NAME = "rate limits: sliding window log and tb_admit"
 _RATES = """
 CREATE TABLE IF NOT EXISTS tb_rate_event (
@@ -321,6 +322,7 @@ DECLARE
   wait DOUBLE PRECISION;
   w DOUBLE PRECISION;
   never BOOLEAN;
+  this BOOLEAN;
   refused BOOLEAN := false;
   figures JSONB := '[]'::jsonb;
   budget TEXT;
@@ -339,18 +341,19 @@ BEGIN
     SELECT coalesce(sum(usd), 0) INTO uh FROM tb_rate_event
       WHERE rate_limit = r_names[i] AND r_usd_hour[i] IS NOT NULL;
     wait := 0;
+    this := false;
     never := (r_tpm[i] IS NOT NULL AND r_tokens > r_tpm[i])
       OR (r_usd_minute[i] IS NOT NULL AND r_usd > r_usd_minute[i])
       OR (r_usd_hour[i] IS NOT NULL AND r_usd > r_usd_hour[i]);
     IF r_rpm[i] IS NOT NULL AND n + 1 > r_rpm[i] THEN
-      refused := true;
+      this := true;
       SELECT extract(epoch FROM at + interval '60 seconds' - now_ts) INTO w
         FROM tb_rate_event WHERE rate_limit = r_names[i] AND at > minute_ago
         ORDER BY at, call_id OFFSET n - r_rpm[i] LIMIT 1;
       wait := greatest(wait, w);
     END IF;
     IF r_tpm[i] IS NOT NULL AND tok + r_tokens > r_tpm[i] THEN
-      refused := true;
+      this := true;
       SELECT extract(epoch FROM at + interval '60 seconds' - now_ts) INTO w FROM (
         SELECT at, sum(tokens) OVER (ORDER BY at, call_id) AS freed FROM tb_rate_event
         WHERE rate_limit = r_names[i] AND at > minute_ago) x
@@ -358,7 +361,7 @@ BEGIN
       wait := greatest(wait, coalesce(w, 0));
     END IF;
     IF r_usd_minute[i] IS NOT NULL AND um + r_usd > r_usd_minute[i] THEN
-      refused := true;
+      this := true;
       SELECT extract(epoch FROM at + interval '60 seconds' - now_ts) INTO w FROM (
         SELECT at, sum(usd) OVER (ORDER BY at, call_id) AS freed FROM tb_rate_event
         WHERE rate_limit = r_names[i] AND at > minute_ago) x
@@ -366,7 +369,7 @@ BEGIN
       wait := greatest(wait, coalesce(w, 0));
     END IF;
     IF r_usd_hour[i] IS NOT NULL AND uh + r_usd > r_usd_hour[i] THEN
-      refused := true;
+      this := true;
       SELECT extract(epoch FROM at + interval '3600 seconds' - now_ts) INTO w FROM (
         SELECT at, sum(usd) OVER (ORDER BY at, call_id) AS freed FROM tb_rate_event
         WHERE rate_limit = r_names[i]) x
@@ -375,10 +378,12 @@ BEGIN
     END IF;
     figures := figures || jsonb_build_object(
       'name', r_names[i], 'requests', n, 'tokens', tok, 'usd_minute', um, 'usd_hour', uh,
-      'newest_age', extract(epoch FROM now_ts - newest), 'retry', wait, 'never', never);
+      'newest_age', extract(epoch FROM now_ts - newest), 'retry', wait, 'never', never,
+      'refused', this);
+    refused := refused OR this;
   END LOOP;
   IF refused THEN
-    RETURN jsonb_build_object('limits', figures);
+    RETURN jsonb_build_object('refused', true, 'limits', figures);
   END IF;
   budget := tb_reserve(p_names, p_limits, p_windows, p_call, p_worst, p_replica,
                        p_stale_seconds);
