@@ -22,7 +22,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy import headers as hdr
-from proxy.admission import Admission
+from proxy.admission import Admission, Denied
 from proxy.admission.rates import RateView, headers_for
 from proxy.bodies import parse_json as _parse
 from proxy.bodies import parse_json_encoded as _parse_encoded
@@ -338,7 +338,7 @@ class Forwarder:
             resp.headers["Retry-After"] = str(denied.retry_after_seconds)
         raise _Ended(resp)
 
-    def _rate_refusal(self, facts: CallFacts, route: Route, denied: Any) -> web.Response:
+    def _rate_refusal(self, facts: CallFacts, route: Route, denied: Denied) -> web.Response:
         """A rate limit's 429: `Retry-After` (whole seconds) and `retry-after-ms` (the SDKs
         prefer it), the limit's figures in the caller's SDK's header style; no
         `x-should-retry` (the SDKs retry a 429 after Retry-After by themselves)."""

@@ -8,7 +8,8 @@ budgets' round trip (one SQL call decides both), or, when no budget check runs, 
 alone at the end: one round trip per call either way.
 
 Not a sink: it answers from the request alone. The record of every call, refused or not,
-settles what was held (`BudgetCheck.settle`, called by the budgets sink)."""
+settles what was held (`BudgetCheck.settle` and `RateCheck.settle`, called by the budgets
+sink)."""
 
 from __future__ import annotations
 

@@ -100,5 +100,7 @@ class Check(Protocol):
 
     name: str
     active: bool  # False: it can refuse nothing (admission skips it)
+    # A check may also say `per_key = True`: asked for every call that presents a consumer
+    # key, even while `active` is False (the key's own limits).
 
     async def check(self, ask: Ask) -> Denied | None: ...
