@@ -9,7 +9,12 @@ level `max` drives MAX_CONCURRENCY clients at once, the proxy's heaviest load; e
 also reports calls per second achieved and, in the summary, the calls per second one core
 sustains at that CPU cost (1e6 / µs per call).
 
+The scenario `admission` is measured in process instead (`bench/admission_bench.py`): the
+CPU admission adds per call with a consumer key's limits, a rate limit and a budget on a
+SQLite ledger, against none.
+
     python -m bench.run [--quick] [--rounds N] [--levels 1,16,64,max]
+    python -m bench.run --scenarios admission
 """
 
 from __future__ import annotations
@@ -169,6 +174,13 @@ async def load_url(url: str, scenario: str, conc: int, n: int) -> list[tuple[flo
 async def main_async(quick: bool, levels: list[int], scenarios: list[str],
                      rounds: int, before: str | None = None,
                      postgres: str | None = None) -> None:
+    if "admission" in scenarios:  # in process: what admission adds per call
+        from bench.admission_bench import main_async as admission
+
+        await admission(5_000 if quick else 20_000, 256, max(rounds, 3))
+        scenarios = [s for s in scenarios if s != "admission"]
+        if not scenarios:
+            return
     for name in list(SCENARIOS):
         if name not in scenarios:
             del SCENARIOS[name]
@@ -304,7 +316,9 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
     parser.add_argument("--levels", default="1,16,64,max",
                         help="concurrency levels; `max` saturates the proxy's core")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join([*SCENARIOS, "admission"]),
+                        help="chat_json, chat_sse, anthropic_sse (through the proxy), "
+                             "admission (in process: CPU added per call)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds per level; medians are reported")
     parser.add_argument("--before", metavar="CHECKOUT",

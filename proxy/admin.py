@@ -1,7 +1,7 @@
 """Our own routes: /healthz, /readyz, /metrics, the read-only /api/* (usage, calls,
-budgets, provider quota, and the live SSE feed), consumer keys (/api/keys, admin token) and
-what a key sees of itself (/api/me, the key itself). Handlers reach state only through
-state.py keys."""
+budgets, rate limits, provider quota, and the live SSE feed), consumer keys (/api/keys, admin
+token) and what a key sees of itself (/api/me, the key itself). Handlers reach state only
+through state.py keys."""
 
 from __future__ import annotations
 
@@ -335,6 +335,12 @@ async def api_notices(request: web.Request) -> web.Response:
 
 
 @_api
+async def api_rate_limits(request: web.Request) -> web.Response:
+    """Each rate limit's window: the fleet's on a shared ledger."""
+    return web.json_response({"rate_limits": await request.app[state.RATES].report()})
+
+
+@_api
 async def api_quota(request: web.Request) -> web.Response:
     """Each provider account's latest quota reading (what this replica's calls saw)."""
     return web.json_response({"accounts": request.app[state.QUOTA].snapshot()})
@@ -411,6 +417,7 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/api/budgets", api_budgets),
         web.get("/api/notices", api_notices),
         web.get("/api/quota", api_quota),
+        web.get("/api/rate_limits", api_rate_limits),
         web.get("/api/live", api_live),
         web.post("/api/keys", api_keys_create),
         web.get("/api/keys", api_keys_list),

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from proxy import admin, state
 from proxy.admission import Admission
 from proxy.admission.budgets import BudgetCheck, BudgetStore, FleetBudgets, LocalBudgets
+from proxy.admission.rates import FleetRates, RateCheck
 from proxy.backends import LedgerUnavailable
 from proxy.config import Config
 from proxy.estimate import Estimator
@@ -83,8 +84,10 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     feed = Broadcaster()
     budget_check = BudgetCheck(config.budgets)
     notifier = Notifier(config.notify) if config.budgets else None  # budget notices
-    budgets = Budgets(budget_check, registry, notifier)
-    admission = Admission((budget_check,), prices, est)
+    rate_check = RateCheck(config.rate_limits)
+    budgets = Budgets(budget_check, registry, notifier, rates=rate_check)
+    # rate limits first: on a shared ledger their reservation rides on the budgets' trip
+    admission = Admission((rate_check, budget_check), prices, est)
     exports = make_exports(config.exports, metrics.export_result)
     quota = QuotaBoard(registry, max_accounts=config.metrics.max_label_values)
     recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets, quota,
@@ -102,6 +105,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     app[state.RECORDER] = recorder
     app[state.LIFECYCLE] = lifecycle
     app[state.QUOTA] = quota
+    app[state.RATES] = rate_check
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         if not est.loaded:
@@ -124,9 +128,13 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         if backend.fleet is not None:
             store = fleet_budgets = FleetBudgets(backend.fleet)  # reserved in the shared ledger
             fleet = Fleet(backend.fleet, fleet_budgets, feed)
+            fleet_rates = FleetRates(backend.fleet)  # the fleet's log, one trip with budgets
+            fleet_rates.replica = fleet.replica
+            rate_check.open(fleet_rates)
             ledger.on_committed = fleet_budgets.rows_written
         else:
             store = LocalBudgets(backend)  # reserved in this process
+            await rate_check.restore(backend)  # the rate limits' windows, in this process
         await budget_check.open(store)
         if notifier is not None:  # the outbox is the ledger's
             notifier.start(backend, fleet.replica if fleet is not None else None,

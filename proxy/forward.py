@@ -23,7 +23,8 @@ from yarl import URL
 
 from proxy import attribution
 from proxy import headers as hdr
-from proxy.admission import Admission
+from proxy.admission import Admission, Denied
+from proxy.admission.rates import RateView, headers_for
 from proxy.bodies import parse_json as _parse
 from proxy.bodies import parse_json_encoded as _parse_encoded
 from proxy.config import Config, Upstream
@@ -165,7 +166,7 @@ class Forwarder:
             if key is not None and key.models and \
                     not allows(key.models, request.query.get("model")):  # a Realtime socket's
                 self._forbid(facts, route, f"model {request.query.get('model')!r}", key.models)
-            if (admission := self.admission) is not None and admission.active:
+            if (admission := self.admission) is not None and admission.needed(facts):
                 await self._admit(admission, facts, route)
             return await relay.run(request, route, replace_auth)
         except _Ended as ended:
@@ -196,11 +197,12 @@ class Forwarder:
         dialect = await self._read_request(request, route, body, facts)
         self._key_allows_model(facts, route)
         live = self._live(facts, route, dialect, len(body))
-        if (admission := self.admission) is not None and admission.active:
-            await self._admit(admission, facts, route)
+        view = None
+        if (admission := self.admission) is not None and admission.needed(facts):
+            view = await self._admit(admission, facts, route)
         if route.batch_id is None:  # a batch download is recorded as its result lines
             self.recorder.started(live)
-        return await self._forward(request, route, body, facts, live, replace_auth)
+        return await self._forward(request, route, body, facts, live, replace_auth, view)
 
     def _facts(self, request: web.Request) -> CallFacts:
         """The call's facts as it arrives: its id, its clocks, its upstream, and the tags
@@ -367,12 +369,17 @@ class Forwarder:
                         dialect=dialect, request_doc=facts.request_doc,
                         request_bytes=request_bytes)
 
-    async def _admit(self, admission: Admission, facts: CallFacts, route: Route) -> None:
-        """The budgets' word: a refusal is a 429 the SDKs do not retry (or a 503 they may
-        retry, when a budget cannot be checked while the shared ledger is away)."""
-        denied = await admission.admit(facts, route)
+    async def _admit(self, admission: Admission, facts: CallFacts,
+                     route: Route) -> RateView | None:
+        """Admission's word: a budget's refusal is a 429 the SDKs do not retry (or a 503 they
+        may retry, when a budget cannot be checked while the shared ledger is away); a rate
+        limit's is a 429 they retry after `Retry-After`. Admitted: the rate limits' figures
+        for the response's headers (None when none applied)."""
+        denied, view = await admission.decide(facts, route)
         if denied is None:
-            return
+            return view if isinstance(view, RateView) else None
+        if denied.check == "rate":
+            raise _Ended(self._rate_refusal(facts, route, denied))
         if denied.ledger_down:
             # `on_ledger_down: refuse`: fail closed while the shared ledger is away; a retry
             # may well succeed (the SDKs retry a 503 by themselves)
@@ -392,6 +399,19 @@ class Forwarder:
             resp.headers["Retry-After"] = str(denied.retry_after_seconds)
         raise _Ended(resp)
 
+    def _rate_refusal(self, facts: CallFacts, route: Route, denied: Denied) -> web.Response:
+        """A rate limit's 429: `Retry-After` (whole seconds) and `retry-after-ms` (the SDKs
+        prefer it), the limit's figures in the caller's SDK's header style; no
+        `x-should-retry` (the SDKs retry a 429 after Retry-After by themselves)."""
+        resp = self._refuse(facts, End.RATE_LIMIT, "rate_limit_exceeded", denied.message,
+                            route.provider, detail=denied.name,
+                            extra={"rate_limit": denied.name})
+        resp.headers.update(headers_for(denied.view, route.provider.name))
+        resp.headers["X-Meter-Rate-Limit"] = denied.name
+        resp.headers["Retry-After"] = str(denied.retry_after_seconds or 1)
+        resp.headers["retry-after-ms"] = str(denied.retry_after_ms or 1)
+        return resp
+
     async def _open(self, request: web.Request, route: Route, url: str, body: bytes,
                     injected: bool, replace_auth: dict[str, str] | None
                     ) -> aiohttp.ClientResponse:
@@ -409,8 +429,8 @@ class Forwarder:
             )
 
     async def _forward(self, request: web.Request, route: Route, body: bytes, facts: CallFacts,
-                       live: LiveCall, replace_auth: dict[str, str] | None
-                       ) -> web.StreamResponse:
+                       live: LiveCall, replace_auth: dict[str, str] | None,
+                       view: RateView | None = None) -> web.StreamResponse:
         up = route.upstream
         injected_body = None
         injector = route.provider.injector(route.parser) \
@@ -446,7 +466,7 @@ class Forwarder:
             return self._unanswered(facts, route, End.CONNECT_FAILED, 502,
                                     "upstream_unreachable", f"failed: {kind}", kind)
         return await self._relay(request, route, resp, facts, live,
-                                 injector if injected_body is not None else None)
+                                 injector if injected_body is not None else None, view)
 
     def _unanswered(self, facts: CallFacts, route: Route, end: End, status: int, kind: str,
                     what: str, detail: str | None = None) -> web.Response:
@@ -456,7 +476,8 @@ class Forwarder:
                               call_id=facts.call_id, provider=route.provider)
 
     async def _relay(self, request: web.Request, route: Route, resp: aiohttp.ClientResponse,
-                     facts: CallFacts, live: LiveCall, injector: Any) -> web.StreamResponse:
+                     facts: CallFacts, live: LiveCall, injector: Any,
+                     view: RateView | None = None) -> web.StreamResponse:
         facts.status_code = resp.status
         rh = resp.headers
         for h in _REQUEST_ID_HEADERS:
@@ -481,6 +502,8 @@ class Forwarder:
         out = cls(status=resp.status, reason=resp.reason,
                   headers=hdr.inbound(rh, drop_length=client_filter is not None))
         out.headers["X-Meter-Call-Id"] = facts.call_id
+        if view is not None:  # a Tokenbooth rate limit applied: its figures replace the
+            out.headers.update(headers_for(view, route.provider.name))  # upstream's names
         clean = False
         loop = asyncio.get_running_loop()
         watch = IdleWatch(loop, self.config.server.idle_timeout_seconds, resp.content)

@@ -33,6 +33,7 @@ class End(Enum):
     BODY_TOO_LARGE = ("rejected", 413, "request body too large")
     BUDGET = ("rejected", 429, "budget {} exhausted")
     BUDGET_UNVERIFIABLE = ("rejected", 503, "budget {} unverifiable: ledger unreachable")
+    RATE_LIMIT = ("rejected", 429, "rate limit {} exceeded")
     # The upstream never answered.
     CONNECT_TIMEOUT = ("timeout", None, "upstream connect timeout")
     UNREACHABLE = ("unreachable", None, "upstream unreachable")

@@ -345,10 +345,12 @@ class SocketRelay:
                 self.fw.progress(live, obs)
 
     async def _refused(self, client: web.WebSocketResponse, frame: str | bytes) -> bool:
-        """A `response.create` a blocking budget refuses: answered here with the provider's
-        `error` event (recorded as a refused call), not forwarded; the socket stays up."""
+        """A `response.create` a blocking budget or a rate limit refuses: answered here with
+        the provider's `error` event (recorded as a refused call), not forwarded; the socket
+        stays up."""
         admission, dialect, route = self.fw.admission, self.dialect, self.route
-        if admission is None or not admission.active or dialect is None or route is None:
+        if admission is None or not admission.needed(self.facts) or dialect is None \
+                or route is None:
             return False
         try:
             if dialect.refusal(frame, "") is None:
@@ -363,10 +365,13 @@ class SocketRelay:
         denied = await admission.admit(check, route)
         if denied is None:
             return False
-        event = dialect.refusal(frame, denied.message)
+        rate = denied.check == "rate"
+        event = dialect.refusal(frame, denied.message,
+                                "rate_limit_exceeded" if rate else "budget_exceeded")
         if event is not None:
             await client.send_str(event)
-        check.end, check.end_detail, check.ended = End.BUDGET, denied.name, time.monotonic()
+        check.end, check.end_detail, check.ended = (End.RATE_LIMIT if rate else End.BUDGET,
+                                                    denied.name, time.monotonic())
         self._submit(check)
         return True
 

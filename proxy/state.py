@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from proxy.admission.rates import RateCheck
     from proxy.config import Config
     from proxy.forward import Forwarder
     from proxy.keyring import KeyAdmin, KeyRegistry
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from proxy.sinks.quota import QuotaBoard
 
 __all__ = ["BUDGETS", "CONFIG", "FEED", "FORWARDER", "KEYS", "KEY_ADMIN", "LEDGER",
-           "LIFECYCLE", "METRICS", "QUOTA", "RECORDER"]
+           "LIFECYCLE", "METRICS", "QUOTA", "RATES", "RECORDER"]
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
@@ -32,3 +33,4 @@ LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
 QUOTA: web.AppKey[QuotaBoard] = web.AppKey("quota")
 KEYS: web.AppKey[KeyRegistry] = web.AppKey("keys")  # consumer keys, by their secret's hash
 KEY_ADMIN: web.AppKey[KeyAdmin] = web.AppKey("key_admin")  # issue, change, revoke, rotate
+RATES: web.AppKey[RateCheck] = web.AppKey("rates")  # rate limits (issue 20)

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from proxy import state
-from tests.conftest import Proxy, StartProxy
+from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy
 
 UI = Path(__file__).resolve().parent.parent / "proxy" / "static" / "ui.html"
 
@@ -126,6 +126,32 @@ async def test_budgets_lists_the_configured_budgets(start_proxy: StartProxy) -> 
                                         "limit_usd": 5, "window": "day", "action": "block"}])
     status, body = await get(proxy, "/api/budgets")
     assert status == 200 and [b["name"] for b in body["budgets"]] == ["daily"]
+
+
+async def test_rate_limits_lists_each_limit_with_its_window(
+        start_proxy: StartProxy, upstream: FakeUpstream) -> None:
+    proxy = await start_proxy(rate_limits=[{"name": "ana-rpm", "match": {"agent": "ana"},
+                                            "requests_per_minute": 5, "usd_per_hour": 2}],
+                              pricing={"models": {"ana-model": {"input": 1.0, "output": 2.0}}})
+    upstream.on("/v1/chat/completions", Reply([json.dumps({
+        "id": "c", "object": "chat.completion", "created": 1, "model": "ana-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).encode()]))
+    async with aiohttp.ClientSession() as s:
+        for _ in range(2):
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions",
+                              headers={"X-Meter-Agent": "ana"},
+                              json={"model": "ana-model", "max_tokens": 50,
+                                    "messages": [{"role": "user", "content": "hi"}]}) as r:
+                assert r.status == 200
+    await proxy.collector.wait_for(2)  # settled: what the calls used, not what they held
+    status, body = await get(proxy, "/api/rate_limits")
+    # each call: 10 in at $1/M + 5 out at $2/M = $0.00002; 15 tokens
+    assert status == 200 and body == {"rate_limits": [{
+        "name": "ana-rpm", "match": {"agent": "ana"}, "requests_per_minute": 5,
+        "tokens_per_minute": None, "usd_per_minute": None, "usd_per_hour": 2.0,
+        "requests": 2, "tokens": 30, "usd_minute": 0.00004, "usd_hour": 0.00004}]}
 
 
 async def test_an_unreadable_ledger_is_a_503_not_a_traceback(proxy: Proxy) -> None:

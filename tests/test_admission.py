@@ -20,9 +20,11 @@ from proxy import state
 from proxy.admission import Admission, Denied
 from proxy.admission.base import Ask
 from proxy.admission.budgets import BudgetCheck, LocalBudgets, window_bounds
+from proxy.admission.rates import RateCheck
 from proxy.config import BudgetConfig, BudgetWindow, Config
 from proxy.dialects import DIALECTS
 from proxy.estimate import Estimator
+from proxy.keys import ConsumerKey, KeyLimits
 from proxy.pricing import PriceBook
 from proxy.record import CallFacts
 from proxy.routing import Route, resolve
@@ -401,3 +403,21 @@ async def test_a_rolling_window_counts_the_current_hour_and_the_ones_before(
             start = (hour_end - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
             state = await b.backend.fleet.budget_state([(w.cfg.name, start)])
             assert state[w.cfg.name][0] == Decimal("0.005")
+
+
+async def test_a_consumer_keys_limits_are_asked_even_with_nothing_configured(
+        tmp_path: Path, estimator: Estimator) -> None:
+    """No budget, no configured rate limit: admission has nothing to ask for most calls,
+    but a call presenting a consumer key with limits of its own is held to them."""
+    cfg = config(tmp_path)
+    admission = Admission((RateCheck([]), BudgetCheck([])), PriceBook(cfg.prices), estimator)
+    assert not admission.active
+    plain, route = call(cfg, "p1")
+    assert not admission.needed(plain)
+    key = ConsumerKey("k1", "team-a", limits=KeyLimits(requests_per_minute=1))
+    first, second = call(cfg, "k1-1")[0], call(cfg, "k1-2")[0]
+    first.key = second.key = key
+    assert admission.needed(first)
+    assert await admission.admit(first, route) is None
+    denied = await admission.admit(second, route)
+    assert isinstance(denied, Denied) and denied.name == "key:k1"

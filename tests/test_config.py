@@ -61,6 +61,21 @@ BAD = [
      r"^pricing\.models\.m\.input: must not be negative$"),
     ({"estimation": {"factors": {"anthropic": 0}}}, r"^estimation\.factors\.anthropic: expected"),
     ({"budgets": [{"match": {}, "limit_usd": 1}]}, r"^budgets\[0\]\.name: required$"),
+    ({"rate_limits": [{"requests_per_minute": 1}]}, r"^rate_limits\[0\]\.name: required$"),
+    ({"rate_limits": [{"name": "r"}]},
+     r"^rate_limits\[0\]: give at least one of requests_per_minute, tokens_per_minute, "),
+    ({"rate_limits": [{"name": "r", "requests_per_minute": 0}]},
+     r"^rate_limits\[0\]\.requests_per_minute: must be greater than 0$"),
+    ({"rate_limits": [{"name": "r", "tokens_per_minute": 1.5}]},
+     r"^rate_limits\[0\]\.tokens_per_minute: expected int, got float$"),
+    ({"rate_limits": [{"name": "r", "usd_per_day": 1}]},
+     r"^rate_limits\[0\]\.usd_per_day: unknown key"),
+    ({"rate_limits": [{"name": "r", "usd_per_hour": 1}, {"name": "r", "usd_per_hour": 2}]},
+     r"^rate_limits\[1\]\.name: duplicate rate limit name 'r'$"),
+    ({"rate_limits": [{"name": "key:k1", "requests_per_minute": 1}]},
+     r"^rate_limits\[0\]\.name: 'key:' names are a consumer key's own limits$"),
+    ({"rate_limits": [{"name": "r", "requests_per_minute": 1, "match": {"modle": "x"}}]},
+     r"^rate_limits\[0\]\.match\.modle: unknown match key; did you mean 'model'\?"),
     ({"budgets": [{"name": "b", "limit_usd": 1, "window": "year"}]},
      r"^budgets\[0\]\.window: 'year' is not one of day, week, month, total$"),
     ({"budgets": [{"name": "b", "limit_usd": 1, "action": "stop"}]},
@@ -165,7 +180,7 @@ def test_readme_documents_every_config_key() -> None:
             if isinstance(body, dict) for k in body if section not in ("upstreams",)}
     keys -= {"auth.client_keys", "pricing.models", "estimation.factors"}
     keys |= {"auth.client_keys.<name>", "pricing.models.<model>",
-             "estimation.factors.<dialect>", "budgets[]"}
+             "estimation.factors.<dialect>", "budgets[]", "rate_limits[]"}
     keys |= {f"upstreams.<name>.{k}" for k in config.masked()["upstreams"]["openai"]}
     missing = {k for k in keys if f"`{k}`" not in readme}
     assert not missing, f"README config reference lacks: {sorted(missing)}"
@@ -187,7 +202,10 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
               .replace("  #   thresholds:", "    thresholds:")
               .replace("  #   notify:", "    notify:")
               .replace("# notify:", "notify:").replace("#   - {name: ops", "  - {name: ops")
-              .replace("#      format: json}", "     format: json}"))
+              .replace("#      format: json}", "     format: json}")
+              .replace("# rate_limits:", "rate_limits:")
+              .replace("#   - {name: team-red-rpm", "  - {name: team-red-rpm")
+              .replace("#   - {name: bot-dollars", "  - {name: bot-dollars"))
     assert hinted != text
     (tmp_path / "c.yaml").write_text(hinted)
     config = load(tmp_path / "c.yaml", env={"OPENAI_API_KEY": "sk-x", "AWS_ACCESS_KEY_ID": "AK",
@@ -200,6 +218,9 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
         ("researcher-daily", "local"), ("red-team", "refuse"), ("team-ml", "local")]
     assert [w.id for w in config.budgets[2].windows] == ["day", "month", "rolling_5h"]
     assert config.budgets[2].notify == ("ops",) and config.notify[0].secret == "whsec"
+    assert [(r.name, dict(r.match), r.requests_per_minute, r.usd_per_hour)
+            for r in config.rate_limits] == [("team-red-rpm", {"team": "red"}, 100, None),
+                                             ("bot-dollars", {"agent": "bot"}, None, 10.0)]
     aws = config.upstreams["bedrock"].aws
     assert aws is not None and (aws.region, aws.access_key_id) == ("us-east-1", "AK")
     assert [e.type for e in config.exports] == ["webhook", "jsonl", "stdout"]
@@ -408,3 +429,17 @@ def test_layered_budgets_and_notification_sinks_parse() -> None:
     assert config.masked()["notify"] == [{"name": "ops", "url": "http://127.0.0.1:9/h",
                                           "type": "webhook", "secret": "***",
                                           "format": "slack"}]
+
+
+def test_rate_limits_parse_with_any_subset_of_their_kinds() -> None:
+    config = parse({"rate_limits": [
+        {"name": "team", "match": {"team": "red", "key": "k1"}, "requests_per_minute": 100,
+         "tokens_per_minute": 200000},
+        {"name": "money", "usd_per_minute": 0.5, "usd_per_hour": 10}]}, env={})
+    team, money = config.rate_limits
+    assert (team.name, dict(team.match), team.requests_per_minute, team.tokens_per_minute,
+            team.usd_per_minute) == ("team", {"team": "red", "key": "k1"}, 100, 200000, None)
+    assert (dict(money.match), money.usd_per_minute, money.usd_per_hour) == ({}, 0.5, 10.0)
+    assert config.masked()["rate_limits"][1] == {
+        "name": "money", "match": {}, "requests_per_minute": None, "tokens_per_minute": None,
+        "usd_per_minute": 0.5, "usd_per_hour": 10.0}

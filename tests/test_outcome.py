@@ -107,7 +107,10 @@ def test_the_table_covers_every_outcome_and_only_those() -> None:
             if ending(end, detail="x").outcome == "rejected"} == {
         End.UNKNOWN_UPSTREAM: 404, End.PATH_ESCAPE: 400, End.CLIENT_KEY: 401,
         End.BODY_TOO_LARGE: 413, End.BUDGET: 429, End.BUDGET_UNVERIFIABLE: 503,
-        End.KEY_REFUSED: 401, End.KEY_FORBIDDEN: 403}
+        End.KEY_REFUSED: 401, End.KEY_FORBIDDEN: 403, End.RATE_LIMIT: 429}
+    # a rate limit's refusal names the limit
+    assert ending(End.RATE_LIMIT, detail="key:k1") == \
+        Ending("rejected", 429, "rate limit key:k1 exceeded")
     assert all(ending(end, detail="x").status_code is None for end in End
                if ending(end, detail="x").outcome != "rejected")
 

@@ -352,6 +352,39 @@ async def test_budget_refuses_the_next_response_and_the_socket_stays_up(
     assert refused[0].error == "budget voice-cap exhausted"
 
 
+async def test_a_rate_limit_refuses_the_next_response_and_the_socket_stays_up(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    fake = FakeRealtime()
+    upstream.on("/v1/realtime", fake)
+    # two requests a minute: the socket's opening and its first response.create
+    proxy = await start_proxy(rate_limits=[{"name": "voice-rpm", "match": {"agent": "voice"},
+                                            "requests_per_minute": 2}])
+    async with aiohttp.ClientSession(headers={"X-Meter-Agent": "voice"}) as s:
+        ws = await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime")
+        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c1"}))
+        while "response.done" not in (await ws.receive(timeout=5)).data:
+            pass
+        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c2"}))
+        refusal = json.loads((await ws.receive(timeout=5)).data)
+        assert refusal["type"] == "error"
+        assert refusal["error"]["code"] == "rate_limit_exceeded"
+        assert refusal["error"]["event_id"] == "c2" and "voice-rpm" in refusal["error"]["message"]
+        await ws.send_str(json.dumps({"type": "input_audio_buffer.commit"}))
+        got = json.loads((await ws.receive(timeout=5)).data)  # still up, both ways
+        assert got["type"] == "conversation.item.input_audio_transcription.completed"
+        await ws.close()
+    assert [e.get("event_id") for e in fake.seen if e["type"] == "response.create"] == ["c1"]
+    records = await proxy.collector.wait_for(3)
+    refused = [r for r in records if r.outcome == "rejected"]
+    assert len(refused) == 1 and refused[0].status_code == 429
+    assert refused[0].error == "rate limit voice-rpm exceeded"
+    # a third socket-opening in the minute is refused at the handshake, as any call
+    async with aiohttp.ClientSession(headers={"X-Meter-Agent": "voice"}) as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime")
+    assert info.value.status == 429
+
+
 async def test_sigterm_closes_an_open_socket_with_1001_and_records_it(
         aiohttp_server: Any, tmp_path: Path) -> None:
     fake = FakeRealtime(hold=True)

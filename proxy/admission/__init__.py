@@ -1,18 +1,22 @@
 """Admission, before forwarding: may this call go upstream? (Client authentication is the
 Forwarder's.) One decision from a list of checks, asked in order; each admits (holding what
 the call may use) or refuses with a reason and a retry hint, and the first refusal is the
-answer. Today the one check is the budgets' (`proxy/admission/budgets.py`, its store
-injected once the ledger is open); a per-key rate limit would be one more `Check` in the
-list, and on PostgreSQL would join the budgets' reservation round trip through its store.
+answer. The checks are the rate limits' (`proxy/admission/rates.py`) then the budgets'
+(`proxy/admission/budgets.py`), their stores injected once the ledger is open. On a shared
+PostgreSQL ledger the rate limits' reservation is not made on its own: it joins the
+budgets' round trip (one SQL call decides both), or, when no budget check runs, is made
+alone at the end: one round trip per call either way.
 
 Not a sink: it answers from the request alone. The record of every call, refused or not,
-settles what was held (`BudgetCheck.settle`, called by the budgets sink)."""
+settles what was held (`BudgetCheck.settle` and `RateCheck.settle`, called by the budgets
+sink)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 from proxy.admission.base import Ask, Check, Denied, context
 from proxy.dialects import DIALECTS
@@ -30,35 +34,59 @@ _THREAD_BYTES = 64 * 1024  # a larger request is estimated in a worker thread
 class Admission:
     def __init__(self, checks: Sequence[Check], prices: PriceBook,
                  estimator: Estimator) -> None:
-        self._checks = tuple(c for c in checks if c.active)
+        self._checks = tuple(checks)
         self._prices = prices
         self._estimator = estimator
-        self.active = bool(self._checks)  # nothing to decide without a check that can refuse
+
+    @property
+    def active(self) -> bool:
+        """Nothing to decide for a call without a check that can refuse it."""
+        return any(c.active for c in self._checks)
+
+    def needed(self, facts: CallFacts) -> bool:
+        """Is there anything to decide for this call: a check that can refuse any call, or
+        one that reads the consumer key the call presented (its own limits)?"""
+        return self.active or (facts.key is not None
+                               and any(getattr(c, "per_key", False) for c in self._checks))
 
     async def admit(self, facts: CallFacts, route: Route) -> Denied | None:
         """None to admit, or the refusal. Reads the request as the handler parsed it
         (`facts.request_doc`, `request_info`)."""
+        return (await self.decide(facts, route))[0]
+
+    async def decide(self, facts: CallFacts, route: Route) -> tuple[Denied | None, Any]:
+        """(None or the refusal, the rate limits' figures for the response's headers, or
+        None when no rate limit applies)."""
         info = facts.request_info
         model = (info.model if info else None) or route.path_model
 
-        async def worst() -> Decimal:
+        async def worst() -> tuple[int, Decimal]:
             return await self._worst(facts, route, model)
 
+        key = facts.key
         ask = Ask(facts.call_id, context(facts.tags, facts.upstream, model, facts.client,
-                                          facts.key.id if facts.key else None),
-                  worst)
+                                          key.id if key else None),
+                  worst, key)
         for check in self._checks:
+            if not (check.active or (key is not None and getattr(check, "per_key", False))):
+                continue
             denied = await check.check(ask)
             if denied is not None:
-                return denied
-        return None
+                return denied, None
+        if ask.rates is not None:  # a fleet's rate reservation no budget took along
+            denied = await ask.rates.alone()
+            if denied is not None:
+                return denied, None
+        return None, ask.view
 
-    async def _worst(self, facts: CallFacts, route: Route, model: str | None) -> Decimal:
-        """The most the call can cost: its estimated input and all of max_tokens out."""
+    async def _worst(self, facts: CallFacts, route: Route, model: str | None
+                     ) -> tuple[int, Decimal]:
+        """The most the call can use: its estimated input tokens plus max_tokens (the input
+        alone without one), and their cost with all of max_tokens out."""
         dialect = DIALECTS.get(route.parser) if route.parser else None
         doc, info = facts.request_doc, facts.request_info
         if dialect is None or doc is None:
-            return Decimal(0)
+            return 0, Decimal(0)
         if len(facts.request_body) > _THREAD_BYTES:
             est = await asyncio.to_thread(self._estimator.input, dialect, doc, model)
         else:
@@ -67,4 +95,4 @@ class Admission:
         price = self._prices.price(model, route.price_provider,
                                    Usage(est.tokens, 0, 0, None, out, None),
                                    free=route.upstream.free, upstream=facts.upstream)
-        return price.cost_usd or Decimal(0)
+        return est.tokens + out, price.cost_usd or Decimal(0)

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from proxy.admission.base import Ask, Denied, context
 from proxy.config import BudgetConfig
@@ -202,8 +202,9 @@ class BudgetStore(Protocol):
         """Spend so far in each window (called once, with the windows it keeps)."""
 
     async def reserve(self, windows: Sequence[Window], call_id: str,
-                      worst: Decimal) -> Denied | None:
-        """Reserve `worst` in every window, or the refusal of the first that cannot."""
+                      worst: Decimal, rates: Any = None) -> Denied | None:
+        """Reserve `worst` in every window, or the refusal of the first that cannot (and,
+        in the fleet's store, the call's rate-limit reservation `rates` in the same trip)."""
 
     def settle(self, window: Window, call_id: str, cost: Decimal | None,
                started_at: str | None = None) -> None:
@@ -240,6 +241,11 @@ class FleetLedger(Protocol):
     async def budget_state(self, keys: Sequence[tuple[str, str]]
                            ) -> dict[str, tuple[Decimal, Decimal]]: ...
 
+    async def admit(self, budgets: tuple[Sequence[str], Sequence[Decimal], Sequence[str],
+                                         Decimal],
+                    rates: Sequence[Any], call_id: str, tokens: int, usd: Decimal,
+                    replica: str) -> dict[str, Any]: ...
+
     async def reset(self, broken: bool = False) -> None: ...
 
 
@@ -269,7 +275,7 @@ class LocalBudgets:
             log.warning("could not restore budget spend from the ledger: %s", exc)
 
     async def reserve(self, windows: Sequence[Window], call_id: str,
-                      worst: Decimal) -> Denied | None:
+                      worst: Decimal, rates: Any = None) -> Denied | None:
         return reserve_here(windows, call_id, worst)
 
     def settle(self, window: Window, call_id: str, cost: Decimal | None,
@@ -288,6 +294,8 @@ class LocalBudgets:
 class FleetBudgets:
     """The fleet's: budgets defined in the shared ledger (spend counted from the ledger for
     a new or changed one), reservations made there, spend read back by `sync()`."""
+
+    takes_rates = True  # a call's fleet rate-limit reservation rides on its round trip
 
     def __init__(self, ledger: FleetLedger) -> None:
         self._ledger = ledger
@@ -327,15 +335,23 @@ class FleetBudgets:
                         w.written[call_id] = cost
 
     async def reserve(self, windows: Sequence[Window], call_id: str,
-                      worst: Decimal) -> Denied | None:
-        """In the fleet's ledger, one round trip; this replica's view if it does not answer
-        (or a refusal, for a budget with `on_ledger_down: refuse`)."""
+                      worst: Decimal, rates: Any = None) -> Denied | None:
+        """In the fleet's ledger, one round trip (with the call's rate-limit reservation,
+        `rates`, when it has one: one SQL call decides both); this replica's view if it does
+        not answer (or a refusal, for a budget with `on_ledger_down: refuse`)."""
         now = datetime.now(UTC)
         ordered = sorted(windows, key=lambda w: w.cfg.name)  # lock order: no deadlock
+        names = [w.cfg.name for w in ordered]
+        limits = [w.limit for w in ordered]
+        starts = [w.window_start(now) for w in ordered]
         try:
-            name = await self._ledger.reserve(
-                [w.cfg.name for w in ordered], [w.limit for w in ordered],
-                [w.window_start(now) for w in ordered], call_id, worst, self.replica)
+            if rates is None:
+                name = await self._ledger.reserve(names, limits, starts, call_id, worst,
+                                                  self.replica)
+            else:
+                result = await self._ledger.admit((names, limits, starts, worst),
+                                                  rates.limits, call_id, rates.tokens,
+                                                  rates.usd, self.replica)
         except Exception as exc:  # any failure of the fleet's store: never the call's
             refusing = [w for w in ordered if w.cfg.on_ledger_down == "refuse"]
             log.warning("fleet budgets unreachable (%s: %s): %s", type(exc).__name__, exc,
@@ -343,10 +359,19 @@ class FleetBudgets:
                         if refusing else "deciding on this replica's last view")
             if not isinstance(exc, self._ledger.unavailable):
                 await self._ledger.reset(broken=True)  # the driver is in a bad state
+            if rates is not None:
+                local: Denied | None = rates.local()
+                if local is not None:
+                    return local
             if refusing:
                 w = refusing[0]
                 return Denied(w.cfg.name, w.cfg.limit_usd, 1, ledger_down=True)
             return reserve_here(windows, call_id, worst)
+        if rates is not None:
+            answered: Denied | None = rates.answered(result)
+            if answered is not None:
+                return answered
+            name = result.get("budget")
         if name is None:
             return None
         return next(w for w in ordered if w.cfg.name == name).denied(now)
@@ -384,9 +409,13 @@ class BudgetCheck:
         refusal of the budget that cannot take it."""
         windows = [w for w in self.windows
                    if w.cfg.action == "block" and matches(w.cfg, ask.context)]
-        if not windows:
+        rates = ask.rates if getattr(self.store, "takes_rates", False) else None
+        if rates is not None:
+            rates.taken()  # decided in this round trip
+        elif not windows:
             return None
-        return await self.store.reserve(windows, ask.call_id, await ask.worst_usd())
+        worst = await ask.worst_usd() if windows else Decimal(0)
+        return await self.store.reserve(windows, ask.call_id, worst, rates)
 
     def settle(self, record: CallRecord) -> list[Window]:
         """The call's record: release its reservations and count its cost in every budget

@@ -156,6 +156,16 @@ class FleetBackend(LedgerBackend, Protocol):
                       replica: str) -> str | None:
         """The name of the budget that refuses, or None (reserved)."""
 
+    async def admit(self, budgets: tuple[Sequence[str], Sequence[Decimal], Sequence[str],
+                                         Decimal],
+                    rates: Sequence[Any], call_id: str, tokens: int, usd: Decimal,
+                    replica: str) -> dict[str, Any]:
+        """Rate limits and budgets in one round trip (`proxy.admission.rates`)."""
+
+    async def rate_state(self, names: Sequence[str]
+                         ) -> dict[str, tuple[int, int, Decimal, Decimal]]:
+        """Each rate limit's window in the fleet (for the API and the page)."""
+
     async def budget_state(self, keys: Sequence[tuple[str, str]]
                            ) -> dict[str, tuple[Decimal, Decimal]]: ...
 

@@ -10,6 +10,10 @@ drops reservations of replicas that stopped heartbeating, checks spend + reserva
 the call's worst case against the limit, and reserves. Spend per window lives in
 `tb_budget_spend`, so every replica reads the same number.
 
+Rate limits: when one matches, admission calls `tb_admit` instead (still one round trip),
+which decides the rate limits' sliding windows (`tb_rate_event`) and then the budgets, and
+reserves both or neither; the batch write settles each row's rate-limit reservations.
+
 Live feed: events go out with NOTIFY on `tokenbooth_live` (batched, from a background task,
 never in a call's path) and come in on a LISTEN connection.
 """
@@ -43,10 +47,24 @@ _STAGE = "tb_incoming"
 _COLS = ", ".join(COLUMNS)
 _CTX = ("(COALESCE(i.tags, '{{}}')::jsonb || jsonb_build_object('upstream', i.upstream, "
         "'model', i.{model}, 'client', i.client, 'key', i.consumer_key))")
+# --- rate limits (issue 20, item 2): a row settles its call's rate-limit reservations to
+# what it used (0 when never answered); a refused call was never admitted: it leaves the log
+_RATE_SETTLE = ("UPDATE tb_rate_event e SET "
+                "tokens = CASE WHEN i.status_code IS NULL THEN 0 "
+                "ELSE COALESCE(i.total_tokens, 0) END, "
+                "usd = CASE WHEN i.status_code IS NULL THEN 0 "
+                "ELSE COALESCE(i.cost_usd::numeric, 0) END "
+                "FROM ins i WHERE e.call_id = i.call_id AND i.outcome != 'rejected'")
+# --- end rate limits ---
 _WRITE = f"""
 WITH ins AS (
     INSERT INTO llm_usage ({_COLS}) SELECT {_COLS} FROM {_STAGE}
     ON CONFLICT (call_id) DO NOTHING RETURNING *
+), rated AS (
+    {_RATE_SETTLE}
+), unrated AS (
+    DELETE FROM tb_rate_event e USING ins i WHERE e.call_id = i.call_id
+    AND i.outcome = 'rejected'
 ), roll_h AS (
     {rollups("postgresql", "ins")[0]}
 ), roll_d AS (
@@ -84,6 +102,10 @@ def pg(sql: str) -> str:
 async def _stage(conn: asyncpg.Connection) -> None:
     await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
                        f"SELECT {_COLS} FROM llm_usage WITH NO DATA")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pooled connection's reset on release: none (see `_get_pool`)."""
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
@@ -124,9 +146,15 @@ class PostgresBackend:
         if self._pool is None:
             # JIT compiling the write statement costs more than running it (its cost
             # estimate is inflated by the budget join): off for our sessions (a startup
-            # setting, so the pool's RESET ALL keeps it)
+            # setting: it holds for the session)
+            # A connection back in the pool keeps its session (asyncpg would otherwise
+            # send RESET ALL and friends on every release: a second round trip for each
+            # query); nothing here leaves session state behind: locks are the
+            # transaction's, LISTEN and the export cursors' locks have connections of
+            # their own, and an open transaction is still rolled back.
             self._pool = await asyncpg.create_pool(self.url, min_size=0,
                                                    max_size=self._pool_size, init=_stage,
+                                                   reset=_keep_session,
                                                    command_timeout=30, timeout=5,
                                                    server_settings={"jit": "off"})
         return self._pool
@@ -334,6 +362,47 @@ class PostgresBackend:
             "SELECT tb_reserve($1::text[], $2::numeric[], $3::text[], $4, $5, $6, $7)",
             list(names), list(limits), list(windows), call_id, worst, replica, STALE_SECONDS)
         return None if result is None else str(result)
+
+    # --- rate limits (issue 20, item 2) ---
+    async def admit(self, budgets: tuple[Sequence[str], Sequence[Decimal], Sequence[str],
+                                         Decimal],
+                    rates: Sequence[Any], call_id: str, tokens: int, usd: Decimal,
+                    replica: str) -> dict[str, Any]:
+        """One round trip (`tb_admit`): the call's rate limits (`RateLimitConfig`s, sorted
+        by name) and, if they admit, its budgets (name, limit, window start of each, and
+        the call's worst case); both reserved or neither. The answer's `budget` names the
+        budget that refused; `limits` holds each rate limit's figures."""
+        names, limits, windows, worst = budgets
+        pool = await self._get_pool()
+        result = await pool.fetchval(
+            "SELECT tb_admit($1::text[], $2::numeric[], $3::text[], $4, $5, $6, $7, "
+            "$8::text[], $9::bigint[], $10::bigint[], $11::numeric[], $12::numeric[], "
+            "$13, $14)",
+            list(names), list(limits), list(windows), call_id, worst, replica, STALE_SECONDS,
+            [r.name for r in rates], [r.requests_per_minute for r in rates],
+            [r.tokens_per_minute for r in rates],
+            [None if r.usd_per_minute is None else Decimal(repr(r.usd_per_minute))
+             for r in rates],
+            [None if r.usd_per_hour is None else Decimal(repr(r.usd_per_hour))
+             for r in rates],
+            tokens, usd)
+        return dict(json.loads(result, parse_float=Decimal))  # exact, as the database has it
+
+    async def rate_state(self, names: Sequence[str]
+                         ) -> dict[str, tuple[int, int, Decimal, Decimal]]:
+        """The fleet's window of each rate limit: requests, tokens and dollars of the last
+        minute, dollars of the last hour."""
+        pool = await self._get_pool()
+        rows = await pool.fetch(
+            "SELECT n.name, count(e.call_id) FILTER (WHERE e.at > now() - interval '60 s'), "
+            "coalesce(sum(e.tokens) FILTER (WHERE e.at > now() - interval '60 s'), 0), "
+            "coalesce(sum(e.usd) FILTER (WHERE e.at > now() - interval '60 s'), 0), "
+            "coalesce(sum(e.usd) FILTER (WHERE e.at > now() - interval '3600 s'), 0) "
+            "FROM unnest($1::text[]) AS n(name) "
+            "LEFT JOIN tb_rate_event e ON e.rate_limit = n.name GROUP BY n.name",
+            list(names))
+        return {r[0]: (int(r[1]), int(r[2]), Decimal(r[3]), Decimal(r[4])) for r in rows}
+    # --- end rate limits ---
 
     async def budget_state(self, keys: Sequence[tuple[str, str]]
                            ) -> dict[str, tuple[Decimal, Decimal]]:

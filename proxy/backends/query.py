@@ -26,8 +26,8 @@ from proxy.backends.schema import (
 )
 
 __all__ = ["FILTERS", "GROUP_KEYS", "QueryError", "calls_sql", "check_text", "parse_group_by",
-           "quota_sql", "spend_by_hour_sql", "spend_sql", "parse_time", "row_json",
-           "usage_result", "usage_sql", "where"]
+           "quota_sql", "rate_rows_sql", "spend_by_hour_sql", "spend_sql", "parse_time",
+           "row_json", "usage_result", "usage_sql", "where"]
 
 GROUP_KEYS = ("agent", "session", "run", "model", "upstream", "operation", "end_user",
               "client", "day", "week", "month")
@@ -289,6 +289,24 @@ def quota_sql(since: str | None, until: str | None) -> tuple[str, list[Any]]:
 
 
 _COLUMN_KEYS = ("upstream", "model", "client", "agent", "session", "run")
+
+
+# --- rate limits (issue 20, item 2) ---
+def rate_rows_sql(flavor: str, match: Mapping[str, str], since: str) -> tuple[str, list[Any]]:
+    """The calls a rate limit admitted since `since` (refused ones never were), oldest
+    first: (started_at, status_code, total_tokens, cost_usd). `model` is the model asked
+    for, as admission compared it."""
+    conds, args = ["started_at >= ?", "outcome != 'rejected'"], [since]
+    for k, v in match.items():
+        if k == "model":
+            conds.append("(request_model = ? OR model = ?)")
+            args += [v, v]
+            continue
+        conds.append(f"{k if k in _COLUMN_KEYS else tag_expr(flavor, k)} = ?")
+        args.append(v)
+    return (f"SELECT started_at, status_code, total_tokens, cost_usd FROM llm_usage "
+            f"WHERE {' AND '.join(conds)} ORDER BY started_at", args)
+# --- end rate limits ---
 
 
 def spend_sql(flavor: str, match: Mapping[str, str], since: str | None) -> tuple[str, list[Any]]:

@@ -435,3 +435,116 @@ CREATE TABLE IF NOT EXISTS tb_export_cursor (
     (_NOTICES_NAME, _notices_table("postgresql")),
     # --- end layered budgets and notices ---
 ]
+
+# --- rate limits (issue 20, item 2) ---
+# A fleet's rate limits: a sliding window log per limit (`tb_rate_event`: one row per call
+# admitted in the last hour, with the tokens and dollars it holds, settled by the call's
+# row write), and `tb_admit`, admission's one round trip when a rate limit applies: it
+# decides the call's rate limits (under a lock per limit, taken before the budgets' locks
+# by every caller: no deadlock) and, if they admit, its budgets (`tb_reserve`), and
+# reserves both or neither. It answers JSON: the budget that refused (`budget`), and each
+# limit's figures before this call (`limits`: requests, tokens and dollars in the window,
+# the newest admission's age, the seconds until the call fits, `never` when it cannot,
+# `refused` when it refuses the call), and `refused` when a rate limit did.
+_RATES_NAME = "rate limits: sliding window log and tb_admit"
+_RATES = """
+CREATE TABLE IF NOT EXISTS tb_rate_event (
+    call_id TEXT NOT NULL, rate_limit TEXT NOT NULL, at TIMESTAMPTZ NOT NULL,
+    tokens BIGINT NOT NULL, usd NUMERIC NOT NULL, replica TEXT NOT NULL,
+    PRIMARY KEY (call_id, rate_limit));
+CREATE INDEX IF NOT EXISTS tb_rate_event_at ON tb_rate_event (rate_limit, at);
+CREATE OR REPLACE FUNCTION tb_admit(p_names TEXT[], p_limits NUMERIC[], p_windows TEXT[],
+                                    p_call TEXT, p_worst NUMERIC, p_replica TEXT,
+                                    p_stale_seconds DOUBLE PRECISION,
+                                    r_names TEXT[], r_rpm BIGINT[], r_tpm BIGINT[],
+                                    r_usd_minute NUMERIC[], r_usd_hour NUMERIC[],
+                                    r_tokens BIGINT, r_usd NUMERIC)
+RETURNS JSONB LANGUAGE plpgsql AS $$
+DECLARE
+  i INTEGER;
+  now_ts TIMESTAMPTZ;
+  minute_ago TIMESTAMPTZ;
+  n BIGINT;
+  tok NUMERIC;
+  um NUMERIC;
+  uh NUMERIC;
+  newest TIMESTAMPTZ;
+  wait DOUBLE PRECISION;
+  w DOUBLE PRECISION;
+  never BOOLEAN;
+  this BOOLEAN;
+  refused BOOLEAN := false;
+  figures JSONB := '[]'::jsonb;
+  budget TEXT;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(r_names, 1), 0) LOOP
+    PERFORM pg_advisory_xact_lock(hashtext('tokenbooth.rate'), hashtext(r_names[i]));
+  END LOOP;
+  now_ts := clock_timestamp();  -- after the locks: admissions are in time order
+  minute_ago := now_ts - interval '60 seconds';
+  DELETE FROM tb_rate_event WHERE rate_limit = ANY (r_names)
+    AND at <= now_ts - interval '3600 seconds';
+  FOR i IN 1 .. coalesce(array_length(r_names, 1), 0) LOOP
+    SELECT count(*), coalesce(sum(tokens), 0), coalesce(sum(usd), 0), max(at)
+      INTO n, tok, um, newest FROM tb_rate_event
+      WHERE rate_limit = r_names[i] AND at > minute_ago;
+    SELECT coalesce(sum(usd), 0) INTO uh FROM tb_rate_event
+      WHERE rate_limit = r_names[i] AND r_usd_hour[i] IS NOT NULL;
+    wait := 0;
+    this := false;
+    never := (r_tpm[i] IS NOT NULL AND r_tokens > r_tpm[i])
+      OR (r_usd_minute[i] IS NOT NULL AND r_usd > r_usd_minute[i])
+      OR (r_usd_hour[i] IS NOT NULL AND r_usd > r_usd_hour[i]);
+    IF r_rpm[i] IS NOT NULL AND n + 1 > r_rpm[i] THEN
+      this := true;
+      SELECT extract(epoch FROM at + interval '60 seconds' - now_ts) INTO w
+        FROM tb_rate_event WHERE rate_limit = r_names[i] AND at > minute_ago
+        ORDER BY at, call_id OFFSET n - r_rpm[i] LIMIT 1;
+      wait := greatest(wait, w);
+    END IF;
+    IF r_tpm[i] IS NOT NULL AND tok + r_tokens > r_tpm[i] THEN
+      this := true;
+      SELECT extract(epoch FROM at + interval '60 seconds' - now_ts) INTO w FROM (
+        SELECT at, sum(tokens) OVER (ORDER BY at, call_id) AS freed FROM tb_rate_event
+        WHERE rate_limit = r_names[i] AND at > minute_ago) x
+        WHERE freed >= tok + r_tokens - r_tpm[i] ORDER BY at LIMIT 1;
+      wait := greatest(wait, coalesce(w, 0));
+    END IF;
+    IF r_usd_minute[i] IS NOT NULL AND um + r_usd > r_usd_minute[i] THEN
+      this := true;
+      SELECT extract(epoch FROM at + interval '60 seconds' - now_ts) INTO w FROM (
+        SELECT at, sum(usd) OVER (ORDER BY at, call_id) AS freed FROM tb_rate_event
+        WHERE rate_limit = r_names[i] AND at > minute_ago) x
+        WHERE freed >= um + r_usd - r_usd_minute[i] ORDER BY at LIMIT 1;
+      wait := greatest(wait, coalesce(w, 0));
+    END IF;
+    IF r_usd_hour[i] IS NOT NULL AND uh + r_usd > r_usd_hour[i] THEN
+      this := true;
+      SELECT extract(epoch FROM at + interval '3600 seconds' - now_ts) INTO w FROM (
+        SELECT at, sum(usd) OVER (ORDER BY at, call_id) AS freed FROM tb_rate_event
+        WHERE rate_limit = r_names[i]) x
+        WHERE freed >= uh + r_usd - r_usd_hour[i] ORDER BY at LIMIT 1;
+      wait := greatest(wait, coalesce(w, 0));
+    END IF;
+    figures := figures || jsonb_build_object(
+      'name', r_names[i], 'requests', n, 'tokens', tok, 'usd_minute', um, 'usd_hour', uh,
+      'newest_age', extract(epoch FROM now_ts - newest), 'retry', wait, 'never', never,
+      'refused', this);
+    refused := refused OR this;
+  END LOOP;
+  IF refused THEN
+    RETURN jsonb_build_object('refused', true, 'limits', figures);
+  END IF;
+  budget := tb_reserve(p_names, p_limits, p_windows, p_call, p_worst, p_replica,
+                       p_stale_seconds);
+  IF budget IS NOT NULL THEN
+    RETURN jsonb_build_object('budget', budget, 'limits', figures);
+  END IF;
+  INSERT INTO tb_rate_event (call_id, rate_limit, at, tokens, usd, replica)
+    SELECT p_call, r, now_ts, r_tokens, r_usd, p_replica FROM unnest(r_names) AS t(r)
+    ON CONFLICT DO NOTHING;
+  RETURN jsonb_build_object('limits', figures);
+END $$;
+"""
+PG_MIGRATIONS.append((_RATES_NAME, _RATES))
+# --- end rate limits ---

@@ -258,6 +258,13 @@ class SqliteBackend:
         rows = await self._read(lambda c: c.execute(sql, args).fetchall())
         return {r[0]: Decimal(r[1] or 0) / COST_SCALE for r in rows}
 
+    async def rate_rows(self, match: Mapping[str, str], since: str
+                        ) -> list[tuple[str, int | None, int | None, float | None]]:
+        """The calls a rate limit admitted since `since` (`query.rate_rows_sql`)."""
+        sql, args = query.rate_rows_sql(self.kind, match, since)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
     async def reprice(self, since: str | None, until: str | None,
                       change: Callable[[list[Any]], list[tuple[float | None, float | None,
                                                                str | None, str]]],

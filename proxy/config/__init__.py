@@ -21,6 +21,7 @@ from proxy.config.model import (
     ModelPrice,
     NotifyConfig,
     PriceAdjustment,
+    RateLimitConfig,
     ServerConfig,
     Upstream,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "ModelPrice",
     "NotifyConfig",
     "PriceAdjustment",
+    "RateLimitConfig",
     "ServerConfig",
     "Upstream",
     "load",

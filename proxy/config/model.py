@@ -29,6 +29,7 @@ __all__ = [
     "MetricsConfig",
     "ModelPrice",
     "NotifyConfig",
+    "RateLimitConfig",
     "ServerConfig",
     "Upstream",
 ]
@@ -143,6 +144,20 @@ class BudgetConfig:
         return self.windows or (BudgetWindow(self.window, self.limit_usd, self.action),)
 
 
+# --- rate limits (issue 20, item 2) ---
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """A sliding-window rate limit on the calls it matches (None: no limit of that kind)."""
+
+    name: str
+    match: Mapping[str, str]
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    usd_per_minute: float | None = None
+    usd_per_hour: float | None = None
+# --- end rate limits ---
+
+
 @dataclass(frozen=True)
 class AdminConfig:
     token: str | None = None
@@ -225,6 +240,7 @@ class Config:
     adjustments: tuple[PriceAdjustment, ...] = ()  # pricing.adjustments, in order
     estimation_factors: Mapping[str, float] = field(default_factory=dict)
     budgets: tuple[BudgetConfig, ...] = ()
+    rate_limits: tuple[RateLimitConfig, ...] = ()
     exports: tuple[ExportConfig, ...] = ()
     notify: tuple[NotifyConfig, ...] = ()  # notification sinks for budget notices
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -277,6 +293,8 @@ class Config:
                          "thresholds": list(b.thresholds), "notify": list(b.notify)}
                         for b in self.budgets],
             "notify": [{**vars(n), "secret": _mask(n.secret)} for n in self.notify],
+            "rate_limits": [{k: (dict(v) if k == "match" else v) for k, v in vars(r).items()}
+                            for r in self.rate_limits],
             "server": dict(vars(self.server)),
             "export": [{**vars(e), "secret": _mask(e.secret)} for e in self.exports],
             "attribution": dict(vars(self.attribution)),  # issue 21

@@ -35,6 +35,7 @@ from proxy.config.model import (
     ModelPrice,
     NotifyConfig,
     PriceAdjustment,
+    RateLimitConfig,
     ServerConfig,
     Upstream,
 )
@@ -215,7 +216,7 @@ def _adjustment(i: int, raw: Any, upstreams: Mapping[str, Upstream]) -> PriceAdj
 # --- end pricing.adjustments ---
 
 
-_MATCH_KEYS = ("agent", "session", "run", "upstream", "model", "client")
+_MATCH_KEYS = ("agent", "session", "run", "upstream", "model", "client", "key")
 
 
 def _near(a: str, b: str) -> bool:
@@ -371,6 +372,39 @@ def _notify(i: int, raw: Any, names: set[str]) -> NotifyConfig:
     return NotifyConfig(name, url, kind, r.get("secret", str, None), fmt)
 
 
+# --- rate limits (issue 20, item 2) ---
+def _rate_limit(i: int, raw: Any, names: set[str]) -> RateLimitConfig:
+    path = f"rate_limits[{i}]"
+    r = _Reader(raw, path, _keys(RateLimitConfig))
+    name = r.get("name", str, None)
+    if not name:
+        raise ConfigError(f"{path}.name: required")
+    if name in names:
+        raise ConfigError(f"{path}.name: duplicate rate limit name {name!r}")
+    if name.startswith("key:"):
+        raise ConfigError(f"{path}.name: 'key:' names are a consumer key's own limits")
+    names.add(name)
+    match_raw = r.data.get("match") or {}
+    if not isinstance(match_raw, dict):
+        raise ConfigError(f"{path}.match: expected a mapping of tag/upstream/model/client/key "
+                          f"to value")
+    match = {}
+    for k, v in match_raw.items():
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            raise ConfigError(f"{path}.match.{k}: expected a string")
+        match[_match_key(f"{path}.match.{k}", str(k))] = str(v)
+    counts = {k: r.get(k, int, None) for k in ("requests_per_minute", "tokens_per_minute")}
+    usd = {k: r.get(k, float, None) for k in ("usd_per_minute", "usd_per_hour")}
+    for k, v in {**counts, **usd}.items():
+        if v is not None:
+            _positive(f"{path}.{k}", v)
+    if all(v is None for v in (*counts.values(), *usd.values())):
+        raise ConfigError(f"{path}: give at least one of requests_per_minute, "
+                          f"tokens_per_minute, usd_per_minute, usd_per_hour")
+    return RateLimitConfig(name, match, **counts, **usd)
+# --- end rate limits ---
+
+
 def _ledger(r: _Reader) -> LedgerConfig:
     url = r.get("url", str, None)
     path = r.get("path", str, _default(LedgerConfig, "path"))
@@ -425,7 +459,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     data = _expand(raw if raw is not None else {}, "", os.environ if env is None else env)
     top = _Reader(data, "", ("listen", "ledger", "upstreams", "auth", "admin", "metrics",
                              "pricing", "estimation", "budgets", "server", "export",
-                             "attribution", "notify"))
+                             "attribution", "notify", "rate_limits"))
     listen = top.child("listen", ("host", "port", "tls_cert", "tls_key"))
     tls_cert, tls_key = listen.get("tls_cert", str, None), listen.get("tls_key", str, None)
     if (tls_cert is None) != (tls_key is None):
@@ -455,6 +489,9 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     budgets = tuple(_budget(i, b, names, sinks)
                     for i, b in enumerate(top.get("budgets", list, []) or []))
     exports = tuple(_export(i, e) for i, e in enumerate(top.get("export", list, []) or []))
+    rate_names: set[str] = set()
+    rate_limits = tuple(_rate_limit(i, r, rate_names)
+                        for i, r in enumerate(top.get("rate_limits", list, []) or []))
     srv = top.child("server", _keys(ServerConfig))
     server = ServerConfig(**_numbers(srv, ServerConfig, _keys(ServerConfig),
                                      not_negative=("drain_seconds",)))
@@ -469,4 +506,5 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         metrics=metrics, prices=prices, adjustments=adjustments, estimation_factors=factors,
         budgets=budgets, exports=exports, notify=notify, server=server, tls_cert=tls_cert,
         tls_key=tls_key, attribution=attribution,
+        rate_limits=rate_limits,
     )

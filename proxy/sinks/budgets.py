@@ -1,6 +1,8 @@
 """The budgets sink: each record settles its call against the budgets (the reservation
 admission made is released, the cost counted; `proxy/admission/budgets.py` decides how and
-where), and the budgets are served as gauges and as `/api/budgets`. It decides nothing.
+where) and against the rate limits (what it reserved becomes what it used;
+`proxy/admission/rates.py`), and the budgets are served as gauges and as `/api/budgets`.
+It decides nothing.
 With a `Notifier`, the windows a record touched are checked for notices (thresholds crossed,
 a forecast of exhaustion: `proxy.notices.due`), and every window once a second.
 
@@ -18,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from proxy.admission.budgets import BudgetCheck, Window
+from proxy.admission.rates import RateCheck
 from proxy.notices import Notice, Notifier, due, iso
 from proxy.record import CallRecord
 
@@ -28,8 +31,9 @@ class Budgets:
     name = "budgets"
 
     def __init__(self, check: BudgetCheck, registry: CollectorRegistry,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, rates: RateCheck | None = None) -> None:
         self._check = check
+        self._rates = rates
         self.notifier = notifier
         if notifier is not None:
             notifier.source = self.due
@@ -37,6 +41,8 @@ class Budgets:
 
     async def handle(self, record: CallRecord) -> None:
         touched = self._check.settle(record)
+        if self._rates is not None:
+            self._rates.settle(record)
         if self.notifier is not None and touched:
             now = datetime.now(UTC)
             self.notifier.offer([n for w in touched for n in due(w, now)])

@@ -4,6 +4,7 @@ once), an old schema migrated in place (roll-up built from its rows), and the co
 
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -14,12 +15,20 @@ import asyncpg
 import pytest
 
 from proxy import state
+from proxy.admission import Admission
+from proxy.admission.budgets import BudgetCheck, FleetBudgets
+from proxy.admission.rates import FleetRates, RateCheck
+from proxy.backends import open_backend
 from proxy.backends.postgres import migrate
 from proxy.backends.schema import PG_MIGRATIONS
 from proxy.cli import main
+from proxy.config import BudgetConfig, RateLimitConfig
 from proxy.dialects import PROVIDERS
+from proxy.estimate import Estimator
+from proxy.pricing import PriceBook
 from proxy.record import COLUMNS
 from proxy.sinks.ledger import Ledger
+from tests.admission.test_rates import call, config
 from tests.conftest import FakeUpstream, Reply, StartProxy, wait_until
 from tests.factories import make_record
 from tests.sinks.test_ledger import burst
@@ -320,3 +329,90 @@ async def test_a_nul_in_a_filter_is_400_not_ledger_unavailable(start_proxy: Star
                 assert (await r.json())["error"]["param"] == param
         async with s.get(f"{proxy.url}/api/usage?agent=a") as r:
             assert r.status == 200  # the ledger itself is fine
+
+
+class WireCount:
+    """A TCP relay between the ledger and PostgreSQL that counts the client's round trips:
+    each `Sync` (extended protocol) or `Query` (simple protocol) message waits for the
+    server's ReadyForQuery."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.trips = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _client(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       count: bool) -> None:
+            buf, typed = b"", False
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    if count:
+                        buf += data
+                        while True:  # whole messages: untyped ones until the startup
+                            if not typed:
+                                if len(buf) < 8:
+                                    break
+                                n = int.from_bytes(buf[:4], "big")
+                                code = int.from_bytes(buf[4:8], "big")
+                                typed = code not in (80877103, 80877104)  # SSL, GSS asks
+                                buf = buf[n:]
+                                continue
+                            if len(buf) < 5:
+                                break
+                            n = int.from_bytes(buf[1:5], "big")
+                            if len(buf) < n + 1:
+                                break
+                            self.trips += buf[:1] in (b"S", b"Q")
+                            buf = buf[n + 1:]
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_w, True), pipe(up_r, writer, False))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_admission_is_one_round_trip_with_a_budget_and_a_rate_limit(
+        pg_url: str, estimator: Estimator) -> None:
+    """A call a blocking budget and a rate limit both match is decided in one round trip
+    (`tb_admit`), and so is one only a rate limit matches; settling costs no trip of its
+    own (the row write does it)."""
+    server_port = int(pg_url.rsplit(":", 1)[1].split("/")[0])
+    wire = WireCount(server_port)
+    port = await wire.start()
+    backend = open_backend(pg_url.replace(f":{server_port}/", f":{port}/"))
+    await backend.open()
+    try:
+        assert backend.fleet is not None
+        await backend.fleet.heartbeat("r1", 0)
+        budgets = BudgetCheck([BudgetConfig("cap", {"agent": "bot"}, 100.0, "day", "block")])
+        fleet_budgets = FleetBudgets(backend.fleet)
+        fleet_budgets.replica = "r1"
+        await budgets.open(fleet_budgets)
+        rates = RateCheck([RateLimitConfig("rpm", {}, requests_per_minute=1000)])
+        rates.open(FleetRates(backend.fleet))
+        cfg = config(Path("/nonexistent"))
+        both = Admission((rates, budgets), PriceBook(cfg.prices), estimator)
+        assert await both.admit(*call(cfg, "warm-1")) is None  # statements prepared
+        assert await both.admit(*call(cfg, "warm-2", agent="other")) is None
+        before = wire.trips
+        for i in range(20):
+            assert await both.admit(*call(cfg, f"b{i}")) is None  # budget + rate limit
+            assert await both.admit(*call(cfg, f"r{i}", agent="other")) is None  # rate only
+        assert wire.trips - before == 40
+    finally:
+        await backend.aclose()
+        wire.close()

@@ -102,7 +102,8 @@ async def test_an_empty_page_says_so_at_every_width(proxy: Proxy, browser: Any) 
     await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
     for text in ("No calls in flight.", "No calls in this period.", "No budgets configured.",
                  "No quota headers seen yet.", "No spend in the last 30 days.", "No calls yet.",
-                 "No consumer keys issued.", "No budget notices yet."):
+                 "No consumer keys issued.", "No budget notices yet.",
+                 "No rate limits configured."):
         await expect(page.get_by_text(text)).to_be_visible()
     for width in WIDTHS:
         await page.set_viewport_size({"width": width, "height": 900})
@@ -290,6 +291,35 @@ async def test_the_quota_card_shows_each_accounts_windows_live(
         await page.set_viewport_size({"width": width, "height": 900})
         assert await page.evaluate(OVERFLOW) == [], width
     await page.screenshot(path=str(ARTIFACTS / "ui-quota.png"), full_page=True)
+
+
+async def test_the_rate_limits_card_shows_each_window_as_calls_settle(
+        upstream: FakeUpstream, start_proxy: StartProxy, browser: Any) -> None:
+    proxy = await start_proxy(rate_limits=[
+        {"name": "bot-rpm", "match": {"agent": "bot"}, "requests_per_minute": 5,
+         "tokens_per_minute": 1000}])
+    page = await browser.new_page()
+    await page.goto(f"{proxy.url}/ui")
+    await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+    row = page.locator('#rates tr[data-limit="bot-rpm"]')
+    await expect(row.locator("td:nth-child(3)")).to_have_text("0 / 5", timeout=5_000)
+    assert await row.locator("td:nth-child(2)").inner_text() == "agent=bot"
+    upstream.on("/v1/chat/completions", Reply([chat_json("gpt-4o", {
+        "prompt_tokens": 12, "completion_tokens": 30})]))
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}/openai/v1/chat/completions",
+                          headers={"X-Meter-Agent": "bot"},
+                          json={"model": "gpt-4o", "max_tokens": 100,
+                                "messages": [{"role": "user", "content": "hi"}]}) as r:
+            assert r.status == 200
+    # the call's end brings the card up to date: one request, the 42 tokens it used
+    await expect(row.locator("td:nth-child(3)")).to_have_text("1 / 5", timeout=5_000)
+    await expect(row.locator("td:nth-child(4)")).to_have_text("42 / 1,000")
+    assert await row.locator("td:nth-child(5)").inner_text() == "-"  # no dollar limit
+    assert await page.is_hidden("#rates-empty")
+    for width in WIDTHS:
+        await page.set_viewport_size({"width": width, "height": 900})
+        assert await page.evaluate(OVERFLOW) == [], width
 
 
 async def test_a_pending_background_response_says_pending_then_its_usage_row_its_cost(

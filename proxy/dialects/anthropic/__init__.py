@@ -23,7 +23,8 @@ _POST = (
 _RESULTS = re.compile(r"(?:^|/)messages/batches/([^/]+)/results$")
 _BATCHES = re.compile(r"(?:^|/)messages/batches(?:/[^/]+)?(?:/cancel)?$")
 # Our error kinds -> the error types the anthropic SDK knows.
-_TYPES = {"budget_exceeded": "rate_limit_error", "authentication_error": "authentication_error",
+_TYPES = {"budget_exceeded": "rate_limit_error", "rate_limit_exceeded": "rate_limit_error",
+          "authentication_error": "authentication_error",
           "request_too_large": "request_too_large", "unknown_upstream": "not_found_error",
           "bad_request": "invalid_request_error"}
 

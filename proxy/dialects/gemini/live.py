@@ -96,7 +96,8 @@ class LiveDialect:
         state.model = path_model  # the setup message names it (and wins) when it comes
         return state
 
-    def refusal(self, frame: str | bytes, message: str) -> str | None:
+    def refusal(self, frame: str | bytes, message: str,
+                code: str = "budget_exceeded") -> str | None:
         return None
 
 

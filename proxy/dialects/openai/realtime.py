@@ -193,8 +193,10 @@ class RealtimeDialect:
     def new_socket(self, query: Mapping[str, str], path_model: str | None) -> RealtimeSocket:
         return RealtimeSocket(query.get("model") or query.get("deployment") or path_model)
 
-    def refusal(self, frame: str | bytes, message: str) -> str | None:
-        """The Realtime `error` event answering a `response.create` the budget refused."""
+    def refusal(self, frame: str | bytes, message: str,
+                code: str = "budget_exceeded") -> str | None:
+        """The Realtime `error` event answering a `response.create` a budget or a rate
+        limit refused (`code`: `budget_exceeded` or `rate_limit_exceeded`)."""
         if not isinstance(frame, str) or _type(frame) != "response.create":
             return None
         try:
@@ -204,5 +206,5 @@ class RealtimeDialect:
         event_id = asked.get("event_id") if isinstance(asked, dict) else None
         return json.dumps({
             "type": "error", "event_id": f"event_tb{os.urandom(10).hex()}",
-            "error": {"type": "invalid_request_error", "code": "budget_exceeded",
+            "error": {"type": "invalid_request_error", "code": code,
                       "message": message, "param": None, "event_id": event_id}})
