@@ -17,6 +17,7 @@ from proxy.dialects.base import Observation, RequestInfo
 from proxy.keys import ConsumerKey
 from proxy.outcome import End
 from proxy.quota import Quota
+from proxy.tracecontext import SpanIds
 from proxy.usage import Usage
 
 __all__ = ["COLUMNS", "CallFacts", "CallRecord", "LiveCall", "iso_utc"]
@@ -90,6 +91,9 @@ from a client's own log. `recorder.build_record` turns them into the CallRecord.
     usage_from: str | None = None
     logged_at: str | None = None  # a logged call's time as the log wrote it (ledger text)
     quota: Quota | None = None  # the response's rate-limit/quota headers, read
+    # The call's OTel span ids, chosen at its start (only with otel spans on): the upstream
+    # request names this span as its parent; the OTel sink emits it from the record.
+    trace: SpanIds | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,8 @@ class CallRecord:
     output_source: str = "none"
     tags_cleaned: int = 0  # X-Meter-* values truncated or cleaned (metrics)
     parse_errors: int = 0  # response events the meter could not read (metrics)
+    trace: SpanIds | None = None  # the call's span ids (OTel spans on), not a column
+    started_ts: float = 0.0  # wall clock at the start, seconds (the span's start time)
 
     @property
     def unpriced(self) -> bool:

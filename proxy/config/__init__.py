@@ -17,6 +17,7 @@ from proxy.config.model import (
     LedgerConfig,
     MetricsConfig,
     ModelPrice,
+    OtelConfig,
     ServerConfig,
     Upstream,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "LedgerConfig",
     "MetricsConfig",
     "ModelPrice",
+    "OtelConfig",
     "ServerConfig",
     "Upstream",
     "load",

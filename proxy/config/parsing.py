@@ -20,6 +20,8 @@ from proxy.config.model import (
     BUDGET_ACTIONS,
     BUDGET_LEDGER_DOWN,
     BUDGET_WINDOWS,
+    OTEL_PROTOCOLS,
+    OTEL_SEMCONV,
     RESERVED_NAMES,
     AdminConfig,
     BudgetConfig,
@@ -29,6 +31,7 @@ from proxy.config.model import (
     LedgerConfig,
     MetricsConfig,
     ModelPrice,
+    OtelConfig,
     ServerConfig,
     Upstream,
 )
@@ -307,6 +310,35 @@ def _metrics(r: _Reader, token: str | None) -> MetricsConfig:
         **_numbers(r, MetricsConfig, ("max_label_values", "max_series")))
 
 
+# --- OpenTelemetry export (issue 21) -------------------------------------------------------
+def _otel(raw: Any) -> OtelConfig:
+    r = _Reader(raw, "otel", _keys(OtelConfig))
+    protocol = r.get("protocol", str, _default(OtelConfig, "protocol"))
+    if protocol not in OTEL_PROTOCOLS:
+        raise ConfigError(f"otel.protocol: expected {' or '.join(OTEL_PROTOCOLS)}, "
+                          f"got {protocol!r}")
+    semconv = r.get("semconv", str, _default(OtelConfig, "semconv"))
+    if semconv not in OTEL_SEMCONV:
+        raise ConfigError(f"otel.semconv: expected {', '.join(OTEL_SEMCONV)}, got {semconv!r}")
+    endpoint = r.get("endpoint", str, None)
+    if endpoint is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", endpoint):
+        raise ConfigError(f"otel.endpoint: expected an http(s) URL such as "
+                          f"http://collector:4318, got {endpoint!r}")
+    headers = r.get("headers", dict, {}) or {}
+    for k, v in headers.items():
+        if not isinstance(v, str) or not isinstance(k, str) or not k.strip():
+            raise ConfigError(f"otel.headers.{k}: expected a header name and a string value")
+    service = r.get("service_name", str, _default(OtelConfig, "service_name"))
+    if not service.strip():
+        raise ConfigError("otel.service_name: must not be empty")
+    return OtelConfig(
+        endpoint=endpoint, protocol=protocol, headers=dict(headers), service_name=service,
+        metrics=r.get("metrics", bool, True), spans=r.get("spans", bool, True), semconv=semconv,
+        **_numbers(r, OtelConfig, ("export_interval_seconds", "queue_spans",
+                                   "timeout_seconds")))
+# --- end OpenTelemetry export ---------------------------------------------------------------
+
+
 def _factors(r: _Reader) -> dict[str, float]:
     factors = {}
     for k, v in (r.get("factors", dict, {}) or {}).items():
@@ -320,7 +352,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate a YAML tree (already loaded) into a Config."""
     data = _expand(raw if raw is not None else {}, "", os.environ if env is None else env)
     top = _Reader(data, "", ("listen", "ledger", "upstreams", "auth", "admin", "metrics",
-                             "pricing", "estimation", "budgets", "server", "export"))
+                             "pricing", "estimation", "budgets", "server", "export",
+                             "otel"))
     listen = top.child("listen", ("host", "port", "tls_cert", "tls_key"))
     tls_cert, tls_key = listen.get("tls_cert", str, None), listen.get("tls_key", str, None)
     if (tls_cert is None) != (tls_key is None):
@@ -347,9 +380,10 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     srv = top.child("server", _keys(ServerConfig))
     server = ServerConfig(**_numbers(srv, ServerConfig, _keys(ServerConfig),
                                      not_negative=("drain_seconds",)))
+    otel = _otel(top.data["otel"]) if "otel" in top.data else None
     return Config(
         host=listen.get("host", str, _default(Config, "host")), port=port, ledger=ledger,
         upstreams=upstreams, client_keys=client_keys, admin=AdminConfig(token),
         metrics=metrics, prices=prices, estimation_factors=factors, budgets=budgets,
-        exports=exports, server=server, tls_cert=tls_cert, tls_key=tls_key,
+        exports=exports, server=server, tls_cert=tls_cert, tls_key=tls_key, otel=otel,
     )
