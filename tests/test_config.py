@@ -74,6 +74,16 @@ BAD = [
     ({"server": {"idle_timeout": 5}}, r"^server\.idle_timeout: unknown key"),
     ({"admin": {"token": "${TB_MISSING_TOKEN}"}},
      r"^admin\.token: environment variable TB_MISSING_TOKEN is not set$"),
+    ({"otel": {"protocol": "http/json"}},
+     r"^otel\.protocol: expected http/protobuf or grpc, got 'http/json'$"),
+    ({"otel": {"semconv": "1.36"}}, r"^otel\.semconv: expected latest, legacy, both"),
+    ({"otel": {"endpoint": "collector:4317"}}, r"^otel\.endpoint: expected an http\(s\) URL"),
+    ({"otel": {"headers": {"x-token": 5}}}, r"^otel\.headers\.x-token: expected a header"),
+    ({"otel": {"spans": "on"}}, r"^otel\.spans: expected bool, got str$"),
+    ({"otel": {"export_interval_seconds": 0}},
+     r"^otel\.export_interval_seconds: must be greater than 0$"),
+    ({"otel": {"service_name": " "}}, r"^otel\.service_name: must not be empty$"),
+    ({"otel": {"sample_rate": 1}}, r"^otel\.sample_rate: unknown key \(allowed: endpoint, "),
 ]
 
 
@@ -263,6 +273,7 @@ def test_connections_per_client_default_and_bounds() -> None:
     ("ledger", "LedgerConfig", ("queue_rows", "flush_seconds", "retention_days")),
     ("metrics", "MetricsConfig", ("max_label_values", "max_series")),
     ("export", "ExportConfig", ("max_bytes", "keep", "batch", "queue_records")),
+    ("otel", "OtelConfig", ("export_interval_seconds", "queue_spans", "timeout_seconds")),
 ])
 def test_each_default_is_the_dataclass_field_default_and_each_field_is_a_key(
         section: str, cls: str, names: tuple[str, ...] | None) -> None:
@@ -301,3 +312,18 @@ def test_a_ledger_url_of_no_backend_is_a_config_error(tmp_path: Path) -> None:
     config = parse({"ledger": {"url": "postgres://db/tb"}}, env={})
     assert config.ledger.target == "postgres://db/tb" and config.ledger.shared
     assert config.ledger.spool == "tokenbooth-postgresql.spool"
+
+
+def test_otel_is_off_unless_configured_and_its_endpoint_follows_the_protocol() -> None:
+    assert parse(None, env={}).otel is None
+    on = parse({"otel": None}, env={}).otel  # `otel:` alone: on, with the defaults
+    assert on is not None and (on.metrics, on.spans, on.semconv) == (True, True, "latest")
+    assert (on.url, on.service_name, on.export_interval_seconds) == \
+        ("http://localhost:4318", "tokenbooth", 10)
+    grpc = parse({"otel": {"protocol": "grpc"}}, env={}).otel
+    assert grpc is not None and grpc.url == "http://localhost:4317"
+    mine = parse({"otel": {"endpoint": "https://otel.example:4318/", "headers": {
+        "authorization": "Bearer ${OTEL_TOKEN}"}}}, env={"OTEL_TOKEN": "s3cret"})
+    assert mine.otel is not None and mine.otel.url == "https://otel.example:4318"
+    assert mine.otel.headers == {"authorization": "Bearer s3cret"}
+    assert mine.masked()["otel"]["headers"] == {"authorization": "***"}
