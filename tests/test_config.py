@@ -163,11 +163,12 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
               .replace("# ledger: {url", "ledger: {url")
               .replace("# export:", "export:").replace("#   - {type", "  - {type")
               .replace("  # - {name: red-team", "  - {name: red-team"))
+    hinted = re.sub(r"^# (otel:|  [a-z_]+: )", r"\1", hinted, flags=re.M)
     assert hinted != text
     (tmp_path / "c.yaml").write_text(hinted)
     config = load(tmp_path / "c.yaml", env={"OPENAI_API_KEY": "sk-x", "AWS_ACCESS_KEY_ID": "AK",
                                             "AWS_SECRET_ACCESS_KEY": "s", "PGPASSWORD": "pw",
-                                            "HOOK_SECRET": "whsec"})
+                                            "HOOK_SECRET": "whsec", "OTEL_TOKEN": "t"})
     assert config.upstreams["openai"].api_key == "sk-x"
     assert config.ledger.url == "postgresql://tokenbooth:pw@db:5432/tokenbooth"
     assert config.ledger.retention_days == 90
@@ -177,6 +178,8 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
     assert aws is not None and (aws.region, aws.access_key_id) == ("us-east-1", "AK")
     assert [e.type for e in config.exports] == ["webhook", "jsonl", "stdout"]
     assert config.exports[0].secret == "whsec" and config.exports[1].queue_records == 100_000
+    assert config.otel is not None and config.otel.headers == {"authorization": "Bearer t"}
+    assert (config.otel.url, config.otel.semconv) == ("http://127.0.0.1:4318", "latest")
 
 
 @pytest.mark.parametrize(("match", "message"), [
