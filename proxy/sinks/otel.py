@@ -5,7 +5,9 @@ Every OTel name comes from `proxy.sinks.otel_names`.
 
 Metrics: the SDK's MeterProvider with a PeriodicExportingMetricReader (cumulative, every
 `export_interval_seconds`); the counters move from the same CallRecord the ledger stores,
-so their totals equal the ledger's. Attributes are bounded like the Prometheus labels
+so their totals equal the ledger's. The counters are the SDK's observable counters over
+plain-dict tallies this sink keeps (a dict update per record instead of an SDK `add` of
+~7 µs each); the histograms are the SDK's own. Attributes are bounded like the Prometheus labels
 (`metrics.max_label_values` per attribute; tag attributes only for `metrics.tag_labels`).
 
 Spans: one per record, built from it (`ReadableSpan`: name `{operation} {model}`, kind
@@ -25,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
@@ -74,6 +77,28 @@ def _by_modality(total: int, kind: str, units: Mapping[str, int] | None
     if rest or not parts:
         parts.append(("text", rest))
     return parts
+
+
+class _Tally:
+    """Cumulative sums by attribute set (a tuple of pairs), read by an observable counter's
+    callback in the SDK's export thread (from a copy: the loop goes on adding)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[tuple[str, Any], ...], float] = {}
+        self._attrs: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+
+    def add(self, key: tuple[tuple[str, Any], ...], n: float) -> None:
+        sums = self.sums
+        sums[key] = sums.get(key, 0) + n
+
+    def observe(self, _options: CallbackOptions) -> list[Observation]:
+        out = []
+        for key, value in self.sums.copy().items():
+            attrs = self._attrs.get(key)
+            if attrs is None:
+                attrs = self._attrs[key] = dict(key)
+            out.append(Observation(value, attrs))
+        return out
 
 
 class _Lossy:
@@ -208,6 +233,7 @@ class OtelSink:
         self.span_exporter: _CountingSpanExporter | None = None
         self.emitted = 0  # spans handed to the processor (the event loop's count)
         self._inst: dict[str, Any] = {}
+        self._tally: dict[str, _Tally] = {}
 
     # -- life --------------------------------------------------------------------------
 
@@ -228,8 +254,10 @@ class OtelSink:
                 if inst.semconv not in wanted:
                     continue
                 if inst.kind == "counter":
-                    self._inst[inst.key] = meter.create_counter(
-                        inst.name, unit=inst.unit, description=inst.description)
+                    tally = self._tally[inst.key] = _Tally()
+                    self._inst[inst.key] = meter.create_observable_counter(
+                        inst.name, callbacks=[tally.observe], unit=inst.unit,
+                        description=inst.description)
                 else:
                     self._inst[inst.key] = meter.create_histogram(
                         inst.name, unit=inst.unit, description=inst.description,
@@ -300,38 +328,35 @@ class OtelSink:
         return attrs
 
     def _metrics(self, rec: CallRecord, attrs: dict[str, Any]) -> None:
-        inst = self._inst
+        inst, tally = self._inst, self._tally
         units = rec.priced_units
         legacy = inst.get("token_usage")
-        latest = "input_tokens" in inst
-        if rec.input_tokens is not None and rec.input_source != "none":
-            src = {**attrs, N.USAGE_SOURCE: rec.input_source}
+        latest = "input_tokens" in tally
+        key = tuple(attrs.items())
+        for side, kinds, total, source in (
+                ("input", ("input_tokens", "cache_read_tokens", "cache_write_tokens"),
+                 rec.input_tokens, rec.input_source),
+                ("output", ("output_tokens", "reasoning_tokens"), rec.output_tokens,
+                 rec.output_source)):
+            if total is None or source == "none":
+                continue
+            src = (*key, (N.USAGE_SOURCE, source))
             if latest:
-                for kind in ("input_tokens", "cache_read_tokens", "cache_write_tokens"):
+                for kind in kinds:
                     n = getattr(rec, kind)
                     if n:
                         for modality, part in _by_modality(n, kind, units):
-                            inst[kind].add(part, {**src, N.MODALITY: modality})
+                            tally[kind].add((*src, (N.MODALITY, modality)), part)
             if legacy is not None:
-                legacy.record(rec.input_tokens, {**src, N.TOKEN_TYPE: "input"})
-        if rec.output_tokens is not None and rec.output_source != "none":
-            src = {**attrs, N.USAGE_SOURCE: rec.output_source}
-            if latest:
-                for kind in ("output_tokens", "reasoning_tokens"):
-                    n = getattr(rec, kind)
-                    if n:
-                        for modality, part in _by_modality(n, kind, units):
-                            inst[kind].add(part, {**src, N.MODALITY: modality})
-            if legacy is not None:
-                legacy.record(rec.output_tokens, {**src, N.TOKEN_TYPE: "output"})
+                legacy.record(total, {**dict(src), N.TOKEN_TYPE: side})
         inst["duration"].record(rec.duration_ms / 1000, attrs)
         if rec.ttft_ms is not None and "ttfc" in inst:
             inst["ttfc"].record(rec.ttft_ms / 1000, attrs)
         if rec.cost_usd is not None:
             if rec.cost_usd:
-                inst["cost"].add(float(rec.cost_usd), attrs)
+                tally["cost"].add(key, float(rec.cost_usd))
         elif rec.unpriced:
-            inst["unpriced"].add(1, attrs)
+            tally["unpriced"].add(key, 1)
 
     def _span(self, rec: CallRecord, shared: dict[str, Any]) -> None:
         ids = rec.trace or _root()
