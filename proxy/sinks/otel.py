@@ -46,7 +46,7 @@ from proxy import __version__
 from proxy.config import OtelConfig, Upstream
 from proxy.record import CallRecord
 from proxy.sinks import otel_names as N
-from proxy.sinks.metrics import LabelCap
+from proxy.sinks.labels import LabelCap
 from proxy.tracecontext import SpanIds, start_span_ids
 
 __all__ = ["OtelSink"]
@@ -375,8 +375,6 @@ class OtelSink:
             attrs[N.TAG_PREFIX + t] = v
         if rec.upstream_request_id:
             attrs[N.RESPONSE_ID] = rec.upstream_request_id
-        if rec.status_code is not None:
-            attrs[N.HTTP_STATUS] = rec.status_code
         for field, name in N.SPAN_USAGE.items():
             v = getattr(rec, field)
             if v is not None:
@@ -385,10 +383,10 @@ class OtelSink:
             v = getattr(rec, field)
             if v is not None:
                 attrs[name] = v
-        attrs[N.SPAN_STREAM] = rec.stream
         if rec.cost_usd is not None:
             attrs[N.SPAN_COST] = float(rec.cost_usd)
-        attrs[N.SPAN_UNPRICED] = rec.unpriced
+        elif rec.unpriced:
+            attrs[N.SPAN_UNPRICED] = True
         state = TraceState.from_header([ids.tracestate]) if ids.tracestate else TraceState()
         flags = TraceFlags(ids.flags)
         parent = SpanContext(ids.trace_id, ids.parent_id, True, flags, state) \
