@@ -371,7 +371,9 @@ class OtelSink:
         attrs[N.REQUEST_MODEL] = rec.request_model or rec.model or "unknown"
         if rec.response_model:
             attrs[N.RESPONSE_MODEL] = rec.response_model
-        for t, v in rec.tags.items():
+        for i, (t, v) in enumerate(rec.tags.items()):
+            if i == N.MAX_SPAN_TAGS:
+                break
             attrs[N.TAG_PREFIX + t] = v
         if rec.upstream_request_id:
             attrs[N.RESPONSE_ID] = rec.upstream_request_id

@@ -107,6 +107,7 @@ SPAN_OURS = {  # record field -> span attribute (absent when the field is None)
     "ttft_ms": "tokenbooth.ttft_ms",  # streams only
     "error": "tokenbooth.error",
 }
+MAX_SPAN_TAGS = 32  # tags on a span at most (a call's tags: 32 from X-Meter-*, 256 chars each)
 SPAN_COST = "tokenbooth.cost_usd"  # absent when unpriced
 SPAN_UNPRICED = "tokenbooth.unpriced"  # present (true) only for a call with usage but no price
 

@@ -162,3 +162,11 @@ def test_every_name_has_its_prometheus_translation() -> None:
         "tokenbooth.cost": "tokenbooth_cost_USD_total",
         "tokenbooth.calls.unpriced": "tokenbooth_calls_unpriced_total",
     }
+
+
+async def test_span_tags_are_bounded() -> None:
+    tags = {f"k{i:02d}": "v" * 256 for i in range(40)}
+    got, _ = await run([make_record(call_id="t", tags=tags)], metrics=False)
+    a = attrs(got.spans[0].attributes)
+    assert sorted(k for k in a if k.startswith(N.TAG_PREFIX)) == \
+        [f"{N.TAG_PREFIX}k{i:02d}" for i in range(32)]
