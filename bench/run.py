@@ -173,7 +173,7 @@ async def load_url(url: str, scenario: str, conc: int, n: int) -> list[tuple[flo
 
 async def main_async(quick: bool, levels: list[int], scenarios: list[str],
                      rounds: int, before: str | None = None,
-                     postgres: str | None = None) -> None:
+                     postgres: str | None = None, otel: bool = False) -> None:
     if "admission" in scenarios:  # in process: what admission adds per call
         from bench.admission_bench import main_async as admission
 
@@ -234,6 +234,23 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str],
                                 str(cfg_pg), "--port", str(pg_port)], cpu=0,
                                cwd=str(HERE.parent)))
             ports.append(pg_port)
+        otel_targets: dict[str, tuple[int, int]] = {}
+        if otel:  # the same proxy exporting OTLP to a local receiver: metrics only, and both
+            otlp_port = free_port()
+            procs.append(spawn([sys.executable, str(HERE / "otlp_receiver.py"),
+                                str(otlp_port)], cpu=1))
+            ports.append(otlp_port)
+            for name, spans in (("otel-metrics", "false"), ("otel", "true")):
+                cfg_otel = Path(tmp) / f"{name}.yaml"
+                cfg_otel.write_text(cfg.read_text().replace("bench.db", f"{name}.db") + (
+                    f"otel: {{endpoint: 'http://127.0.0.1:{otlp_port}', metrics: true, "
+                    f"spans: {spans}, export_interval_seconds: 10}}\n"))
+                port = free_port()
+                procs.append(spawn([sys.executable, "-m", "proxy", "serve", "--config",
+                                    str(cfg_otel), "--port", str(port)], cpu=0,
+                                   cwd=str(HERE.parent)))
+                otel_targets[name] = (port, procs[-1].pid)
+                ports.append(port)
         for port in ports:
             await wait_port(port)
         await asyncio.sleep(1.0)  # vocabularies load off the loop at start-up
@@ -255,6 +272,9 @@ async def main_async(quick: bool, levels: list[int], scenarios: list[str],
             pb = f"http://127.0.0.1:{pg_port}"
             targets["postgresql"] = ({"openai": f"{pb}/openai", "anthropic": f"{pb}/anthropic"},
                                      procs[-1].pid)
+        for name, (port, pid) in otel_targets.items():
+            ob = f"http://127.0.0.1:{port}"
+            targets[name] = ({"openai": f"{ob}/openai", "anthropic": f"{ob}/anthropic"}, pid)
         results = await measure_all(targets, levels, per_level, rounds)
     finally:
         for p in procs:
@@ -308,6 +328,19 @@ def summarize(results: dict[str, dict[str, object]]) -> None:
             print(f"  {key:20s} postgresql {pg[key]['cpu_us_per_req']:7.0f}us, sqlite "
                   f"{t[key]['cpu_us_per_req']:7.0f}us "
                   f"({pg[key]['cpu_us_per_req'] / t[key]['cpu_us_per_req']:.3f})")
+    for name in ("otel-metrics", "otel"):
+        if name not in results:
+            continue
+        o = results[name]
+        geo_o = statistics.geometric_mean(o[k]["cpu_us_per_req"] for k in d)
+        what = "OTLP metrics" if name == "otel-metrics" else "OTLP metrics and spans"
+        print(f"{what} on (same proxy, same rounds): geo-mean {geo_o:.0f}us; "
+              f"{name}/off {geo_o / geo:.3f}")
+        for key in d:
+            print(f"  {key:20s} {name} {o[key]['cpu_us_per_req']:7.0f}us, off "
+                  f"{t[key]['cpu_us_per_req']:7.0f}us "
+                  f"({o[key]['cpu_us_per_req'] / t[key]['cpu_us_per_req']:.3f})")
+        print(f"  peak RSS {o['peak_rss_mib']:.0f} MiB")
     print(f"peak RSS: floor {f['peak_rss_mib']:.0f} MiB, tokenbooth {t['peak_rss_mib']:.0f} MiB")
 
 
@@ -327,7 +360,10 @@ if __name__ == "__main__":
     parser.add_argument("--postgres", nargs="?", const="local", metavar="URL",
                         help="also measure the proxy on a PostgreSQL ledger in the same rounds "
                              "(an empty database URL; default: a throwaway local cluster)")
+    parser.add_argument("--otel", action="store_true",
+                        help="also measure the proxy exporting OTLP metrics and spans (to a "
+                             "local receiver, bench/otlp_receiver.py) in the same rounds")
     a = parser.parse_args()
     asyncio.run(main_async(a.quick, [MAX_CONCURRENCY if x == "max" else int(x)
                                      for x in a.levels.split(",")],
-                           a.scenarios.split(","), a.rounds, a.before, a.postgres))
+                           a.scenarios.split(","), a.rounds, a.before, a.postgres, a.otel))

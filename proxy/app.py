@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -59,6 +60,19 @@ def _redact_server_log() -> None:
         logger.addFilter(RedactMalformedRequests())
 
 
+def _otel_sink(config: Config, registry: CollectorRegistry, prices: PriceBook) -> tuple[Any, ...]:
+    """The OTLP export sink, only with `otel:` configured: the OpenTelemetry SDK is
+    imported then and only then (the default start-up neither loads nor pays for it)."""
+    if config.otel is None or not (config.otel.metrics or config.otel.spans):
+        return ()
+    from proxy.sinks.otel import OtelSink
+
+    return (OtelSink(config.otel, registry, upstreams=config.upstreams,
+                     tag_labels=config.metrics.tag_labels,
+                     max_label_values=config.metrics.max_label_values,
+                     known_models=prices.known_models),)
+
+
 def make_app(config: Config, *, estimator: Estimator | None = None,
              extra_sinks: tuple[Sink, ...] = ()) -> web.Application:
     """The whole proxy as an aiohttp Application; nothing starts until it runs."""
@@ -90,8 +104,9 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     admission = Admission((rate_check, budget_check), prices, est)
     exports = make_exports(config.exports, metrics.export_result)
     quota = QuotaBoard(registry, max_accounts=config.metrics.max_label_values)
+    otel = _otel_sink(config, registry, prices)
     recorder = Recorder(est, prices, lambda _c: None, [ledger, metrics, feed, budgets, quota,
-                                                       *exports, *extra_sinks],
+                                                       *exports, *otel, *extra_sinks],
                         on_sink_error=metrics.sink_failed, on_drop=metrics.record_dropped,
                         recorded=ledger.recorded)
     recorder.watching = lambda: feed.active
@@ -158,6 +173,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
         app[state.FORWARDER] = Forwarder(config, session, recorder, lifecycle, admission,
                                          keys)
         keys.start()
+        for sink in otel:  # the OTel SDK's providers and export threads
+            sink.start()
         recorder.start()
         lifecycle.ready = True
         try:

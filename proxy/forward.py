@@ -41,6 +41,7 @@ from proxy.record import CallFacts, LiveCall, iso_utc
 from proxy.recorder import Recorder
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
 from proxy.sockets import SocketRelay, is_upgrade, subprotocol_key
+from proxy.tracecontext import SpanIds, start_span_ids
 from proxy.usage import Usage
 
 __all__ = ["Forwarder", "error_response"]
@@ -131,6 +132,9 @@ class Forwarder:
         self._client_keys = {v: k for k, v in config.client_keys.items()}
         self._known = ", ".join(sorted(config.upstreams))
         self.strip = attribution.stripped(config.attribution)  # header prefixes never sent
+        # OTel spans on: each call's span ids are chosen as it starts (else traceparent
+        # passes through untouched and nothing of trace context runs)
+        self._spans = config.otel is not None and config.otel.spans
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One call: its facts, its steps, and exactly one record however it ends."""
@@ -213,6 +217,9 @@ class Forwarder:
                           up.dialect if up else None, "other", request.method,
                           f"/{name}/{request.match_info['rest']}")
         attribution.read_headers(facts, request.headers, self.config.attribution)
+        if self._spans:
+            h = request.headers
+            facts.trace = start_span_ids(h.get("traceparent"), h.get("tracestate"))
         return facts
 
     def _refuse(self, facts: CallFacts, end: End, kind: str, message: str, provider: Any,
@@ -413,10 +420,12 @@ class Forwarder:
         return resp
 
     async def _open(self, request: web.Request, route: Route, url: str, body: bytes,
-                    injected: bool, replace_auth: dict[str, str] | None
-                    ) -> aiohttp.ClientResponse:
+                    injected: bool, replace_auth: dict[str, str] | None,
+                    trace: SpanIds | None = None) -> aiohttp.ClientResponse:
         headers: Any = hdr.outbound(request.headers, identity=injected,
                                     replace_auth=replace_auth, strip=self.strip)
+        if trace is not None:  # the proxy's span is the upstream's parent (tracestate: on)
+            headers["traceparent"] = trace.traceparent()
         if route.upstream.aws is not None:  # signed for the URL exactly as it will be sent
             headers = route.provider.sign(route.upstream, request.method, str(URL(url)),
                                           headers, body)
@@ -444,14 +453,15 @@ class Forwarder:
         try:
             resp = await self._open(request, route, url, injected_body or body,
                                     injected_body is not None,
-                                    replace_auth)
+                                    replace_auth, facts.trace)
             if injected_body is not None and resp.status == 400:
                 # Older Azure api-versions reject stream_options: resend once, remember.
                 resp.close()
                 self.no_inject.add(up.name)
                 log.warning("upstream %s rejected stream_options; injection off for it", up.name)
                 injected_body = None
-                resp = await self._open(request, route, url, body, False, replace_auth)
+                resp = await self._open(request, route, url, body, False, replace_auth,
+                                        facts.trace)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, TimeoutError):
                 return self._unanswered(facts, route, End.CONNECT_TIMEOUT, 504,

@@ -17,6 +17,7 @@ from proxy.dialects.base import Observation, RequestInfo
 from proxy.keys import ConsumerKey
 from proxy.outcome import End
 from proxy.quota import Quota
+from proxy.tracecontext import SpanIds
 from proxy.usage import Usage
 
 __all__ = ["COLUMNS", "CallFacts", "CallRecord", "LiveCall", "iso_utc"]
@@ -95,6 +96,9 @@ from a client's own log. `recorder.build_record` turns them into the CallRecord.
     # else the body's), and other tools' attribution values that could not be read.
     end_user: str | None = None
     attribution_unreadable: int = 0
+    # The call's OTel span ids, chosen at its start (only with otel spans on): the upstream
+    # request names this span as its parent; the OTel sink emits it from the record.
+    trace: SpanIds | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,8 @@ class CallRecord:
     tags_cleaned: int = 0  # X-Meter-* values truncated or cleaned (metrics)
     parse_errors: int = 0  # response events the meter could not read (metrics)
     attribution_unreadable: int = 0  # other tools' attribution not readable (metrics)
+    trace: SpanIds | None = None  # the call's span ids (OTel spans on), not a column
+    started_ts: float = 0.0  # wall clock at the start, seconds (the span's start time)
 
     @property
     def unpriced(self) -> bool:

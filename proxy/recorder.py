@@ -30,6 +30,7 @@ from proxy.pricing import PriceBook
 from proxy.record import CallFacts, CallRecord, LiveCall, iso_utc
 from proxy.sinks.base import Sink
 from proxy.tasks import spawn
+from proxy.tracecontext import SpanIds
 from proxy.usage import Usage
 
 __all__ = ["KeyFingerprinter", "Recorder", "background_call_id", "batch_call_id", "build_record",
@@ -108,12 +109,18 @@ def _with_background(facts: CallFacts, own: CallRecord, estimator: Estimator,
     linked = replace(facts, call_id=background_call_id(facts.upstream, done.upstream_request_id),
                      operation="responses", parser="openai.responses", observation=done,
                      end=None, end_detail=None, first_byte=None, request_body=b"",
-                     request_doc=None, tags_cleaned=0, attribution_unreadable=0)
+                     request_doc=None, tags_cleaned=0, attribution_unreadable=0,
+                     trace=_sibling(facts))
     if origin is not None:
         linked = replace(linked, tags=origin.tags, credential=origin.credential, key=origin.key,
                          client=origin.client, request_info=origin.request_info,
                          path_model=origin.path_model, end_user=origin.end_user)
     return [own, build_record(linked, estimator, prices, fingerprint, linked=True)]
+
+
+def _sibling(facts: CallFacts) -> SpanIds | None:
+    """A record of its own gets a span of its own (same parent as the call's)."""
+    return facts.trace.sibling() if facts.trace is not None else None
 
 
 def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
@@ -141,7 +148,8 @@ def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
                                  if i == 0 and download_errors else line.observation,
                                  tags_cleaned=facts.tags_cleaned if i == 0 else 0,
                                  attribution_unreadable=facts.attribution_unreadable
-                                 if i == 0 else 0),
+                                 if i == 0 else 0,
+                                 trace=_sibling(facts)),
                          estimator, prices, fingerprint, line=True)
             for i, line in enumerate(lines)]
 
@@ -269,6 +277,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         attribution_unreadable=facts.attribution_unreadable,
         list_cost_usd=list_cost,
         consumer_key=facts.key.id if facts.key is not None else None,
+        trace=facts.trace, started_ts=facts.started,
     )
 
 

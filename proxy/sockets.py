@@ -306,7 +306,9 @@ class SocketRelay:
                        stream=True, first_byte=None, observation=obs, end=end,
                        end_detail=None, tags=self._tags(),
                        request_info=RequestInfo(model=obs.response_model),
-                       credential=facts.credential)
+                       credential=facts.credential,
+                       # a span per response, each a child of the socket's traceparent
+                       trace=facts.trace.sibling() if facts.trace is not None else None)
 
     def _tags(self) -> dict[str, str]:
         """The socket's tags; its session: X-Meter-Session, else the provider's, else the
@@ -361,7 +363,8 @@ class SocketRelay:
         model = getattr(self.state, "model", None) or route.path_model
         check = replace(self.facts, call_id=os.urandom(12).hex(), started=time.time(),
                         t0=time.monotonic(), tags=self._tags(),
-                        request_info=RequestInfo(model=model), observation=Observation())
+                        request_info=RequestInfo(model=model), observation=Observation(),
+                        trace=self.facts.trace.sibling() if self.facts.trace else None)
         denied = await admission.admit(check, route)
         if denied is None:
             return False

@@ -116,6 +116,16 @@ BAD = [
     ({"server": {"idle_timeout": 5}}, r"^server\.idle_timeout: unknown key"),
     ({"admin": {"token": "${TB_MISSING_TOKEN}"}},
      r"^admin\.token: environment variable TB_MISSING_TOKEN is not set$"),
+    ({"otel": {"protocol": "http/json"}},
+     r"^otel\.protocol: expected http/protobuf or grpc, got 'http/json'$"),
+    ({"otel": {"semconv": "1.36"}}, r"^otel\.semconv: expected latest, legacy, both"),
+    ({"otel": {"endpoint": "collector:4317"}}, r"^otel\.endpoint: expected an http\(s\) URL"),
+    ({"otel": {"headers": {"x-token": 5}}}, r"^otel\.headers\.x-token: expected a header"),
+    ({"otel": {"spans": "on"}}, r"^otel\.spans: expected bool, got str$"),
+    ({"otel": {"export_interval_seconds": 0}},
+     r"^otel\.export_interval_seconds: must be greater than 0$"),
+    ({"otel": {"service_name": " "}}, r"^otel\.service_name: must not be empty$"),
+    ({"otel": {"sample_rate": 1}}, r"^otel\.sample_rate: unknown key \(allowed: endpoint, "),
 ]
 
 
@@ -206,11 +216,12 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
               .replace("# rate_limits:", "rate_limits:")
               .replace("#   - {name: team-red-rpm", "  - {name: team-red-rpm")
               .replace("#   - {name: bot-dollars", "  - {name: bot-dollars"))
+    hinted = re.sub(r"^# (otel:|  [a-z_]+: )", r"\1", hinted, flags=re.M)
     assert hinted != text
     (tmp_path / "c.yaml").write_text(hinted)
     config = load(tmp_path / "c.yaml", env={"OPENAI_API_KEY": "sk-x", "AWS_ACCESS_KEY_ID": "AK",
                                             "AWS_SECRET_ACCESS_KEY": "s", "PGPASSWORD": "pw",
-                                            "HOOK_SECRET": "whsec"})
+                                            "HOOK_SECRET": "whsec", "OTEL_TOKEN": "t"})
     assert config.upstreams["openai"].api_key == "sk-x"
     assert config.ledger.url == "postgresql://tokenbooth:pw@db:5432/tokenbooth"
     assert config.ledger.retention_days == 90
@@ -225,6 +236,8 @@ def test_the_shipped_configs_commented_hints_are_valid_once_uncommented(tmp_path
     assert aws is not None and (aws.region, aws.access_key_id) == ("us-east-1", "AK")
     assert [e.type for e in config.exports] == ["webhook", "jsonl", "stdout"]
     assert config.exports[0].secret == "whsec" and config.exports[1].queue_records == 100_000
+    assert config.otel is not None and config.otel.headers == {"authorization": "Bearer t"}
+    assert (config.otel.url, config.otel.semconv) == ("http://127.0.0.1:4318", "latest")
 
 
 @pytest.mark.parametrize(("match", "message"), [
@@ -321,6 +334,7 @@ def test_connections_per_client_default_and_bounds() -> None:
     ("ledger", "LedgerConfig", ("queue_rows", "flush_seconds", "retention_days")),
     ("metrics", "MetricsConfig", ("max_label_values", "max_series")),
     ("export", "ExportConfig", ("max_bytes", "keep", "batch", "queue_records")),
+    ("otel", "OtelConfig", ("export_interval_seconds", "queue_spans", "timeout_seconds")),
 ])
 def test_each_default_is_the_dataclass_field_default_and_each_field_is_a_key(
         section: str, cls: str, names: tuple[str, ...] | None) -> None:
@@ -443,3 +457,18 @@ def test_rate_limits_parse_with_any_subset_of_their_kinds() -> None:
     assert config.masked()["rate_limits"][1] == {
         "name": "money", "match": {}, "requests_per_minute": None, "tokens_per_minute": None,
         "usd_per_minute": 0.5, "usd_per_hour": 10.0}
+
+
+def test_otel_is_off_unless_configured_and_its_endpoint_follows_the_protocol() -> None:
+    assert parse(None, env={}).otel is None
+    on = parse({"otel": None}, env={}).otel  # `otel:` alone: on, with the defaults
+    assert on is not None and (on.metrics, on.spans, on.semconv) == (True, True, "latest")
+    assert (on.url, on.service_name, on.export_interval_seconds) == \
+        ("http://localhost:4318", "tokenbooth", 10)
+    grpc = parse({"otel": {"protocol": "grpc"}}, env={}).otel
+    assert grpc is not None and grpc.url == "http://localhost:4317"
+    mine = parse({"otel": {"endpoint": "https://otel.example:4318/", "headers": {
+        "authorization": "Bearer ${OTEL_TOKEN}"}}}, env={"OTEL_TOKEN": "s3cret"})
+    assert mine.otel is not None and mine.otel.url == "https://otel.example:4318"
+    assert mine.otel.headers == {"authorization": "Bearer s3cret"}
+    assert mine.masked()["otel"]["headers"] == {"authorization": "***"}

@@ -13,14 +13,15 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from proxy.admission.budgets import BudgetCheck
-from proxy.config import BudgetConfig
+from proxy.config import BudgetConfig, OtelConfig
+from proxy.sinks import otel_names
 from proxy.sinks.budgets import Budgets
 from proxy.sinks.metrics import Metrics
 
 ROOT = Path(__file__).parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "tokenbooth.json"
-METRIC = re.compile(r"\btokenbooth_[a-z_]+\b")
+METRIC = re.compile(r"\b(?:tokenbooth_[a-zA-Z_]+|gen_ai_client_[a-z_]+)\b")
 
 
 def promtool() -> str:
@@ -48,11 +49,19 @@ def exported_names() -> set[str]:
     registry = CollectorRegistry()
     Metrics(registry, prices_version="x")
     Budgets(BudgetCheck((BudgetConfig("b", {}, 1.0, "day", "alert"),)), registry)
+    from proxy.sinks.otel import OtelSink
+
+    OtelSink(OtelConfig(), registry, upstreams={})  # its own counters (not started)
     names = set()
     for fam in registry.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(
             fam.type, [""])
         names.update(fam.name + s for s in suffixes)
+    # the OTel metrics, as Prometheus stores them after a collector
+    for inst in otel_names.INSTRUMENTS:
+        name = otel_names.prometheus_name(inst)
+        names.update([name] if inst.kind == "counter" else
+                     [name + s for s in ("_bucket", "_sum", "_count")])
     return names
 
 
@@ -164,3 +173,89 @@ def test_fleet_stack_has_postgres_three_replicas_a_balancer_and_per_replica_scra
     os.environ.setdefault("TOKENBOOTH_DB_URL", "postgresql://u:p@postgres:5432/tokenbooth")
     config = load(str(fleet / "config.yaml"))
     assert config.ledger.shared and config.ledger.retention_days == 90
+
+
+def test_the_otel_panels_read_what_a_collector_stores(tmp_path: Path) -> None:
+    """The OTel panels' queries, evaluated by promtool on series named as Prometheus stores
+    OTLP metrics after a collector (dots to underscores, `_total`, `_seconds`), from two
+    replicas: spend and tokens add up, the error ratio and quantiles come out right."""
+    dash = json.loads(DASHBOARD.read_text())
+    panels = {p["id"]: p for p in dash["panels"]}
+    assert panels[20]["type"] == "row" and "OpenTelemetry" in panels[20]["title"]
+    rules = []
+    for pid in range(21, 29):
+        for i, t in enumerate(panels[pid]["targets"]):
+            expr = (t["expr"].replace("$__rate_interval", "5m").replace('"$model"', '".*"'))
+            # to the microunit, so the expected values below are exact decimals
+            rules.append({"record": f"otel:{pid}:{i}",
+                          "expr": f"round(({expr}) * 1000000) / 1000000"})
+    (tmp_path / "otel.yml").write_text(yaml.safe_dump({"groups": [{"name": "otel",
+                                                                   "rules": rules}]}))
+    series = []
+    u = "gen_ai_client_inference_usage_"
+    for n in (1, 2):  # two replicas, each exporting through the collector
+        base = (f'job="tokenbooth", instance="tokenbooth-{n}", gen_ai_provider_name="openai", '
+                f'gen_ai_operation_name="chat", gen_ai_request_model="gpt-4o", '
+                f'server_address="api.openai.com"')
+        series += [
+            # per minute: $0.30 spend, 600 text + 60 audio input, 120 cached, 30 output
+            {"series": f"tokenbooth_cost_USD_total{{{base}}}", "values": "0+0.3x10"},
+            {"series": f'{u}input_tokens_total{{{base}, gen_ai_token_modality="text"}}',
+             "values": "0+600x10"},
+            {"series": f'{u}input_tokens_total{{{base}, gen_ai_token_modality="audio"}}',
+             "values": "0+60x10"},
+            {"series": f'{u}cache_read_input_tokens_total{{{base}, '
+                       f'gen_ai_token_modality="text"}}', "values": "0+120x10"},
+            {"series": f'{u}output_tokens_total{{{base}, gen_ai_token_modality="text"}}',
+             "values": "0+30x10"},
+            # 3 calls a minute: 2 fine in (0.16, 0.32] s, 1 failed with a 500 (1 in 3)
+            {"series": f'gen_ai_client_operation_duration_seconds_bucket{{{base}, le="0.16"}}',
+             "values": "0+0x10"},
+            {"series": f'gen_ai_client_operation_duration_seconds_bucket{{{base}, le="0.32"}}',
+             "values": "0+2x10"},
+            {"series": f'gen_ai_client_operation_duration_seconds_bucket{{{base}, le="+Inf"}}',
+             "values": "0+2x10"},
+            {"series": f"gen_ai_client_operation_duration_seconds_count{{{base}}}",
+             "values": "0+2x10"},
+            {"series": f'gen_ai_client_operation_duration_seconds_count{{{base}, '
+                       f'error_type="500"}}', "values": "0+1x10"},
+            {"series": f'tokenbooth_calls_unpriced_total{{job="tokenbooth", '
+                       f'instance="tokenbooth-{n}", gen_ai_provider_name="groq", '
+                       f'gen_ai_request_model="mystery"}}', "values": "0+1x10"},
+            {"series": f'gen_ai_client_token_usage_sum{{{base}, gen_ai_token_type="input"}}',
+             "values": "0+660x10"},
+            {"series": f'tokenbooth_otel_dropped_total{{job="tokenbooth", '
+                       f'instance="tokenbooth-{n}", signal="spans"}}', "values": "0+4x10"},
+        ]
+
+    def sample(rule: str, value: float, labels: str = "") -> dict[str, object]:
+        return {"expr": rule, "eval_time": "10m",
+                "exp_samples": [{"labels": f"{rule}{labels}", "value": value}]}
+
+    checks = [
+        sample("otel:21:0", 3.0, '{gen_ai_request_model="gpt-4o"}'),  # 5 min x $0.30 x 2
+        sample("otel:22:0", 22.0),  # (600 + 60) x 2 / 60 s
+        sample("otel:22:1", 4.0),
+        sample("otel:22:3", 1.0),
+        sample("otel:23:0", 2.0, '{gen_ai_token_modality="audio"}'),
+        sample("otel:23:0", 20.0, '{gen_ai_token_modality="text"}'),
+        sample("otel:24:0", 10.0, '{gen_ai_provider_name="groq", '
+                                  'gen_ai_request_model="mystery"}'),
+        sample("otel:25:0", 0.312),  # 0.16 + 0.95 x (0.32 - 0.16)
+        sample("otel:26:0", 0.333333, '{gen_ai_provider_name="openai"}'),
+        sample("otel:27:0", 22.0, '{gen_ai_token_type="input"}'),
+        sample("otel:28:0", 40.0, '{signal="spans"}'),
+    ]
+    # two samples of one rule are one expectation each
+    by_rule: dict[str, dict[str, object]] = {}
+    for c in checks:
+        entry = by_rule.setdefault(str(c["expr"]), {"expr": c["expr"], "eval_time": "10m",
+                                                    "exp_samples": []})
+        entry["exp_samples"] += c["exp_samples"]  # type: ignore[operator]
+    test = {"rule_files": ["otel.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": list(by_rule.values())}]}
+    (tmp_path / "otel_test.yml").write_text(yaml.safe_dump(test))
+    out = subprocess.run([promtool(), "test", "rules", "otel_test.yml"], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -415,3 +415,27 @@ async def test_seeing_a_background_response_finished_again_records_nothing(
         await recorder.aclose()
     assert [r.call_id for r in sink.records] == [
         "r0", background_call_id("openai", "resp_bg_9"), "r1"]
+
+
+def test_each_record_carries_a_span_of_its_own_under_the_calls_parent(
+        estimator: Estimator) -> None:
+    """OTel spans on: a call's record has the span ids chosen at its start (the upstream
+    was told them); each line of a batch download gets a span of its own, same parent."""
+    from proxy.tracecontext import start_span_ids
+
+    ids = start_span_ids("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "k=v")
+    meter = Meter(DIALECTS["openai.batch"], "application/octet-stream", None)
+    meter.feed((ROOT / "openai_batch" / "output.jsonl").read_bytes())
+    f = facts_for("openai.batch", "openai", meter.finish())
+    f.stream, f.batch_id, f.operation, f.trace = False, "file-out1", "batch", ids
+    recs = build_records(f, estimator, PriceBook(), lambda c: None)
+    assert len(recs) == 3
+    assert {(r.trace.trace_id, r.trace.parent_id, r.trace.tracestate)
+            for r in recs if r.trace} == {(ids.trace_id, ids.parent_id, "k=v")}
+    assert len({r.trace.span_id for r in recs if r.trace} | {ids.span_id}) == 4
+    plain = facts_for("openai.chat", "openai", Observation())
+    plain.trace = ids
+    (rec,) = build_records(plain, estimator, PriceBook(), lambda c: None)
+    assert rec.trace == ids and rec.started_ts == plain.started
+    plain.trace = None  # spans off: no ids at all
+    assert build_records(plain, estimator, PriceBook(), lambda c: None)[0].trace is None

@@ -584,3 +584,40 @@ async def test_google_genai_live_through_the_proxy_is_metered_per_turn(
     assert {(r.agent, r.path) for r in turns} == {
         ("voice",
          "/gemini/ws/google.ai.generativelanguage.v1.GenerativeService.BidiGenerateContent")}
+
+
+async def test_with_otel_spans_each_response_is_a_span_under_the_sockets_traceparent(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    from tests.otlp import attrs, http_receiver
+
+    fake = FakeRealtime()
+    upstream.on("/v1/realtime", fake)
+    trace, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    sent = f"00-{trace}-{parent}-01"
+    async with http_receiver() as (url, got):
+        proxy = await start_proxy(otel={"endpoint": url, "export_interval_seconds": 0.2,
+                                        "metrics": False})
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime",
+                                    headers={"traceparent": sent}) as ws:
+                for _ in range(2):
+                    await ws.send_str(json.dumps({"type": "response.create"}))
+                    while True:
+                        msg = await ws.receive(timeout=5)
+                        if msg.type is WSMsgType.TEXT and '"response.done"' in msg.data:
+                            break
+        records = await proxy.collector.wait_for(2)
+        await got.until(lambda: len(got.spans) >= 2)
+    assert fake.headers["traceparent"] == sent  # the socket's handshake: passed on as sent
+    spans = got.span_by_call()
+    assert set(spans) == {r.call_id for r in records}
+    assert {attrs(s.attributes)["gen_ai.response.id"] for s in spans.values()} == \
+        {"resp_1", "resp_2"}
+    assert {(s.trace_id.hex(), s.parent_span_id.hex()) for s in spans.values()} == \
+        {(trace, parent)}
+    assert len({s.span_id for s in spans.values()}) == 2
+    for s in spans.values():
+        a = attrs(s.attributes)
+        assert s.name == "realtime gpt-realtime"
+        assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (132, 121)
+        assert a["tokenbooth.cost_usd"] == float(REALTIME_COST)

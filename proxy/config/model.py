@@ -30,6 +30,7 @@ __all__ = [
     "ModelPrice",
     "NotifyConfig",
     "RateLimitConfig",
+    "OtelConfig",
     "ServerConfig",
     "Upstream",
 ]
@@ -184,6 +185,37 @@ class MetricsConfig:
     max_series: int = 10_000  # label sets per metric family
 
 
+# --- OpenTelemetry export (issue 21) -------------------------------------------------------
+OTEL_PROTOCOLS = ("http/protobuf", "grpc")
+OTEL_SEMCONV = ("latest", "legacy", "both")
+
+
+@dataclass(frozen=True)
+class OtelConfig:
+    """`otel:` OTLP export of metrics and spans (absent: off, nothing of OTel is loaded)."""
+
+    # http/protobuf: the base URL (`/v1/metrics` and `/v1/traces` are appended);
+    # grpc: the collector's address. None: localhost:4318 (http) or localhost:4317 (grpc).
+    endpoint: str | None = None
+    protocol: str = "http/protobuf"
+    headers: Mapping[str, str] = field(default_factory=dict)  # sent with every export
+    service_name: str = "tokenbooth"
+    metrics: bool = True
+    spans: bool = True
+    export_interval_seconds: float = 10.0
+    semconv: str = "latest"  # latest | legacy | both (the GenAI metric names emitted)
+    queue_spans: int = 2048  # spans waiting for export; past it, new spans are dropped
+    timeout_seconds: float = 5.0  # one export's deadline (retries included)
+
+    @property
+    def url(self) -> str:
+        if self.endpoint:
+            return self.endpoint.rstrip("/")
+        return "http://localhost:4318" if self.protocol == "http/protobuf" \
+            else "http://localhost:4317"
+# --- end OpenTelemetry export ---------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Forwarding knobs, all optional."""
@@ -247,6 +279,7 @@ class Config:
     tls_cert: str | None = None  # listen over HTTPS (boto3 sends bearer tokens only so)
     tls_key: str | None = None
     attribution: AttributionConfig = field(default_factory=AttributionConfig)  # issue 21
+    otel: OtelConfig | None = None  # OpenTelemetry export (issue 21)
 
     def effective_factors(self) -> dict[str, float]:
         """The factor each tokenizer family's estimates get: config, else the dialect's."""
@@ -298,6 +331,8 @@ class Config:
             "server": dict(vars(self.server)),
             "export": [{**vars(e), "secret": _mask(e.secret)} for e in self.exports],
             "attribution": dict(vars(self.attribution)),  # issue 21
+            "otel": None if self.otel is None else {
+                **vars(self.otel), "headers": {k: "***" for k in self.otel.headers}},
         }
 
 

@@ -22,6 +22,8 @@ from proxy.config.model import (
     BUDGET_ROLLING,
     BUDGET_WINDOWS,
     NOTIFY_FORMATS,
+    OTEL_PROTOCOLS,
+    OTEL_SEMCONV,
     RESERVED_NAMES,
     AdminConfig,
     AttributionConfig,
@@ -34,6 +36,7 @@ from proxy.config.model import (
     MetricsConfig,
     ModelPrice,
     NotifyConfig,
+    OtelConfig,
     PriceAdjustment,
     RateLimitConfig,
     ServerConfig,
@@ -445,6 +448,35 @@ def _metrics(r: _Reader, token: str | None) -> MetricsConfig:
         **_numbers(r, MetricsConfig, ("max_label_values", "max_series")))
 
 
+# --- OpenTelemetry export (issue 21) -------------------------------------------------------
+def _otel(raw: Any) -> OtelConfig:
+    r = _Reader(raw, "otel", _keys(OtelConfig))
+    protocol = r.get("protocol", str, _default(OtelConfig, "protocol"))
+    if protocol not in OTEL_PROTOCOLS:
+        raise ConfigError(f"otel.protocol: expected {' or '.join(OTEL_PROTOCOLS)}, "
+                          f"got {protocol!r}")
+    semconv = r.get("semconv", str, _default(OtelConfig, "semconv"))
+    if semconv not in OTEL_SEMCONV:
+        raise ConfigError(f"otel.semconv: expected {', '.join(OTEL_SEMCONV)}, got {semconv!r}")
+    endpoint = r.get("endpoint", str, None)
+    if endpoint is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", endpoint):
+        raise ConfigError(f"otel.endpoint: expected an http(s) URL such as "
+                          f"http://collector:4318, got {endpoint!r}")
+    headers = r.get("headers", dict, {}) or {}
+    for k, v in headers.items():
+        if not isinstance(v, str) or not isinstance(k, str) or not k.strip():
+            raise ConfigError(f"otel.headers.{k}: expected a header name and a string value")
+    service = r.get("service_name", str, _default(OtelConfig, "service_name"))
+    if not service.strip():
+        raise ConfigError("otel.service_name: must not be empty")
+    return OtelConfig(
+        endpoint=endpoint, protocol=protocol, headers=dict(headers), service_name=service,
+        metrics=r.get("metrics", bool, True), spans=r.get("spans", bool, True), semconv=semconv,
+        **_numbers(r, OtelConfig, ("export_interval_seconds", "queue_spans",
+                                   "timeout_seconds")))
+# --- end OpenTelemetry export ---------------------------------------------------------------
+
+
 def _factors(r: _Reader) -> dict[str, float]:
     factors = {}
     for k, v in (r.get("factors", dict, {}) or {}).items():
@@ -459,7 +491,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     data = _expand(raw if raw is not None else {}, "", os.environ if env is None else env)
     top = _Reader(data, "", ("listen", "ledger", "upstreams", "auth", "admin", "metrics",
                              "pricing", "estimation", "budgets", "server", "export",
-                             "attribution", "notify", "rate_limits"))
+                             "attribution", "notify", "rate_limits", "otel"))
     listen = top.child("listen", ("host", "port", "tls_cert", "tls_key"))
     tls_cert, tls_key = listen.get("tls_cert", str, None), listen.get("tls_key", str, None)
     if (tls_cert is None) != (tls_key is None):
@@ -500,11 +532,11 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     attribution = AttributionConfig(**{k: att.get(k, bool, _default(AttributionConfig, k))
                                        for k in _keys(AttributionConfig)})
     # --- end attribution ---
+    otel = _otel(top.data["otel"]) if "otel" in top.data else None
     return Config(
         host=listen.get("host", str, _default(Config, "host")), port=port, ledger=ledger,
         upstreams=upstreams, client_keys=client_keys, admin=AdminConfig(token),
         metrics=metrics, prices=prices, adjustments=adjustments, estimation_factors=factors,
         budgets=budgets, exports=exports, notify=notify, server=server, tls_cert=tls_cert,
-        tls_key=tls_key, attribution=attribution,
-        rate_limits=rate_limits,
+        tls_key=tls_key, attribution=attribution, rate_limits=rate_limits, otel=otel,
     )

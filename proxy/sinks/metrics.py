@@ -21,38 +21,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from proxy import __version__
 from proxy.record import CallRecord, LiveCall
+from proxy.sinks.labels import LabelCap
 from proxy.sinks.tally import CounterTally, GaugeTally, HistogramTally, Tallies
 
 __all__ = ["LabelCap", "Metrics"]
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 _TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
-
-
-class LabelCap:
-    """Bounded label values per label name: the first N admitted are kept; the rest, and
-    values from calls that may not add one (`admit` false), are `other`."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._seen: dict[str, set[str]] = {}
-        self.overflowed = 0
-
-    def seed(self, label: str, values: Sequence[str]) -> None:
-        self._seen.setdefault(label, set()).update(values)
-
-    def __call__(self, label: str, value: str | None, admit: bool = True,
-                 known: AbstractSet[str] = frozenset()) -> str:
-        """`known`: values that are always their own (a bounded set), outside the cap."""
-        v = value if value else "none"
-        seen = self._seen.setdefault(label, set())
-        if v in seen or v in known:
-            return v
-        if not admit or len(seen) >= self.limit:
-            self.overflowed += 1
-            return "other"
-        seen.add(v)
-        return v
 
 
 class Metrics:

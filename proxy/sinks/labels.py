@@ -1,0 +1,34 @@
+"""LabelCap: bounded label (attribute) values, shared by the Prometheus and OTel sinks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
+
+__all__ = ["LabelCap"]
+
+
+class LabelCap:
+    """Bounded label values per label name: the first N admitted are kept; the rest, and
+    values from calls that may not add one (`admit` false), are `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: dict[str, set[str]] = {}
+        self.overflowed = 0
+
+    def seed(self, label: str, values: Sequence[str]) -> None:
+        self._seen.setdefault(label, set()).update(values)
+
+    def __call__(self, label: str, value: str | None, admit: bool = True,
+                 known: AbstractSet[str] = frozenset()) -> str:
+        """`known`: values that are always their own (a bounded set), outside the cap."""
+        v = value if value else "none"
+        seen = self._seen.setdefault(label, set())
+        if v in seen or v in known:
+            return v
+        if not admit or len(seen) >= self.limit:
+            self.overflowed += 1
+            return "other"
+        seen.add(v)
+        return v

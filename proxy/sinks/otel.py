@@ -1,0 +1,411 @@
+"""OTLP export of each call record: GenAI metrics and one span per call, with the SDK.
+
+Imported only when `otel:` is configured (the OpenTelemetry SDK is not loaded otherwise).
+Every OTel name comes from `proxy.sinks.otel_names`.
+
+Metrics: the SDK's MeterProvider with a PeriodicExportingMetricReader (cumulative, every
+`export_interval_seconds`); the counters move from the same CallRecord the ledger stores,
+so their totals equal the ledger's. The counters are the SDK's observable counters over
+plain-dict tallies this sink keeps (a dict update per record instead of an SDK `add` of
+~7 µs each); the histograms are the SDK's own. Attributes are bounded like the Prometheus labels
+(`metrics.max_label_values` per attribute; tag attributes only for `metrics.tag_labels`).
+
+Spans: one per record, built from it (`ReadableSpan`: name `{operation} {model}`, kind
+CLIENT, the record's start and end, the ids chosen when the call started, so the upstream
+already named it as its parent) and handed to a BatchSpanProcessor. Exports run in the
+SDK's own threads with short timeouts; the event loop only queues. The queue is bounded:
+past `queue_spans` spans not yet exported, a new span is dropped and counted
+(`tokenbooth_otel_dropped_total{signal="spans"}`), as are the spans of a failed export.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from prometheus_client import CollectorRegistry, Counter
+from yarl import URL
+
+from proxy import __version__
+from proxy.config import OtelConfig, Upstream
+from proxy.record import CallRecord
+from proxy.sinks import otel_names as N
+from proxy.sinks.labels import LabelCap
+from proxy.tracecontext import SpanIds, start_span_ids
+
+__all__ = ["OtelSink"]
+
+log = logging.getLogger("tokenbooth.otel")
+_UNSET = Status(StatusCode.UNSET)
+
+# The parts of each token class by modality (genai-prices unit names): the rest is text.
+_MODALITY_PARTS = {
+    "input_tokens": (("audio", "input_audio_tokens"), ("image", "input_image_tokens")),
+    "cache_read_tokens": (("audio", "cache_audio_read_tokens"),),
+    "cache_write_tokens": (),
+    "output_tokens": (("audio", "output_audio_tokens"), ("image", "output_image_tokens")),
+    "reasoning_tokens": (),
+}
+
+
+def _by_modality(total: int, kind: str, units: Mapping[str, int] | None
+                 ) -> list[tuple[str, int]]:
+    parts: list[tuple[str, int]] = []
+    rest = total
+    if units:
+        for modality, unit in _MODALITY_PARTS[kind]:
+            n = units.get(unit)
+            if n:
+                parts.append((modality, n))
+                rest -= n
+    if rest or not parts:
+        parts.append(("text", rest))
+    return parts
+
+
+class _Tally:
+    """Cumulative sums by attribute set (a tuple of pairs), read by an observable counter's
+    callback in the SDK's export thread (from a copy: the loop goes on adding)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[tuple[str, Any], ...], float] = {}
+        self._attrs: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+
+    def add(self, key: tuple[tuple[str, Any], ...], n: float) -> None:
+        sums = self.sums
+        sums[key] = sums.get(key, 0) + n
+
+    def observe(self, _options: CallbackOptions) -> list[Observation]:
+        out = []
+        for key, value in self.sums.copy().items():
+            attrs = self._attrs.get(key)
+            if attrs is None:
+                attrs = self._attrs[key] = dict(key)
+            out.append(Observation(value, attrs))
+        return out
+
+
+class _Lossy:
+    """What the export lost, counted on the Prometheus registry (thread-safe there)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.dropped = Counter(N.DROPPED, "Telemetry the OTLP export lost (full queue, "
+                               "failed export), by signal.", ("signal",), registry=registry)
+        self.failures = Counter(N.EXPORT_FAILURES, "OTLP export attempts that failed, "
+                                "by signal.", ("signal",), registry=registry)
+        for signal in ("spans", "metrics"):
+            self.dropped.labels(signal)
+            self.failures.labels(signal)
+
+
+class _CountingSpanExporter(SpanExporter):
+    """The OTLP span exporter, counting what it could not deliver, and how many spans left
+    the queue (`done`: written by the export thread only; `emitted` by the loop only)."""
+
+    def __init__(self, inner: SpanExporter, lossy: _Lossy, timeout: float) -> None:
+        self.inner = inner
+        self.lossy = lossy
+        self.timeout = timeout
+        self.done = 0
+        self.deadline: float | None = None  # at shutdown: one deadline for what is left
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                result = SpanExportResult.FAILURE
+            else:
+                result = self.inner.export(spans)
+        except Exception:
+            log.exception("OTLP span export failed")
+            result = SpanExportResult.FAILURE
+        finally:
+            self.done += len(spans)
+        if result is not SpanExportResult.SUCCESS:
+            self.lossy.failures.labels("spans").inc()
+            self.lossy.dropped.labels("spans").inc(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class _CountingMetricExporter(MetricExporter):
+    """The OTLP metric exporter, counting failed exports (the totals are cumulative: the
+    next export that succeeds carries them)."""
+
+    def __init__(self, inner: MetricExporter, lossy: _Lossy) -> None:
+        super().__init__(preferred_temporality=inner._preferred_temporality,
+                         preferred_aggregation=inner._preferred_aggregation)
+        self.inner = inner
+        self.lossy = lossy
+
+    def export(self, metrics_data: Any, timeout_millis: float = 10_000,
+               **kwargs: Any) -> MetricExportResult:
+        try:
+            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            log.exception("OTLP metric export failed")
+            result = MetricExportResult.FAILURE
+        if result is not MetricExportResult.SUCCESS:
+            self.lossy.failures.labels("metrics").inc()
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+def _exporters(cfg: OtelConfig) -> tuple[Callable[[], SpanExporter],
+                                         Callable[[], MetricExporter]]:
+    headers = dict(cfg.headers)
+    if cfg.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as GrpcMetrics,
+        )
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpans,
+        )
+
+        insecure = cfg.url.startswith("http://")
+        return (lambda: GrpcSpans(endpoint=cfg.url, insecure=insecure, headers=headers,
+                                  timeout=cfg.timeout_seconds),
+                lambda: GrpcMetrics(endpoint=cfg.url, insecure=insecure, headers=headers,
+                                    timeout=cfg.timeout_seconds))
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetrics,
+    )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpans,
+    )
+
+    return (lambda: HttpSpans(endpoint=f"{cfg.url}/v1/traces", headers=headers,
+                              timeout=cfg.timeout_seconds),
+            lambda: HttpMetrics(endpoint=f"{cfg.url}/v1/metrics", headers=headers,
+                                timeout=cfg.timeout_seconds))
+
+
+class OtelSink:
+    name = "otel"
+
+    def __init__(self, cfg: OtelConfig, registry: CollectorRegistry, *,
+                 upstreams: Mapping[str, Upstream], tag_labels: Sequence[str] = (),
+                 max_label_values: int = 100,
+                 known_models: Callable[[], AbstractSet[str]] | None = None) -> None:
+        self.cfg = cfg
+        self.lossy = _Lossy(registry)
+        self.cap = LabelCap(max_label_values)
+        self._known_models = known_models
+        self.tag_labels = tuple(tag_labels)
+        self._tag_attrs = tuple(N.TAG_PREFIX + t for t in self.tag_labels)
+        self._servers: dict[str, tuple[str, int | None]] = {}
+        self._providers: dict[str, str] = {}
+        for name, up in upstreams.items():
+            url = URL(up.url)
+            self._servers[name] = (url.host or name, url.port)
+            self._providers[name] = N.PROVIDERS_BY_UPSTREAM.get(name) or \
+                N.PROVIDERS_BY_DIALECT.get(up.dialect) or up.dialect
+        self.resource = Resource.create({"service.name": cfg.service_name,
+                                         "service.version": __version__})
+        self.scope = InstrumentationScope(N.SCOPE, __version__)
+        self.meters: MeterProvider | None = None
+        self.processor: BatchSpanProcessor | None = None
+        self.span_exporter: _CountingSpanExporter | None = None
+        self.emitted = 0  # spans handed to the processor (the event loop's count)
+        self._inst: dict[str, Any] = {}
+        self._tally: dict[str, _Tally] = {}
+
+    # -- life --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """The SDK's providers and their export threads (from the app's start-up)."""
+        cfg = self.cfg
+        spans, metrics = _exporters(cfg)
+        if cfg.metrics:
+            reader = PeriodicExportingMetricReader(
+                _CountingMetricExporter(metrics(), self.lossy),
+                export_interval_millis=cfg.export_interval_seconds * 1000,
+                export_timeout_millis=cfg.timeout_seconds * 1000)
+            self.meters = MeterProvider(resource=self.resource, metric_readers=[reader])
+            meter = self.meters.get_meter(N.SCOPE, __version__)
+            wanted = {"ours", "both", cfg.semconv} | (
+                {"latest", "legacy"} if cfg.semconv == "both" else set())
+            for inst in N.INSTRUMENTS:
+                if inst.semconv not in wanted:
+                    continue
+                if inst.kind == "counter":
+                    tally = self._tally[inst.key] = _Tally()
+                    self._inst[inst.key] = meter.create_observable_counter(
+                        inst.name, callbacks=[tally.observe], unit=inst.unit,
+                        description=inst.description)
+                else:
+                    self._inst[inst.key] = meter.create_histogram(
+                        inst.name, unit=inst.unit, description=inst.description,
+                        explicit_bucket_boundaries_advisory=list(inst.buckets))
+        if cfg.spans:
+            self.span_exporter = _CountingSpanExporter(spans(), self.lossy, cfg.timeout_seconds)
+            self.processor = BatchSpanProcessor(
+                self.span_exporter, max_queue_size=cfg.queue_spans,
+                schedule_delay_millis=min(cfg.export_interval_seconds * 1000, 5000),
+                max_export_batch_size=min(512, cfg.queue_spans),
+                export_timeout_millis=cfg.timeout_seconds * 1000)
+
+    async def aclose(self) -> None:
+        """Export what is left, within one `timeout_seconds` per signal (in a thread)."""
+        await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        timeout = self.cfg.timeout_seconds
+        if self.processor is not None and self.span_exporter is not None:
+            self.span_exporter.deadline = time.monotonic() + timeout
+            try:
+                self.processor.shutdown()
+            except Exception:
+                log.exception("OTLP span export shutdown failed")
+        if self.meters is not None:
+            try:
+                self.meters.shutdown(timeout_millis=timeout * 1000)
+            except Exception:
+                log.exception("OTLP metric export shutdown failed")
+
+    # -- records -----------------------------------------------------------------------
+
+    async def handle(self, record: CallRecord) -> None:
+        self.observe(record)
+
+    def observe(self, rec: CallRecord) -> None:
+        attrs = self._attributes(rec)
+        if self._inst:
+            self._metrics(rec, attrs)
+        if self.processor is not None:
+            self._span(rec, attrs)
+
+    def _attributes(self, rec: CallRecord) -> dict[str, Any]:
+        """The attributes metrics and span share: bounded values (capped like the
+        Prometheus labels)."""
+        cap = self.cap
+        admit = rec.outcome != "rejected" and rec.status_code is not None \
+            and rec.status_code < 400
+        known = self._known_models() if self._known_models is not None else frozenset()
+        host, port = self._servers.get(rec.upstream, (rec.upstream, None))
+        attrs: dict[str, Any] = {
+            N.PROVIDER: self._providers.get(rec.upstream) or rec.dialect or rec.upstream,
+            N.OPERATION: N.OPERATIONS.get(rec.operation, rec.operation),
+            N.REQUEST_MODEL: cap("request_model", rec.request_model or rec.model or "unknown",
+                                 admit, known),
+            N.SERVER_ADDRESS: host,
+        }
+        if port is not None:
+            attrs[N.SERVER_PORT] = port
+        if rec.response_model:
+            attrs[N.RESPONSE_MODEL] = cap("response_model", rec.response_model, admit, known)
+        if rec.outcome != "ok":
+            attrs[N.ERROR_TYPE] = str(rec.status_code) if rec.outcome == "upstream_error" \
+                and rec.status_code is not None else rec.outcome
+        tags = rec.tags
+        for t, a in zip(self.tag_labels, self._tag_attrs, strict=True):
+            attrs[a] = cap(f"tag:{t}", tags.get(t), admit)
+        return attrs
+
+    def _metrics(self, rec: CallRecord, attrs: dict[str, Any]) -> None:
+        inst, tally = self._inst, self._tally
+        units = rec.priced_units
+        legacy = inst.get("token_usage")
+        latest = "input_tokens" in tally
+        key = tuple(attrs.items())
+        for side, kinds, total, source in (
+                ("input", ("input_tokens", "cache_read_tokens", "cache_write_tokens"),
+                 rec.input_tokens, rec.input_source),
+                ("output", ("output_tokens", "reasoning_tokens"), rec.output_tokens,
+                 rec.output_source)):
+            if total is None or source == "none":
+                continue
+            src = (*key, (N.USAGE_SOURCE, source))
+            if latest:
+                for kind in kinds:
+                    n = getattr(rec, kind)
+                    if n:
+                        for modality, part in _by_modality(n, kind, units):
+                            tally[kind].add((*src, (N.MODALITY, modality)), part)
+            if legacy is not None:
+                legacy.record(total, {**dict(src), N.TOKEN_TYPE: side})
+        inst["duration"].record(rec.duration_ms / 1000, attrs)
+        if rec.ttft_ms is not None and "ttfc" in inst:
+            inst["ttfc"].record(rec.ttft_ms / 1000, attrs)
+        if rec.cost_usd is not None:
+            if rec.cost_usd:
+                tally["cost"].add(key, float(rec.cost_usd))
+        elif rec.unpriced:
+            tally["unpriced"].add(key, 1)
+
+    def _span(self, rec: CallRecord, shared: dict[str, Any]) -> None:
+        ids = rec.trace or _root()
+        if not ids.sampled:
+            return
+        assert self.span_exporter is not None and self.processor is not None
+        if self.emitted - self.span_exporter.done >= self.cfg.queue_spans:
+            self.lossy.dropped.labels("spans").inc()  # the queue is full: this one goes
+            return
+        attrs = dict(shared)
+        # spans carry the exact values (no cap): one span, one call
+        attrs[N.REQUEST_MODEL] = rec.request_model or rec.model or "unknown"
+        if rec.response_model:
+            attrs[N.RESPONSE_MODEL] = rec.response_model
+        for i, (t, v) in enumerate(rec.tags.items()):
+            if i == N.MAX_SPAN_TAGS:
+                break
+            attrs[N.TAG_PREFIX + t] = v
+        if rec.upstream_request_id:
+            attrs[N.RESPONSE_ID] = rec.upstream_request_id
+        for field, name in N.SPAN_USAGE.items():
+            v = getattr(rec, field)
+            if v is not None:
+                attrs[name] = v
+        for field, name in N.SPAN_OURS.items():
+            v = getattr(rec, field)
+            if v is not None:
+                attrs[name] = v
+        if rec.cost_usd is not None:
+            attrs[N.SPAN_COST] = float(rec.cost_usd)
+        elif rec.unpriced:
+            attrs[N.SPAN_UNPRICED] = True
+        state = TraceState.from_header([ids.tracestate]) if ids.tracestate else TraceState()
+        flags = TraceFlags(ids.flags)
+        parent = SpanContext(ids.trace_id, ids.parent_id, True, flags, state) \
+            if ids.parent_id else None
+        start = int(rec.started_ts * 1e9)
+        failed = rec.outcome != "ok"
+        span = ReadableSpan(
+            name=f"{attrs[N.OPERATION]} {attrs[N.REQUEST_MODEL]}",
+            context=SpanContext(ids.trace_id, ids.span_id, False, flags, state),
+            parent=parent, resource=self.resource, attributes=attrs, kind=SpanKind.CLIENT,
+            status=Status(StatusCode.ERROR, rec.error or rec.outcome) if failed else _UNSET,
+            start_time=start, end_time=start + int(rec.duration_ms * 1e6),
+            instrumentation_scope=self.scope)
+        self.emitted += 1
+        self.processor.on_end(span)
+
+
+def _root() -> SpanIds:
+    """A record with no span ids of its own (built outside a live call): a new trace."""
+    return start_span_ids(None, None)

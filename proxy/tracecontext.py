@@ -1,0 +1,83 @@
+"""W3C Trace Context (`traceparent`) for the proxy's span of each call, without OpenTelemetry.
+
+With OTel spans on, each call's span ids are chosen when the call starts: the trace of the
+incoming `traceparent` (else a new one) and a new span id. The upstream request then carries
+a `traceparent` naming that span, and the span the OTel sink emits from the finished record
+has exactly these ids (a child of the client's span). Pure: no I/O, no OTel import; with
+spans off nothing here runs and `traceparent` passes through untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+
+__all__ = ["SpanIds", "start_span_ids"]
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_rand = random.Random()  # ids need uniqueness, not secrecy (the SDK's own generator does so)
+os.register_at_fork(after_in_child=_rand.seed)  # a forked child draws its own ids
+
+
+@dataclass(frozen=True, slots=True)
+class SpanIds:
+    """A call's span: its trace, its own id, its parent (the client's span, when it sent
+    one), the trace flags (bit 0: sampled) and the incoming `tracestate`, passed on."""
+
+    trace_id: int
+    span_id: int
+    parent_id: int | None = None
+    flags: int = 1
+    tracestate: str | None = None
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.flags & 1)
+
+    def traceparent(self) -> str:
+        """The header the upstream gets: this span as its parent."""
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{self.flags:02x}"
+
+    def sibling(self) -> SpanIds:
+        """Another span with the same parent (each response of a socket, each line of a
+        batch download: one span per record)."""
+        return SpanIds(self.trace_id, _span_id(), self.parent_id, self.flags, self.tracestate)
+
+
+def _span_id() -> int:
+    while True:
+        v = _rand.getrandbits(64)
+        if v:
+            return v
+
+
+def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
+    """(trace id, parent span id, flags) of a valid version-00-compatible header, else None
+    (a malformed or all-zero header starts a new trace, as W3C says)."""
+    if not value:
+        return None
+    m = _TRACEPARENT.match(value.strip())
+    if m is None:
+        return None
+    version, trace, span, flags = m.groups()
+    if version == "ff" or (version == "00" and len(value.strip()) != 55):
+        return None
+    trace_id, span_id = int(trace, 16), int(span, 16)
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, int(flags, 16)
+
+
+def start_span_ids(traceparent: str | None, tracestate: str | None) -> SpanIds:
+    """The span ids of a call starting now: a child of the incoming context, or a new
+    sampled trace."""
+    parent = parse_traceparent(traceparent)
+    if parent is None:
+        while True:
+            trace_id = _rand.getrandbits(128)
+            if trace_id:
+                return SpanIds(trace_id, _span_id())
+    trace_id, parent_id, flags = parent
+    return SpanIds(trace_id, _span_id(), parent_id, flags & 1, tracestate or None)

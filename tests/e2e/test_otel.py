@@ -1,0 +1,268 @@
+"""End to end: OTLP export of metrics and spans to a real receiver on 127.0.0.1 (HTTP/protobuf
+and gRPC, decoded with opentelemetry-proto), equal to the ledger's rows; the proxy's span a
+child of the client's traceparent and the upstream's parent; the collector down or hanging:
+calls unaffected, the span queue bounded, drops counted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy import state
+from proxy.sinks import otel_names as N
+from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy, free_port
+from tests.dialects.openai.audio_files import mp3
+from tests.e2e.test_audio import TEXT, TOKENS_USAGE
+from tests.e2e.test_ledger_metrics import rows, run_mixed_workload, scrape
+from tests.otlp import Received, attrs, grpc_receiver, http_receiver
+
+USAGE = "gen_ai.client.inference.usage."
+CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CLIENT_SPAN = "b7ad6b7169203331"
+KIND_CLIENT = 3  # opentelemetry.proto Span.SpanKind.SPAN_KIND_CLIENT
+STATUS_ERROR = 2
+
+
+def otel(endpoint: str, **extra: Any) -> dict[str, Any]:
+    return {"endpoint": endpoint, "export_interval_seconds": 0.2, "timeout_seconds": 2,
+            **extra}
+
+
+async def mixed_calls(upstream: FakeUpstream, proxy: Proxy, sdk: Sdks) -> list[Any]:
+    """The mixed workload of the ledger/metrics test (JSON and streamed, cached, reasoning,
+    estimated, unpriced, failed, client-aborted) plus a token-billed audio transcription;
+    returns the ledger rows."""
+    await run_mixed_workload(upstream, proxy, sdk)
+    upstream.on("/v1/audio/transcriptions",
+                Reply([json.dumps({"text": TEXT, "usage": TOKENS_USAGE}).encode()]))
+    oa = sdk.openai(f"{proxy.url}/openai/v1")
+    await oa.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.mp3", mp3(2.0)))
+    await proxy.collector.wait_for(9)
+    await proxy.app[state.LEDGER].flush()
+    got = rows(proxy)
+    assert len(got) == 9
+    return got
+
+
+def assert_metrics_equal_ledger(got: Received, ledger: list[Any]) -> None:
+    metered = [r for r in ledger if r["usage_source"] != "none"]
+    for col, metric in (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
+                        ("cache_read_tokens", "cache_read.input_tokens"),
+                        ("cache_write_tokens", "cache_write.input_tokens"),
+                        ("reasoning_tokens", "reasoning.output_tokens")):
+        assert got.total(USAGE + metric) == sum(r[col] or 0 for r in metered), col
+    # the audio part of the transcription's input, by modality (167 audio + 13 text)
+    assert got.total(USAGE + "input_tokens", **{N.MODALITY: "audio"}) == 167
+    assert got.total(USAGE + "input_tokens", **{N.MODALITY: "text"}) == \
+        sum(r["input_tokens"] or 0 for r in metered) - 167
+    estimated = sum(r["input_tokens"] for r in metered if r["usage_source"] == "estimated")
+    assert estimated and got.total(USAGE + "input_tokens",
+                                   **{N.USAGE_SOURCE: "estimated"}) == estimated
+    assert got.total("tokenbooth.cost") == pytest.approx(
+        sum(r["cost_usd"] or 0 for r in ledger), rel=1e-12, abs=1e-15)
+    # the unpriced model is counted apart, never as a cost of 0
+    assert got.total("tokenbooth.calls.unpriced") == 1
+    assert got.total("tokenbooth.calls.unpriced", **{N.REQUEST_MODEL: "mystery-7b"}) == 1
+    assert not [p for p in got.points.values() if p.metric == "tokenbooth.cost"
+                and p.attributes[N.REQUEST_MODEL] == "mystery-7b"]
+    assert got.count("gen_ai.client.operation.duration") == len(ledger)
+    assert got.count("gen_ai.client.operation.duration", **{N.ERROR_TYPE: "500"}) == 1
+    assert got.count("gen_ai.client.operation.duration",
+                     **{N.ERROR_TYPE: "client_aborted"}) == 1
+    assert got.count("gen_ai.client.operation.time_to_first_chunk") == \
+        len([r for r in ledger if r["ttft_ms"] is not None])
+    assert {p.unit for p in got.points.values() if p.metric.startswith(USAGE)} == {"{token}"}
+    assert {p.resource["service.name"] for p in got.points.values()} == {"tokenbooth"}
+
+
+def assert_spans_equal_ledger(got: Received, ledger: list[Any]) -> None:
+    spans = got.span_by_call()
+    assert set(spans) == {r["call_id"] for r in ledger}
+    for r in ledger:
+        s = spans[r["call_id"]]
+        a = attrs(s.attributes)
+        assert s.kind == KIND_CLIENT
+        assert s.name == f"{a[N.OPERATION]} {r['request_model']}"
+        for col, name in N.SPAN_USAGE.items():
+            assert a.get(name) == r[col], (r["call_id"], col)
+        assert a.get(N.SPAN_COST) == r["cost_usd"]
+        assert a.get(N.SPAN_UNPRICED, False) is (r["model"] == "mystery-7b")
+        assert (a["tokenbooth.outcome"], a["tokenbooth.usage_source"],
+                a.get("tokenbooth.price_source")) == (r["outcome"], r["usage_source"],
+                                                      r["price_source"])
+        assert a.get(N.RESPONSE_MODEL) == r["response_model"]
+        for k, v in json.loads(r["tags"]).items():
+            assert a[N.TAG_PREFIX + k] == v
+        # start and end are the record's (the ledger's text has milliseconds)
+        started_ms = time.mktime(time.strptime(r["started_at"][:19], "%Y-%m-%dT%H:%M:%S")) \
+            - time.timezone
+        assert abs(s.start_time_unix_nano / 1e6 - (started_ms * 1000 + int(
+            r["started_at"][20:23]))) < 1.0
+        assert (s.end_time_unix_nano - s.start_time_unix_nano) / 1e6 == \
+            pytest.approx(r["duration_ms"], abs=0.001)
+        if r["outcome"] == "ok":
+            assert s.status.code != STATUS_ERROR and N.ERROR_TYPE not in a
+        else:
+            assert s.status.code == STATUS_ERROR and a[N.ERROR_TYPE]
+    failed = spans[next(r["call_id"] for r in ledger if r["outcome"] == "upstream_error")]
+    assert attrs(failed.attributes)[N.ERROR_TYPE] == "500"
+    audio = next(s for s in spans.values()
+                 if attrs(s.attributes)[N.OPERATION] == "transcription")
+    assert attrs(audio.attributes)["gen_ai.usage.input_tokens"] == 180
+
+
+async def test_http_metrics_and_spans_equal_the_ledger(upstream: FakeUpstream,
+                                                        start_proxy: StartProxy,
+                                                        sdk: Sdks) -> None:
+    async with http_receiver() as (url, got):
+        proxy = await start_proxy(otel=otel(url, semconv="both",
+                                            headers={"x-collector-token": "t0k"}))
+        ledger = await mixed_calls(upstream, proxy, sdk)
+        await got.until(lambda: len(got.spans) >= len(ledger)
+                        and got.count("gen_ai.client.operation.duration") == len(ledger),
+                        what="every call's span and duration")
+        assert_metrics_equal_ledger(got, ledger)
+        assert_spans_equal_ledger(got, ledger)
+        # legacy names beside the latest ones (`semconv: both`)
+        assert got.total("gen_ai.client.token.usage", **{N.TOKEN_TYPE: "input"}) == \
+            sum(r["input_tokens"] or 0 for r in ledger if r["usage_source"] != "none")
+        assert all(h.get("x-collector-token") == "t0k" for h in got.headers)
+        assert len(got.spans) == len(ledger)  # one span per call, not more
+
+
+async def test_grpc_span_is_the_child_of_the_client_and_the_parent_of_the_upstream(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    async with grpc_receiver() as (endpoint, got):
+        proxy = await start_proxy(otel=otel(endpoint, protocol="grpc",
+                                            headers={"x-collector-token": "g"}))
+        upstream.on("/v1/chat/completions", Reply([json.dumps({
+            "id": "c1", "model": "gpt-4o-2024-08-06",
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()]))
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions",
+                              json={"model": "gpt-4o", "messages": []},
+                              headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01",
+                                       "tracestate": "vendor=abc"}) as r:
+                assert r.status == 200
+                call_id = r.headers["X-Meter-Call-Id"]
+        await got.until(lambda: call_id in got.span_by_call()
+                        and got.total(USAGE + "input_tokens") == 10)
+        span = got.span_by_call()[call_id]
+        assert span.trace_id.hex() == CLIENT_TRACE
+        assert span.parent_span_id.hex() == CLIENT_SPAN
+        assert span.trace_state == "vendor=abc"
+        seen = upstream.requests[-1].headers
+        version, trace, parent, flags = seen["traceparent"].split("-")
+        assert (version, trace, parent, flags) == ("00", CLIENT_TRACE, span.span_id.hex(),
+                                                   "01")
+        assert seen["tracestate"] == "vendor=abc"
+        assert got.total(USAGE + "output_tokens", **{N.PROVIDER: "openai",
+                                                     N.OPERATION: "chat",
+                                                     N.SERVER_ADDRESS: "127.0.0.1"}) == 2
+        assert all(h.get("x-collector-token") == "g" for h in got.headers)
+
+
+async def test_without_a_traceparent_the_span_starts_a_trace_the_upstream_continues(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    async with http_receiver() as (url, got):
+        proxy = await start_proxy(otel=otel(url, metrics=False))
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions", json={}) as r:
+                await r.read()
+                call_id = r.headers["X-Meter-Call-Id"]
+        await got.until(lambda: call_id in got.span_by_call())
+        span = got.span_by_call()[call_id]
+        assert span.parent_span_id == b""
+        _, trace, parent, _ = upstream.requests[-1].headers["traceparent"].split("-")
+        assert (trace, parent) == (span.trace_id.hex(), span.span_id.hex())
+        assert got.metric_exports == 0  # metrics off
+
+
+async def test_spans_off_traceparent_passes_through_untouched(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    async with http_receiver() as (url, got):
+        proxy = await start_proxy(otel=otel(url, spans=False))
+        sent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{proxy.url}/openai/v1/chat/completions", json={},
+                              headers={"traceparent": sent}) as r:
+                await r.read()
+        await got.until(lambda: got.count("gen_ai.client.operation.duration") == 1)
+        assert upstream.requests[-1].headers["traceparent"] == sent
+        assert got.spans == [] and got.trace_exports == 0
+
+
+async def _calls_while_down(proxy: Proxy, n: int) -> list[float]:
+    """n calls, 8 at a time; each must succeed; returns their durations."""
+    took: list[float] = []
+
+    async def one(s: aiohttp.ClientSession) -> None:
+        t0 = time.monotonic()
+        async with s.post(f"{proxy.url}/openai/v1/chat/completions", json={}) as r:
+            assert r.status == 200
+            await r.read()
+        took.append(time.monotonic() - t0)
+
+    async with aiohttp.ClientSession() as s:
+        for _ in range(n // 8):
+            await asyncio.gather(*(one(s) for _ in range(8)))
+    return took
+
+
+def _dropped(m: dict[str, list[Any]], signal: str) -> float:
+    return sum(x.value for x in m["tokenbooth_otel_dropped_total"]
+               if x.labels["signal"] == signal)
+
+
+def _failed(m: dict[str, list[Any]], signal: str) -> float:
+    return sum(x.value for x in m["tokenbooth_otel_export_failures_total"]
+               if x.labels["signal"] == signal)
+
+
+@pytest.mark.parametrize("down", ["closed_port", "hanging"])
+async def test_collector_down_calls_unaffected_queue_bounded_drops_counted(
+        upstream: FakeUpstream, start_proxy: StartProxy, down: str) -> None:
+    """A collector that refuses connections (a closed port) or accepts and never answers:
+    every call still succeeds at once, spans waiting for export never exceed the queue
+    (8), and every span that could not be delivered is counted. (A bounded run of a few
+    seconds stands for the 30 s: the queue fills within the first export.)"""
+    hang = asyncio.Event()
+    async with http_receiver(hang=hang) as (url, got):
+        endpoint = f"http://127.0.0.1:{free_port()}" if down == "closed_port" else url
+        proxy = await start_proxy(otel=otel(endpoint, queue_spans=8, timeout_seconds=0.5))
+        sink = next(s for s in proxy.app[state.RECORDER].sinks if s.name == "otel")
+        n = 160
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                assert sink.span_exporter is not None
+                peak = max(peak, sink.emitted - sink.span_exporter.done)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        took = await _calls_while_down(proxy, n)
+        await proxy.collector.wait_for(n)
+        watcher.cancel()
+        assert len(took) == n and max(took) < 1.0  # calls are not held up by the export
+        assert peak <= 8  # spans waiting for export: never more than the queue
+        await proxy.app[state.LEDGER].flush()
+        assert len(rows(proxy)) == n  # every call is in the ledger
+
+        # every span that could not be delivered is counted: here, all of them
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            m = await scrape(proxy)
+            if _dropped(m, "spans") == n and _failed(m, "metrics") \
+                    or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert _dropped(m, "spans") == n
+        assert _failed(m, "metrics") >= 1  # metric exports failed too (counted)
+        assert got.spans == []

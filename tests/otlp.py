@@ -1,0 +1,190 @@
+"""Real OTLP receivers on 127.0.0.1 for the tests: HTTP/protobuf (an aiohttp app) and gRPC
+(a grpc.aio server implementing the collector services), both decoding what they receive
+with opentelemetry-proto into one `Received` store the tests read.
+
+Metrics are cumulative: the latest data point of each (metric, attributes) is its value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as ms
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as ms_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as ts
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as ts_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+
+def value(v: AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    return None if kind is None else getattr(v, kind)
+
+
+def attrs(kvs: Any) -> dict[str, Any]:
+    return {kv.key: value(kv.value) for kv in kvs}
+
+
+@dataclass
+class Point:
+    metric: str
+    unit: str
+    kind: str  # sum | histogram
+    attributes: dict[str, Any]
+    value: float  # a sum's value; a histogram's sum
+    count: int = 0  # a histogram's count
+    resource: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Received:
+    spans: list[Any] = field(default_factory=list)  # opentelemetry.proto Span
+    span_resources: list[dict[str, Any]] = field(default_factory=list)
+    points: dict[tuple[str, frozenset[tuple[str, Any]]], Point] = field(default_factory=dict)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    metric_exports: int = 0
+    trace_exports: int = 0
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add_metrics(self, req: ms.ExportMetricsServiceRequest) -> None:
+        self.metric_exports += 1
+        for rm in req.resource_metrics:
+            res = attrs(rm.resource.attributes)
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    kind = m.WhichOneof("data")
+                    if kind == "sum":
+                        for p in m.sum.data_points:
+                            a = attrs(p.attributes)
+                            v = p.as_int if p.WhichOneof("value") == "as_int" else p.as_double
+                            self.points[(m.name, frozenset(a.items()))] = Point(
+                                m.name, m.unit, "sum", a, v, resource=res)
+                    elif kind == "histogram":
+                        for p in m.histogram.data_points:
+                            a = attrs(p.attributes)
+                            self.points[(m.name, frozenset(a.items()))] = Point(
+                                m.name, m.unit, "histogram", a, p.sum, p.count, resource=res)
+        self.event.set()
+
+    def add_traces(self, req: ts.ExportTraceServiceRequest) -> None:
+        self.trace_exports += 1
+        for rs in req.resource_spans:
+            res = attrs(rs.resource.attributes)
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    self.spans.append(s)
+                    self.span_resources.append(res)
+        self.event.set()
+
+    def total(self, metric: str, **match: Any) -> float:
+        return sum(p.value for p in self.points.values() if p.metric == metric
+                   and all(p.attributes.get(k) == v for k, v in match.items()))
+
+    def count(self, metric: str, **match: Any) -> int:
+        return sum(p.count for p in self.points.values() if p.metric == metric
+                   and all(p.attributes.get(k) == v for k, v in match.items()))
+
+    def metrics(self) -> set[str]:
+        return {p.metric for p in self.points.values()}
+
+    def span_by_call(self) -> dict[str, Any]:
+        return {attrs(s.attributes)["tokenbooth.call_id"]: s for s in self.spans}
+
+    async def until(self, cond: Any, timeout: float = 15.0, what: str = "telemetry") -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not cond():
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"{what} not received within {timeout} s")
+            self.event.clear()
+            try:
+                await asyncio.wait_for(self.event.wait(), min(left, 0.5))
+            except TimeoutError:
+                pass
+
+
+def _body(raw: bytes, encoding: str | None) -> bytes:
+    return gzip.decompress(raw) if encoding == "gzip" else raw
+
+
+@asynccontextmanager
+async def http_receiver(hang: asyncio.Event | None = None) -> AsyncIterator[tuple[str, Received]]:
+    """An OTLP/HTTP protobuf receiver; yields its base URL and what it received. With
+    `hang`, every export waits until the event is set (a collector that does not answer)."""
+    got = Received()
+
+    async def metrics(request: web.Request) -> web.Response:
+        if hang is not None:
+            await hang.wait()
+        got.headers.append(dict(request.headers))
+        req = ms.ExportMetricsServiceRequest()
+        req.ParseFromString(_body(await request.read(), request.headers.get("Content-Encoding")))
+        got.add_metrics(req)
+        return web.Response(body=ms.ExportMetricsServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    async def traces(request: web.Request) -> web.Response:
+        if hang is not None:
+            await hang.wait()
+        got.headers.append(dict(request.headers))
+        req = ts.ExportTraceServiceRequest()
+        req.ParseFromString(_body(await request.read(), request.headers.get("Content-Encoding")))
+        got.add_traces(req)
+        return web.Response(body=ts.ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_post("/v1/metrics", metrics)
+    app.router.add_post("/v1/traces", traces)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/"), got
+    finally:
+        if hang is not None:
+            hang.set()
+        await server.close()
+
+
+class _Metrics(ms_grpc.MetricsServiceServicer):
+    def __init__(self, got: Received) -> None:
+        self.got = got
+
+    async def Export(self, request: Any, context: Any) -> Any:  # gRPC names the method
+        self.got.headers.append({k: v for k, v in context.invocation_metadata()})
+        self.got.add_metrics(request)
+        return ms.ExportMetricsServiceResponse()
+
+
+class _Traces(ts_grpc.TraceServiceServicer):
+    def __init__(self, got: Received) -> None:
+        self.got = got
+
+    async def Export(self, request: Any, context: Any) -> Any:  # gRPC names the method
+        self.got.headers.append({k: v for k, v in context.invocation_metadata()})
+        self.got.add_traces(request)
+        return ts.ExportTraceServiceResponse()
+
+
+@asynccontextmanager
+async def grpc_receiver() -> AsyncIterator[tuple[str, Received]]:
+    """An OTLP/gRPC receiver; yields its endpoint (http://127.0.0.1:port) and what it got."""
+    got = Received()
+    server = grpc.aio.server()
+    ms_grpc.add_MetricsServiceServicer_to_server(_Metrics(got), server)
+    ts_grpc.add_TraceServiceServicer_to_server(_Traces(got), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", got
+    finally:
+        await server.stop(grace=None)

@@ -1,0 +1,172 @@
+"""The OTel sink on its own: records in, OTLP out to a real receiver on 127.0.0.1. Names
+per `semconv`, tokens by modality, cost and unpriced apart, bounded attributes, one span
+per record; and the default start-up never loads OpenTelemetry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from proxy.config import OtelConfig, parse
+from proxy.sinks import otel_names as N
+from proxy.sinks.otel import OtelSink
+from tests.factories import make_record
+from tests.otlp import Received, attrs, http_receiver
+
+USAGE = "gen_ai.client.inference.usage."
+UPSTREAMS = parse({"upstreams": {"openai": {"url": "https://api.openai.com"},
+                                 "anthropic": {"url": "https://api.anthropic.com:8443"}}},
+                  env={}).upstreams
+
+
+async def run(records: list[Any], **cfg: Any) -> tuple[Received, OtelSink]:
+    """The records through a started sink; closing it exports everything left."""
+    sink_args = {k: cfg.pop(k) for k in ("tag_labels", "max_label_values") if k in cfg}
+    async with http_receiver() as (url, got):
+        sink = OtelSink(OtelConfig(endpoint=url, export_interval_seconds=60, **cfg),
+                        CollectorRegistry(), upstreams=UPSTREAMS, **sink_args)
+        sink.start()
+        for rec in records:
+            await sink.handle(rec)
+        await sink.aclose()
+    return got, sink
+
+
+AUDIO = make_record(call_id="audio", operation="realtime", input_tokens=1000,
+                    cache_read_tokens=400, output_tokens=300, reasoning_tokens=0,
+                    priced_units={"input_audio_tokens": 700, "cache_audio_read_tokens": 300,
+                                  "output_audio_tokens": 250}, ttft_ms=120.0, stream=True)
+
+
+async def test_latest_names_tokens_by_modality() -> None:
+    got, _ = await run([AUDIO, make_record(call_id="text", reasoning_tokens=4)])
+    assert got.metrics() == {USAGE + "input_tokens", USAGE + "output_tokens",
+                             USAGE + "cache_read.input_tokens",
+                             USAGE + "reasoning.output_tokens",
+                             "gen_ai.client.operation.duration",
+                             "gen_ai.client.operation.time_to_first_chunk", "tokenbooth.cost"}
+    m = N.MODALITY
+    # AUDIO: 1000 in = 700 audio + 300 text; the text record: 100 text
+    assert got.total(USAGE + "input_tokens", **{m: "audio"}) == 700
+    assert got.total(USAGE + "input_tokens", **{m: "text"}) == 300 + 100
+    assert got.total(USAGE + "cache_read.input_tokens", **{m: "audio"}) == 300
+    assert got.total(USAGE + "cache_read.input_tokens", **{m: "text"}) == 100 + 20
+    assert got.total(USAGE + "output_tokens", **{m: "audio"}) == 250
+    assert got.total(USAGE + "output_tokens", **{m: "text"}) == 50 + 10
+    assert got.total(USAGE + "reasoning.output_tokens") == 4
+    assert got.count("gen_ai.client.operation.time_to_first_chunk") == 1
+    ttfc = next(p for p in got.points.values()
+                if p.metric == "gen_ai.client.operation.time_to_first_chunk")
+    assert (ttfc.value, ttfc.unit) == (0.12, "s")
+    assert got.total("tokenbooth.cost") == 0.002  # 0.001 USD each (the factory's)
+
+
+async def test_legacy_names_only() -> None:
+    got, _ = await run([AUDIO], semconv="legacy")
+    assert got.metrics() == {"gen_ai.client.token.usage", "gen_ai.client.operation.duration",
+                             "tokenbooth.cost"}
+    assert got.total("gen_ai.client.token.usage", **{N.TOKEN_TYPE: "input"}) == 1000
+    assert got.total("gen_ai.client.token.usage", **{N.TOKEN_TYPE: "output"}) == 300
+
+
+async def test_both_emits_each_name_once() -> None:
+    got, _ = await run([AUDIO], semconv="both")
+    assert {"gen_ai.client.token.usage", USAGE + "input_tokens",
+            "gen_ai.client.operation.time_to_first_chunk"} <= got.metrics()
+    assert got.count("gen_ai.client.operation.duration") == 1
+
+
+async def test_unpriced_is_counted_apart_never_as_zero_cost() -> None:
+    unpriced = make_record(call_id="u", model="mystery", request_model="mystery",
+                           cost_usd=None, price_source=None)
+    free = make_record(call_id="f", model="llama3", request_model="llama3",
+                       cost_usd=Decimal(0), price_source="free")
+    failed = make_record(call_id="x", outcome="upstream_error", status_code=500,
+                         cost_usd=None, input_tokens=None, output_tokens=None,
+                         cache_read_tokens=None, cache_write_tokens=None,
+                         reasoning_tokens=None, total_tokens=None, usage_source="none",
+                         input_source="none", output_source="none", error="HTTP 500")
+    got, _ = await run([unpriced, free, failed])
+    assert got.total("tokenbooth.calls.unpriced") == 1
+    assert got.total("tokenbooth.calls.unpriced", **{N.REQUEST_MODEL: "mystery"}) == 1
+    assert "tokenbooth.cost" not in got.metrics()  # nothing priced above 0
+    assert got.count("gen_ai.client.operation.duration", **{N.ERROR_TYPE: "500"}) == 1
+    spans = got.span_by_call()
+    assert N.SPAN_COST not in attrs(spans["u"].attributes)
+    assert attrs(spans["u"].attributes)[N.SPAN_UNPRICED] is True
+    assert attrs(spans["f"].attributes)[N.SPAN_COST] == 0.0
+    assert N.SPAN_UNPRICED not in attrs(spans["f"].attributes)
+    assert spans["x"].status.code == 2 and spans["x"].status.message == "HTTP 500"
+
+
+async def test_attributes_are_bounded_spans_exact() -> None:
+    recs = [make_record(call_id=f"c{i}", request_model=f"m{i}", model=f"m{i}",
+                        response_model=None, tags={"team": f"t{i}", "session": f"s{i}"})
+            for i in range(10)]
+    got, _ = await run(recs, max_label_values=3, tag_labels=("team",))
+    values = {p.attributes[N.REQUEST_MODEL] for p in got.points.values()}
+    assert values == {"m0", "m1", "m2", "other"}
+    assert {p.attributes[N.TAG_PREFIX + "team"] for p in got.points.values()} == \
+        {"t0", "t1", "t2", "other"}
+    assert not any(N.TAG_PREFIX + "session" in p.attributes for p in got.points.values())
+    spans = got.span_by_call()
+    a = attrs(spans["c9"].attributes)
+    assert (a[N.REQUEST_MODEL], a[N.TAG_PREFIX + "team"], a[N.TAG_PREFIX + "session"]) == \
+        ("m9", "t9", "s9")
+    assert spans["c9"].name == "chat m9"
+
+
+async def test_provider_server_and_operation_names() -> None:
+    got, _ = await run([make_record(call_id="a", upstream="anthropic", dialect="anthropic",
+                                    operation="messages", request_model="claude-sonnet-4-6")])
+    (span,) = got.spans
+    a = attrs(span.attributes)
+    assert (a[N.PROVIDER], a[N.OPERATION], a[N.SERVER_ADDRESS], a[N.SERVER_PORT]) == \
+        ("anthropic", "chat", "api.anthropic.com", 8443)
+    assert span.parent_span_id == b"" and len(span.trace_id) == 16  # no call context: a root
+    assert got.span_resources[0]["service.name"] == "tokenbooth"
+
+
+def test_the_default_start_up_never_loads_opentelemetry() -> None:
+    code = ("import sys\n"
+            "from proxy.app import make_app\n"
+            "from proxy.config import parse\n"
+            "make_app(parse({}, env={}))\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'grpc'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_name_has_its_prometheus_translation() -> None:
+    names = {i.name: N.prometheus_name(i) for i in N.INSTRUMENTS}
+    assert names == {
+        "gen_ai.client.inference.usage.input_tokens":
+            "gen_ai_client_inference_usage_input_tokens_total",
+        "gen_ai.client.inference.usage.output_tokens":
+            "gen_ai_client_inference_usage_output_tokens_total",
+        "gen_ai.client.inference.usage.cache_read.input_tokens":
+            "gen_ai_client_inference_usage_cache_read_input_tokens_total",
+        "gen_ai.client.inference.usage.cache_write.input_tokens":
+            "gen_ai_client_inference_usage_cache_write_input_tokens_total",
+        "gen_ai.client.inference.usage.reasoning.output_tokens":
+            "gen_ai_client_inference_usage_reasoning_output_tokens_total",
+        "gen_ai.client.operation.duration": "gen_ai_client_operation_duration_seconds",
+        "gen_ai.client.operation.time_to_first_chunk":
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+        "gen_ai.client.token.usage": "gen_ai_client_token_usage",
+        "tokenbooth.cost": "tokenbooth_cost_USD_total",
+        "tokenbooth.calls.unpriced": "tokenbooth_calls_unpriced_total",
+    }
+
+
+async def test_span_tags_are_bounded() -> None:
+    tags = {f"k{i:02d}": "v" * 256 for i in range(40)}
+    got, _ = await run([make_record(call_id="t", tags=tags)], metrics=False)
+    a = attrs(got.spans[0].attributes)
+    assert sorted(k for k in a if k.startswith(N.TAG_PREFIX)) == \
+        [f"{N.TAG_PREFIX}k{i:02d}" for i in range(32)]
