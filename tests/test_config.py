@@ -53,7 +53,6 @@ BAD = [
      r"^upstreams\.mine\.inject_stream_usage: expected bool"),
     ({"upstreams": {"mine": {"url": "http://x", "timeout": 3}}},
      r"^upstreams\.mine\.timeout: unknown key"),
-    ({"upstreams": {"openai": {"api_key": "sk-x"}}}, r"^auth\.client_keys: required when"),
     ({"metrics": {"tag_labels": ["session"]}}, r"^metrics\.tag_labels\[0\]: 'session' is never"),
     ({"metrics": {"tag_labels": ["Team Name"]}}, r"^metrics\.tag_labels\[0\]: expected a lower"),
     ({"pricing": {"models": {"m": {"input": 1}}}}, r"^pricing\.models\.m\.output: required"),
@@ -443,6 +442,14 @@ def test_layered_budgets_and_notification_sinks_parse() -> None:
     assert config.masked()["notify"] == [{"name": "ops", "url": "http://127.0.0.1:9/h",
                                           "type": "webhook", "secret": "***",
                                           "format": "slack"}]
+
+
+def test_an_upstream_with_a_key_needs_no_client_keys_since_consumer_keys_exist() -> None:
+    """Consumer keys are issued at run time: a config with a proxy-held api_key and no
+    auth.client_keys starts (every call must then present a consumer key, or is refused:
+    tests/e2e/test_keys.py)."""
+    config = parse({"upstreams": {"openai": {"api_key": "sk-x"}}}, env={})
+    assert config.upstreams["openai"].api_key == "sk-x" and config.client_keys == {}
 
 
 def test_rate_limits_parse_with_any_subset_of_their_kinds() -> None:

@@ -423,14 +423,13 @@ def _ledger(r: _Reader) -> LedgerConfig:
                                    ("queue_rows", "flush_seconds", "retention_days")))
 
 
-def _client_keys(auth: _Reader, upstreams: Mapping[str, Upstream]) -> dict[str, str]:
+def _client_keys(auth: _Reader) -> dict[str, str]:
     keys = auth.get("client_keys", dict, {}) or {}
     for n, k in keys.items():
         if not isinstance(k, str) or not k:
             raise ConfigError(f"auth.client_keys.{n}: expected a non-empty string")
-    if any(u.api_key or u.aws for u in upstreams.values()) and not keys:
-        raise ConfigError("auth.client_keys: required when an upstream has api_key or aws "
-                          "(otherwise anyone could spend that key)")
+    # An upstream with api_key or aws and no client key here is safe: every call to it must
+    # then present a consumer key (issued at run time), or it is refused.
     return {str(k): v for k, v in keys.items()}
 
 
@@ -506,7 +505,7 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     upstreams = {n: _upstream(n, None, b) for n, b in BUILTIN_UPSTREAMS.items()}
     for name, raw_up in ups_raw.items():
         upstreams[str(name)] = _upstream(str(name), raw_up, BUILTIN_UPSTREAMS.get(str(name)))
-    client_keys = _client_keys(top.child("auth", ("client_keys",)), upstreams)
+    client_keys = _client_keys(top.child("auth", ("client_keys",)))
     token = top.child("admin", _keys(AdminConfig)).get("token", str, None)
     metrics = _metrics(top.child("metrics", _keys(MetricsConfig)), token)
     pricing = top.child("pricing", ("models", "adjustments"))

@@ -280,3 +280,26 @@ async def test_api_me_answers_budgets_limits_and_today(
     for headers in ({}, {"Authorization": "Bearer tb-nope"}, {"x-api-key": LEGACY}):
         status, err = await api(proxy, "GET", "/api/me", headers=headers)
         assert status == 401 and err["error"]["message"]
+
+
+async def test_consumer_keys_alone_guard_an_upstream_with_the_providers_key(
+        upstream: FakeUpstream, start_proxy: StartProxy, sdk: Sdks) -> None:
+    """No auth.client_keys at all: the proxy starts, a call without a consumer key is
+    refused (401, nothing sent upstream), a call with one goes out with the provider's key."""
+    upstream.on("/v1/chat/completions", Reply([CHAT]))
+    config = keyed(upstream)
+    del config["auth"]
+    proxy = await start_proxy(**config)
+    anonymous = sdk.openai(f"{proxy.url}/openai/v1", api_key="sk-anything")
+    with pytest.raises(openai.AuthenticationError):
+        await anonymous.chat.completions.create(model="keyed-model", messages=MSGS)
+    assert upstream.requests == []
+    status, made = await api(proxy, "POST", "/api/keys", {"name": "solo"})
+    assert status == 201
+    client = sdk.openai(f"{proxy.url}/openai/v1", api_key=made["key"])
+    reply = await client.chat.completions.create(model="keyed-model", messages=MSGS)
+    assert reply.choices[0].message.content == "ok"
+    assert upstream.requests[-1].headers["Authorization"] == f"Bearer {PROVIDER_KEY}"
+    records = await proxy.collector.wait_for(2)
+    assert [(r.outcome, r.status_code, r.client) for r in records] == [
+        ("rejected", 401, None), ("ok", 200, "solo")]
