@@ -99,6 +99,8 @@ def _fold(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]] | None
     hours: dict[tuple[Any, ...], list[int]] = {}
     for row in rows:
         cost, listed = row[_COST], row[_LIST]
+        if listed is None:  # schema.LIST_COST
+            listed = cost
         units = list_units = 0
         if cost is not None:
             got = _cost_units(cost)
