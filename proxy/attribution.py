@@ -4,8 +4,10 @@ request in, the call's tags and end user out.
 
 One table (`HEADERS`) says which header fills which tag or the end user; `STRIPPED` says which
 headers each family removes before forwarding. Precedence, first source wins: `X-Meter-*`
-(the proxy's own, always read), then Helicone, Portkey, LiteLLM's header, LiteLLM's body
-tags, the body's own end user, and last the client SDK's own tags (Claude Code's session).
+(the proxy's own, always read), then the consumer key's tags (set by proxy.forward after
+authentication, over any tag read here but those of `X-Meter-*`), then Helicone, Portkey,
+LiteLLM's header, LiteLLM's body tags, the body's own end user, and last the client SDK's
+own tags (Claude Code's session).
 A family switched off in `attribution:` is neither read nor stripped. Values are cleaned and
 capped as `X-Meter-*` values are (counted in `tags_cleaned`); an unreadable value (bad
 `x-portkey-metadata` JSON) is skipped and counted in `attribution_unreadable`, never failing
@@ -178,6 +180,7 @@ def read_headers(facts: CallFacts, headers: Mapping[str, str],
             hits.append((_RANK[rule.family], len(hits), rule, suffix, v))
     tagset = parse_tags(meter)
     facts.tags, facts.tags_cleaned = tagset.tags, tagset.cleaned
+    facts.meter_tag_keys = frozenset(tagset.tags)  # a consumer key's tags yield only to these
     meter_user = tagset.tags.get(END_USER)
     if meter_user:
         facts.end_user = meter_user

@@ -300,9 +300,10 @@ class Forwarder:
                 detail=why))
         key = facts.key = stored.key
         facts.client = key.name
-        tags = facts.tags
-        for k, v in key.tags.items():  # X-Meter-* tags win
-            tags.setdefault(k, v)
+        tags, meter = facts.tags, facts.meter_tag_keys
+        for k, v in key.tags.items():  # over other tools' tags (read before); X-Meter-* wins
+            if k not in meter:
+                tags[k] = v
         if not allows(key.upstreams, route.upstream.name):
             self._forbid(facts, route, f"upstream {route.upstream.name!r}", key.upstreams)
         if not allows(key.models, route.path_model):

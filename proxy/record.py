@@ -73,6 +73,7 @@ from a client's own log. `recorder.build_record` turns them into the CallRecord.
     request_doc: Any = None  # the parsed request body, kept for an input estimate
     tags: dict[str, str] = field(default_factory=dict)
     tags_cleaned: int = 0  # X-Meter-* values truncated, cleaned or over the cap
+    meter_tag_keys: frozenset[str] = frozenset()  # the tags X-Meter-* set (over a key's)
     client: str | None = None
     key: ConsumerKey | None = None  # the consumer key presented (issued at run time)
     credential: str | None = None

@@ -285,6 +285,8 @@ class SocketRelay:
             row.observation = replace(row.observation, parse_errors=row.observation
                                       .parse_errors + self.meter_errors)
             self.meter_errors = 0
+        if self.submitted:  # the socket's own facts are counted once: on its first row
+            row.tags_cleaned = row.attribution_unreadable = 0
         self.submitted += 1
         self.fw.recorder.submit(row)
 

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FakeUpstream, StartProxy, served, wait_until
 
@@ -170,6 +171,30 @@ async def test_a_socket_reads_other_tools_attribution_and_strips_their_headers(
     assert rt.end_user == "alice" and rt.outcome == "ok"
     assert fake.headers["Authorization"] == "Bearer sk-live-key"
     assert [k for k in fake.headers if k.lower().startswith(("helicone-", "x-portkey-"))] == []
+
+
+async def test_a_sockets_unreadable_attribution_is_counted_once_for_all_its_rows(
+        upstream: FakeUpstream, start_proxy: StartProxy, sdk: Any) -> None:
+    """The upgrade's headers are read once: a bad x-portkey-metadata and a tag value cut to
+    256 characters count once on /metrics, however many responses the socket has."""
+    upstream.on("/v1/realtime", FakeRealtime())
+    proxy = await start_proxy()
+    client = sdk.openai(f"{proxy.url}/openai/v1", api_key="sk-live-key", default_headers={
+        "x-portkey-metadata": "{not json", "X-Meter-Team": "t" * 300})
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        for _ in range(2):
+            await conn.response.create()
+            async for event in conn:
+                if event.type == "response.done":
+                    break
+    first, second = await proxy.collector.wait_for(2)
+    assert first.tags["team"] == second.tags["team"] == "t" * 256
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/metrics") as r:
+        text = await r.text()
+    values = {m.name: m.value for fam in text_string_to_metric_families(text)
+              for m in fam.samples}
+    assert values["tokenbooth_attribution_unreadable_total"] == 1.0
+    assert values["tokenbooth_tag_values_cleaned_total"] == 1.0
 
 
 def _digest(h: Any, kind: WSMsgType, data: str | bytes) -> None:

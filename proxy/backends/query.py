@@ -18,6 +18,7 @@ from proxy.backends.schema import (
     COST_SCALE,
     COUNTERS,
     ESTIMATED,
+    LIST_COST,
     MEASURES,
     PENDING,
     ROLLUP_DIMS,
@@ -189,7 +190,7 @@ def _raw_measures(flavor: str) -> list[str]:
             "CASE WHEN cost_usd IS NULL THEN 0 ELSE 1 END AS priced_calls",
             f"{UNPRICED} AS unpriced_calls", f"{ESTIMATED} AS estimated_calls",
             f"{PENDING} AS pending_calls",
-            f"COALESCE({cost_units(flavor, 'list_cost_usd')}, 0) AS list_cost_units"]
+            f"COALESCE({cost_units(flavor, LIST_COST)}, 0) AS list_cost_units"]
 
 
 def usage_sql(flavor: str, group_by: Sequence[str], since: str | None, until: str | None,
@@ -268,6 +269,8 @@ def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
                 pass
     if "priced_units" in out and not out["priced_units"]:
         out["priced_units"] = {}
+    if out.get("list_cost_usd") is None and "list_cost_usd" in out:  # schema.LIST_COST
+        out["list_cost_usd"] = out.get("cost_usd")
     return out
 
 

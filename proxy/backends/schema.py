@@ -11,10 +11,9 @@ NULLIF(x, '') alike.
 
 from __future__ import annotations
 
-__all__ = ["COST_SCALE", "COUNTERS", "ESTIMATED", "KEY_COLUMNS", "MEASURES", "PENDING",
-           "PG_MIGRATIONS", "ROLLUPS", "ROLLUP_DIMS", "SQLITE_MIGRATIONS", "UNPRICED", "cost_units",
-           "rollup_add",
-           "rollup_upsert", "rollups"]
+__all__ = ["COST_SCALE", "COUNTERS", "ESTIMATED", "KEY_COLUMNS", "LIST_COST", "MEASURES",
+           "PENDING", "PG_MIGRATIONS", "ROLLUPS", "ROLLUP_DIMS", "SQLITE_MIGRATIONS", "UNPRICED",
+           "cost_units", "rollup_add", "rollup_upsert", "rollups"]
 
 COUNTERS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
             "reasoning_tokens", "total_tokens")
@@ -30,6 +29,13 @@ UNPRICED = ("CASE WHEN cost_usd IS NULL AND (outcome = 'ok' OR usage_source != '
 # finished; until then its cost is not known (never $0).
 PENDING = "CASE WHEN usage_source = 'pending' THEN 1 ELSE 0 END"
 ESTIMATED = "CASE WHEN usage_source IN ('estimated', 'partial') THEN 1 ELSE 0 END"
+
+
+# A row's list cost: a NULL one beside a cost is that cost. A replica from before
+# pricing.adjustments writes no list_cost_usd into a PostgreSQL ledger another replica has
+# migrated; it charged its list price, so its cost is its list cost (as the migration says
+# of the rows before it).
+LIST_COST = "COALESCE(list_cost_usd, cost_usd)"
 
 
 def cost_units(flavor: str, col: str = "cost_usd") -> str:
@@ -52,16 +58,18 @@ def rollup_upsert(flavor: str, source: str, where: str = "", sign: str = "",
                   measures: tuple[str, ...] = MEASURES) -> str:
     """INSERT the roll-up of `source`'s rows (a table or a CTE) into `table`, adding to the
     periods it holds already. `sign` '-' takes them out again (re-pricing swaps a row's old
-    cost for its new)."""
+    cost for its new). A row's list cost is LIST_COST when added; taken out, a NULL one is
+    0, as the replica from before list costs that wrote it added it (none adds it now)."""
     _, key, n = next(r for r in ROLLUPS if r[0] == table)
     dims = ", ".join(ROLLUP_DIMS)
     keys = ", ".join(f"COALESCE({d}, '')" for d in ROLLUP_DIMS)
+    listed = "list_cost_usd" if sign else LIST_COST
     sums = ", ".join([f"{sign}COUNT(*)",
                       *(f"{sign}SUM(COALESCE({c}, 0))" for c in COUNTERS),
                       f"{sign}COALESCE(SUM({cost_units(flavor)}), 0)",
                       f"{sign}COUNT(cost_usd)", f"{sign}SUM({UNPRICED})",
                       f"{sign}SUM({ESTIMATED})", f"{sign}SUM({PENDING})",
-                      f"{sign}COALESCE(SUM({cost_units(flavor, 'list_cost_usd')}), 0)"]
+                      f"{sign}COALESCE(SUM({cost_units(flavor, listed)}), 0)"]
                      [:len(measures)])
     return (f"INSERT INTO {table} ({key}, {dims}, {', '.join(measures)}) "
             f"SELECT substr(started_at, 1, {n}), {keys}, {sums} FROM {source} "

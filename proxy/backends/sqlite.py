@@ -54,11 +54,16 @@ def connect_readonly(path: str) -> sqlite3.Connection:
 
 
 def migrate(conn: sqlite3.Connection) -> int:
+    """The ledger's schema brought up to date; `user_version` is the number of migrations
+    applied. Each migration runs as one transaction with its new version, so one that fails
+    midway (a full disk, a process killed) leaves the ledger as it was before it."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for i, (_name, sql) in enumerate(SQLITE_MIGRATIONS[version:], start=version + 1):
-        conn.executescript(sql)
-        conn.execute(f"PRAGMA user_version = {i}")
-    conn.commit()
+        try:
+            conn.executescript(f"BEGIN;\n{sql}\n;\nPRAGMA user_version = {i};\nCOMMIT;")
+        except BaseException:
+            conn.rollback()  # nothing of the failed migration stays
+            raise
     return len(SQLITE_MIGRATIONS)
 
 
@@ -94,6 +99,8 @@ def _fold(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]] | None
     hours: dict[tuple[Any, ...], list[int]] = {}
     for row in rows:
         cost, listed = row[_COST], row[_LIST]
+        if listed is None:  # schema.LIST_COST
+            listed = cost
         units = list_units = 0
         if cost is not None:
             got = _cost_units(cost)

@@ -15,7 +15,14 @@ from typing import Any
 import asyncpg
 
 from proxy.backends import open_backend, parse_url
-from proxy.backends.schema import PG_MIGRATIONS, SQLITE_MIGRATIONS
+from proxy.backends.schema import (
+    MEASURES,
+    PG_MIGRATIONS,
+    ROLLUPS,
+    SQLITE_MIGRATIONS,
+    rollup_upsert,
+)
+from proxy.record import COLUMNS
 from proxy.sinks.ledger import Ledger
 from tests.factories import make_record
 
@@ -338,5 +345,81 @@ async def test_a_ledger_from_before_list_costs_gets_them_from_its_costs(target: 
                                   {})
         assert (got["totals"]["list_cost_usd"], got["totals"]["cost_usd"]) == \
             (0.5012345678, 0.5012345678)
+    finally:
+        await backend.aclose()
+
+
+async def test_a_row_without_a_list_cost_beside_its_cost_reads_as_its_cost(
+        target: str) -> None:
+    """A replica from before pricing.adjustments writes no list_cost_usd into a ledger
+    another replica migrated: such a row was charged its list price, so it reads back, rolls
+    up and sums as list cost = cost (an unpriced row stays NULL)."""
+    at = {"started_at": "2026-10-02T10:00:00.000Z", "ended_at": "2026-10-02T10:00:01.000Z"}
+    ledger = Ledger(target, flush_seconds=0.01)
+    await ledger.open()
+    try:
+        await ledger.handle(make_record(call_id="old", cost_usd=Decimal("0.5"),
+                                        list_cost_usd=None, **at))
+        await ledger.handle(make_record(call_id="none", model="mystery-7b", cost_usd=None,
+                                        list_cost_usd=None, **at))
+        await ledger.flush()
+        backend = ledger.backend
+        rows = {r["call_id"]: r for r in await backend.calls(None, None, {}, 10)}
+        assert {k: (r["list_cost_usd"], r["cost_usd"]) for k, r in rows.items()} == {
+            "old": (0.5, 0.5), "none": (None, None)}
+        # the whole day (the roll-up), and a range inside the hour (the raw rows)
+        for since, until in ((None, None),
+                             ("2026-10-02T09:59:00.000Z", "2026-10-02T10:01:00.000Z")):
+            got = await backend.usage(["model"], since, until, {})
+            assert (got["totals"]["list_cost_usd"], got["totals"]["cost_usd"]) == (0.5, 0.5)
+    finally:
+        await ledger.aclose()
+
+
+async def test_reprice_gives_an_old_replicas_row_its_list_cost_in_the_rollup(
+        target: str) -> None:
+    """A replica from before list costs wrote a row (list_cost_usd NULL) and rolled it up
+    with its own measures (no list_cost_units): reprice takes out what it added (no list
+    cost) and adds the row's new list cost, so the roll-up's list cost is right after."""
+    ledger = Ledger(target, flush_seconds=0.01)
+    await ledger.open()  # the latest schema
+    await ledger.aclose()
+    record = make_record(call_id="old", cost_usd=Decimal("0.5"), list_cost_usd=None,
+                         started_at="2026-10-02T10:00:00.000Z",
+                         ended_at="2026-10-02T10:00:01.000Z")
+    cols = [c for c in COLUMNS if c not in ("list_cost_usd", "consumer_key")]  # its columns
+    values = [v for c, v in zip(COLUMNS, record.to_row(), strict=True) if c in cols]
+    flavor = "sqlite" if parse_url(target).local else "postgresql"
+    old = [rollup_upsert(flavor, "llm_usage", "WHERE call_id = 'old'", table=t,
+                         measures=MEASURES[:-1]) for t, _, _ in ROLLUPS]  # its roll-up
+    if flavor == "sqlite":
+        conn = sqlite3.connect(target)
+        try:
+            conn.execute(f"INSERT INTO llm_usage ({', '.join(cols)}) "
+                         f"VALUES ({', '.join('?' * len(cols))})", values)
+            for sql in old:
+                conn.execute(sql)
+            conn.commit()
+        finally:
+            conn.close()
+    else:
+        db = await asyncpg.connect(target)
+        try:
+            await db.execute(f"INSERT INTO llm_usage ({', '.join(cols)}) VALUES "
+                             f"({', '.join(f'${i}' for i in range(1, len(cols) + 1))})",
+                             *values)
+            for sql in old:
+                await db.execute(sql)
+        finally:
+            await db.close()
+    backend = open_backend(target)
+    await backend.open()
+    try:
+        got = await backend.usage([], None, None, {})  # whole days: the roll-up
+        assert (got["totals"]["list_cost_usd"], got["totals"]["cost_usd"]) == (0.0, 0.5)
+        await backend.reprice(None, None, lambda rows: [(0.5, 0.5, "genai-prices", "old")],
+                              ["call_id"], False)
+        got = await backend.usage([], None, None, {})
+        assert (got["totals"]["list_cost_usd"], got["totals"]["cost_usd"]) == (0.5, 0.5)
     finally:
         await backend.aclose()

@@ -89,6 +89,63 @@ async def test_a_ledger_from_before_the_rollups_gets_them_built_from_its_rows(
         conn.close()
 
 
+async def test_a_migration_that_fails_midway_leaves_the_ledger_as_it_was(
+        tmp_path: Path) -> None:
+    """Each migration is one transaction with its schema version: one that fails on a later
+    statement (here: a stray `list_cost_units` column already on the daily roll-up) leaves
+    neither its earlier statements nor a new version behind, so the ledger opens once the
+    cause is gone (before, `llm_usage.list_cost_usd` stayed and every open failed on it)."""
+    from proxy.backends.schema import _LIST_COST_NAME
+    from proxy.record import COLUMNS
+
+    path = str(tmp_path / "ledger.db")
+    before = [name for name, _ in MIGRATIONS].index(_LIST_COST_NAME)
+    old = COLUMNS[:COLUMNS.index("list_cost_usd")]  # the columns of that schema
+    conn = sqlite3.connect(path)
+    try:
+        for _name, sql in MIGRATIONS[:before]:
+            conn.executescript(sql)
+        conn.execute(f"PRAGMA user_version = {before}")
+        conn.execute(f"INSERT INTO llm_usage ({', '.join(old)}) VALUES "
+                     f"({', '.join('?' * len(old))})",
+                     make_record(call_id="old", cost_usd=Decimal("0.5")).to_row()[:len(old)])
+        conn.execute("ALTER TABLE llm_usage_daily ADD COLUMN list_cost_units INTEGER")
+        conn.commit()
+    finally:
+        conn.close()
+
+    def schema() -> tuple[int, list[str], list[str]]:
+        conn = sqlite3.connect(path)
+        try:
+            return (conn.execute("PRAGMA user_version").fetchone()[0],
+                    [r[1] for r in conn.execute("PRAGMA table_info(llm_usage)")],
+                    [r[1] for r in conn.execute("PRAGMA table_info(llm_usage_hourly)")])
+        finally:
+            conn.close()
+
+    with pytest.raises(sqlite3.OperationalError, match="duplicate column name: list_cost"):
+        await SqliteBackend(path).open()
+    version, columns, hourly = schema()
+    assert version == before  # the failed migration left nothing of itself
+    assert "list_cost_usd" not in columns and "list_cost_units" not in hourly
+    conn = sqlite3.connect(path)
+    try:  # the cause gone, the ledger opens and the migration runs whole
+        conn.execute("ALTER TABLE llm_usage_daily DROP COLUMN list_cost_units")
+        conn.commit()
+    finally:
+        conn.close()
+    backend = SqliteBackend(path)
+    await backend.open()
+    await backend.aclose()
+    assert schema()[0] == len(MIGRATIONS)
+    conn = sqlite3.connect(path)
+    try:  # the row from before is charged its list price
+        assert conn.execute("SELECT cost_usd, list_cost_usd FROM llm_usage").fetchall() == \
+            [(0.5, 0.5)]
+    finally:
+        conn.close()
+
+
 async def test_a_ledger_opens_in_wal_mode_at_the_latest_schema(tmp_path: Path) -> None:
     backend = await opened(tmp_path)
     await backend.aclose()

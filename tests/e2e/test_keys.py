@@ -103,6 +103,28 @@ async def test_issue_use_and_revoke_a_key_with_the_openai_sdk(
     assert secret.encode() not in ledger_bytes  # stored as its HMAC only
 
 
+async def test_a_keys_tags_beat_other_tools_headers_and_yield_only_to_x_meter(
+        upstream: FakeUpstream, start_proxy: StartProxy, sdk: Sdks) -> None:
+    """Other tools' attribution is read before the key is known; the key's tags still win
+    over it (Portkey metadata, LiteLLM tags), and only an X-Meter-* header beats them."""
+    upstream.on("/v1/chat/completions", Reply([CHAT]))
+    proxy = await start_proxy(**keyed(upstream))
+    status, made = await api(proxy, "POST", "/api/keys", {"name": "dana",
+                                                          "tags": {"team": "ml"}})
+    assert status == 201
+    others = {"x-portkey-metadata": json.dumps({"team": "other", "env": "prod"}),
+              "x-litellm-tags": "team:x"}
+    client = sdk.openai(f"{proxy.url}/openai/v1", api_key=made["key"], default_headers=others)
+    await client.chat.completions.create(model="keyed-model", messages=MSGS)
+    meter = sdk.openai(f"{proxy.url}/openai/v1", api_key=made["key"],
+                       default_headers={**others, "X-Meter-Team": "z"})
+    await meter.chat.completions.create(model="keyed-model", messages=MSGS)
+    first, second = await proxy.collector.wait_for(2)
+    assert first.tags["team"] == "ml" and first.tags["env"] == "prod"  # the rest still read
+    assert first.tags["litellm_tags"] == "team:x"
+    assert second.tags["team"] == "z" and second.consumer_key == made["id"]
+
+
 async def test_a_key_is_held_to_its_upstreams_and_models(
         upstream: FakeUpstream, start_proxy: StartProxy, sdk: Sdks) -> None:
     upstream.on("/v1/chat/completions", Reply([CHAT]))

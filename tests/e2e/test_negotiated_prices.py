@@ -228,6 +228,50 @@ async def test_list_and_charged_costs_everywhere_and_reprice(
         listed, MINI_LIST * Decimal("0.5") + HAIKU_LIST + GPT4O_LIST * 2)
 
 
+LLAMA_JSON = json.dumps({
+    "id": "chatcmpl-local", "object": "chat.completion", "created": 1767000000,
+    "model": "llama3.2",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500},
+}).encode()
+
+
+async def test_a_free_call_stays_zero_under_a_catch_all_adjustment(
+        upstream: FakeUpstream, start_proxy: StartProxy, sdk: Sdks, ledger: dict[str, Any],
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Local inference (`free: true`) under a 20 % discount on every call: free is 0 at list
+    price and 0 charged, in the row, /api/usage (roll-up and raw rows), and after reprice."""
+    adjust = {"adjustments": [{"percent": -20}]}  # no match: every call
+    local = {"ollama": {"url": upstream.url, "free": True}}
+    proxy = await start_proxy(ledger=ledger, pricing=adjust, upstreams=local)
+    upstream.on("/v1/chat/completions", Reply([LLAMA_JSON]))
+    client = sdk.openai(f"{proxy.url}/ollama/v1")
+    await client.chat.completions.create(model="llama3.2",
+                                         messages=[{"role": "user", "content": "hi"}])
+    [rec] = await proxy.collector.wait_for(1)
+    assert (rec.list_cost_usd, rec.cost_usd, rec.price_source) == (0, 0, "free")
+    await proxy.app[state.LEDGER].flush()
+    zero = {"llama3.2": (Decimal(0), Decimal(0))}
+
+    async def check() -> None:
+        [row] = (await _get(proxy, "/api/calls?limit=10"))["calls"]
+        assert (_by_model([row]), row["price_source"]) == (zero, "free")
+        for query in ("", f"&since={rec.started_at}"):  # the roll-up, then the raw rows
+            usage = await _get(proxy, f"/api/usage?group_by=model{query}")
+            assert _by_model(usage["groups"]) == zero, query
+            assert (money(usage["totals"]["list_cost_usd"]),
+                    money(usage["totals"]["cost_usd"])) == (0, 0), query
+            assert usage["totals"]["unpriced_calls"] == 0
+    await check()
+    config = tmp_path / "reprice.yaml"
+    config.write_text(json.dumps({"ledger": ledger, "upstreams": local, "pricing": adjust}))
+    assert main(["reprice", "--config", str(config), "--since", "1d", "--format",
+                 "json"]) == 0
+    capsys.readouterr()
+    await check()
+
+
 async def test_a_budget_counts_the_charged_cost(
         upstream: FakeUpstream, start_proxy: StartProxy, sdk: Sdks) -> None:
     """A budget's spend is the charged cost: 10 discounted gpt-4o-mini calls."""
