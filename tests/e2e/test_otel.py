@@ -138,8 +138,10 @@ async def test_http_metrics_and_spans_equal_the_ledger(upstream: FakeUpstream,
 async def test_grpc_span_is_the_child_of_the_client_and_the_parent_of_the_upstream(
         upstream: FakeUpstream, start_proxy: StartProxy) -> None:
     async with grpc_receiver() as (endpoint, got):
+        # capitalised as people write it: gRPC metadata keys must be lowercase (the config
+        # lowercases them, else every export fails)
         proxy = await start_proxy(otel=otel(endpoint, protocol="grpc",
-                                            headers={"x-collector-token": "g"}))
+                                            headers={"Authorization": "Bearer g"}))
         upstream.on("/v1/chat/completions", Reply([json.dumps({
             "id": "c1", "model": "gpt-4o-2024-08-06",
             "usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()]))
@@ -164,7 +166,7 @@ async def test_grpc_span_is_the_child_of_the_client_and_the_parent_of_the_upstre
         assert got.total(USAGE + "output_tokens", **{N.PROVIDER: "openai",
                                                      N.OPERATION: "chat",
                                                      N.SERVER_ADDRESS: "127.0.0.1"}) == 2
-        assert all(h.get("x-collector-token") == "g" for h in got.headers)
+        assert got.headers and all(h.get("authorization") == "Bearer g" for h in got.headers)
 
 
 async def test_without_a_traceparent_the_span_starts_a_trace_the_upstream_continues(
