@@ -12,6 +12,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy import state
 from proxy.sinks import otel_names as N
@@ -183,6 +185,56 @@ async def test_without_a_traceparent_the_span_starts_a_trace_the_upstream_contin
         _, trace, parent, _ = upstream.requests[-1].headers["traceparent"].split("-")
         assert (trace, parent) == (span.trace_id.hex(), span.span_id.hex())
         assert got.metric_exports == 0  # metrics off
+
+
+async def test_tracestate_goes_on_only_with_its_valid_traceparent_joined_and_valid(
+        upstream: FakeUpstream, start_proxy: StartProxy,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """W3C: a call whose traceparent is invalid starts a new trace, and the upstream gets
+    none of the client's tracestate; several tracestate lines are one list (joined with
+    `,`); an invalid tracestate is dropped silently (no SDK warning per span)."""
+    async with http_receiver() as (url, got):
+        proxy = await start_proxy(otel=otel(url, metrics=False))
+        parent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+        cases = {
+            "invalid_parent": [("traceparent", "00-garbage"), ("tracestate", "vendor=abc")],
+            "no_parent": [("tracestate", "vendor=abc")],
+            "two_lines": [("traceparent", parent), ("tracestate", "rojo=1"),
+                          ("tracestate", "congo=2")],
+            "invalid_state": [("traceparent", parent), ("tracestate", "Vendor=abc")],
+        }
+        calls: dict[str, str] = {}
+        seen: dict[str, Any] = {}
+        states: list[list[str]] = []  # each upstream request's tracestate lines
+
+        async def reply(request: web.Request) -> web.Response:
+            states.append(request.headers.getall("tracestate", []))
+            return web.json_response({"id": "c", "model": "gpt-4o", "usage": {
+                "prompt_tokens": 1, "completion_tokens": 1}})
+
+        upstream.on("/v1/chat/completions", reply)
+        with caplog.at_level("WARNING", logger="opentelemetry"):
+            async with aiohttp.ClientSession() as s:
+                for name, headers in cases.items():
+                    async with s.post(f"{proxy.url}/openai/v1/chat/completions", json={},
+                                      headers=CIMultiDict(headers)) as r:
+                        await r.read()
+                        calls[name] = r.headers["X-Meter-Call-Id"]
+                    seen[name] = upstream.requests[-1].headers
+            await got.until(lambda: set(calls.values()) <= set(got.span_by_call()))
+        spans = got.span_by_call()
+        for name in ("invalid_parent", "no_parent"):
+            span = spans[calls[name]]
+            assert span.parent_span_id == b"" and span.trace_state == ""
+            assert "tracestate" not in seen[name], name
+            assert seen[name]["traceparent"].split("-")[1] == span.trace_id.hex()
+        assert states == [[], [], ["rojo=1,congo=2"], []]
+        assert spans[calls["two_lines"]].trace_state == "rojo=1,congo=2"
+        assert "tracestate" not in seen["invalid_state"]
+        assert spans[calls["invalid_state"]].parent_span_id.hex() == CLIENT_SPAN
+        assert spans[calls["invalid_state"]].trace_state == ""
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] \
+            == []
 
 
 async def test_spans_off_traceparent_passes_through_untouched(
