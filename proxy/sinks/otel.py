@@ -54,28 +54,47 @@ __all__ = ["OtelSink"]
 log = logging.getLogger("tokenbooth.otel")
 _UNSET = Status(StatusCode.UNSET)
 
-# The parts of each token class by modality (genai-prices unit names): the rest is text.
-_MODALITY_PARTS = {
-    "input_tokens": (("audio", "input_audio_tokens"), ("image", "input_image_tokens")),
-    "cache_read_tokens": (("audio", "cache_audio_read_tokens"),),
-    "cache_write_tokens": (),
-    "output_tokens": (("audio", "output_audio_tokens"), ("image", "output_image_tokens")),
-    "reasoning_tokens": (),
-}
+def _unit_part(unit: str) -> tuple[str, str] | None:
+    """(token class, modality) of a genai-prices unit name that is a modality's part of a
+    token class (`input_audio_tokens`, `cache_video_read_tokens`, ...), else None."""
+    m = N.MODALITY_UNIT.fullmatch(unit)
+    if m is None:
+        return None
+    side, modality, cache_modality, cache = m.groups()
+    if side is not None:
+        return f"{side}_tokens", modality
+    return f"cache_{cache}_tokens", cache_modality
 
 
-def _by_modality(total: int, kind: str, units: Mapping[str, int] | None
-                 ) -> list[tuple[str, int]]:
-    parts: list[tuple[str, int]] = []
-    rest = total
-    if units:
-        for modality, unit in _MODALITY_PARTS[kind]:
-            n = units.get(unit)
-            if n:
-                parts.append((modality, n))
-                rest -= n
-    if rest or not parts:
-        parts.append(("text", rest))
+_PARTS: dict[str, tuple[str, str] | None] = {}  # unit name -> its part (a few dozen names)
+
+
+def _modality_parts(units: Mapping[str, int] | None) -> dict[str, list[tuple[str, int]]]:
+    """The provider's own modality figures of a record, by token class."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for unit, n in (units or {}).items():
+        if unit in _PARTS:
+            part = _PARTS[unit]
+        else:
+            part = _PARTS[unit] = _unit_part(unit)
+        if part is not None and n:
+            out.setdefault(part[0], []).append((part[1], n))
+    return out
+
+
+def _by_modality(total: int, parts: list[tuple[str, int]] | None) -> list[tuple[str, int]]:
+    """A token class's total by modality: the provider's figures, the rest as `text` when
+    the provider broke the class down (its figures name every modality but text, as
+    OpenAI's `*_tokens_details` and Gemini's `*TokensDetails` do), else all of it as
+    `unknown` (the conventions: no breakdown, no guess). The parts add up to the total."""
+    if not parts:
+        return [(N.MODALITY_UNKNOWN, total)]
+    rest = total - sum(n for _, n in parts)
+    if rest < 0:  # figures that do not fit the total: no breakdown to trust
+        return [(N.MODALITY_UNKNOWN, total)]
+    if rest:
+        text = not any(m == N.MODALITY_TEXT for m, _ in parts)
+        return [*parts, (N.MODALITY_TEXT if text else N.MODALITY_UNKNOWN, rest)]
     return parts
 
 
@@ -333,6 +352,7 @@ class OtelSink:
         legacy = inst.get("token_usage")
         latest = "input_tokens" in tally
         key = tuple(attrs.items())
+        parts: dict[str, list[tuple[str, int]]] | None = None
         for side, kinds, total, source in (
                 ("input", ("input_tokens", "cache_read_tokens", "cache_write_tokens"),
                  rec.input_tokens, rec.input_source),
@@ -345,7 +365,9 @@ class OtelSink:
                 for kind in kinds:
                     n = getattr(rec, kind)
                     if n:
-                        for modality, part in _by_modality(n, kind, units):
+                        if parts is None:
+                            parts = _modality_parts(units)
+                        for modality, part in _by_modality(n, parts.get(kind)):
                             tally[kind].add((*src, (N.MODALITY, modality)), part)
             if legacy is not None:
                 legacy.record(total, {**dict(src), N.TOKEN_TYPE: side})

@@ -82,6 +82,13 @@ SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 ERROR_TYPE = "error.type"
 MODALITY = "gen_ai.token.modality"
+MODALITY_TEXT = "text"
+MODALITY_UNKNOWN = "unknown"  # the provider did not break the tokens down by modality
+# The genai-prices unit names that are one modality's part of a token class; the modality
+# is the name's own (`audio`, `image`, `video`, `text`; `video` is not a well-known value
+# of the conventions, which allow custom ones).
+MODALITY_UNIT = re.compile(r"(input|output)_(audio|image|video|text)_tokens"
+                           r"|cache_(audio|image|video|text)_(read|write)_tokens")
 TOKEN_TYPE = "gen_ai.token.type"  # legacy histogram: input | output
 TAG_PREFIX = "tokenbooth.tag."  # + the tag key (metrics: metrics.tag_labels only)
 USAGE_SOURCE = "tokenbooth.usage_source"  # metrics: how the counted tokens were obtained

@@ -58,10 +58,14 @@ def assert_metrics_equal_ledger(got: Received, ledger: list[Any]) -> None:
                         ("cache_write_tokens", "cache_write.input_tokens"),
                         ("reasoning_tokens", "reasoning.output_tokens")):
         assert got.total(USAGE + metric) == sum(r[col] or 0 for r in metered), col
-    # the audio part of the transcription's input, by modality (167 audio + 13 text)
+    # the transcription's input, broken down by the provider: 167 audio + 13 text; every
+    # other call's tokens (no breakdown) under `unknown`
     assert got.total(USAGE + "input_tokens", **{N.MODALITY: "audio"}) == 167
-    assert got.total(USAGE + "input_tokens", **{N.MODALITY: "text"}) == \
-        sum(r["input_tokens"] or 0 for r in metered) - 167
+    assert got.total(USAGE + "input_tokens", **{N.MODALITY: "text"}) == 13
+    assert got.total(USAGE + "input_tokens", **{N.MODALITY: "unknown"}) == \
+        sum(r["input_tokens"] or 0 for r in metered) - 180
+    assert got.total(USAGE + "output_tokens", **{N.MODALITY: "unknown"}) == \
+        sum(r["output_tokens"] or 0 for r in metered)
     estimated = sum(r["input_tokens"] for r in metered if r["usage_source"] == "estimated")
     assert estimated and got.total(USAGE + "input_tokens",
                                    **{N.USAGE_SOURCE: "estimated"}) == estimated

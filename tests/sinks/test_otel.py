@@ -50,19 +50,48 @@ async def test_latest_names_tokens_by_modality() -> None:
                              "gen_ai.client.operation.duration",
                              "gen_ai.client.operation.time_to_first_chunk", "tokenbooth.cost"}
     m = N.MODALITY
-    # AUDIO: 1000 in = 700 audio + 300 text; the text record: 100 text
+    # AUDIO (broken down by the provider): 1000 in = 700 audio + the rest, 300, text; the
+    # text record (no breakdown: the conventions' `unknown`): its 100
     assert got.total(USAGE + "input_tokens", **{m: "audio"}) == 700
-    assert got.total(USAGE + "input_tokens", **{m: "text"}) == 300 + 100
+    assert got.total(USAGE + "input_tokens", **{m: "text"}) == 300
+    assert got.total(USAGE + "input_tokens", **{m: "unknown"}) == 100
     assert got.total(USAGE + "cache_read.input_tokens", **{m: "audio"}) == 300
-    assert got.total(USAGE + "cache_read.input_tokens", **{m: "text"}) == 100 + 20
+    assert got.total(USAGE + "cache_read.input_tokens", **{m: "text"}) == 100
+    assert got.total(USAGE + "cache_read.input_tokens", **{m: "unknown"}) == 20
     assert got.total(USAGE + "output_tokens", **{m: "audio"}) == 250
-    assert got.total(USAGE + "output_tokens", **{m: "text"}) == 50 + 10
-    assert got.total(USAGE + "reasoning.output_tokens") == 4
+    assert got.total(USAGE + "output_tokens", **{m: "text"}) == 50
+    assert got.total(USAGE + "output_tokens", **{m: "unknown"}) == 10
+    assert got.total(USAGE + "reasoning.output_tokens", **{m: "unknown"}) == 4
     assert got.count("gen_ai.client.operation.time_to_first_chunk") == 1
     ttfc = next(p for p in got.points.values()
                 if p.metric == "gen_ai.client.operation.time_to_first_chunk")
     assert (ttfc.value, ttfc.unit) == (0.12, "s")
     assert got.total("tokenbooth.cost") == 0.002  # 0.001 USD each (the factory's)
+
+
+async def test_gemini_video_and_cached_image_parts_and_totals_equal_the_columns() -> None:
+    """Every modality part a dialect reports (here Gemini's, as proxy.dialects.gemini.usage
+    names them) is counted under its modality; each class still adds up to its column."""
+    gem = make_record(call_id="g", upstream="gemini", dialect="gemini",
+                      operation="generate_content", input_tokens=2000, cache_read_tokens=900,
+                      output_tokens=400, reasoning_tokens=100,
+                      priced_units={"input_video_tokens": 1200, "input_audio_tokens": 300,
+                                    "input_tool_tokens": 50,  # part of input, not a modality
+                                    "cache_video_read_tokens": 600,
+                                    "cache_image_read_tokens": 200,
+                                    "output_video_tokens": 250, "output_image_tokens": 50})
+    got, _ = await run([gem])
+    m = N.MODALITY
+
+    def by_modality(metric: str) -> dict[str, float]:
+        return {p.attributes[m]: p.value for p in got.points.values()
+                if p.metric == USAGE + metric}
+
+    # 2000 = 1200 video + 300 audio + 500 text (the rest of a class broken down)
+    assert by_modality("input_tokens") == {"video": 1200, "audio": 300, "text": 500}
+    assert by_modality("cache_read.input_tokens") == {"video": 600, "image": 200, "text": 100}
+    assert by_modality("output_tokens") == {"video": 250, "image": 50, "text": 100}
+    assert by_modality("reasoning.output_tokens") == {"unknown": 100}  # no breakdown
 
 
 async def test_legacy_names_only() -> None:
