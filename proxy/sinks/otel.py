@@ -98,17 +98,57 @@ def _by_modality(total: int, parts: list[tuple[str, int]] | None) -> list[tuple[
     return parts
 
 
+Key = tuple[tuple[str, Any], ...]
+
+
+def _other(key: Key) -> Key:
+    """Where an attribute set goes once its instrument holds `max_series` of them (as the
+    Prometheus sink does: every value `other`)."""
+    return tuple((k, "other") for k, _ in key)
+
+
+class _SeriesCap:
+    """At most `max_series` attribute sets per instrument, the last one the `other` set;
+    each record that lands there is counted (`tokenbooth_otel_series_overflow_total`)."""
+
+    def __init__(self, max_series: int, overflow: Any) -> None:
+        self.limit = max(max_series - 1, 0)
+        self.overflow = overflow  # the Prometheus counter's child for this instrument
+        self.seen: dict[Key, dict[str, Any]] = {}  # each set's attributes, built once
+
+    def __call__(self, key: Key) -> dict[str, Any]:
+        """The attributes to record under: the set's own, or the `other` set's."""
+        seen = self.seen
+        attrs = seen.get(key)
+        if attrs is not None:
+            return attrs
+        if len(seen) < self.limit:
+            attrs = seen[key] = dict(key)
+            return attrs
+        self.overflow.inc()
+        return dict(_other(key))
+
+
 class _Tally:
     """Cumulative sums by attribute set (a tuple of pairs), read by an observable counter's
-    callback in the SDK's export thread (from a copy: the loop goes on adding)."""
+    callback in the SDK's export thread (from a copy: the loop goes on adding); at most
+    `max_series` sets (the last one `other`, each record landing there counted)."""
 
-    def __init__(self) -> None:
-        self.sums: dict[tuple[tuple[str, Any], ...], float] = {}
-        self._attrs: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+    def __init__(self, max_series: int = 1 << 62, overflow: Any = None) -> None:
+        self.sums: dict[Key, float] = {}
+        self._attrs: dict[Key, dict[str, Any]] = {}
+        self.limit = max(max_series - 1, 0)
+        self.overflow = overflow
 
-    def add(self, key: tuple[tuple[str, Any], ...], n: float) -> None:
+    def add(self, key: Key, n: float) -> None:
         sums = self.sums
-        sums[key] = sums.get(key, 0) + n
+        cur = sums.get(key)
+        if cur is None:
+            if len(sums) >= self.limit:
+                key = _other(key)
+                self.overflow.inc()
+            cur = sums.get(key, 0)
+        sums[key] = cur + n
 
     def observe(self, _options: CallbackOptions) -> list[Observation]:
         out = []
@@ -131,6 +171,9 @@ class _Lossy:
         for signal in ("spans", "metrics"):
             self.dropped.labels(signal)
             self.failures.labels(signal)
+        self.overflow = Counter(N.SERIES_OVERFLOW, "Records whose OTel attribute set went to "
+                                "the `other` set: the instrument held metrics.max_series "
+                                "sets.", ("instrument",), registry=registry)
 
 
 class _CountingSpanExporter(SpanExporter):
@@ -229,7 +272,7 @@ class OtelSink:
 
     def __init__(self, cfg: OtelConfig, registry: CollectorRegistry, *,
                  upstreams: Mapping[str, Upstream], tag_labels: Sequence[str] = (),
-                 max_label_values: int = 100,
+                 max_label_values: int = 100, max_series: int = 10_000,
                  known_models: Callable[[], AbstractSet[str]] | None = None) -> None:
         self.cfg = cfg
         self.lossy = _Lossy(registry)
@@ -251,8 +294,11 @@ class OtelSink:
         self.processor: BatchSpanProcessor | None = None
         self.span_exporter: _CountingSpanExporter | None = None
         self.emitted = 0  # spans handed to the processor (the event loop's count)
+        self.max_series = max_series
         self._inst: dict[str, Any] = {}
         self._tally: dict[str, _Tally] = {}
+        self._caps: dict[str, _SeriesCap] = {}  # the histograms' attribute sets
+        self._system = cfg.semconv in ("legacy", "both")  # gen_ai.system on legacy ones
 
     # -- life --------------------------------------------------------------------------
 
@@ -272,12 +318,14 @@ class OtelSink:
             for inst in N.INSTRUMENTS:
                 if inst.semconv not in wanted:
                     continue
+                overflow = self.lossy.overflow.labels(inst.name)
                 if inst.kind == "counter":
-                    tally = self._tally[inst.key] = _Tally()
+                    tally = self._tally[inst.key] = _Tally(self.max_series, overflow)
                     self._inst[inst.key] = meter.create_observable_counter(
                         inst.name, callbacks=[tally.observe], unit=inst.unit,
                         description=inst.description)
                 else:
+                    self._caps[inst.key] = _SeriesCap(self.max_series, overflow)
                     self._inst[inst.key] = meter.create_histogram(
                         inst.name, unit=inst.unit, description=inst.description,
                         explicit_bucket_boundaries_advisory=list(inst.buckets))
@@ -347,11 +395,16 @@ class OtelSink:
         return attrs
 
     def _metrics(self, rec: CallRecord, attrs: dict[str, Any]) -> None:
-        inst, tally = self._inst, self._tally
+        inst, tally, caps = self._inst, self._tally, self._caps
         units = rec.priced_units
         legacy = inst.get("token_usage")
         latest = "input_tokens" in tally
         key = tuple(attrs.items())
+        if self._system:  # legacy instruments: also the pre-1.37 `gen_ai.system`
+            provider = attrs[N.PROVIDER]
+            legacy_key = (*key, (N.SYSTEM, N.LEGACY_SYSTEMS.get(provider, provider)))
+        else:
+            legacy_key = key
         parts: dict[str, list[tuple[str, int]]] | None = None
         for side, kinds, total, source in (
                 ("input", ("input_tokens", "cache_read_tokens", "cache_write_tokens"),
@@ -370,10 +423,12 @@ class OtelSink:
                         for modality, part in _by_modality(n, parts.get(kind)):
                             tally[kind].add((*src, (N.MODALITY, modality)), part)
             if legacy is not None:
-                legacy.record(total, {**dict(src), N.TOKEN_TYPE: side})
-        inst["duration"].record(rec.duration_ms / 1000, attrs)
+                legacy.record(total, caps["token_usage"](
+                    (*legacy_key, (N.USAGE_SOURCE, source), (N.TOKEN_TYPE, side))))
+        duration = legacy_key if self._system else key
+        inst["duration"].record(rec.duration_ms / 1000, caps["duration"](duration))
         if rec.ttft_ms is not None and "ttfc" in inst:
-            inst["ttfc"].record(rec.ttft_ms / 1000, attrs)
+            inst["ttfc"].record(rec.ttft_ms / 1000, caps["ttfc"](key))
         if rec.cost_usd is not None:
             if rec.cost_usd:
                 tally["cost"].add(key, float(rec.cost_usd))

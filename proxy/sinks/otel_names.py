@@ -74,6 +74,12 @@ INSTRUMENTS: tuple[Instrument, ...] = (
 
 # Attribute names (metrics and spans)
 PROVIDER = "gen_ai.provider.name"
+# `semconv: legacy|both`: the legacy instruments (`gen_ai.client.token.usage`,
+# `gen_ai.client.operation.duration`) also carry the pre-1.37 name of the provider
+# attribute, with its pre-1.37 values where they differ
+SYSTEM = "gen_ai.system"
+LEGACY_SYSTEMS = {"azure.ai.openai": "az.ai.openai", "azure.ai.inference": "az.ai.inference",
+                  "x_ai": "xai"}
 OPERATION = "gen_ai.operation.name"
 REQUEST_MODEL = "gen_ai.request.model"
 RESPONSE_MODEL = "gen_ai.response.model"
@@ -134,6 +140,8 @@ PROVIDERS_BY_DIALECT = {"openai": "openai", "anthropic": "anthropic", "gemini": 
 # Prometheus' own counter for what the OTel export lost
 DROPPED = "tokenbooth_otel_dropped"  # {signal}: spans the full queue or a failed export lost
 EXPORT_FAILURES = "tokenbooth_otel_export_failures"  # {signal}: export attempts that failed
+# {instrument}: records whose attribute set went to the `other` set (metrics.max_series)
+SERIES_OVERFLOW = "tokenbooth_otel_series_overflow"
 
 _UNITS = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": ""}
 

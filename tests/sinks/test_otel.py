@@ -23,12 +23,14 @@ UPSTREAMS = parse({"upstreams": {"openai": {"url": "https://api.openai.com"},
                   env={}).upstreams
 
 
-async def run(records: list[Any], **cfg: Any) -> tuple[Received, OtelSink]:
+async def run(records: list[Any], registry: CollectorRegistry | None = None,
+              **cfg: Any) -> tuple[Received, OtelSink]:
     """The records through a started sink; closing it exports everything left."""
-    sink_args = {k: cfg.pop(k) for k in ("tag_labels", "max_label_values") if k in cfg}
+    sink_args = {k: cfg.pop(k) for k in ("tag_labels", "max_label_values", "max_series")
+                 if k in cfg}
     async with http_receiver() as (url, got):
         sink = OtelSink(OtelConfig(endpoint=url, export_interval_seconds=60, **cfg),
-                        CollectorRegistry(), upstreams=UPSTREAMS, **sink_args)
+                        registry or CollectorRegistry(), upstreams=UPSTREAMS, **sink_args)
         sink.start()
         for rec in records:
             await sink.handle(rec)
@@ -100,6 +102,59 @@ async def test_legacy_names_only() -> None:
                              "tokenbooth.cost"}
     assert got.total("gen_ai.client.token.usage", **{N.TOKEN_TYPE: "input"}) == 1000
     assert got.total("gen_ai.client.token.usage", **{N.TOKEN_TYPE: "output"}) == 300
+
+
+async def test_legacy_instruments_also_carry_gen_ai_system() -> None:
+    """`semconv: legacy|both`: dashboards built on the pre-1.37 names filter on
+    `gen_ai.system` (with its pre-1.37 values, `xai` for x_ai): the legacy instruments carry
+    it beside `gen_ai.provider.name`; the latest ones do not."""
+    recs = [AUDIO, make_record(call_id="x", upstream="xai", request_model="grok-4")]
+    for semconv in ("legacy", "both"):
+        got, _ = await run(recs, semconv=semconv)
+        for metric in ("gen_ai.client.token.usage", "gen_ai.client.operation.duration"):
+            systems = {(p.attributes[N.PROVIDER], p.attributes[N.SYSTEM])
+                       for p in got.points.values() if p.metric == metric}
+            assert systems == {("openai", "openai"), ("x_ai", "xai")}, (semconv, metric)
+        assert got.total("gen_ai.client.token.usage", **{N.SYSTEM: "xai",
+                                                         N.TOKEN_TYPE: "input"}) == 100
+        assert not [p for p in got.points.values()
+                    if p.metric.startswith(USAGE) and N.SYSTEM in p.attributes]
+    got, _ = await run(recs)  # latest: no gen_ai.system anywhere
+    assert not [p for p in got.points.values() if N.SYSTEM in p.attributes]
+
+
+async def test_series_per_instrument_are_capped_overflow_counted_totals_kept() -> None:
+    """Like the Prometheus families (`metrics.max_series`): at most that many attribute
+    sets per instrument, the last one the `other` set; every record landing there is
+    counted in tokenbooth_otel_series_overflow_total{instrument}; totals are unchanged."""
+    recs = [make_record(call_id=f"c{i}", request_model=f"m{i}", model=f"m{i}",
+                        response_model=None, ttft_ms=100.0) for i in range(10)]
+    registry = CollectorRegistry()
+    got, _ = await run(recs, registry=registry, max_series=4, semconv="both")
+    for metric in (USAGE + "input_tokens", "tokenbooth.cost",
+                   "gen_ai.client.operation.duration", "gen_ai.client.token.usage"):
+        sets = [p.attributes for p in got.points.values() if p.metric == metric]
+        models = sorted(a[N.REQUEST_MODEL] for a in sets)
+        per_model = 2 if metric == "gen_ai.client.token.usage" else 1  # input and output
+        if per_model == 1:
+            assert models == ["m0", "m1", "m2", "other"], metric
+        other = [a for a in sets if a[N.REQUEST_MODEL] == "other"]
+        assert other and all(set(a.values()) == {"other"} for a in other), metric
+        assert len(sets) <= 4, metric
+    assert got.total(USAGE + "input_tokens") == 10 * 100
+    assert got.total(USAGE + "input_tokens", **{N.REQUEST_MODEL: "other"}) == 7 * 100
+    assert got.total("tokenbooth.cost") == 10 * 0.001
+    assert got.count("gen_ai.client.operation.duration") == 10
+    assert got.count("gen_ai.client.operation.time_to_first_chunk") == 10
+
+    def overflow(name: str) -> float | None:
+        return registry.get_sample_value("tokenbooth_otel_series_overflow_total",
+                                         {"instrument": name})
+
+    assert overflow(USAGE + "input_tokens") == 7
+    assert overflow("tokenbooth.cost") == 7
+    assert overflow("gen_ai.client.operation.duration") == 7
+    assert overflow("gen_ai.client.token.usage") == 20 - 3  # 2 sets a call, 3 own sets
 
 
 async def test_both_emits_each_name_once() -> None:
