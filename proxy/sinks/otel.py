@@ -454,6 +454,8 @@ class OtelSink:
             attrs[N.TAG_PREFIX + t] = v
         if rec.upstream_request_id:
             attrs[N.RESPONSE_ID] = rec.upstream_request_id
+        if attrs[N.PROVIDER] == "openai" and (api := N.OPENAI_API_TYPES.get(rec.operation)):
+            attrs[N.OPENAI_API_TYPE] = api
         for field, name in N.SPAN_USAGE.items():
             v = getattr(rec, field)
             if v is not None:

@@ -124,9 +124,16 @@ MAX_SPAN_TAGS = 32  # tags on a span at most (a call's tags: 32 from X-Meter-*, 
 SPAN_COST = "tokenbooth.cost_usd"  # absent when unpriced
 SPAN_UNPRICED = "tokenbooth.unpriced"  # present (true) only for a call with usage but no price
 
-# Our operation names -> gen_ai.operation.name well-known values (others as they are)
-OPERATIONS = {"chat": "chat", "messages": "chat", "completions": "text_completion",
-              "embeddings": "embeddings", "generate_content": "generate_content"}
+# Our operation names -> gen_ai.operation.name well-known values (others as they are):
+# the OpenAI Responses API is `chat` (openai.md: told apart by `openai.api.type`), a
+# realtime socket's response `realtime_inference` (gen-ai-realtime-spans.md), Bedrock's
+# Converse `chat`
+OPERATIONS = {"chat": "chat", "messages": "chat", "responses": "chat", "converse": "chat",
+              "completions": "text_completion", "embeddings": "embeddings",
+              "generate_content": "generate_content", "realtime": "realtime_inference"}
+# Spans of provider `openai` only (openai.md): which OpenAI API, by our operation name
+OPENAI_API_TYPE = "openai.api.type"
+OPENAI_API_TYPES = {"chat": "chat_completions", "responses": "responses"}
 
 # gen_ai.provider.name: by upstream name first (the built-ins that name a provider), then by
 # dialect; otherwise the dialect's own name.

@@ -215,6 +215,29 @@ async def test_provider_server_and_operation_names() -> None:
     assert got.span_resources[0]["service.name"] == "tokenbooth"
 
 
+async def test_operation_names_follow_the_conventions() -> None:
+    """openai.md: the Responses API is `chat`, told apart by `openai.api.type`;
+    gen-ai-realtime-spans.md: a realtime response is `realtime_inference`."""
+    got, _ = await run([
+        make_record(call_id="r", operation="responses", request_model="gpt-5"),
+        make_record(call_id="c", operation="chat"),
+        make_record(call_id="rt", operation="realtime", request_model="gpt-realtime"),
+        make_record(call_id="a", upstream="anthropic", dialect="anthropic",
+                    operation="messages", request_model="claude-sonnet-4-6")])
+    spans = got.span_by_call()
+
+    def names(call: str) -> tuple[str, str | None, str]:
+        a = attrs(spans[call].attributes)
+        return a[N.OPERATION], a.get(N.OPENAI_API_TYPE), spans[call].name
+
+    assert names("r") == ("chat", "responses", "chat gpt-5")
+    assert names("c") == ("chat", "chat_completions", "chat gpt-4o")
+    assert names("rt") == ("realtime_inference", None, "realtime_inference gpt-realtime")
+    assert names("a") == ("chat", None, "chat claude-sonnet-4-6")  # openai.* only on openai
+    assert {p.attributes[N.OPERATION] for p in got.points.values()} == \
+        {"chat", "realtime_inference"}
+
+
 def test_the_default_start_up_never_loads_opentelemetry() -> None:
     code = ("import sys\n"
             "from proxy.app import make_app\n"
