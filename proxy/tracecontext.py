@@ -46,9 +46,13 @@ class SpanIds:
         """The header the upstream gets: this span as its parent."""
         return f"00-{self.trace_id:032x}-{self.span_id:016x}-{self.flags:02x}"
 
+    def child(self) -> SpanIds:
+        """A span under this one (each line of a batch download, under the download's)."""
+        return SpanIds(self.trace_id, _span_id(), self.span_id, self.flags, self.tracestate)
+
     def sibling(self) -> SpanIds:
-        """Another span with the same parent (each response of a socket, each line of a
-        batch download: one span per record)."""
+        """Another span with the same parent (each response of a socket, the usage row of
+        a background response: one span per record)."""
         return SpanIds(self.trace_id, _span_id(), self.parent_id, self.flags, self.tracestate)
 
 

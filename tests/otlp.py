@@ -96,7 +96,13 @@ class Received:
         return {p.metric for p in self.points.values()}
 
     def span_by_call(self) -> dict[str, Any]:
-        return {attrs(s.attributes)["tokenbooth.call_id"]: s for s in self.spans}
+        """The spans of ledger rows by call id (a batch download's own span has none)."""
+        out = {}
+        for s in self.spans:
+            call = attrs(s.attributes).get("tokenbooth.call_id")
+            if call is not None:
+                out[call] = s
+        return out
 
     async def until(self, cond: Any, timeout: float = 15.0, what: str = "telemetry") -> None:
         loop = asyncio.get_running_loop()

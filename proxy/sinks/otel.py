@@ -437,11 +437,9 @@ class OtelSink:
 
     def _span(self, rec: CallRecord, shared: dict[str, Any]) -> None:
         ids = rec.trace or _root()
-        if not ids.sampled:
-            return
-        assert self.span_exporter is not None and self.processor is not None
-        if self.emitted - self.span_exporter.done >= self.cfg.queue_spans:
-            self.lossy.dropped.labels("spans").inc()  # the queue is full: this one goes
+        if rec.download_trace is not None:
+            self._download_span(rec, shared, rec.download_trace)
+        if not ids.sampled or self._queue_full():
             return
         attrs = dict(shared)
         # spans carry the exact values (no cap): one span, one call
@@ -452,10 +450,12 @@ class OtelSink:
             if i == N.MAX_SPAN_TAGS:
                 break
             attrs[N.TAG_PREFIX + t] = v
-        if rec.upstream_request_id:
-            attrs[N.RESPONSE_ID] = rec.upstream_request_id
+        if rec.response_id:  # the body's own id only (not the request-id header)
+            attrs[N.RESPONSE_ID] = rec.response_id
         if attrs[N.PROVIDER] == "openai" and (api := N.OPENAI_API_TYPES.get(rec.operation)):
             attrs[N.OPENAI_API_TYPE] = api
+        if rec.stream and rec.ttft_ms is not None:
+            attrs[N.SPAN_TTFC] = rec.ttft_ms / 1000
         for field, name in N.SPAN_USAGE.items():
             v = getattr(rec, field)
             if v is not None:
@@ -468,18 +468,41 @@ class OtelSink:
             attrs[N.SPAN_COST] = float(rec.cost_usd)
         elif rec.unpriced:
             attrs[N.SPAN_UNPRICED] = True
+        failed = rec.outcome != "ok"
+        self._emit(ids, f"{attrs[N.OPERATION]} {attrs[N.REQUEST_MODEL]}", attrs, rec,
+                   Status(StatusCode.ERROR, rec.error or rec.outcome) if failed else _UNSET)
+
+    def _download_span(self, rec: CallRecord, shared: dict[str, Any], ids: SpanIds) -> None:
+        """A batch results download's own span (the upstream request named it as its
+        parent; its lines' spans are its children): no usage of its own."""
+        if not ids.sampled or self._queue_full():
+            return
+        attrs = {k: shared[k] for k in (N.PROVIDER, N.SERVER_ADDRESS, N.SERVER_PORT)
+                 if k in shared}
+        attrs[N.OPERATION] = N.BATCH_DOWNLOAD
+        if rec.batch_id:
+            attrs[N.SPAN_BATCH_ID] = rec.batch_id
+        self._emit(ids, N.BATCH_DOWNLOAD, attrs, rec, _UNSET)
+
+    def _queue_full(self) -> bool:
+        assert self.span_exporter is not None
+        if self.emitted - self.span_exporter.done >= self.cfg.queue_spans:
+            self.lossy.dropped.labels("spans").inc()  # the queue is full: this one goes
+            return True
+        return False
+
+    def _emit(self, ids: SpanIds, name: str, attrs: dict[str, Any], rec: CallRecord,
+              status: Status) -> None:
+        assert self.processor is not None
         state = TraceState.from_header([ids.tracestate]) if ids.tracestate else TraceState()
         flags = TraceFlags(ids.flags)
         parent = SpanContext(ids.trace_id, ids.parent_id, True, flags, state) \
             if ids.parent_id else None
         start = int(rec.started_ts * 1e9)
-        failed = rec.outcome != "ok"
         span = ReadableSpan(
-            name=f"{attrs[N.OPERATION]} {attrs[N.REQUEST_MODEL]}",
-            context=SpanContext(ids.trace_id, ids.span_id, False, flags, state),
+            name=name, context=SpanContext(ids.trace_id, ids.span_id, False, flags, state),
             parent=parent, resource=self.resource, attributes=attrs, kind=SpanKind.CLIENT,
-            status=Status(StatusCode.ERROR, rec.error or rec.outcome) if failed else _UNSET,
-            start_time=start, end_time=start + int(rec.duration_ms * 1e6),
+            status=status, start_time=start, end_time=start + int(rec.duration_ms * 1e6),
             instrumentation_scope=self.scope)
         self.emitted += 1
         self.processor.on_end(span)

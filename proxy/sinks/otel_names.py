@@ -117,11 +117,13 @@ SPAN_OURS = {  # record field -> span attribute (absent when the field is None)
     "estimator": "tokenbooth.estimator",
     "end_user": "tokenbooth.end_user",
     "client": "tokenbooth.client",
-    "ttft_ms": "tokenbooth.ttft_ms",  # streams only
     "error": "tokenbooth.error",
 }
 MAX_SPAN_TAGS = 32  # tags on a span at most (a call's tags: 32 from X-Meter-*, 256 chars each)
 SPAN_COST = "tokenbooth.cost_usd"  # absent when unpriced
+SPAN_TTFC = "gen_ai.response.time_to_first_chunk"  # seconds, streams only
+SPAN_BATCH_ID = "tokenbooth.batch_id"  # a batch download's span: the results file's id
+BATCH_DOWNLOAD = "batch_download"  # its operation and span name (lines: `batch {model}`)
 SPAN_UNPRICED = "tokenbooth.unpriced"  # present (true) only for a call with usage but no price
 
 # Our operation names -> gen_ai.operation.name well-known values (others as they are):

@@ -238,6 +238,40 @@ async def test_operation_names_follow_the_conventions() -> None:
         {"chat", "realtime_inference"}
 
 
+async def test_span_response_id_body_only_and_time_to_first_chunk_on_streams() -> None:
+    got, _ = await run([
+        make_record(call_id="hdr", upstream_request_id="req_hdr", response_id=None),
+        make_record(call_id="body", upstream_request_id="chatcmpl-7", response_id="chatcmpl-7",
+                    stream=True, ttft_ms=250.0)], metrics=False)
+    spans = got.span_by_call()
+    assert N.RESPONSE_ID not in attrs(spans["hdr"].attributes)  # a request id is no answer
+    body = attrs(spans["body"].attributes)
+    assert (body[N.RESPONSE_ID], body[N.SPAN_TTFC]) == ("chatcmpl-7", 0.25)
+    assert N.SPAN_TTFC not in attrs(spans["hdr"].attributes)
+
+
+async def test_a_batch_download_emits_its_own_span_with_its_lines_under_it() -> None:
+    """The upstream request of a batch results download named the download's span as its
+    parent: that span is emitted (from the first line's record), the lines' under it."""
+    from proxy.tracecontext import start_span_ids
+
+    download = start_span_ids(f"00-{'ab' * 16}-{'cd' * 8}-01", None)
+    lines = [make_record(call_id=f"b{i}", operation="batch", batch_id="file-out1",
+                         trace=download.child(),
+                         download_trace=download if i == 0 else None) for i in range(3)]
+    got, sink = await run(lines, metrics=False)
+    assert len(got.spans) == 4 and sink.emitted == 4
+    (own,) = [s for s in got.spans if s.span_id.hex() == f"{download.span_id:016x}"]
+    assert own.name == N.BATCH_DOWNLOAD and own.parent_span_id.hex() == "cd" * 8
+    a = attrs(own.attributes)
+    assert (a[N.OPERATION], a[N.SPAN_BATCH_ID], a[N.PROVIDER]) == \
+        (N.BATCH_DOWNLOAD, "file-out1", "openai")
+    assert "tokenbooth.call_id" not in a and "gen_ai.usage.input_tokens" not in a
+    for i in range(3):
+        line = got.span_by_call()[f"b{i}"]
+        assert line.parent_span_id == own.span_id and line.trace_id == own.trace_id
+
+
 def test_the_default_start_up_never_loads_opentelemetry() -> None:
     code = ("import sys\n"
             "from proxy.app import make_app\n"
