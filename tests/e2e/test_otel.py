@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
@@ -255,7 +256,7 @@ async def test_spans_off_traceparent_passes_through_untouched(
         assert got.spans == [] and got.trace_exports == 0
 
 
-async def _calls_while_down(proxy: Proxy, n: int) -> list[float]:
+async def _calls(proxy: Proxy, n: int) -> list[float]:
     """n calls, 8 at a time; each must succeed; returns their durations."""
     took: list[float] = []
 
@@ -283,33 +284,46 @@ def _failed(m: dict[str, list[Any]], signal: str) -> float:
 
 
 @pytest.mark.parametrize("down", ["closed_port", "hanging"])
-async def test_collector_down_calls_unaffected_queue_bounded_drops_counted(
+async def test_collector_down_calls_unaffected_memory_bounded_drops_counted_then_recovers(
         upstream: FakeUpstream, start_proxy: StartProxy, down: str) -> None:
-    """A collector that refuses connections (a closed port) or accepts and never answers:
-    every call still succeeds at once, spans waiting for export never exceed the queue
-    (8), and every span that could not be delivered is counted. (A bounded run of a few
-    seconds stands for the 30 s: the queue fills within the first export.)"""
+    """The collector down, as a closed port (connections refused) or as a collector that
+    accepts and never answers, then back on the same address. Down: every call still
+    succeeds at once; the spans waiting for export never exceed the queue (8), both in our
+    own count and in the SDK's own queue (so memory stays bounded however long it lasts: a
+    bounded run of 160 calls stands for the 30 s, the queue fills within the first export);
+    every span that could not be delivered is counted, and the metric exports' failures too.
+    Back: new spans arrive, the cumulative metric totals equal the ledger's (the calls made
+    while it was down included), and every span was either delivered or counted as dropped,
+    never both."""
+    upstream.on("/v1/chat/completions", Reply([json.dumps({
+        "id": "c1", "model": "gpt-4o-2024-08-06",
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()]))
     hang = asyncio.Event()
-    async with http_receiver(hang=hang) as (url, got):
-        endpoint = f"http://127.0.0.1:{free_port()}" if down == "closed_port" else url
-        proxy = await start_proxy(otel=otel(endpoint, queue_spans=8, timeout_seconds=0.5))
+    port = free_port()
+    async with AsyncExitStack() as stack:
+        got: Received | None = None
+        if down == "hanging":
+            _, got = await stack.enter_async_context(http_receiver(hang=hang, port=port))
+        proxy = await start_proxy(otel=otel(f"http://127.0.0.1:{port}", queue_spans=8,
+                                            timeout_seconds=0.5))
         sink = next(s for s in proxy.app[state.RECORDER].sinks if s.name == "otel")
+        sdk_queue = sink.processor._batch_processor._queue  # the SDK's own span queue
         n = 160
-        peak = 0
+        peak = sdk_peak = 0
 
         async def watch() -> None:
-            nonlocal peak
+            nonlocal peak, sdk_peak
             while True:
-                assert sink.span_exporter is not None
                 peak = max(peak, sink.emitted - sink.span_exporter.done)
+                sdk_peak = max(sdk_peak, len(sdk_queue))
                 await asyncio.sleep(0.005)
 
         watcher = asyncio.get_running_loop().create_task(watch())
-        took = await _calls_while_down(proxy, n)
+        took = await _calls(proxy, n)
         await proxy.collector.wait_for(n)
         watcher.cancel()
         assert len(took) == n and max(took) < 1.0  # calls are not held up by the export
-        assert peak <= 8  # spans waiting for export: never more than the queue
+        assert peak <= 8 and sdk_peak <= 8  # spans held for export: never more than 8
         await proxy.app[state.LEDGER].flush()
         assert len(rows(proxy)) == n  # every call is in the ledger
 
@@ -323,4 +337,32 @@ async def test_collector_down_calls_unaffected_queue_bounded_drops_counted(
             await asyncio.sleep(0.1)
         assert _dropped(m, "spans") == n
         assert _failed(m, "metrics") >= 1  # metric exports failed too (counted)
-        assert got.spans == []
+        assert got is None or got.spans == []
+
+        # the collector is back
+        before = {r["call_id"] for r in rows(proxy)}
+        if down == "closed_port":
+            _, got = await stack.enter_async_context(http_receiver(port=port))
+        else:
+            hang.set()
+        assert got is not None
+        back = got
+        new: set[str] = set()
+        for _ in range(2):  # 8 calls at a time: never more than the queue at once
+            await _calls(proxy, 8)
+            await proxy.collector.wait_for(n + len(new) + 8)
+            await proxy.app[state.LEDGER].flush()
+            new = {r["call_id"] for r in rows(proxy)} - before
+            await back.until(lambda want=frozenset(new): want <= set(back.span_by_call()),
+                             timeout=10,
+                             what="the spans of the calls made once the collector is back")
+        assert len(new) == 16
+        ledger = rows(proxy)
+        await back.until(lambda: back.count("gen_ai.client.operation.duration") == n + 16,
+                         timeout=10, what="every call's duration")
+        assert got.total(USAGE + "input_tokens") == sum(r["input_tokens"] for r in ledger) \
+            == 10 * (n + 16)
+        assert got.total(USAGE + "output_tokens") == sum(r["output_tokens"] for r in ledger)
+        # each span delivered or counted as dropped, never both, never twice
+        m = await scrape(proxy)
+        assert _dropped(m, "spans") == n and len(got.spans) == 16 == len(got.span_by_call())
