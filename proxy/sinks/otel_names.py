@@ -13,6 +13,11 @@ semantic-conventions v1.44.0):
   `gen_ai.client.operation.duration`, as instrumentations of v1.36.0 and before emit them
   and many collectors' dashboards still read them.
 
+Not `ef678ba`: that commit is an earlier draft of the same change
+(gen-ai-inference-usage-metrics.md: counters `gen_ai.client.inference.usage.detailed.*`,
+histograms under the counters' present names); the merged text (changelog 374,
+gen-ai-token-metrics.md, linked from the GenAI README at 066d4a7) is what is followed here.
+
 Pure data and one pure function (the Prometheus name a collector gives each instrument);
 nothing here imports OpenTelemetry.
 """
