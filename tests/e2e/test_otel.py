@@ -21,6 +21,7 @@ from proxy.sinks import otel_names as N
 from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy, free_port
 from tests.dialects.openai.audio_files import mp3
 from tests.e2e.test_audio import TEXT, TOKENS_USAGE
+from tests.e2e.test_batches import OPENAI_FILE
 from tests.e2e.test_ledger_metrics import rows, run_mixed_workload, scrape
 from tests.otlp import Received, attrs, grpc_receiver, http_receiver
 
@@ -240,6 +241,31 @@ async def test_tracestate_goes_on_only_with_its_valid_traceparent_joined_and_val
         assert spans[calls["invalid_state"]].trace_state == ""
         assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] \
             == []
+
+
+async def test_a_batch_download_span_is_emitted_the_upstreams_parent_its_lines_children(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """The upstream request of a batch results download names the proxy's span as its
+    parent: that span is exported (`batch_download`, a child of the client's), and each
+    result line's span is its child."""
+    upstream.on("/v1/files/file-out1/content", Reply([OPENAI_FILE],
+                                                      headers={"Content-Type": "text/plain"}))
+    async with http_receiver() as (url, got):
+        proxy = await start_proxy(otel=otel(url, metrics=False))
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{proxy.url}/openai/v1/files/file-out1/content", headers={
+                    "traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}) as r:
+                assert await r.read() == OPENAI_FILE
+        records = await proxy.collector.wait_for(3)
+        await got.until(lambda: len(got.spans) == 4)
+    _, trace, parent, _ = upstream.requests[-1].headers["traceparent"].split("-")
+    (own,) = [sp for sp in got.spans if sp.span_id.hex() == parent]
+    assert trace == CLIENT_TRACE and own.trace_id.hex() == CLIENT_TRACE
+    assert (own.name, own.parent_span_id.hex()) == (N.BATCH_DOWNLOAD, CLIENT_SPAN)
+    assert attrs(own.attributes)[N.SPAN_BATCH_ID] == "file-out1"
+    lines = got.span_by_call()
+    assert set(lines) == {r.call_id for r in records}
+    assert {sp.parent_span_id.hex() for sp in lines.values()} == {parent}
 
 
 async def test_spans_off_traceparent_passes_through_untouched(
