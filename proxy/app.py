@@ -70,6 +70,7 @@ def _otel_sink(config: Config, registry: CollectorRegistry, prices: PriceBook) -
     return (OtelSink(config.otel, registry, upstreams=config.upstreams,
                      tag_labels=config.metrics.tag_labels,
                      max_label_values=config.metrics.max_label_values,
+                     max_series=config.metrics.max_series,
                      known_models=prices.known_models),)
 
 

@@ -219,7 +219,9 @@ class Forwarder:
         attribution.read_headers(facts, request.headers, self.config.attribution)
         if self._spans:
             h = request.headers
-            facts.trace = start_span_ids(h.get("traceparent"), h.get("tracestate"))
+            parents = h.getall("traceparent", ())  # more than one: invalid (a new trace)
+            facts.trace = start_span_ids(parents[0] if len(parents) == 1 else None,
+                                         h.getall("tracestate", ()))
         return facts
 
     def _refuse(self, facts: CallFacts, end: End, kind: str, message: str, provider: Any,
@@ -425,8 +427,12 @@ class Forwarder:
                     trace: SpanIds | None = None) -> aiohttp.ClientResponse:
         headers: Any = hdr.outbound(request.headers, identity=injected,
                                     replace_auth=replace_auth, strip=self.strip)
-        if trace is not None:  # the proxy's span is the upstream's parent (tracestate: on)
+        if trace is not None:  # the proxy's span is the upstream's parent
             headers["traceparent"] = trace.traceparent()
+            # the client's tracestate goes on only with its valid traceparent (one line)
+            headers.popall("tracestate", None)
+            if trace.tracestate:
+                headers["tracestate"] = trace.tracestate
         if route.upstream.aws is not None:  # signed for the URL exactly as it will be sent
             headers = route.provider.sign(route.upstream, request.method, str(URL(url)),
                                           headers, body)

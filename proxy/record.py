@@ -156,6 +156,11 @@ class CallRecord:
     attribution_unreadable: int = 0  # other tools' attribution not readable (metrics)
     trace: SpanIds | None = None  # the call's span ids (OTel spans on), not a column
     started_ts: float = 0.0  # wall clock at the start, seconds (the span's start time)
+    # Not columns: the body's own response id (`upstream_request_id` falls back to the
+    # request-id header); a batch download's span (on its first line's record only: the
+    # OTel sink emits it, the lines' spans are its children).
+    response_id: str | None = None
+    download_trace: SpanIds | None = None
 
     @property
     def unpriced(self) -> bool:

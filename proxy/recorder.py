@@ -140,7 +140,8 @@ def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     # The download's own facts (cleaned tags, unreadable lines) are counted once: on the
     # first line's record.
     download_errors = facts.observation.parse_errors
-    return [build_record(replace(facts, call_id=batch_call_id(facts.upstream, facts.batch_id,
+    download = facts.trace  # the upstream request named it: emitted, the lines under it
+    recs = [build_record(replace(facts, call_id=batch_call_id(facts.upstream, facts.batch_id,
                                                               line.line_id),
                                  operation="batch",
                                  observation=replace(line.observation, parse_errors=line
@@ -149,9 +150,12 @@ def build_records(facts: CallFacts, estimator: Estimator, prices: PriceBook,
                                  tags_cleaned=facts.tags_cleaned if i == 0 else 0,
                                  attribution_unreadable=facts.attribution_unreadable
                                  if i == 0 else 0,
-                                 trace=_sibling(facts)),
+                                 trace=download.child() if download is not None else None),
                          estimator, prices, fingerprint, line=True)
             for i, line in enumerate(lines)]
+    if download is not None:
+        recs[0] = replace(recs[0], download_trace=download)
+    return recs
 
 
 def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
@@ -277,7 +281,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         attribution_unreadable=facts.attribution_unreadable,
         list_cost_usd=list_cost,
         consumer_key=facts.key.id if facts.key is not None else None,
-        trace=facts.trace, started_ts=facts.started,
+        trace=facts.trace, started_ts=facts.started, response_id=obs.upstream_request_id,
     )
 
 

@@ -12,11 +12,17 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["SpanIds", "start_span_ids"]
+__all__ = ["SpanIds", "parse_tracestate", "start_span_ids"]
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+# W3C tracestate list-member (the SDK's TraceState rules, so a kept value never makes it warn)
+_MEMBER = re.compile(r"([a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]"
+                     r"{0,13})=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+MAX_TRACESTATE_MEMBERS = 32
+MAX_TRACESTATE_CHARS = 8192  # the SDK's propagator refuses a longer header
 _rand = random.Random()  # ids need uniqueness, not secrecy (the SDK's own generator does so)
 os.register_at_fork(after_in_child=_rand.seed)  # a forked child draws its own ids
 
@@ -40,9 +46,13 @@ class SpanIds:
         """The header the upstream gets: this span as its parent."""
         return f"00-{self.trace_id:032x}-{self.span_id:016x}-{self.flags:02x}"
 
+    def child(self) -> SpanIds:
+        """A span under this one (each line of a batch download, under the download's)."""
+        return SpanIds(self.trace_id, _span_id(), self.span_id, self.flags, self.tracestate)
+
     def sibling(self) -> SpanIds:
-        """Another span with the same parent (each response of a socket, each line of a
-        batch download: one span per record)."""
+        """Another span with the same parent (each response of a socket, the usage row of
+        a background response: one span per record)."""
         return SpanIds(self.trace_id, _span_id(), self.parent_id, self.flags, self.tracestate)
 
 
@@ -70,9 +80,36 @@ def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
     return trace_id, span_id, int(flags, 16)
 
 
-def start_span_ids(traceparent: str | None, tracestate: str | None) -> SpanIds:
-    """The span ids of a call starting now: a child of the incoming context, or a new
-    sampled trace."""
+def parse_tracestate(lines: Sequence[str]) -> str | None:
+    """The incoming `tracestate` header lines as one valid header value, or None: lines
+    are joined with `,` (W3C: several lines are one list); empty members are dropped; a
+    malformed member, a duplicate key, more than 32 members or more than 8192 characters
+    makes the whole header invalid, and it is dropped silently (W3C: the vendor MAY discard
+    it; an invalid one handed to the SDK would log a warning for every span)."""
+    joined = ",".join(lines)
+    if not joined or len(joined) > MAX_TRACESTATE_CHARS:
+        return None
+    members: list[str] = []
+    keys: set[str] = set()
+    for raw in joined.split(","):
+        member = raw.strip(" \t")
+        if not member:
+            continue
+        m = _MEMBER.fullmatch(member)
+        if m is None or m.group(1) in keys:
+            return None
+        keys.add(m.group(1))
+        members.append(member)
+    if not members or len(members) > MAX_TRACESTATE_MEMBERS:
+        return None
+    return ",".join(members)
+
+
+def start_span_ids(traceparent: str | None, tracestate: str | Sequence[str] | None
+                   ) -> SpanIds:
+    """The span ids of a call starting now: a child of the incoming context (with its
+    `tracestate`, when valid), or a new sampled trace (W3C: a new trace carries none of
+    the client's `tracestate`)."""
     parent = parse_traceparent(traceparent)
     if parent is None:
         while True:
@@ -80,4 +117,6 @@ def start_span_ids(traceparent: str | None, tracestate: str | None) -> SpanIds:
             if trace_id:
                 return SpanIds(trace_id, _span_id())
     trace_id, parent_id, flags = parent
-    return SpanIds(trace_id, _span_id(), parent_id, flags & 1, tracestate or None)
+    state = parse_tracestate((tracestate,) if isinstance(tracestate, str)
+                             else tracestate or ())
+    return SpanIds(trace_id, _span_id(), parent_id, flags & 1, state)

@@ -96,7 +96,13 @@ class Received:
         return {p.metric for p in self.points.values()}
 
     def span_by_call(self) -> dict[str, Any]:
-        return {attrs(s.attributes)["tokenbooth.call_id"]: s for s in self.spans}
+        """The spans of ledger rows by call id (a batch download's own span has none)."""
+        out = {}
+        for s in self.spans:
+            call = attrs(s.attributes).get("tokenbooth.call_id")
+            if call is not None:
+                out[call] = s
+        return out
 
     async def until(self, cond: Any, timeout: float = 15.0, what: str = "telemetry") -> None:
         loop = asyncio.get_running_loop()
@@ -117,14 +123,23 @@ def _body(raw: bytes, encoding: str | None) -> bytes:
 
 
 @asynccontextmanager
-async def http_receiver(hang: asyncio.Event | None = None) -> AsyncIterator[tuple[str, Received]]:
-    """An OTLP/HTTP protobuf receiver; yields its base URL and what it received. With
-    `hang`, every export waits until the event is set (a collector that does not answer)."""
+async def http_receiver(hang: asyncio.Event | None = None, port: int = 0
+                        ) -> AsyncIterator[tuple[str, Received]]:
+    """An OTLP/HTTP protobuf receiver on 127.0.0.1 (`port`, else any free one); yields its
+    base URL and what it received. With `hang`, until the event is set the collector does
+    not answer: an export that arrives then waits, and is never recorded (its sender gave
+    up long ago); once set, exports are answered and recorded again."""
     got = Received()
 
+    async def hung(request: web.Request) -> bool:
+        if hang is None or hang.is_set():
+            return False
+        await hang.wait()
+        return True
+
     async def metrics(request: web.Request) -> web.Response:
-        if hang is not None:
-            await hang.wait()
+        if await hung(request):
+            return web.Response(status=503)
         got.headers.append(dict(request.headers))
         req = ms.ExportMetricsServiceRequest()
         req.ParseFromString(_body(await request.read(), request.headers.get("Content-Encoding")))
@@ -133,8 +148,8 @@ async def http_receiver(hang: asyncio.Event | None = None) -> AsyncIterator[tupl
                             content_type="application/x-protobuf")
 
     async def traces(request: web.Request) -> web.Response:
-        if hang is not None:
-            await hang.wait()
+        if await hung(request):
+            return web.Response(status=503)
         got.headers.append(dict(request.headers))
         req = ts.ExportTraceServiceRequest()
         req.ParseFromString(_body(await request.read(), request.headers.get("Content-Encoding")))
@@ -145,7 +160,7 @@ async def http_receiver(hang: asyncio.Event | None = None) -> AsyncIterator[tupl
     app = web.Application(client_max_size=64 << 20)
     app.router.add_post("/v1/metrics", metrics)
     app.router.add_post("/v1/traces", traces)
-    server = TestServer(app, host="127.0.0.1")
+    server = TestServer(app, host="127.0.0.1", port=port or None)
     await server.start_server()
     try:
         yield str(server.make_url("")).rstrip("/"), got

@@ -479,3 +479,14 @@ def test_otel_is_off_unless_configured_and_its_endpoint_follows_the_protocol() -
     assert mine.otel is not None and mine.otel.url == "https://otel.example:4318"
     assert mine.otel.headers == {"authorization": "Bearer s3cret"}
     assert mine.masked()["otel"]["headers"] == {"authorization": "***"}
+
+
+def test_otel_header_names_are_lowercased() -> None:
+    """gRPC metadata keys must be lowercase (an `Authorization` key fails every export);
+    HTTP header names ignore case, so one spelling serves both protocols."""
+    cfg = parse({"otel": {"protocol": "grpc", "headers": {
+        "Authorization": "Bearer t", "X-Scope-OrgID": "team"}}}, env={}).otel
+    assert cfg is not None and cfg.headers == {"authorization": "Bearer t",
+                                               "x-scope-orgid": "team"}
+    with pytest.raises(ConfigError, match=r"^otel\.headers\.authorization: named twice"):
+        parse({"otel": {"headers": {"Authorization": "a", "authorization": "b"}}}, env={})

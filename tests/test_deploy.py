@@ -178,14 +178,24 @@ def test_fleet_stack_has_postgres_three_replicas_a_balancer_and_per_replica_scra
 def test_the_otel_panels_read_what_a_collector_stores(tmp_path: Path) -> None:
     """The OTel panels' queries, evaluated by promtool on series named as Prometheus stores
     OTLP metrics after a collector (dots to underscores, `_total`, `_seconds`), from two
-    replicas: spend and tokens add up, the error ratio and quantiles come out right."""
+    replicas: spend and tokens add up, the error ratio and quantiles come out right. The
+    model filter is the OTel row's own variable, read from the OTel metrics' own
+    `gen_ai_request_model` label (the requested model, not Tokenbooth's priced model id):
+    evaluated here with two models chosen (as Grafana renders a multi-value selection) and a
+    third model's series left out."""
     dash = json.loads(DASHBOARD.read_text())
     panels = {p["id"]: p for p in dash["panels"]}
     assert panels[20]["type"] == "row" and "OpenTelemetry" in panels[20]["title"]
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["genai_model"]["definition"] == \
+        "label_values(gen_ai_client_operation_duration_seconds_count, gen_ai_request_model)"
     rules = []
     for pid in range(21, 29):
         for i, t in enumerate(panels[pid]["targets"]):
-            expr = (t["expr"].replace("$__rate_interval", "5m").replace('"$model"', '".*"'))
+            # $model (the priced id, e.g. gpt-4o-2024-08-06) never filters an OTel panel
+            expr = (t["expr"].replace("$__rate_interval", "5m")
+                    .replace('"$genai_model"', '"(gpt-4o|mystery)"')
+                    .replace('"$model"', '"gpt-4o-2024-08-06"'))
             # to the microunit, so the expected values below are exact decimals
             rules.append({"record": f"otel:{pid}:{i}",
                           "expr": f"round(({expr}) * 1000000) / 1000000"})
@@ -226,6 +236,21 @@ def test_the_otel_panels_read_what_a_collector_stores(tmp_path: Path) -> None:
              "values": "0+660x10"},
             {"series": f'tokenbooth_otel_dropped_total{{job="tokenbooth", '
                        f'instance="tokenbooth-{n}", signal="spans"}}', "values": "0+4x10"},
+        ]
+        # a model not chosen: none of its series reaches a model-filtered panel
+        other = base.replace('"gpt-4o"', '"gpt-4o-mini"')
+        series += [
+            {"series": f"tokenbooth_cost_USD_total{{{other}}}", "values": "0+5x10"},
+            {"series": f'{u}input_tokens_total{{{other}, gen_ai_token_modality="image"}}',
+             "values": "0+6000x10"},
+            {"series": f'{u}output_tokens_total{{{other}, gen_ai_token_modality="text"}}',
+             "values": "0+6000x10"},
+            {"series": f'gen_ai_client_operation_duration_seconds_bucket{{{other}, le="0.16"}}',
+             "values": "0+50x10"},
+            {"series": f'gen_ai_client_operation_duration_seconds_bucket{{{other}, le="+Inf"}}',
+             "values": "0+50x10"},
+            {"series": f'gen_ai_client_token_usage_sum{{{other}, gen_ai_token_type="input"}}',
+             "values": "0+6000x10"},
         ]
 
     def sample(rule: str, value: float, labels: str = "") -> dict[str, object]:

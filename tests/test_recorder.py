@@ -420,7 +420,8 @@ async def test_seeing_a_background_response_finished_again_records_nothing(
 def test_each_record_carries_a_span_of_its_own_under_the_calls_parent(
         estimator: Estimator) -> None:
     """OTel spans on: a call's record has the span ids chosen at its start (the upstream
-    was told them); each line of a batch download gets a span of its own, same parent."""
+    was told them); a batch download's span (the one the upstream was told) rides on its
+    first line's record, to be emitted, and each line gets a span of its own under it."""
     from proxy.tracecontext import start_span_ids
 
     ids = start_span_ids("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "k=v")
@@ -431,11 +432,26 @@ def test_each_record_carries_a_span_of_its_own_under_the_calls_parent(
     recs = build_records(f, estimator, PriceBook(), lambda c: None)
     assert len(recs) == 3
     assert {(r.trace.trace_id, r.trace.parent_id, r.trace.tracestate)
-            for r in recs if r.trace} == {(ids.trace_id, ids.parent_id, "k=v")}
+            for r in recs if r.trace} == {(ids.trace_id, ids.span_id, "k=v")}
     assert len({r.trace.span_id for r in recs if r.trace} | {ids.span_id}) == 4
+    assert [r.download_trace for r in recs] == [ids, None, None]
     plain = facts_for("openai.chat", "openai", Observation())
     plain.trace = ids
     (rec,) = build_records(plain, estimator, PriceBook(), lambda c: None)
     assert rec.trace == ids and rec.started_ts == plain.started
     plain.trace = None  # spans off: no ids at all
     assert build_records(plain, estimator, PriceBook(), lambda c: None)[0].trace is None
+
+
+def test_the_response_id_is_the_bodys_own_never_the_request_id_header(
+        estimator: Estimator) -> None:
+    """`upstream_request_id` falls back to the request-id header (the ledger's column);
+    `response_id` (the OTel span's gen_ai.response.id) is only the body's own id."""
+    f = facts_for("openai.chat", "openai", Observation())
+    f.request_id_header = "req_abc"
+    rec = build_record(f, estimator, PriceBook(), lambda c: None)
+    assert (rec.upstream_request_id, rec.response_id) == ("req_abc", None)
+    f = facts_for("openai.chat", "openai", Observation(upstream_request_id="chatcmpl-9"))
+    f.request_id_header = "req_abc"
+    rec = build_record(f, estimator, PriceBook(), lambda c: None)
+    assert (rec.upstream_request_id, rec.response_id) == ("chatcmpl-9", "chatcmpl-9")

@@ -643,6 +643,6 @@ async def test_with_otel_spans_each_response_is_a_span_under_the_sockets_tracepa
     assert len({s.span_id for s in spans.values()}) == 2
     for s in spans.values():
         a = attrs(s.attributes)
-        assert s.name == "realtime gpt-realtime"
+        assert s.name == "realtime_inference gpt-realtime"  # gen-ai-realtime-spans.md
         assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (132, 121)
         assert a["tokenbooth.cost_usd"] == float(REALTIME_COST)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.tracecontext import parse_traceparent, start_span_ids
+from proxy.tracecontext import parse_traceparent, parse_tracestate, start_span_ids
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -45,3 +45,30 @@ def test_siblings_share_the_parent_with_ids_of_their_own() -> None:
     assert len(sibs) == 100 and ids.span_id not in sibs
     sib = ids.sibling()
     assert (sib.trace_id, sib.parent_id, sib.flags) == (ids.trace_id, ids.parent_id, 1)
+
+
+def test_tracestate_lines_are_joined_and_kept_only_with_a_valid_parent() -> None:
+    ids = start_span_ids(f"00-{TRACE}-{SPAN}-01", ["rojo=00f067aa0ba902b7", " , congo=t61"])
+    assert ids.tracestate == "rojo=00f067aa0ba902b7,congo=t61"
+    assert start_span_ids("garbage", ["rojo=1"]).tracestate is None  # a new trace: none
+
+
+@pytest.mark.parametrize("bad", [
+    ["Upper=1"], ["rojo"], ["rojo=1,rojo=2"], ["rojo=a=b"], ["rojo=1 "] + ["x=\x7f"],
+    [",".join(f"k{i}=v" for i in range(33))], ["k=" + "v" * 257],
+    [",".join(f"k{i:02d}=" + "v" * 256 for i in range(32))], [" , "]])  # 32 x 260 chars
+def test_an_invalid_or_oversized_tracestate_is_dropped_whole(bad: list[str]) -> None:
+    assert parse_tracestate(bad) is None
+    assert start_span_ids(f"00-{TRACE}-{SPAN}-01", bad).tracestate is None
+
+
+def test_a_valid_tracestate_is_what_the_sdk_accepts_without_a_word(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from opentelemetry.trace import TraceState
+
+    value = parse_tracestate(["tenant@vendor=x;y", "a-b*c/d=1,  e=2 3"])
+    assert value == "tenant@vendor=x;y,a-b*c/d=1,e=2 3"
+    with caplog.at_level("WARNING"):
+        assert list(TraceState.from_header([value]).items()) == [
+            ("tenant@vendor", "x;y"), ("a-b*c/d", "1"), ("e", "2 3")]
+    assert caplog.records == []

@@ -461,15 +461,22 @@ def _otel(raw: Any) -> OtelConfig:
     if endpoint is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", endpoint):
         raise ConfigError(f"otel.endpoint: expected an http(s) URL such as "
                           f"http://collector:4318, got {endpoint!r}")
-    headers = r.get("headers", dict, {}) or {}
-    for k, v in headers.items():
+    raw_headers = r.get("headers", dict, {}) or {}
+    headers: dict[str, str] = {}
+    for k, v in raw_headers.items():
         if not isinstance(v, str) or not isinstance(k, str) or not k.strip():
             raise ConfigError(f"otel.headers.{k}: expected a header name and a string value")
+        # lowercase: gRPC metadata keys must be (the export fails otherwise); HTTP header
+        # names are case-insensitive anyway
+        name = k.strip().lower()
+        if name in headers:
+            raise ConfigError(f"otel.headers.{k}: named twice (header names ignore case)")
+        headers[name] = v
     service = r.get("service_name", str, _default(OtelConfig, "service_name"))
     if not service.strip():
         raise ConfigError("otel.service_name: must not be empty")
     return OtelConfig(
-        endpoint=endpoint, protocol=protocol, headers=dict(headers), service_name=service,
+        endpoint=endpoint, protocol=protocol, headers=headers, service_name=service,
         metrics=r.get("metrics", bool, True), spans=r.get("spans", bool, True), semconv=semconv,
         **_numbers(r, OtelConfig, ("export_interval_seconds", "queue_spans",
                                    "timeout_seconds")))

@@ -54,42 +54,101 @@ __all__ = ["OtelSink"]
 log = logging.getLogger("tokenbooth.otel")
 _UNSET = Status(StatusCode.UNSET)
 
-# The parts of each token class by modality (genai-prices unit names): the rest is text.
-_MODALITY_PARTS = {
-    "input_tokens": (("audio", "input_audio_tokens"), ("image", "input_image_tokens")),
-    "cache_read_tokens": (("audio", "cache_audio_read_tokens"),),
-    "cache_write_tokens": (),
-    "output_tokens": (("audio", "output_audio_tokens"), ("image", "output_image_tokens")),
-    "reasoning_tokens": (),
-}
+def _unit_part(unit: str) -> tuple[str, str] | None:
+    """(token class, modality) of a genai-prices unit name that is a modality's part of a
+    token class (`input_audio_tokens`, `cache_video_read_tokens`, ...), else None."""
+    m = N.MODALITY_UNIT.fullmatch(unit)
+    if m is None:
+        return None
+    side, modality, cache_modality, cache = m.groups()
+    if side is not None:
+        return f"{side}_tokens", modality
+    return f"cache_{cache}_tokens", cache_modality
 
 
-def _by_modality(total: int, kind: str, units: Mapping[str, int] | None
-                 ) -> list[tuple[str, int]]:
-    parts: list[tuple[str, int]] = []
-    rest = total
-    if units:
-        for modality, unit in _MODALITY_PARTS[kind]:
-            n = units.get(unit)
-            if n:
-                parts.append((modality, n))
-                rest -= n
-    if rest or not parts:
-        parts.append(("text", rest))
+_PARTS: dict[str, tuple[str, str] | None] = {}  # unit name -> its part (a few dozen names)
+
+
+def _modality_parts(units: Mapping[str, int] | None) -> dict[str, list[tuple[str, int]]]:
+    """The provider's own modality figures of a record, by token class."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for unit, n in (units or {}).items():
+        if unit in _PARTS:
+            part = _PARTS[unit]
+        else:
+            part = _PARTS[unit] = _unit_part(unit)
+        if part is not None and n:
+            out.setdefault(part[0], []).append((part[1], n))
+    return out
+
+
+def _by_modality(total: int, parts: list[tuple[str, int]] | None) -> list[tuple[str, int]]:
+    """A token class's total by modality: the provider's figures, the rest as `text` when
+    the provider broke the class down (its figures name every modality but text, as
+    OpenAI's `*_tokens_details` and Gemini's `*TokensDetails` do), else all of it as
+    `unknown` (the conventions: no breakdown, no guess). The parts add up to the total."""
+    if not parts:
+        return [(N.MODALITY_UNKNOWN, total)]
+    rest = total - sum(n for _, n in parts)
+    if rest < 0:  # figures that do not fit the total: no breakdown to trust
+        return [(N.MODALITY_UNKNOWN, total)]
+    if rest:
+        text = not any(m == N.MODALITY_TEXT for m, _ in parts)
+        return [*parts, (N.MODALITY_TEXT if text else N.MODALITY_UNKNOWN, rest)]
     return parts
+
+
+Key = tuple[tuple[str, Any], ...]
+
+
+def _other(key: Key) -> Key:
+    """Where an attribute set goes once its instrument holds `max_series` of them (as the
+    Prometheus sink does: every value `other`)."""
+    return tuple((k, "other") for k, _ in key)
+
+
+class _SeriesCap:
+    """At most `max_series` attribute sets per instrument, the last one the `other` set;
+    each record that lands there is counted (`tokenbooth_otel_series_overflow_total`)."""
+
+    def __init__(self, max_series: int, overflow: Any) -> None:
+        self.limit = max(max_series - 1, 0)
+        self.overflow = overflow  # the Prometheus counter's child for this instrument
+        self.seen: dict[Key, dict[str, Any]] = {}  # each set's attributes, built once
+
+    def __call__(self, key: Key) -> dict[str, Any]:
+        """The attributes to record under: the set's own, or the `other` set's."""
+        seen = self.seen
+        attrs = seen.get(key)
+        if attrs is not None:
+            return attrs
+        if len(seen) < self.limit:
+            attrs = seen[key] = dict(key)
+            return attrs
+        self.overflow.inc()
+        return dict(_other(key))
 
 
 class _Tally:
     """Cumulative sums by attribute set (a tuple of pairs), read by an observable counter's
-    callback in the SDK's export thread (from a copy: the loop goes on adding)."""
+    callback in the SDK's export thread (from a copy: the loop goes on adding); at most
+    `max_series` sets (the last one `other`, each record landing there counted)."""
 
-    def __init__(self) -> None:
-        self.sums: dict[tuple[tuple[str, Any], ...], float] = {}
-        self._attrs: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+    def __init__(self, max_series: int = 1 << 62, overflow: Any = None) -> None:
+        self.sums: dict[Key, float] = {}
+        self._attrs: dict[Key, dict[str, Any]] = {}
+        self.limit = max(max_series - 1, 0)
+        self.overflow = overflow
 
-    def add(self, key: tuple[tuple[str, Any], ...], n: float) -> None:
+    def add(self, key: Key, n: float) -> None:
         sums = self.sums
-        sums[key] = sums.get(key, 0) + n
+        cur = sums.get(key)
+        if cur is None:
+            if len(sums) >= self.limit:
+                key = _other(key)
+                self.overflow.inc()
+            cur = sums.get(key, 0)
+        sums[key] = cur + n
 
     def observe(self, _options: CallbackOptions) -> list[Observation]:
         out = []
@@ -112,6 +171,9 @@ class _Lossy:
         for signal in ("spans", "metrics"):
             self.dropped.labels(signal)
             self.failures.labels(signal)
+        self.overflow = Counter(N.SERIES_OVERFLOW, "Records whose OTel attribute set went to "
+                                "the `other` set: the instrument held metrics.max_series "
+                                "sets.", ("instrument",), registry=registry)
 
 
 class _CountingSpanExporter(SpanExporter):
@@ -210,7 +272,7 @@ class OtelSink:
 
     def __init__(self, cfg: OtelConfig, registry: CollectorRegistry, *,
                  upstreams: Mapping[str, Upstream], tag_labels: Sequence[str] = (),
-                 max_label_values: int = 100,
+                 max_label_values: int = 100, max_series: int = 10_000,
                  known_models: Callable[[], AbstractSet[str]] | None = None) -> None:
         self.cfg = cfg
         self.lossy = _Lossy(registry)
@@ -232,8 +294,11 @@ class OtelSink:
         self.processor: BatchSpanProcessor | None = None
         self.span_exporter: _CountingSpanExporter | None = None
         self.emitted = 0  # spans handed to the processor (the event loop's count)
+        self.max_series = max_series
         self._inst: dict[str, Any] = {}
         self._tally: dict[str, _Tally] = {}
+        self._caps: dict[str, _SeriesCap] = {}  # the histograms' attribute sets
+        self._system = cfg.semconv in ("legacy", "both")  # gen_ai.system on legacy ones
 
     # -- life --------------------------------------------------------------------------
 
@@ -253,12 +318,14 @@ class OtelSink:
             for inst in N.INSTRUMENTS:
                 if inst.semconv not in wanted:
                     continue
+                overflow = self.lossy.overflow.labels(inst.name)
                 if inst.kind == "counter":
-                    tally = self._tally[inst.key] = _Tally()
+                    tally = self._tally[inst.key] = _Tally(self.max_series, overflow)
                     self._inst[inst.key] = meter.create_observable_counter(
                         inst.name, callbacks=[tally.observe], unit=inst.unit,
                         description=inst.description)
                 else:
+                    self._caps[inst.key] = _SeriesCap(self.max_series, overflow)
                     self._inst[inst.key] = meter.create_histogram(
                         inst.name, unit=inst.unit, description=inst.description,
                         explicit_bucket_boundaries_advisory=list(inst.buckets))
@@ -328,11 +395,17 @@ class OtelSink:
         return attrs
 
     def _metrics(self, rec: CallRecord, attrs: dict[str, Any]) -> None:
-        inst, tally = self._inst, self._tally
+        inst, tally, caps = self._inst, self._tally, self._caps
         units = rec.priced_units
         legacy = inst.get("token_usage")
         latest = "input_tokens" in tally
         key = tuple(attrs.items())
+        if self._system:  # legacy instruments: also the pre-1.37 `gen_ai.system`
+            provider = attrs[N.PROVIDER]
+            legacy_key = (*key, (N.SYSTEM, N.LEGACY_SYSTEMS.get(provider, provider)))
+        else:
+            legacy_key = key
+        parts: dict[str, list[tuple[str, int]]] | None = None
         for side, kinds, total, source in (
                 ("input", ("input_tokens", "cache_read_tokens", "cache_write_tokens"),
                  rec.input_tokens, rec.input_source),
@@ -345,13 +418,17 @@ class OtelSink:
                 for kind in kinds:
                     n = getattr(rec, kind)
                     if n:
-                        for modality, part in _by_modality(n, kind, units):
+                        if parts is None:
+                            parts = _modality_parts(units)
+                        for modality, part in _by_modality(n, parts.get(kind)):
                             tally[kind].add((*src, (N.MODALITY, modality)), part)
             if legacy is not None:
-                legacy.record(total, {**dict(src), N.TOKEN_TYPE: side})
-        inst["duration"].record(rec.duration_ms / 1000, attrs)
+                legacy.record(total, caps["token_usage"](
+                    (*legacy_key, (N.USAGE_SOURCE, source), (N.TOKEN_TYPE, side))))
+        duration = legacy_key if self._system else key
+        inst["duration"].record(rec.duration_ms / 1000, caps["duration"](duration))
         if rec.ttft_ms is not None and "ttfc" in inst:
-            inst["ttfc"].record(rec.ttft_ms / 1000, attrs)
+            inst["ttfc"].record(rec.ttft_ms / 1000, caps["ttfc"](key))
         if rec.cost_usd is not None:
             if rec.cost_usd:
                 tally["cost"].add(key, float(rec.cost_usd))
@@ -360,11 +437,9 @@ class OtelSink:
 
     def _span(self, rec: CallRecord, shared: dict[str, Any]) -> None:
         ids = rec.trace or _root()
-        if not ids.sampled:
-            return
-        assert self.span_exporter is not None and self.processor is not None
-        if self.emitted - self.span_exporter.done >= self.cfg.queue_spans:
-            self.lossy.dropped.labels("spans").inc()  # the queue is full: this one goes
+        if rec.download_trace is not None:
+            self._download_span(rec, shared, rec.download_trace)
+        if not ids.sampled or self._queue_full():
             return
         attrs = dict(shared)
         # spans carry the exact values (no cap): one span, one call
@@ -375,8 +450,12 @@ class OtelSink:
             if i == N.MAX_SPAN_TAGS:
                 break
             attrs[N.TAG_PREFIX + t] = v
-        if rec.upstream_request_id:
-            attrs[N.RESPONSE_ID] = rec.upstream_request_id
+        if rec.response_id:  # the body's own id only (not the request-id header)
+            attrs[N.RESPONSE_ID] = rec.response_id
+        if attrs[N.PROVIDER] == "openai" and (api := N.OPENAI_API_TYPES.get(rec.operation)):
+            attrs[N.OPENAI_API_TYPE] = api
+        if rec.stream and rec.ttft_ms is not None:
+            attrs[N.SPAN_TTFC] = rec.ttft_ms / 1000
         for field, name in N.SPAN_USAGE.items():
             v = getattr(rec, field)
             if v is not None:
@@ -389,18 +468,41 @@ class OtelSink:
             attrs[N.SPAN_COST] = float(rec.cost_usd)
         elif rec.unpriced:
             attrs[N.SPAN_UNPRICED] = True
+        failed = rec.outcome != "ok"
+        self._emit(ids, f"{attrs[N.OPERATION]} {attrs[N.REQUEST_MODEL]}", attrs, rec,
+                   Status(StatusCode.ERROR, rec.error or rec.outcome) if failed else _UNSET)
+
+    def _download_span(self, rec: CallRecord, shared: dict[str, Any], ids: SpanIds) -> None:
+        """A batch results download's own span (the upstream request named it as its
+        parent; its lines' spans are its children): no usage of its own."""
+        if not ids.sampled or self._queue_full():
+            return
+        attrs = {k: shared[k] for k in (N.PROVIDER, N.SERVER_ADDRESS, N.SERVER_PORT)
+                 if k in shared}
+        attrs[N.OPERATION] = N.BATCH_DOWNLOAD
+        if rec.batch_id:
+            attrs[N.SPAN_BATCH_ID] = rec.batch_id
+        self._emit(ids, N.BATCH_DOWNLOAD, attrs, rec, _UNSET)
+
+    def _queue_full(self) -> bool:
+        assert self.span_exporter is not None
+        if self.emitted - self.span_exporter.done >= self.cfg.queue_spans:
+            self.lossy.dropped.labels("spans").inc()  # the queue is full: this one goes
+            return True
+        return False
+
+    def _emit(self, ids: SpanIds, name: str, attrs: dict[str, Any], rec: CallRecord,
+              status: Status) -> None:
+        assert self.processor is not None
         state = TraceState.from_header([ids.tracestate]) if ids.tracestate else TraceState()
         flags = TraceFlags(ids.flags)
         parent = SpanContext(ids.trace_id, ids.parent_id, True, flags, state) \
             if ids.parent_id else None
         start = int(rec.started_ts * 1e9)
-        failed = rec.outcome != "ok"
         span = ReadableSpan(
-            name=f"{attrs[N.OPERATION]} {attrs[N.REQUEST_MODEL]}",
-            context=SpanContext(ids.trace_id, ids.span_id, False, flags, state),
+            name=name, context=SpanContext(ids.trace_id, ids.span_id, False, flags, state),
             parent=parent, resource=self.resource, attributes=attrs, kind=SpanKind.CLIENT,
-            status=Status(StatusCode.ERROR, rec.error or rec.outcome) if failed else _UNSET,
-            start_time=start, end_time=start + int(rec.duration_ms * 1e6),
+            status=status, start_time=start, end_time=start + int(rec.duration_ms * 1e6),
             instrumentation_scope=self.scope)
         self.emitted += 1
         self.processor.on_end(span)

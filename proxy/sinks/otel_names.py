@@ -13,6 +13,11 @@ semantic-conventions v1.44.0):
   `gen_ai.client.operation.duration`, as instrumentations of v1.36.0 and before emit them
   and many collectors' dashboards still read them.
 
+Not `ef678ba`: that commit is an earlier draft of the same change
+(gen-ai-inference-usage-metrics.md: counters `gen_ai.client.inference.usage.detailed.*`,
+histograms under the counters' present names); the merged text (changelog 374,
+gen-ai-token-metrics.md, linked from the GenAI README at 066d4a7) is what is followed here.
+
 Pure data and one pure function (the Prometheus name a collector gives each instrument);
 nothing here imports OpenTelemetry.
 """
@@ -74,6 +79,12 @@ INSTRUMENTS: tuple[Instrument, ...] = (
 
 # Attribute names (metrics and spans)
 PROVIDER = "gen_ai.provider.name"
+# `semconv: legacy|both`: the legacy instruments (`gen_ai.client.token.usage`,
+# `gen_ai.client.operation.duration`) also carry the pre-1.37 name of the provider
+# attribute, with its pre-1.37 values where they differ
+SYSTEM = "gen_ai.system"
+LEGACY_SYSTEMS = {"azure.ai.openai": "az.ai.openai", "azure.ai.inference": "az.ai.inference",
+                  "x_ai": "xai"}
 OPERATION = "gen_ai.operation.name"
 REQUEST_MODEL = "gen_ai.request.model"
 RESPONSE_MODEL = "gen_ai.response.model"
@@ -82,6 +93,13 @@ SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 ERROR_TYPE = "error.type"
 MODALITY = "gen_ai.token.modality"
+MODALITY_TEXT = "text"
+MODALITY_UNKNOWN = "unknown"  # the provider did not break the tokens down by modality
+# The genai-prices unit names that are one modality's part of a token class; the modality
+# is the name's own (`audio`, `image`, `video`, `text`; `video` is not a well-known value
+# of the conventions, which allow custom ones).
+MODALITY_UNIT = re.compile(r"(input|output)_(audio|image|video|text)_tokens"
+                           r"|cache_(audio|image|video|text)_(read|write)_tokens")
 TOKEN_TYPE = "gen_ai.token.type"  # legacy histogram: input | output
 TAG_PREFIX = "tokenbooth.tag."  # + the tag key (metrics: metrics.tag_labels only)
 USAGE_SOURCE = "tokenbooth.usage_source"  # metrics: how the counted tokens were obtained
@@ -104,16 +122,25 @@ SPAN_OURS = {  # record field -> span attribute (absent when the field is None)
     "estimator": "tokenbooth.estimator",
     "end_user": "tokenbooth.end_user",
     "client": "tokenbooth.client",
-    "ttft_ms": "tokenbooth.ttft_ms",  # streams only
     "error": "tokenbooth.error",
 }
 MAX_SPAN_TAGS = 32  # tags on a span at most (a call's tags: 32 from X-Meter-*, 256 chars each)
 SPAN_COST = "tokenbooth.cost_usd"  # absent when unpriced
+SPAN_TTFC = "gen_ai.response.time_to_first_chunk"  # seconds, streams only
+SPAN_BATCH_ID = "tokenbooth.batch_id"  # a batch download's span: the results file's id
+BATCH_DOWNLOAD = "batch_download"  # its operation and span name (lines: `batch {model}`)
 SPAN_UNPRICED = "tokenbooth.unpriced"  # present (true) only for a call with usage but no price
 
-# Our operation names -> gen_ai.operation.name well-known values (others as they are)
-OPERATIONS = {"chat": "chat", "messages": "chat", "completions": "text_completion",
-              "embeddings": "embeddings", "generate_content": "generate_content"}
+# Our operation names -> gen_ai.operation.name well-known values (others as they are):
+# the OpenAI Responses API is `chat` (openai.md: told apart by `openai.api.type`), a
+# realtime socket's response `realtime_inference` (gen-ai-realtime-spans.md), Bedrock's
+# Converse `chat`
+OPERATIONS = {"chat": "chat", "messages": "chat", "responses": "chat", "converse": "chat",
+              "completions": "text_completion", "embeddings": "embeddings",
+              "generate_content": "generate_content", "realtime": "realtime_inference"}
+# Spans of provider `openai` only (openai.md): which OpenAI API, by our operation name
+OPENAI_API_TYPE = "openai.api.type"
+OPENAI_API_TYPES = {"chat": "chat_completions", "responses": "responses"}
 
 # gen_ai.provider.name: by upstream name first (the built-ins that name a provider), then by
 # dialect; otherwise the dialect's own name.
@@ -127,6 +154,8 @@ PROVIDERS_BY_DIALECT = {"openai": "openai", "anthropic": "anthropic", "gemini": 
 # Prometheus' own counter for what the OTel export lost
 DROPPED = "tokenbooth_otel_dropped"  # {signal}: spans the full queue or a failed export lost
 EXPORT_FAILURES = "tokenbooth_otel_export_failures"  # {signal}: export attempts that failed
+# {instrument}: records whose attribute set went to the `other` set (metrics.max_series)
+SERIES_OVERFLOW = "tokenbooth_otel_series_overflow"
 
 _UNITS = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": ""}
 

@@ -8,16 +8,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy import state
 from proxy.sinks import otel_names as N
 from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy, free_port
 from tests.dialects.openai.audio_files import mp3
 from tests.e2e.test_audio import TEXT, TOKENS_USAGE
+from tests.e2e.test_batches import OPENAI_FILE
 from tests.e2e.test_ledger_metrics import rows, run_mixed_workload, scrape
 from tests.otlp import Received, attrs, grpc_receiver, http_receiver
 
@@ -56,10 +60,14 @@ def assert_metrics_equal_ledger(got: Received, ledger: list[Any]) -> None:
                         ("cache_write_tokens", "cache_write.input_tokens"),
                         ("reasoning_tokens", "reasoning.output_tokens")):
         assert got.total(USAGE + metric) == sum(r[col] or 0 for r in metered), col
-    # the audio part of the transcription's input, by modality (167 audio + 13 text)
+    # the transcription's input, broken down by the provider: 167 audio + 13 text; every
+    # other call's tokens (no breakdown) under `unknown`
     assert got.total(USAGE + "input_tokens", **{N.MODALITY: "audio"}) == 167
-    assert got.total(USAGE + "input_tokens", **{N.MODALITY: "text"}) == \
-        sum(r["input_tokens"] or 0 for r in metered) - 167
+    assert got.total(USAGE + "input_tokens", **{N.MODALITY: "text"}) == 13
+    assert got.total(USAGE + "input_tokens", **{N.MODALITY: "unknown"}) == \
+        sum(r["input_tokens"] or 0 for r in metered) - 180
+    assert got.total(USAGE + "output_tokens", **{N.MODALITY: "unknown"}) == \
+        sum(r["output_tokens"] or 0 for r in metered)
     estimated = sum(r["input_tokens"] for r in metered if r["usage_source"] == "estimated")
     assert estimated and got.total(USAGE + "input_tokens",
                                    **{N.USAGE_SOURCE: "estimated"}) == estimated
@@ -138,8 +146,10 @@ async def test_http_metrics_and_spans_equal_the_ledger(upstream: FakeUpstream,
 async def test_grpc_span_is_the_child_of_the_client_and_the_parent_of_the_upstream(
         upstream: FakeUpstream, start_proxy: StartProxy) -> None:
     async with grpc_receiver() as (endpoint, got):
+        # capitalised as people write it: gRPC metadata keys must be lowercase (the config
+        # lowercases them, else every export fails)
         proxy = await start_proxy(otel=otel(endpoint, protocol="grpc",
-                                            headers={"x-collector-token": "g"}))
+                                            headers={"Authorization": "Bearer g"}))
         upstream.on("/v1/chat/completions", Reply([json.dumps({
             "id": "c1", "model": "gpt-4o-2024-08-06",
             "usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()]))
@@ -164,7 +174,7 @@ async def test_grpc_span_is_the_child_of_the_client_and_the_parent_of_the_upstre
         assert got.total(USAGE + "output_tokens", **{N.PROVIDER: "openai",
                                                      N.OPERATION: "chat",
                                                      N.SERVER_ADDRESS: "127.0.0.1"}) == 2
-        assert all(h.get("x-collector-token") == "g" for h in got.headers)
+        assert got.headers and all(h.get("authorization") == "Bearer g" for h in got.headers)
 
 
 async def test_without_a_traceparent_the_span_starts_a_trace_the_upstream_continues(
@@ -183,6 +193,81 @@ async def test_without_a_traceparent_the_span_starts_a_trace_the_upstream_contin
         assert got.metric_exports == 0  # metrics off
 
 
+async def test_tracestate_goes_on_only_with_its_valid_traceparent_joined_and_valid(
+        upstream: FakeUpstream, start_proxy: StartProxy,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """W3C: a call whose traceparent is invalid starts a new trace, and the upstream gets
+    none of the client's tracestate; several tracestate lines are one list (joined with
+    `,`); an invalid tracestate is dropped silently (no SDK warning per span)."""
+    async with http_receiver() as (url, got):
+        proxy = await start_proxy(otel=otel(url, metrics=False))
+        parent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+        cases = {
+            "invalid_parent": [("traceparent", "00-garbage"), ("tracestate", "vendor=abc")],
+            "no_parent": [("tracestate", "vendor=abc")],
+            "two_lines": [("traceparent", parent), ("tracestate", "rojo=1"),
+                          ("tracestate", "congo=2")],
+            "invalid_state": [("traceparent", parent), ("tracestate", "Vendor=abc")],
+        }
+        calls: dict[str, str] = {}
+        seen: dict[str, Any] = {}
+        states: list[list[str]] = []  # each upstream request's tracestate lines
+
+        async def reply(request: web.Request) -> web.Response:
+            states.append(request.headers.getall("tracestate", []))
+            return web.json_response({"id": "c", "model": "gpt-4o", "usage": {
+                "prompt_tokens": 1, "completion_tokens": 1}})
+
+        upstream.on("/v1/chat/completions", reply)
+        with caplog.at_level("WARNING", logger="opentelemetry"):
+            async with aiohttp.ClientSession() as s:
+                for name, headers in cases.items():
+                    async with s.post(f"{proxy.url}/openai/v1/chat/completions", json={},
+                                      headers=CIMultiDict(headers)) as r:
+                        await r.read()
+                        calls[name] = r.headers["X-Meter-Call-Id"]
+                    seen[name] = upstream.requests[-1].headers
+            await got.until(lambda: set(calls.values()) <= set(got.span_by_call()))
+        spans = got.span_by_call()
+        for name in ("invalid_parent", "no_parent"):
+            span = spans[calls[name]]
+            assert span.parent_span_id == b"" and span.trace_state == ""
+            assert "tracestate" not in seen[name], name
+            assert seen[name]["traceparent"].split("-")[1] == span.trace_id.hex()
+        assert states == [[], [], ["rojo=1,congo=2"], []]
+        assert spans[calls["two_lines"]].trace_state == "rojo=1,congo=2"
+        assert "tracestate" not in seen["invalid_state"]
+        assert spans[calls["invalid_state"]].parent_span_id.hex() == CLIENT_SPAN
+        assert spans[calls["invalid_state"]].trace_state == ""
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] \
+            == []
+
+
+async def test_a_batch_download_span_is_emitted_the_upstreams_parent_its_lines_children(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """The upstream request of a batch results download names the proxy's span as its
+    parent: that span is exported (`batch_download`, a child of the client's), and each
+    result line's span is its child."""
+    upstream.on("/v1/files/file-out1/content", Reply([OPENAI_FILE],
+                                                      headers={"Content-Type": "text/plain"}))
+    async with http_receiver() as (url, got):
+        proxy = await start_proxy(otel=otel(url, metrics=False))
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{proxy.url}/openai/v1/files/file-out1/content", headers={
+                    "traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}) as r:
+                assert await r.read() == OPENAI_FILE
+        records = await proxy.collector.wait_for(3)
+        await got.until(lambda: len(got.spans) == 4)
+    _, trace, parent, _ = upstream.requests[-1].headers["traceparent"].split("-")
+    (own,) = [sp for sp in got.spans if sp.span_id.hex() == parent]
+    assert trace == CLIENT_TRACE and own.trace_id.hex() == CLIENT_TRACE
+    assert (own.name, own.parent_span_id.hex()) == (N.BATCH_DOWNLOAD, CLIENT_SPAN)
+    assert attrs(own.attributes)[N.SPAN_BATCH_ID] == "file-out1"
+    lines = got.span_by_call()
+    assert set(lines) == {r.call_id for r in records}
+    assert {sp.parent_span_id.hex() for sp in lines.values()} == {parent}
+
+
 async def test_spans_off_traceparent_passes_through_untouched(
         upstream: FakeUpstream, start_proxy: StartProxy) -> None:
     async with http_receiver() as (url, got):
@@ -197,7 +282,7 @@ async def test_spans_off_traceparent_passes_through_untouched(
         assert got.spans == [] and got.trace_exports == 0
 
 
-async def _calls_while_down(proxy: Proxy, n: int) -> list[float]:
+async def _calls(proxy: Proxy, n: int) -> list[float]:
     """n calls, 8 at a time; each must succeed; returns their durations."""
     took: list[float] = []
 
@@ -225,33 +310,46 @@ def _failed(m: dict[str, list[Any]], signal: str) -> float:
 
 
 @pytest.mark.parametrize("down", ["closed_port", "hanging"])
-async def test_collector_down_calls_unaffected_queue_bounded_drops_counted(
+async def test_collector_down_calls_unaffected_memory_bounded_drops_counted_then_recovers(
         upstream: FakeUpstream, start_proxy: StartProxy, down: str) -> None:
-    """A collector that refuses connections (a closed port) or accepts and never answers:
-    every call still succeeds at once, spans waiting for export never exceed the queue
-    (8), and every span that could not be delivered is counted. (A bounded run of a few
-    seconds stands for the 30 s: the queue fills within the first export.)"""
+    """The collector down, as a closed port (connections refused) or as a collector that
+    accepts and never answers, then back on the same address. Down: every call still
+    succeeds at once; the spans waiting for export never exceed the queue (8), both in our
+    own count and in the SDK's own queue (so memory stays bounded however long it lasts: a
+    bounded run of 160 calls stands for the 30 s, the queue fills within the first export);
+    every span that could not be delivered is counted, and the metric exports' failures too.
+    Back: new spans arrive, the cumulative metric totals equal the ledger's (the calls made
+    while it was down included), and every span was either delivered or counted as dropped,
+    never both."""
+    upstream.on("/v1/chat/completions", Reply([json.dumps({
+        "id": "c1", "model": "gpt-4o-2024-08-06",
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()]))
     hang = asyncio.Event()
-    async with http_receiver(hang=hang) as (url, got):
-        endpoint = f"http://127.0.0.1:{free_port()}" if down == "closed_port" else url
-        proxy = await start_proxy(otel=otel(endpoint, queue_spans=8, timeout_seconds=0.5))
+    port = free_port()
+    async with AsyncExitStack() as stack:
+        got: Received | None = None
+        if down == "hanging":
+            _, got = await stack.enter_async_context(http_receiver(hang=hang, port=port))
+        proxy = await start_proxy(otel=otel(f"http://127.0.0.1:{port}", queue_spans=8,
+                                            timeout_seconds=0.5))
         sink = next(s for s in proxy.app[state.RECORDER].sinks if s.name == "otel")
+        sdk_queue = sink.processor._batch_processor._queue  # the SDK's own span queue
         n = 160
-        peak = 0
+        peak = sdk_peak = 0
 
         async def watch() -> None:
-            nonlocal peak
+            nonlocal peak, sdk_peak
             while True:
-                assert sink.span_exporter is not None
                 peak = max(peak, sink.emitted - sink.span_exporter.done)
+                sdk_peak = max(sdk_peak, len(sdk_queue))
                 await asyncio.sleep(0.005)
 
         watcher = asyncio.get_running_loop().create_task(watch())
-        took = await _calls_while_down(proxy, n)
+        took = await _calls(proxy, n)
         await proxy.collector.wait_for(n)
         watcher.cancel()
         assert len(took) == n and max(took) < 1.0  # calls are not held up by the export
-        assert peak <= 8  # spans waiting for export: never more than the queue
+        assert peak <= 8 and sdk_peak <= 8  # spans held for export: never more than 8
         await proxy.app[state.LEDGER].flush()
         assert len(rows(proxy)) == n  # every call is in the ledger
 
@@ -265,4 +363,32 @@ async def test_collector_down_calls_unaffected_queue_bounded_drops_counted(
             await asyncio.sleep(0.1)
         assert _dropped(m, "spans") == n
         assert _failed(m, "metrics") >= 1  # metric exports failed too (counted)
-        assert got.spans == []
+        assert got is None or got.spans == []
+
+        # the collector is back
+        before = {r["call_id"] for r in rows(proxy)}
+        if down == "closed_port":
+            _, got = await stack.enter_async_context(http_receiver(port=port))
+        else:
+            hang.set()
+        assert got is not None
+        back = got
+        new: set[str] = set()
+        for _ in range(2):  # 8 calls at a time: never more than the queue at once
+            await _calls(proxy, 8)
+            await proxy.collector.wait_for(n + len(new) + 8)
+            await proxy.app[state.LEDGER].flush()
+            new = {r["call_id"] for r in rows(proxy)} - before
+            await back.until(lambda want=frozenset(new): want <= set(back.span_by_call()),
+                             timeout=10,
+                             what="the spans of the calls made once the collector is back")
+        assert len(new) == 16
+        ledger = rows(proxy)
+        await back.until(lambda: back.count("gen_ai.client.operation.duration") == n + 16,
+                         timeout=10, what="every call's duration")
+        assert got.total(USAGE + "input_tokens") == sum(r["input_tokens"] for r in ledger) \
+            == 10 * (n + 16)
+        assert got.total(USAGE + "output_tokens") == sum(r["output_tokens"] for r in ledger)
+        # each span delivered or counted as dropped, never both, never twice
+        m = await scrape(proxy)
+        assert _dropped(m, "spans") == n and len(got.spans) == 16 == len(got.span_by_call())
