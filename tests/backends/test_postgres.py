@@ -253,6 +253,65 @@ async def test_reservations_settle_with_the_row_and_expire_with_their_replica(
         await b.aclose()
 
 
+async def test_a_row_committing_mid_reserve_is_counted_once_never_in_neither(
+        pg_url: str) -> None:
+    """A call's row moves its cost from held to spent while another call is being reserved:
+    the reserve must see it in one place or the other. The test makes the row commit
+    between the reserve's reading of the budget's spend and its reading of its holds: it
+    wraps `tb_budget_spent` (in this test's database only) so it first waits on an advisory
+    lock the test holds, and writes the row while the reserve waits there."""
+    from proxy.backends.postgres import PostgresBackend
+
+    b = PostgresBackend(pg_url)
+    await b.open()
+    gate = await asyncpg.connect(pg_url)
+    reserver = None
+    try:
+        day = "2026-11-30T00:00:00.000Z"
+        await b.define_budgets([("race", "day", {"agent": "race"}, day)])
+        await b.heartbeat("r1", 0)
+        assert await b.reserve(["race"], [Decimal("1.00")], [day], "a", Decimal("0.60"),
+                               "r1") is None
+        await gate.execute("""
+            ALTER FUNCTION tb_budget_spent(TEXT, TEXT) RENAME TO tb_budget_spent_unwrapped;
+            CREATE FUNCTION tb_budget_spent(p_name TEXT, p_start TEXT) RETURNS NUMERIC
+            LANGUAGE plpgsql STABLE AS $$
+            BEGIN
+              PERFORM pg_advisory_lock_shared(4242);
+              PERFORM pg_advisory_unlock_shared(4242);
+              RETURN tb_budget_spent_unwrapped(p_name, p_start);
+            END $$;""")
+        await gate.execute("SELECT pg_advisory_lock(4242)")
+        reserver = await asyncpg.connect(pg_url)
+        # call b wants 0.60 of the 1.00 while call a (0.60 held) is being written
+        pending = asyncio.create_task(reserver.fetchval(
+            "SELECT tb_reserve(ARRAY['race'], ARRAY[1.00], ARRAY[$1], 'b', 0.60, 'r1', 30)",
+            day))
+
+        for _ in range(200):  # until the reserve waits on the gate (10 s at most)
+            if await gate.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                   " AND objid = 4242 AND NOT granted"):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the reserve never reached the gate")
+        # call a ends costing 0.60: its row releases a's hold and charges the budget
+        await b.write([make_record(call_id="a", agent="race", cost_usd=Decimal("0.60"),
+                                   started_at="2026-11-30T09:00:00.000Z").to_row()])
+        assert tuple(await gate.fetchrow("SELECT tb_budget_spent_unwrapped('race', $1), "
+                                         "tb_budget_held('race', $1)", day)) == (
+            Decimal("0.60"), 0)
+        await gate.execute("SELECT pg_advisory_unlock(4242)")
+        # 0.60 spent + 0.60 for b = 1.20 > 1.00: b is refused (read in two snapshots, a's
+        # 0.60 was in neither, and b was admitted)
+        assert await asyncio.wait_for(pending, 10) == "race"
+    finally:
+        if reserver is not None:
+            await reserver.close()
+        await gate.close()
+        await b.aclose()
+
+
 async def test_an_export_cursor_never_skips_a_row_committed_out_of_order(pg_url: str) -> None:
     """Replica A takes an id, replica B takes the next one and commits first: the cursor
     must not move past A's row before A commits (ids are handed out before commit)."""
