@@ -52,6 +52,10 @@ LEASE_SECONDS = 60.0  # a claim not renewed this long is another replica's to ta
 QUEUE_NOTICES = 10_000
 CLOSE_SECONDS = 5.0
 _FORECAST_WINDOWS = ("day", "week", "month")  # a rolling or total window has no end to beat
+# A forecast needs a rate worth extrapolating: a tenth of the window gone, and a quarter of
+# the limit spent (a cent one minute into a month is no forecast; each window has one).
+FORECAST_MIN_ELAPSED = 0.10  # of the window's length
+FORECAST_MIN_SPEND = Decimal("0.25")  # of the window's limit
 
 
 def iso(t: datetime) -> str:
@@ -142,7 +146,8 @@ def due(w: Window, now: datetime) -> list[Notice]:
         start, end = w.bounds(now)
         assert start is not None and end is not None
         elapsed = (now - start).total_seconds()
-        if elapsed > 0:
+        if (elapsed >= (end - start).total_seconds() * FORECAST_MIN_ELAPSED
+                and spend >= limit * FORECAST_MIN_SPEND):
             exhausts = start + timedelta(seconds=elapsed * float(limit / spend))
             if exhausts < end:
                 w.noticed.add("forecast")

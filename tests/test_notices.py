@@ -12,6 +12,7 @@ import json
 import signal
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ import pytest
 from aiohttp import web
 
 from proxy import state
+from proxy.admission.budgets import Window, WindowSpec
 from proxy.backends import open_backend
+from proxy.notices import due
 from tests.conftest import FakeUpstream, Reply, StartProxy, served, wait_until
 
 SECRET = "whsec-notices"
@@ -120,17 +123,26 @@ async def test_each_threshold_once_across_a_restart(
 
 async def test_a_forecast_of_exhaustion_once_as_json_and_as_slack_text(
         aiohttp_server: Any, upstream: FakeUpstream, start_proxy: StartProxy) -> None:
-    """A day window: a fraction f of the day has gone; one call of $0.001 against a limit
-    of $0.001 / ((1 + f) / 2) is (1 + f) / 2 of it, more than f: at this rate the limit is
-    reached at start + elapsed * 2 / (1 + f), before midnight."""
+    """A calendar window (the day, week or month: whichever has run the largest fraction f,
+    a forecast waits for a tenth of its window): one call of $0.001 against a limit of
+    $0.001 / ((1 + f) / 2) is (1 + f) / 2 of it, more than f (and more than a quarter): at
+    this rate the limit is reached at start + elapsed * 2 / (1 + f), before the end."""
     upstream.on("/v1/chat/completions", Reply([CHAT]))
     rec, url = await receiver(aiohttp_server)
     now = datetime.now(UTC)
-    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    f = (now - start).total_seconds() / 86400
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.replace(day=1)
+    spans = {"day": (day, day + timedelta(days=1)),
+             "week": (day - timedelta(days=day.weekday()),
+                      day + timedelta(days=7 - day.weekday())),
+             "month": (month, (month + timedelta(days=32)).replace(day=1))}
+    window, (start, end) = max(spans.items(),
+                               key=lambda kv: (now - kv[1][0]) / (kv[1][1] - kv[1][0]))
+    f = (now - start) / (end - start)
+    assert f >= 0.1, "all three windows began less than a tenth ago (a Monday 1st-3rd, early)"
     limit = round(0.001 / ((1 + f) / 2), 6)
     proxy = await start_proxy(pricing=PRICES, notify=sinks(url), budgets=[
-        {"name": "daily", "match": {"agent": "bot"}, "limit_usd": limit, "window": "day",
+        {"name": "daily", "match": {"agent": "bot"}, "limit_usd": limit, "window": window,
          "thresholds": [], "notify": ["ops", "chat"]}])
     async with aiohttp.ClientSession() as s:
         await chat(s, proxy.url)
@@ -145,19 +157,47 @@ async def test_a_forecast_of_exhaustion_once_as_json_and_as_slack_text(
     facts = got["/ops"]
     exhausts = datetime.strptime(facts.pop("exhausts_at"), "%Y-%m-%dT%H:%M:%S.%fZ"
                                  ).replace(tzinfo=UTC)
-    expected = start + (now - start) * 2 / (1 + f)  # elapsed then, or a few seconds more
+    # elapsed * limit / spend (limit as rounded: about 2 / (1 + f)); elapsed then, or a few
+    # seconds more
+    expected = start + (now - start) * (limit / 0.001)
     assert abs((exhausts - expected).total_seconds()) < 30
-    midnight = start + timedelta(days=1)
-    assert exhausts < midnight
+    assert exhausts < end
     message = facts.pop("message")
-    assert facts == {"kind": "forecast", "budget": "daily", "window": "day", "threshold": None,
+    assert facts == {"kind": "forecast", "budget": "daily", "window": window, "threshold": None,
                      "spend_usd": 0.001, "limit_usd": limit,
-                     "resets_at": midnight.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
-    day = exhausts.day
-    suffix = "th" if 10 <= day % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
-    assert f"the day's budget of ${limit:.4g} runs out on the {day}{suffix} (" in message
+                     "resets_at": end.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+    day_of = exhausts.day
+    suffix = "th" if 10 <= day_of % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(
+        day_of % 10, "th")
+    assert f"the {window}'s budget of ${limit:.4g} runs out on the {day_of}{suffix} (" in message
     assert got["/chat"] == {"text": message}  # Slack's incoming-webhook shape, same facts
     assert rec.posts == 2 and rec.bad_signatures == 0
+
+
+def month_window(limit: float) -> Window:
+    return Window(WindowSpec("m", "m", "month", {}, limit, "month", "alert"))
+
+
+def test_no_forecast_from_early_or_small_spend() -> None:
+    """December 2026 has 31 days (2,678,400 s); a tenth of it is 3.1 days: 2026-12-04T02:24Z.
+    A $100 month. $0.01 one minute in forecasts exhaustion 10,000 minutes in (the 7th):
+    too early to tell. $30 (30 %) on the 3rd at 00:00 (2 days in) is still before a tenth
+    of the month. $20 (20 %) on the 5th (4 days in, 12.9 %) is under a quarter of the limit.
+    $30 on the 5th at 00:00: 4 days * 100 / 30 = 13.33 days in: the 14th at 08:00, before
+    January: told once; the window's one forecast was not used up by the early calls."""
+    w = month_window(100.0)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    w.spend = Decimal("0.01")
+    assert due(w, start + timedelta(minutes=1)) == []
+    w.spend = Decimal("30")
+    assert due(w, datetime(2026, 12, 3, tzinfo=UTC)) == []
+    w.spend = Decimal("20")
+    assert due(w, datetime(2026, 12, 5, tzinfo=UTC)) == []
+    w.spend = Decimal("30")
+    [notice] = due(w, datetime(2026, 12, 5, tzinfo=UTC))
+    assert notice.kind == "forecast"
+    assert notice.exhausts_at == datetime(2026, 12, 14, 8, 0, tzinfo=UTC)
+    assert due(w, datetime(2026, 12, 6, tzinfo=UTC)) == []  # once per window
 
 
 async def test_a_receiver_down_then_up_gets_the_notice_once(
