@@ -500,13 +500,11 @@ class RateCheck:
 
     async def restore(self, ledger: RateLedger) -> None:
         """The windows as the ledger holds them, for a log kept in this process (a SQLite
-        ledger), so a restart does not forget the last minute's (or hour's) calls. A limit
-        matching on `key` starts empty (rows do not name the consumer key), as do keys'."""
+        ledger), so a restart does not forget the last minute's (or hour's) calls (a limit
+        matching on `key` reads the rows' `consumer_key`). A key's own limits start empty."""
         wall, now = time.time(), self.clock()
         failures: tuple[type[BaseException], ...] = (*ledger.unavailable, ValueError)
         for lg in self.logs:
-            if "key" in lg.cfg.match:
-                continue
             span = HOUR if lg.hour is not None else MINUTE
             try:
                 rows = await ledger.rate_rows(dict(lg.cfg.match), iso_utc(wall - span))
