@@ -381,6 +381,7 @@ class SocketRelay:
             if event is not None:
                 await client.send_str(event)
             check.end, check.end_detail, check.ended = End.KEY_REFUSED, why, time.monotonic()
+            check.key = check.client = None  # not attributed to the key (as over HTTP)
             self._submit(check)
             self.key_refused = True
             await _bounded(client.close(code=POLICY_VIOLATION, message=message.encode()))
