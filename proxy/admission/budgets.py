@@ -35,6 +35,7 @@ from proxy.admission.base import Ask, Denied, context
 from proxy.config import BudgetConfig
 from proxy.config.model import BUDGET_ROLLING
 from proxy.record import CallRecord
+from proxy.tasks import spawn
 
 __all__ = ["BudgetCheck", "BudgetStore", "FleetBudgets", "LocalBudgets", "Window",
            "WindowSpec", "expand", "matches", "window_bounds"]
@@ -248,6 +249,8 @@ class FleetLedger(Protocol):
 
     async def reset(self, broken: bool = False) -> None: ...
 
+    async def forget_call(self, call_id: str) -> None: ...
+
 
 class LocalBudgets:
     """In this process: spend restored from the ledger (if any), then kept by the records.
@@ -386,6 +389,18 @@ class FleetBudgets:
     def reserved_usd(self, window: Window) -> Decimal:
         return window.fleet_reserved
 
+    def forget(self, call_id: str) -> None:
+        """A call whose row will never be written: its reservations in the shared ledger
+        go, and its rate-limit events settle as never answered (in the background)."""
+        spawn(self._forget(call_id), name="tokenbooth-forget-call")
+
+    async def _forget(self, call_id: str) -> None:
+        try:
+            await self._ledger.forget_call(call_id)
+        except Exception as exc:  # the replica's reservations expire with it, at worst
+            log.warning("could not release dropped call %s in the shared ledger (%s: %s)",
+                        call_id, type(exc).__name__, exc)
+
 
 class BudgetCheck:
     """Admission's budget check, and the settling of each record against the budgets."""
@@ -416,6 +431,15 @@ class BudgetCheck:
             return None
         worst = await ask.worst_usd() if windows else Decimal(0)
         return await self.store.reserve(windows, ask.call_id, worst, rates)
+
+    def release(self, call_id: str) -> None:
+        """A call whose record will never come: its reservations released (in the shared
+        ledger too, in the background), nothing counted."""
+        for w in self.windows:
+            w.release(call_id)
+        forget = getattr(self.store, "forget", None)
+        if forget is not None:
+            forget(call_id)
 
     def settle(self, record: CallRecord) -> list[Window]:
         """The call's record: release its reservations and count its cost in every budget

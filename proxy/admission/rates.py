@@ -552,6 +552,13 @@ class RateCheck:
             usd = await ask.worst_usd()
         return await self.store.reserve(logs, ask, tokens, usd)
 
+    def release(self, call_id: str) -> None:
+        """A call whose record will never come: settled as a call never answered (a
+        request, no tokens, no dollars)."""
+        for lg in (*self.logs, *self._keys.values()):
+            if call_id in lg.by_call:
+                lg.settle(call_id, True, 0, Decimal(0))
+
     def settle(self, record: CallRecord) -> None:
         """The call's record: what it reserved becomes what it used (0 when it was never
         answered), or, refused before forwarding, it leaves the log."""

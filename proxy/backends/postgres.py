@@ -404,6 +404,14 @@ class PostgresBackend:
         return {r[0]: (int(r[1]), int(r[2]), Decimal(r[3]), Decimal(r[4])) for r in rows}
     # --- end rate limits ---
 
+    async def forget_call(self, call_id: str) -> None:
+        """A call whose row will never be written (its record was dropped): its budget
+        reservations released, its rate-limit events settled as never answered."""
+        pool = await self._get_pool()
+        await pool.execute("WITH gone AS (DELETE FROM tb_reservation WHERE call_id = $1) "
+                           "UPDATE tb_rate_event SET tokens = 0, usd = 0 WHERE call_id = $1",
+                           call_id)
+
     async def budget_state(self, keys: Sequence[tuple[str, str]]
                            ) -> dict[str, tuple[Decimal, Decimal]]:
         """Fleet spend and open reservations of each (budget, window start)."""

@@ -253,6 +253,43 @@ async def test_reservations_settle_with_the_row_and_expire_with_their_replica(
         await b.aclose()
 
 
+async def test_a_dropped_calls_holds_leave_the_shared_ledger(pg_url: str) -> None:
+    """A call whose record was dropped (the recorder's queue full) never writes the row
+    that would settle it: its budget reservation is deleted and its rate-limit event
+    settled as never answered (still a request: 0 tokens, $0), in the background."""
+    from proxy.backends.postgres import PostgresBackend
+
+    b = PostgresBackend(pg_url)
+    await b.open()
+    try:
+        day = "2026-11-30T00:00:00.000Z"
+        await b.define_budgets([("cap", "day", {"agent": "bot"}, day)])
+        await b.heartbeat("r1", 0)
+        pool = await b._get_pool()
+        # one round trip: a 10-a-minute limit and the budget; 500 tokens and $0.40 held
+        got = json.loads(await pool.fetchval(
+            "SELECT tb_admit(ARRAY['cap'], ARRAY[1.00], ARRAY[$1], 'c1', 0.40, 'r1', 30, "
+            "ARRAY['rpm'], ARRAY[10]::bigint[], ARRAY[NULL]::bigint[], "
+            "ARRAY[NULL]::numeric[], ARRAY[NULL]::numeric[], 500, 0.40)", day))
+        assert "refused" not in got and "budget" not in got
+        check = BudgetCheck([BudgetConfig("cap", {"agent": "bot"}, 1.0, "day", "block")])
+        check.store = FleetBudgets(b)
+        check.release("c1")
+
+        async def held() -> tuple[Any, ...]:
+            return (await pool.fetchval("SELECT count(*) FROM tb_reservation"),
+                    tuple(await pool.fetchrow("SELECT count(*), sum(tokens), sum(usd) "
+                                              "FROM tb_rate_event")))
+        assert await held() in ((1, (1, 500, Decimal("0.40"))), (0, (1, 0, 0)))
+        for _ in range(200):  # 10 s at most
+            if await held() == (0, (1, 0, 0)):
+                break
+            await asyncio.sleep(0.05)
+        assert await held() == (0, (1, 0, 0))
+    finally:
+        await b.aclose()
+
+
 async def test_a_row_committing_mid_reserve_is_counted_once_never_in_neither(
         pg_url: str) -> None:
     """A call's row moves its cost from held to spent while another call is being reserved:
