@@ -10,7 +10,10 @@ the replica whose INSERT adds the row sends it, so a notice goes out once across
 and replicas. Delivery is retried with backoff until the receiver answers 2xx, and the row
 records `sent_at`; a row whose sender died (its claim not renewed for `LEASE_SECONDS`) is
 claimed by any replica (at start, and every few seconds), so a crash between the insert
-and the send still delivers. Each POST carries `Idempotency-Key` (the notice's key,
+and the send still delivers. Right before each POST the claim is renewed if it is still
+this replica's (else the row is left to the replica that took it), and `sent_at` is only
+recorded under the replica's own claim: a slow receiver holding one replica past the lease
+does not make two replicas send the same notice. Each POST carries `Idempotency-Key` (the notice's key,
 hashed): a receiver that answered but whose answer was lost sees the same key again.
 
 Body (`format: json`): `{"kind": "threshold"|"forecast", "budget", "window", "threshold",
@@ -49,6 +52,7 @@ BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 POLL_SECONDS = 1.0  # thresholds re-read (other replicas' spend), offers retried
 CLAIM_SECONDS = 5.0  # pending notices claimed (this replica's claims renewed)
 LEASE_SECONDS = 60.0  # a claim not renewed this long is another replica's to take
+POST_SECONDS = 10.0  # one POST at most (well under the lease, renewed before each POST)
 QUEUE_NOTICES = 10_000
 CLOSE_SECONDS = 5.0
 _FORECAST_WINDOWS = ("day", "week", "month")  # a rolling or total window has no end to beat
@@ -257,6 +261,15 @@ class Notifier:
         for notice_id, p in list(self._pending.items()):
             if p.next_at > t:
                 continue
+            try:  # still ours? (a slow receiver may have held us past the lease)
+                ours = await self._outbox.notice_renew(notice_id, self.replica,
+                                                       iso(datetime.now(UTC)))
+            except Exception as exc:  # the ledger is away: not sent unclaimed; retried
+                log.warning("budget notices: could not renew a claim (%s)", exc)
+                return
+            if not ours:  # another replica took it: it sends it, not this one
+                self._pending.pop(notice_id, None)
+                continue
             sink = self._sinks.get(p.row["sink"])
             error: str | None = None
             if sink is None:
@@ -291,7 +304,7 @@ class Notifier:
     async def _post(self, sink: NotifyConfig, row: dict[str, Any]) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=10), trust_env=False)
+                timeout=aiohttp.ClientTimeout(total=POST_SECONDS), trust_env=False)
         facts = json.loads(row["body"])
         doc = {"text": facts["message"]} if sink.format == "slack" else facts
         body = json.dumps(doc, separators=(",", ":")).encode()

@@ -308,3 +308,54 @@ async def test_a_notice_left_unsent_by_a_crash_is_sent_by_the_next_proxy(
     async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/api/notices") as r:
         (listed,) = (await r.json())["notices"]
     assert listed["sent_at"] is not None and listed["attempts"] == 0
+
+
+async def test_a_slow_receiver_past_the_lease_never_gets_a_notice_twice(
+        aiohttp_server: Any, pg_url: str) -> None:
+    """Replica A sends its notices one after another; the receiver holds A's first POST
+    while the claim A holds on its second lapses (its `claimed_at` set back past the lease,
+    as the clock would move it) and replica B takes that row. A must not send it as well:
+    each notice reaches the receiver once, and the outbox records each sent once."""
+    from proxy.backends.postgres import PostgresBackend
+    from proxy.config import NotifyConfig
+    from proxy.notices import Notice, Notifier
+
+    gate, got = asyncio.Event(), []
+
+    async def handle(request: web.Request) -> web.Response:
+        got.append(request.path)
+        if request.path == "/first":
+            await asyncio.wait_for(gate.wait(), 10)  # a slow receiver (bounded)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/{hook}", handle)
+    url = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    hooks = [NotifyConfig("first", f"{url}/first"), NotifyConfig("second", f"{url}/second")]
+    backend = PostgresBackend(pg_url)
+    await backend.open()
+    a, b = Notifier(hooks), Notifier(hooks)
+    try:
+        a.start(backend, "replica-a", shared=True)
+        b._outbox, b.replica = backend, "replica-b"  # B claims and sends when told here
+        a.offer([Notice("threshold", "team", "team", "total", "", 1.0, Decimal("1"), 1.0,
+                        None, ("first", "second"))])
+        await wait_until(lambda: got == ["/first"], what="A's first POST, held")
+        pool = await backend._get_pool()
+        await pool.execute("UPDATE tb_notice SET claimed_at = '2000-01-01T00:00:00.000Z' "
+                           "WHERE sink = 'second'")  # A's claim on it has lapsed
+        await b._claim()
+        assert [p.row["sink"] for p in b._pending.values()] == ["second"]
+        gate.set()
+        await wait_until(lambda: not a._pending, what="A done with what it holds")
+        await b._deliver_due(asyncio.get_running_loop().time())
+        rows = await pool.fetch("SELECT sink, claimed_by, sent_at FROM tb_notice ORDER BY sink")
+    finally:
+        gate.set()
+        await a.aclose()
+        await b.aclose()
+        await backend.aclose()
+    assert sorted(got) == ["/first", "/second"]  # each once
+    assert [(r["sink"], r["claimed_by"]) for r in rows] == [("first", "replica-a"),
+                                                             ("second", "replica-b")]
+    assert all(r["sent_at"] is not None for r in rows)

@@ -282,11 +282,15 @@ class PostgresBackend:
                            stale_before: str) -> list[dict[str, Any]]:
         return await self._notice_rows(notices.CLAIM, (replica, now, replica, stale_before))
 
+    async def notice_renew(self, notice_id: int, replica: str, now: str) -> bool:
+        pool = await self._get_pool()
+        return await pool.fetchval(pg(notices.RENEW), now, notice_id, replica) is not None
+
     async def notice_done(self, notice_id: int, replica: str, now: str,
                           error: str | None) -> None:
         pool = await self._get_pool()
         if error is None:
-            await pool.execute(pg(notices.SENT), now, notice_id)
+            await pool.execute(pg(notices.SENT), now, notice_id, replica)
         else:
             await pool.execute(pg(notices.FAILED), error, now, notice_id, replica)
 
