@@ -153,7 +153,7 @@ def denial(cfg: RateLimitConfig, dims: Sequence[str], retry: float | None, view:
         text = (f"Tokenbooth rate limit '{cfg.name}' ({what}) can never admit this request: "
                 f"it reserves {tokens} tokens (input estimate plus max_tokens) and "
                 f"${usd:.6g}, more than the limit allows in its whole window; lower "
-                f"max_tokens. The request was not sent.")
+                f"max_tokens. The request was not sent; a retry as it is cannot succeed.")
         wait = HOUR if "usd_per_hour" in dims else MINUTE
     else:
         wait = max(retry, 0.001)
@@ -161,7 +161,8 @@ def denial(cfg: RateLimitConfig, dims: Sequence[str], retry: float | None, view:
                 f"{math.ceil(wait)} s. The request was not sent.")
     return Denied(cfg.name, cfg.usd_per_minute or cfg.usd_per_hour or 0.0,
                   max(1, math.ceil(wait)), check="rate", detail=text,
-                  retry_after_ms=max(1, math.ceil(wait * 1000)), view=view)
+                  retry_after_ms=max(1, math.ceil(wait * 1000)), view=view,
+                  never=retry is None)
 
 
 def decide(limits: Sequence[RateLimitConfig], figures: Sequence[Figures],

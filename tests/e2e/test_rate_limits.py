@@ -1,6 +1,7 @@
 """Rate limits through the real SDKs: a refusal is a 429 in the caller's SDK's error shape
 (`rate_limit_exceeded`) with `Retry-After`, `retry-after-ms` and the rate-limit headers in
-that SDK's style, never `x-should-retry`; successful calls carry the remaining figures
+that SDK's style, no `x-should-retry` (but `false` for a call that can never fit, which the
+SDK then does not retry); successful calls carry the remaining figures
 (replacing the upstream's own headers of the same name); the row says `rejected`, 429, and
 names the limit; a tokens-per-minute limit sees what streamed calls really used."""
 
@@ -79,6 +80,33 @@ async def test_openai_sdk_gets_429_with_its_headers_and_successes_carry_the_rest
     raw = await other.chat.completions.with_raw_response.create(
         model="rate-model", messages=MSGS, max_tokens=50)
     assert raw.headers["x-ratelimit-limit-requests"] == "10000"
+
+
+async def test_a_call_that_can_never_fit_is_not_retried_by_the_openai_sdk(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """100 tokens a minute; the call reserves its input estimate plus max_tokens 1000: more
+    than the whole window, so waiting cannot help. The 429 says `x-should-retry: false` and
+    the SDK (two retries allowed, `Retry-After: 60` within its 120 s) does not retry: one
+    refused row, nothing upstream, at once."""
+    proxy = await start_proxy(rate_limits=[{"name": "tiny-tpm", "match": {"agent": "bot"},
+                                            "tokens_per_minute": 100}])
+    upstream.on("/v1/chat/completions", Reply([CHAT]))
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/openai/v1", api_key="sk-test-key",
+                                max_retries=2, default_headers={"X-Meter-Agent": "bot"})
+    try:
+        with pytest.raises(openai.RateLimitError) as info:
+            # a retry would wait 60 s first: bounded well below that
+            await asyncio.wait_for(client.chat.completions.create(
+                model="rate-model", messages=MSGS, max_tokens=1000), 10)
+    finally:
+        await client.close()
+    h = info.value.response.headers
+    assert h["x-should-retry"] == "false" and h["Retry-After"] == "60"
+    assert "can never admit this request" in info.value.message
+    assert "a retry as it is cannot succeed" in info.value.message
+    records = await proxy.collector.wait_for(1)
+    assert [(r.outcome, r.status_code) for r in records] == [("rejected", 429)]
+    assert upstream.requests == []
 
 
 async def test_anthropic_sdk_gets_its_own_shape_and_header_names(
