@@ -13,8 +13,9 @@ claimed by any replica (at start, and every few seconds), so a crash between the
 and the send still delivers. Right before each POST the claim is renewed if it is still
 this replica's (else the row is left to the replica that took it), and `sent_at` is only
 recorded under the replica's own claim: a slow receiver holding one replica past the lease
-does not make two replicas send the same notice. Each POST carries `Idempotency-Key` (the notice's key,
-hashed): a receiver that answered but whose answer was lost sees the same key again.
+does not make two replicas send the same notice. Each POST carries `Idempotency-Key` (the
+notice's key, hashed): a receiver that answered but whose answer was lost sees the same key
+again.
 
 Body (`format: json`): `{"kind": "threshold"|"forecast", "budget", "window", "threshold",
 "spend_usd", "limit_usd", "resets_at", "message"}` (+ `exhausts_at` for a forecast);
@@ -40,8 +41,9 @@ from typing import Any
 
 import aiohttp
 
-from proxy.admission.budgets import Window
+from proxy.admission.budgets import Window, threshold_tag
 from proxy.config import NotifyConfig
+from proxy.config.model import BUDGET_ROLLING
 from proxy.sinks.export import signature
 from proxy.tasks import spawn
 
@@ -133,12 +135,18 @@ def due(w: Window, now: datetime) -> list[Notice]:
         return []
     w.roll(now)
     spend = w.local_spend()
+    limit = w.limit
+    if spec.window == BUDGET_ROLLING:
+        # a rolling window never ends: its threshold is told when the spend crosses it (it
+        # was below at the previous check), and again only after falling below it
+        for t in spec.thresholds:
+            if spend < limit * Decimal(repr(t)):
+                w.noticed.discard(threshold_tag(t))
     if spend <= 0:
         return []
-    limit = w.limit
     out: list[Notice] = []
     for t in spec.thresholds:  # ascending
-        tag = f"threshold:{t:g}"
+        tag = threshold_tag(t)
         if tag in w.noticed:
             continue
         if spend < limit * Decimal(repr(t)):

@@ -200,6 +200,35 @@ def test_no_forecast_from_early_or_small_spend() -> None:
     assert due(w, datetime(2026, 12, 6, tzinfo=UTC)) == []  # once per window
 
 
+def test_a_rolling_windows_threshold_is_told_on_each_crossing_not_each_hour() -> None:
+    """A 5-hour rolling window of $1, told at 50 %. $0.60 spent in the 10:00 hour: at 10:30
+    (window 06:00-11:00) it crossed: told. At 11:30 (07:00-12:00) and 14:30 (10:00-15:00)
+    the $0.60 is still in the window: no crossing, nothing (once an hour, before). At 16:30
+    (12:00-17:00) the 10:00 hour has aged out: $0, below. $0.70 in the 16:00 hour: a new
+    crossing at 16:40, told again (keyed by that window's start, 12:00)."""
+    spec = WindowSpec("r:rolling_5h", "r", "rolling_5h", {}, 1.0, "rolling", "alert",
+                      hours=5, thresholds=(0.5,))
+    at = datetime(2026, 12, 3, 10, 30, tzinfo=UTC)
+    w = Window(spec, window_end=datetime(2026, 12, 3, 11, tzinfo=UTC))
+    w.hourly = {"2026-12-03T10:00:00.000Z": Decimal("0.60")}
+    w.spend = Decimal("0.60")
+    [told] = due(w, at)
+    assert (told.threshold, told.window_start) == (0.5, "2026-12-03T06:00:00.000Z")
+    assert due(w, at.replace(hour=11)) == []
+    assert due(w, at.replace(hour=14)) == []
+    assert due(w, at.replace(hour=16)) == [] and w.spend == 0
+    w.hourly["2026-12-03T16:00:00.000Z"] = w.spend = Decimal("0.70")
+    [again] = due(w, at.replace(hour=16, minute=40))
+    assert (again.threshold, again.window_start) == (0.5, "2026-12-03T12:00:00.000Z")
+    assert again.outbox_key("ops") != told.outbox_key("ops")
+    # a restart is not a crossing: what the restored spend has reached counts as told
+    restarted = Window(spec, window_end=datetime(2026, 12, 3, 17, tzinfo=UTC))
+    restarted.hourly = {"2026-12-03T16:00:00.000Z": Decimal("0.70")}
+    restarted.spend = Decimal("0.70")
+    restarted.reached()
+    assert due(restarted, at.replace(hour=16, minute=50)) == []
+
+
 async def test_a_receiver_down_then_up_gets_the_notice_once(
         aiohttp_server: Any, upstream: FakeUpstream, start_proxy: StartProxy) -> None:
     """The receiver answers 503 three times: the notice is retried with backoff (0.2 s,

@@ -99,6 +99,11 @@ def expand(cfg: BudgetConfig) -> list[WindowSpec]:
             for w in cfg.all_windows()]
 
 
+def threshold_tag(t: float) -> str:
+    """How a window remembers that a threshold's notice was offered."""
+    return f"threshold:{t:g}"
+
+
 def hour_of(ts: str) -> str:
     """The hour an ISO-8601 UTC timestamp falls in, as the ledger writes it."""
     return ts[:13] + ":00:00.000Z"
@@ -145,7 +150,8 @@ class Window:
     def roll(self, now: datetime) -> None:
         if self.window_end is not None and now >= self.window_end:
             start, self.window_end = self.bounds(now)
-            self.noticed.clear()
+            if self.cfg.window != BUDGET_ROLLING:  # a rolling window's are told on crossing
+                self.noticed.clear()
             if self.hourly and start is not None:  # the hours still in the window stay
                 first = start.strftime("%Y-%m-%dT%H:00:00.000Z")
                 for hour in [h for h in self.hourly if h < first]:
@@ -156,6 +162,15 @@ class Window:
             self.fleet_reserved = Decimal(0)
             self.unwritten.clear()
             self.written.clear()
+
+    def reached(self) -> None:
+        """Every threshold the spend has reached already counts as told (at start: a
+        rolling window's threshold is told when the spend crosses it, and a restart is
+        not a crossing)."""
+        spend = self.local_spend()
+        for t in self.cfg.thresholds:
+            if spend >= self.limit * Decimal(repr(t)):
+                self.noticed.add(threshold_tag(t))
 
     def local_spend(self) -> Decimal:
         """The spend a local decision reads: the fleet's as last read (or this replica's own
@@ -418,6 +433,9 @@ class BudgetCheck:
         """Keep spend and reservations in `store` from now on, restored from it."""
         self.store = store
         await store.restore(self.windows)
+        for w in self.windows:
+            if w.cfg.window == BUDGET_ROLLING:
+                w.reached()
 
     async def check(self, ask: Ask) -> Denied | None:
         """Reserve the call's worst case in every blocking budget it matches, or the

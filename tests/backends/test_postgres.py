@@ -28,6 +28,7 @@ from proxy.estimate import Estimator
 from proxy.pricing import PriceBook
 from proxy.record import COLUMNS
 from proxy.sinks.ledger import Ledger
+from proxy.tasks import spawn
 from tests.admission.test_rates import call, config
 from tests.conftest import FakeUpstream, Reply, StartProxy, wait_until
 from tests.factories import make_record
@@ -321,9 +322,9 @@ async def test_a_row_committing_mid_reserve_is_counted_once_never_in_neither(
         await gate.execute("SELECT pg_advisory_lock(4242)")
         reserver = await asyncpg.connect(pg_url)
         # call b wants 0.60 of the 1.00 while call a (0.60 held) is being written
-        pending = asyncio.create_task(reserver.fetchval(
+        pending = spawn(reserver.fetchval(
             "SELECT tb_reserve(ARRAY['race'], ARRAY[1.00], ARRAY[$1], 'b', 0.60, 'r1', 30)",
-            day))
+            day), name="reserve-b")
 
         for _ in range(200):  # until the reserve waits on the gate (10 s at most)
             if await gate.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
