@@ -412,7 +412,9 @@ class Forwarder:
     def _rate_refusal(self, facts: CallFacts, route: Route, denied: Denied) -> web.Response:
         """A rate limit's 429: `Retry-After` (whole seconds) and `retry-after-ms` (the SDKs
         prefer it), the limit's figures in the caller's SDK's header style; no
-        `x-should-retry` (the SDKs retry a 429 after Retry-After by themselves)."""
+        `x-should-retry` (the SDKs retry a 429 after Retry-After by themselves), unless
+        the call can never fit (its reservation alone exceeds the limit's whole window):
+        `x-should-retry: false`, which the openai and anthropic SDKs obey."""
         resp = self._refuse(facts, End.RATE_LIMIT, "rate_limit_exceeded", denied.message,
                             route.provider, detail=denied.name,
                             extra={"rate_limit": denied.name})
@@ -420,6 +422,8 @@ class Forwarder:
         resp.headers["X-Meter-Rate-Limit"] = denied.name
         resp.headers["Retry-After"] = str(denied.retry_after_seconds or 1)
         resp.headers["retry-after-ms"] = str(denied.retry_after_ms or 1)
+        if denied.never:
+            resp.headers["x-should-retry"] = "false"
         return resp
 
     async def _open(self, request: web.Request, route: Route, url: str, body: bytes,

@@ -10,8 +10,12 @@ the replica whose INSERT adds the row sends it, so a notice goes out once across
 and replicas. Delivery is retried with backoff until the receiver answers 2xx, and the row
 records `sent_at`; a row whose sender died (its claim not renewed for `LEASE_SECONDS`) is
 claimed by any replica (at start, and every few seconds), so a crash between the insert
-and the send still delivers. Each POST carries `Idempotency-Key` (the notice's key,
-hashed): a receiver that answered but whose answer was lost sees the same key again.
+and the send still delivers. Right before each POST the claim is renewed if it is still
+this replica's (else the row is left to the replica that took it), and `sent_at` is only
+recorded under the replica's own claim: a slow receiver holding one replica past the lease
+does not make two replicas send the same notice. Each POST carries `Idempotency-Key` (the
+notice's key, hashed): a receiver that answered but whose answer was lost sees the same key
+again.
 
 Body (`format: json`): `{"kind": "threshold"|"forecast", "budget", "window", "threshold",
 "spend_usd", "limit_usd", "resets_at", "message"}` (+ `exhausts_at` for a forecast);
@@ -37,8 +41,9 @@ from typing import Any
 
 import aiohttp
 
-from proxy.admission.budgets import Window
+from proxy.admission.budgets import Window, threshold_tag
 from proxy.config import NotifyConfig
+from proxy.config.model import BUDGET_ROLLING
 from proxy.sinks.export import signature
 from proxy.tasks import spawn
 
@@ -49,9 +54,14 @@ BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 POLL_SECONDS = 1.0  # thresholds re-read (other replicas' spend), offers retried
 CLAIM_SECONDS = 5.0  # pending notices claimed (this replica's claims renewed)
 LEASE_SECONDS = 60.0  # a claim not renewed this long is another replica's to take
+POST_SECONDS = 10.0  # one POST at most (well under the lease, renewed before each POST)
 QUEUE_NOTICES = 10_000
 CLOSE_SECONDS = 5.0
 _FORECAST_WINDOWS = ("day", "week", "month")  # a rolling or total window has no end to beat
+# A forecast needs a rate worth extrapolating: a tenth of the window gone, and a quarter of
+# the limit spent (a cent one minute into a month is no forecast; each window has one).
+FORECAST_MIN_ELAPSED = 0.10  # of the window's length
+FORECAST_MIN_SPEND = Decimal("0.25")  # of the window's limit
 
 
 def iso(t: datetime) -> str:
@@ -125,12 +135,18 @@ def due(w: Window, now: datetime) -> list[Notice]:
         return []
     w.roll(now)
     spend = w.local_spend()
+    limit = w.limit
+    if spec.window == BUDGET_ROLLING:
+        # a rolling window never ends: its threshold is told when the spend crosses it (it
+        # was below at the previous check), and again only after falling below it
+        for t in spec.thresholds:
+            if spend < limit * Decimal(repr(t)):
+                w.noticed.discard(threshold_tag(t))
     if spend <= 0:
         return []
-    limit = w.limit
     out: list[Notice] = []
     for t in spec.thresholds:  # ascending
-        tag = f"threshold:{t:g}"
+        tag = threshold_tag(t)
         if tag in w.noticed:
             continue
         if spend < limit * Decimal(repr(t)):
@@ -142,7 +158,8 @@ def due(w: Window, now: datetime) -> list[Notice]:
         start, end = w.bounds(now)
         assert start is not None and end is not None
         elapsed = (now - start).total_seconds()
-        if elapsed > 0:
+        if (elapsed >= (end - start).total_seconds() * FORECAST_MIN_ELAPSED
+                and spend >= limit * FORECAST_MIN_SPEND):
             exhausts = start + timedelta(seconds=elapsed * float(limit / spend))
             if exhausts < end:
                 w.noticed.add("forecast")
@@ -252,6 +269,15 @@ class Notifier:
         for notice_id, p in list(self._pending.items()):
             if p.next_at > t:
                 continue
+            try:  # still ours? (a slow receiver may have held us past the lease)
+                ours = await self._outbox.notice_renew(notice_id, self.replica,
+                                                       iso(datetime.now(UTC)))
+            except Exception as exc:  # the ledger is away: not sent unclaimed; retried
+                log.warning("budget notices: could not renew a claim (%s)", exc)
+                return
+            if not ours:  # another replica took it: it sends it, not this one
+                self._pending.pop(notice_id, None)
+                continue
             sink = self._sinks.get(p.row["sink"])
             error: str | None = None
             if sink is None:
@@ -286,7 +312,7 @@ class Notifier:
     async def _post(self, sink: NotifyConfig, row: dict[str, Any]) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=10), trust_env=False)
+                timeout=aiohttp.ClientTimeout(total=POST_SECONDS), trust_env=False)
         facts = json.loads(row["body"])
         doc = {"text": facts["message"]} if sink.format == "slack" else facts
         body = json.dumps(doc, separators=(",", ":")).encode()

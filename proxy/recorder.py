@@ -300,6 +300,9 @@ class Recorder:
         self._started = [(s.name, s.started) for s in sinks if hasattr(s, "started")]
         self._progress = [(s.name, s.progress) for s in sinks if hasattr(s, "progress")]
         self._handlers = [(s.name, s.handle) for s in sinks if hasattr(s, "handle")]
+        # a call whose record will never be built (the queue was full): what admission
+        # holds for it is released (`Budgets.lost`), else it would be held for good
+        self._lost = [(s.name, s.lost) for s in sinks if hasattr(s, "lost")]
         self._queue: asyncio.Queue[CallFacts | None] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
         self.inflight: dict[str, LiveCall] = {}
@@ -390,6 +393,12 @@ class Recorder:
             self.inflight.pop(facts.call_id, None)
             self._settled(facts.call_id)
             log.error("recorder queue full: call %s dropped", facts.call_id)
+            for name, lost in self._lost:
+                try:
+                    lost(facts.call_id)
+                except Exception:
+                    log.exception("sink %s failed to release dropped call %s", name,
+                                  facts.call_id)
             if self._on_drop is not None:
                 try:
                     self._on_drop()

@@ -46,6 +46,7 @@ _HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-webso
                         "sec-websocket-extensions", "sec-websocket-accept", "date", "server",
                         "content-length", "content-type"})
 GOING_AWAY = 1001
+POLICY_VIOLATION = 1008  # the socket's consumer key was revoked or expired while it was open
 # Browsers cannot set headers on a WebSocket: OpenAI takes the key as a subprotocol.
 _KEY_PROTOCOL = "openai-insecure-api-key."
 
@@ -86,6 +87,7 @@ class SocketRelay:
         self.progress_at = 0.0
         self.meter_errors = 0
         self.closed: str | None = None  # who began the close handshake: client | upstream
+        self.key_refused = False  # the consumer key went (revoked, expired): socket closed
         self.session: str | None = None  # the rows' session, pinned at the first row
 
     # -- the socket's life -------------------------------------------------------------
@@ -218,6 +220,10 @@ class SocketRelay:
             try:
                 if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                     if upstream and await self._refused(src, msg.data):
+                        if self.key_refused:  # the client's side is closed (1008): so is ours
+                            self.closed = "client"
+                            await _bounded(dst.close(code=GOING_AWAY))
+                            return "client_closed"
                         continue
                     if kind is WSMsgType.TEXT:
                         await dst.send_str(msg.data)
@@ -351,10 +357,12 @@ class SocketRelay:
     async def _refused(self, client: web.WebSocketResponse, frame: str | bytes) -> bool:
         """A `response.create` a blocking budget or a rate limit refuses: answered here with
         the provider's `error` event (recorded as a refused call), not forwarded; the socket
-        stays up."""
+        stays up. Made with a consumer key revoked or expired since the socket opened: the
+        same `error` event (`invalid_api_key`), a refused row, and the socket closed (1008)."""
         admission, dialect, route = self.fw.admission, self.dialect, self.route
-        if admission is None or not admission.needed(self.facts) or dialect is None \
-                or route is None:
+        key = self.facts.key
+        admit = admission is not None and admission.needed(self.facts)
+        if (not admit and key is None) or dialect is None or route is None:
             return False
         try:
             if dialect.refusal(frame, "") is None:
@@ -367,6 +375,22 @@ class SocketRelay:
                         t0=time.monotonic(), tags=self._tags(),
                         request_info=RequestInfo(model=model), observation=Observation(),
                         trace=self.facts.trace.sibling() if self.facts.trace else None)
+        why = None if key is None else self._key_gone(key.id)
+        if why is not None:
+            assert key is not None
+            message = f"this consumer key is {why} ({key.id})"
+            event = dialect.refusal(frame, message, "invalid_api_key")
+            if event is not None:
+                await client.send_str(event)
+            check.end, check.end_detail, check.ended = End.KEY_REFUSED, why, time.monotonic()
+            check.key = check.client = None  # not attributed to the key (as over HTTP)
+            self._submit(check)
+            self.key_refused = True
+            await _bounded(client.close(code=POLICY_VIOLATION, message=message.encode()))
+            return True
+        if not admit:
+            return False
+        assert admission is not None
         denied = await admission.admit(check, route)
         if denied is None:
             return False
@@ -379,6 +403,18 @@ class SocketRelay:
                                                     denied.name, time.monotonic())
         self._submit(check)
         return True
+
+    def _key_gone(self, key_id: str) -> str | None:
+        """Why the socket's consumer key no longer admits calls (None: it still does)."""
+        registry = self.fw.keys
+        if registry is None:
+            return None
+        stored = registry.by_id.get(key_id)
+        if stored is None:
+            return "unknown"
+        if stored.revoked_at is not None:
+            return "revoked"
+        return "expired" if stored.expired(time.time()) else None
 
     def record(self) -> None:
         """Every row of the socket, once: its results, what was still running (ended as the

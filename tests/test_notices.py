@@ -12,6 +12,7 @@ import json
 import signal
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ import pytest
 from aiohttp import web
 
 from proxy import state
+from proxy.admission.budgets import Window, WindowSpec
 from proxy.backends import open_backend
+from proxy.notices import due
 from tests.conftest import FakeUpstream, Reply, StartProxy, served, wait_until
 
 SECRET = "whsec-notices"
@@ -120,17 +123,26 @@ async def test_each_threshold_once_across_a_restart(
 
 async def test_a_forecast_of_exhaustion_once_as_json_and_as_slack_text(
         aiohttp_server: Any, upstream: FakeUpstream, start_proxy: StartProxy) -> None:
-    """A day window: a fraction f of the day has gone; one call of $0.001 against a limit
-    of $0.001 / ((1 + f) / 2) is (1 + f) / 2 of it, more than f: at this rate the limit is
-    reached at start + elapsed * 2 / (1 + f), before midnight."""
+    """A calendar window (the day, week or month: whichever has run the largest fraction f,
+    a forecast waits for a tenth of its window): one call of $0.001 against a limit of
+    $0.001 / ((1 + f) / 2) is (1 + f) / 2 of it, more than f (and more than a quarter): at
+    this rate the limit is reached at start + elapsed * 2 / (1 + f), before the end."""
     upstream.on("/v1/chat/completions", Reply([CHAT]))
     rec, url = await receiver(aiohttp_server)
     now = datetime.now(UTC)
-    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    f = (now - start).total_seconds() / 86400
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.replace(day=1)
+    spans = {"day": (day, day + timedelta(days=1)),
+             "week": (day - timedelta(days=day.weekday()),
+                      day + timedelta(days=7 - day.weekday())),
+             "month": (month, (month + timedelta(days=32)).replace(day=1))}
+    window, (start, end) = max(spans.items(),
+                               key=lambda kv: (now - kv[1][0]) / (kv[1][1] - kv[1][0]))
+    f = (now - start) / (end - start)
+    assert f >= 0.1, "all three windows began less than a tenth ago (a Monday 1st-3rd, early)"
     limit = round(0.001 / ((1 + f) / 2), 6)
     proxy = await start_proxy(pricing=PRICES, notify=sinks(url), budgets=[
-        {"name": "daily", "match": {"agent": "bot"}, "limit_usd": limit, "window": "day",
+        {"name": "daily", "match": {"agent": "bot"}, "limit_usd": limit, "window": window,
          "thresholds": [], "notify": ["ops", "chat"]}])
     async with aiohttp.ClientSession() as s:
         await chat(s, proxy.url)
@@ -145,19 +157,76 @@ async def test_a_forecast_of_exhaustion_once_as_json_and_as_slack_text(
     facts = got["/ops"]
     exhausts = datetime.strptime(facts.pop("exhausts_at"), "%Y-%m-%dT%H:%M:%S.%fZ"
                                  ).replace(tzinfo=UTC)
-    expected = start + (now - start) * 2 / (1 + f)  # elapsed then, or a few seconds more
+    # elapsed * limit / spend (limit as rounded: about 2 / (1 + f)); elapsed then, or a few
+    # seconds more
+    expected = start + (now - start) * (limit / 0.001)
     assert abs((exhausts - expected).total_seconds()) < 30
-    midnight = start + timedelta(days=1)
-    assert exhausts < midnight
+    assert exhausts < end
     message = facts.pop("message")
-    assert facts == {"kind": "forecast", "budget": "daily", "window": "day", "threshold": None,
+    assert facts == {"kind": "forecast", "budget": "daily", "window": window, "threshold": None,
                      "spend_usd": 0.001, "limit_usd": limit,
-                     "resets_at": midnight.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
-    day = exhausts.day
-    suffix = "th" if 10 <= day % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
-    assert f"the day's budget of ${limit:.4g} runs out on the {day}{suffix} (" in message
+                     "resets_at": end.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+    day_of = exhausts.day
+    suffix = "th" if 10 <= day_of % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(
+        day_of % 10, "th")
+    assert f"the {window}'s budget of ${limit:.4g} runs out on the {day_of}{suffix} (" in message
     assert got["/chat"] == {"text": message}  # Slack's incoming-webhook shape, same facts
     assert rec.posts == 2 and rec.bad_signatures == 0
+
+
+def month_window(limit: float) -> Window:
+    return Window(WindowSpec("m", "m", "month", {}, limit, "month", "alert"))
+
+
+def test_no_forecast_from_early_or_small_spend() -> None:
+    """December 2026 has 31 days (2,678,400 s); a tenth of it is 3.1 days: 2026-12-04T02:24Z.
+    A $100 month. $0.01 one minute in forecasts exhaustion 10,000 minutes in (the 7th):
+    too early to tell. $30 (30 %) on the 3rd at 00:00 (2 days in) is still before a tenth
+    of the month. $20 (20 %) on the 5th (4 days in, 12.9 %) is under a quarter of the limit.
+    $30 on the 5th at 00:00: 4 days * 100 / 30 = 13.33 days in: the 14th at 08:00, before
+    January: told once; the window's one forecast was not used up by the early calls."""
+    w = month_window(100.0)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    w.spend = Decimal("0.01")
+    assert due(w, start + timedelta(minutes=1)) == []
+    w.spend = Decimal("30")
+    assert due(w, datetime(2026, 12, 3, tzinfo=UTC)) == []
+    w.spend = Decimal("20")
+    assert due(w, datetime(2026, 12, 5, tzinfo=UTC)) == []
+    w.spend = Decimal("30")
+    [notice] = due(w, datetime(2026, 12, 5, tzinfo=UTC))
+    assert notice.kind == "forecast"
+    assert notice.exhausts_at == datetime(2026, 12, 14, 8, 0, tzinfo=UTC)
+    assert due(w, datetime(2026, 12, 6, tzinfo=UTC)) == []  # once per window
+
+
+def test_a_rolling_windows_threshold_is_told_on_each_crossing_not_each_hour() -> None:
+    """A 5-hour rolling window of $1, told at 50 %. $0.60 spent in the 10:00 hour: at 10:30
+    (window 06:00-11:00) it crossed: told. At 11:30 (07:00-12:00) and 14:30 (10:00-15:00)
+    the $0.60 is still in the window: no crossing, nothing (once an hour, before). At 16:30
+    (12:00-17:00) the 10:00 hour has aged out: $0, below. $0.70 in the 16:00 hour: a new
+    crossing at 16:40, told again (keyed by that window's start, 12:00)."""
+    spec = WindowSpec("r:rolling_5h", "r", "rolling_5h", {}, 1.0, "rolling", "alert",
+                      hours=5, thresholds=(0.5,))
+    at = datetime(2026, 12, 3, 10, 30, tzinfo=UTC)
+    w = Window(spec, window_end=datetime(2026, 12, 3, 11, tzinfo=UTC))
+    w.hourly = {"2026-12-03T10:00:00.000Z": Decimal("0.60")}
+    w.spend = Decimal("0.60")
+    [told] = due(w, at)
+    assert (told.threshold, told.window_start) == (0.5, "2026-12-03T06:00:00.000Z")
+    assert due(w, at.replace(hour=11)) == []
+    assert due(w, at.replace(hour=14)) == []
+    assert due(w, at.replace(hour=16)) == [] and w.spend == 0
+    w.hourly["2026-12-03T16:00:00.000Z"] = w.spend = Decimal("0.70")
+    [again] = due(w, at.replace(hour=16, minute=40))
+    assert (again.threshold, again.window_start) == (0.5, "2026-12-03T12:00:00.000Z")
+    assert again.outbox_key("ops") != told.outbox_key("ops")
+    # a restart is not a crossing: what the restored spend has reached counts as told
+    restarted = Window(spec, window_end=datetime(2026, 12, 3, 17, tzinfo=UTC))
+    restarted.hourly = {"2026-12-03T16:00:00.000Z": Decimal("0.70")}
+    restarted.spend = Decimal("0.70")
+    restarted.reached()
+    assert due(restarted, at.replace(hour=16, minute=50)) == []
 
 
 async def test_a_receiver_down_then_up_gets_the_notice_once(
@@ -268,3 +337,54 @@ async def test_a_notice_left_unsent_by_a_crash_is_sent_by_the_next_proxy(
     async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/api/notices") as r:
         (listed,) = (await r.json())["notices"]
     assert listed["sent_at"] is not None and listed["attempts"] == 0
+
+
+async def test_a_slow_receiver_past_the_lease_never_gets_a_notice_twice(
+        aiohttp_server: Any, pg_url: str) -> None:
+    """Replica A sends its notices one after another; the receiver holds A's first POST
+    while the claim A holds on its second lapses (its `claimed_at` set back past the lease,
+    as the clock would move it) and replica B takes that row. A must not send it as well:
+    each notice reaches the receiver once, and the outbox records each sent once."""
+    from proxy.backends.postgres import PostgresBackend
+    from proxy.config import NotifyConfig
+    from proxy.notices import Notice, Notifier
+
+    gate, got = asyncio.Event(), []
+
+    async def handle(request: web.Request) -> web.Response:
+        got.append(request.path)
+        if request.path == "/first":
+            await asyncio.wait_for(gate.wait(), 10)  # a slow receiver (bounded)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/{hook}", handle)
+    url = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    hooks = [NotifyConfig("first", f"{url}/first"), NotifyConfig("second", f"{url}/second")]
+    backend = PostgresBackend(pg_url)
+    await backend.open()
+    a, b = Notifier(hooks), Notifier(hooks)
+    try:
+        a.start(backend, "replica-a", shared=True)
+        b._outbox, b.replica = backend, "replica-b"  # B claims and sends when told here
+        a.offer([Notice("threshold", "team", "team", "total", "", 1.0, Decimal("1"), 1.0,
+                        None, ("first", "second"))])
+        await wait_until(lambda: got == ["/first"], what="A's first POST, held")
+        pool = await backend._get_pool()
+        await pool.execute("UPDATE tb_notice SET claimed_at = '2000-01-01T00:00:00.000Z' "
+                           "WHERE sink = 'second'")  # A's claim on it has lapsed
+        await b._claim()
+        assert [p.row["sink"] for p in b._pending.values()] == ["second"]
+        gate.set()
+        await wait_until(lambda: not a._pending, what="A done with what it holds")
+        await b._deliver_due(asyncio.get_running_loop().time())
+        rows = await pool.fetch("SELECT sink, claimed_by, sent_at FROM tb_notice ORDER BY sink")
+    finally:
+        gate.set()
+        await a.aclose()
+        await b.aclose()
+        await backend.aclose()
+    assert sorted(got) == ["/first", "/second"]  # each once
+    assert [(r["sink"], r["claimed_by"]) for r in rows] == [("first", "replica-a"),
+                                                             ("second", "replica-b")]
+    assert all(r["sent_at"] is not None for r in rows)

@@ -8,6 +8,7 @@ import json
 import re
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -455,3 +456,44 @@ def test_the_response_id_is_the_bodys_own_never_the_request_id_header(
     f.request_id_header = "req_abc"
     rec = build_record(f, estimator, PriceBook(), lambda c: None)
     assert (rec.upstream_request_id, rec.response_id) == ("chatcmpl-9", "chatcmpl-9")
+
+
+async def test_a_dropped_call_releases_what_admission_held_for_it(
+        tmp_path: Path, estimator: Estimator) -> None:
+    """Its record will never settle it: the budget's reservation is released at once and
+    the rate limit counts it as a call never answered (a request, 0 tokens), not as its
+    reservation for good. cap-model: $1 per million output tokens; max_tokens 1000: a worst
+    case of $0.001 held in the $0.0015 budget: a second call (0.002 > 0.0015) is refused
+    until the dropped one's hold is released."""
+    from prometheus_client import CollectorRegistry
+
+    from proxy.admission import Admission, Denied
+    from proxy.admission.budgets import BudgetCheck, LocalBudgets
+    from proxy.admission.rates import RateCheck
+    from proxy.config import RateLimitConfig
+    from proxy.recorder import Recorder
+    from proxy.sinks.budgets import Budgets
+    from tests.budget_stores import budget
+    from tests.test_admission import call, config
+
+    cfg = config(tmp_path)
+    check = BudgetCheck([budget("cap", 0.0015, {"agent": "bot"})])
+    await check.open(LocalBudgets())
+    rates = RateCheck([RateLimitConfig("tpm", {"agent": "bot"}, tokens_per_minute=100_000)])
+    admission = Admission((rates, check), PriceBook(cfg.prices), estimator)
+    recorder = Recorder(estimator, PriceBook(), lambda c: None,
+                        [Budgets(check, CollectorRegistry(), rates=rates)], queue_size=1)
+    first, route = call(cfg, "c0")
+    assert await admission.admit(first, route) is None
+    (log,) = rates.logs
+    held_tokens = log.tokens
+    assert held_tokens > 1000  # the input estimate plus max_tokens
+    recorder.submit(CallFacts("other", 1767000000.0, 10.0, "openai", "openai", "chat",
+                              "POST", "/openai/v1/chat/completions", ended=11.0))
+    recorder.submit(first)  # the queue (one) is full: c0 is dropped
+    assert recorder.dropped == 1
+    assert check.windows[0].held == 0 and check.windows[0].reserved == {}
+    assert (log.requests, log.tokens) == (1, 0)  # c0: a request that used nothing
+    # c0's $0.001 held, a second $0.001 would make 0.002 > 0.0015; released, it fits
+    assert await admission.admit(*call(cfg, "c2")) is None
+    assert isinstance(await admission.admit(*call(cfg, "c3")), Denied)  # as c2's is held

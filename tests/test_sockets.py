@@ -21,6 +21,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy import state
 from tests.conftest import FakeUpstream, StartProxy, served, wait_until
 
 # The realtime response's usage, as OpenAI reports it on `response.done`.
@@ -489,6 +490,43 @@ async def test_a_consumer_key_opens_a_socket_within_its_models(
     assert sorted((r.outcome, r.status_code, r.client, r.consumer_key, r.tags.get("team"))
                   for r in records) == [("ok", 101, "voice", made["id"], "rt"),
                                         ("rejected", 403, "voice", made["id"], "rt")]
+
+
+async def test_a_key_revoked_while_its_socket_is_open_stops_the_next_response(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """A consumer key is checked at the handshake and again at each `response.create`: once
+    revoked, the next one gets the provider's `error` event (not forwarded), a refused row,
+    and the socket is closed with 1008 (policy violation)."""
+    fake = FakeRealtime()
+    upstream.on("/v1/realtime", fake)
+    proxy = await start_proxy(upstreams={"openai": {"url": upstream.url,
+                                                    "api_key": "sk-proxy-held"}})
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}/api/keys", json={"name": "voice"}) as r:
+            made = await r.json()
+        ws = await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime",
+                                protocols=("realtime", f"openai-insecure-api-key.{made['key']}"))
+        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c1"}))
+        while "response.done" not in (await ws.receive(timeout=5)).data:
+            pass
+        async with s.delete(f"{proxy.url}/api/keys/{made['id']}") as r:
+            assert r.status == 200
+        registry = proxy.app[state.KEYS]
+        await wait_until(lambda: registry.by_id[made["id"]].revoked_at is not None,
+                         what="the proxy to see the revocation")
+        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c2"}))
+        refusal = json.loads((await ws.receive(timeout=5)).data)
+        assert refusal["type"] == "error" and refusal["error"]["code"] == "invalid_api_key"
+        assert refusal["error"]["event_id"] == "c2"
+        assert refusal["error"]["message"] == f"this consumer key is revoked ({made['id']})"
+        closing = await ws.receive(timeout=5)
+        assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1008)
+        await ws.close()
+    assert [e.get("event_id") for e in fake.seen if e["type"] == "response.create"] == ["c1"]
+    records = await proxy.collector.wait_for(2)  # the response's, the refused one's
+    assert sorted((r.outcome, r.status_code, r.error or "", r.consumer_key)
+                  for r in records) == [
+        ("ok", 101, "", made["id"]), ("rejected", 401, "consumer key revoked", None)]
 
 
 async def test_a_silent_socket_meets_the_idle_timeout(upstream: FakeUpstream,

@@ -27,6 +27,7 @@ class Denied:
     detail: str | None = None
     retry_after_ms: int | None = None
     view: Any = None
+    never: bool = False  # a rate limit that can never admit the call as it is (no retry)
 
     @property
     def message(self) -> str:

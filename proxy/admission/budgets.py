@@ -35,6 +35,7 @@ from proxy.admission.base import Ask, Denied, context
 from proxy.config import BudgetConfig
 from proxy.config.model import BUDGET_ROLLING
 from proxy.record import CallRecord
+from proxy.tasks import spawn
 
 __all__ = ["BudgetCheck", "BudgetStore", "FleetBudgets", "LocalBudgets", "Window",
            "WindowSpec", "expand", "matches", "window_bounds"]
@@ -98,6 +99,11 @@ def expand(cfg: BudgetConfig) -> list[WindowSpec]:
             for w in cfg.all_windows()]
 
 
+def threshold_tag(t: float) -> str:
+    """How a window remembers that a threshold's notice was offered."""
+    return f"threshold:{t:g}"
+
+
 def hour_of(ts: str) -> str:
     """The hour an ISO-8601 UTC timestamp falls in, as the ledger writes it."""
     return ts[:13] + ":00:00.000Z"
@@ -144,7 +150,8 @@ class Window:
     def roll(self, now: datetime) -> None:
         if self.window_end is not None and now >= self.window_end:
             start, self.window_end = self.bounds(now)
-            self.noticed.clear()
+            if self.cfg.window != BUDGET_ROLLING:  # a rolling window's are told on crossing
+                self.noticed.clear()
             if self.hourly and start is not None:  # the hours still in the window stay
                 first = start.strftime("%Y-%m-%dT%H:00:00.000Z")
                 for hour in [h for h in self.hourly if h < first]:
@@ -155,6 +162,15 @@ class Window:
             self.fleet_reserved = Decimal(0)
             self.unwritten.clear()
             self.written.clear()
+
+    def reached(self) -> None:
+        """Every threshold the spend has reached already counts as told (at start: a
+        rolling window's threshold is told when the spend crosses it, and a restart is
+        not a crossing)."""
+        spend = self.local_spend()
+        for t in self.cfg.thresholds:
+            if spend >= self.limit * Decimal(repr(t)):
+                self.noticed.add(threshold_tag(t))
 
     def local_spend(self) -> Decimal:
         """The spend a local decision reads: the fleet's as last read (or this replica's own
@@ -247,6 +263,8 @@ class FleetLedger(Protocol):
                     replica: str) -> dict[str, Any]: ...
 
     async def reset(self, broken: bool = False) -> None: ...
+
+    async def forget_call(self, call_id: str) -> None: ...
 
 
 class LocalBudgets:
@@ -386,6 +404,18 @@ class FleetBudgets:
     def reserved_usd(self, window: Window) -> Decimal:
         return window.fleet_reserved
 
+    def forget(self, call_id: str) -> None:
+        """A call whose row will never be written: its reservations in the shared ledger
+        go, and its rate-limit events settle as never answered (in the background)."""
+        spawn(self._forget(call_id), name="tokenbooth-forget-call")
+
+    async def _forget(self, call_id: str) -> None:
+        try:
+            await self._ledger.forget_call(call_id)
+        except Exception as exc:  # the replica's reservations expire with it, at worst
+            log.warning("could not release dropped call %s in the shared ledger (%s: %s)",
+                        call_id, type(exc).__name__, exc)
+
 
 class BudgetCheck:
     """Admission's budget check, and the settling of each record against the budgets."""
@@ -403,6 +433,9 @@ class BudgetCheck:
         """Keep spend and reservations in `store` from now on, restored from it."""
         self.store = store
         await store.restore(self.windows)
+        for w in self.windows:
+            if w.cfg.window == BUDGET_ROLLING:
+                w.reached()
 
     async def check(self, ask: Ask) -> Denied | None:
         """Reserve the call's worst case in every blocking budget it matches, or the
@@ -416,6 +449,15 @@ class BudgetCheck:
             return None
         worst = await ask.worst_usd() if windows else Decimal(0)
         return await self.store.reserve(windows, ask.call_id, worst, rates)
+
+    def release(self, call_id: str) -> None:
+        """A call whose record will never come: its reservations released (in the shared
+        ledger too, in the background), nothing counted."""
+        for w in self.windows:
+            w.release(call_id)
+        forget = getattr(self.store, "forget", None)
+        if forget is not None:
+            forget(call_id)
 
     def settle(self, record: CallRecord) -> list[Window]:
         """The call's record: release its reservations and count its cost in every budget

@@ -153,7 +153,7 @@ def denial(cfg: RateLimitConfig, dims: Sequence[str], retry: float | None, view:
         text = (f"Tokenbooth rate limit '{cfg.name}' ({what}) can never admit this request: "
                 f"it reserves {tokens} tokens (input estimate plus max_tokens) and "
                 f"${usd:.6g}, more than the limit allows in its whole window; lower "
-                f"max_tokens. The request was not sent.")
+                f"max_tokens. The request was not sent; a retry as it is cannot succeed.")
         wait = HOUR if "usd_per_hour" in dims else MINUTE
     else:
         wait = max(retry, 0.001)
@@ -161,7 +161,8 @@ def denial(cfg: RateLimitConfig, dims: Sequence[str], retry: float | None, view:
                 f"{math.ceil(wait)} s. The request was not sent.")
     return Denied(cfg.name, cfg.usd_per_minute or cfg.usd_per_hour or 0.0,
                   max(1, math.ceil(wait)), check="rate", detail=text,
-                  retry_after_ms=max(1, math.ceil(wait * 1000)), view=view)
+                  retry_after_ms=max(1, math.ceil(wait * 1000)), view=view,
+                  never=retry is None)
 
 
 def decide(limits: Sequence[RateLimitConfig], figures: Sequence[Figures],
@@ -500,13 +501,11 @@ class RateCheck:
 
     async def restore(self, ledger: RateLedger) -> None:
         """The windows as the ledger holds them, for a log kept in this process (a SQLite
-        ledger), so a restart does not forget the last minute's (or hour's) calls. A limit
-        matching on `key` starts empty (rows do not name the consumer key), as do keys'."""
+        ledger), so a restart does not forget the last minute's (or hour's) calls (a limit
+        matching on `key` reads the rows' `consumer_key`). A key's own limits start empty."""
         wall, now = time.time(), self.clock()
         failures: tuple[type[BaseException], ...] = (*ledger.unavailable, ValueError)
         for lg in self.logs:
-            if "key" in lg.cfg.match:
-                continue
             span = HOUR if lg.hour is not None else MINUTE
             try:
                 rows = await ledger.rate_rows(dict(lg.cfg.match), iso_utc(wall - span))
@@ -553,6 +552,13 @@ class RateCheck:
                for lg in logs):
             usd = await ask.worst_usd()
         return await self.store.reserve(logs, ask, tokens, usd)
+
+    def release(self, call_id: str) -> None:
+        """A call whose record will never come: settled as a call never answered (a
+        request, no tokens, no dollars)."""
+        for lg in (*self.logs, *self._keys.values()):
+            if call_id in lg.by_call:
+                lg.settle(call_id, True, 0, Decimal(0))
 
     def settle(self, record: CallRecord) -> None:
         """The call's record: what it reserved becomes what it used (0 when it was never

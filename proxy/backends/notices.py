@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CLAIM", "COLUMNS", "FAILED", "LIST", "OFFER", "SENT", "notice_json"]
+__all__ = ["CLAIM", "COLUMNS", "FAILED", "LIST", "OFFER", "RENEW", "SENT", "notice_json"]
 
 COLUMNS = ("id", "notice_key", "sink", "budget", "window_id", "window_start", "kind",
            "threshold", "body", "created_at", "claimed_by", "claimed_at", "attempts",
@@ -22,7 +22,12 @@ OFFER = ("INSERT INTO tb_notice (notice_key, sink, budget, window_id, window_sta
 # touched them since `stale_before`: claimed (or the claim renewed) by this replica.
 CLAIM = (f"UPDATE tb_notice SET claimed_by = ?, claimed_at = ? WHERE sent_at IS NULL AND "
          f"(claimed_by = ? OR claimed_by IS NULL OR claimed_at < ?) RETURNING {_COLS}")
-SENT = "UPDATE tb_notice SET sent_at = ?, last_error = NULL WHERE id = ? AND sent_at IS NULL"
+# Right before each send: the claim renewed, if it is still this replica's (else another
+# replica took the row, its claim having lapsed: it sends it, this one does not).
+RENEW = ("UPDATE tb_notice SET claimed_at = ? WHERE id = ? AND claimed_by = ? "
+         "AND sent_at IS NULL RETURNING id")
+SENT = ("UPDATE tb_notice SET sent_at = ?, last_error = NULL WHERE id = ? AND claimed_by = ? "
+        "AND sent_at IS NULL")
 FAILED = ("UPDATE tb_notice SET attempts = attempts + 1, last_error = ?, claimed_at = ? "
           "WHERE id = ? AND claimed_by = ? AND sent_at IS NULL")
 LIST = f"SELECT {_COLS} FROM tb_notice ORDER BY id DESC LIMIT ?"

@@ -282,11 +282,15 @@ class PostgresBackend:
                            stale_before: str) -> list[dict[str, Any]]:
         return await self._notice_rows(notices.CLAIM, (replica, now, replica, stale_before))
 
+    async def notice_renew(self, notice_id: int, replica: str, now: str) -> bool:
+        pool = await self._get_pool()
+        return await pool.fetchval(pg(notices.RENEW), now, notice_id, replica) is not None
+
     async def notice_done(self, notice_id: int, replica: str, now: str,
                           error: str | None) -> None:
         pool = await self._get_pool()
         if error is None:
-            await pool.execute(pg(notices.SENT), now, notice_id)
+            await pool.execute(pg(notices.SENT), now, notice_id, replica)
         else:
             await pool.execute(pg(notices.FAILED), error, now, notice_id, replica)
 
@@ -403,6 +407,14 @@ class PostgresBackend:
             list(names))
         return {r[0]: (int(r[1]), int(r[2]), Decimal(r[3]), Decimal(r[4])) for r in rows}
     # --- end rate limits ---
+
+    async def forget_call(self, call_id: str) -> None:
+        """A call whose row will never be written (its record was dropped): its budget
+        reservations released, its rate-limit events settled as never answered."""
+        pool = await self._get_pool()
+        await pool.execute("WITH gone AS (DELETE FROM tb_reservation WHERE call_id = $1) "
+                           "UPDATE tb_rate_event SET tokens = 0, usd = 0 WHERE call_id = $1",
+                           call_id)
 
     async def budget_state(self, keys: Sequence[tuple[str, str]]
                            ) -> dict[str, tuple[Decimal, Decimal]]:

@@ -294,6 +294,14 @@ def quota_sql(since: str | None, until: str | None) -> tuple[str, list[Any]]:
 _COLUMN_KEYS = ("upstream", "model", "client", "agent", "session", "run")
 
 
+def match_column(flavor: str, key: str) -> str:
+    """What a budget's or a rate limit's `match` key compares: a column (`key` is the
+    consumer key's id, the row's `consumer_key`), else the tag of that name."""
+    if key == "key":
+        return "consumer_key"
+    return key if key in _COLUMN_KEYS else tag_expr(flavor, key)
+
+
 # --- rate limits (issue 20, item 2) ---
 def rate_rows_sql(flavor: str, match: Mapping[str, str], since: str) -> tuple[str, list[Any]]:
     """The calls a rate limit admitted since `since` (refused ones never were), oldest
@@ -305,7 +313,7 @@ def rate_rows_sql(flavor: str, match: Mapping[str, str], since: str) -> tuple[st
             conds.append("(request_model = ? OR model = ?)")
             args += [v, v]
             continue
-        conds.append(f"{k if k in _COLUMN_KEYS else tag_expr(flavor, k)} = ?")
+        conds.append(f"{match_column(flavor, k)} = ?")
         args.append(v)
     return (f"SELECT started_at, status_code, total_tokens, cost_usd FROM llm_usage "
             f"WHERE {' AND '.join(conds)} ORDER BY started_at", args)
@@ -330,8 +338,7 @@ def spend_sql(flavor: str, match: Mapping[str, str], since: str | None) -> tuple
         conds.append("started_at >= ?")
         args.append(since)
     for k, v in match.items():
-        col = "consumer_key" if k == "key" else k if k in _COLUMN_KEYS else tag_expr(flavor, k)
-        conds.append(f"{col} = ?")
+        conds.append(f"{match_column(flavor, k)} = ?")
         args.append(v)
     return f"SELECT SUM({cost_units(flavor)}) FROM llm_usage WHERE {' AND '.join(conds)}", args
 
@@ -342,7 +349,7 @@ def spend_by_hour_sql(flavor: str, match: Mapping[str, str],
     from raw rows: `(hour start, units)` rows."""
     conds, args = ["cost_usd IS NOT NULL", "started_at >= ?"], [since]
     for k, v in match.items():
-        conds.append(f"{k if k in _COLUMN_KEYS else tag_expr(flavor, k)} = ?")
+        conds.append(f"{match_column(flavor, k)} = ?")
         args.append(v)
     hour = "substr(started_at, 1, 13) || ':00:00.000Z'"
     return (f"SELECT {hour}, SUM({cost_units(flavor)}) FROM llm_usage "

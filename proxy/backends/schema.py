@@ -556,3 +556,48 @@ END $$;
 """
 PG_MIGRATIONS.append((_RATES_NAME, _RATES))
 # --- end rate limits ---
+
+# --- one snapshot for a budget's spent and held (issue 20 review) ---
+# A call's row moves its cost from `tb_reservation` to `tb_budget_spend` in one statement,
+# without the budget's lock. Read in two statements (two snapshots under READ COMMITTED),
+# a row committing between them would be counted in neither and the budget over-admitted:
+# `tb_reserve` reads both in one statement, so a finished call is counted exactly once.
+_ONE_SNAPSHOT_NAME = "budgets: spent and held read in one snapshot"
+_ONE_SNAPSHOT = """
+CREATE OR REPLACE FUNCTION tb_reserve(p_names TEXT[], p_limits NUMERIC[], p_windows TEXT[],
+                                      p_call TEXT, p_worst NUMERIC, p_replica TEXT,
+                                      p_stale_seconds DOUBLE PRECISION)
+RETURNS TEXT LANGUAGE plpgsql AS $$
+DECLARE
+  i INTEGER;
+  spent NUMERIC;
+  held NUMERIC;
+BEGIN
+  -- one budget at a time across the fleet; callers pass names sorted (no deadlock)
+  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+    PERFORM pg_advisory_xact_lock(hashtext('tokenbooth.budget'), hashtext(p_names[i]));
+  END LOOP;
+  -- what a replica that stopped heartbeating still holds is released
+  DELETE FROM tb_reservation r WHERE r.budget = ANY (p_names) AND NOT EXISTS (
+    SELECT 1 FROM tb_replica p WHERE p.id = r.replica
+      AND p.seen_at > now() - make_interval(secs => p_stale_seconds));
+  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+    -- one statement: one snapshot (a row moving a call from held to spent is seen once)
+    SELECT tb_budget_spent(p_names[i], p_windows[i]), tb_budget_held(p_names[i], p_windows[i])
+      INTO spent, held;
+    IF spent >= p_limits[i] OR spent + held + p_worst > p_limits[i] THEN
+      RETURN p_names[i];
+    END IF;
+  END LOOP;
+  IF p_worst > 0 THEN
+    INSERT INTO tb_reservation (call_id, budget, window_start, amount, replica)
+      SELECT p_call, n, w, p_worst, p_replica FROM unnest(p_names, p_windows) AS t(n, w)
+      ON CONFLICT DO NOTHING;
+  END IF;
+  RETURN NULL;
+END $$;
+"""
+# `tb_admit`'s rate-limit reads need no such change: a call's rate event stays in
+# `tb_rate_event` (its row only settles the amounts in place), so every snapshot counts it.
+PG_MIGRATIONS.append((_ONE_SNAPSHOT_NAME, _ONE_SNAPSHOT))
+# --- end one snapshot ---

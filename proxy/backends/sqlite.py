@@ -346,10 +346,21 @@ class SqliteBackend:
         return await asyncio.to_thread(self._notice_sql, notices.CLAIM,
                                        (replica, now, replica, stale_before))
 
+    async def notice_renew(self, notice_id: int, replica: str, now: str) -> bool:
+        def run(conn_path: str) -> bool:
+            conn = sqlite3.connect(conn_path, timeout=BUSY_TIMEOUT_MS / 1000 * 5,
+                                   isolation_level=None)
+            try:
+                return conn.execute(notices.RENEW, (now, notice_id, replica)).fetchone() \
+                    is not None
+            finally:
+                conn.close()
+        return await asyncio.to_thread(run, self.path)
+
     async def notice_done(self, notice_id: int, replica: str, now: str,
                           error: str | None) -> None:
         if error is None:
-            await asyncio.to_thread(self._notice_sql, notices.SENT, (now, notice_id))
+            await asyncio.to_thread(self._notice_sql, notices.SENT, (now, notice_id, replica))
         else:
             await asyncio.to_thread(self._notice_sql, notices.FAILED,
                                     (error, now, notice_id, replica))

@@ -47,6 +47,14 @@ class Budgets:
             now = datetime.now(UTC)
             self.notifier.offer([n for w in touched for n in due(w, now)])
 
+    def lost(self, call_id: str) -> None:
+        """A call whose record will never come (the recorder's queue was full): what
+        admission holds for it is released now (its budget reservations; its rate-limit
+        reservations settle as a call never answered), not held for good."""
+        self._check.release(call_id)
+        if self._rates is not None:
+            self._rates.release(call_id)
+
     def due(self) -> list[Notice]:
         """Every window's newly earned notices (what other replicas spent counts too)."""
         now = datetime.now(UTC)

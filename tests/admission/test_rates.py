@@ -379,3 +379,28 @@ async def test_a_restart_on_sqlite_restores_the_windows_from_the_ledger(
     # "a" (20 s ago) leaves the minute in 40 s, "old" leaves the hour in 3530 s: the wait
     # is the longest
     assert denied.retry_after_seconds is not None and 3529 <= denied.retry_after_seconds <= 3531
+
+
+async def test_a_limit_matching_a_consumer_key_is_restored_from_its_rows(
+        tmp_path: Path) -> None:
+    """Rows name the consumer key they were made with (`consumer_key`): a limit matching
+    `key` reads back that key's calls, not a tag that happens to be called `key`."""
+    now = time.time()
+
+    def row(call_id: str, key: str, tags: dict[str, str] | None = None) -> Any:
+        at = iso_utc(now - 10)
+        return make_record(call_id=call_id, consumer_key=key, tags=tags or {},
+                           started_at=at, ended_at=at, total_tokens=100)
+
+    backend = open_backend(str(tmp_path / "ledger.db"))
+    await backend.open()
+    try:
+        await backend.write([r.to_row() for r in (
+            row("a1", "key_a"), row("a2", "key_a"),
+            row("b1", "key_b", {"key": "key_a"}))])  # another key's, tagged key=key_a
+        check = rates(RateLimitConfig("per-key", {"key": "key_a"}, requests_per_minute=2),
+                      clock=Clock())
+        await check.restore(backend)
+    finally:
+        await backend.aclose()
+    assert [(s["name"], s["requests"]) for s in check.snapshot()] == [("per-key", 2)]

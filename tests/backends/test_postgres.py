@@ -28,6 +28,7 @@ from proxy.estimate import Estimator
 from proxy.pricing import PriceBook
 from proxy.record import COLUMNS
 from proxy.sinks.ledger import Ledger
+from proxy.tasks import spawn
 from tests.admission.test_rates import call, config
 from tests.conftest import FakeUpstream, Reply, StartProxy, wait_until
 from tests.factories import make_record
@@ -250,6 +251,102 @@ async def test_reservations_settle_with_the_row_and_expire_with_their_replica(
         assert (await b.budget_state([("cap", "2026-12-01T00:00:00.000Z")]))["cap"][0] == \
             Decimal("0.25")
     finally:
+        await b.aclose()
+
+
+async def test_a_dropped_calls_holds_leave_the_shared_ledger(pg_url: str) -> None:
+    """A call whose record was dropped (the recorder's queue full) never writes the row
+    that would settle it: its budget reservation is deleted and its rate-limit event
+    settled as never answered (still a request: 0 tokens, $0), in the background."""
+    from proxy.backends.postgres import PostgresBackend
+
+    b = PostgresBackend(pg_url)
+    await b.open()
+    try:
+        day = "2026-11-30T00:00:00.000Z"
+        await b.define_budgets([("cap", "day", {"agent": "bot"}, day)])
+        await b.heartbeat("r1", 0)
+        pool = await b._get_pool()
+        # one round trip: a 10-a-minute limit and the budget; 500 tokens and $0.40 held
+        got = json.loads(await pool.fetchval(
+            "SELECT tb_admit(ARRAY['cap'], ARRAY[1.00], ARRAY[$1], 'c1', 0.40, 'r1', 30, "
+            "ARRAY['rpm'], ARRAY[10]::bigint[], ARRAY[NULL]::bigint[], "
+            "ARRAY[NULL]::numeric[], ARRAY[NULL]::numeric[], 500, 0.40)", day))
+        assert "refused" not in got and "budget" not in got
+        check = BudgetCheck([BudgetConfig("cap", {"agent": "bot"}, 1.0, "day", "block")])
+        check.store = FleetBudgets(b)
+        check.release("c1")
+
+        async def held() -> tuple[Any, ...]:
+            return (await pool.fetchval("SELECT count(*) FROM tb_reservation"),
+                    tuple(await pool.fetchrow("SELECT count(*), sum(tokens), sum(usd) "
+                                              "FROM tb_rate_event")))
+        assert await held() in ((1, (1, 500, Decimal("0.40"))), (0, (1, 0, 0)))
+        for _ in range(200):  # 10 s at most
+            if await held() == (0, (1, 0, 0)):
+                break
+            await asyncio.sleep(0.05)
+        assert await held() == (0, (1, 0, 0))
+    finally:
+        await b.aclose()
+
+
+async def test_a_row_committing_mid_reserve_is_counted_once_never_in_neither(
+        pg_url: str) -> None:
+    """A call's row moves its cost from held to spent while another call is being reserved:
+    the reserve must see it in one place or the other. The test makes the row commit
+    between the reserve's reading of the budget's spend and its reading of its holds: it
+    wraps `tb_budget_spent` (in this test's database only) so it first waits on an advisory
+    lock the test holds, and writes the row while the reserve waits there."""
+    from proxy.backends.postgres import PostgresBackend
+
+    b = PostgresBackend(pg_url)
+    await b.open()
+    gate = await asyncpg.connect(pg_url)
+    reserver = None
+    try:
+        day = "2026-11-30T00:00:00.000Z"
+        await b.define_budgets([("race", "day", {"agent": "race"}, day)])
+        await b.heartbeat("r1", 0)
+        assert await b.reserve(["race"], [Decimal("1.00")], [day], "a", Decimal("0.60"),
+                               "r1") is None
+        await gate.execute("""
+            ALTER FUNCTION tb_budget_spent(TEXT, TEXT) RENAME TO tb_budget_spent_unwrapped;
+            CREATE FUNCTION tb_budget_spent(p_name TEXT, p_start TEXT) RETURNS NUMERIC
+            LANGUAGE plpgsql STABLE AS $$
+            BEGIN
+              PERFORM pg_advisory_lock_shared(4242);
+              PERFORM pg_advisory_unlock_shared(4242);
+              RETURN tb_budget_spent_unwrapped(p_name, p_start);
+            END $$;""")
+        await gate.execute("SELECT pg_advisory_lock(4242)")
+        reserver = await asyncpg.connect(pg_url)
+        # call b wants 0.60 of the 1.00 while call a (0.60 held) is being written
+        pending = spawn(reserver.fetchval(
+            "SELECT tb_reserve(ARRAY['race'], ARRAY[1.00], ARRAY[$1], 'b', 0.60, 'r1', 30)",
+            day), name="reserve-b")
+
+        for _ in range(200):  # until the reserve waits on the gate (10 s at most)
+            if await gate.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                   " AND objid = 4242 AND NOT granted"):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the reserve never reached the gate")
+        # call a ends costing 0.60: its row releases a's hold and charges the budget
+        await b.write([make_record(call_id="a", agent="race", cost_usd=Decimal("0.60"),
+                                   started_at="2026-11-30T09:00:00.000Z").to_row()])
+        assert tuple(await gate.fetchrow("SELECT tb_budget_spent_unwrapped('race', $1), "
+                                         "tb_budget_held('race', $1)", day)) == (
+            Decimal("0.60"), 0)
+        await gate.execute("SELECT pg_advisory_unlock(4242)")
+        # 0.60 spent + 0.60 for b = 1.20 > 1.00: b is refused (read in two snapshots, a's
+        # 0.60 was in neither, and b was admitted)
+        assert await asyncio.wait_for(pending, 10) == "race"
+    finally:
+        if reserver is not None:
+            await reserver.close()
+        await gate.close()
         await b.aclose()
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
+from proxy.backends import open_backend
 from proxy.backends.query import QueryError, calls_sql, parse_time, usage_sql
+from tests.factories import make_record
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -43,3 +46,26 @@ def test_a_nul_in_a_filter_or_call_id_is_refused_before_any_query() -> None:
     with pytest.raises(QueryError) as info:
         calls_sql(None, None, {}, 1, "c\x00")
     assert info.value.param == "call_id"
+
+
+async def test_a_rolling_budget_matching_a_consumer_key_reads_its_rows(target: str) -> None:
+    """A rolling budget's spend per hour (read at start and by PostgreSQL's define_budgets)
+    matches `key` on the row's consumer key, as a calendar budget's spend does, not on a
+    tag that happens to be called `key`."""
+    backend = open_backend(target)
+    await backend.open()
+    try:
+        await backend.write([make_record(call_id=c, consumer_key=k, tags=t,
+                                         started_at=at, ended_at=at,
+                                         cost_usd=Decimal(cost)).to_row()
+                             for c, k, t, at, cost in (
+            ("a1", "key_a", {}, "2026-11-20T10:05:00.000Z", "0.25"),
+            ("a2", "key_a", {}, "2026-11-20T11:10:00.000Z", "0.5"),
+            ("b1", "key_b", {"key": "key_a"}, "2026-11-20T11:20:00.000Z", "1"))])
+        since = "2026-11-20T10:00:00.000Z"
+        assert await backend.spend_by_hour({"key": "key_a"}, since) == {
+            "2026-11-20T10:00:00.000Z": Decimal("0.25"),
+            "2026-11-20T11:00:00.000Z": Decimal("0.5")}
+        assert await backend.spend({"key": "key_a"}, since) == Decimal("0.75")  # 0.25 + 0.5
+    finally:
+        await backend.aclose()

@@ -1,6 +1,7 @@
 """Rate limits through the real SDKs: a refusal is a 429 in the caller's SDK's error shape
 (`rate_limit_exceeded`) with `Retry-After`, `retry-after-ms` and the rate-limit headers in
-that SDK's style, never `x-should-retry`; successful calls carry the remaining figures
+that SDK's style, no `x-should-retry` (but `false` for a call that can never fit, which the
+SDK then does not retry); successful calls carry the remaining figures
 (replacing the upstream's own headers of the same name); the row says `rejected`, 429, and
 names the limit; a tokens-per-minute limit sees what streamed calls really used."""
 
@@ -79,6 +80,33 @@ async def test_openai_sdk_gets_429_with_its_headers_and_successes_carry_the_rest
     raw = await other.chat.completions.with_raw_response.create(
         model="rate-model", messages=MSGS, max_tokens=50)
     assert raw.headers["x-ratelimit-limit-requests"] == "10000"
+
+
+async def test_a_call_that_can_never_fit_is_not_retried_by_the_openai_sdk(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """100 tokens a minute; the call reserves its input estimate plus max_tokens 1000: more
+    than the whole window, so waiting cannot help. The 429 says `x-should-retry: false` and
+    the SDK (two retries allowed, `Retry-After: 60` within its 120 s) does not retry: one
+    refused row, nothing upstream, at once."""
+    proxy = await start_proxy(rate_limits=[{"name": "tiny-tpm", "match": {"agent": "bot"},
+                                            "tokens_per_minute": 100}])
+    upstream.on("/v1/chat/completions", Reply([CHAT]))
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/openai/v1", api_key="sk-test-key",
+                                max_retries=2, default_headers={"X-Meter-Agent": "bot"})
+    try:
+        with pytest.raises(openai.RateLimitError) as info:
+            # a retry would wait 60 s first: bounded well below that
+            await asyncio.wait_for(client.chat.completions.create(
+                model="rate-model", messages=MSGS, max_tokens=1000), 10)
+    finally:
+        await client.close()
+    h = info.value.response.headers
+    assert h["x-should-retry"] == "false" and h["Retry-After"] == "60"
+    assert "can never admit this request" in info.value.message
+    assert "a retry as it is cannot succeed" in info.value.message
+    records = await proxy.collector.wait_for(1)
+    assert [(r.outcome, r.status_code) for r in records] == [("rejected", 429)]
+    assert upstream.requests == []
 
 
 async def test_anthropic_sdk_gets_its_own_shape_and_header_names(
@@ -229,6 +257,74 @@ async def test_two_hundred_calls_across_three_replicas_then_the_sdk_retries_them
             assert await db.fetchval(
                 "SELECT count(*) FROM llm_usage WHERE outcome = 'rejected' AND "
                 "status_code = 429 AND error = 'rate limit fleet-rpm exceeded'") >= 100
+        finally:
+            await db.close()
+
+
+async def test_one_consumer_keys_own_limit_holds_across_three_replicas(
+        tmp_path: Path, pg_url: str, upstream: FakeUpstream, sdk: Sdks) -> None:
+    """A consumer key with its own `requests_per_minute: 20` (the limit `key:<id>`, decided
+    by `tb_admit` with the budget it also meets): 40 concurrent calls with it through the
+    openai SDK (no retries) spread over three replicas: exactly 20 reach the upstream, 20
+    are refused with a Retry-After within the minute, each a row naming the limit."""
+    arrived: list[float] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        arrived.append(time.monotonic())
+        await request.read()
+        return web.Response(body=CHAT, content_type="application/json")
+
+    upstream.on("/v1/chat/completions", answer)
+    config = f"""
+ledger: {{url: "{pg_url}", flush_seconds: 0.05}}
+upstreams: {{openai: {{url: "{upstream.url}", api_key: sk-provider}}}}
+pricing: {{models: {{rate-model: {{input: 0, output: 1.0}}}}}}
+budgets:
+  - {{name: roomy, match: {{agent: bot}}, limit_usd: 1000, window: day, action: block}}
+"""
+    async with AsyncExitStack() as stack:
+        bases = await start_fleet(stack, tmp_path, config)
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{bases[0]}/api/keys", json={
+                    "name": "burst", "limits": {"requests_per_minute": 20}}) as r:
+                assert r.status == 201
+                made = await r.json()
+
+            async def known_everywhere() -> bool:
+                for base in bases:
+                    async with s.get(f"{base}/api/me",
+                                     headers={"Authorization": f"Bearer {made['key']}"}) as r:
+                        if r.status != 200:
+                            return False
+                return True
+            await until(known_everywhere)
+        clients = [sdk.openai(f"{b}/openai/v1", api_key=made["key"],
+                              default_headers={"X-Meter-Agent": "bot"}) for b in bases]
+        results = await asyncio.gather(*(
+            clients[i % 3].chat.completions.create(model="rate-model", messages=MSGS,
+                                                   max_tokens=10) for i in range(40)),
+            return_exceptions=True)
+        refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+        assert len(refused) == 20 and len(results) - len(refused) == 20
+        assert not [r for r in results if isinstance(r, BaseException)
+                    and not isinstance(r, openai.RateLimitError)]
+        assert len(arrived) == 20  # counted at the upstream: none over-admitted
+        limit = f"key:{made['id']}"
+        for err in refused:
+            h = err.response.headers
+            assert h["X-Meter-Rate-Limit"] == limit and "x-should-retry" not in h
+            assert 1 <= int(h["Retry-After"]) <= 60
+            assert h["x-ratelimit-limit-requests"] == "20"
+            assert h["x-ratelimit-remaining-requests"] == "0"
+        db = await asyncpg.connect(pg_url)
+        try:
+            async def written() -> bool:
+                return await db.fetchval("SELECT count(*) FROM llm_usage WHERE consumer_key = $1",
+                                         made["id"]) == 40
+            await until(written)
+            assert await db.fetchval(
+                "SELECT count(*) FROM llm_usage WHERE outcome = 'rejected' AND "
+                "status_code = 429 AND error = $1", f"rate limit {limit} exceeded") == 20
         finally:
             await db.close()
 
