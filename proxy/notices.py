@@ -142,8 +142,11 @@ def due(w: Window, now: datetime) -> list[Notice]:
         start, end = w.bounds(now)
         assert start is not None and end is not None
         elapsed = (now - start).total_seconds()
-        if elapsed > 0:
-            exhausts = start + timedelta(seconds=elapsed * float(limit / spend))
+        # in seconds first: a limit far above the spend puts the exhaustion past what a
+        # datetime holds (it is past the window's end either way)
+        to_exhaust = elapsed * float(limit / spend)
+        if 0 < elapsed and to_exhaust < (end - start).total_seconds():
+            exhausts = start + timedelta(seconds=to_exhaust)
             if exhausts < end:
                 w.noticed.add("forecast")
                 out.append(Notice("forecast", spec.name, spec.budget, spec.id,

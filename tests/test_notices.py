@@ -268,3 +268,26 @@ async def test_a_notice_left_unsent_by_a_crash_is_sent_by_the_next_proxy(
     async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/api/notices") as r:
         (listed,) = (await r.json())["notices"]
     assert listed["sent_at"] is not None and listed["attempts"] == 0
+
+
+async def test_a_limit_far_above_the_spend_forecasts_nothing_and_fails_no_sink(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """A day window of $1,000,000,000 and one call of $0.001: at this rate the limit is
+    reached 1e12 days after midnight, past any date (and past the window's end): no
+    forecast, and the budgets sink settles the call without an error."""
+    upstream.on("/v1/chat/completions", Reply([CHAT]))
+    proxy = await start_proxy(pricing=PRICES, budgets=[
+        {"name": "huge", "match": {}, "limit_usd": 1_000_000_000, "window": "day",
+         "action": "block"}])
+    budgets = proxy.app[state.BUDGETS]
+    async with aiohttp.ClientSession() as s:
+        await chat(s, proxy.url)
+        await wait_until(lambda: budgets.snapshot()[0]["spend_usd"] == 0.001,
+                         what="the call settled")
+        async with s.get(f"{proxy.url}/metrics") as r:
+            metrics = await r.text()
+        async with s.get(f"{proxy.url}/api/notices") as r:
+            listed = (await r.json())["notices"]
+    assert 'tokenbooth_sink_errors_total{sink="budgets"}' not in metrics
+    assert listed == []
+    assert not budgets.notifier._offered
