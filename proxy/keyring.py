@@ -5,7 +5,9 @@ secret), so a presented credential is one HMAC and one dict lookup, never a data
 Loaded at start; reloaded at once after a change made through this process (the API), and
 when the keys' version in the ledger moves: polled every second (the CLI writes a SQLite
 ledger from another process; on PostgreSQL the poll is the fallback), and on PostgreSQL also
-on the NOTIFY every change sends, so a revoke reaches every replica within a second.
+on the NOTIFY every change sends, so a revoke reaches every replica within a second. On
+SQLite the version is read only when the file changed since the last reading (its stat:
+an idle proxy makes no database trip), and at least every `RECHECK_SECONDS`.
 
 `KeyAdmin`: create, change, revoke, rotate, for the API and the CLI alike, on any backend.
 The secret exists only in what `create` and `rotate` return."""
@@ -39,6 +41,7 @@ __all__ = ["KeyAdmin", "KeyRegistry", "install_secret"]
 
 log = logging.getLogger("tokenbooth.keys")
 POLL_SECONDS = 1.0
+RECHECK_SECONDS = 60.0  # the version read even when the file's stat did not move
 
 
 async def install_secret(backend: LedgerBackend) -> bytes:
@@ -61,6 +64,7 @@ class KeyRegistry:
         self.by_hash: dict[str, StoredKey] = {}
         self.by_id: dict[str, StoredKey] = {}
         self.version = -1
+        self._signature: object | None = None  # the backend's, when the version was read
         self._task: asyncio.Task[None] | None = None
         self._reload_wanted = asyncio.Event()
         self._healthy = True
@@ -95,6 +99,8 @@ class KeyRegistry:
         self._task = spawn(self._run(), name="tokenbooth-keys")
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        checked_at = loop.time()
         while True:
             try:
                 await asyncio.wait_for(self._reload_wanted.wait(), self._poll)
@@ -107,8 +113,13 @@ class KeyRegistry:
                 if fleet is not None and not fleet.watching_keys():
                     await fleet.watch_keys(self.changed)
                     wanted = True  # changes while nobody listened
-                if wanted or await self._backend.keys_version() != self.version:
-                    await self.load()
+                signature = self._backend.keys_signature()
+                if signature is None or signature != self._signature or wanted or \
+                        loop.time() - checked_at >= RECHECK_SECONDS:
+                    # taken before the reading: a change after it moves it again
+                    if wanted or await self._backend.keys_version() != self.version:
+                        await self.load()
+                    self._signature, checked_at = signature, loop.time()
                 if not self._healthy:
                     log.info("keys: the ledger answers again")
                 self._healthy = True

@@ -9,8 +9,9 @@ per notification sink keyed by (budget window, window start, threshold | forecas
 the replica whose INSERT adds the row sends it, so a notice goes out once across restarts
 and replicas. Delivery is retried with backoff until the receiver answers 2xx, and the row
 records `sent_at`; a row whose sender died (its claim not renewed for `LEASE_SECONDS`) is
-claimed by any replica (at start, and every few seconds), so a crash between the insert
-and the send still delivers. Right before each POST the claim is renewed if it is still
+claimed by any replica (at start, and every few seconds; on a local SQLite ledger, whose
+one process adds every row itself, at start only), so a crash between the insert and
+the send still delivers. Right before each POST the claim is renewed if it is still
 this replica's (else the row is left to the replica that took it), and `sent_at` is only
 recorded under the replica's own claim: a slow receiver holding one replica past the lease
 does not make two replicas send the same notice. Each POST carries `Idempotency-Key` (the
@@ -158,9 +159,13 @@ def due(w: Window, now: datetime) -> list[Notice]:
         start, end = w.bounds(now)
         assert start is not None and end is not None
         elapsed = (now - start).total_seconds()
+        # in seconds first: a limit far above the spend would put the exhaustion past what a
+        # datetime holds (past the window's end either way)
+        to_exhaust = elapsed * float(limit / spend)
         if (elapsed >= (end - start).total_seconds() * FORECAST_MIN_ELAPSED
-                and spend >= limit * FORECAST_MIN_SPEND):
-            exhausts = start + timedelta(seconds=elapsed * float(limit / spend))
+                and spend >= limit * FORECAST_MIN_SPEND
+                and to_exhaust < (end - start).total_seconds()):
+            exhausts = start + timedelta(seconds=to_exhaust)
             if exhausts < end:
                 w.noticed.add("forecast")
                 out.append(Notice("forecast", spec.name, spec.budget, spec.id,
@@ -194,6 +199,8 @@ class Notifier:
         self.source: Callable[[], list[Notice]] = list  # every window's due notices, per tick
         self.dropped = 0
         self._healthy = True
+        self._shared = False
+        self._claimed = False
 
     def start(self, outbox: Any, replica: str | None = None, shared: bool = False) -> None:
         """Deliver through `outbox` (the ledger's backend). A local ledger (SQLite) has one
@@ -202,6 +209,7 @@ class Notifier:
         self._outbox = outbox
         if replica:
             self.replica = replica
+        self._shared = shared
         if not shared:
             self.lease_seconds = 0.0
         self._task = spawn(self._run(), name="tokenbooth-notices")
@@ -221,9 +229,12 @@ class Notifier:
             try:
                 self.offer(self.source())
                 await self._add_offered()
-                if loop.time() - claimed_at >= CLAIM_SECONDS:
+                # a local ledger's unsent rows are this process's from the first claim on
+                # (it adds the others itself): claimed once, not every few seconds
+                if loop.time() - claimed_at >= CLAIM_SECONDS and \
+                        (self._shared or not self._claimed):
                     await self._claim()
-                    claimed_at = loop.time()
+                    claimed_at, self._claimed = loop.time(), True
                 if not self._healthy:
                     log.info("budget notices: the ledger's outbox answers again")
                 self._healthy = True

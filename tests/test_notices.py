@@ -388,3 +388,26 @@ async def test_a_slow_receiver_past_the_lease_never_gets_a_notice_twice(
     assert [(r["sink"], r["claimed_by"]) for r in rows] == [("first", "replica-a"),
                                                              ("second", "replica-b")]
     assert all(r["sent_at"] is not None for r in rows)
+
+
+async def test_a_limit_far_above_the_spend_forecasts_nothing_and_fails_no_sink(
+        upstream: FakeUpstream, start_proxy: StartProxy) -> None:
+    """A day window of $1,000,000,000 and one call of $0.001: at this rate the limit is
+    reached 1e12 days after midnight, past any date (and past the window's end): no
+    forecast, and the budgets sink settles the call without an error."""
+    upstream.on("/v1/chat/completions", Reply([CHAT]))
+    proxy = await start_proxy(pricing=PRICES, budgets=[
+        {"name": "huge", "match": {}, "limit_usd": 1_000_000_000, "window": "day",
+         "action": "block"}])
+    budgets = proxy.app[state.BUDGETS]
+    async with aiohttp.ClientSession() as s:
+        await chat(s, proxy.url)
+        await wait_until(lambda: budgets.snapshot()[0]["spend_usd"] == 0.001,
+                         what="the call settled")
+        async with s.get(f"{proxy.url}/metrics") as r:
+            metrics = await r.text()
+        async with s.get(f"{proxy.url}/api/notices") as r:
+            listed = (await r.json())["notices"]
+    assert 'tokenbooth_sink_errors_total{sink="budgets"}' not in metrics
+    assert listed == []
+    assert not budgets.notifier._offered

@@ -109,6 +109,10 @@ class LedgerBackend(Protocol):
     async def keys_version(self) -> int:
         """The keys' version alone: the cheap check of whether to reload."""
 
+    def keys_signature(self) -> object | None:
+        """Something that changes whenever the keys may have (read without a database
+        trip), or None: `keys_version()` must be asked."""
+
     async def add_key(self, row: Mapping[str, Any]) -> None:
         """Store a new key (every KEY_COLUMNS value); the version moves."""
 

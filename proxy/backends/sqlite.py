@@ -4,6 +4,7 @@ connections in a worker thread, so a report never waits for a write."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
@@ -425,6 +426,20 @@ class SqliteBackend:
     async def keys_version(self) -> int:
         return int(await self._read(lambda c: c.execute(
             "SELECT version FROM tb_keys_version").fetchone()[0]))
+
+    def keys_signature(self) -> tuple[int, ...]:
+        """The database file's and its write-ahead log's identity, size and change time: a
+        write by any process (the CLI's key changes) moves one of them. Two stat() calls
+        on the loop instead of a read connection in a thread (~250 µs CPU) every poll."""
+        out: list[int] = []
+        for name in (self.path, f"{self.path}-wal"):
+            try:
+                st = os.stat(name)
+            except OSError:
+                out += (0, 0, 0)
+                continue
+            out += (st.st_ino, st.st_size, st.st_mtime_ns)
+        return tuple(out)
 
     async def add_key(self, row: Mapping[str, Any]) -> None:
         sql = (f"INSERT INTO tb_keys ({', '.join(KEY_COLUMNS)}) "

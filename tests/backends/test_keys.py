@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 
@@ -15,6 +16,7 @@ from proxy.backends.schema import KEY_COLUMNS, PG_MIGRATIONS, SQLITE_MIGRATIONS
 from proxy.keyring import KeyAdmin, KeyRegistry, install_secret
 from proxy.keys import KeyLimits
 from proxy.sinks.ledger import Ledger
+from tests.conftest import wait_until
 from tests.factories import make_record
 
 ROW = {"id": "key_000000000001", "name": "alice", "hash": "a" * 64, "last4": "wxyz",
@@ -162,3 +164,28 @@ async def test_a_budget_matching_a_key_counts_its_rows(target: str) -> None:
             assert state["k-day"] == (Decimal("0.375"), Decimal(0))
     finally:
         await ledger.aclose()
+
+
+async def test_on_sqlite_a_key_written_by_another_connection_moves_the_signature(
+        tmp_path: Path) -> None:
+    """A serving process reads the keys' version only when the ledger file's stat moved: a
+    change made through another connection (the CLI's, another process) moves it, and the
+    registry polling every 20 ms loads the new key; nothing written, nothing moves."""
+    path = str(tmp_path / "ledger.db")
+    serving = open_backend(path)
+    await serving.open()
+    registry = KeyRegistry(serving, await install_secret(serving), poll_seconds=0.02)
+    await registry.open()
+    registry.start()
+    cli = open_backend(path)
+    try:
+        before = serving.keys_signature()
+        assert serving.keys_signature() == before  # no write: the same
+        await cli.open()
+        await cli.add_key(ROW)
+        assert serving.keys_signature() != before
+        await wait_until(lambda: ROW["id"] in registry.by_id, what="the new key loaded")
+    finally:
+        await registry.aclose()
+        await cli.aclose()
+        await serving.aclose()
