@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["MAX_HEADERS", "MAX_VALUE_CHARS", "Quota", "QuotaCall", "QuotaWindow", "Share",
-           "kept_headers", "parse_number", "parse_reset", "session_shares", "used_fraction",
-           "whole"]
+           "kept_headers", "limit_window", "parse_number", "parse_reset", "session_shares",
+           "used_fraction"]
 
 MAX_HEADERS = 64  # a response's quota headers kept at most (they are a few dozen at most)
 MAX_VALUE_CHARS = 200  # each value cut there: a header is a number, a time or a word
@@ -117,7 +117,7 @@ def parse_reset(value: str | None, now: float) -> float | None:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
-def whole(value: float | None) -> int | None:
+def _whole(value: float | None) -> int | None:
     """A count read by parse_number, as an int."""
     return None if value is None else int(value)
 
@@ -127,6 +127,14 @@ def used_fraction(limit: float | None, remaining: float | None) -> float | None:
     if limit is None or remaining is None or limit <= 0:
         return None
     return min(max(1.0 - remaining / limit, 0.0), 1.0)
+
+
+def limit_window(name: str, limit: str | None, remaining: str | None, reset: str | None,
+                 now: float) -> QuotaWindow:
+    """The window a limit/remaining/reset header triple describes (`-` in its name as `_`)."""
+    lim, left = parse_number(limit), parse_number(remaining)
+    return QuotaWindow(name.replace("-", "_"), used_fraction(lim, left), parse_reset(reset, now),
+                       limit=_whole(lim), remaining=_whole(left))
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,15 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from proxy.quota import (
-    Quota,
-    QuotaWindow,
-    kept_headers,
-    parse_number,
-    parse_reset,
-    used_fraction,
-    whole,
-)
+from proxy.quota import Quota, QuotaWindow, kept_headers, limit_window, parse_number, parse_reset
 
 __all__ = ["read_quota"]
 
@@ -48,10 +40,7 @@ def read_quota(headers: Mapping[str, str], now: float) -> Quota | None:
                                        kept.get(base + "status")))
         elif key.endswith("-limit") and (m := _LIMIT.fullmatch(key)):
             base = f"anthropic-ratelimit-{m.group(1)}-"
-            limit, remaining = parse_number(value), parse_number(kept.get(base + "remaining"))
-            windows.append(QuotaWindow(m.group(1).replace("-", "_"),
-                                       used_fraction(limit, remaining),
-                                       parse_reset(kept.get(base + "reset"), now),
-                                       limit=whole(limit), remaining=whole(remaining)))
+            windows.append(limit_window(m.group(1), value, kept.get(base + "remaining"),
+                                        kept.get(base + "reset"), now))
     windows.sort(key=lambda w: (w.name not in _FIRST, w.name))
     return Quota(kept, tuple(windows), now, kept.get("anthropic-ratelimit-unified-status"))

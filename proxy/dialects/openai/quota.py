@@ -12,15 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from proxy.quota import (
-    Quota,
-    QuotaWindow,
-    kept_headers,
-    parse_number,
-    parse_reset,
-    used_fraction,
-    whole,
-)
+from proxy.quota import Quota, kept_headers, limit_window
 
 __all__ = ["read_quota"]
 
@@ -36,10 +28,7 @@ def read_quota(headers: Mapping[str, str], now: float) -> Quota | None:
     windows = []
     for key, value in kept.items():
         if key.startswith("x-ratelimit-limit-") and _NAME.fullmatch(name := key[18:]):
-            limit = parse_number(value)
-            remaining = parse_number(kept.get(f"x-ratelimit-remaining-{name}"))
-            windows.append(QuotaWindow(name.replace("-", "_"), used_fraction(limit, remaining),
-                                       parse_reset(kept.get(f"x-ratelimit-reset-{name}"), now),
-                                       limit=whole(limit), remaining=whole(remaining)))
+            windows.append(limit_window(name, value, kept.get(f"x-ratelimit-remaining-{name}"),
+                                        kept.get(f"x-ratelimit-reset-{name}"), now))
     windows.sort(key=lambda w: w.name)
     return Quota(kept, tuple(windows), now)
