@@ -446,9 +446,12 @@ class StreamAcc:
 
 class BaseStream:
     """What the dialects' stream states share: the accumulator, JSON reading that counts a
-    bad frame instead of raising, and "no terminal event seen" meaning incomplete."""
+    bad frame instead of raising, and "no terminal event seen" meaning incomplete. By
+    default no chunk is screened out (`quiet` None) and a frame has no text to estimate
+    from; a dialect whose deltas carry text overrides both."""
 
     __slots__ = ("acc", "errors")
+    quiet: ClassVar[Screen | None] = None
 
     def __init__(self) -> None:
         self.acc = StreamAcc()
@@ -456,6 +459,9 @@ class BaseStream:
 
     def ready(self) -> bool:
         return True
+
+    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
+        return None
 
     def _load(self, data: bytes) -> Any:
         """The frame's JSON, or None (counted) when it is not JSON."""

@@ -15,8 +15,6 @@ from proxy.dialects.base import (
     DialectBase,
     Observation,
     RequestInfo,
-    Screen,
-    TextBuffer,
     error_text,
 )
 from proxy.usage import Usage
@@ -42,15 +40,11 @@ def failed_line(error: Any) -> Observation:
 
 class _Stream(BaseStream):
     __slots__ = ("reader", "lines")
-    quiet: ClassVar[Screen | None] = None
 
     def __init__(self, reader: LineReader) -> None:
         super().__init__()
         self.reader = reader
         self.lines: list[BatchLine] = []
-
-    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
-        return None
 
     def on_frame(self, name: str | None, data: bytes) -> None:
         obj = self._load(data)

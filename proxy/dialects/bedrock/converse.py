@@ -10,7 +10,6 @@ from proxy.dialects.base import (
     DialectBase,
     Observation,
     RequestInfo,
-    Screen,
     StreamAcc,
     TextBuffer,
     error_text,
@@ -62,10 +61,6 @@ def _block_text(delta: Any, out: TextBuffer) -> None:
 
 class _Stream(BaseStream):
     __slots__ = ()
-    quiet: ClassVar[Screen | None] = None
-
-    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
-        return None
 
     def on_frame(self, name: str | None, data: bytes) -> None:
         acc = self.acc

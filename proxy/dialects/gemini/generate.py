@@ -14,9 +14,7 @@ from proxy.dialects.base import (
     DialectBase,
     Observation,
     RequestInfo,
-    Screen,
     StreamAcc,
-    TextBuffer,
     error_text,
 )
 from proxy.dialects.gemini.usage import from_gemini
@@ -67,7 +65,6 @@ class _Stream(BaseStream):
     """Every chunk carries running usage totals: nothing can be skipped."""
 
     __slots__ = ("queries",)
-    quiet: ClassVar[Screen | None] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,9 +80,6 @@ class _Stream(BaseStream):
 
     def ready(self) -> bool:
         return False
-
-    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
-        return None
 
     def on_frame(self, name: str | None, data: bytes) -> None:
         obj = self._load(data)

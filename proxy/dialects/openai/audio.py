@@ -189,10 +189,6 @@ class _TranscriptStream(BaseStream):
     """`transcript.text.delta` ... `transcript.text.done` (with usage)."""
 
     __slots__ = ()
-    quiet: ClassVar[Screen | None] = None
-
-    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
-        return None
 
     def on_frame(self, name: str | None, data: bytes) -> None:
         obj = self._load(data)
@@ -215,9 +211,6 @@ class _SpeechStream(BaseStream):
 
     __slots__ = ()
     quiet: ClassVar[Screen | None] = Screen((b"speech.audio.done", b"error"))
-
-    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
-        return None
 
     def on_frame(self, name: str | None, data: bytes) -> None:
         obj = self._load(data)

@@ -13,9 +13,7 @@ from proxy.dialects.base import (
     DialectBase,
     Observation,
     RequestInfo,
-    Screen,
     StreamAcc,
-    TextBuffer,
     error_text,
 )
 from proxy.dialects.openai.usage import from_openai
@@ -35,10 +33,6 @@ def _apply(acc: StreamAcc, obj: dict[str, Any]) -> None:
 
 class _Stream(BaseStream):
     __slots__ = ()
-    quiet: ClassVar[Screen | None] = None
-
-    def frame_text(self, name: str | None, data: bytes, out: TextBuffer) -> None:
-        return None
 
     def on_frame(self, name: str | None, data: bytes) -> None:
         obj = self._load(data)
