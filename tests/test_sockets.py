@@ -317,6 +317,19 @@ async def _open_running(proxy_url: str, s: aiohttp.ClientSession
             return ws
 
 
+async def _run_one(ws: aiohttp.ClientWebSocketResponse, event_id: str) -> None:
+    """Start a response and read until it is done."""
+    await ws.send_str(json.dumps({"type": "response.create", "event_id": event_id}))
+    while "response.done" not in (await ws.receive(timeout=5)).data:
+        pass
+
+
+async def _create_reply(ws: aiohttp.ClientWebSocketResponse, event_id: str) -> Any:
+    """Ask for a response; the next event the proxy sends back, parsed."""
+    await ws.send_str(json.dumps({"type": "response.create", "event_id": event_id}))
+    return json.loads((await ws.receive(timeout=5)).data)
+
+
 async def test_upstream_cut_mid_response(upstream: FakeUpstream,
                                          start_proxy: StartProxy) -> None:
     upstream.on("/v1/realtime", FakeRealtime(hold=True, cut=True))
@@ -358,12 +371,9 @@ async def test_budget_refuses_the_next_response_and_the_socket_stays_up(
                                         "action": "block"}])
     async with aiohttp.ClientSession(headers={"X-Meter-Agent": "voice"}) as s:
         ws = await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime")
-        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c1"}))
-        while "response.done" not in (await ws.receive(timeout=5)).data:
-            pass
+        await _run_one(ws, "c1")
         await proxy.collector.wait_for(1)  # $0.0068536 spent: over the $0.001 cap
-        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c2"}))
-        refusal = json.loads((await ws.receive(timeout=5)).data)
+        refusal = await _create_reply(ws, "c2")
         assert refusal["type"] == "error"
         assert refusal["error"]["code"] == "budget_exceeded"
         assert refusal["error"]["event_id"] == "c2"
@@ -387,11 +397,8 @@ async def test_a_rate_limit_refuses_the_next_response_and_the_socket_stays_up(
                                             "requests_per_minute": 2}])
     async with aiohttp.ClientSession(headers={"X-Meter-Agent": "voice"}) as s:
         ws = await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime")
-        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c1"}))
-        while "response.done" not in (await ws.receive(timeout=5)).data:
-            pass
-        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c2"}))
-        refusal = json.loads((await ws.receive(timeout=5)).data)
+        await _run_one(ws, "c1")
+        refusal = await _create_reply(ws, "c2")
         assert refusal["type"] == "error"
         assert refusal["error"]["code"] == "rate_limit_exceeded"
         assert refusal["error"]["event_id"] == "c2" and "voice-rpm" in refusal["error"]["message"]
@@ -506,16 +513,13 @@ async def test_a_key_revoked_while_its_socket_is_open_stops_the_next_response(
             made = await r.json()
         ws = await s.ws_connect(f"{proxy.url}/openai/v1/realtime?model=gpt-realtime",
                                 protocols=("realtime", f"openai-insecure-api-key.{made['key']}"))
-        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c1"}))
-        while "response.done" not in (await ws.receive(timeout=5)).data:
-            pass
+        await _run_one(ws, "c1")
         async with s.delete(f"{proxy.url}/api/keys/{made['id']}") as r:
             assert r.status == 200
         registry = proxy.app[state.KEYS]
         await wait_until(lambda: registry.by_id[made["id"]].revoked_at is not None,
                          what="the proxy to see the revocation")
-        await ws.send_str(json.dumps({"type": "response.create", "event_id": "c2"}))
-        refusal = json.loads((await ws.receive(timeout=5)).data)
+        refusal = await _create_reply(ws, "c2")
         assert refusal["type"] == "error" and refusal["error"]["code"] == "invalid_api_key"
         assert refusal["error"]["event_id"] == "c2"
         assert refusal["error"]["message"] == f"this consumer key is revoked ({made['id']})"
