@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from proxy import __version__
 from proxy.record import CallRecord, LiveCall
-from proxy.sinks.labels import LabelCap
+from proxy.sinks.labels import LabelCap, admits
 from proxy.sinks.tally import CounterTally, GaugeTally, HistogramTally, Tallies
 
 __all__ = ["LabelCap", "Metrics"]
@@ -134,8 +134,7 @@ class Metrics:
             else "other"
         up = cap("upstream", up)
         # only a call the upstream took may bring a new model, agent or tag value
-        admit = rec.outcome != "rejected" and rec.status_code is not None \
-            and rec.status_code < 400
+        admit = admits(rec)
         live_up = self._live.pop(rec.call_id, None)
         if live_up is not None:
             self.inflight.add((live_up,), -1)
