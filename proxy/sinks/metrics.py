@@ -24,7 +24,7 @@ from proxy.record import CallRecord, LiveCall
 from proxy.sinks.labels import LabelCap, admits
 from proxy.sinks.tally import CounterTally, GaugeTally, HistogramTally, Tallies
 
-__all__ = ["LabelCap", "Metrics"]
+__all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 _TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
