@@ -105,15 +105,10 @@ def timed(cmd: list[str], rounds: int = 3) -> float:
 async def api_time(port: int, rounds: int = 3) -> float:
     import aiohttp
 
+    from bench.run import wait_ready
+
     async with aiohttp.ClientSession() as s:
-        for _ in range(300):
-            try:
-                async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
+        await wait_ready(s, port)
         best = float("inf")
         for _ in range(rounds):
             t0 = time.perf_counter()

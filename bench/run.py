@@ -79,8 +79,8 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def wait_port(port: int) -> None:
-    for _ in range(200):
+async def wait_port(port: int, seconds: float = 10.0) -> None:
+    for _ in range(round(seconds / 0.05)):
         try:
             _, w = await asyncio.open_connection("127.0.0.1", port)
             w.close()
@@ -88,6 +88,18 @@ async def wait_port(port: int) -> None:
         except OSError:
             await asyncio.sleep(0.05)
     raise RuntimeError(f"nothing listening on {port}")
+
+
+async def wait_ready(s: aiohttp.ClientSession, port: int) -> None:
+    """Until the proxy on `port` answers /readyz with 200 (30 s at most)."""
+    for _ in range(300):
+        try:
+            async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.1)
 
 
 async def one(session: aiohttp.ClientSession, url: str, body: dict[str, object]

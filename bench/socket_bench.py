@@ -25,6 +25,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from bench.run import wait_port, wait_ready
+
 AUDIO = base64.b64encode(os.urandom(960)).decode()  # 20 ms of 24 kHz pcm16
 
 
@@ -135,21 +137,8 @@ async def main(argv: list[str]) -> int:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         try:
             async with aiohttp.ClientSession() as s:
-                for _ in range(300):
-                    try:
-                        async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    await asyncio.sleep(0.1)
-            for _ in range(300):  # and the upstream's process
-                try:
-                    _, w = await asyncio.open_connection("127.0.0.1", up_port)
-                    w.close()
-                    break
-                except OSError:
-                    await asyncio.sleep(0.1)
+                await wait_ready(s, port)
+            await wait_port(up_port, seconds=30)  # and the upstream's process
             q = "model=gpt-realtime"
             direct = await _run(f"ws://127.0.0.1:{up_port}/v1/realtime?{q}", args.sockets,
                                 args.fps, min(args.seconds, 10))

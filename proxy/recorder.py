@@ -439,21 +439,17 @@ class Recorder:
         return self._creates.pop(f"{facts.upstream}\0{done.upstream_request_id}", None)
 
     async def _build(self, facts: CallFacts) -> list[CallRecord]:
-        if facts.observation.background is not None:  # its usage row, from what its create said
-            return build_records(facts, self.estimator, self.prices, self.fingerprint,
-                                 self._origin(facts))
-        if facts.observation.status == "pending":
-            self._origin(facts)
-        text = facts.observation.text
+        obs = facts.observation
+        origin = self._origin(facts)  # a pending create kept; a finished one's create
+        if obs.background is not None:  # its usage row, from what its create said
+            return build_records(facts, self.estimator, self.prices, self.fingerprint, origin)
+        text = obs.text
         big = len(facts.request_body) > _THREAD_BYTES or (text is not None and
                                                           text.size > _THREAD_BYTES)
-        needs_estimate = facts.observation.status != "pending" and (
-            facts.observation.usage is None or not (
-                facts.observation.usage.has_input and facts.observation.usage.has_output))
-        if big and needs_estimate:
-            return await asyncio.to_thread(build_records, facts, self.estimator, self.prices,
-                                           self.fingerprint)
-        if facts.observation.batch_lines:  # maybe thousands of lines: off the loop
+        needs_estimate = obs.status != "pending" and (
+            obs.usage is None or not (obs.usage.has_input and obs.usage.has_output))
+        # a large body to estimate, or batch lines (maybe thousands): off the loop
+        if (big and needs_estimate) or obs.batch_lines:
             return await asyncio.to_thread(build_records, facts, self.estimator, self.prices,
                                            self.fingerprint)
         return build_records(facts, self.estimator, self.prices, self.fingerprint)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,29 +137,28 @@ async def http_receiver(hang: asyncio.Event | None = None, port: int = 0
         await hang.wait()
         return True
 
-    async def metrics(request: web.Request) -> web.Response:
-        if await hung(request):
-            return web.Response(status=503)
-        got.headers.append(dict(request.headers))
-        req = ms.ExportMetricsServiceRequest()
-        req.ParseFromString(_body(await request.read(), request.headers.get("Content-Encoding")))
-        got.add_metrics(req)
-        return web.Response(body=ms.ExportMetricsServiceResponse().SerializeToString(),
-                            content_type="application/x-protobuf")
+    def export(request_type: Any, add: Callable[[Any], None],
+               response_type: Any) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """The handler of one signal's exports: each decoded into `got` by `add`."""
 
-    async def traces(request: web.Request) -> web.Response:
-        if await hung(request):
-            return web.Response(status=503)
-        got.headers.append(dict(request.headers))
-        req = ts.ExportTraceServiceRequest()
-        req.ParseFromString(_body(await request.read(), request.headers.get("Content-Encoding")))
-        got.add_traces(req)
-        return web.Response(body=ts.ExportTraceServiceResponse().SerializeToString(),
-                            content_type="application/x-protobuf")
+        async def handle(request: web.Request) -> web.Response:
+            if await hung(request):
+                return web.Response(status=503)
+            got.headers.append(dict(request.headers))
+            req = request_type()
+            req.ParseFromString(_body(await request.read(),
+                                      request.headers.get("Content-Encoding")))
+            add(req)
+            return web.Response(body=response_type().SerializeToString(),
+                                content_type="application/x-protobuf")
+
+        return handle
 
     app = web.Application(client_max_size=64 << 20)
-    app.router.add_post("/v1/metrics", metrics)
-    app.router.add_post("/v1/traces", traces)
+    app.router.add_post("/v1/metrics", export(ms.ExportMetricsServiceRequest, got.add_metrics,
+                                              ms.ExportMetricsServiceResponse))
+    app.router.add_post("/v1/traces", export(ts.ExportTraceServiceRequest, got.add_traces,
+                                             ts.ExportTraceServiceResponse))
     server = TestServer(app, host="127.0.0.1", port=port or None)
     await server.start_server()
     try:
@@ -170,24 +169,24 @@ async def http_receiver(hang: asyncio.Event | None = None, port: int = 0
         await server.close()
 
 
-class _Metrics(ms_grpc.MetricsServiceServicer):
-    def __init__(self, got: Received) -> None:
-        self.got = got
+class _Export:
+    """One signal's gRPC export service: each request decoded into `got` by `add`."""
+
+    def __init__(self, got: Received, add: Callable[[Any], None], response: Any) -> None:
+        self.got, self.add, self.response = got, add, response
 
     async def Export(self, request: Any, context: Any) -> Any:  # gRPC names the method
         self.got.headers.append({k: v for k, v in context.invocation_metadata()})
-        self.got.add_metrics(request)
-        return ms.ExportMetricsServiceResponse()
+        self.add(request)
+        return self.response()
 
 
-class _Traces(ts_grpc.TraceServiceServicer):
-    def __init__(self, got: Received) -> None:
-        self.got = got
+class _Metrics(_Export, ms_grpc.MetricsServiceServicer):
+    pass
 
-    async def Export(self, request: Any, context: Any) -> Any:  # gRPC names the method
-        self.got.headers.append({k: v for k, v in context.invocation_metadata()})
-        self.got.add_traces(request)
-        return ts.ExportTraceServiceResponse()
+
+class _Traces(_Export, ts_grpc.TraceServiceServicer):
+    pass
 
 
 @asynccontextmanager
@@ -195,8 +194,10 @@ async def grpc_receiver() -> AsyncIterator[tuple[str, Received]]:
     """An OTLP/gRPC receiver; yields its endpoint (http://127.0.0.1:port) and what it got."""
     got = Received()
     server = grpc.aio.server()
-    ms_grpc.add_MetricsServiceServicer_to_server(_Metrics(got), server)
-    ts_grpc.add_TraceServiceServicer_to_server(_Traces(got), server)
+    ms_grpc.add_MetricsServiceServicer_to_server(
+        _Metrics(got, got.add_metrics, ms.ExportMetricsServiceResponse), server)
+    ts_grpc.add_TraceServiceServicer_to_server(
+        _Traces(got, got.add_traces, ts.ExportTraceServiceResponse), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 
-__all__ = ["LabelCap"]
+from proxy.record import CallRecord
+
+__all__ = ["LabelCap", "admits"]
+
+
+def admits(rec: CallRecord) -> bool:
+    """Whether a record may bring a new label value: only a call the upstream took."""
+    return rec.outcome != "rejected" and rec.status_code is not None and rec.status_code < 400
 
 
 class LabelCap:

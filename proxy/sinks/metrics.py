@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from proxy import __version__
 from proxy.record import CallRecord, LiveCall
-from proxy.sinks.labels import LabelCap
+from proxy.sinks.labels import LabelCap, admits
 from proxy.sinks.tally import CounterTally, GaugeTally, HistogramTally, Tallies
 
-__all__ = ["LabelCap", "Metrics"]
+__all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 _TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
@@ -134,8 +134,7 @@ class Metrics:
             else "other"
         up = cap("upstream", up)
         # only a call the upstream took may bring a new model, agent or tag value
-        admit = rec.outcome != "rejected" and rec.status_code is not None \
-            and rec.status_code < 400
+        admit = admits(rec)
         live_up = self._live.pop(rec.call_id, None)
         if live_up is not None:
             self.inflight.add((live_up,), -1)

@@ -46,7 +46,7 @@ from proxy import __version__
 from proxy.config import OtelConfig, Upstream
 from proxy.record import CallRecord
 from proxy.sinks import otel_names as N
-from proxy.sinks.labels import LabelCap
+from proxy.sinks.labels import LabelCap, admits
 from proxy.tracecontext import SpanIds, start_span_ids
 
 __all__ = ["OtelSink"]
@@ -280,13 +280,13 @@ class OtelSink:
         self._known_models = known_models
         self.tag_labels = tuple(tag_labels)
         self._tag_attrs = tuple(N.TAG_PREFIX + t for t in self.tag_labels)
-        self._servers: dict[str, tuple[str, int | None]] = {}
-        self._providers: dict[str, str] = {}
+        # each upstream's provider name, server address and port, worked out once
+        self._upstreams: dict[str, tuple[str, str, int | None]] = {}
         for name, up in upstreams.items():
             url = URL(up.url)
-            self._servers[name] = (url.host or name, url.port)
-            self._providers[name] = N.PROVIDERS_BY_UPSTREAM.get(name) or \
+            provider = N.PROVIDERS_BY_UPSTREAM.get(name) or \
                 N.PROVIDERS_BY_DIALECT.get(up.dialect) or up.dialect
+            self._upstreams[name] = (provider, url.host or name, url.port)
         self.resource = Resource.create({"service.name": cfg.service_name,
                                          "service.version": __version__})
         self.scope = InstrumentationScope(N.SCOPE, __version__)
@@ -371,12 +371,11 @@ class OtelSink:
         """The attributes metrics and span share: bounded values (capped like the
         Prometheus labels)."""
         cap = self.cap
-        admit = rec.outcome != "rejected" and rec.status_code is not None \
-            and rec.status_code < 400
+        admit = admits(rec)
         known = self._known_models() if self._known_models is not None else frozenset()
-        host, port = self._servers.get(rec.upstream, (rec.upstream, None))
+        provider, host, port = self._upstreams.get(rec.upstream) or (None, rec.upstream, None)
         attrs: dict[str, Any] = {
-            N.PROVIDER: self._providers.get(rec.upstream) or rec.dialect or rec.upstream,
+            N.PROVIDER: provider or rec.dialect or rec.upstream,
             N.OPERATION: N.OPERATIONS.get(rec.operation, rec.operation),
             N.REQUEST_MODEL: cap("request_model", rec.request_model or rec.model or "unknown",
                                  admit, known),

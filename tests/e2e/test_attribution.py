@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy, sse, wait_until
+from tests.e2e.test_ledger_metrics import rows as ledger
 
 CHAT_JSON = json.dumps({
     "id": "chatcmpl-9", "object": "chat.completion", "created": 1767000000,
@@ -39,15 +40,6 @@ ANTHROPIC_JSON = json.dumps({
 SSE = {"Content-Type": "text/event-stream"}
 MSGS = [{"role": "user", "content": "capital of Portugal?"}]
 FAMILY_PREFIXES = ("helicone-", "x-litellm-", "x-portkey-", "x-meter-")
-
-
-def ledger(proxy: Proxy) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(proxy.config.ledger.path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM llm_usage ORDER BY id").fetchall()
-    finally:
-        conn.close()
 
 
 async def rows(proxy: Proxy, n: int) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,17 @@ async def test_tokens_per_minute_sees_what_streamed_calls_really_used(
     assert len(upstream.requests) == 5
 
 
+def arrivals(arrived: list[float]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An upstream answering CHAT that notes when each call reached it."""
+
+    async def answer(request: web.Request) -> web.Response:
+        arrived.append(time.monotonic())
+        await request.read()
+        return web.Response(body=CHAT, content_type="application/json")
+
+    return answer
+
+
 def fleet_config(url: str, upstream: str, limits: str) -> str:
     # a blocking budget matches too, far from its limit: the rate limit and the budget are
     # decided in one round trip (`tb_admit`)
@@ -206,13 +218,7 @@ async def test_two_hundred_calls_across_three_replicas_then_the_sdk_retries_them
     then sends them again, waits as told, and every one succeeds once the window has
     moved on (never more than 100 in any minute)."""
     arrived: list[float] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        arrived.append(time.monotonic())
-        await request.read()
-        return web.Response(body=CHAT, content_type="application/json")
-
-    upstream.on("/v1/chat/completions", answer)
+    upstream.on("/v1/chat/completions", arrivals(arrived))
     limits = "  - {name: fleet-rpm, match: {agent: bot}, requests_per_minute: 100}"
     async with AsyncExitStack() as stack:
         bases = await start_fleet(stack, tmp_path, fleet_config(pg_url, upstream.url, limits))
@@ -268,13 +274,7 @@ async def test_one_consumer_keys_own_limit_holds_across_three_replicas(
     openai SDK (no retries) spread over three replicas: exactly 20 reach the upstream, 20
     are refused with a Retry-After within the minute, each a row naming the limit."""
     arrived: list[float] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        arrived.append(time.monotonic())
-        await request.read()
-        return web.Response(body=CHAT, content_type="application/json")
-
-    upstream.on("/v1/chat/completions", answer)
+    upstream.on("/v1/chat/completions", arrivals(arrived))
     config = f"""
 ledger: {{url: "{pg_url}", flush_seconds: 0.05}}
 upstreams: {{openai: {{url: "{upstream.url}", api_key: sk-provider}}}}
