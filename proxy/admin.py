@@ -212,13 +212,19 @@ def _key_json(stored: StoredKey, last_used: dict[str, str] | None = None) -> dic
     return out
 
 
+async def _changed(request: web.Request, stored: StoredKey, extra: dict[str, Any] | None = None,
+                   status: int = 200) -> web.Response:
+    """The key as stored after a change, answered once this process's registry has it."""
+    await request.app[state.KEYS].load()
+    return web.json_response({**_key_json(stored), **(extra or {})}, status=status)
+
+
 @_api
 @_key_errors
 async def api_keys_create(request: web.Request) -> web.Response:
     spec = parse_spec(await _json_body(request))
     stored, secret = await request.app[state.KEY_ADMIN].create(spec)
-    await request.app[state.KEYS].load()  # this process knows it before the answer
-    return web.json_response({**_key_json(stored), "key": secret}, status=201)
+    return await _changed(request, stored, {"key": secret}, status=201)
 
 
 @_api
@@ -244,10 +250,7 @@ async def api_key_patch(request: web.Request) -> web.Response:
     key_id = request.match_info["key_id"]
     spec = parse_spec(await _json_body(request), partial=True)
     stored = await request.app[state.KEY_ADMIN].change(key_id, spec)
-    if stored is None:
-        return _no_key(key_id)
-    await request.app[state.KEYS].load()
-    return web.json_response(_key_json(stored))
+    return _no_key(key_id) if stored is None else await _changed(request, stored)
 
 
 @_api
@@ -256,10 +259,7 @@ async def api_key_delete(request: web.Request) -> web.Response:
     its calls stay on record."""
     key_id = request.match_info["key_id"]
     stored = await request.app[state.KEY_ADMIN].revoke(key_id)
-    if stored is None:
-        return _no_key(key_id)
-    await request.app[state.KEYS].load()
-    return web.json_response(_key_json(stored))
+    return _no_key(key_id) if stored is None else await _changed(request, stored)
 
 
 @_api
@@ -268,10 +268,7 @@ async def api_key_rotate(request: web.Request) -> web.Response:
     """A new secret (shown once) for the same key; the old secret stops working."""
     key_id = request.match_info["key_id"]
     got = await request.app[state.KEY_ADMIN].rotate(key_id)
-    if got is None:
-        return _no_key(key_id)
-    await request.app[state.KEYS].load()
-    return web.json_response({**_key_json(got[0]), "key": got[1]})
+    return _no_key(key_id) if got is None else await _changed(request, got[0], {"key": got[1]})
 
 
 def _me_budgets(request: web.Request, ctx: dict[str, str | None]) -> list[dict[str, Any]]:

@@ -166,10 +166,8 @@ class Forwarder:
             up = self._upstream(request, facts)
             route = self._route(request, up, facts)
             replace_auth = self._authenticate(request, route, facts)
-            key = facts.key
-            if key is not None and key.models and \
-                    not allows(key.models, request.query.get("model")):  # a Realtime socket's
-                self._forbid(facts, route, f"model {request.query.get('model')!r}", key.models)
+            # a Realtime socket names its model in the query
+            self._key_allows_model(facts, route, request.query.get("model"))
             if (admission := self.admission) is not None and admission.needed(facts):
                 await self._admit(admission, facts, route)
             return await relay.run(request, route, replace_auth)
@@ -199,7 +197,8 @@ class Forwarder:
         replace_auth = self._authenticate(request, route, facts)
         body = await self._read_body(request, route, facts)
         dialect = await self._read_request(request, route, body, facts)
-        self._key_allows_model(facts, route)
+        info = facts.request_info
+        self._key_allows_model(facts, route, info.model if info is not None else None)
         live = self._live(facts, route, dialect, len(body))
         view = None
         if (admission := self.admission) is not None and admission.needed(facts):
@@ -308,8 +307,7 @@ class Forwarder:
                 tags[k] = v
         if not allows(key.upstreams, route.upstream.name):
             self._forbid(facts, route, f"upstream {route.upstream.name!r}", key.upstreams)
-        if not allows(key.models, route.path_model):
-            self._forbid(facts, route, f"model {route.path_model!r}", key.models)
+        self._key_allows_model(facts, route, route.path_model)
 
     def _forbid(self, facts: CallFacts, route: Route, what: str,
                 allowed: tuple[str, ...]) -> None:
@@ -319,14 +317,11 @@ class Forwarder:
             f"consumer key {facts.key.id} ({facts.key.name}) may not use {what}; allowed: "
             + ", ".join(allowed), route.provider, detail=what))
 
-    def _key_allows_model(self, facts: CallFacts, route: Route) -> None:
-        """The model the request body names, against the key's model globs."""
+    def _key_allows_model(self, facts: CallFacts, route: Route, model: str | None) -> None:
+        """A model the call names (its path, its body, a socket's query), against the
+        consumer key's model globs."""
         key = facts.key
-        if key is None or not key.models:
-            return
-        info = facts.request_info
-        model = info.model if info is not None else None
-        if not allows(key.models, model):
+        if key is not None and not allows(key.models, model):
             self._forbid(facts, route, f"model {model!r}", key.models)
 
     async def _read_body(self, request: web.Request, route: Route, facts: CallFacts) -> bytes:

@@ -32,11 +32,12 @@ def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
     return listed
 
 
-def _filtered(items: Iterable[tuple[str, str]], drop: set[str]) -> CIMultiDict[str]:
+def _filtered(items: Iterable[tuple[str, str]], drop: set[str],
+              strip: tuple[str, ...] = ()) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in items:
         lk = k.lower()
-        if lk in drop or lk in HOP_BY_HOP:
+        if lk in drop or lk in HOP_BY_HOP or lk.startswith(strip):
             continue
         out.add(k, v)
     return out
@@ -48,10 +49,9 @@ def outbound(headers: CIMultiDictProxy[str], *, identity: bool = False,
     """Request headers for the upstream: no hop-by-hop, no Host, none whose lowercase name
     starts with one of `strip` (X-Meter-*, and the attribution families read)."""
     drop = _connection_listed(headers) | {"host", "content-length"}
-    drop.update(lk for k in headers if (lk := k.lower()).startswith(strip))
     if replace_auth is not None:
         drop.update(_CREDENTIAL_HEADERS)
-    out = _filtered(headers.items(), drop)
+    out = _filtered(headers.items(), drop, strip)  # one pass over the request's headers
     if identity:
         out["Accept-Encoding"] = "identity"
     if replace_auth:

@@ -29,7 +29,7 @@ from proxy.pricing import PriceBook
 from proxy.record import CallFacts
 from proxy.routing import Route, resolve
 from tests.budget_stores import budget, ledger_target, open_budgets
-from tests.conftest import FakeUpstream, Reply, StartProxy, make_config, wait_until
+from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy, make_config, wait_until
 from tests.factories import make_record
 from tests.test_fleet import until
 
@@ -253,14 +253,21 @@ async def chat(s: aiohttp.ClientSession, base: str, agent: str = "bot"
         return r.status, await r.json()
 
 
+async def on_postgres(upstream: FakeUpstream, start_proxy: StartProxy, pg_url: str,
+                      budgets: list[dict[str, Any]]) -> Proxy:
+    """A proxy with `budgets` on a PostgreSQL ledger, its upstream answering chat calls."""
+    upstream.on("/v1/chat/completions", Reply([CHAT]))
+    return await start_proxy(ledger={"url": pg_url, "flush_seconds": 0.02}, pricing=PRICES,
+                             budgets=budgets)
+
+
 async def test_a_blocking_budget_keeps_counting_while_postgres_is_away(
         upstream: FakeUpstream, start_proxy: StartProxy, pg_server: Any, pg_url: str) -> None:
-    upstream.on("/v1/chat/completions", Reply([CHAT]))
     # $0.0095 fits 9 calls: 9 * $0.001 = $0.009; a 10th would make $0.010 > $0.0095
-    proxy = await start_proxy(
-        ledger={"url": pg_url, "flush_seconds": 0.02}, pricing=PRICES,
-        budgets=[{"name": "cap", "match": {"agent": "bot"}, "limit_usd": 0.0095,
-                  "window": "day", "action": "block"}])
+    proxy = await on_postgres(
+        upstream, start_proxy, pg_url,
+        [{"name": "cap", "match": {"agent": "bot"}, "limit_usd": 0.0095,
+          "window": "day", "action": "block"}])
     ledger = proxy.app[state.LEDGER]
     async with aiohttp.ClientSession() as s:
         pg_server.stop()
@@ -287,13 +294,12 @@ async def test_a_blocking_budget_keeps_counting_while_postgres_is_away(
 
 async def test_a_refusing_budget_fails_closed_while_postgres_is_away(
         upstream: FakeUpstream, start_proxy: StartProxy, pg_server: Any, pg_url: str) -> None:
-    upstream.on("/v1/chat/completions", Reply([CHAT]))
-    proxy = await start_proxy(
-        ledger={"url": pg_url, "flush_seconds": 0.02}, pricing=PRICES,
-        budgets=[{"name": "strict", "match": {"agent": "bot"}, "limit_usd": 1,
-                  "window": "day", "action": "block", "on_ledger_down": "refuse"},
-                 {"name": "lenient", "match": {"agent": "other"}, "limit_usd": 1,
-                  "window": "day", "action": "block"}])
+    proxy = await on_postgres(
+        upstream, start_proxy, pg_url,
+        [{"name": "strict", "match": {"agent": "bot"}, "limit_usd": 1,
+          "window": "day", "action": "block", "on_ledger_down": "refuse"},
+         {"name": "lenient", "match": {"agent": "other"}, "limit_usd": 1,
+          "window": "day", "action": "block"}])
     async with aiohttp.ClientSession() as s:
         assert (await chat(s, proxy.url))[0] == 200
         pg_server.stop()

@@ -240,6 +240,51 @@ KEY_COLUMNS = ("id", "name", "hash", "last4", "tags", "upstreams", "models", "ex
 _REQUEST_ID_INDEX = ("CREATE INDEX IF NOT EXISTS llm_usage_request_id "
                      "ON llm_usage (upstream_request_id);\n")
 
+# --- budget reservation (`tb_reserve`) ---
+# `tb_reserve` is defined by three migrations (fleet, rolling windows, one snapshot) that
+# differ only in how a budget's spent and held amounts are read: each migration passes its
+# read, and the rest of the function is this one text (each migration's SQL is unchanged).
+_RESERVE_HEAD = """
+CREATE OR REPLACE FUNCTION tb_reserve(p_names TEXT[], p_limits NUMERIC[], p_windows TEXT[],
+                                      p_call TEXT, p_worst NUMERIC, p_replica TEXT,
+                                      p_stale_seconds DOUBLE PRECISION)
+RETURNS TEXT LANGUAGE plpgsql AS $$
+DECLARE
+  i INTEGER;
+  spent NUMERIC;
+  held NUMERIC;
+BEGIN
+  -- one budget at a time across the fleet; callers pass names sorted (no deadlock)
+  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+    PERFORM pg_advisory_xact_lock(hashtext('tokenbooth.budget'), hashtext(p_names[i]));
+  END LOOP;
+  -- what a replica that stopped heartbeating still holds is released
+  DELETE FROM tb_reservation r WHERE r.budget = ANY (p_names) AND NOT EXISTS (
+    SELECT 1 FROM tb_replica p WHERE p.id = r.replica
+      AND p.seen_at > now() - make_interval(secs => p_stale_seconds));
+  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+"""
+_RESERVE_TAIL = """
+    IF spent >= p_limits[i] OR spent + held + p_worst > p_limits[i] THEN
+      RETURN p_names[i];
+    END IF;
+  END LOOP;
+  IF p_worst > 0 THEN
+    INSERT INTO tb_reservation (call_id, budget, window_start, amount, replica)
+      SELECT p_call, n, w, p_worst, p_replica FROM unnest(p_names, p_windows) AS t(n, w)
+      ON CONFLICT DO NOTHING;
+  END IF;
+  RETURN NULL;
+END $$;
+"""
+
+
+def _reserve_fn(read: str) -> str:
+    """`tb_reserve` with `read` (from a newline: it sets `spent` and `held` for budget i)."""
+    return _RESERVE_HEAD[1:] + read[1:] + _RESERVE_TAIL[1:]
+# --- end budget reservation ---
+
+
 # --- layered budgets and notices (issue 20) ---
 # A rolling budget (`tb_budget.period` = 'rolling:<hours>') keeps its spend per hour in
 # `tb_budget_spend` (window_start = the hour), and its spend is the sum of the hours from
@@ -274,38 +319,10 @@ LANGUAGE sql STABLE AS $$
   SELECT coalesce(sum(r.amount), 0) FROM tb_reservation r
   WHERE r.budget = p_name AND (r.window_start = p_start OR tb_budget_rolling(p_name))
 $$;
-CREATE OR REPLACE FUNCTION tb_reserve(p_names TEXT[], p_limits NUMERIC[], p_windows TEXT[],
-                                      p_call TEXT, p_worst NUMERIC, p_replica TEXT,
-                                      p_stale_seconds DOUBLE PRECISION)
-RETURNS TEXT LANGUAGE plpgsql AS $$
-DECLARE
-  i INTEGER;
-  spent NUMERIC;
-  held NUMERIC;
-BEGIN
-  -- one budget at a time across the fleet; callers pass names sorted (no deadlock)
-  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
-    PERFORM pg_advisory_xact_lock(hashtext('tokenbooth.budget'), hashtext(p_names[i]));
-  END LOOP;
-  -- what a replica that stopped heartbeating still holds is released
-  DELETE FROM tb_reservation r WHERE r.budget = ANY (p_names) AND NOT EXISTS (
-    SELECT 1 FROM tb_replica p WHERE p.id = r.replica
-      AND p.seen_at > now() - make_interval(secs => p_stale_seconds));
-  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+""" + _reserve_fn("""
     spent := tb_budget_spent(p_names[i], p_windows[i]);
     held := tb_budget_held(p_names[i], p_windows[i]);
-    IF spent >= p_limits[i] OR spent + held + p_worst > p_limits[i] THEN
-      RETURN p_names[i];
-    END IF;
-  END LOOP;
-  IF p_worst > 0 THEN
-    INSERT INTO tb_reservation (call_id, budget, window_start, amount, replica)
-      SELECT p_call, n, w, p_worst, p_replica FROM unnest(p_names, p_windows) AS t(n, w)
-      ON CONFLICT DO NOTHING;
-  END IF;
-  RETURN NULL;
-END $$;
-"""
+""")
 
 # The notices' outbox: one row per (budget window, window start, threshold or forecast,
 # notification sink), its `notice_key` unique, so the replica whose INSERT adds the row is
@@ -389,40 +406,12 @@ LANGUAGE sql IMMUTABLE AS $$
     WHEN 'month' THEN substr(ts, 1, 7) || '-01T00:00:00.000Z'
     ELSE '' END
 $$;
-CREATE OR REPLACE FUNCTION tb_reserve(p_names TEXT[], p_limits NUMERIC[], p_windows TEXT[],
-                                      p_call TEXT, p_worst NUMERIC, p_replica TEXT,
-                                      p_stale_seconds DOUBLE PRECISION)
-RETURNS TEXT LANGUAGE plpgsql AS $$
-DECLARE
-  i INTEGER;
-  spent NUMERIC;
-  held NUMERIC;
-BEGIN
-  -- one budget at a time across the fleet; callers pass names sorted (no deadlock)
-  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
-    PERFORM pg_advisory_xact_lock(hashtext('tokenbooth.budget'), hashtext(p_names[i]));
-  END LOOP;
-  -- what a replica that stopped heartbeating still holds is released
-  DELETE FROM tb_reservation r WHERE r.budget = ANY (p_names) AND NOT EXISTS (
-    SELECT 1 FROM tb_replica p WHERE p.id = r.replica
-      AND p.seen_at > now() - make_interval(secs => p_stale_seconds));
-  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+""" + _reserve_fn("""
     SELECT coalesce(max(s.spent), 0) INTO spent FROM tb_budget_spend s
       WHERE s.budget = p_names[i] AND s.window_start = p_windows[i];
     SELECT coalesce(sum(r.amount), 0) INTO held FROM tb_reservation r
       WHERE r.budget = p_names[i] AND r.window_start = p_windows[i];
-    IF spent >= p_limits[i] OR spent + held + p_worst > p_limits[i] THEN
-      RETURN p_names[i];
-    END IF;
-  END LOOP;
-  IF p_worst > 0 THEN
-    INSERT INTO tb_reservation (call_id, budget, window_start, amount, replica)
-      SELECT p_call, n, w, p_worst, p_replica FROM unnest(p_names, p_windows) AS t(n, w)
-      ON CONFLICT DO NOTHING;
-  END IF;
-  RETURN NULL;
-END $$;
-"""),
+""")),
     (_DAILY, _daily_table("postgresql")),
     # A row's `tx` is its writing transaction's id: every transaction below the oldest one
     # still running has ended, so rows read in (tx, id) order up to that horizon are never
@@ -563,40 +552,11 @@ PG_MIGRATIONS.append((_RATES_NAME, _RATES))
 # a row committing between them would be counted in neither and the budget over-admitted:
 # `tb_reserve` reads both in one statement, so a finished call is counted exactly once.
 _ONE_SNAPSHOT_NAME = "budgets: spent and held read in one snapshot"
-_ONE_SNAPSHOT = """
-CREATE OR REPLACE FUNCTION tb_reserve(p_names TEXT[], p_limits NUMERIC[], p_windows TEXT[],
-                                      p_call TEXT, p_worst NUMERIC, p_replica TEXT,
-                                      p_stale_seconds DOUBLE PRECISION)
-RETURNS TEXT LANGUAGE plpgsql AS $$
-DECLARE
-  i INTEGER;
-  spent NUMERIC;
-  held NUMERIC;
-BEGIN
-  -- one budget at a time across the fleet; callers pass names sorted (no deadlock)
-  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
-    PERFORM pg_advisory_xact_lock(hashtext('tokenbooth.budget'), hashtext(p_names[i]));
-  END LOOP;
-  -- what a replica that stopped heartbeating still holds is released
-  DELETE FROM tb_reservation r WHERE r.budget = ANY (p_names) AND NOT EXISTS (
-    SELECT 1 FROM tb_replica p WHERE p.id = r.replica
-      AND p.seen_at > now() - make_interval(secs => p_stale_seconds));
-  FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+_ONE_SNAPSHOT = "\n" + _reserve_fn("""
     -- one statement: one snapshot (a row moving a call from held to spent is seen once)
     SELECT tb_budget_spent(p_names[i], p_windows[i]), tb_budget_held(p_names[i], p_windows[i])
       INTO spent, held;
-    IF spent >= p_limits[i] OR spent + held + p_worst > p_limits[i] THEN
-      RETURN p_names[i];
-    END IF;
-  END LOOP;
-  IF p_worst > 0 THEN
-    INSERT INTO tb_reservation (call_id, budget, window_start, amount, replica)
-      SELECT p_call, n, w, p_worst, p_replica FROM unnest(p_names, p_windows) AS t(n, w)
-      ON CONFLICT DO NOTHING;
-  END IF;
-  RETURN NULL;
-END $$;
-"""
+""")
 # `tb_admit`'s rate-limit reads need no such change: a call's rate event stays in
 # `tb_rate_event` (its row only settles the amounts in place), so every snapshot counts it.
 PG_MIGRATIONS.append((_ONE_SNAPSHOT_NAME, _ONE_SNAPSHOT))

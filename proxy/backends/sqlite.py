@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -330,14 +331,21 @@ class SqliteBackend:
     # --- budget notices' outbox (issue 20): each statement on its own short connection in a
     # worker thread (as an export cursor's), never inside the ledger writer's transaction
 
-    def _notice_sql(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+    @contextmanager
+    def _short(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own for a few statements, each in its own transaction
+        (unless one is begun), closed after them."""
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000 * 5,
                                isolation_level=None)
         try:
-            rows = conn.execute(sql, args).fetchall()
-            return [dict(zip(notices.COLUMNS, r, strict=True)) for r in rows]
+            yield conn
         finally:
             conn.close()
+
+    def _notice_sql(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        with self._short() as conn:
+            rows = conn.execute(sql, args).fetchall()
+            return [dict(zip(notices.COLUMNS, r, strict=True)) for r in rows]
 
     async def notice_offer(self, values: Sequence[Any]) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._notice_sql, notices.OFFER, values)
@@ -348,15 +356,11 @@ class SqliteBackend:
                                        (replica, now, replica, stale_before))
 
     async def notice_renew(self, notice_id: int, replica: str, now: str) -> bool:
-        def run(conn_path: str) -> bool:
-            conn = sqlite3.connect(conn_path, timeout=BUSY_TIMEOUT_MS / 1000 * 5,
-                                   isolation_level=None)
-            try:
+        def run() -> bool:
+            with self._short() as conn:
                 return conn.execute(notices.RENEW, (now, notice_id, replica)).fetchone() \
                     is not None
-            finally:
-                conn.close()
-        return await asyncio.to_thread(run, self.path)
+        return await asyncio.to_thread(run)
 
     async def notice_done(self, notice_id: int, replica: str, now: str,
                           error: str | None) -> None:
@@ -399,9 +403,7 @@ class SqliteBackend:
     # process); serving processes poll `keys_version()`.
 
     def _change(self, work: Callable[[sqlite3.Connection], int]) -> int:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000 * 5,
-                               isolation_level=None)
-        try:
+        with self._short() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 n = work(conn)
@@ -412,8 +414,6 @@ class SqliteBackend:
                 conn.execute("ROLLBACK")
                 raise
             return n
-        finally:
-            conn.close()
 
     async def keys(self) -> tuple[int, list[dict[str, Any]]]:
         def run(c: sqlite3.Connection) -> tuple[int, list[dict[str, Any]]]:

@@ -270,16 +270,22 @@ def _export(i: int, raw: Any) -> ExportConfig:
         r, ExportConfig, ("max_bytes", "keep", "batch", "queue_records")))
 
 
+def _unique_name(r: _Reader, path: str, names: set[str], what: str, hint: str = "") -> str:
+    """An entry's `name`: required, not among `names` (the entries before it), added to them."""
+    name = r.get("name", str, None)
+    if not name:
+        raise ConfigError(f"{path}.name: required{hint}")
+    if name in names:
+        raise ConfigError(f"{path}.name: duplicate {what} name {name!r}")
+    names.add(name)
+    return name
+
+
 def _budget(i: int, raw: Any, names: set[str], sinks: set[str]) -> BudgetConfig:
     path = f"budgets[{i}]"
     r = _Reader(raw, path, ("name", "match", "limit_usd", "window", "action",
                             "on_ledger_down", "windows", "thresholds", "notify"))
-    name = r.get("name", str, None)
-    if not name:
-        raise ConfigError(f"{path}.name: required")
-    if name in names:
-        raise ConfigError(f"{path}.name: duplicate budget name {name!r}")
-    names.add(name)
+    name = _unique_name(r, path, names, "budget")
     match_raw = r.data.get("match") or {}
     if not isinstance(match_raw, dict):
         raise ConfigError(f"{path}.match: expected a mapping of tag/upstream/model/client to value")
@@ -357,12 +363,8 @@ def _budget_window(path: str, raw: Any, single: bool = False) -> BudgetWindow:
 def _notify(i: int, raw: Any, names: set[str]) -> NotifyConfig:
     path = f"notify[{i}]"
     r = _Reader(raw, path, _keys(NotifyConfig))
-    name = r.get("name", str, None)
-    if not name:
-        raise ConfigError(f"{path}.name: required (budgets name it in their `notify`)")
-    if name in names:
-        raise ConfigError(f"{path}.name: duplicate notification sink name {name!r}")
-    names.add(name)
+    name = _unique_name(r, path, names, "notification sink",
+                        " (budgets name it in their `notify`)")
     kind = r.get("type", str, "webhook")
     if kind != "webhook":
         raise ConfigError(f"{path}.type: expected webhook, got {kind!r}")
@@ -379,14 +381,9 @@ def _notify(i: int, raw: Any, names: set[str]) -> NotifyConfig:
 def _rate_limit(i: int, raw: Any, names: set[str]) -> RateLimitConfig:
     path = f"rate_limits[{i}]"
     r = _Reader(raw, path, _keys(RateLimitConfig))
-    name = r.get("name", str, None)
-    if not name:
-        raise ConfigError(f"{path}.name: required")
-    if name in names:
-        raise ConfigError(f"{path}.name: duplicate rate limit name {name!r}")
+    name = _unique_name(r, path, names, "rate limit")
     if name.startswith("key:"):
         raise ConfigError(f"{path}.name: 'key:' names are a consumer key's own limits")
-    names.add(name)
     match_raw = r.data.get("match") or {}
     if not isinstance(match_raw, dict):
         raise ConfigError(f"{path}.match: expected a mapping of tag/upstream/model/client/key "

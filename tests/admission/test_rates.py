@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,14 +28,14 @@ from proxy.admission.rates import (
     openai_duration,
 )
 from proxy.backends import open_backend
-from proxy.config import Config, RateLimitConfig
+from proxy.config import BudgetConfig, Config, RateLimitConfig
 from proxy.dialects import DIALECTS
 from proxy.estimate import Estimator
 from proxy.keys import ConsumerKey, KeyLimits
 from proxy.pricing import PriceBook
 from proxy.record import CallFacts, iso_utc
 from proxy.routing import Route, resolve
-from tests.budget_stores import budget, open_budgets
+from tests.budget_stores import BudgetLedger, budget, open_budgets
 from tests.conftest import make_config
 from tests.factories import make_record
 
@@ -89,6 +91,17 @@ def used(call_id: str, tokens_in: int, tokens_out: int, cost: str, outcome: str 
 
 def rates(*limits: RateLimitConfig, clock: Clock) -> RateCheck:
     return RateCheck(limits, clock=clock)
+
+
+@asynccontextmanager
+async def fleet(pg_url: str, cfg: Config, check: RateCheck, clock: Clock,
+                estimator: Estimator, budgets: Sequence[BudgetConfig] = ()
+                ) -> AsyncIterator[tuple[BudgetLedger, Admission]]:
+    """Rate limits and budgets on PostgreSQL's fleet tables, decided by one Admission."""
+    async with open_budgets("postgresql", pg_url, budgets) as b:
+        assert b.backend.fleet is not None
+        check.open(FleetRates(b.backend.fleet, clock))
+        yield b, Admission((check, b.check), PriceBook(cfg.prices), estimator)
 
 
 async def test_requests_per_minute_admits_what_fits_and_says_when_to_retry(
@@ -248,11 +261,8 @@ async def test_fleet_rates_and_budgets_are_decided_in_one_call(
     est = input_estimate(estimator)
     check = rates(RateLimitConfig("rpm2", {"agent": "bot"}, requests_per_minute=2,
                                   tokens_per_minute=10 * (est + 1000)), clock=clock)
-    async with open_budgets("postgresql", pg_url,
-                            [budget("cap", 0.0025, {"agent": "bot"})]) as b:
-        assert b.backend.fleet is not None
-        check.open(FleetRates(b.backend.fleet, clock))
-        admission = Admission((check, b.check), PriceBook(cfg.prices), estimator)
+    async with fleet(pg_url, cfg, check, clock, estimator,
+                     [budget("cap", 0.0025, {"agent": "bot"})]) as (b, admission):
         db = await asyncpg.connect(pg_url)
         try:
             denied, view = await admission.decide(*call(cfg, "c1"))
@@ -307,10 +317,7 @@ async def test_fleet_rates_decide_on_this_replicas_log_while_the_database_is_awa
         estimator: Estimator) -> None:
     cfg, clock = config(tmp_path), Clock()
     check = rates(RateLimitConfig("rpm2", {}, requests_per_minute=2), clock=clock)
-    async with open_budgets("postgresql", pg_url, []) as b:
-        assert b.backend.fleet is not None
-        check.open(FleetRates(b.backend.fleet, clock))
-        admission = Admission((check, b.check), PriceBook(cfg.prices), estimator)
+    async with fleet(pg_url, cfg, check, clock, estimator) as (_, admission):
         assert await admission.admit(*call(cfg, "c1")) is None  # in the fleet's log
         pg_server.stop()
         try:
@@ -327,10 +334,7 @@ async def test_a_fleet_replicas_own_copy_of_the_log_keeps_only_the_window(
     has left the window, though the fleet decides every call."""
     cfg, clock = config(tmp_path), Clock()
     check = rates(RateLimitConfig("rpm", {}, requests_per_minute=1000), clock=clock)
-    async with open_budgets("postgresql", pg_url, []) as b:
-        assert b.backend.fleet is not None
-        check.open(FleetRates(b.backend.fleet, clock))
-        admission = Admission((check, b.check), PriceBook(cfg.prices), estimator)
+    async with fleet(pg_url, cfg, check, clock, estimator) as (_, admission):
         for i in range(3):
             assert await admission.admit(*call(cfg, f"c{i}")) is None
         (log,) = check.logs

@@ -115,6 +115,18 @@ def check(result: dict[str, Any], want: dict[Any, dict[str, Any]], group_by: lis
         assert g["list_cost_usd"] == (float(w["list_cost"]) if w["priced"] else None), k
 
 
+async def write(target: str, records: list[Any]) -> None:
+    """`records` in the ledger at `target`, flushed, the ledger closed."""
+    ledger = Ledger(target, flush_seconds=0.01)
+    await ledger.open()
+    try:
+        for r in records:
+            await ledger.handle(r)
+        await ledger.flush()
+    finally:
+        await ledger.aclose()
+
+
 async def test_rollup_equals_raw_rows_on_random_data(target: str) -> None:
     rng = random.Random(12)
     records = random_records(rng, 3000)
@@ -158,14 +170,7 @@ async def test_rollup_equals_raw_rows_on_random_data(target: str) -> None:
 
 async def test_budget_spend_reads_hours_and_tags_alike(target: str) -> None:
     records = random_records(random.Random(3), 500)
-    ledger = Ledger(target, flush_seconds=0.01)
-    await ledger.open()
-    try:
-        for r in records:
-            await ledger.handle(r)
-        await ledger.flush()
-    finally:
-        await ledger.aclose()
+    await write(target, records)
     backend = open_backend(target)
     try:
         since = "2026-10-03T00:00:00.000Z"
@@ -313,14 +318,7 @@ async def test_a_ledger_from_before_list_costs_gets_them_from_its_costs(target: 
         make_record(call_id="gone", cost_usd=Decimal("0.25"),
                     started_at="2026-10-01T08:00:00.000Z", ended_at="2026-10-01T08:00:01.000Z"),
     ]
-    ledger = Ledger(target, flush_seconds=0.01)
-    await ledger.open()
-    try:
-        for r in records:
-            await ledger.handle(r)
-        await ledger.flush()
-    finally:
-        await ledger.aclose()
+    await write(target, records)
     await _old_ledger(target, "DELETE FROM llm_usage WHERE call_id = 'gone';\n"  # retention
                       "ALTER TABLE llm_usage DROP COLUMN list_cost_usd;\n"
                       # a later migration's

@@ -10,6 +10,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,18 @@ def sql_totals(path: str, since_hours: float | None = None) -> tuple[int, int, f
                             f"{where}", args).fetchone()
     finally:
         conn.close()
+
+
+async def ledger_of_now(path: str, *records: dict[str, Any]) -> None:
+    """A SQLite ledger at `path` with one row per `records` entry (make_record's fields),
+    each started and ended now."""
+    ledger = Ledger(path, flush_seconds=0.01)
+    await ledger.open()
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    for fields in records:
+        await ledger.handle(make_record(**{"started_at": now, "ended_at": now, **fields}))
+    await ledger.flush()
+    await ledger.aclose()
 
 
 def test_report_json_totals_equal_the_ledger(ledger_db: str, capsys: pytest.CaptureFixture[str],
@@ -76,15 +89,9 @@ def test_bad_since_is_a_clear_error(ledger_db: str, capsys: pytest.CaptureFixtur
 async def test_a_group_with_no_priced_usage_shows_a_dash_and_an_unpriced_call_says_so(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = str(tmp_path / "u.db")
-    ledger = Ledger(path, flush_seconds=0.01)
-    await ledger.open()
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    await ledger.handle(make_record(call_id="u1", agent="mystery", cost_usd=None,
-                                    price_source=None, started_at=now, ended_at=now))
-    await ledger.handle(make_record(call_id="p1", agent="paid", cost_usd=Decimal("0.01"),
-                                    started_at=now, ended_at=now))
-    await ledger.flush()
-    await ledger.aclose()
+    await ledger_of_now(path, dict(call_id="u1", agent="mystery", cost_usd=None,
+                                   price_source=None),
+                        dict(call_id="p1", agent="paid", cost_usd=Decimal("0.01")))
     assert main(["report", "--db", path, "--by", "agent", "--since", "1d"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line}
     assert lines["mystery"].split()[-4] == "-" and "unpriced" not in lines["mystery"]
@@ -113,16 +120,11 @@ def test_report_quota_refuses_what_does_not_apply_and_says_when_it_has_nothing(
 async def test_a_pending_background_response_is_neither_zero_nor_unpriced(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = str(tmp_path / "p.db")
-    ledger = Ledger(path, flush_seconds=0.01)
-    await ledger.open()
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     none = dict.fromkeys(("input_tokens", "cache_read_tokens", "cache_write_tokens",
                           "output_tokens", "reasoning_tokens", "total_tokens"))
-    await ledger.handle(make_record(call_id="bg1", agent="poller", operation="responses",
-                                    usage_source="pending", cost_usd=None, price_source=None,
-                                    started_at=now, ended_at=now, **none))
-    await ledger.flush()
-    await ledger.aclose()
+    await ledger_of_now(path, dict(call_id="bg1", agent="poller", operation="responses",
+                                   usage_source="pending", cost_usd=None, price_source=None,
+                                   **none))
     assert main(["report", "--db", path, "--by", "agent", "--since", "1d",
                  "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
