@@ -37,6 +37,7 @@ from proxy.sinks.feed import Broadcaster
 from proxy.sinks.ledger import Ledger
 from proxy.sinks.metrics import Metrics
 from proxy.sinks.quota import QuotaBoard
+from proxy.tasks import spawn
 
 __all__ = ["make_app"]
 
@@ -58,6 +59,11 @@ def _redact_server_log() -> None:
     logger = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, RedactMalformedRequests) for f in logger.filters):
         logger.addFilter(RedactMalformedRequests())
+
+
+def _load_later(est: Estimator, name: str) -> None:
+    """A vocabulary wanted for the first time: loaded in a thread, off the call's path."""
+    spawn(asyncio.to_thread(est.load_one, name), name=f"tokenbooth-vocabulary-{name}")
 
 
 def _otel_sink(config: Config, registry: CollectorRegistry, prices: PriceBook) -> tuple[Any, ...]:
@@ -124,8 +130,9 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
     app[state.RATES] = rate_check
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        if not est.loaded:
-            await asyncio.to_thread(est.load)
+        if not est.loaded:  # o200k_base now; cl100k_base when an older model needs it
+            await asyncio.to_thread(est.load, ("o200k_base",))
+            est.on_demand = lambda name: _load_later(est, name)
         await asyncio.to_thread(prices.warm)
         await ledger.open()
         backend = ledger.backend

@@ -1,9 +1,14 @@
 """Token estimates for calls whose provider reported nothing (or only half).
 
 Vocabularies ship inside the package (`proxy/data/*.tiktoken.gz`, sha256-checked) and are
-loaded once, off the event loop, by `Estimator.load()`; nothing is ever downloaded. The
-fallback order is o200k_base -> cl100k_base -> characters/4, and every estimate says which
-one produced it. Non-OpenAI tokenizers are approximated with a per-provider factor.
+loaded off the event loop, by `Estimator.load()`; nothing is ever downloaded. The fallback
+order is o200k_base -> cl100k_base -> characters/4, and every estimate says which one
+produced it. Non-OpenAI tokenizers are approximated with a per-provider factor.
+
+A served proxy loads only o200k_base at start: cl100k_base (22 MiB resident) serves only
+the older models (gpt-4, gpt-3.5, ada embeddings), so it is loaded the first time one of
+them needs an estimate (`on_demand`, which the app runs in a thread); until it is there,
+those estimates use o200k_base and say so.
 """
 
 from __future__ import annotations
@@ -91,26 +96,52 @@ class Estimator:
         self._enc: dict[str, tiktoken.Encoding] = {}
         self._counters: dict[str, _Counter] = {}  # one per encoding, made on first use
         self.loaded = False
+        # Wanted encodings not loaded yet: asked for once, through `on_demand`, by the
+        # first estimate that prefers one of them (it then uses the next in order).
+        self._deferred: set[str] = set()
+        self.on_demand: Callable[[str], None] | None = None
 
-    def load(self) -> None:
-        for name in self._wanted:
-            try:
-                self._enc[name] = _load_encoding(name, self._data_dir)
-            except Exception as exc:  # a missing or corrupt vocabulary degrades, never fails
-                log.warning("tokenizer %s unavailable (%s); falling back", name, exc)
+    def load(self, names: tuple[str, ...] | None = None) -> None:
+        """Load `names` (default: every wanted encoding); the other wanted ones wait for
+        `on_demand`. Blocking: run it in a thread."""
+        names = self._wanted if names is None else tuple(n for n in names if n in self._wanted)
+        self._deferred = {n for n in self._wanted if n not in names and n not in self._enc}
+        for name in names:
+            self.load_one(name)
         self.loaded = True
+
+    def load_one(self, name: str) -> None:
+        """Load one vocabulary (blocking); a missing or corrupt one degrades, never fails."""
+        try:
+            self._enc[name] = _load_encoding(name, self._data_dir)
+        except Exception as exc:
+            log.warning("tokenizer %s unavailable (%s); falling back", name, exc)
+        self._deferred.discard(name)
 
     def _counter(self, model: str | None) -> tuple[str, Callable[[str], int]]:
         order = _ORDER_CL100K if model and model.lower().startswith(_CL100K_PREFIXES) \
             else _ORDER
         for name in order:
             enc = self._enc.get(name)
+            if enc is None and name in self._deferred:
+                self._ask(name)
             if enc is not None:
                 counter = self._counters.get(name)
                 if counter is None or counter.enc is not enc:
                     counter = self._counters[name] = _Counter(name, enc)
                 return counter.label, counter
         return "chars/4", _chars4
+
+    def _ask(self, name: str) -> None:
+        """A deferred vocabulary is wanted: ask for it once (a failed ask is logged; the
+        estimate goes on with the next encoding)."""
+        self._deferred.discard(name)
+        if self.on_demand is None:
+            return
+        try:
+            self.on_demand(name)
+        except Exception:
+            log.exception("tokenizer %s could not be loaded on demand", name)
 
     def count_text(self, text: str, model: str | None = None) -> Estimate:
         name, count = self._counter(model)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
+from proxy.app import make_app
 from proxy.dialects import DIALECTS
 from proxy.dialects.openai.estimate import chat_tokens, tools_tokens
 from proxy.estimate import Estimator
+from tests.conftest import Collector, FakeUpstream, Reply, make_config
 
 # The OpenAI cookbook's worked example ("How to count tokens with tiktoken").
 COOKBOOK = [
@@ -163,3 +169,72 @@ def test_short_texts_are_counted_once_and_remembered_within_a_bound(
     assert kept["user"] == 1 and kept["assistant"] == 1
     assert "x" * (SHORT_CHARS + 1) not in kept
     assert estimator._counter("gpt-4o")[1] is count  # one counter per encoding
+
+
+def test_a_deferred_vocabulary_is_asked_for_once_and_used_once_loaded(
+        estimator: Estimator) -> None:
+    """Loaded with o200k_base only, an older model's estimate asks for cl100k_base once and
+    meanwhile counts with o200k_base, saying so; once loaded, cl100k_base counts."""
+    est = Estimator()
+    asked: list[str] = []
+    est.on_demand = asked.append
+    est.load(("o200k_base",))
+    assert est.loaded and "cl100k_base" not in est._enc
+    text = "Capital of Portugal, in one word?"
+    assert est.count_text(text, "gpt-4o").estimator == "tiktoken:o200k_base"
+    assert asked == []  # a model o200k_base serves asks for nothing
+    first = est.count_text(text, "gpt-4-0613")
+    assert first == type(first)(len(estimator._enc["o200k_base"].encode(text)),
+                                "tiktoken:o200k_base")
+    est.count_text(text, "gpt-3.5-turbo")
+    assert asked == ["cl100k_base"]  # once, however many estimates wanted it
+    est.load_one("cl100k_base")
+    assert est.count_text(text, "gpt-4-0613") == type(first)(
+        len(estimator._enc["cl100k_base"].encode(text)), "tiktoken:cl100k_base")
+
+
+def test_a_failed_ask_degrades_to_the_next_encoding(
+        caplog: pytest.LogCaptureFixture) -> None:
+    est = Estimator()
+
+    def broken(name: str) -> None:
+        raise RuntimeError("no thread for you")
+
+    est.on_demand = broken
+    est.load(("o200k_base",))
+    assert est.count_text("hello there", "gpt-4-turbo").estimator == "tiktoken:o200k_base"
+    assert "could not be loaded on demand" in caplog.text
+
+
+async def test_a_served_proxy_loads_cl100k_only_when_an_older_model_needs_it(
+        aiohttp_server: Any, tmp_path: Path, upstream: FakeUpstream) -> None:
+    """At start only o200k_base is resident (cl100k_base is 22 MiB); the first gpt-4 call
+    without reported usage asks for it, and once it is loaded gpt-4 estimates use it."""
+    est = Estimator()
+    collector = Collector()
+    app = make_app(make_config(tmp_path, upstream.url), estimator=est,
+                   extra_sinks=(collector,))
+    server = await aiohttp_server(app)
+    assert est.loaded and set(est._enc) == {"o200k_base"}
+    upstream.on("/v1/chat/completions", Reply(chunks=[json.dumps({
+        "id": "c1", "object": "chat.completion", "model": "gpt-4-0613",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Lisbon."},
+                     "finish_reason": "stop"}]}).encode()]))
+    url = str(server.make_url("/openai/v1/chat/completions"))
+    body = {"model": "gpt-4-0613", "messages": [{"role": "user", "content": "Capital?"}]}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, json=body) as r:
+            assert r.status == 200
+        [first] = await collector.wait_for(1)
+        assert first.usage_source == "estimated"
+        assert first.estimator == "tiktoken:o200k_base"  # honest about which one counted
+        loading = [t for t in asyncio.all_tasks()
+                   if t.get_name() == "tokenbooth-vocabulary-cl100k_base"]
+        for task in loading:  # finished already, or awaited here
+            await task
+        assert "cl100k_base" in est._enc
+        async with s.post(url, json=body) as r:
+            assert r.status == 200
+        second = (await collector.wait_for(2))[1]
+    assert second.estimator == "tiktoken:cl100k_base"
+    assert second.output_tokens == len(est._enc["cl100k_base"].encode("Lisbon."))
