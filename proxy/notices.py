@@ -27,6 +27,7 @@ Body (`format: json`): `{"kind": "threshold"|"forecast", "budget", "window", "th
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -128,6 +129,12 @@ class Notice:
         return f"{self.key}|{self.window_start}|{tag}|{sink}"
 
 
+@functools.cache
+def _fraction(t: float) -> Decimal:
+    """A threshold as the exact decimal it was written as (0.8, not 0.8000000000000000444)."""
+    return Decimal(repr(t))
+
+
 def due(w: Window, now: datetime) -> list[Notice]:
     """What `w` has newly earned in its current span (each at most once per span in this
     process; the outbox keeps it once across processes). Cheap: a few comparisons."""
@@ -141,7 +148,7 @@ def due(w: Window, now: datetime) -> list[Notice]:
         # a rolling window never ends: its threshold is told when the spend crosses it (it
         # was below at the previous check), and again only after falling below it
         for t in spec.thresholds:
-            if spend < limit * Decimal(repr(t)):
+            if spend < limit * _fraction(t):
                 w.noticed.discard(threshold_tag(t))
     if spend <= 0:
         return []
@@ -150,12 +157,13 @@ def due(w: Window, now: datetime) -> list[Notice]:
         tag = threshold_tag(t)
         if tag in w.noticed:
             continue
-        if spend < limit * Decimal(repr(t)):
+        if spend < limit * _fraction(t):
             break
         w.noticed.add(tag)
         out.append(Notice("threshold", spec.name, spec.budget, spec.id, w.window_start(now),
                           t, spend, spec.limit_usd, w.window_end, spec.notify))
-    if spec.window in _FORECAST_WINDOWS and "forecast" not in w.noticed and spend < limit:
+    if spec.window in _FORECAST_WINDOWS and "forecast" not in w.noticed \
+            and limit * FORECAST_MIN_SPEND <= spend < limit:  # the cheap test first
         start, end = w.bounds(now)
         assert start is not None and end is not None
         elapsed = (now - start).total_seconds()
@@ -163,7 +171,6 @@ def due(w: Window, now: datetime) -> list[Notice]:
         # datetime holds (past the window's end either way)
         to_exhaust = elapsed * float(limit / spend)
         if (elapsed >= (end - start).total_seconds() * FORECAST_MIN_ELAPSED
-                and spend >= limit * FORECAST_MIN_SPEND
                 and to_exhaust < (end - start).total_seconds()):
             exhausts = start + timedelta(seconds=to_exhaust)
             if exhausts < end:

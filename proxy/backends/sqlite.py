@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiosqlite
 
@@ -35,6 +35,12 @@ __all__ = ["INSERT", "SqliteBackend", "SqliteExportCursor", "connect_readonly", 
 INSERT = (f"INSERT OR IGNORE INTO llm_usage ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' * len(COLUMNS))})")
 BUSY_TIMEOUT_MS = 1000
+# Binding a None parameter (a row has about 15) costs the sqlite3 module two failed
+# attribute lookups (`__adapt__`, `__conform__`), one of which formats an AttributeError
+# message. With an adapter found for None it costs one dict hit and a C call that returns
+# None, which binds NULL as before (4-10 us less per row written).
+_NULL = cast("Callable[[None], None]", {}.get)  # a C call, no Python frame
+sqlite3.register_adapter(type(None), _NULL)
 _ROLLUP_NEW = rollups("sqlite", "llm_usage", "WHERE id > ?")
 _ROLLUP_ADD = [(rollup_add(table), n) for table, _, n in ROLLUPS]
 _STARTED, _COST, _SOURCE, _OUTCOME, _LIST = (COLUMNS.index(c) for c in (
