@@ -34,13 +34,11 @@ def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
 
 def _filtered(items: Iterable[tuple[str, str]], drop: set[str],
               strip: tuple[str, ...] = ()) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in items:
-        lk = k.lower()
-        if lk in drop or lk in HOP_BY_HOP or lk.startswith(strip):
-            continue
-        out.add(k, v)
-    return out
+    drop |= HOP_BY_HOP  # one set to test (the caller's own set, made for this call)
+    if strip:
+        return CIMultiDict([(k, v) for k, v in items
+                            if (lk := k.lower()) not in drop and not lk.startswith(strip)])
+    return CIMultiDict([(k, v) for k, v in items if k.lower() not in drop])
 
 
 def outbound(headers: CIMultiDictProxy[str], *, identity: bool = False,
