@@ -25,6 +25,7 @@ from typing import Any
 
 from proxy.dialects import DIALECTS, Observation, recorded_model
 from proxy.estimate import Estimator
+from proxy.mailbox import Mailbox
 from proxy.outcome import ending
 from proxy.pricing import PriceBook
 from proxy.record import CallFacts, CallRecord, LiveCall, iso_utc
@@ -303,7 +304,7 @@ class Recorder:
         # a call whose record will never be built (the queue was full): what admission
         # holds for it is released (`Budgets.lost`), else it would be held for good
         self._lost = [(s.name, s.lost) for s in sinks if hasattr(s, "lost")]
-        self._queue: asyncio.Queue[CallFacts | None] = asyncio.Queue(queue_size)
+        self._queue: Mailbox[CallFacts | None] = Mailbox(queue_size)
         self._task: asyncio.Task[None] | None = None
         self.inflight: dict[str, LiveCall] = {}
         self.recent: OrderedDict[str, CallRecord] = OrderedDict()  # the last RECENT records

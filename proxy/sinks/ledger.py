@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.backends import ExportCursor, LedgerBackend, LedgerUnavailable, open_backend
+from proxy.mailbox import Mailbox
 from proxy.record import COLUMNS, CallRecord
 from proxy.tasks import spawn
 
@@ -54,7 +55,7 @@ class Ledger:
         self.held: list[tuple[Any, ...]] = []
         self._hold_limit = queue_rows
         self.flush_seconds = flush_seconds
-        self.queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue(queue_rows)
+        self.queue: Mailbox[tuple[Any, ...] | None] = Mailbox(queue_rows)
         self._on_rows = on_rows or (lambda result, n: None)
         self._on_error = on_error or (lambda: None)
         self.spooled_rows = 0  # rows in the spool, waiting for a replay
