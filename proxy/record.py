@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from proxy.dialects.base import Observation, RequestInfo
+from proxy.dialects.base import NOTHING_OBSERVED, Observation, RequestInfo
 from proxy.keys import ConsumerKey
 from proxy.outcome import End
 from proxy.quota import Quota
@@ -83,7 +83,7 @@ from a client's own log. `recorder.build_record` turns them into the CallRecord.
     first_byte: float | None = None  # monotonic
     ended: float = 0.0  # monotonic
     stream: bool = False
-    observation: Observation = field(default_factory=Observation)
+    observation: Observation = NOTHING_OBSERVED  # frozen: one shared empty value
     request_id_header: str | None = None
     free: bool = False
     batch_id: str | None = None  # a batch-results download

@@ -18,10 +18,10 @@ from proxy.framing import NdjsonFramer, SseFramer
 from proxy.quota import Quota
 from proxy.usage import Usage
 
-__all__ = ["BaseStream", "BatchLine", "BodyFilter", "Dialect", "DialectBase", "Extract",
-           "FrameText", "Injector", "Match", "Observation", "Provider", "RequestInfo", "Screen",
-           "ScreenScan", "Skipped", "SocketDialect", "SocketState", "StreamAcc", "StreamState",
-           "TextBuffer", "error_text", "loads", "read_skipped"]
+__all__ = ["NOTHING_OBSERVED", "BaseStream", "BatchLine", "BodyFilter", "Dialect", "DialectBase",
+           "Extract", "FrameText", "Injector", "Match", "Observation", "Provider", "RequestInfo",
+           "Screen", "ScreenScan", "Skipped", "SocketDialect", "SocketState", "StreamAcc",
+           "StreamState", "TextBuffer", "error_text", "loads", "read_skipped"]
 
 MAX_TEXT_CHARS = 1 << 20  # visible output kept for estimation; beyond it we count chars only
 
@@ -96,6 +96,9 @@ class Observation:
     @property
     def output_chars_dropped(self) -> int:
         return self.text.dropped if self.text is not None else 0
+
+
+NOTHING_OBSERVED = Observation()  # a call not answered (yet): frozen, so shared
 
 
 # Reads one parsed frame's visible text into the buffer.
