@@ -4,10 +4,10 @@ client's bytes either way). Pure functions; the handler runs large bodies in a t
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
+from proxy.dialects.base import loads
 from proxy.framing.decoders import decode_capped
 
 __all__ = ["parse_json", "parse_json_encoded"]
@@ -33,6 +33,6 @@ def parse_json(body: bytes) -> Any:
     if not body:
         return None
     try:
-        return json.loads(body)
+        return loads(body)
     except (ValueError, UnicodeDecodeError):
         return None

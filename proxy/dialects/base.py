@@ -27,7 +27,15 @@ MAX_TEXT_CHARS = 1 << 20  # visible output kept for estimation; beyond it we cou
 
 
 def loads(data: bytes | str) -> Any:
+    """`json.loads`, without its encoding sniff for the usual body: bytes opening with `{`
+    or `[` then a non-zero byte are UTF-8 to that sniff too (json.detect_encoding), decoded
+    as json.loads decodes them."""
+    if type(data) is bytes and data[:1] in _OPENERS and data[1:2] != b"\x00":
+        return json.loads(data.decode("utf-8", "surrogatepass"))
     return json.loads(data)
+
+
+_OPENERS = (b"{", b"[")
 
 
 @dataclass(frozen=True, slots=True)
