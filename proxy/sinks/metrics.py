@@ -157,7 +157,8 @@ class Metrics:
         op = cap("operation", rec.operation)
         known = self._known
         if known is None:
-            known = self._known = self._known_models() if self._known_models else frozenset()
+            known = self._known = self._known_models() if self._known_models is not None \
+                else frozenset()
         model = cap("model", rec.model or rec.request_model or "unknown", admit, known)
         agent = cap("agent", rec.agent, admit)
         tags = tuple(cap(f"tag:{t}", rec.tags.get(t), admit) for t in self.tag_labels)
