@@ -25,13 +25,23 @@ class LabelCap:
         self.overflowed = 0
 
     def seed(self, label: str, values: Sequence[str]) -> None:
-        self._seen.setdefault(label, set()).update(values)
+        self.kept(label).update(values)
+
+    def kept(self, label: str) -> set[str]:
+        """The values `label` keeps as their own (the live set, only ever growing): a caller
+        may test a value against it and skip the call when it is there (same answer)."""
+        seen = self._seen.get(label)
+        if seen is None:
+            seen = self._seen[label] = set()
+        return seen
 
     def __call__(self, label: str, value: str | None, admit: bool = True,
                  known: AbstractSet[str] = frozenset()) -> str:
         """`known`: values that are always their own (a bounded set), outside the cap."""
         v = value if value else "none"
-        seen = self._seen.setdefault(label, set())
+        seen = self._seen.get(label)  # not setdefault: that builds a set on every call
+        if seen is None:
+            seen = self._seen[label] = set()
         if v in seen or v in known:
             return v
         if not admit or len(seen) >= self.limit:

@@ -28,6 +28,8 @@ __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 _TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
+# the `code` label of the usual status codes, made once (others: str() per call)
+_STATUS: dict[int | None, str] = {None: "none", **{c: str(c) for c in range(100, 600)}}
 
 
 class Metrics:
@@ -39,11 +41,23 @@ class Metrics:
                  known_models: Callable[[], AbstractSet[str]] | None = None) -> None:
         self.registry = registry
         self.cap = LabelCap(max_label_values)
-        # model names the price list knows: their own label value, outside the cap
+        # model names the price list knows: their own label value, outside the cap. The
+        # book builds the set once; it is asked at the first record that needs it, then kept.
         self._known_models = known_models
+        self._known: AbstractSet[str] | None = None if known_models is not None else frozenset()
         # configured upstream names are the only `upstream` values (None: any, capped)
         self._upstreams = None if upstreams is None else frozenset(upstreams)
         self.tag_labels = tuple(tag_labels)
+        # The values each label already keeps (the cap's live sets): a record whose values
+        # are all there takes them as they are, without the cap's calls (see observe).
+        self._kept_up = self.cap.kept("upstream")
+        self._kept_op = self.cap.kept("operation")
+        self._kept_model = self.cap.kept("model")
+        self._kept_agent = self.cap.kept("agent")
+        self._kept_tags = tuple((t, self.cap.kept(f"tag:{t}")) for t in self.tag_labels)
+        # raw `upstream` values that are their own label for good: configured (or any, when
+        # none are) and kept by the cap. At most max_label_values of them.
+        self._own_up: set[str] = set()
         t = self.tag_labels
         r = registry
         # The families every call moves are plain-dict tallies (see proxy/sinks/tally.py).
@@ -121,49 +135,94 @@ class Metrics:
         return child
 
     def started(self, call: LiveCall) -> None:
-        up = self.cap("upstream", call.upstream)
+        up = call.upstream
+        if up not in self._kept_up:  # a kept value is its own label: no need to ask the cap
+            up = self.cap("upstream", up)
         self._live[call.call_id] = up
         self.inflight.add((up,), 1)
 
     async def handle(self, record: CallRecord) -> None:
         self.observe(record)
 
-    def observe(self, rec: CallRecord) -> None:
+    def _labels(self, rec: CallRecord) -> tuple[str, str, str, str, tuple[str, ...]]:
+        """The record's upstream, operation, model, agent and tag labels, as the cap gives
+        them: only a call the upstream took may bring a new model, agent or tag value."""
         cap = self.cap
-        up = rec.upstream if self._upstreams is None or rec.upstream in self._upstreams \
-            else "other"
-        up = cap("upstream", up)
-        # only a call the upstream took may bring a new model, agent or tag value
+        raw = rec.upstream
+        up = cap("upstream", raw if self._upstreams is None or raw in self._upstreams
+                 else "other")
+        if up == raw and up in self._kept_up:
+            self._own_up.add(up)
         admit = admits(rec)
-        live_up = self._live.pop(rec.call_id, None)
-        if live_up is not None:
-            self.inflight.add((live_up,), -1)
         op = cap("operation", rec.operation)
-        known = self._known_models() if self._known_models is not None else frozenset()
+        known = self._known
+        if known is None:
+            known = self._known = self._known_models() if self._known_models is not None \
+                else frozenset()
         model = cap("model", rec.model or rec.request_model or "unknown", admit, known)
         agent = cap("agent", rec.agent, admit)
         tags = tuple(cap(f"tag:{t}", rec.tags.get(t), admit) for t in self.tag_labels)
-        code = str(rec.status_code) if rec.status_code is not None else "none"
-        self.requests.inc((up, op, model, agent, rec.outcome, code, *tags))
-        if rec.input_tokens is not None and rec.input_source != "none":
+        return up, op, model, agent, tags
+
+    def _kept_tag_values(self, rec: CallRecord) -> tuple[str, ...] | None:
+        """The record's tag labels when every value is already kept, else None."""
+        got = rec.tags
+        values = []
+        for t, kept in self._kept_tags:
+            v = got.get(t) or "none"
+            if v not in kept:
+                return None
+            values.append(v)
+        return tuple(values)
+
+    def observe(self, rec: CallRecord) -> None:
+        live_up = self._live.pop(rec.call_id, None)
+        if live_up is not None:
+            self.inflight.add((live_up,), -1)
+        # Fast path: a value the cap already keeps (or a model the price list knows) is its
+        # own label for good (the cap's sets only grow), so when every value of the record is
+        # one, the cap would answer each as it is: take them without asking it.
+        up, op, agent = rec.upstream, rec.operation, rec.agent or "none"
+        model = rec.model or rec.request_model or "unknown"
+        known = self._known
+        tags: tuple[str, ...] | None = () if not self._kept_tags \
+            else self._kept_tag_values(rec)
+        if not (tags is not None and up in self._own_up and op in self._kept_op
+                and agent in self._kept_agent
+                and (model in self._kept_model or (known is not None and model in known))):
+            up, op, model, agent, tags = self._labels(rec)
+        code = _STATUS.get(rec.status_code) or str(rec.status_code)
+        self.requests.inc((up, op, model, agent, rec.outcome, code) + tags)
+        n = rec.input_tokens
+        if n is not None and rec.input_source != "none":
             read, write = rec.cache_read_tokens or 0, rec.cache_write_tokens or 0
             src = rec.input_source
-            for cache, n in (("none", rec.input_tokens - read - write), ("read", read),
-                             ("write", write)):
-                if n:
-                    self.input_tokens.inc((up, model, agent, cache, src, *tags), n)
-        if rec.output_tokens is not None and rec.output_source != "none":
+            inc = self.input_tokens.inc
+            # the cache classes in this order (a series' first call orders /metrics)
+            if n - read - write:
+                inc((up, model, agent, "none", src) + tags, n - read - write)
+            if read:
+                inc((up, model, agent, "read", src) + tags, read)
+            if write:
+                inc((up, model, agent, "write", src) + tags, write)
+        n = rec.output_tokens
+        if n is not None and rec.output_source != "none":
             reasoning = rec.reasoning_tokens or 0
             src = rec.output_source
-            for phase, n in (("response", rec.output_tokens - reasoning),
-                             ("reasoning", reasoning)):
-                if n:
-                    self.output_tokens.inc((up, model, agent, phase, src, *tags), n)
-        if rec.cost_usd is not None:
-            if rec.cost_usd:
-                self.cost.inc((up, model, agent, *tags), float(rec.cost_usd))
-            if rec.list_cost_usd:
-                self.list_cost.inc((up, model, agent, *tags), float(rec.list_cost_usd))
+            inc = self.output_tokens.inc
+            if n - reasoning:
+                inc((up, model, agent, "response", src) + tags, n - reasoning)
+            if reasoning:
+                inc((up, model, agent, "reasoning", src) + tags, reasoning)
+        cost = rec.cost_usd
+        if cost is not None:
+            key = (up, model, agent) + tags
+            if cost:
+                usd = float(cost)
+                self.cost.inc(key, usd)
+            list_cost = rec.list_cost_usd
+            if list_cost:  # most often the very Decimal of cost_usd (no adjustment)
+                self.list_cost.inc(key, usd if list_cost is cost else float(list_cost))
         elif rec.unpriced:
             self.unpriced.inc((up, model))
         if rec.usage_source in ("estimated", "partial"):

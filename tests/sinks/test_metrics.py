@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import ModelPrice
 from proxy.pricing import PriceBook
+from proxy.record import LiveCall
 from proxy.sinks.metrics import Metrics
 from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy, free_port
 from tests.factories import make_record
@@ -148,3 +149,42 @@ async def test_a_model_the_price_list_knows_keeps_its_label_after_junk_fills_the
     assert len(models - {"gpt-4o", "house-llama", "other"}) == 100  # junk shares the cap
     assert {s["model"] for s in series(metrics, "tokenbooth_cost_usd")} == {"gpt-4o",
                                                                            "house-llama"}
+
+
+async def test_kept_values_skip_the_cap_and_give_the_labels_it_would() -> None:
+    # A record whose values the cap already keeps takes them without asking it again: the
+    # labels must be the ones the cap gives, whatever order the values came in.
+    metrics = Metrics(CollectorRegistry(), max_label_values=3, upstreams=("openai",),
+                      tag_labels=("team",))
+    live = LiveCall(call_id="l0", started_at="2026-11-20T10:00:00.000Z", upstream="nosuch",
+                    operation="chat", stream=False, agent=None, session=None, run=None)
+    metrics.started(live)  # the in-flight gauge keeps `nosuch`...
+    for i, (up, team, status, outcome) in enumerate([
+            ("nosuch", "blue", 200, "ok"),  # ...but requests never take an unconfigured name
+            ("openai", "blue", 200, "ok"), ("openai", "blue", 200, "ok"),
+            ("openai", "blue", 401, "rejected"),  # a kept value: its own even when refused
+            ("openai", "red", 401, "rejected"),  # a new value from a refused call: other
+            ("openai", "red", 200, "ok"), ("openai", "green", 200, "ok"),
+            ("openai", "yellow", 200, "ok"),  # the cap is full: other
+            ("openai", "red", 200, "ok"), ("nosuch", "blue", 200, "ok")]):
+        await metrics.handle(make_record(call_id=f"l{i}", upstream=up, agent="a",
+                                         tags={"team": team}, status_code=status,
+                                         outcome=outcome))
+    got = {(s.labels["upstream"], s.labels["team"], s.labels["code"]): s.value for fam
+           in metrics.registry.collect() if fam.name == "tokenbooth_requests"
+           for s in fam.samples if s.name == "tokenbooth_requests_total"}
+    assert got == {("other", "blue", "200"): 2, ("openai", "blue", "200"): 2,
+                   ("openai", "blue", "401"): 1, ("openai", "other", "401"): 1,
+                   ("openai", "red", "200"): 2, ("openai", "green", "200"): 1,
+                   ("openai", "other", "200"): 1}
+    inflight = {s.labels["upstream"]: s.value for fam in metrics.registry.collect()
+                if fam.name == "tokenbooth_inflight_requests" for s in fam.samples}
+    assert inflight == {"nosuch": 0}  # l0 started and ended
+
+
+async def test_an_unusual_status_code_is_its_own_code_label() -> None:
+    metrics = Metrics(CollectorRegistry())
+    for i, status in enumerate((200, 599, 999, None)):
+        await metrics.handle(make_record(call_id=f"s{i}", status_code=status,
+                                         outcome="ok" if status else "client_aborted"))
+    assert sorted(s["code"] for s in series(metrics)) == ["200", "599", "999", "none"]
