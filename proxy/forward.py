@@ -527,7 +527,8 @@ class Forwarder:
         progress_at = loop.time() + PROGRESS_SECONDS if meter.streaming else float("inf")
         try:
             await out.prepare(request)
-            write, feed, watching, now = out.write, meter.feed, self.recorder.watching, loop.time
+            write, feed, watching, now = out.write, meter.feeder(), self.recorder.watching, \
+                loop.time
             last = resp.content.at_eof  # the body's last bytes: sent in one write with its end
             async for chunk in resp.content.iter_any():
                 t = watch.last = now()

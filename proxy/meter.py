@@ -9,6 +9,7 @@ buffer, read by a pure function only if an estimate needs their text.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 from proxy.dialects import Dialect, Observation, StreamState
@@ -78,7 +79,7 @@ class _Lines:
 
 class Meter:
     __slots__ = ("_dialect", "_content_type", "_decoder", "_pipe", "_body", "_state",
-                 "_screened", "errors", "broken", "bytes_seen", "streaming", "_quiet", "_end",
+                 "_screened", "errors", "broken", "_seen", "streaming", "_quiet", "_end",
                  "_held", "_held_bytes")
 
     def __init__(self, dialect: Dialect | None, content_type: str | None,
@@ -87,7 +88,7 @@ class Meter:
         self._content_type = content_type
         self.errors = 0
         self.broken = dialect is None
-        self.bytes_seen = 0
+        self._seen = 0  # bytes fed, but not those held (see bytes_seen)
         self._state: StreamState | None = None
         self._pipe: _Events | _Lines | None = None  # a stream: frames into the state
         self._body: JsonBodyBuffer | None = None  # a whole JSON body
@@ -130,17 +131,29 @@ class Meter:
                 and state.quiet is not None:
             self._quiet, self._screened = state.quiet, screened
 
+    @property
+    def bytes_seen(self) -> int:
+        return self._seen + self._held_bytes
+
+    def feeder(self) -> Callable[[bytes], None]:
+        """What to call with each chunk: `feed`, or for a screened stream `_hold` directly
+        (the relay calls it for every chunk: the fewer steps the better)."""
+        return self._hold if self._quiet is not None and not self.broken else self.feed
+
+    def _hold(self, chunk: bytes) -> None:
+        # Screened in batches: one literal search over many chunks, not one per chunk.
+        self._held.append(chunk)
+        self._held_bytes += len(chunk)
+        if self._held_bytes >= HOLD_BYTES:
+            self._release()
+
     def feed(self, chunk: bytes) -> None:
         """Called for every chunk, after it was forwarded: keep it cheap."""
-        self.bytes_seen += len(chunk)
-        if self.broken:
-            return
         if self._quiet is not None:
-            # Screened in batches: one literal search over many chunks, not one per chunk.
-            self._held.append(chunk)
-            self._held_bytes += len(chunk)
-            if self._held_bytes >= HOLD_BYTES:
-                self._release()
+            self._hold(chunk)
+            return
+        self._seen += len(chunk)
+        if self.broken:
             return
         try:
             if self._decoder is not None:
@@ -161,7 +174,9 @@ class Meter:
         """Read the held chunks. Runs of whole frames that cannot matter (once the state is
         `ready()`) are kept unread for a possible estimate instead of being framed and
         parsed; only the frames that may matter go through the framer."""
-        held, self._held, self._held_bytes = self._held, [], 0
+        held, self._held = self._held, []
+        self._seen += self._held_bytes
+        self._held_bytes = 0
         quiet, framer, pipe, state = self._quiet, self._screened, self._pipe, self._state
         if not held or self.broken or quiet is None or framer is None or pipe is None \
                 or state is None:

@@ -120,11 +120,16 @@ def test_held_chunks_are_read_past_the_hold_size() -> None:
              + b'"},"finish_reason":null}],"usage":null}\n\n')
     n = HOLD_BYTES // len(delta) * 3
     meter = Meter(DIALECTS["openai.chat"], "text/event-stream", None)
-    for _ in range(n):
-        meter.feed(delta)
-    meter.feed(b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":' +
-               str(n).encode() + b"}}\n\ndata: [DONE]\n\n")
+    feed = meter.feeder()  # what the relay calls: the hold itself, for a screened stream
+    assert feed == meter._hold
+    for i in range(n):
+        feed(delta)
+        assert meter.bytes_seen == len(delta) * (i + 1)  # held or read, every byte counts
+    last = (b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":' +
+            str(n).encode() + b"}}\n\ndata: [DONE]\n\n")
+    meter.feed(last)
     obs = meter.finish()
+    assert meter.bytes_seen == len(delta) * n + len(last)
     assert obs.usage is not None and (obs.usage.input_tokens, obs.usage.output_tokens) == (9, n)
     assert len(obs.output_text) == 500 * n
 
