@@ -54,13 +54,10 @@ class UsageStripper:
         if not self._parts and chunk.endswith(b"\n\n"):
             # Whole events, the usual shape (any `X\n\n` ends an event, whatever line ends
             # came before): with no usage, or only OpenAI's own null marker, no need to split.
-            usage = chunk.count(b'"usage"')
-            if not usage:
-                return chunk
-            if usage == 1:
-                out = chunk.replace(b',"usage":null', b"", 1)
-                if len(out) < len(chunk):
-                    return out
+            # (No marker: `replace` gives back the chunk itself.)
+            out = chunk.replace(b',"usage":null', b"", 1)
+            if b'"usage"' not in out:
+                return out
         if chunk.find(b"\n") < 0 and chunk.find(b"\r") < 0:
             self._parts.append(chunk)  # no event can end here: hold the partial event
             return b""
