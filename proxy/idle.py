@@ -27,7 +27,9 @@ class IdleWatch:
         self._content = content
         self.last = loop.time()
         self.writing = False
-        self._handle: asyncio.TimerHandle | None = loop.call_at(self.last + limit, self._check)
+        # A body received whole already (a JSON answer with its head) cannot go idle: no timer.
+        self._handle: asyncio.TimerHandle | None = None if content.is_eof() else \
+            loop.call_at(self.last + limit, self._check)
 
     def _check(self) -> None:
         now = self._loop.time()

@@ -153,12 +153,12 @@ def due(w: Window, now: datetime) -> list[Notice]:
     if spend <= 0:
         return []
     out: list[Notice] = []
-    for t in spec.thresholds:  # ascending
+    for t in spec.thresholds:  # ascending: the first one not reached ends the search
+        if spend < limit * _fraction(t):
+            break
         tag = threshold_tag(t)
         if tag in w.noticed:
             continue
-        if spend < limit * _fraction(t):
-            break
         w.noticed.add(tag)
         out.append(Notice("threshold", spec.name, spec.budget, spec.id, w.window_start(now),
                           t, spend, spec.limit_usd, w.window_end, spec.notify))
