@@ -34,6 +34,14 @@ MILLION = Decimal(1_000_000)
 # Billed units that cost nothing beyond their tokens (Anthropic web fetch).
 FREE_UNITS = frozenset({"web_fetches"})
 _DATED = re.compile(r"^(.*?)-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+_ZERO = Decimal(0)
+_NO_CONTEXT: dict[str, str] = {}  # never written to
+_MISS: Any = object()  # a cache's "not looked up yet"
+# The per-million rates of the five plain token classes, in _fast_cost's order.
+_CLASSES = ("input_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok",
+            "output_mtok")
+_Rates = tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None, Decimal | None]
+_Entry = tuple[float, Any, _Rates | None, bool, bool]  # see PriceBook._prices
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +170,7 @@ class PriceBook:
         self._overrides = dict(overrides or {})
         self.adjuster = Adjuster(adjustments)
         self._cache: dict[tuple[str, str | None], Any] = {}
-        self._mp_cache: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[float, Any]] = {}
+        self._mp_cache: dict[tuple[int, tuple[tuple[str, str], ...]], _Entry] = {}
         self._override_cache: dict[str, tuple[str, ModelPrice] | None] = {}
         self._known: frozenset[str] | None = None
         self.library_version = f"genai-prices {version('genai-prices')}"
@@ -222,39 +230,54 @@ class PriceBook:
               upstream: str | None = None) -> Price:
         """`provider_id` is the genai-prices provider (None: whichever knows the model).
         `upstream`: the route's name, which `pricing.adjustments` match."""
-        p = self.list_price(model, provider_id, usage, free=free, provider_cost=provider_cost)
-        return Price(self.adjuster.charged(p.cost_usd, upstream, model, p.model), p.source,
-                     p.model, p.cost_usd)
+        cost, source, priced = self._list(model, provider_id, usage, free, provider_cost)
+        # Called twice per call: without adjustments the charged cost is the list cost.
+        charged = cost if not self.adjuster.adjustments else \
+            self.adjuster.charged(cost, upstream, model, priced)
+        return Price(charged, source, priced, cost)
 
     def list_price(self, model: str | None, provider_id: str | None, usage: Usage, *,
                    free: bool = False, provider_cost: Decimal | None = None) -> Price:
         """The list price (no adjustment): its cost_usd is the list cost."""
+        return Price(*self._list(model, provider_id, usage, free, provider_cost))
+
+    def _list(self, model: str | None, provider_id: str | None, usage: Usage, free: bool,
+              provider_cost: Decimal | None) -> tuple[Decimal | None, str | None, str | None]:
+        """(list cost, source, model priced): a tuple, so that `price` builds one Price."""
         if provider_cost is not None:
-            return Price(provider_cost, "provider", model)
+            return provider_cost, "provider", model
         if free:
-            return Price(Decimal(0), "free", model)
+            return Decimal(0), "free", model
         if usage.input_tokens is None and usage.output_tokens is None:
-            return Price(None, None, model)
+            return None, None, model
         if not usage.input_tokens and not usage.output_tokens and not usage.units:
-            return Price(Decimal(0), "free", model)  # nothing billed (a failed batch line)
+            return Decimal(0), "free", model  # nothing billed (a failed batch line)
         if not model:
-            return Price(None, None, model)
+            return None, None, model
         units = usage.priced_units() if usage.units else None
-        context = price_context(usage)
-        over = self._override(model)
+        tier = usage.service_tier
+        # The usual call is served at the standard price: no context to build.
+        context = price_context(usage) if usage.batch or usage.speed is not None or (
+            tier is not None and tier not in STANDARD_TIERS) else _NO_CONTEXT
+        # The two caches' hits inline, without a method call each (this runs twice a call).
+        over = self._override_cache.get(model, _MISS)
+        if over is _MISS:
+            over = self._override(model)
         if over is not None:
             # Config prices plain tokens: a tier, batch or non-token unit has no price there.
             if context or any(not k.endswith("_tokens") and k not in FREE_UNITS
                               for k in units or ()):
-                return Price(None, None, over[0])
-            return Price(_config_cost(over[1], usage), "config", over[0])
-        found = self._lookup(model, provider_id)
+                return None, None, over[0]
+            return _config_cost(over[1], usage), "config", over[0]
+        found = self._cache.get((model, provider_id), _MISS)
+        if found is _MISS:
+            found = self._lookup(model, provider_id)
         if found is None:
-            return Price(None, None, model)
+            return None, None, model
         provider, info = found
         if context and not _has_variant(info, context):
-            return Price(None, None, info.id)  # served at a tier with no known price
-        mp = self._model_price(info, context)
+            return None, None, info.id  # served at a tier with no known price
+        _, mp, rates, no_input, no_output = self._prices(info, context)
         if units and _speech_only(info.id, mp, usage):
             # A text-to-speech model outputs nothing but audio: its output rate is its
             # audio output rate (Gemini TTS reports AUDIO candidates; genai-prices lists
@@ -264,32 +287,37 @@ class PriceBook:
                           usage.cache_write_tokens, usage.cache_write_1h_tokens,
                           usage.output_tokens, usage.reasoning_tokens, units or None,
                           usage.service_tier, usage.batch, usage.speed)
-        if (usage.input_tokens and getattr(mp, "input_mtok", None) is None) or \
-                (usage.output_tokens and getattr(mp, "output_mtok", None) is None):
+        if (usage.input_tokens and no_input) or (usage.output_tokens and no_output):
             # Tokens of a model billed by something else (whisper-1: audio seconds): no
             # price for them, never $0.
-            return Price(None, None, info.id)
+            return None, None, info.id
         if units:
             if unpriced_units(mp, units):
-                return Price(None, None, info.id)
+                return None, None, info.id
             cost = None
+        elif rates is not None:
+            cost = _plain_cost(rates, usage)
         else:
             cost = _fast_cost(mp, usage)
         if cost is None:
             cost = _library_cost(provider, info, usage, context)
-        return Price(cost, self.library_version, info.id)
+        return cost, self.library_version, info.id
 
-    def _model_price(self, info: Any, context: dict[str, str] | None = None) -> Any:
-        """The model's current ModelPrice (at a tier or batch variant), cached for an hour
-        (prices change by date)."""
-        now = time.monotonic()
+    def _prices(self, info: Any, context: dict[str, str] | None) -> _Entry:
+        """(expiry, the model's current ModelPrice at the tier or batch variant, its plain
+        rates or None, whether it has no input price, whether it has no output price),
+        cached for an hour (prices change by date). One entry per model and price variant
+        of the bundled snapshot: bounded."""
         key = (id(info), tuple(sorted(context.items())) if context else ())
         hit = self._mp_cache.get(key)
+        now = time.monotonic()
         if hit is not None and hit[0] > now:
-            return hit[1]
+            return hit
         mp = info.get_prices(datetime.now(UTC), context or None)
-        self._mp_cache[key] = (now + 3600, mp)
-        return mp
+        entry = (now + 3600, mp, _plain_rates(mp), getattr(mp, "input_mtok", None) is None,
+                 getattr(mp, "output_mtok", None) is None)
+        self._mp_cache[key] = entry
+        return entry
 
     def describe(self, model: str, provider_id: str | None = None) -> dict[str, Any]:
         """For `tokenbooth prices`: readable prices (USD; tiers spelled out), the served-tier
@@ -372,6 +400,53 @@ def _tier(price: Any, total_input: int) -> Decimal | None:
         if total_input > tier.start:
             return Decimal(tier.price)
     return Decimal(price.base)
+
+
+def _plain_rates(mp: Any) -> _Rates | None:
+    """The five classes' rates (None: no price) of a ModelPrice without tiers, resolved once
+    per cached ModelPrice; None when any class is tiered (_fast_cost resolves those by the
+    call's input)."""
+    rates = tuple(getattr(mp, key, None) for key in _CLASSES)
+    if any(r is not None and not isinstance(r, Decimal) for r in rates):
+        return None
+    return rates  # type: ignore[return-value]  # five, by _CLASSES
+
+
+def _plain_cost(rates: _Rates, u: Usage) -> Decimal | None:
+    """_fast_cost with the rates resolved (no tiers): the same arithmetic in the same order,
+    so the same Decimal."""
+    inp, out = u.input_tokens or 0, u.output_tokens or 0
+    read, write = u.cache_read_tokens or 0, u.cache_write_tokens or 0
+    write_1h = u.cache_write_1h_tokens or 0
+    write_5m = write - write_1h
+    uncached = inp - read - write
+    if uncached < 0 or write_5m < 0:
+        return None
+    r_in, r_read, r_5m, r_1h, r_out = rates
+    # Unrolled (this runs twice per call); a class with no tokens adds nothing, not even
+    # a zero: the Decimal's exponent, so its digits, stay those of the library's sum.
+    total = _ZERO
+    if uncached:
+        if r_in is None:
+            return None
+        total += r_in * uncached
+    if read:
+        if r_read is None:
+            return None
+        total += r_read * read
+    if write_5m:
+        if r_5m is None:
+            return None
+        total += r_5m * write_5m
+    if write_1h:
+        if r_1h is None:
+            return None
+        total += r_1h * write_1h
+    if out:
+        if r_out is None:
+            return None
+        total += r_out * out
+    return total / MILLION
 
 
 def _fast_cost(mp: Any, u: Usage) -> Decimal | None:

@@ -73,6 +73,8 @@ class Usage:
 
 
 def as_int(value: object) -> int | None:
+    if type(value) is int:  # the usual count: no isinstance checks, no int() copy
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return int(value)

@@ -75,7 +75,7 @@ def test_model_name_normalization() -> None:
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from proxy.pricing import _library_cost  # noqa: E402
+from proxy.pricing import _fast_cost, _library_cost, _plain_cost  # noqa: E402
 
 MODELS = [("gpt-4o", "openai"), ("claude-sonnet-4-20250514", "anthropic"),
           ("gemini-2.5-pro", "google"), ("gemini-2.5-flash", "google"),
@@ -93,6 +93,39 @@ def test_fast_path_equals_the_library(model: tuple[str, str], uncached: int, rea
     fast = book.price(model[0], model[1], u).cost_usd
     provider, info = book._lookup(model[0], model[1])
     assert fast == _library_cost(provider, info, u)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(MODELS), st.integers(0, 400_000), st.integers(0, 100_000),
+       st.integers(0, 50_000), st.integers(0, 50_000), st.integers(0, 30_000))
+def test_rates_resolved_once_give_the_same_decimal_digit_for_digit(
+        model: tuple[str, str], uncached: int, read: int, write: int, write_1h: int,
+        out: int) -> None:
+    """A ModelPrice without tiers is priced from its five rates resolved once per cached
+    ModelPrice: the same Decimal, exponent included, as resolving each class per call (the
+    way a tiered model still goes), and the same None where a class has no price."""
+    book = PriceBook()
+    write_1h = min(write_1h, write)
+    u = Usage(uncached + read + write, read, write, write_1h, out, None)
+    _, info = book._lookup(model[0], model[1])
+    _, mp, rates, _, _ = book._prices(info, None)
+    tiered = any(hasattr(getattr(mp, k, None), "tiers") for k in (
+        "input_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok",
+        "output_mtok"))
+    assert (rates is None) == tiered
+    if rates is not None:
+        plain, general = _plain_cost(rates, u), _fast_cost(mp, u)
+        assert str(plain) == str(general)
+        assert (plain is None) == (general is None)
+
+
+def test_plain_rates_are_the_published_ones_and_tiered_prices_have_none() -> None:
+    """gpt-4o: $2.50 input, $1.25 cached input, $10 output per million, no cache-write
+    price; gemini-2.5-pro's prices are tiered above 200,000 input tokens (resolved per call)."""
+    book = PriceBook()
+    assert book._prices(book._lookup("gpt-4o", "openai")[1], None)[2] == (
+        Decimal("2.5"), Decimal("1.25"), None, None, Decimal("10"))
+    assert book._prices(book._lookup("gemini-2.5-pro", "google")[1], None)[2] is None
 
 
 # Every billed dimension. Each expectation is the provider's published price list, by hand:

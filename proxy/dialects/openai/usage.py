@@ -9,10 +9,12 @@ from proxy.usage import Usage, as_int, as_str, check_total, dig, units
 
 __all__ = ["from_openai"]
 
-def _any_detail(details: Any) -> bool:
-    return isinstance(details, dict) and bool(
-        details.get("audio_tokens") or details.get("image_tokens")
-        or details.get("cached_tokens_details"))
+_NOTHING: dict[str, Any] = {}  # details not reported (never written to)
+
+
+def _any_detail(details: dict[str, Any]) -> bool:
+    return bool(details.get("audio_tokens") or details.get("image_tokens")
+                or details.get("cached_tokens_details"))
 
 
 def from_openai(u: dict[str, Any], *, responses: bool = False, tier: Any = None,
@@ -30,11 +32,14 @@ def from_openai(u: dict[str, Any], *, responses: bool = False, tier: Any = None,
         inp, out = as_int(u.get("prompt_tokens")), as_int(u.get("completion_tokens"))
         in_details = u.get("prompt_tokens_details")
         out_details = u.get("completion_tokens_details")
-    cache_read = as_int(dig(in_details, "cached_tokens"))
+    # The details as mappings once (dig's rule: anything else holds nothing).
+    ind = in_details if isinstance(in_details, dict) else _NOTHING
+    outd = out_details if isinstance(out_details, dict) else _NOTHING
+    cache_read = as_int(ind.get("cached_tokens"))
     if cache_read is None:
         cache_read = as_int(u.get("prompt_cache_hit_tokens"))  # DeepSeek
-    cache_write = as_int(dig(in_details, "cache_write_tokens"))
-    reasoning = as_int(dig(out_details, "reasoning_tokens"))
+    cache_write = as_int(ind.get("cache_write_tokens"))
+    reasoning = as_int(outd.get("reasoning_tokens"))
     total = as_int(u.get("total_tokens"))
     if inp is not None and out is None and total is not None:
         out = total - inp if total >= inp else 0  # embeddings: no output side
@@ -43,20 +48,21 @@ def from_openai(u: dict[str, Any], *, responses: bool = False, tier: Any = None,
         out = total - inp
     elif inp is not None and out is not None:
         check_total("openai", inp + out, total)
+    extra = None  # the usual call: no details, or only zeros
+    if web_searches or _any_detail(ind) or _any_detail(outd):
+        extra = _modalities(ind, outd, web_searches)
     return Usage(inp, cache_read if inp is not None else None,
-                 cache_write if inp is not None else None, None, out, reasoning,
-                 _modalities(in_details, out_details, web_searches),
+                 cache_write if inp is not None else None, None, out, reasoning, extra,
                  as_str(tier) or as_str(u.get("service_tier")))
 
 
-def _modalities(in_details: Any, out_details: Any, web_searches: int) -> dict[str, int] | None:
+def _modalities(ind: dict[str, Any], outd: dict[str, Any],
+                web_searches: int) -> dict[str, int] | None:
     """Audio and image token details (parts of the input and output counts)."""
-    if not web_searches and not _any_detail(in_details) and not _any_detail(out_details):
-        return None  # the usual call: no details, or only zeros
-    return units(input_audio_tokens=as_int(dig(in_details, "audio_tokens")),
-                 input_image_tokens=as_int(dig(in_details, "image_tokens")),
-                 output_audio_tokens=as_int(dig(out_details, "audio_tokens")),
-                 output_image_tokens=as_int(dig(out_details, "image_tokens")),
-                 cache_audio_read_tokens=as_int(dig(in_details, "cached_tokens_details",
+    return units(input_audio_tokens=as_int(ind.get("audio_tokens")),
+                 input_image_tokens=as_int(ind.get("image_tokens")),
+                 output_audio_tokens=as_int(outd.get("audio_tokens")),
+                 output_image_tokens=as_int(outd.get("image_tokens")),
+                 cache_audio_read_tokens=as_int(dig(ind, "cached_tokens_details",
                                                     "audio_tokens")),
                  web_searches=web_searches)
