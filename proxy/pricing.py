@@ -413,8 +413,9 @@ def _plain_rates(mp: Any) -> _Rates | None:
 
 
 def _plain_cost(rates: _Rates, u: Usage) -> Decimal | None:
-    """_fast_cost with the rates resolved (no tiers): the same arithmetic in the same order,
-    so the same Decimal."""
+    """The cost at resolved rates (one per class, None: no price): genai-prices' arithmetic
+    for plain token classes, in its order, so the same Decimal; None when a class with
+    tokens has no price (the library then decides)."""
     inp, out = u.input_tokens or 0, u.output_tokens or 0
     read, write = u.cache_read_tokens or 0, u.cache_write_tokens or 0
     write_1h = u.cache_write_1h_tokens or 0
@@ -422,57 +423,27 @@ def _plain_cost(rates: _Rates, u: Usage) -> Decimal | None:
     uncached = inp - read - write
     if uncached < 0 or write_5m < 0:
         return None
-    r_in, r_read, r_5m, r_1h, r_out = rates
-    # Unrolled (this runs twice per call); a class with no tokens adds nothing, not even
-    # a zero: the Decimal's exponent, so its digits, stay those of the library's sum.
     total = _ZERO
-    if uncached:
-        if r_in is None:
-            return None
-        total += r_in * uncached
-    if read:
-        if r_read is None:
-            return None
-        total += r_read * read
-    if write_5m:
-        if r_5m is None:
-            return None
-        total += r_5m * write_5m
-    if write_1h:
-        if r_1h is None:
-            return None
-        total += r_1h * write_1h
-    if out:
-        if r_out is None:
-            return None
-        total += r_out * out
+    # a class with no tokens adds nothing, not even a zero: the Decimal's exponent, so its
+    # digits, stay those of the library's sum
+    for count, rate in zip((uncached, read, write_5m, write_1h, out), rates, strict=True):
+        if count:
+            if rate is None:
+                return None
+            total += rate * count
     return total / MILLION
 
 
 def _fast_cost(mp: Any, u: Usage) -> Decimal | None:
-    """The same arithmetic as genai-prices for plain token classes, ~50x cheaper.
+    """The same arithmetic as genai-prices for plain token classes, ~50x cheaper; tiered
+    rates are resolved by the call's input first (genai-prices' cliff rule).
 
     Returns None (use the library) whenever a class with tokens has no price of its own,
     so every fallback rule stays the library's. A property test checks equality.
     """
-    inp, out = u.input_tokens or 0, u.output_tokens or 0
-    read, write = u.cache_read_tokens or 0, u.cache_write_tokens or 0
-    write_1h = u.cache_write_1h_tokens or 0
-    write_5m = write - write_1h
-    uncached = inp - read - write
-    if uncached < 0 or write_5m < 0:
-        return None
-    parts = ((uncached, "input_mtok"), (read, "cache_read_mtok"), (write_5m, "cache_write_mtok"),
-             (write_1h, "cache_write_1h_mtok"), (out, "output_mtok"))
-    total = Decimal(0)
-    for count, key in parts:
-        if not count:
-            continue
-        price = _tier(getattr(mp, key, None), inp)
-        if price is None:
-            return None
-        total += price * count
-    return total / MILLION
+    inp = u.input_tokens or 0
+    rates = tuple(_tier(getattr(mp, key, None), inp) for key in _CLASSES)
+    return _plain_cost(rates, u)  # type: ignore[arg-type]  # five, by _CLASSES
 
 
 def _library_cost(provider: Any, info: Any, u: Usage,
