@@ -448,6 +448,20 @@ async def test_layered_budgets_and_their_notices_on_the_page(
                           json={"model": "cap-model",
                                 "messages": [{"role": "user", "content": "hi"}]}) as r:
             assert r.status == 200 and await r.read()
+        # The page reads the notices when it loads (and after each call): the notice must
+        # be in the outbox first, which the record's budgets sink does after the answer.
+        noticed: list[Any] = []
+
+        async def outbox() -> bool:
+            async with s.get(f"{proxy.url}/api/notices") as r:
+                noticed[:] = (await r.json())["notices"]
+            return bool(noticed)
+
+        for _ in range(200):  # bounded: 10 s
+            if await outbox():
+                break
+            await asyncio.sleep(0.05)
+        assert len(noticed) == 1
     page = await browser.new_page()
     await page.goto(f"{proxy.url}/ui")
     await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
