@@ -100,6 +100,7 @@ async def wait_ready(s: aiohttp.ClientSession, port: int) -> None:
         except aiohttp.ClientConnectionError:
             pass
         await asyncio.sleep(0.1)
+    raise RuntimeError(f"the proxy on {port} was not ready within 30 s")
 
 
 async def one(session: aiohttp.ClientSession, url: str, body: dict[str, object]
