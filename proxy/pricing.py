@@ -88,7 +88,7 @@ class Adjuster:
     def charged(self, list_cost: Decimal | None, upstream: str | None, model: str | None,
                 priced: str | None = None) -> Decimal | None:
         """The charged cost of a list cost (None stays None, 0 stays 0)."""
-        if list_cost is None or not list_cost:
+        if not list_cost:  # None or 0
             return list_cost
         f = self.factor(upstream, model, priced)
         return list_cost if f is None else list_cost * f
@@ -235,11 +235,6 @@ class PriceBook:
         charged = cost if not self.adjuster.adjustments else \
             self.adjuster.charged(cost, upstream, model, priced)
         return Price(charged, source, priced, cost)
-
-    def list_price(self, model: str | None, provider_id: str | None, usage: Usage, *,
-                   free: bool = False, provider_cost: Decimal | None = None) -> Price:
-        """The list price (no adjustment): its cost_usd is the list cost."""
-        return Price(*self._list(model, provider_id, usage, free, provider_cost))
 
     def _list(self, model: str | None, provider_id: str | None, usage: Usage, free: bool,
               provider_cost: Decimal | None) -> tuple[Decimal | None, str | None, str | None]:

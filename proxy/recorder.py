@@ -23,7 +23,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from proxy.dialects import DIALECTS, Observation, recorded_model
+from proxy.dialects import DIALECTS, recorded_model
+from proxy.dialects.base import NOTHING_OBSERVED
 from proxy.estimate import Estimator
 from proxy.mailbox import Mailbox
 from proxy.outcome import ending
@@ -431,7 +432,7 @@ class Recorder:
         obs = facts.observation
         if obs.status == "pending" and obs.upstream_request_id:
             self._creates[f"{facts.upstream}\0{obs.upstream_request_id}"] = replace(
-                facts, request_body=b"", request_doc=None, observation=Observation())
+                facts, request_body=b"", request_doc=None, observation=NOTHING_OBSERVED)
             if len(self._creates) > CREATES:
                 self._creates.popitem(last=False)
         done = obs.background

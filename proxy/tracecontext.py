@@ -56,11 +56,16 @@ class SpanIds:
         return SpanIds(self.trace_id, _span_id(), self.parent_id, self.flags, self.tracestate)
 
 
-def _span_id() -> int:
+def _nonzero(bits: int) -> int:
+    """A random id of `bits` bits (W3C: all zeros is invalid)."""
     while True:
-        v = _rand.getrandbits(64)
+        v = _rand.getrandbits(bits)
         if v:
             return v
+
+
+def _span_id() -> int:
+    return _nonzero(64)
 
 
 def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
@@ -68,11 +73,12 @@ def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
     (a malformed or all-zero header starts a new trace, as W3C says)."""
     if not value:
         return None
-    m = _TRACEPARENT.match(value.strip())
+    value = value.strip()
+    m = _TRACEPARENT.match(value)
     if m is None:
         return None
     version, trace, span, flags = m.groups()
-    if version == "ff" or (version == "00" and len(value.strip()) != 55):
+    if version == "ff" or (version == "00" and len(value) != 55):
         return None
     trace_id, span_id = int(trace, 16), int(span, 16)
     if not trace_id or not span_id:
@@ -112,10 +118,7 @@ def start_span_ids(traceparent: str | None, tracestate: str | Sequence[str] | No
     the client's `tracestate`)."""
     parent = parse_traceparent(traceparent)
     if parent is None:
-        while True:
-            trace_id = _rand.getrandbits(128)
-            if trace_id:
-                return SpanIds(trace_id, _span_id())
+        return SpanIds(_nonzero(128), _span_id())
     trace_id, parent_id, flags = parent
     state = parse_tracestate((tracestate,) if isinstance(tracestate, str)
                              else tracestate or ())

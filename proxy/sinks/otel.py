@@ -21,6 +21,7 @@ past `queue_spans` spans not yet exported, a new span is dropped and counted
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +55,8 @@ __all__ = ["OtelSink"]
 log = logging.getLogger("tokenbooth.otel")
 _UNSET = Status(StatusCode.UNSET)
 
+
+@functools.cache  # unit names: a few dozen, fixed by the dialects
 def _unit_part(unit: str) -> tuple[str, str] | None:
     """(token class, modality) of a genai-prices unit name that is a modality's part of a
     token class (`input_audio_tokens`, `cache_video_read_tokens`, ...), else None."""
@@ -66,17 +69,11 @@ def _unit_part(unit: str) -> tuple[str, str] | None:
     return f"cache_{cache}_tokens", cache_modality
 
 
-_PARTS: dict[str, tuple[str, str] | None] = {}  # unit name -> its part (a few dozen names)
-
-
 def _modality_parts(units: Mapping[str, int] | None) -> dict[str, list[tuple[str, int]]]:
     """The provider's own modality figures of a record, by token class."""
     out: dict[str, list[tuple[str, int]]] = {}
     for unit, n in (units or {}).items():
-        if unit in _PARTS:
-            part = _PARTS[unit]
-        else:
-            part = _PARTS[unit] = _unit_part(unit)
+        part = _unit_part(unit)
         if part is not None and n:
             out.setdefault(part[0], []).append((part[1], n))
     return out
@@ -134,7 +131,7 @@ class _Tally:
     callback in the SDK's export thread (from a copy: the loop goes on adding); at most
     `max_series` sets (the last one `other`, each record landing there counted)."""
 
-    def __init__(self, max_series: int = 1 << 62, overflow: Any = None) -> None:
+    def __init__(self, max_series: int, overflow: Any) -> None:
         self.sums: dict[Key, float] = {}
         self._attrs: dict[Key, dict[str, Any]] = {}
         self.limit = max(max_series - 1, 0)

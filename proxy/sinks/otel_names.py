@@ -48,8 +48,7 @@ _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 
                   16777216, 67108864)
 _DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
                      40.96, 81.92)
-_CHUNK_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
-                  40.96, 81.92)
+_CHUNK_BUCKETS = _DURATION_BUCKETS  # the conventions advise the same boundaries for both
 
 INSTRUMENTS: tuple[Instrument, ...] = (
     Instrument("input_tokens", "gen_ai.client.inference.usage.input_tokens", "counter",
