@@ -34,7 +34,7 @@ def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
 
 def _filtered(items: Iterable[tuple[str, str]], drop: set[str],
               strip: tuple[str, ...] = ()) -> CIMultiDict[str]:
-    drop |= HOP_BY_HOP  # one set to test (the caller's own set, made for this call)
+    drop = drop | HOP_BY_HOP  # one set to test; the caller's set is left as it was
     if strip:
         return CIMultiDict([(k, v) for k, v in items
                             if (lk := k.lower()) not in drop and not lk.startswith(strip)])
