@@ -1,7 +1,9 @@
-"""make_record() with keyword overrides, for sink tests."""
+"""make_record() with keyword overrides, for sink tests; chat_json(), a fake upstream's
+Chat Completions answer."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -30,3 +32,11 @@ def make_record(**overrides: Any) -> CallRecord:
     values["tags"] = tags
     values.setdefault("list_cost_usd", values["cost_usd"])  # no adjustment: list = charged
     return CallRecord(**values)
+
+
+def chat_json(model: str, usage: dict[str, int] | None) -> bytes:
+    """A non-streamed Chat Completions body for `model` reporting `usage` (None: no usage)."""
+    return json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": model,
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": "Lisbon."}}],
+                       "usage": usage}).encode()

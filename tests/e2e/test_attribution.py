@@ -13,31 +13,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy, sse, wait_until
+from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy, wait_until
 from tests.e2e.test_ledger_metrics import rows as ledger
+from tests.e2e.test_passthrough import ANTHROPIC_JSON, CHAT_JSON, CHAT_STREAM, SSE
 
-CHAT_JSON = json.dumps({
-    "id": "chatcmpl-9", "object": "chat.completion", "created": 1767000000,
-    "model": "gpt-4o-2024-08-06",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Lisbon."},
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22},
-}).encode()
-CHAT_STREAM = sse(
-    'data: {"id":"c2","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06",'
-    '"choices":[{"index":0,"delta":{"role":"assistant","content":"Lis"},"finish_reason":null}],'
-    '"usage":null}',
-    'data: {"id":"c2","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06",'
-    '"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}',
-    "data: [DONE]",
-)
-ANTHROPIC_JSON = json.dumps({
-    "id": "msg_01Ab", "type": "message", "role": "assistant",
-    "model": "claude-sonnet-4-20250514", "content": [{"type": "text", "text": "Done."}],
-    "stop_reason": "end_turn", "stop_sequence": None,
-    "usage": {"input_tokens": 12, "output_tokens": 3},
-}).encode()
-SSE = {"Content-Type": "text/event-stream"}
 MSGS = [{"role": "user", "content": "capital of Portugal?"}]
 FAMILY_PREFIXES = ("helicone-", "x-litellm-", "x-portkey-", "x-meter-")
 

@@ -18,6 +18,7 @@ from proxy import state
 from proxy.dialects import DIALECTS
 from proxy.estimate import Estimator
 from tests.conftest import FakeUpstream, Reply, Sdks, StartProxy
+from tests.factories import chat_json
 
 MSGS = [{"role": "user", "content": "Summarise the quarterly report in one line."}]
 PRICES = {"models": {"budget-model": {"input": 1.0, "output": 1.0}}}
@@ -36,11 +37,8 @@ async def test_fifty_concurrent_against_a_budget_that_fits_ten(
     proxy = await start_proxy(pricing=PRICES, budgets=[
         {"name": "bot-cap", "match": {"agent": "bot"}, "limit_usd": limit, "window": "total",
          "action": "block"}])
-    upstream.on("/v1/chat/completions", Reply([json.dumps({
-        "id": "c", "object": "chat.completion", "created": 1, "model": "budget-model",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": est, "completion_tokens": 1000}}).encode()],
+    upstream.on("/v1/chat/completions", Reply([chat_json("budget-model", {
+        "prompt_tokens": est, "completion_tokens": 1000})],
         first_delay=0.3))
     client = sdk.openai(f"{proxy.url}/openai/v1", default_headers={"X-Meter-Agent": "bot"})
 
@@ -183,11 +181,8 @@ async def test_a_layered_budget_refuses_on_its_blocking_window_only(
         {"name": "team", "match": {"agent": "bot"}, "windows": [
             {"window": "day", "limit_usd": float(worst * 2 + worst / 2), "action": "block"},
             {"window": "month", "limit_usd": float(worst), "action": "alert"}]}])
-    upstream.on("/v1/chat/completions", Reply([json.dumps({
-        "id": "c", "object": "chat.completion", "created": 1, "model": "budget-model",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": est, "completion_tokens": 1000}}).encode()]))
+    upstream.on("/v1/chat/completions", Reply([chat_json("budget-model", {
+        "prompt_tokens": est, "completion_tokens": 1000})]))
     client = sdk.openai(f"{proxy.url}/openai/v1", default_headers={"X-Meter-Agent": "bot"})
     for _ in range(2):
         await client.chat.completions.create(model="budget-model", messages=MSGS,

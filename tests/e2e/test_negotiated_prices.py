@@ -26,19 +26,15 @@ from proxy.cli import main
 from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy, wait_until
 from tests.e2e.test_ledger_metrics import UNPRICED_JSON, scrape
 from tests.e2e.test_passthrough import CHAT_JSON
+from tests.factories import chat_json
 
 M = Decimal(1_000_000)
 SECRET = "whsec-adjust"
 ADJUSTMENTS = [{"match": {"upstream": "openai", "model": "gpt-4o-mini*"}, "percent": -20},
                {"match": {"upstream": "anthropic", "model": "claude-3-5-haiku*"}, "percent": 10}]
 
-MINI_JSON = json.dumps({
-    "id": "chatcmpl-mini", "object": "chat.completion", "created": 1767000000,
-    "model": "gpt-4o-mini-2024-07-18",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500},
-}).encode()
+USAGE = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
+MINI_JSON = chat_json("gpt-4o-mini-2024-07-18", USAGE)
 HAIKU_JSON = json.dumps({
     "id": "msg_haiku", "type": "message", "role": "assistant",
     "model": "claude-3-5-haiku-20241022", "content": [{"type": "text", "text": "ok"}],
@@ -228,13 +224,7 @@ async def test_list_and_charged_costs_everywhere_and_reprice(
         listed, MINI_LIST * Decimal("0.5") + HAIKU_LIST + GPT4O_LIST * 2)
 
 
-LLAMA_JSON = json.dumps({
-    "id": "chatcmpl-local", "object": "chat.completion", "created": 1767000000,
-    "model": "llama3.2",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500},
-}).encode()
+LLAMA_JSON = chat_json("llama3.2", USAGE)
 
 
 async def test_a_free_call_stays_zero_under_a_catch_all_adjustment(

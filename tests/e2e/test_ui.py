@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import re
 import shutil
 import time
@@ -25,6 +24,7 @@ from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, StartProxy
 from tests.e2e.test_ledger_metrics import rows
 from tests.e2e.test_passthrough import CHAT_STREAM, SSE
 from tests.e2e.test_quota import MSGS, RESET_5H, claude_code, scripted, unified
+from tests.factories import chat_json
 
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -112,13 +112,6 @@ async def test_an_empty_page_says_so_at_every_width(proxy: Proxy, browser: Any) 
 
 LONG_AGENT = "research-agent-with-a-rather-long-descriptive-name-for-the-whole-fleet"
 LONG_MODEL = "mystery-model-with-a-very-long-name-2026-preview-extended-context-edition"
-
-
-def chat_json(model: str, usage: dict[str, int] | None) -> bytes:
-    return json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": model,
-                       "choices": [{"index": 0, "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": "Lisbon."}}],
-                       "usage": usage}).encode()
 
 
 async def test_spend_totals_and_latest_calls_by_end_time_fit_every_width(
