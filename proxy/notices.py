@@ -46,6 +46,7 @@ import aiohttp
 from proxy.admission.budgets import Window, threshold_tag
 from proxy.config import NotifyConfig
 from proxy.config.model import BUDGET_ROLLING
+from proxy.keys import iso  # the ledger's time text (`2026-12-03T12:00:00.000Z`)
 from proxy.sinks.export import signature
 from proxy.tasks import spawn
 
@@ -64,11 +65,6 @@ _FORECAST_WINDOWS = ("day", "week", "month")  # a rolling or total window has no
 # the limit spent (a cent one minute into a month is no forecast; each window has one).
 FORECAST_MIN_ELAPSED = 0.10  # of the window's length
 FORECAST_MIN_SPEND = Decimal("0.25")  # of the window's limit
-
-
-def iso(t: datetime) -> str:
-    """UTC, as the ledger writes times (`2026-12-03T12:00:00.000Z`)."""
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 def _ordinal(n: int) -> str:

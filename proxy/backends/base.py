@@ -136,6 +136,10 @@ class LedgerBackend(Protocol):
                            stale_before: str) -> list[dict[str, Any]]:
         """Claim the unsent notices that are this replica's, nobody's, or gone stale."""
 
+    async def notice_renew(self, notice_id: int, replica: str, now: str) -> bool:
+        """Right before a send: the claim renewed if it is still this replica's (False:
+        another replica took the row, and sends it)."""
+
     async def notice_done(self, notice_id: int, replica: str, now: str,
                           error: str | None) -> None:
         """A delivery's outcome: sent (`error` None) or one more failed attempt."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 __all__ = ["CLAIM", "COLUMNS", "FAILED", "LIST", "OFFER", "RENEW", "SENT", "notice_json"]
@@ -35,7 +36,6 @@ LIST = f"SELECT {_COLS} FROM tb_notice ORDER BY id DESC LIMIT ?"
 
 def notice_json(row: Any) -> dict[str, Any]:
     """A stored notice as `/api/notices` shows it: its facts, the sink, and its delivery."""
-    import json
     return {**json.loads(row["body"]), "id": row["id"], "sink": row["sink"] or None,
             "created_at": row["created_at"], "sent_at": row["sent_at"],
             "attempts": row["attempts"], "last_error": row["last_error"]}

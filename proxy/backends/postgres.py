@@ -33,7 +33,7 @@ import asyncpg
 
 from proxy.backends import mask_url, notices, query
 from proxy.backends.base import FleetBackend
-from proxy.backends.schema import COST_SCALE, KEY_COLUMNS, PG_MIGRATIONS, cost_units, rollups
+from proxy.backends.schema import COST_SCALE, KEY_COLUMNS, PG_MIGRATIONS, rollups
 from proxy.record import COLUMNS
 
 __all__ = ["CHANNEL", "KEYS_CHANNEL", "PgExportCursor", "PostgresBackend"]
@@ -494,16 +494,12 @@ class PostgresBackend:
                                             [key_id, *(fields[k] for k in cols)], key_id))
 
     async def key_calls(self, key_id: str, since: str) -> tuple[int, Decimal]:
-        pool = await self._get_pool()
-        row = await pool.fetchrow(
-            f"SELECT COUNT(*), SUM({cost_units(self.kind)}) FROM llm_usage "
-            f"WHERE consumer_key = $1 AND started_at >= $2", key_id, since)
+        sql, args = query.key_calls_sql(self.kind, key_id, since)
+        row = (await self._fetch(sql, args))[0]
         return int(row[0]), Decimal(row[1] or 0) / COST_SCALE
 
     async def keys_last_used(self) -> dict[str, str]:
-        pool = await self._get_pool()
-        rows = await pool.fetch("SELECT k.id, (SELECT MAX(u.started_at) FROM llm_usage u "
-                                "WHERE u.consumer_key = k.id) FROM tb_keys k")
+        rows = await self._fetch(query.KEYS_LAST_USED, ())
         return {r[0]: r[1] for r in rows if r[1] is not None}
 
     async def watch_keys(self, callback: Callable[[], None]) -> None:

@@ -26,9 +26,9 @@ from proxy.backends.schema import (
     cost_units,
 )
 
-__all__ = ["FILTERS", "GROUP_KEYS", "QueryError", "calls_sql", "check_text", "parse_group_by",
-           "quota_sql", "rate_rows_sql", "spend_by_hour_sql", "spend_sql", "parse_time",
-           "row_json", "usage_result", "usage_sql", "where"]
+__all__ = ["FILTERS", "GROUP_KEYS", "KEYS_LAST_USED", "QueryError", "calls_sql", "check_text",
+           "key_calls_sql", "parse_group_by", "quota_sql", "rate_rows_sql", "spend_by_hour_sql",
+           "spend_sql", "parse_time", "row_json", "usage_result", "usage_sql", "where"]
 
 GROUP_KEYS = ("agent", "session", "run", "model", "upstream", "operation", "end_user",
               "client", "day", "week", "month")
@@ -354,3 +354,15 @@ def spend_by_hour_sql(flavor: str, match: Mapping[str, str],
     hour = "substr(started_at, 1, 13) || ':00:00.000Z'"
     return (f"SELECT {hour}, SUM({cost_units(flavor)}) FROM llm_usage "
             f"WHERE {' AND '.join(conds)} GROUP BY {hour}", args)
+
+
+# --- consumer keys (both backends) ---
+def key_calls_sql(flavor: str, key_id: str, since: str) -> tuple[str, list[Any]]:
+    """How many calls a consumer key made since `since`, and their cost in cost_units."""
+    return (f"SELECT COUNT(*), SUM({cost_units(flavor)}) FROM llm_usage "
+            f"WHERE consumer_key = ? AND started_at >= ?", [key_id, since])
+
+
+# Each key's id and its last call's start (NULL: it made none).
+KEYS_LAST_USED = ("SELECT k.id, (SELECT MAX(u.started_at) FROM llm_usage u "
+                  "WHERE u.consumer_key = k.id) FROM tb_keys k")

@@ -24,7 +24,6 @@ from proxy.backends.schema import (
     ROLLUP_DIMS,
     ROLLUPS,
     SQLITE_MIGRATIONS,
-    cost_units,
     rollup_add,
     rollups,
 )
@@ -460,15 +459,12 @@ class SqliteBackend:
             sql, [*(fields[k] for k in cols), key_id]).rowcount))
 
     async def key_calls(self, key_id: str, since: str) -> tuple[int, Decimal]:
-        row = await self._read(lambda c: c.execute(
-            f"SELECT COUNT(*), SUM({cost_units('sqlite')}) FROM llm_usage "
-            f"WHERE consumer_key = ? AND started_at >= ?", (key_id, since)).fetchone())
+        sql, args = query.key_calls_sql(self.kind, key_id, since)
+        row = await self._read(lambda c: c.execute(sql, args).fetchone())
         return int(row[0]), Decimal(row[1] or 0) / COST_SCALE
 
     async def keys_last_used(self) -> dict[str, str]:
-        rows = await self._read(lambda c: c.execute(
-            "SELECT k.id, (SELECT MAX(u.started_at) FROM llm_usage u "
-            "WHERE u.consumer_key = k.id) FROM tb_keys k").fetchall())
+        rows = await self._read(lambda c: c.execute(query.KEYS_LAST_USED).fetchall())
         return {r[0]: r[1] for r in rows if r[1] is not None}
 
 

@@ -255,6 +255,20 @@ def _match_key(path: str, key: str) -> str:
     return tag
 
 
+def _match(r: _Reader, path: str, keys: str) -> dict[str, str]:
+    """A budget's or a rate limit's `match`: each key checked (`_match_key`), each value a
+    string (`keys` names the accepted keys in the error)."""
+    match_raw = r.data.get("match") or {}
+    if not isinstance(match_raw, dict):
+        raise ConfigError(f"{path}.match: expected a mapping of {keys} to value")
+    match = {}
+    for k, v in match_raw.items():
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            raise ConfigError(f"{path}.match.{k}: expected a string")
+        match[_match_key(f"{path}.match.{k}", str(k))] = str(v)
+    return match
+
+
 def _export(i: int, raw: Any) -> ExportConfig:
     path = f"export[{i}]"
     r = _Reader(raw, path, _keys(ExportConfig))
@@ -286,14 +300,7 @@ def _budget(i: int, raw: Any, names: set[str], sinks: set[str]) -> BudgetConfig:
     r = _Reader(raw, path, ("name", "match", "limit_usd", "window", "action",
                             "on_ledger_down", "windows", "thresholds", "notify"))
     name = _unique_name(r, path, names, "budget")
-    match_raw = r.data.get("match") or {}
-    if not isinstance(match_raw, dict):
-        raise ConfigError(f"{path}.match: expected a mapping of tag/upstream/model/client to value")
-    match = {}
-    for k, v in match_raw.items():
-        if not isinstance(v, str | int | float) or isinstance(v, bool):
-            raise ConfigError(f"{path}.match.{k}: expected a string")
-        match[_match_key(f"{path}.match.{k}", str(k))] = str(v)
+    match = _match(r, path, "tag/upstream/model/client")
     down = r.get("on_ledger_down", str, "local")
     if down not in BUDGET_LEDGER_DOWN:
         raise ConfigError(f"{path}.on_ledger_down: {down!r} is not one of "
@@ -384,15 +391,7 @@ def _rate_limit(i: int, raw: Any, names: set[str]) -> RateLimitConfig:
     name = _unique_name(r, path, names, "rate limit")
     if name.startswith("key:"):
         raise ConfigError(f"{path}.name: 'key:' names are a consumer key's own limits")
-    match_raw = r.data.get("match") or {}
-    if not isinstance(match_raw, dict):
-        raise ConfigError(f"{path}.match: expected a mapping of tag/upstream/model/client/key "
-                          f"to value")
-    match = {}
-    for k, v in match_raw.items():
-        if not isinstance(v, str | int | float) or isinstance(v, bool):
-            raise ConfigError(f"{path}.match.{k}: expected a string")
-        match[_match_key(f"{path}.match.{k}", str(k))] = str(v)
+    match = _match(r, path, "tag/upstream/model/client/key")
     counts = {k: r.get(k, int, None) for k in ("requests_per_minute", "tokens_per_minute")}
     usd = {k: r.get(k, float, None) for k in ("usd_per_minute", "usd_per_hour")}
     for k, v in {**counts, **usd}.items():

@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 import sqlite3
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -115,16 +117,24 @@ def check(result: dict[str, Any], want: dict[Any, dict[str, Any]], group_by: lis
         assert g["list_cost_usd"] == (float(w["list_cost"]) if w["priced"] else None), k
 
 
-async def write(target: str, records: list[Any]) -> None:
-    """`records` in the ledger at `target`, flushed, the ledger closed."""
+@asynccontextmanager
+async def written(target: str, records: list[Any]) -> AsyncIterator[Ledger]:
+    """The ledger at `target` with `records` in it, flushed; closed on leaving."""
     ledger = Ledger(target, flush_seconds=0.01)
     await ledger.open()
     try:
         for r in records:
             await ledger.handle(r)
         await ledger.flush()
+        yield ledger
     finally:
         await ledger.aclose()
+
+
+async def write(target: str, records: list[Any]) -> None:
+    """`records` in the ledger at `target`, flushed, the ledger closed."""
+    async with written(target, records):
+        pass
 
 
 async def test_rollup_equals_raw_rows_on_random_data(target: str) -> None:
@@ -222,20 +232,13 @@ async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage(target: 
                     outcome="upstream_error", usage_source="none", cost_usd=None, **none,
                     **at),
     ]
-    ledger = Ledger(target, flush_seconds=0.01)
-    await ledger.open()
-    try:
-        for r in records:
-            await ledger.handle(r)
-        await ledger.flush()
+    async with written(target, records) as ledger:
         # 3 audio + the ok mystery call + the aborted call that carried usage
         for since in (None, "2026-10-02T10:00:00.500Z"):  # roll-up, then raw rows
             got = await ledger.backend.usage(["model"], since and "2026-10-02T09:30:00.000Z",
                                              since, {})
             by_model = {g["model"]: g["unpriced_calls"] for g in got["groups"]}
             assert by_model == {"whisper-1": 3, "mystery-7b": 2, "gpt-4o": 0}
-    finally:
-        await ledger.aclose()
 
     # A ledger whose roll-ups were built by the old rule (usage required): its ok audio
     # calls counted 0. Opening it migrates the measure to what its raw rows say. (It is
@@ -353,14 +356,10 @@ async def test_a_row_without_a_list_cost_beside_its_cost_reads_as_its_cost(
     another replica migrated: such a row was charged its list price, so it reads back, rolls
     up and sums as list cost = cost (an unpriced row stays NULL)."""
     at = {"started_at": "2026-10-02T10:00:00.000Z", "ended_at": "2026-10-02T10:00:01.000Z"}
-    ledger = Ledger(target, flush_seconds=0.01)
-    await ledger.open()
-    try:
-        await ledger.handle(make_record(call_id="old", cost_usd=Decimal("0.5"),
-                                        list_cost_usd=None, **at))
-        await ledger.handle(make_record(call_id="none", model="mystery-7b", cost_usd=None,
-                                        list_cost_usd=None, **at))
-        await ledger.flush()
+    records = [make_record(call_id="old", cost_usd=Decimal("0.5"), list_cost_usd=None, **at),
+               make_record(call_id="none", model="mystery-7b", cost_usd=None,
+                           list_cost_usd=None, **at)]
+    async with written(target, records) as ledger:
         backend = ledger.backend
         rows = {r["call_id"]: r for r in await backend.calls(None, None, {}, 10)}
         assert {k: (r["list_cost_usd"], r["cost_usd"]) for k, r in rows.items()} == {
@@ -370,8 +369,6 @@ async def test_a_row_without_a_list_cost_beside_its_cost_reads_as_its_cost(
                              ("2026-10-02T09:59:00.000Z", "2026-10-02T10:01:00.000Z")):
             got = await backend.usage(["model"], since, until, {})
             assert (got["totals"]["list_cost_usd"], got["totals"]["cost_usd"]) == (0.5, 0.5)
-    finally:
-        await ledger.aclose()
 
 
 async def test_reprice_gives_an_old_replicas_row_its_list_cost_in_the_rollup(
