@@ -255,12 +255,13 @@ def _match_key(path: str, key: str) -> str:
     return tag
 
 
-def _match(r: _Reader, path: str, keys: str) -> dict[str, str]:
+def _match(r: _Reader, path: str) -> dict[str, str]:
     """A budget's or a rate limit's `match`: each key checked (`_match_key`), each value a
-    string (`keys` names the accepted keys in the error)."""
+    string."""
     match_raw = r.data.get("match") or {}
     if not isinstance(match_raw, dict):
-        raise ConfigError(f"{path}.match: expected a mapping of {keys} to value")
+        raise ConfigError(f"{path}.match: expected a mapping of {'/'.join(_MATCH_KEYS)} or "
+                          f"tag:<key> to a value")
     match = {}
     for k, v in match_raw.items():
         if not isinstance(v, str | int | float) or isinstance(v, bool):
@@ -300,7 +301,7 @@ def _budget(i: int, raw: Any, names: set[str], sinks: set[str]) -> BudgetConfig:
     r = _Reader(raw, path, ("name", "match", "limit_usd", "window", "action",
                             "on_ledger_down", "windows", "thresholds", "notify"))
     name = _unique_name(r, path, names, "budget")
-    match = _match(r, path, "tag/upstream/model/client")
+    match = _match(r, path)
     down = r.get("on_ledger_down", str, "local")
     if down not in BUDGET_LEDGER_DOWN:
         raise ConfigError(f"{path}.on_ledger_down: {down!r} is not one of "
@@ -391,7 +392,7 @@ def _rate_limit(i: int, raw: Any, names: set[str]) -> RateLimitConfig:
     name = _unique_name(r, path, names, "rate limit")
     if name.startswith("key:"):
         raise ConfigError(f"{path}.name: 'key:' names are a consumer key's own limits")
-    match = _match(r, path, "tag/upstream/model/client/key")
+    match = _match(r, path)
     counts = {k: r.get(k, int, None) for k in ("requests_per_minute", "tokens_per_minute")}
     usd = {k: r.get(k, float, None) for k in ("usd_per_minute", "usd_per_hour")}
     for k, v in {**counts, **usd}.items():
