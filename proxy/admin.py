@@ -295,7 +295,7 @@ async def api_me(request: web.Request) -> web.Response:
     forwarder reads credentials), not by the admin token."""
     cred = hdr.credential(request.headers)
     stored = request.app[state.KEYS].lookup(cred) if cred else None
-    if stored is None or stored.revoked_at is not None or stored.expired(time.time()):
+    if stored is None or stored.refusal(time.time()) is not None:
         why = "no consumer key sent" if not cred else "not a live consumer key"
         resp = error_response(401, "authentication_error", f"{why}: send the key as "
                               "'Authorization: Bearer tb-...' (or x-api-key, x-goog-api-key)")

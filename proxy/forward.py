@@ -291,9 +291,8 @@ class Forwarder:
         path names), or the call is refused (401, 403) in the caller's SDK's shape."""
         assert self.keys is not None
         stored = self.keys.lookup(credential)
-        if stored is None or stored.revoked_at is not None or stored.expired(time.time()):
-            why = "unknown" if stored is None else \
-                "revoked" if stored.revoked_at is not None else "expired"
+        why = "unknown" if stored is None else stored.refusal(time.time())
+        if why is not None:
             raise _Ended(self._refuse(
                 facts, End.KEY_REFUSED, "authentication_error",
                 f"this consumer key is {why}" + ("" if stored is None else
