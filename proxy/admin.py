@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import headers as hdr
 from proxy import state
+from proxy.admission.base import matches
 from proxy.backends import query
 from proxy.forward import error_response
 from proxy.keys import KeySpecError, StoredKey, limits_json, parse_spec
@@ -277,8 +278,7 @@ def _me_budgets(request: web.Request, ctx: dict[str, str | None]) -> list[dict[s
     out = []
     now = datetime.now(UTC)
     for w in request.app[state.BUDGETS].windows():
-        match = w.cfg.match
-        if not all(k in ctx and ctx[k] == v for k, v in match.items()):
+        if not matches(w.cfg, ctx):
             continue
         w.roll(now)
         spend, limit = w.spend, w.limit
