@@ -526,15 +526,13 @@ class RateCheck:
         if limits is None:
             return None
         cfg = key_limit(key.id, limits)
-        lg = self._keys.get(key.id)
         if cfg is None:
             return None
+        lg = self._keys.get(key.id)
         if lg is None:
             lg = self._keys[key.id] = Log(cfg)
-        elif lg.cfg != cfg:  # its limits changed: the log stays, the limits are new
-            lg.cfg = cfg
-            if cfg.usd_per_hour is None:
-                lg.hour = None
+        else:  # its limits may have changed: the log stays, the limits are the key's now
+            lg.cfg = cfg  # (a key has no usd_per_hour: its log never keeps the hour)
         return lg
 
     async def check(self, ask: Ask) -> Denied | None:
