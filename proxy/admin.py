@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import headers as hdr
 from proxy import state
+from proxy.admission.base import matches
 from proxy.backends import query
 from proxy.forward import error_response
 from proxy.keys import KeySpecError, StoredKey, limits_json, parse_spec
@@ -277,8 +278,7 @@ def _me_budgets(request: web.Request, ctx: dict[str, str | None]) -> list[dict[s
     out = []
     now = datetime.now(UTC)
     for w in request.app[state.BUDGETS].windows():
-        match = w.cfg.match
-        if not all(k in ctx and ctx[k] == v for k, v in match.items()):
+        if not matches(w.cfg, ctx):
             continue
         w.roll(now)
         spend, limit = w.spend, w.limit
@@ -295,7 +295,7 @@ async def api_me(request: web.Request) -> web.Response:
     forwarder reads credentials), not by the admin token."""
     cred = hdr.credential(request.headers)
     stored = request.app[state.KEYS].lookup(cred) if cred else None
-    if stored is None or stored.revoked_at is not None or stored.expired(time.time()):
+    if stored is None or stored.refusal(time.time()) is not None:
         why = "no consumer key sent" if not cred else "not a live consumer key"
         resp = error_response(401, "authentication_error", f"{why}: send the key as "
                               "'Authorization: Bearer tb-...' (or x-api-key, x-goog-api-key)")

@@ -272,18 +272,17 @@ class Forwarder:
         up = route.upstream
         if cred is not None and cred.startswith(SECRET_PREFIX) and self.keys is not None:
             self._consumer_key(cred, route, facts)
-            # ours; or none: signed with the upstream's aws keys, or sent without a credential
-            ours: dict[str, str] = route.provider.key_headers(up.api_key) if up.api_key else {}
-            return ours
-        if not up.api_key and up.aws is None:
+        elif not up.api_key and up.aws is None:
             return None
-        client = self._client_keys.get(cred or "")
-        if client is None:
-            raise _Ended(self._refuse(
-                facts, End.CLIENT_KEY, "authentication_error",
-                "this upstream needs a client key (a consumer key, or one from "
-                "auth.client_keys)", route.provider))
-        facts.client = client
+        else:
+            client = self._client_keys.get(cred or "")
+            if client is None:
+                raise _Ended(self._refuse(
+                    facts, End.CLIENT_KEY, "authentication_error",
+                    "this upstream needs a client key (a consumer key, or one from "
+                    "auth.client_keys)", route.provider))
+            facts.client = client
+        # ours; or none: signed with the upstream's aws keys, or sent without a credential
         return route.provider.key_headers(up.api_key) if up.api_key else {}
 
     def _consumer_key(self, credential: str, route: Route, facts: CallFacts) -> None:
@@ -291,9 +290,8 @@ class Forwarder:
         path names), or the call is refused (401, 403) in the caller's SDK's shape."""
         assert self.keys is not None
         stored = self.keys.lookup(credential)
-        if stored is None or stored.revoked_at is not None or stored.expired(time.time()):
-            why = "unknown" if stored is None else \
-                "revoked" if stored.revoked_at is not None else "expired"
+        why = "unknown" if stored is None else stored.refusal(time.time())
+        if why is not None:
             raise _Ended(self._refuse(
                 facts, End.KEY_REFUSED, "authentication_error",
                 f"this consumer key is {why}" + ("" if stored is None else

@@ -71,6 +71,12 @@ class StoredKey:
     def expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
 
+    def refusal(self, now: float) -> str | None:
+        """Why the key admits no call at `now` ("revoked", "expired"), or None: it does."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expired(now) else None
+
     def to_json(self) -> dict[str, Any]:
         """As the API and the CLI show it (never the secret, never its hash)."""
         k = self.key

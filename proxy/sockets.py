@@ -410,11 +410,7 @@ class SocketRelay:
         if registry is None:
             return None
         stored = registry.by_id.get(key_id)
-        if stored is None:
-            return "unknown"
-        if stored.revoked_at is not None:
-            return "revoked"
-        return "expired" if stored.expired(time.time()) else None
+        return "unknown" if stored is None else stored.refusal(time.time())
 
     def record(self) -> None:
         """Every row of the socket, once: its results, what was still running (ended as the

@@ -22,7 +22,8 @@ from aiohttp import WSMsgType, web
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import state
-from tests.conftest import FakeUpstream, StartProxy, served, wait_until
+from proxy.record import CallRecord
+from tests.conftest import FakeUpstream, Proxy, StartProxy, served, wait_until
 
 # The realtime response's usage, as OpenAI reports it on `response.done`.
 USAGE = {"total_tokens": 253, "input_tokens": 132, "output_tokens": 121,
@@ -330,6 +331,22 @@ async def _create_reply(ws: aiohttp.ClientWebSocketResponse, event_id: str) -> A
     return json.loads((await ws.receive(timeout=5)).data)
 
 
+async def _commit_reply(ws: aiohttp.ClientWebSocketResponse) -> Any:
+    """Commit the audio buffer; the next event the proxy sends back, parsed."""
+    await ws.send_str(json.dumps({"type": "input_audio_buffer.commit"}))
+    return json.loads((await ws.receive(timeout=5)).data)
+
+
+def _creates_sent(fake: FakeRealtime) -> list[Any]:
+    """The event ids of the response.create events the upstream received."""
+    return [e.get("event_id") for e in fake.seen if e["type"] == "response.create"]
+
+
+async def _refused_rows(proxy: Proxy) -> list[CallRecord]:
+    """The refused rows among the socket's three (opening, one response, one refusal)."""
+    return [r for r in await proxy.collector.wait_for(3) if r.outcome == "rejected"]
+
+
 async def test_upstream_cut_mid_response(upstream: FakeUpstream,
                                          start_proxy: StartProxy) -> None:
     upstream.on("/v1/realtime", FakeRealtime(hold=True, cut=True))
@@ -377,13 +394,11 @@ async def test_budget_refuses_the_next_response_and_the_socket_stays_up(
         assert refusal["type"] == "error"
         assert refusal["error"]["code"] == "budget_exceeded"
         assert refusal["error"]["event_id"] == "c2"
-        await ws.send_str(json.dumps({"type": "input_audio_buffer.commit"}))
-        got = json.loads((await ws.receive(timeout=5)).data)  # still up, both ways
+        got = await _commit_reply(ws)  # still up, both ways
         assert got["type"] == "conversation.item.input_audio_transcription.completed"
         await ws.close()
-    assert [e.get("event_id") for e in fake.seen if e["type"] == "response.create"] == ["c1"]
-    records = await proxy.collector.wait_for(3)
-    refused = [r for r in records if r.outcome == "rejected"]
+    assert _creates_sent(fake) == ["c1"]
+    refused = await _refused_rows(proxy)
     assert len(refused) == 1 and refused[0].status_code == 429
     assert refused[0].error == "budget voice-cap exhausted"
 
@@ -402,13 +417,11 @@ async def test_a_rate_limit_refuses_the_next_response_and_the_socket_stays_up(
         assert refusal["type"] == "error"
         assert refusal["error"]["code"] == "rate_limit_exceeded"
         assert refusal["error"]["event_id"] == "c2" and "voice-rpm" in refusal["error"]["message"]
-        await ws.send_str(json.dumps({"type": "input_audio_buffer.commit"}))
-        got = json.loads((await ws.receive(timeout=5)).data)  # still up, both ways
+        got = await _commit_reply(ws)  # still up, both ways
         assert got["type"] == "conversation.item.input_audio_transcription.completed"
         await ws.close()
-    assert [e.get("event_id") for e in fake.seen if e["type"] == "response.create"] == ["c1"]
-    records = await proxy.collector.wait_for(3)
-    refused = [r for r in records if r.outcome == "rejected"]
+    assert _creates_sent(fake) == ["c1"]
+    refused = await _refused_rows(proxy)
     assert len(refused) == 1 and refused[0].status_code == 429
     assert refused[0].error == "rate limit voice-rpm exceeded"
     # a third socket-opening in the minute is refused at the handshake, as any call

@@ -35,6 +35,9 @@ class Admission:
     def __init__(self, checks: Sequence[Check], prices: PriceBook,
                  estimator: Estimator) -> None:
         self._checks = tuple(checks)
+        # checks that read the consumer key a call presents (its own limits): asked for
+        # such a call even while they can refuse nothing else
+        self._per_key = tuple(c for c in self._checks if getattr(c, "per_key", False))
         self._prices = prices
         self._estimator = estimator
 
@@ -46,8 +49,7 @@ class Admission:
     def needed(self, facts: CallFacts) -> bool:
         """Is there anything to decide for this call: a check that can refuse any call, or
         one that reads the consumer key the call presented (its own limits)?"""
-        return self.active or (facts.key is not None
-                               and any(getattr(c, "per_key", False) for c in self._checks))
+        return self.active or (facts.key is not None and bool(self._per_key))
 
     async def admit(self, facts: CallFacts, route: Route) -> Denied | None:
         """None to admit, or the refusal. Reads the request as the handler parsed it
@@ -68,7 +70,7 @@ class Admission:
                                           key.id if key else None),
                   worst, key)
         for check in self._checks:
-            if not (check.active or (key is not None and getattr(check, "per_key", False))):
+            if not (check.active or (key is not None and check in self._per_key)):
                 continue
             denied = await check.check(ask)
             if denied is not None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
-__all__ = ["Ask", "Check", "Denied", "context"]
+__all__ = ["Ask", "Check", "Denied", "context", "matches"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,12 @@ def context(tags: Mapping[str, str], upstream: str, model: str | None,
     """What a check's match is compared with, for a call or its record (`key`: the
     consumer key's id, when the call presented one)."""
     return {**tags, "upstream": upstream, "model": model, "client": client, "key": key}
+
+
+def matches(limit: Any, ctx: Mapping[str, str | None]) -> bool:
+    """Whether a budget's or a rate limit's `match` (its `.match`: field to value) holds
+    for a `context`."""
+    return all(ctx.get(k) == v for k, v in limit.match.items())
 
 
 class Check(Protocol):

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from proxy.admission.base import Ask, Denied, context
+from proxy.admission.base import Ask, Denied, context, matches
 from proxy.config import BudgetConfig
 from proxy.config.model import BUDGET_ROLLING
 from proxy.record import CallRecord
@@ -62,10 +62,6 @@ def window_bounds(window: str, now: datetime,
         nxt = (start + timedelta(days=32)).replace(day=1)
         return start, nxt
     return None, None
-
-
-def matches(cfg: BudgetConfig | WindowSpec, ctx: Mapping[str, str | None]) -> bool:
-    return all(ctx.get(k) == v for k, v in cfg.match.items())
 
 
 @dataclass(frozen=True)

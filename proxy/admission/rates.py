@@ -36,7 +36,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Protocol
 
-from proxy.admission.base import Ask, Denied
+from proxy.admission.base import Ask, Denied, matches
 from proxy.config import RateLimitConfig
 from proxy.keys import KeyLimits
 from proxy.record import CallRecord, iso_utc
@@ -526,21 +526,17 @@ class RateCheck:
         if limits is None:
             return None
         cfg = key_limit(key.id, limits)
-        lg = self._keys.get(key.id)
         if cfg is None:
             return None
+        lg = self._keys.get(key.id)
         if lg is None:
             lg = self._keys[key.id] = Log(cfg)
-        elif lg.cfg != cfg:  # its limits changed: the log stays, the limits are new
-            lg.cfg = cfg
-            if cfg.usd_per_hour is None:
-                lg.hour = None
+        else:  # its limits may have changed: the log stays, the limits are the key's now
+            lg.cfg = cfg  # (a key has no usd_per_hour: its log never keeps the hour)
         return lg
 
     async def check(self, ask: Ask) -> Denied | None:
-        ctx = ask.context
-        logs = [lg for lg in self.logs
-                if all(ctx.get(k) == v for k, v in lg.cfg.match.items())]
+        logs = [lg for lg in self.logs if matches(lg.cfg, ask.context)]
         if ask.key is not None and (key_log := self._key_log(ask.key)) is not None:
             logs.append(key_log)
         if not logs:
@@ -568,10 +564,7 @@ class RateCheck:
         tokens = (record.total_tokens or 0) if answered else 0
         usd = (record.cost_usd or Decimal(0)) if answered else Decimal(0)
         call_id = record.call_id
-        for lg in self.logs:
-            if call_id in lg.by_call:
-                lg.settle(call_id, admitted, tokens, usd)
-        for lg in self._keys.values():
+        for lg in (*self.logs, *self._keys.values()):
             if call_id in lg.by_call:
                 lg.settle(call_id, admitted, tokens, usd)
 
