@@ -26,15 +26,13 @@ from proxy.admission.budgets import Window, WindowSpec
 from proxy.backends import open_backend
 from proxy.notices import due
 from tests.conftest import FakeUpstream, Reply, StartProxy, served, wait_until
+from tests.factories import chat_json
 
 SECRET = "whsec-notices"
 # cap-model: input free, $1.00 per million output tokens; each call answers 1000 output
 # tokens: 1000 * $1 / 1e6 = $0.001 a call.
 PRICES = {"models": {"cap-model": {"input": 0, "output": 1.0}}}
-CHAT = json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "cap-model",
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                "finish_reason": "stop"}],
-                   "usage": {"prompt_tokens": 12, "completion_tokens": 1000}}).encode()
+CHAT = chat_json("cap-model", {"prompt_tokens": 12, "completion_tokens": 1000})
 
 
 class Receiver:
