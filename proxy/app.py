@@ -38,6 +38,7 @@ from proxy.sinks.ledger import Ledger
 from proxy.sinks.metrics import Metrics
 from proxy.sinks.quota import QuotaBoard
 from proxy.tasks import spawn
+from proxy.upstream import UpstreamPool
 
 __all__ = ["make_app"]
 
@@ -178,8 +179,10 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
+        # the forwarded calls' upstream leg (the session keeps WebSockets and HEAD)
+        pool = UpstreamPool(limit=s.max_connections, connect_timeout=s.connect_timeout_seconds)
         app[state.FORWARDER] = Forwarder(config, session, recorder, lifecycle, admission,
-                                         keys)
+                                         keys, pool)
         keys.start()
         for sink in otel:  # the OTel SDK's providers and export threads
             sink.start()
@@ -198,6 +201,7 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
             await recorder.aclose()  # records every finished call, then flushes the ledger
             if fleet is not None:
                 await fleet.aclose()
+            await pool.close()
             await session.close()
 
     app.cleanup_ctx.append(lifetime)

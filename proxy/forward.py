@@ -42,6 +42,7 @@ from proxy.recorder import Recorder
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
 from proxy.sockets import SocketRelay, is_upgrade, subprotocol_key
 from proxy.tracecontext import SpanIds, start_span_ids
+from proxy.upstream import UpstreamPool, UpstreamResponse, handles
 from proxy.usage import Usage
 
 __all__ = ["Forwarder", "error_response"]
@@ -49,6 +50,7 @@ __all__ = ["Forwarder", "error_response"]
 log = logging.getLogger("tokenbooth.forward")
 PROGRESS_SECONDS = 0.5
 _THREAD_PARSE_BYTES = 256 * 1024
+Answer = aiohttp.ClientResponse | UpstreamResponse  # an upstream's answer, either client's
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "apim-request-id",
                        "x-amzn-requestid")
 
@@ -121,8 +123,9 @@ class Forwarder:
 
     def __init__(self, config: Config, session: aiohttp.ClientSession, recorder: Recorder,
                  lifecycle: Lifecycle, admission: Admission | None = None,
-                 keys: KeyRegistry | None = None) -> None:
+                 keys: KeyRegistry | None = None, pool: UpstreamPool | None = None) -> None:
         self.config = config
+        self.pool = pool  # the upstream leg of plain calls (else the session's)
         self.keys = keys  # consumer keys issued at run time
         self.session = session
         self.recorder = recorder
@@ -421,7 +424,7 @@ class Forwarder:
 
     async def _open(self, request: web.Request, route: Route, url: str, body: bytes,
                     injected: bool, replace_auth: dict[str, str] | None,
-                    trace: SpanIds | None = None) -> aiohttp.ClientResponse:
+                    trace: SpanIds | None = None) -> Answer:
         headers: Any = hdr.outbound(request.headers, identity=injected,
                                     replace_auth=replace_auth, strip=self.strip)
         if trace is not None:  # the proxy's span is the upstream's parent
@@ -436,6 +439,9 @@ class Forwarder:
         # Until the response head arrives the idle timeout is one deadline; after it, the
         # body's IdleWatch takes over (the session itself has no read timeout).
         async with asyncio.timeout(self.config.server.idle_timeout_seconds):
+            if self.pool is not None and handles(request.method, url):
+                return await self.pool.request(request.method, url, headers.items(),
+                                               body or None)
             return await self.session.request(
                 request.method, url, data=body if body else None, allow_redirects=False,
                 headers=headers,
@@ -489,7 +495,7 @@ class Forwarder:
         return error_response(status, kind, f"upstream {route.upstream.name} {what}",
                               call_id=facts.call_id, provider=route.provider)
 
-    async def _relay(self, request: web.Request, route: Route, resp: aiohttp.ClientResponse,
+    async def _relay(self, request: web.Request, route: Route, resp: Answer,
                      facts: CallFacts, live: LiveCall, injector: Any,
                      view: RateView | None = None) -> web.StreamResponse:
         facts.status_code = resp.status

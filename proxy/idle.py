@@ -11,17 +11,26 @@ check waits until the write is done (`writing`).
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 import aiohttp
 
 __all__ = ["IdleWatch"]
 
 
+class _Body(Protocol):
+    """A response body being read (aiohttp's StreamReader, proxy.upstream's Body)."""
+
+    def is_eof(self) -> bool: ...
+
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
 class IdleWatch:
     __slots__ = ("_loop", "_limit", "_content", "_handle", "last", "writing")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limit: float,
-                 content: aiohttp.StreamReader) -> None:
+                 content: _Body) -> None:
         self._loop = loop
         self._limit = limit
         self._content = content
