@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import attribution
@@ -437,11 +438,14 @@ class Forwarder:
             headers = route.provider.sign(route.upstream, request.method, str(URL(url)),
                                           headers, body)
         # Until the response head arrives the idle timeout is one deadline; after it, the
-        # body's IdleWatch takes over (the session itself has no read timeout).
-        async with asyncio.timeout(self.config.server.idle_timeout_seconds):
-            if self.pool is not None and handles(request.method, url):
-                return await self.pool.request(request.method, url, headers.items(),
-                                               body or None)
+        # body's IdleWatch takes over (neither client has a read timeout of its own).
+        timeout = self.config.server.idle_timeout_seconds
+        if self.pool is not None and handles(request.method, url):
+            if not isinstance(headers, CIMultiDict):  # signed: a plain dict
+                headers = CIMultiDict(headers)
+            return await self.pool.request(request.method, url, headers, body or None,
+                                           timeout)
+        async with asyncio.timeout(timeout):
             return await self.session.request(
                 request.method, url, data=body if body else None, allow_redirects=False,
                 headers=headers,

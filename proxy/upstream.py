@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -186,6 +185,7 @@ class _Conn(asyncio.Protocol):
         self._informational = False  # a 1xx answer, skipped
         self._sized = False  # the answer's length is known (Content-Length or chunked)
         self._request = ("", "")  # method and URL of the request on it
+        self._timer: asyncio.TimerHandle | None = None  # the head's deadline
 
     # --- asyncio.Protocol
 
@@ -283,13 +283,16 @@ class _Conn(asyncio.Protocol):
 
     # --- the pool's and the body's side
 
-    def send(self, method: str, url: str, head: bytes,
-             body: bytes | None) -> asyncio.Future[UpstreamResponse]:
+    def send(self, method: str, url: str, head: bytes, body: bytes | None,
+             deadline: float | None) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
         self._request = (method, url)
         self.reusable = False
         self._head_bytes = 0
         self._head = fut = self.loop.create_future()
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._answer_head, None,
+                                            TimeoutError())
         if body:
             self.transport.writelines((head, body))
         else:
@@ -306,6 +309,9 @@ class _Conn(asyncio.Protocol):
     def _answer_head(self, resp: UpstreamResponse | None = None,
                      exc: BaseException | None = None) -> None:
         fut, self._head = self._head, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if fut is None or fut.done():
             return
         if exc is not None:
@@ -365,14 +371,21 @@ class UpstreamPool:
 
     # --- a call
 
-    async def request(self, method: str, url: str, headers: Iterable[tuple[str, str]],
-                      body: bytes | None) -> UpstreamResponse:
-        """Send the request; the answer's head (its body follows in `.content`)."""
+    # the deadline is a timer on the head's future: no asyncio.timeout per call
+    async def request(self, method: str, url: str, headers: CIMultiDict[str],
+                      body: bytes | None,
+                      timeout: float | None = None) -> UpstreamResponse:  # noqa: ASYNC109
+        """Send the request; the answer's head (its body follows in `.content`), or
+        TimeoutError if it has not come (nor a connection) within `timeout` seconds."""
         key, target, host = self._target(url)
         head = _head(method, target, host, headers, body)
-        conn = await self._acquire(key)
+        deadline = None if timeout is None else self.loop.time() + timeout
+        conn = self._idle_conn(key)
+        if conn is None:
+            async with asyncio.timeout_at(deadline):
+                conn = await self._acquire(key)
         try:
-            return await conn.send(method, url, head, body)
+            return await conn.send(method, url, head, body, deadline)
         except BaseException:
             self._release(conn, reuse=False)
             raise
@@ -394,6 +407,18 @@ class UpstreamPool:
 
     # --- connections
 
+    def _idle_conn(self, key: tuple[str, str, int]) -> _Conn | None:
+        """A kept connection to this origin, if one is free and a slot too."""
+        idle = self._idle.get(key)
+        if not idle or (self.limit and len(self._busy) >= self.limit):
+            return None
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self._busy.add(conn)
+                return conn
+        return None
+
     async def _acquire(self, key: tuple[str, str, int]) -> _Conn:
         while self.limit and len(self._busy) >= self.limit:
             waiter = self.loop.create_future()
@@ -406,12 +431,9 @@ class UpstreamPool:
                 elif waiter.done() and not waiter.cancelled():
                     self._wake_one()  # handed a slot it will not use: pass it on
                 raise
-        idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                self._busy.add(conn)
-                return conn
+        conn = self._idle_conn(key)
+        if conn is not None:
+            return conn
         conn = await self._connect(key)
         self._busy.add(conn)
         return conn
@@ -502,32 +524,24 @@ class UpstreamPool:
             conn._abort()
 
 
-def _head(method: str, target: str, host: str, headers: Iterable[tuple[str, str]],
+def _head(method: str, target: str, host: str, headers: CIMultiDict[str],
           body: bytes | None) -> bytes:
-    """The request's head as aiohttp writes it: the client's headers in their order, Host
-    unless given (a signed request carries its own), Accept when absent, the length."""
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    seen_host = seen_accept = False
-    for k, v in headers:
-        lk = k.lower()
-        if lk == "host":
-            seen_host = True
-        elif lk == "accept":
-            seen_accept = True
-        elif lk == "content-length":
-            continue
-        lines.append(f"{k}: {v}\r\n")
-    if not seen_host:
-        lines.insert(1, f"Host: {host}\r\n")
-    if not seen_accept:
+    """The request's head as aiohttp writes it: Host first unless given (a signed request
+    carries its own), the caller's headers in their order, Accept when absent, the length
+    (the caller's own Content-Length is never sent: the body's is)."""
+    lines = [f"{k}: {v}\r\n" for k, v in headers.items()]
+    if "Content-Length" in headers:
+        lines = [line for line in lines if not line[:15].lower() == "content-length:"]
+    if "Host" not in headers:
+        lines.insert(0, f"Host: {host}\r\n")
+    if "Accept" not in headers:
         lines.append("Accept: */*\r\n")
     if body:
         lines.append(f"Content-Length: {len(body)}\r\n")
     elif method not in _NO_BODY_METHODS:
         lines.append("Content-Length: 0\r\n")
-    lines.append("\r\n")
-    text = "".join(lines)
+    text = f"{method} {target} HTTP/1.1\r\n{''.join(lines)}\r\n"
     # a CR or LF inside a name or value would split the head (header injection)
-    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+    if text.count("\n") != len(lines) + 2 or text.count("\r") != len(lines) + 2:
         raise ValueError("a request header contains a newline")
     return text.encode("utf-8", "surrogateescape")
