@@ -441,7 +441,7 @@ def big_head(size: int, end: bool) -> list[bytes]:
     return parts
 
 
-@pytest.mark.parametrize("way", ["in pieces, never ending"])
+@pytest.mark.parametrize("way", ["in pieces, never ending", "whole, in one write"])
 async def test_a_head_over_64_kib_is_a_client_response_error(
         raw: StartRaw, pools: MakePool, way: str) -> None:
     async def answer(conn: RawConn, head: bytes) -> bool:
