@@ -196,6 +196,12 @@ class _Conn(asyncio.Protocol):
         if self._head is None and self._body is None:  # nothing asked: not ours to keep
             self._abort()
             return
+        if self._head is not None:  # the head is not complete yet: bounded
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(self._bad_answer("upstream response head too large"))
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -205,11 +211,6 @@ class _Conn(asyncio.Protocol):
                 self._fail(self._bad_answer(f"invalid upstream response: {exc}"))
             else:
                 self._fail(aiohttp.ClientPayloadError(f"invalid response body: {exc}"))
-            return
-        if self._head is not None:  # the head is not complete yet
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._fail(self._bad_answer("upstream response head too large"))
 
     def eof_received(self) -> bool:
         return False  # the transport closes; connection_lost decides what it meant

@@ -458,6 +458,17 @@ async def test_a_head_over_64_kib_is_a_client_response_error(
         resp.close()
 
 
+async def test_no_head_within_the_timeout_is_a_timeout_and_the_connection_is_dropped(
+        raw: StartRaw, pools: MakePool) -> None:
+    """`timeout` bounds the wait for the answer's head (the forwarder's idle timeout);
+    the connection it was sent on is never reused."""
+    server = await raw(replying(b""))  # reads the request, never answers, stays open
+    pool = pools()
+    with pytest.raises(TimeoutError):
+        await pool.request("POST", server.url("/"), CIMultiDict(), b"{}", timeout=0.05)
+    await server.until(lambda: server.conns[0].ended)
+
+
 async def test_nothing_listening_is_a_connector_error_with_the_refusal(
         pools: MakePool) -> None:
     with pytest.raises(aiohttp.ClientConnectorError) as caught:
