@@ -240,6 +240,8 @@ class _Conn(asyncio.Protocol):
     # --- httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self._head is None:  # bytes after the answer, in its read: the parser is inside
+            self.reusable = False  # them now, so the connection cannot carry another call
         self._reason = b""
         self._headers = []
         self._informational = False

@@ -247,6 +247,32 @@ async def test_an_answer_saying_close_is_not_reused_even_if_the_server_keeps_it_
     assert [conn.paths for conn in server.conns] == [["/one"], ["/two"]]
 
 
+@pytest.mark.parametrize("stray", [b"HTTP/1.1 200 OK\r\n", b"H"],
+                         ids=["a partial head", "one byte"])
+async def test_bytes_after_an_answer_in_the_same_read_keep_its_connection_from_reuse(
+        raw: StartRaw, pools: MakePool, stray: bytes) -> None:
+    """What follows a complete answer is no answer to anything: the parser is left inside
+    it, so the connection must not carry the next call (aiohttp closes such a one too)."""
+    async def answer(conn: RawConn, head: bytes) -> bool:
+        await conn.send(ok() + stray if b" /one " in head else ok())  # one write, one read
+        return True
+
+    server = await raw(answer)
+    pool = pools()
+    assert await get(pool, server.url("/one")) == b"ok"
+    assert await get(pool, server.url("/two")) == b"ok"
+    assert [conn.paths for conn in server.conns] == [["/one"], ["/two"]]
+
+
+async def test_a_blank_line_after_an_answer_leaves_its_connection_reusable(
+        raw: StartRaw, pools: MakePool) -> None:
+    server = await raw(replying(ok() + b"\r\n"))  # tolerated between messages
+    pool = pools()
+    assert await get(pool, server.url("/one")) == b"ok"
+    assert await get(pool, server.url("/two")) == b"ok"
+    assert [conn.paths for conn in server.conns] == [["/one", "/two"]]
+
+
 # --- 2. the request head, as aiohttp sends it
 
 TRICKY = "/v1/a b/%7e/x:y/%2F?q=a b&r=%7e&t=1:2"
