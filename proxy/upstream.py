@@ -197,9 +197,8 @@ class _Conn(asyncio.Protocol):
             self._abort()
             return
         if self._head is not None:  # the head is not complete yet: bounded
-            end = data.find(b"\r\n\r\n")
-            self._head_bytes += len(data) if end < 0 else end
-            if self._head_bytes > MAX_HEAD_BYTES:
+            end = data.find(b"\r\n\r\n")  # (its blank line may also straddle two reads)
+            if end >= 0 and self._head_bytes + end > MAX_HEAD_BYTES:
                 self._fail(self._bad_answer("upstream response head too large"))
                 return
         try:
@@ -211,6 +210,10 @@ class _Conn(asyncio.Protocol):
                 self._fail(self._bad_answer(f"invalid upstream response: {exc}"))
             else:
                 self._fail(aiohttp.ClientPayloadError(f"invalid response body: {exc}"))
+        if self._head is not None:  # still no head after this read: all of it was head
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(self._bad_answer("upstream response head too large"))
 
     def eof_received(self) -> bool:
         return False  # the transport closes; connection_lost decides what it meant

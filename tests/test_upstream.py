@@ -484,6 +484,31 @@ async def test_a_head_over_64_kib_is_a_client_response_error(
         resp.close()
 
 
+async def test_a_small_head_ending_in_the_read_of_a_large_body_is_not_too_large(
+        raw: StartRaw, pools: MakePool) -> None:
+    """The head's blank line can arrive at the start of the next read, with the body: only
+    the head's own bytes count against the 64 KiB, not the 100 KiB of body after them."""
+    body = bytes(range(256)) * 400  # 100 KiB, no blank line in it
+    go = asyncio.Event()
+
+    async def answer(conn: RawConn, head: bytes) -> bool:
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(body))
+        await go.wait()  # until the pool has read that part on its own
+        await conn.send(b"\r\n" + body)
+        return True
+
+    server = await raw(answer)
+    pool = pools()
+    call = asyncio.ensure_future(pool.request("GET", server.url("/"), CIMultiDict(), None))
+    await wait_until(lambda: any(conn._head_bytes for conn in pool._busy), timeout=2,
+                     what="the head's first part read")
+    go.set()
+    resp = await asyncio.wait_for(call, 2)
+    assert resp.headers["Content-Length"] == str(len(body))
+    assert await read_all(resp) == body
+    resp.release()
+
+
 async def test_no_head_within_the_timeout_is_a_timeout_and_the_connection_is_dropped(
         raw: StartRaw, pools: MakePool) -> None:
     """`timeout` bounds the wait for the answer's head (the forwarder's idle timeout);
