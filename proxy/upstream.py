@@ -370,6 +370,7 @@ class UpstreamPool:
         self._ssl = ssl_context
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._busy: set[_Conn] = set()
+        self._pending = 0  # slots held by calls that have no connection yet (connecting)
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._targets: dict[str, tuple[tuple[str, str, int], str, str]] = {}
         self._sweep: asyncio.TimerHandle | None = None
@@ -416,7 +417,7 @@ class UpstreamPool:
     def _idle_conn(self, key: tuple[str, str, int]) -> _Conn | None:
         """A kept connection to this origin, if one is free and a slot too."""
         idle = self._idle.get(key)
-        if not idle or (self.limit and len(self._busy) >= self.limit):
+        if not idle or (self.limit and len(self._busy) + self._pending >= self.limit):
             return None
         while idle:
             conn = idle.pop()
@@ -426,7 +427,7 @@ class UpstreamPool:
         return None
 
     async def _acquire(self, key: tuple[str, str, int]) -> _Conn:
-        while self.limit and len(self._busy) >= self.limit:
+        while self.limit and len(self._busy) + self._pending >= self.limit:
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -440,7 +441,11 @@ class UpstreamPool:
         conn = self._idle_conn(key)
         if conn is not None:
             return conn
-        conn = await self._connect(key)
+        self._pending += 1  # its slot, while it connects
+        try:
+            conn = await self._connect(key)
+        finally:
+            self._pending -= 1
         self._busy.add(conn)
         return conn
 
@@ -489,7 +494,7 @@ class UpstreamPool:
             self._wake_one()
 
     def _wake_one(self) -> None:
-        while self._waiters and (not self.limit or len(self._busy) < self.limit):
+        while self._waiters and (not self.limit or len(self._busy) + self._pending < self.limit):
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)

@@ -572,6 +572,28 @@ async def test_limit_one_holds_a_second_request_until_the_first_is_released(
     assert server.conns[0].paths == ["/first", "/second"]  # on the one given back
 
 
+async def test_limit_one_counts_a_connection_being_made(
+        raw: StartRaw, pools: MakePool) -> None:
+    """Two calls at once on a fresh pool: the second waits for the first's connection
+    instead of opening another while the first is still connecting."""
+    server = await raw(replying(ok()))
+    pool = pools(limit=1)
+    first = asyncio.ensure_future(
+        pool.request("GET", server.url("/first"), CIMultiDict(), None))
+    second = asyncio.ensure_future(
+        pool.request("GET", server.url("/second"), CIMultiDict(), None))
+    resp = await asyncio.wait_for(first, 2)
+    await another_call(server, pools)
+    assert not second.done()
+    assert server.paths() == ["/first", "/probe"] and len(server.conns) == 2
+    assert await read_all(resp) == b"ok"
+    resp.release()
+    resp = await asyncio.wait_for(second, 2)
+    assert await read_all(resp) == b"ok"
+    resp.release()
+    assert server.conns[0].paths == ["/first", "/second"]
+
+
 @pytest.mark.parametrize("when", ["while waiting", "once handed the slot"])
 async def test_limit_one_a_cancelled_waiter_does_not_take_the_slot(
         raw: StartRaw, pools: MakePool, when: str) -> None:
