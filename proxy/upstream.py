@@ -444,8 +444,11 @@ class UpstreamPool:
         self._pending += 1  # its slot, while it connects
         try:
             conn = await self._connect(key)
-        finally:
+        except BaseException:
             self._pending -= 1
+            self._wake_one()  # the slot is free again: the next waiter's
+            raise
+        self._pending -= 1
         self._busy.add(conn)
         return conn
 

@@ -594,6 +594,29 @@ async def test_limit_one_counts_a_connection_being_made(
     assert server.conns[0].paths == ["/first", "/second"]
 
 
+async def test_limit_one_a_waiter_whose_connection_fails_passes_the_slot_on(
+        raw: StartRaw, pools: MakePool) -> None:
+    """The slot a waiter was woken for is free again when its own connection fails: the
+    next waiter gets it rather than waiting for a release that will never come."""
+    server = await raw(replying(ok()))
+    pool = pools(limit=1)
+    first = await pool.request("GET", server.url("/first"), CIMultiDict(), None)
+    refused = asyncio.ensure_future(
+        pool.request("GET", f"http://127.0.0.1:{free_port()}/", CIMultiDict(), None))
+    second = asyncio.ensure_future(
+        pool.request("GET", server.url("/second"), CIMultiDict(), None))
+    await another_call(server, pools)
+    assert not refused.done() and not second.done()
+    assert await read_all(first) == b"ok"
+    first.release()  # the slot goes to the first waiter, whose connection is refused
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await asyncio.wait_for(refused, 2)
+    resp = await asyncio.wait_for(second, 2)
+    assert await read_all(resp) == b"ok"
+    resp.release()
+    assert server.conns[0].paths == ["/first", "/second"]
+
+
 @pytest.mark.parametrize("when", ["while waiting", "once handed the slot"])
 async def test_limit_one_a_cancelled_waiter_does_not_take_the_slot(
         raw: StartRaw, pools: MakePool, when: str) -> None:
