@@ -370,7 +370,8 @@ class UpstreamPool:
         self._ssl = ssl_context
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._busy: set[_Conn] = set()
-        self._pending = 0  # slots held by calls that have no connection yet (connecting)
+        # slots held by calls that have no connection yet: connecting, or woken to take one
+        self._pending = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._targets: dict[str, tuple[tuple[str, str, int], str, str]] = {}
         self._sweep: asyncio.TimerHandle | None = None
@@ -427,23 +428,28 @@ class UpstreamPool:
         return None
 
     async def _acquire(self, key: tuple[str, str, int]) -> _Conn:
-        while self.limit and len(self._busy) + self._pending >= self.limit:
-            waiter = self.loop.create_future()
+        if self.limit and len(self._busy) + self._pending >= self.limit:
+            waiter = self.loop.create_future()  # callers wait in turn
             self._waiters.append(waiter)
             try:
-                await waiter
+                await waiter  # woken with a slot held for it in _pending
             except BaseException:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
                 elif waiter.done() and not waiter.cancelled():
+                    self._pending -= 1
                     self._wake_one()  # handed a slot it will not use: pass it on
                 raise
-        conn = self._idle_conn(key)
-        if conn is not None:
-            return conn
-        self._pending += 1  # its slot, while it connects
+        else:
+            self._pending += 1  # its slot, until it has a connection
         try:
-            conn = await self._connect(key)
+            idle = self._idle.get(key)
+            while idle:
+                conn = idle.pop()
+                if not conn.closed:
+                    break
+            else:  # none kept (or all closed): a new one
+                conn = await self._connect(key)
         except BaseException:
             self._pending -= 1
             self._wake_one()  # the slot is free again: the next waiter's
@@ -500,6 +506,7 @@ class UpstreamPool:
         while self._waiters and (not self.limit or len(self._busy) + self._pending < self.limit):
             waiter = self._waiters.popleft()
             if not waiter.done():
+                self._pending += 1  # the slot is the waiter's until it runs
                 waiter.set_result(None)
                 return
 

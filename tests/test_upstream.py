@@ -617,6 +617,32 @@ async def test_limit_one_a_waiter_whose_connection_fails_passes_the_slot_on(
     assert server.conns[0].paths == ["/first", "/second"]
 
 
+async def test_limit_one_a_released_slot_goes_to_the_waiter_not_to_a_newcomer(
+        raw: StartRaw, pools: MakePool) -> None:
+    """Waiters are served in turn: a call that starts between a release and the woken
+    waiter's turn to run queues behind it (else a waiter can be passed over again and
+    again until its deadline)."""
+    server = await raw(replying(ok()))
+    pool = pools(limit=1)
+    first = await pool.request("GET", server.url("/first"), CIMultiDict(), None)
+    second = asyncio.ensure_future(
+        pool.request("GET", server.url("/second"), CIMultiDict(), None))
+    await another_call(server, pools)
+    assert not second.done()
+    assert await read_all(first) == b"ok"
+    third = asyncio.ensure_future(  # its first step runs before the woken waiter's
+        pool.request("GET", server.url("/third"), CIMultiDict(), None))
+    first.release()
+    resp = await asyncio.wait_for(second, 2)
+    assert not third.done()
+    assert await read_all(resp) == b"ok"
+    resp.release()
+    resp = await asyncio.wait_for(third, 2)
+    assert await read_all(resp) == b"ok"
+    resp.release()
+    assert server.conns[0].paths == ["/first", "/second", "/third"]
+
+
 @pytest.mark.parametrize("when", ["while waiting", "once handed the slot"])
 async def test_limit_one_a_cancelled_waiter_does_not_take_the_slot(
         raw: StartRaw, pools: MakePool, when: str) -> None:
