@@ -49,7 +49,16 @@ _SCHEMES = {"http": 80, "https": 443}
 
 def handles(method: str, url: str) -> bool:
     """Whether this client takes the call (else the caller's aiohttp session does)."""
-    return method != "HEAD" and method != "CONNECT" and url.startswith(("http://", "https://"))
+    return method != "HEAD" and method != "CONNECT" and url.startswith(
+        ("http://", "https://")) and ("@" not in url or not _user_info(url))
+
+
+def _user_info(url: str) -> bool:
+    """Whether the URL's authority holds user info (aiohttp sends it as Basic auth)."""
+    authority = url.partition("//")[2]
+    for end in "/?#":
+        authority = authority.partition(end)[0]
+    return "@" in authority
 
 
 class Body:

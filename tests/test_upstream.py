@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.upstream import UpstreamPool, UpstreamResponse
+from proxy.upstream import UpstreamPool, UpstreamResponse, handles
 from tests.conftest import FakeUpstream, free_port, wait_until
 
 MakePool = Callable[..., UpstreamPool]
@@ -356,6 +356,19 @@ async def test_a_newline_in_a_header_raises_and_sends_nothing(
     assert await get(pool, server.url("/good")) == b"ok"
     # the good call's head is the first thing the server received
     assert [(conn.paths, conn.bodies) for conn in server.conns] == [(["/good"], [b""])]
+
+
+async def test_a_url_with_user_info_is_left_to_the_session(
+        raw: StartRaw, pools: MakePool) -> None:
+    """aiohttp sends a URL's user info as Basic auth; this client would drop it, so such a
+    URL is not one it handles. An '@' after the host is an ordinary character."""
+    assert not handles("POST", "http://user:secret@127.0.0.1:8000/v1/chat/completions")
+    assert not handles("GET", "https://key@127.0.0.1/v1/models")
+    server = await raw(replying(ok()))
+    url = server.url("/v1/models/a@b?owner=x@y")
+    assert handles("GET", url)
+    assert await get(pools(), url) == b"ok"
+    assert server.paths() == ["/v1/models/a@b?owner=x@y"]
 
 
 # --- 3-5. bodies as they arrive
