@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -180,7 +181,8 @@ def make_app(config: Config, *, estimator: Estimator | None = None,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
         # the forwarded calls' upstream leg (the session keeps WebSockets and HEAD)
-        pool = UpstreamPool(limit=s.max_connections, connect_timeout=s.connect_timeout_seconds)
+        pool = UpstreamPool(limit=s.max_connections, connect_timeout=s.connect_timeout_seconds,
+                            ssl_context=await asyncio.to_thread(ssl.create_default_context))
         app[state.FORWARDER] = Forwarder(config, session, recorder, lifecycle, admission,
                                          keys, pool)
         keys.start()

@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
+import socket
 import ssl
 from typing import Any
 
+import aiohappyeyeballs
 import aiohttp
 import httptools
 from aiohttp.client_reqrep import ConnectionKey
@@ -39,6 +42,8 @@ from yarl import URL
 
 __all__ = ["Body", "UpstreamPool", "UpstreamResponse", "handles"]
 
+DNS_SECONDS = 300.0  # a host's addresses are kept this long (aiohttp's ttl_dns_cache here)
+HAPPY_EYEBALLS_DELAY = 0.25  # aiohttp's: the next address is tried after this
 KEEPALIVE_SECONDS = 15.0  # aiohttp's default: an idle connection is closed after this
 HIGH_WATER = 256 * 1024  # bytes received and not yet taken: reading pauses above this
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers of a response, at most
@@ -360,6 +365,11 @@ class _Conn(asyncio.Protocol):
             self.transport.resume_reading()
 
 
+def _connection_key(key: tuple[str, str, int]) -> ConnectionKey:
+    """What aiohttp's connector errors name (host, port, TLS)."""
+    return ConnectionKey(key[1], key[2], key[0] == "https", True, None, None, None)
+
+
 def _os_args(exc: BaseException) -> tuple[Any, ...]:
     if isinstance(exc, OSError) and exc.errno is not None:
         return (exc.errno, str(exc))
@@ -383,6 +393,7 @@ class UpstreamPool:
         self._pending = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._targets: dict[str, tuple[tuple[str, str, int], str, str]] = {}
+        self._dns: dict[tuple[str, int], tuple[float, list[Any]]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -398,9 +409,19 @@ class UpstreamPool:
         head = _head(method, target, host, headers, body)
         deadline = None if timeout is None else self.loop.time() + timeout
         conn = self._idle_conn(key)
-        if conn is None:
-            async with asyncio.timeout_at(deadline):
-                conn = await self._acquire(key)
+        if conn is None:  # a slot and a connection, within the connect timeout (aiohttp's)
+            bound = deadline
+            if self.connect_timeout is not None:
+                bound = min(bound or math.inf, self.loop.time() + self.connect_timeout)
+            try:
+                async with asyncio.timeout_at(bound):
+                    conn = await self._acquire(key)
+            except TimeoutError as exc:
+                if bound == deadline:
+                    raise  # the call's own deadline: the upstream did not answer in time
+                raise aiohttp.ClientConnectorError(_connection_key(key), TimeoutError(
+                    f"no connection to {key[1]}:{key[2]} within "
+                    f"{self.connect_timeout:g}s")) from exc
         try:
             return await conn.send(method, url, head, body, deadline)
         except BaseException:
@@ -468,25 +489,42 @@ class UpstreamPool:
         return conn
 
     async def _connect(self, key: tuple[str, str, int]) -> _Conn:
+        """A new connection: the host's addresses (cached DNS_SECONDS), tried by Happy
+        Eyeballs (aiohappyeyeballs, as aiohttp does), then TLS for https."""
         scheme, host, port = key
         tls = scheme == "https"
-        ck = ConnectionKey(host, port, tls, True, None, None, None)
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            infos = await self._resolve(host, port)
+            sock = await aiohappyeyeballs.start_connection(
+                infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1, loop=self.loop)
+            try:
                 _, conn = await self.loop.create_connection(
-                    lambda: _Conn(self, key), host, port,
+                    lambda: _Conn(self, key), sock=sock,
                     ssl=self._ssl_context() if tls else None,
-                    server_hostname=host if tls else None)
-        except TimeoutError as exc:
-            raise aiohttp.ClientConnectorError(ck, TimeoutError(
-                f"connection to {host}:{port} timed out")) from exc
+                    server_hostname=host.rstrip(".") if tls else None)
+            except BaseException:
+                sock.close()
+                raise
         except ssl.SSLCertVerificationError as exc:
-            raise aiohttp.ClientConnectorCertificateError(ck, exc) from exc
+            raise aiohttp.ClientConnectorCertificateError(_connection_key(key), exc) from exc
         except ssl.SSLError as exc:
-            raise aiohttp.ClientConnectorSSLError(ck, exc) from exc
+            raise aiohttp.ClientConnectorSSLError(_connection_key(key), exc) from exc
         except OSError as exc:
-            raise aiohttp.ClientConnectorError(ck, exc) from exc
+            raise aiohttp.ClientConnectorError(_connection_key(key), exc) from exc
         return conn
+
+    async def _resolve(self, host: str, port: int) -> list[Any]:
+        found = self._dns.get((host, port))
+        now = self.loop.time()
+        if found is not None and found[0] > now:
+            return found[1]
+        infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"no address for {host}")
+        if len(self._dns) >= _TARGETS_CACHED:
+            self._dns.clear()
+        self._dns[(host, port)] = (now + DNS_SECONDS, infos)
+        return infos
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:

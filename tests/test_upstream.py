@@ -585,6 +585,21 @@ async def test_limit_one_holds_a_second_request_until_the_first_is_released(
     assert server.conns[0].paths == ["/first", "/second"]  # on the one given back
 
 
+async def test_a_slot_not_free_within_the_connect_timeout_is_a_connect_timeout(
+        raw: StartRaw, pools: MakePool) -> None:
+    """As aiohttp's `connect` timeout: waiting for a free connection counts against it,
+    and running out is a connector error carrying a TimeoutError (the forwarder's 504
+    "did not accept a connection in time"), not the answer's deadline."""
+    server = await raw(replying(ok()))
+    pool = pools(limit=1, connect_timeout=0.05)
+    first = await pool.request("GET", server.url("/first"), CIMultiDict(), None)
+    with pytest.raises(aiohttp.ClientConnectorError) as caught:
+        await pool.request("GET", server.url("/second"), CIMultiDict(), None, timeout=30)
+    assert isinstance(caught.value.os_error, TimeoutError)
+    assert server.paths() == ["/first"]
+    first.release()
+
+
 async def test_limit_one_counts_a_connection_being_made(
         raw: StartRaw, pools: MakePool) -> None:
     """Two calls at once on a fresh pool: the second waits for the first's connection
