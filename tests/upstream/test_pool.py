@@ -1,4 +1,4 @@
-"""The upstream leg's own HTTP/1.1 client (proxy/upstream.py), against real servers on
+"""The upstream leg's own HTTP/1.1 client (proxy/upstream/), against real servers on
 127.0.0.1: an aiohttp app for well-formed answers, a hand-driven `asyncio.start_server`
 (`RawServer`) for malformed or hand-timed ones, which records every connection and the
 request heads it received. What is checked is what the forwarder relies on: the answer's
