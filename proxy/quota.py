@@ -62,10 +62,11 @@ class Quota:
 def kept_headers(headers: Mapping[str, str], prefixes: tuple[str, ...]) -> dict[str, str]:
     """The headers whose lowercased name starts with one of `prefixes`, keys lowercased,
     at most MAX_HEADERS of them, each value cut at MAX_VALUE_CHARS."""
+    found = [(key, value) for name, value in headers.items()
+             for key in (name.lower(),) if key.startswith(prefixes)]
     out: dict[str, str] = {}
-    for name, value in headers.items():
-        key = name.lower()
-        if key.startswith(prefixes) and key not in out:
+    for key, value in found:  # the first of a name wins
+        if key not in out:
             out[key] = value[:MAX_VALUE_CHARS]
             if len(out) >= MAX_HEADERS:
                 break

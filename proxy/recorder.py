@@ -45,6 +45,9 @@ CREATES = 10_000  # pending background creates whose attribution is kept for the
 FIND_SECONDS = 5.0  # find() waits this long at most for a call in flight or queued
 
 
+# json.dumps(separators=...) builds a new encoder per call: this one is built once
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+
 def secret_beside(db_path: str) -> bytes:
     """The per-install secret of a SQLite ledger: `<ledger>.secret` beside it (0600),
     made on first use. It keys credential fingerprints and consumer keys' stored hashes."""
@@ -273,8 +276,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         end_user=facts.end_user, client=facts.client,
         key_id=fingerprint(facts.credential),
         upstream_request_id=obs.upstream_request_id or facts.request_id_header, error=end.error,
-        usage_raw=json.dumps(obs.usage_raw, separators=(",", ":"))
-        if obs.usage_raw is not None else None,
+        usage_raw=_COMPACT(obs.usage_raw) if obs.usage_raw is not None else None,
         service_tier=usage.service_tier, priced_units=usage.priced_units() or None,
         batch_id=facts.batch_id if facts.operation == "batch" else None,
         quota=None if line else facts.quota,  # a batch's result lines: not this response
