@@ -574,6 +574,13 @@ async def test_limit_one_holds_a_second_request_until_the_first_is_released(
     first = await pool.request("GET", server.url("/first"), CIMultiDict(), None)
     second = asyncio.ensure_future(
         pool.request("GET", server.url("/second"), CIMultiDict(), None))
+    await waits_then_reuses(first, second, server, pools)
+
+
+async def waits_then_reuses(first: UpstreamResponse, second: asyncio.Future[UpstreamResponse],
+                            server: RawServer, pools: MakePool) -> None:
+    """With one slot: `second` waits while `first` holds it (a probe from another pool
+    gets through meanwhile), then goes out on the connection `first` gave back."""
     await another_call(server, pools)
     assert not second.done()
     assert server.paths() == ["/first", "/probe"] and len(server.conns) == 2
@@ -610,16 +617,7 @@ async def test_limit_one_counts_a_connection_being_made(
         pool.request("GET", server.url("/first"), CIMultiDict(), None))
     second = asyncio.ensure_future(
         pool.request("GET", server.url("/second"), CIMultiDict(), None))
-    resp = await asyncio.wait_for(first, 2)
-    await another_call(server, pools)
-    assert not second.done()
-    assert server.paths() == ["/first", "/probe"] and len(server.conns) == 2
-    assert await read_all(resp) == b"ok"
-    resp.release()
-    resp = await asyncio.wait_for(second, 2)
-    assert await read_all(resp) == b"ok"
-    resp.release()
-    assert server.conns[0].paths == ["/first", "/second"]
+    await waits_then_reuses(await asyncio.wait_for(first, 2), second, server, pools)
 
 
 async def test_limit_one_a_waiter_whose_connection_fails_passes_the_slot_on(
