@@ -27,7 +27,8 @@ from prometheus_client import CollectorRegistry
 from bench.records import bench_record
 from proxy.admission import Admission
 from proxy.admission.budgets import BudgetCheck, LocalBudgets
-from proxy.admission.rates import RateCheck, headers_for
+from proxy.admission.rate_headers import headers_for
+from proxy.admission.rates import RateCheck
 from proxy.backends import open_backend
 from proxy.config import parse
 from proxy.dialects import DIALECTS

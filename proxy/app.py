@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry
 from proxy import admin, state
 from proxy.admission import Admission
 from proxy.admission.budgets import BudgetCheck, BudgetStore, FleetBudgets, LocalBudgets
-from proxy.admission.rates import FleetRates, RateCheck
+from proxy.admission.rate_fleet import FleetRates
+from proxy.admission.rates import RateCheck
 from proxy.backends import LedgerUnavailable
 from proxy.config import Config
 from proxy.estimate import Estimator

@@ -25,7 +25,7 @@ from yarl import URL
 from proxy import attribution
 from proxy import headers as hdr
 from proxy.admission import Admission, Denied
-from proxy.admission.rates import RateView, headers_for
+from proxy.admission.rate_headers import RateView, headers_for
 from proxy.bodies import parse_json as _parse
 from proxy.bodies import parse_json_encoded as _parse_encoded
 from proxy.config import Config, Upstream

@@ -23,7 +23,7 @@ class Denied:
     ledger_down: bool = False  # `on_ledger_down: refuse` and the shared ledger is away
     check: str = "budget"  # the kind of check that refused: "budget" or "rate"
     # A rate limit's refusal: its own message, the exact wait in milliseconds, and the
-    # figures its headers are made of (`proxy.admission.rates.RateView`)
+    # figures its headers are made of (`proxy.admission.rate_headers.RateView`)
     detail: str | None = None
     retry_after_ms: int | None = None
     view: Any = None
@@ -48,7 +48,7 @@ class Ask:
     plus `max_tokens`) and their cost, estimated once, on first use only (a call no check
     concerns is never estimated). `worst` answers the cost alone, or (tokens, cost).
 
-    `rates`: a fleet's rate-limit reservation not made yet (`proxy.admission.rates`): the
+    `rates`: a fleet's rate-limit reservation not made yet (`proxy.admission.rate_fleet`): the
     budgets' round trip takes it along, or admission makes it alone at the end. `view`: the
     rate limits' figures for the response's headers, once admitted."""
 

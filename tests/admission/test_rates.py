@@ -19,14 +19,9 @@ import asyncpg
 
 from proxy.admission import Admission, Denied
 from proxy.admission.budgets import BudgetCheck
-from proxy.admission.rates import (
-    Dim,
-    FleetRates,
-    RateCheck,
-    RateView,
-    headers_for,
-    openai_duration,
-)
+from proxy.admission.rate_fleet import FleetRates
+from proxy.admission.rate_headers import Dim, RateView
+from proxy.admission.rates import RateCheck
 from proxy.backends import open_backend
 from proxy.config import BudgetConfig, Config, RateLimitConfig
 from proxy.dialects import DIALECTS
@@ -233,26 +228,6 @@ async def test_a_consumer_keys_own_limits_act_as_key_id(
     # k2's own limit had room, but the call was refused as a whole: nothing held there
     assert [(s["name"], s["requests"]) for s in check.snapshot()] == \
         [("k2-tokens", 0), ("key:k1", 1), ("key:k2", 0)]
-
-
-def test_the_headers_in_each_sdks_style() -> None:
-    assert [openai_duration(s) for s in (0.02, 1, 17.28, 59.9991, 360, 3600)] == \
-        ["20ms", "1s", "17.28s", "1m0s", "6m0s", "1h0m0s"]
-    view = RateView(Dim(100, 7, 60.0), Dim(5000, 120, 12.5))
-    assert headers_for(view, "openai") == {
-        "x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "7",
-        "x-ratelimit-reset-requests": "1m0s", "x-ratelimit-limit-tokens": "5000",
-        "x-ratelimit-remaining-tokens": "120", "x-ratelimit-reset-tokens": "12.5s"}
-    # Anthropic's: the reset is a time (RFC 3339): 1764000000 + 60 is 2025-11-24 16:01:00 UTC,
-    # + 12.5 rounds up to the next whole second
-    assert headers_for(view, "anthropic", now=1_764_000_000.0) == {
-        "anthropic-ratelimit-requests-limit": "100",
-        "anthropic-ratelimit-requests-remaining": "7",
-        "anthropic-ratelimit-requests-reset": "2025-11-24T16:01:00Z",
-        "anthropic-ratelimit-tokens-limit": "5000",
-        "anthropic-ratelimit-tokens-remaining": "120",
-        "anthropic-ratelimit-tokens-reset": "2025-11-24T16:00:13Z"}
-    assert headers_for(None, "openai") == {}
 
 
 async def test_fleet_rates_and_budgets_are_decided_in_one_call(

@@ -17,7 +17,8 @@ import pytest
 from proxy import state
 from proxy.admission import Admission
 from proxy.admission.budgets import BudgetCheck, FleetBudgets
-from proxy.admission.rates import FleetRates, RateCheck
+from proxy.admission.rate_fleet import FleetRates
+from proxy.admission.rates import RateCheck
 from proxy.backends import open_backend
 from proxy.backends.postgres import migrate
 from proxy.backends.schema import PG_MIGRATIONS
