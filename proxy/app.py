@@ -25,13 +25,14 @@ from proxy.admission.rates import RateCheck
 from proxy.backends import LedgerUnavailable
 from proxy.config import Config
 from proxy.estimate import Estimator
+from proxy.fingerprint import KeyFingerprinter
 from proxy.fleet import Fleet
 from proxy.forward import Forwarder
 from proxy.keyring import KeyAdmin, KeyRegistry, install_secret
 from proxy.lifecycle import Lifecycle
 from proxy.notices import Notifier
 from proxy.pricing import PriceBook
-from proxy.recorder import KeyFingerprinter, Recorder
+from proxy.recorder import Recorder
 from proxy.sinks.base import Sink
 from proxy.sinks.budgets import Budgets
 from proxy.sinks.export import WebhookSink, make_exports

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proxy.backends import LedgerBackend
+from proxy.fingerprint import secret_beside
 from proxy.keys import (
     ConsumerKey,
     KeyLimits,
@@ -34,7 +35,6 @@ from proxy.keys import (
     new_secret,
     to_row,
 )
-from proxy.recorder import secret_beside
 from proxy.tasks import spawn
 
 __all__ = ["KeyAdmin", "KeyRegistry", "install_secret"]

@@ -56,7 +56,7 @@ def iso_utc(ts: float) -> str:
 @dataclass(slots=True)
 class CallFacts:
     """Raw facts of one call: what the handler saw, a batch's result line, or a call read
-from a client's own log. `recorder.build_record` turns them into the CallRecord."""
+from a client's own log. `build.build_record` turns them into the CallRecord."""
 
     call_id: str
     started: float  # wall clock, seconds

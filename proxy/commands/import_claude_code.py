@@ -1,5 +1,5 @@
 """`tokenbooth import claude-code [PATH]`: backfill Claude Code's own transcripts. One row
-per API call, `usage_source` `client_log`, built by the same `recorder.build_record` as a
+per API call, `usage_source` `client_log`, built by the same `build.build_record` as a
 proxied call (so priced alike), skipping calls the proxy metered already and calls an
 earlier import wrote."""
 
@@ -79,11 +79,11 @@ def transcript_facts(call: TranscriptCall, written: float, dialect: str | None,
 
 
 def run(args: argparse.Namespace, config: Any) -> int:
+    from proxy.build import build_record
     from proxy.dialects import price_provider
     from proxy.estimate import Estimator
     from proxy.pricing import PriceBook
     from proxy.record import COLUMNS, iso_utc
-    from proxy.recorder import build_record
 
     root = Path(args.path).expanduser() if args.path else Path.home() / ".claude" / "projects"
     if not root.exists():

@@ -1,7 +1,9 @@
 """OTLP export of each call record: GenAI metrics and one span per call, with the SDK.
 
 Imported only when `otel:` is configured (the OpenTelemetry SDK is not loaded otherwise).
-Every OTel name comes from `proxy.sinks.otel_names`.
+Every OTel name comes from `proxy.sinks.otel_names`; the exporters and their loss counts
+from `proxy.sinks.otel_export`; the instruments' bounded attribute sets from
+`proxy.sinks.otel_series`.
 
 Metrics: the SDK's MeterProvider with a PeriodicExportingMetricReader (cumulative, every
 `export_interval_seconds`); the counters move from the same CallRecord the ledger stores,
@@ -28,19 +30,14 @@ from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    MetricExporter,
-    MetricExportResult,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy import __version__
@@ -48,6 +45,8 @@ from proxy.config import OtelConfig, Upstream
 from proxy.record import CallRecord
 from proxy.sinks import otel_names as N
 from proxy.sinks.labels import LabelCap, admits
+from proxy.sinks.otel_export import CountingMetricExporter, CountingSpanExporter, Lossy, exporters
+from proxy.sinks.otel_series import SeriesCap, Tally
 from proxy.tracecontext import SpanIds, start_span_ids
 
 __all__ = ["OtelSink"]
@@ -95,175 +94,6 @@ def _by_modality(total: int, parts: list[tuple[str, int]] | None) -> list[tuple[
     return parts
 
 
-Key = tuple[tuple[str, Any], ...]
-
-
-def _other(key: Key) -> Key:
-    """Where an attribute set goes once its instrument holds `max_series` of them (as the
-    Prometheus sink does: every value `other`)."""
-    return tuple((k, "other") for k, _ in key)
-
-
-class _SeriesCap:
-    """At most `max_series` attribute sets per instrument, the last one the `other` set;
-    each record that lands there is counted (`tokenbooth_otel_series_overflow_total`)."""
-
-    def __init__(self, max_series: int, overflow: Any) -> None:
-        self.limit = max(max_series - 1, 0)
-        self.overflow = overflow  # the Prometheus counter's child for this instrument
-        self.seen: dict[Key, dict[str, Any]] = {}  # each set's attributes, built once
-
-    def __call__(self, key: Key) -> dict[str, Any]:
-        """The attributes to record under: the set's own, or the `other` set's."""
-        seen = self.seen
-        attrs = seen.get(key)
-        if attrs is not None:
-            return attrs
-        if len(seen) < self.limit:
-            attrs = seen[key] = dict(key)
-            return attrs
-        self.overflow.inc()
-        return dict(_other(key))
-
-
-class _Tally:
-    """Cumulative sums by attribute set (a tuple of pairs), read by an observable counter's
-    callback in the SDK's export thread (from a copy: the loop goes on adding); at most
-    `max_series` sets (the last one `other`, each record landing there counted)."""
-
-    def __init__(self, max_series: int, overflow: Any) -> None:
-        self.sums: dict[Key, float] = {}
-        self._attrs: dict[Key, dict[str, Any]] = {}
-        self.limit = max(max_series - 1, 0)
-        self.overflow = overflow
-
-    def add(self, key: Key, n: float) -> None:
-        sums = self.sums
-        cur = sums.get(key)
-        if cur is None:
-            if len(sums) >= self.limit:
-                key = _other(key)
-                self.overflow.inc()
-            cur = sums.get(key, 0)
-        sums[key] = cur + n
-
-    def observe(self, _options: CallbackOptions) -> list[Observation]:
-        out = []
-        for key, value in self.sums.copy().items():
-            attrs = self._attrs.get(key)
-            if attrs is None:
-                attrs = self._attrs[key] = dict(key)
-            out.append(Observation(value, attrs))
-        return out
-
-
-class _Lossy:
-    """What the export lost, counted on the Prometheus registry (thread-safe there)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.dropped = Counter(N.DROPPED, "Telemetry the OTLP export lost (full queue, "
-                               "failed export), by signal.", ("signal",), registry=registry)
-        self.failures = Counter(N.EXPORT_FAILURES, "OTLP export attempts that failed, "
-                                "by signal.", ("signal",), registry=registry)
-        for signal in ("spans", "metrics"):
-            self.dropped.labels(signal)
-            self.failures.labels(signal)
-        self.overflow = Counter(N.SERIES_OVERFLOW, "Records whose OTel attribute set went to "
-                                "the `other` set: the instrument held metrics.max_series "
-                                "sets.", ("instrument",), registry=registry)
-
-
-class _CountingSpanExporter(SpanExporter):
-    """The OTLP span exporter, counting what it could not deliver, and how many spans left
-    the queue (`done`: written by the export thread only; `emitted` by the loop only)."""
-
-    def __init__(self, inner: SpanExporter, lossy: _Lossy, timeout: float) -> None:
-        self.inner = inner
-        self.lossy = lossy
-        self.timeout = timeout
-        self.done = 0
-        self.deadline: float | None = None  # at shutdown: one deadline for what is left
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            if self.deadline is not None and time.monotonic() > self.deadline:
-                result = SpanExportResult.FAILURE
-            else:
-                result = self.inner.export(spans)
-        except Exception:
-            log.exception("OTLP span export failed")
-            result = SpanExportResult.FAILURE
-        finally:
-            self.done += len(spans)
-        if result is not SpanExportResult.SUCCESS:
-            self.lossy.failures.labels("spans").inc()
-            self.lossy.dropped.labels("spans").inc(len(spans))
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
-class _CountingMetricExporter(MetricExporter):
-    """The OTLP metric exporter, counting failed exports (the totals are cumulative: the
-    next export that succeeds carries them)."""
-
-    def __init__(self, inner: MetricExporter, lossy: _Lossy) -> None:
-        super().__init__(preferred_temporality=inner._preferred_temporality,
-                         preferred_aggregation=inner._preferred_aggregation)
-        self.inner = inner
-        self.lossy = lossy
-
-    def export(self, metrics_data: Any, timeout_millis: float = 10_000,
-               **kwargs: Any) -> MetricExportResult:
-        try:
-            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        except Exception:
-            log.exception("OTLP metric export failed")
-            result = MetricExportResult.FAILURE
-        if result is not MetricExportResult.SUCCESS:
-            self.lossy.failures.labels("metrics").inc()
-        return result
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
-
-
-def _exporters(cfg: OtelConfig) -> tuple[Callable[[], SpanExporter],
-                                         Callable[[], MetricExporter]]:
-    headers = dict(cfg.headers)
-    if cfg.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-            OTLPMetricExporter as GrpcMetrics,
-        )
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcSpans,
-        )
-
-        insecure = cfg.url.startswith("http://")
-        return (lambda: GrpcSpans(endpoint=cfg.url, insecure=insecure, headers=headers,
-                                  timeout=cfg.timeout_seconds),
-                lambda: GrpcMetrics(endpoint=cfg.url, insecure=insecure, headers=headers,
-                                    timeout=cfg.timeout_seconds))
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-        OTLPMetricExporter as HttpMetrics,
-    )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpSpans,
-    )
-
-    return (lambda: HttpSpans(endpoint=f"{cfg.url}/v1/traces", headers=headers,
-                              timeout=cfg.timeout_seconds),
-            lambda: HttpMetrics(endpoint=f"{cfg.url}/v1/metrics", headers=headers,
-                                timeout=cfg.timeout_seconds))
-
-
 class OtelSink:
     name = "otel"
 
@@ -272,7 +102,7 @@ class OtelSink:
                  max_label_values: int = 100, max_series: int = 10_000,
                  known_models: Callable[[], AbstractSet[str]] | None = None) -> None:
         self.cfg = cfg
-        self.lossy = _Lossy(registry)
+        self.lossy = Lossy(registry)
         self.cap = LabelCap(max_label_values)
         self._known_models = known_models
         self.tag_labels = tuple(tag_labels)
@@ -289,12 +119,12 @@ class OtelSink:
         self.scope = InstrumentationScope(N.SCOPE, __version__)
         self.meters: MeterProvider | None = None
         self.processor: BatchSpanProcessor | None = None
-        self.span_exporter: _CountingSpanExporter | None = None
+        self.span_exporter: CountingSpanExporter | None = None
         self.emitted = 0  # spans handed to the processor (the event loop's count)
         self.max_series = max_series
         self._inst: dict[str, Any] = {}
-        self._tally: dict[str, _Tally] = {}
-        self._caps: dict[str, _SeriesCap] = {}  # the histograms' attribute sets
+        self._tally: dict[str, Tally] = {}
+        self._caps: dict[str, SeriesCap] = {}  # the histograms' attribute sets
         self._system = cfg.semconv in ("legacy", "both")  # gen_ai.system on legacy ones
 
     # -- life --------------------------------------------------------------------------
@@ -302,10 +132,10 @@ class OtelSink:
     def start(self) -> None:
         """The SDK's providers and their export threads (from the app's start-up)."""
         cfg = self.cfg
-        spans, metrics = _exporters(cfg)
+        spans, metrics = exporters(cfg)
         if cfg.metrics:
             reader = PeriodicExportingMetricReader(
-                _CountingMetricExporter(metrics(), self.lossy),
+                CountingMetricExporter(metrics(), self.lossy),
                 export_interval_millis=cfg.export_interval_seconds * 1000,
                 export_timeout_millis=cfg.timeout_seconds * 1000)
             self.meters = MeterProvider(resource=self.resource, metric_readers=[reader])
@@ -317,17 +147,17 @@ class OtelSink:
                     continue
                 overflow = self.lossy.overflow.labels(inst.name)
                 if inst.kind == "counter":
-                    tally = self._tally[inst.key] = _Tally(self.max_series, overflow)
+                    tally = self._tally[inst.key] = Tally(self.max_series, overflow)
                     self._inst[inst.key] = meter.create_observable_counter(
                         inst.name, callbacks=[tally.observe], unit=inst.unit,
                         description=inst.description)
                 else:
-                    self._caps[inst.key] = _SeriesCap(self.max_series, overflow)
+                    self._caps[inst.key] = SeriesCap(self.max_series, overflow)
                     self._inst[inst.key] = meter.create_histogram(
                         inst.name, unit=inst.unit, description=inst.description,
                         explicit_bucket_boundaries_advisory=list(inst.buckets))
         if cfg.spans:
-            self.span_exporter = _CountingSpanExporter(spans(), self.lossy, cfg.timeout_seconds)
+            self.span_exporter = CountingSpanExporter(spans(), self.lossy, cfg.timeout_seconds)
             self.processor = BatchSpanProcessor(
                 self.span_exporter, max_queue_size=cfg.queue_spans,
                 schedule_delay_millis=min(cfg.export_interval_seconds * 1000, 5000),

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy import state
-from proxy.recorder import background_call_id
+from proxy.build import background_call_id
 from tests.conftest import FakeUpstream, Proxy, Reply, Sdks, wait_until
 from tests.e2e.test_ledger_metrics import rows, scrape
 from tests.e2e.test_passthrough import CHAT_JSON
