@@ -1,5 +1,5 @@
-"""The sans-IO core (framing, dialects, usage, record, estimate, pricing, the meter, the
-endings table) passes `mypy --strict`, as configured in pyproject.toml."""
+"""The sans-IO core (framing, dialects, usage, record and its builder, estimate, pricing, the
+meter, the endings table) passes `mypy --strict`, as configured in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ("proxy/framing", "proxy/dialects", "proxy/usage.py", "proxy/record.py",
-        "proxy/estimate.py", "proxy/pricing.py", "proxy/meter.py", "proxy/outcome.py")
+        "proxy/estimate.py", "proxy/pricing.py", "proxy/meter.py", "proxy/outcome.py",
+        "proxy/build.py")
 
 
 def test_the_core_is_what_mypy_checks() -> None:
