@@ -1,10 +1,11 @@
 """The SQLite backend: one aiosqlite write connection (WAL), reads on short-lived read-only
-connections in a worker thread, so a report never waits for a write."""
+connections in a worker thread, so a report never waits for a write. A batch's roll-up is
+summed in `sqlite_rollup`; consumer keys and the budget notices' outbox are the class's
+parts in `sqlite_keys` and `sqlite_notices`."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -14,9 +15,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiosqlite
 
-from proxy.backends import notices, query
+from proxy.backends import query
 from proxy.backends.base import FleetBackend, LedgerBackend
-from proxy.backends.schema import COST_SCALE, KEY_COLUMNS, SQLITE_MIGRATIONS, rollups
+from proxy.backends.schema import COST_SCALE, SQLITE_MIGRATIONS, rollups
+from proxy.backends.sqlite_keys import SqliteKeys
+from proxy.backends.sqlite_notices import SqliteNotices
 from proxy.backends.sqlite_rollup import ROLLUP_ADD, ROLLUP_NEW, fold
 from proxy.record import COLUMNS
 
@@ -71,7 +74,7 @@ def _write(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     db.execute("COMMIT")
 
 
-class SqliteBackend:
+class SqliteBackend(SqliteNotices, SqliteKeys):
     """A `LedgerBackend` on one local file (not a fleet's: `fleet` is None)."""
 
     kind = "sqlite"
@@ -251,9 +254,6 @@ class SqliteBackend:
         rows = await self._read(lambda c: c.execute(sql, (after, limit)).fetchall())
         return [(r[0], tuple(r[1:])) for r in rows]
 
-    # --- budget notices' outbox (issue 20): each statement on its own short connection in a
-    # worker thread (as an export cursor's), never inside the ledger writer's transaction
-
     @contextmanager
     def _short(self) -> Iterator[sqlite3.Connection]:
         """A connection of its own for a few statements, each in its own transaction
@@ -264,44 +264,6 @@ class SqliteBackend:
             yield conn
         finally:
             conn.close()
-
-    def _notice_sql(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
-        with self._short() as conn:
-            rows = conn.execute(sql, args).fetchall()
-            return [dict(zip(notices.COLUMNS, r, strict=True)) for r in rows]
-
-    async def notice_offer(self, values: Sequence[Any]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._notice_sql, notices.OFFER, values)
-
-    async def notice_claim(self, replica: str, now: str,
-                           stale_before: str) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._notice_sql, notices.CLAIM,
-                                       (replica, now, replica, stale_before))
-
-    async def notice_renew(self, notice_id: int, replica: str, now: str) -> bool:
-        def run() -> bool:
-            with self._short() as conn:
-                return conn.execute(notices.RENEW, (now, notice_id, replica)).fetchone() \
-                    is not None
-        return await asyncio.to_thread(run)
-
-    async def notice_done(self, notice_id: int, replica: str, now: str,
-                          error: str | None) -> None:
-        if error is None:
-            await asyncio.to_thread(self._notice_sql, notices.SENT, (now, notice_id, replica))
-        else:
-            await asyncio.to_thread(self._notice_sql, notices.FAILED,
-                                    (error, now, notice_id, replica))
-
-    async def notices(self, limit: int) -> list[dict[str, Any]]:
-        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            try:
-                rows = conn.execute(notices.LIST, (limit,)).fetchall()
-            except sqlite3.OperationalError:  # a ledger from before the outbox
-                return []
-            return [notices.notice_json(r) for r in rows]
-        return await self._read(run)
-    # --- end budget notices
 
     def export_cursor(self, sink: str) -> SqliteExportCursor:
         return SqliteExportCursor(self, sink)
@@ -320,70 +282,6 @@ class SqliteBackend:
             total += cur.rowcount
             if cur.rowcount < 5000:
                 return total
-
-
-    # Consumer keys: written in short transactions of their own (the CLI writes from another
-    # process); serving processes poll `keys_version()`.
-
-    def _change(self, work: Callable[[sqlite3.Connection], int]) -> int:
-        with self._short() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                n = work(conn)
-                if n:
-                    conn.execute("UPDATE tb_keys_version SET version = version + 1")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return n
-
-    async def keys(self) -> tuple[int, list[dict[str, Any]]]:
-        def run(c: sqlite3.Connection) -> tuple[int, list[dict[str, Any]]]:
-            version = c.execute("SELECT version FROM tb_keys_version").fetchone()[0]
-            rows = c.execute(f"SELECT {', '.join(KEY_COLUMNS)} FROM tb_keys "
-                             f"ORDER BY created_at, id").fetchall()
-            return int(version), [dict(r) for r in rows]
-        return await self._read(run)
-
-    async def keys_version(self) -> int:
-        return int(await self._read(lambda c: c.execute(
-            "SELECT version FROM tb_keys_version").fetchone()[0]))
-
-    def keys_signature(self) -> tuple[int, ...]:
-        """The database file's and its write-ahead log's identity, size and change time: a
-        write by any process (the CLI's key changes) moves one of them. Two stat() calls
-        on the loop instead of a read connection in a thread (~250 µs CPU) every poll."""
-        out: list[int] = []
-        for name in (self.path, f"{self.path}-wal"):
-            try:
-                st = os.stat(name)
-            except OSError:
-                out += (0, 0, 0)
-                continue
-            out += (st.st_ino, st.st_size, st.st_mtime_ns)
-        return tuple(out)
-
-    async def add_key(self, row: Mapping[str, Any]) -> None:
-        sql = (f"INSERT INTO tb_keys ({', '.join(KEY_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(KEY_COLUMNS))})")
-        await asyncio.to_thread(self._change, lambda c: c.execute(
-            sql, [row[k] for k in KEY_COLUMNS]).rowcount)
-
-    async def change_key(self, key_id: str, fields: Mapping[str, Any]) -> bool:
-        cols = [k for k in fields if k in KEY_COLUMNS and k != "id"]
-        sql = f"UPDATE tb_keys SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?"
-        return bool(await asyncio.to_thread(self._change, lambda c: c.execute(
-            sql, [*(fields[k] for k in cols), key_id]).rowcount))
-
-    async def key_calls(self, key_id: str, since: str) -> tuple[int, Decimal]:
-        sql, args = query.key_calls_sql(self.kind, key_id, since)
-        row = await self._read(lambda c: c.execute(sql, args).fetchone())
-        return int(row[0]), Decimal(row[1] or 0) / COST_SCALE
-
-    async def keys_last_used(self) -> dict[str, str]:
-        rows = await self._read(lambda c: c.execute(query.KEYS_LAST_USED).fetchall())
-        return {r[0]: r[1] for r in rows if r[1] is not None}
 
 
 class SqliteExportCursor:
