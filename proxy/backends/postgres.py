@@ -1,18 +1,13 @@
 """The PostgreSQL backend (asyncpg): a ledger, budgets and a live feed shared by a fleet.
 
-Writes: a batch is COPYed into a per-connection temp table, then one statement inserts the
-new rows (`ON CONFLICT (call_id) DO NOTHING`: a replay is exactly once), folds exactly those
-rows into the hourly roll-up, releases their budget reservations and charges their cost to
-every fleet budget they match, all in the batch's transaction.
+Writes: a batch is COPYed into a per-connection temp table, then one statement
+(`postgres_sql.WRITE`) inserts the new rows (`ON CONFLICT (call_id) DO NOTHING`: a replay is
+exactly once), folds exactly those rows into the hourly roll-up, releases their budget
+reservations and charges their cost to every fleet budget they match, all in the batch's
+transaction.
 
-Budgets: admission calls `tb_reserve` (one round trip) which locks each matching budget,
-drops reservations of replicas that stopped heartbeating, checks spend + reservations +
-the call's worst case against the limit, and reserves. Spend per window lives in
-`tb_budget_spend`, so every replica reads the same number.
-
-Rate limits: when one matches, admission calls `tb_admit` instead (still one round trip),
-which decides the rate limits' sliding windows (`tb_rate_event`) and then the budgets, and
-reserves both or neither; the batch write settles each row's rate-limit reservations.
+Budgets and rate limits (admission's store), consumer keys and the budget notices' outbox
+are the class's parts in `postgres_admission`, `postgres_keys` and `postgres_notices`.
 
 Live feed: events go out with NOTIFY on `tokenbooth_live` (batched, from a background task,
 never in a call's path) and come in on a LISTEN connection.
@@ -21,9 +16,7 @@ never in a call's path) and come in on a LISTEN connection.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
@@ -31,76 +24,25 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from proxy.backends import mask_url, notices, query
+from proxy.backends import mask_url, query
 from proxy.backends.base import FleetBackend
-from proxy.backends.schema import COST_SCALE, KEY_COLUMNS, PG_MIGRATIONS, rollups
+from proxy.backends.postgres_admission import STALE_SECONDS, PgAdmission
+from proxy.backends.postgres_keys import KEYS_CHANNEL, PgKeys
+from proxy.backends.postgres_notices import PgNotices
+from proxy.backends.postgres_sql import LOCK, STAGE, WRITE, pg
+from proxy.backends.schema import COST_SCALE, PG_MIGRATIONS, rollups
 from proxy.record import COLUMNS
 
-__all__ = ["CHANNEL", "KEYS_CHANNEL", "PgExportCursor", "PostgresBackend"]
+__all__ = ["CHANNEL", "PgExportCursor", "PostgresBackend"]
 
 log = logging.getLogger("tokenbooth.ledger")
 CHANNEL = "tokenbooth_live"
-KEYS_CHANNEL = "tokenbooth_keys"  # a key was created, changed, revoked or rotated
-_LOCK = 0x7B_0074  # advisory lock key: migrations and budget (re)definition
 _EXPORT_LOCK = 0x7B_0075  # advisory lock class: one replica delivers a given export sink
-_STAGE = "tb_incoming"
 _COLS = ", ".join(COLUMNS)
-_CTX = ("(COALESCE(i.tags, '{{}}')::jsonb || jsonb_build_object('upstream', i.upstream, "
-        "'model', i.{model}, 'client', i.client, 'key', i.consumer_key))")
-# --- rate limits (issue 20, item 2): a row settles its call's rate-limit reservations to
-# what it used (0 when never answered); a refused call was never admitted: it leaves the log
-_RATE_SETTLE = ("UPDATE tb_rate_event e SET "
-                "tokens = CASE WHEN i.status_code IS NULL THEN 0 "
-                "ELSE COALESCE(i.total_tokens, 0) END, "
-                "usd = CASE WHEN i.status_code IS NULL THEN 0 "
-                "ELSE COALESCE(i.cost_usd::numeric, 0) END "
-                "FROM ins i WHERE e.call_id = i.call_id AND i.outcome != 'rejected'")
-# --- end rate limits ---
-_WRITE = f"""
-WITH ins AS (
-    INSERT INTO llm_usage ({_COLS}) SELECT {_COLS} FROM {_STAGE}
-    ON CONFLICT (call_id) DO NOTHING RETURNING *
-), rated AS (
-    {_RATE_SETTLE}
-), unrated AS (
-    DELETE FROM tb_rate_event e USING ins i WHERE e.call_id = i.call_id
-    AND i.outcome = 'rejected'
-), roll_h AS (
-    {rollups("postgresql", "ins")[0]}
-), roll_d AS (
-    {rollups("postgresql", "ins")[1]}
-), settled AS (
-    DELETE FROM tb_reservation r USING ins WHERE r.call_id = ins.call_id
-    RETURNING r.call_id, r.budget
-), charged AS (
-    SELECT b.name, tb_window_start(b.period, i.started_at) AS ws, i.cost_usd
-    FROM ins i JOIN tb_budget b ON (
-        {_CTX.format(model="model")} @> b.match
-        OR {_CTX.format(model="request_model")} @> b.match
-        OR EXISTS (SELECT 1 FROM settled s WHERE s.call_id = i.call_id AND s.budget = b.name))
-    WHERE i.cost_usd IS NOT NULL
-)
-INSERT INTO tb_budget_spend (budget, window_start, spent)
-SELECT name, ws, SUM(cost_usd::numeric) FROM charged GROUP BY name, ws
-ON CONFLICT (budget, window_start) DO UPDATE SET spent = tb_budget_spend.spent + excluded.spent
-"""
-_PLACEHOLDER = re.compile(r"\?")
-STALE_SECONDS = 30.0  # a replica silent this long has its reservations released
-
-
-def pg(sql: str) -> str:
-    """`?` placeholders (shared query text) as asyncpg's `$1`, `$2`, ..."""
-    n = 0
-
-    def repl(_m: re.Match[str]) -> str:
-        nonlocal n
-        n += 1
-        return f"${n}"
-    return _PLACEHOLDER.sub(repl, sql)
 
 
 async def _stage(conn: asyncpg.Connection) -> None:
-    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} ON COMMIT DELETE ROWS AS "
                        f"SELECT {_COLS} FROM llm_usage WITH NO DATA")
 
 
@@ -111,7 +53,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 async def migrate(conn: asyncpg.Connection) -> int:
     """Apply what is missing, one replica at a time (an advisory lock)."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK)
         await conn.execute("CREATE TABLE IF NOT EXISTS tb_schema (version INTEGER NOT NULL)")
         version = await conn.fetchval("SELECT max(version) FROM tb_schema") or 0
         for i, (_name, sql) in enumerate(PG_MIGRATIONS[version:], start=version + 1):
@@ -120,7 +62,7 @@ async def migrate(conn: asyncpg.Connection) -> int:
     return len(PG_MIGRATIONS)
 
 
-class PostgresBackend:
+class PostgresBackend(PgAdmission, PgKeys, PgNotices):
     """A `LedgerBackend` on a server, shared by a fleet: also its `FleetBackend`."""
 
     kind = "postgresql"
@@ -171,9 +113,9 @@ class PostgresBackend:
         pool = await self._get_pool()
         async with pool.acquire() as conn, conn.transaction():
             # shared: writers run side by side; a budget being (re)defined waits for them
-            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", _LOCK)
-            await conn.copy_records_to_table(_STAGE, records=rows, columns=COLUMNS)
-            await conn.execute(_WRITE)
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", LOCK)
+            await conn.copy_records_to_table(STAGE, records=rows, columns=COLUMNS)
+            await conn.execute(WRITE)
 
     async def reset(self, broken: bool = False) -> None:
         """A failed write rolled back with its transaction, and connections the server
@@ -270,34 +212,6 @@ class PostgresBackend:
                                  f"ORDER BY id LIMIT ?", [after, limit])
         return [(r[0], tuple(r[1:])) for r in rows]
 
-    # --- budget notices' outbox (issue 20)
-
-    async def _notice_rows(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self._fetch(sql, args)]
-
-    async def notice_offer(self, values: Sequence[Any]) -> list[dict[str, Any]]:
-        return await self._notice_rows(notices.OFFER, values)
-
-    async def notice_claim(self, replica: str, now: str,
-                           stale_before: str) -> list[dict[str, Any]]:
-        return await self._notice_rows(notices.CLAIM, (replica, now, replica, stale_before))
-
-    async def notice_renew(self, notice_id: int, replica: str, now: str) -> bool:
-        pool = await self._get_pool()
-        return await pool.fetchval(pg(notices.RENEW), now, notice_id, replica) is not None
-
-    async def notice_done(self, notice_id: int, replica: str, now: str,
-                          error: str | None) -> None:
-        pool = await self._get_pool()
-        if error is None:
-            await pool.execute(pg(notices.SENT), now, notice_id, replica)
-        else:
-            await pool.execute(pg(notices.FAILED), error, now, notice_id, replica)
-
-    async def notices(self, limit: int) -> list[dict[str, Any]]:
-        return [notices.notice_json(r) for r in await self._fetch(notices.LIST, (limit,))]
-    # --- end budget notices
-
     def export_cursor(self, sink: str) -> PgExportCursor:
         return PgExportCursor(self, sink)
 
@@ -322,109 +236,6 @@ class PostgresBackend:
                            "ON CONFLICT DO NOTHING", secrets.token_hex(32))
         value = await pool.fetchval("SELECT value FROM tb_meta WHERE key = 'key_secret'")
         return str(value).encode()
-
-    async def define_budgets(self, budgets: Sequence[tuple[str, str, dict[str, str],
-                                                           str | None]]) -> None:
-        """(name, period, match, current window start) of each budget: new or changed ones
-        get their current window's spend from the ledger, with writers held off meanwhile
-        so no row is missed or counted twice."""
-        pool = await self._get_pool()
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
-            for name, period, match, start in budgets:
-                row = await conn.fetchrow("SELECT period, match FROM tb_budget WHERE name = $1",
-                                          name)
-                if row is not None and row["period"] == period and \
-                        json.loads(row["match"]) == match:
-                    continue
-                await conn.execute(
-                    "INSERT INTO tb_budget (name, period, match) VALUES ($1, $2, $3::jsonb) "
-                    "ON CONFLICT (name) DO UPDATE SET period = $2, match = $3::jsonb",
-                    name, period, json.dumps(match))
-                await conn.execute("DELETE FROM tb_budget_spend WHERE budget = $1", name)
-                if period.startswith("rolling:"):  # spend per hour: the window moves hourly
-                    sql, args = query.spend_by_hour_sql(self.kind, match, start or "")
-                    await conn.executemany(
-                        "INSERT INTO tb_budget_spend (budget, window_start, spent) "
-                        "VALUES ($1, $2, $3)",
-                        [(name, r[0], Decimal(r[1] or 0) / COST_SCALE)
-                         for r in await conn.fetch(pg(sql), *args)])
-                    continue
-                sql, args = query.spend_sql(self.kind, match, start)
-                units = await conn.fetchval(pg(sql), *args)
-                await conn.execute(
-                    "INSERT INTO tb_budget_spend (budget, window_start, spent) "
-                    "VALUES ($1, $2, $3)", name, start or "",
-                    Decimal(units or 0) / COST_SCALE)
-
-    async def reserve(self, names: Sequence[str], limits: Sequence[Decimal],
-                      windows: Sequence[str], call_id: str, worst: Decimal,
-                      replica: str) -> str | None:
-        """One round trip: the name of the budget that refuses, or None (reserved)."""
-        pool = await self._get_pool()
-        result = await pool.fetchval(
-            "SELECT tb_reserve($1::text[], $2::numeric[], $3::text[], $4, $5, $6, $7)",
-            list(names), list(limits), list(windows), call_id, worst, replica, STALE_SECONDS)
-        return None if result is None else str(result)
-
-    # --- rate limits (issue 20, item 2) ---
-    async def admit(self, budgets: tuple[Sequence[str], Sequence[Decimal], Sequence[str],
-                                         Decimal],
-                    rates: Sequence[Any], call_id: str, tokens: int, usd: Decimal,
-                    replica: str) -> dict[str, Any]:
-        """One round trip (`tb_admit`): the call's rate limits (`RateLimitConfig`s, sorted
-        by name) and, if they admit, its budgets (name, limit, window start of each, and
-        the call's worst case); both reserved or neither. The answer's `budget` names the
-        budget that refused; `limits` holds each rate limit's figures."""
-        names, limits, windows, worst = budgets
-        pool = await self._get_pool()
-        result = await pool.fetchval(
-            "SELECT tb_admit($1::text[], $2::numeric[], $3::text[], $4, $5, $6, $7, "
-            "$8::text[], $9::bigint[], $10::bigint[], $11::numeric[], $12::numeric[], "
-            "$13, $14)",
-            list(names), list(limits), list(windows), call_id, worst, replica, STALE_SECONDS,
-            [r.name for r in rates], [r.requests_per_minute for r in rates],
-            [r.tokens_per_minute for r in rates],
-            [None if r.usd_per_minute is None else Decimal(repr(r.usd_per_minute))
-             for r in rates],
-            [None if r.usd_per_hour is None else Decimal(repr(r.usd_per_hour))
-             for r in rates],
-            tokens, usd)
-        return dict(json.loads(result, parse_float=Decimal))  # exact, as the database has it
-
-    async def rate_state(self, names: Sequence[str]
-                         ) -> dict[str, tuple[int, int, Decimal, Decimal]]:
-        """The fleet's window of each rate limit: requests, tokens and dollars of the last
-        minute, dollars of the last hour."""
-        pool = await self._get_pool()
-        rows = await pool.fetch(
-            "SELECT n.name, count(e.call_id) FILTER (WHERE e.at > now() - interval '60 s'), "
-            "coalesce(sum(e.tokens) FILTER (WHERE e.at > now() - interval '60 s'), 0), "
-            "coalesce(sum(e.usd) FILTER (WHERE e.at > now() - interval '60 s'), 0), "
-            "coalesce(sum(e.usd) FILTER (WHERE e.at > now() - interval '3600 s'), 0) "
-            "FROM unnest($1::text[]) AS n(name) "
-            "LEFT JOIN tb_rate_event e ON e.rate_limit = n.name GROUP BY n.name",
-            list(names))
-        return {r[0]: (int(r[1]), int(r[2]), Decimal(r[3]), Decimal(r[4])) for r in rows}
-    # --- end rate limits ---
-
-    async def forget_call(self, call_id: str) -> None:
-        """A call whose row will never be written (its record was dropped): its budget
-        reservations released, its rate-limit events settled as never answered."""
-        pool = await self._get_pool()
-        await pool.execute("WITH gone AS (DELETE FROM tb_reservation WHERE call_id = $1) "
-                           "UPDATE tb_rate_event SET tokens = 0, usd = 0 WHERE call_id = $1",
-                           call_id)
-
-    async def budget_state(self, keys: Sequence[tuple[str, str]]
-                           ) -> dict[str, tuple[Decimal, Decimal]]:
-        """Fleet spend and open reservations of each (budget, window start)."""
-        pool = await self._get_pool()
-        rows = await pool.fetch(
-            "SELECT k.budget, tb_budget_spent(k.budget, k.ws), tb_budget_held(k.budget, k.ws) "
-            "FROM unnest($1::text[], $2::text[]) AS k(budget, ws)",
-            [k[0] for k in keys], [k[1] for k in keys])
-        return {r[0]: (Decimal(r[1]), Decimal(r[2])) for r in rows}
 
     async def heartbeat(self, replica: str, watchers: int) -> int:
         """Mark this replica alive; returns how many live-feed watchers the fleet has."""
@@ -451,56 +262,7 @@ class PostgresBackend:
     def listening(self) -> bool:
         return self._listener is not None and not self._listener.is_closed()
 
-
-    # Consumer keys: a change moves `tb_keys_version` and NOTIFYs KEYS_CHANNEL in its own
-    # transaction (delivered when it commits), so every replica reloads at once.
-
-    async def keys(self) -> tuple[int, list[dict[str, Any]]]:
-        pool = await self._get_pool()
-        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
-                                                            readonly=True):
-            version = await conn.fetchval("SELECT version FROM tb_keys_version")
-            rows = await conn.fetch(f"SELECT {', '.join(KEY_COLUMNS)} FROM tb_keys "
-                                    f"ORDER BY created_at, id")
-        return int(version), [dict(r) for r in rows]
-
-    async def keys_version(self) -> int:
-        pool = await self._get_pool()
-        return int(await pool.fetchval("SELECT version FROM tb_keys_version"))
-
-    def keys_signature(self) -> None:
-        return None  # a server's tables: ask (NOTIFY tells of changes at once anyway)
-
-    async def _change_keys(self, sql: str, args: Sequence[Any], key_id: str) -> int:
-        pool = await self._get_pool()
-        async with pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(sql, *args)
-            n = int(status.split()[-1])
-            if n:
-                await conn.execute("UPDATE tb_keys_version SET version = version + 1")
-                await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, key_id)
-        return n
-
-    async def add_key(self, row: Mapping[str, Any]) -> None:
-        await self._change_keys(
-            f"INSERT INTO tb_keys ({', '.join(KEY_COLUMNS)}) VALUES "
-            f"({', '.join(f'${i}' for i in range(1, len(KEY_COLUMNS) + 1))})",
-            [row[k] for k in KEY_COLUMNS], str(row["id"]))
-
-    async def change_key(self, key_id: str, fields: Mapping[str, Any]) -> bool:
-        cols = [k for k in fields if k in KEY_COLUMNS and k != "id"]
-        sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(cols, start=2))
-        return bool(await self._change_keys(f"UPDATE tb_keys SET {sets} WHERE id = $1",
-                                            [key_id, *(fields[k] for k in cols)], key_id))
-
-    async def key_calls(self, key_id: str, since: str) -> tuple[int, Decimal]:
-        sql, args = query.key_calls_sql(self.kind, key_id, since)
-        row = (await self._fetch(sql, args))[0]
-        return int(row[0]), Decimal(row[1] or 0) / COST_SCALE
-
-    async def keys_last_used(self) -> dict[str, str]:
-        rows = await self._fetch(query.KEYS_LAST_USED, ())
-        return {r[0]: r[1] for r in rows if r[1] is not None}
+    # Key changes anywhere in the fleet (the keys themselves: `postgres_keys`)
 
     async def watch_keys(self, callback: Callable[[], None]) -> None:
         """`callback` on every key change anywhere in the fleet (a connection of its own:

@@ -1,10 +1,11 @@
 """The SQLite backend: one aiosqlite write connection (WAL), reads on short-lived read-only
-connections in a worker thread, so a report never waits for a write."""
+connections in a worker thread, so a report never waits for a write. A batch's roll-up is
+summed in `sqlite_rollup`; consumer keys and the budget notices' outbox are the class's
+parts in `sqlite_keys` and `sqlite_notices`."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -14,19 +15,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiosqlite
 
-from proxy.backends import notices, query
+from proxy.backends import query
 from proxy.backends.base import FleetBackend, LedgerBackend
-from proxy.backends.schema import (
-    COST_SCALE,
-    COUNTERS,
-    KEY_COLUMNS,
-    MEASURES,
-    ROLLUP_DIMS,
-    ROLLUPS,
-    SQLITE_MIGRATIONS,
-    rollup_add,
-    rollups,
-)
+from proxy.backends.schema import COST_SCALE, SQLITE_MIGRATIONS, rollups
+from proxy.backends.sqlite_keys import SqliteKeys
+from proxy.backends.sqlite_notices import SqliteNotices
+from proxy.backends.sqlite_rollup import ROLLUP_ADD, ROLLUP_NEW, fold
 from proxy.record import COLUMNS
 
 __all__ = ["INSERT", "SqliteBackend", "SqliteExportCursor", "connect_readonly", "migrate"]
@@ -40,16 +34,6 @@ BUSY_TIMEOUT_MS = 1000
 # None, which binds NULL as before (4-10 us less per row written).
 _NULL = cast("Callable[[None], None]", {}.get)  # a C call, no Python frame
 sqlite3.register_adapter(type(None), _NULL)
-_ROLLUP_NEW = rollups("sqlite", "llm_usage", "WHERE id > ?")
-_ROLLUP_ADD = [(rollup_add(table), n) for table, _, n in ROLLUPS]
-_STARTED, _COST, _SOURCE, _OUTCOME, _LIST = (COLUMNS.index(c) for c in (
-    "started_at", "cost_usd", "usage_source", "outcome", "list_cost_usd"))
-_DIMS = tuple(COLUMNS.index(d) for d in ROLLUP_DIMS)
-_COUNTERS = tuple(enumerate((COLUMNS.index(c) for c in COUNTERS), start=1))
-_UNITS, _PRICED, _UNPRICED, _ESTIMATED, _PENDING, _LIST_UNITS = (
-    MEASURES.index(m) for m in ("cost_units", "priced_calls", "unpriced_calls",
-                                "estimated_calls", "pending_calls", "list_cost_units"))
-_EXACT = 4503599627370496.0  # 2**52: SQLite's ROUND() is plain arithmetic up to here
 T = TypeVar("T")
 
 
@@ -80,80 +64,17 @@ def _write(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     db.execute("BEGIN IMMEDIATE")
     row = db.execute("SELECT COALESCE(MAX(id), 0) FROM llm_usage").fetchone()
     added = db.executemany(INSERT, rows).rowcount
-    folded = _fold(rows) if added == len(rows) else None
+    folded = fold(rows) if added == len(rows) else None
     if folded is None:  # some rows were there already (a replay): SQL sums the new ones
-        for sql in _ROLLUP_NEW:
+        for sql in ROLLUP_NEW:
             db.execute(sql, (row[0] if row else 0,))
     else:
-        for (sql, _), values in zip(_ROLLUP_ADD, folded, strict=True):
+        for (sql, _), values in zip(ROLLUP_ADD, folded, strict=True):
             db.executemany(sql, values)
     db.execute("COMMIT")
 
 
-def _cost_units(cost: Any) -> int | None:
-    """CAST(ROUND(cost_usd * COST_SCALE) AS INTEGER) as SQLite computes it (the same double
-    product, rounded half away from zero); None where that is not plain arithmetic."""
-    r = float(cost) * COST_SCALE
-    if not -_EXACT <= r <= _EXACT:  # NaN too
-        return None
-    return int(r + (-0.5 if r < 0 else 0.5))
-
-
-def _fold(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]] | None:
-    """A batch of new rows summed per period and dimensions, for each roll-up (hourly,
-    daily): what `rollup_upsert` computes in SQL, here with one GROUP BY pass in Python
-    instead of two in SQLite. None if a row's cost needs SQLite's own rounding."""
-    hours: dict[tuple[Any, ...], list[int]] = {}
-    for row in rows:
-        cost, listed = row[_COST], row[_LIST]
-        if listed is None:  # schema.LIST_COST
-            listed = cost
-        units = list_units = 0
-        if cost is not None:
-            got = _cost_units(cost)
-            if got is None:
-                return None
-            units = got
-        if listed is not None:
-            got = _cost_units(listed)
-            if got is None:
-                return None
-            list_units = got
-        key = (row[_STARTED][:13], *["" if row[i] is None else row[i] for i in _DIMS])
-        m = hours.get(key)
-        if m is None:
-            m = hours[key] = [0] * len(MEASURES)
-        m[0] += 1
-        for j, i in _COUNTERS:
-            if row[i]:
-                m[j] += row[i]
-        m[_LIST_UNITS] += list_units
-        if cost is not None:
-            m[_UNITS] += units
-            m[_PRICED] += 1
-        elif row[_SOURCE] != "pending" and (row[_OUTCOME] == "ok"
-                                            or row[_SOURCE] != "none"):  # schema.UNPRICED
-            m[_UNPRICED] += 1
-        if row[_SOURCE] == "pending":  # schema.PENDING: not known yet, never unpriced
-            m[_PENDING] += 1
-        if row[_SOURCE] in ("estimated", "partial"):
-            m[_ESTIMATED] += 1
-    out = []
-    for _, _, n in ROLLUPS:
-        periods: dict[tuple[Any, ...], list[int]] = {}
-        for key, m in hours.items():
-            k = (key[0][:n], *key[1:])
-            p = periods.get(k)
-            if p is None:
-                periods[k] = list(m)
-            else:
-                for j, v in enumerate(m):
-                    p[j] += v
-        out.append([(*k, *m) for k, m in periods.items()])
-    return out
-
-
-class SqliteBackend:
+class SqliteBackend(SqliteNotices, SqliteKeys):
     """A `LedgerBackend` on one local file (not a fleet's: `fleet` is None)."""
 
     kind = "sqlite"
@@ -333,9 +254,6 @@ class SqliteBackend:
         rows = await self._read(lambda c: c.execute(sql, (after, limit)).fetchall())
         return [(r[0], tuple(r[1:])) for r in rows]
 
-    # --- budget notices' outbox (issue 20): each statement on its own short connection in a
-    # worker thread (as an export cursor's), never inside the ledger writer's transaction
-
     @contextmanager
     def _short(self) -> Iterator[sqlite3.Connection]:
         """A connection of its own for a few statements, each in its own transaction
@@ -346,44 +264,6 @@ class SqliteBackend:
             yield conn
         finally:
             conn.close()
-
-    def _notice_sql(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
-        with self._short() as conn:
-            rows = conn.execute(sql, args).fetchall()
-            return [dict(zip(notices.COLUMNS, r, strict=True)) for r in rows]
-
-    async def notice_offer(self, values: Sequence[Any]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._notice_sql, notices.OFFER, values)
-
-    async def notice_claim(self, replica: str, now: str,
-                           stale_before: str) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._notice_sql, notices.CLAIM,
-                                       (replica, now, replica, stale_before))
-
-    async def notice_renew(self, notice_id: int, replica: str, now: str) -> bool:
-        def run() -> bool:
-            with self._short() as conn:
-                return conn.execute(notices.RENEW, (now, notice_id, replica)).fetchone() \
-                    is not None
-        return await asyncio.to_thread(run)
-
-    async def notice_done(self, notice_id: int, replica: str, now: str,
-                          error: str | None) -> None:
-        if error is None:
-            await asyncio.to_thread(self._notice_sql, notices.SENT, (now, notice_id, replica))
-        else:
-            await asyncio.to_thread(self._notice_sql, notices.FAILED,
-                                    (error, now, notice_id, replica))
-
-    async def notices(self, limit: int) -> list[dict[str, Any]]:
-        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            try:
-                rows = conn.execute(notices.LIST, (limit,)).fetchall()
-            except sqlite3.OperationalError:  # a ledger from before the outbox
-                return []
-            return [notices.notice_json(r) for r in rows]
-        return await self._read(run)
-    # --- end budget notices
 
     def export_cursor(self, sink: str) -> SqliteExportCursor:
         return SqliteExportCursor(self, sink)
@@ -402,70 +282,6 @@ class SqliteBackend:
             total += cur.rowcount
             if cur.rowcount < 5000:
                 return total
-
-
-    # Consumer keys: written in short transactions of their own (the CLI writes from another
-    # process); serving processes poll `keys_version()`.
-
-    def _change(self, work: Callable[[sqlite3.Connection], int]) -> int:
-        with self._short() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                n = work(conn)
-                if n:
-                    conn.execute("UPDATE tb_keys_version SET version = version + 1")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return n
-
-    async def keys(self) -> tuple[int, list[dict[str, Any]]]:
-        def run(c: sqlite3.Connection) -> tuple[int, list[dict[str, Any]]]:
-            version = c.execute("SELECT version FROM tb_keys_version").fetchone()[0]
-            rows = c.execute(f"SELECT {', '.join(KEY_COLUMNS)} FROM tb_keys "
-                             f"ORDER BY created_at, id").fetchall()
-            return int(version), [dict(r) for r in rows]
-        return await self._read(run)
-
-    async def keys_version(self) -> int:
-        return int(await self._read(lambda c: c.execute(
-            "SELECT version FROM tb_keys_version").fetchone()[0]))
-
-    def keys_signature(self) -> tuple[int, ...]:
-        """The database file's and its write-ahead log's identity, size and change time: a
-        write by any process (the CLI's key changes) moves one of them. Two stat() calls
-        on the loop instead of a read connection in a thread (~250 µs CPU) every poll."""
-        out: list[int] = []
-        for name in (self.path, f"{self.path}-wal"):
-            try:
-                st = os.stat(name)
-            except OSError:
-                out += (0, 0, 0)
-                continue
-            out += (st.st_ino, st.st_size, st.st_mtime_ns)
-        return tuple(out)
-
-    async def add_key(self, row: Mapping[str, Any]) -> None:
-        sql = (f"INSERT INTO tb_keys ({', '.join(KEY_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(KEY_COLUMNS))})")
-        await asyncio.to_thread(self._change, lambda c: c.execute(
-            sql, [row[k] for k in KEY_COLUMNS]).rowcount)
-
-    async def change_key(self, key_id: str, fields: Mapping[str, Any]) -> bool:
-        cols = [k for k in fields if k in KEY_COLUMNS and k != "id"]
-        sql = f"UPDATE tb_keys SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?"
-        return bool(await asyncio.to_thread(self._change, lambda c: c.execute(
-            sql, [*(fields[k] for k in cols), key_id]).rowcount))
-
-    async def key_calls(self, key_id: str, since: str) -> tuple[int, Decimal]:
-        sql, args = query.key_calls_sql(self.kind, key_id, since)
-        row = await self._read(lambda c: c.execute(sql, args).fetchone())
-        return int(row[0]), Decimal(row[1] or 0) / COST_SCALE
-
-    async def keys_last_used(self) -> dict[str, str]:
-        rows = await self._read(lambda c: c.execute(query.KEYS_LAST_USED).fetchall())
-        return {r[0]: r[1] for r in rows if r[1] is not None}
 
 
 class SqliteExportCursor:
