@@ -489,8 +489,12 @@ class Forwarder:
             kind = type(exc).__name__
             return self._unanswered(facts, route, End.CONNECT_FAILED, 502,
                                     "upstream_unreachable", f"failed: {kind}", kind)
-        return await self._relay(request, route, resp, facts, live,
-                                 injector if injected_body is not None else None, view)
+        try:
+            return await self._relay(request, route, resp, facts, live,
+                                     injector if injected_body is not None else None, view)
+        except BaseException:  # never relayed whole: its connection goes, not back to the pool
+            resp.close()
+            raise
 
     def _unanswered(self, facts: CallFacts, route: Route, end: End, status: int, kind: str,
                     what: str, detail: str | None = None) -> web.Response:
