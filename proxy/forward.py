@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import posixpath
 import time
 from dataclasses import replace
@@ -28,6 +27,7 @@ from proxy.admission import Admission, Denied
 from proxy.admission.rates import RateView, headers_for
 from proxy.bodies import parse_json as _parse
 from proxy.bodies import parse_json_encoded as _parse_encoded
+from proxy.callids import new_call_id
 from proxy.config import Config, Upstream
 from proxy.dialects import DIALECTS, PROVIDERS, Observation, provider_by_headers
 from proxy.dialects.base import Dialect
@@ -54,32 +54,6 @@ _THREAD_PARSE_BYTES = 256 * 1024
 Answer = aiohttp.ClientResponse | UpstreamResponse  # an upstream's answer, either client's
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "apim-request-id",
                        "x-amzn-requestid")
-
-
-class _CallIds:
-    """Call ids: 12 random bytes from the OS as 24 hex digits, drawn 256 at a time (one
-    getrandom() system call per 256 calls instead of one per call; a forked child draws
-    its own)."""
-
-    _BATCH = 256
-
-    def __init__(self) -> None:
-        self._hex = ""
-        self._at = 0
-        os.register_at_fork(after_in_child=self._drop)
-
-    def _drop(self) -> None:
-        self._hex, self._at = "", 0
-
-    def __call__(self) -> str:
-        at = self._at
-        if at >= len(self._hex):
-            self._hex, at = os.urandom(12 * self._BATCH).hex(), 0
-        self._at = at + 24
-        return self._hex[at:at + 24]
-
-
-new_call_id = _CallIds()
 
 
 def error_response(status: int, kind: str, message: str, *, call_id: str | None = None,
