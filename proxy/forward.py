@@ -23,7 +23,7 @@ from yarl import URL
 
 from proxy import attribution
 from proxy import headers as hdr
-from proxy.admission import Admission, Denied
+from proxy.admission import Admission
 from proxy.admission.rates import RateView, headers_for
 from proxy.bodies import parse_json as _parse
 from proxy.bodies import parse_json_encoded as _parse_encoded
@@ -36,17 +36,18 @@ from proxy.keyring import KeyRegistry
 from proxy.keys import SECRET_PREFIX, allows
 from proxy.lifecycle import Lifecycle
 from proxy.meter import Meter
-from proxy.outcome import End, ending
+from proxy.outcome import End
 from proxy.quota import Quota
 from proxy.record import CallFacts, LiveCall, iso_utc
 from proxy.recorder import Recorder
+from proxy.refusals import budget_refusal, error_response, rate_refusal, refuse, unanswered
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
 from proxy.sockets import SocketRelay, is_upgrade, subprotocol_key
 from proxy.tracecontext import SpanIds, start_span_ids
 from proxy.upstream import UpstreamPool, UpstreamResponse, handles
 from proxy.usage import Usage
 
-__all__ = ["Forwarder", "error_response"]
+__all__ = ["Forwarder"]
 
 log = logging.getLogger("tokenbooth.forward")
 PROGRESS_SECONDS = 0.5
@@ -54,19 +55,6 @@ _THREAD_PARSE_BYTES = 256 * 1024
 Answer = aiohttp.ClientResponse | UpstreamResponse  # an upstream's answer, either client's
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "apim-request-id",
                        "x-amzn-requestid")
-
-
-def error_response(status: int, kind: str, message: str, *, call_id: str | None = None,
-                   extra: dict[str, Any] | None = None, provider: Any = None) -> web.Response:
-    """Our own refusals, in the error shape the caller's SDK reads (its provider's)."""
-    if provider is not None:
-        body, headers = provider.error(status, kind, message, extra or {})
-    else:
-        body, headers = {"error": {"type": kind, "message": message, **(extra or {})}}, {}
-    resp = web.json_response(body, status=status, headers=headers)
-    if call_id:
-        resp.headers["X-Meter-Call-Id"] = call_id
-    return resp
 
 
 def _attribute(facts: CallFacts, provider_tags: dict[str, str]) -> None:
@@ -201,21 +189,11 @@ class Forwarder:
                                          h.getall("tracestate", ()))
         return facts
 
-    def _refuse(self, facts: CallFacts, end: End, kind: str, message: str, provider: Any,
-                detail: str | None = None, extra: dict[str, Any] | None = None
-                ) -> web.Response:
-        """Our own refusal: the table gives its status, the provider its error shape."""
-        facts.end, facts.end_detail = end, detail
-        status = ending(end, detail=detail).status_code
-        assert status is not None  # a refusal's status is always its own
-        return error_response(status, kind, message, call_id=facts.call_id, extra=extra,
-                              provider=provider)
-
     def _upstream(self, request: web.Request, facts: CallFacts) -> Upstream:
         """The configured upstream the path names (refused in the caller's SDK's shape)."""
         up = self.config.upstreams.get(facts.upstream)
         if up is None:
-            raise _Ended(self._refuse(
+            raise _Ended(refuse(
                 facts, End.UNKNOWN_UPSTREAM, "unknown_upstream",
                 f"unknown upstream {facts.upstream!r}; known: {self._known}",
                 provider_by_headers(request.headers)))
@@ -229,7 +207,7 @@ class Forwarder:
             rest, raw_rest = normalize_rest(rest, _raw_rest(request, name))
         except PathEscape:
             facts.path = f"/{name}{posixpath.normpath('/' + rest)}"  # never a raw `..`
-            raise _Ended(self._refuse(
+            raise _Ended(refuse(
                 facts, End.PATH_ESCAPE, "bad_request",
                 "the path's '..' segments leave the upstream's base path",
                 PROVIDERS[up.dialect])) from None
@@ -255,7 +233,7 @@ class Forwarder:
         else:
             client = self._client_keys.get(cred or "")
             if client is None:
-                raise _Ended(self._refuse(
+                raise _Ended(refuse(
                     facts, End.CLIENT_KEY, "authentication_error",
                     "this upstream needs a client key (a consumer key, or one from "
                     "auth.client_keys)", route.provider))
@@ -270,7 +248,7 @@ class Forwarder:
         stored = self.keys.lookup(credential)
         why = "unknown" if stored is None else stored.refusal(time.time())
         if why is not None:
-            raise _Ended(self._refuse(
+            raise _Ended(refuse(
                 facts, End.KEY_REFUSED, "authentication_error",
                 f"this consumer key is {why}" + ("" if stored is None else
                                                  f" ({stored.key.id})"), route.provider,
@@ -288,7 +266,7 @@ class Forwarder:
     def _forbid(self, facts: CallFacts, route: Route, what: str,
                 allowed: tuple[str, ...]) -> None:
         assert facts.key is not None
-        raise _Ended(self._refuse(
+        raise _Ended(refuse(
             facts, End.KEY_FORBIDDEN, "permission_error",
             f"consumer key {facts.key.id} ({facts.key.name}) may not use {what}; allowed: "
             + ", ".join(allowed), route.provider, detail=what))
@@ -308,9 +286,9 @@ class Forwarder:
                 raise web.HTTPRequestEntityTooLarge(cap, request.content_length or 0)
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            resp = self._refuse(facts, End.BODY_TOO_LARGE, "request_too_large",
-                                f"request body exceeds server.max_body_bytes ({cap} bytes)",
-                                route.provider)
+            resp = refuse(facts, End.BODY_TOO_LARGE, "request_too_large",
+                          f"request body exceeds server.max_body_bytes ({cap} bytes)",
+                          route.provider)
             resp.force_close()  # the rest of the body is never read
             raise _Ended(resp) from None
         facts.request_body = body
@@ -360,42 +338,8 @@ class Forwarder:
         if denied is None:
             return view if isinstance(view, RateView) else None
         if denied.check == "rate":
-            raise _Ended(self._rate_refusal(facts, route, denied))
-        if denied.ledger_down:
-            # `on_ledger_down: refuse`: fail closed while the shared ledger is away; a retry
-            # may well succeed (the SDKs retry a 503 by themselves)
-            resp = self._refuse(facts, End.BUDGET_UNVERIFIABLE, "budget_unavailable",
-                                denied.message, route.provider, detail=denied.name,
-                                extra={"budget": denied.name})
-            resp.headers["X-Meter-Budget"] = denied.name
-            resp.headers["Retry-After"] = str(denied.retry_after_seconds or 1)
-            raise _Ended(resp)
-        resp = self._refuse(facts, End.BUDGET, "budget_exceeded", denied.message,
-                            route.provider, detail=denied.name, extra={"budget": denied.name})
-        resp.headers["X-Meter-Budget"] = denied.name
-        # A retry cannot succeed before the window ends: tell the SDKs so
-        # (the openai and anthropic SDKs obey x-should-retry).
-        resp.headers["x-should-retry"] = "false"
-        if denied.retry_after_seconds is not None:
-            resp.headers["Retry-After"] = str(denied.retry_after_seconds)
-        raise _Ended(resp)
-
-    def _rate_refusal(self, facts: CallFacts, route: Route, denied: Denied) -> web.Response:
-        """A rate limit's 429: `Retry-After` (whole seconds) and `retry-after-ms` (the SDKs
-        prefer it), the limit's figures in the caller's SDK's header style; no
-        `x-should-retry` (the SDKs retry a 429 after Retry-After by themselves), unless
-        the call can never fit (its reservation alone exceeds the limit's whole window):
-        `x-should-retry: false`, which the openai and anthropic SDKs obey."""
-        resp = self._refuse(facts, End.RATE_LIMIT, "rate_limit_exceeded", denied.message,
-                            route.provider, detail=denied.name,
-                            extra={"rate_limit": denied.name})
-        resp.headers.update(headers_for(denied.view, route.provider.name))
-        resp.headers["X-Meter-Rate-Limit"] = denied.name
-        resp.headers["Retry-After"] = str(denied.retry_after_seconds or 1)
-        resp.headers["retry-after-ms"] = str(denied.retry_after_ms or 1)
-        if denied.never:
-            resp.headers["x-should-retry"] = "false"
-        return resp
+            raise _Ended(rate_refusal(facts, route, denied))
+        raise _Ended(budget_refusal(facts, route, denied))
 
     async def _open(self, request: web.Request, route: Route, url: str, body: bytes,
                     injected: bool, replace_auth: dict[str, str] | None,
@@ -452,26 +396,19 @@ class Forwarder:
                                         facts.trace)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, TimeoutError):
-                return self._unanswered(facts, route, End.CONNECT_TIMEOUT, 504,
-                                        "upstream_timeout", "did not accept a connection in time")
-            return self._unanswered(facts, route, End.UNREACHABLE, 502, "upstream_unreachable",
-                                    "is unreachable")
+                return unanswered(facts, route, End.CONNECT_TIMEOUT, 504,
+                                  "upstream_timeout", "did not accept a connection in time")
+            return unanswered(facts, route, End.UNREACHABLE, 502, "upstream_unreachable",
+                              "is unreachable")
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            return self._unanswered(facts, route, End.NO_ANSWER, 504, "upstream_timeout",
-                                    "did not answer in time")
+            return unanswered(facts, route, End.NO_ANSWER, 504, "upstream_timeout",
+                              "did not answer in time")
         except aiohttp.ClientError as exc:
             kind = type(exc).__name__
-            return self._unanswered(facts, route, End.CONNECT_FAILED, 502,
-                                    "upstream_unreachable", f"failed: {kind}", kind)
+            return unanswered(facts, route, End.CONNECT_FAILED, 502,
+                              "upstream_unreachable", f"failed: {kind}", kind)
         return await self._relay(request, route, resp, facts, live,
                                  injector if injected_body is not None else None, view)
-
-    def _unanswered(self, facts: CallFacts, route: Route, end: End, status: int, kind: str,
-                    what: str, detail: str | None = None) -> web.Response:
-        """The upstream never answered: our 502 or 504, in its provider's error shape."""
-        facts.end, facts.end_detail = end, detail
-        return error_response(status, kind, f"upstream {route.upstream.name} {what}",
-                              call_id=facts.call_id, provider=route.provider)
 
     async def _relay(self, request: web.Request, route: Route, resp: Answer,
                      facts: CallFacts, live: LiveCall, injector: Any,
@@ -556,7 +493,7 @@ class Forwarder:
                 resp.close()  # closes the upstream connection: generation stops promptly
         return out
 
-    socket_unanswered = _unanswered
+    socket_unanswered = staticmethod(unanswered)
 
     def _progress(self, live: LiveCall, obs: Observation | None) -> None:
         """Running counts for the live feed; a failure here never touches the call."""
