@@ -25,6 +25,7 @@ from proxy import attribution
 from proxy import headers as hdr
 from proxy.admission import Admission
 from proxy.admission.rates import RateView, headers_for
+from proxy.auth import authenticate, key_allows_model
 from proxy.bodies import parse_json as _parse
 from proxy.bodies import parse_json_encoded as _parse_encoded
 from proxy.callids import new_call_id
@@ -33,16 +34,15 @@ from proxy.dialects import DIALECTS, PROVIDERS, Observation, provider_by_headers
 from proxy.dialects.base import Dialect
 from proxy.idle import IdleWatch
 from proxy.keyring import KeyRegistry
-from proxy.keys import SECRET_PREFIX, allows
 from proxy.lifecycle import Lifecycle
 from proxy.meter import Meter
 from proxy.outcome import End
 from proxy.quota import Quota
 from proxy.record import CallFacts, LiveCall, iso_utc
 from proxy.recorder import Recorder
-from proxy.refusals import budget_refusal, error_response, rate_refusal, refuse, unanswered
+from proxy.refusals import Refused, budget_refusal, error_response, rate_refusal, refuse, unanswered
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
-from proxy.sockets import SocketRelay, is_upgrade, subprotocol_key
+from proxy.sockets import SocketRelay, is_upgrade
 from proxy.tracecontext import SpanIds, start_span_ids
 from proxy.upstream import UpstreamPool, UpstreamResponse, handles
 from proxy.usage import Usage
@@ -72,13 +72,6 @@ class _WithFirstChunk(web.StreamResponse):
     web.Response does), for a body already received when the head is prepared."""
 
     _send_headers_immediately = False
-
-
-class _Ended(Exception):
-    """Internal: the call ended early with this response (already decided)."""
-
-    def __init__(self, response: web.StreamResponse) -> None:
-        self.response = response
 
 
 class Forwarder:
@@ -111,7 +104,7 @@ class Forwarder:
         lifecycle.enter()
         try:
             return await self._call(request, facts)
-        except _Ended as ended:  # refused: the facts say why
+        except Refused as ended:  # refused: the facts say why
             return ended.response
         except asyncio.CancelledError:
             facts.end = End.SHUTDOWN if lifecycle.cutting else End.CLIENT_GONE
@@ -131,13 +124,13 @@ class Forwarder:
         try:
             up = self._upstream(request, facts)
             route = self._route(request, up, facts)
-            replace_auth = self._authenticate(request, route, facts)
+            replace_auth = authenticate(request, route, facts, self.keys, self._client_keys)
             # a Realtime socket names its model in the query
-            self._key_allows_model(facts, route, request.query.get("model"))
+            key_allows_model(facts, route, request.query.get("model"))
             if (admission := self.admission) is not None and admission.needed(facts):
                 await self._admit(admission, facts, route)
             return await relay.run(request, route, replace_auth)
-        except _Ended as ended:
+        except Refused as ended:
             return ended.response
         except asyncio.CancelledError:
             if facts.end is None and relay.closed is None:
@@ -157,14 +150,14 @@ class Forwarder:
         self._progress(live, obs)
 
     async def _call(self, request: web.Request, facts: CallFacts) -> web.StreamResponse:
-        """The steps of a call, in order; a step that refuses raises _Ended."""
+        """The steps of a call, in order; a step that refuses raises Refused."""
         up = self._upstream(request, facts)
         route = self._route(request, up, facts)
-        replace_auth = self._authenticate(request, route, facts)
+        replace_auth = authenticate(request, route, facts, self.keys, self._client_keys)
         body = await self._read_body(request, route, facts)
         dialect = await self._read_request(request, route, body, facts)
         info = facts.request_info
-        self._key_allows_model(facts, route, info.model if info is not None else None)
+        key_allows_model(facts, route, info.model if info is not None else None)
         live = self._live(facts, route, dialect, len(body))
         view = None
         if (admission := self.admission) is not None and admission.needed(facts):
@@ -193,7 +186,7 @@ class Forwarder:
         """The configured upstream the path names (refused in the caller's SDK's shape)."""
         up = self.config.upstreams.get(facts.upstream)
         if up is None:
-            raise _Ended(refuse(
+            raise Refused(refuse(
                 facts, End.UNKNOWN_UPSTREAM, "unknown_upstream",
                 f"unknown upstream {facts.upstream!r}; known: {self._known}",
                 provider_by_headers(request.headers)))
@@ -207,7 +200,7 @@ class Forwarder:
             rest, raw_rest = normalize_rest(rest, _raw_rest(request, name))
         except PathEscape:
             facts.path = f"/{name}{posixpath.normpath('/' + rest)}"  # never a raw `..`
-            raise _Ended(refuse(
+            raise Refused(refuse(
                 facts, End.PATH_ESCAPE, "bad_request",
                 "the path's '..' segments leave the upstream's base path",
                 PROVIDERS[up.dialect])) from None
@@ -217,66 +210,6 @@ class Forwarder:
         facts.path_model, facts.stream = route.path_model, route.path_stream
         facts.batch_id, facts.price_provider = route.batch_id, route.price_provider
         return route
-
-    def _authenticate(self, request: web.Request, route: Route,
-                      facts: CallFacts) -> dict[str, str] | None:
-        """A consumer key (issued at run time) or, with `api_key` on the upstream, a client
-        key from auth.client_keys; with either, we supply the provider's key (a consumer
-        key on an upstream without one is removed: the call goes without a credential)."""
-        facts.credential = cred = hdr.credential(request.headers) or (
-            subprotocol_key(request.headers) if is_upgrade(request) else None)
-        up = route.upstream
-        if cred is not None and cred.startswith(SECRET_PREFIX) and self.keys is not None:
-            self._consumer_key(cred, route, facts)
-        elif not up.api_key and up.aws is None:
-            return None
-        else:
-            client = self._client_keys.get(cred or "")
-            if client is None:
-                raise _Ended(refuse(
-                    facts, End.CLIENT_KEY, "authentication_error",
-                    "this upstream needs a client key (a consumer key, or one from "
-                    "auth.client_keys)", route.provider))
-            facts.client = client
-        # ours; or none: signed with the upstream's aws keys, or sent without a credential
-        return route.provider.key_headers(up.api_key) if up.api_key else {}
-
-    def _consumer_key(self, credential: str, route: Route, facts: CallFacts) -> None:
-        """A `tb-` credential: a live consumer key, allowed this upstream (and the model the
-        path names), or the call is refused (401, 403) in the caller's SDK's shape."""
-        assert self.keys is not None
-        stored = self.keys.lookup(credential)
-        why = "unknown" if stored is None else stored.refusal(time.time())
-        if why is not None:
-            raise _Ended(refuse(
-                facts, End.KEY_REFUSED, "authentication_error",
-                f"this consumer key is {why}" + ("" if stored is None else
-                                                 f" ({stored.key.id})"), route.provider,
-                detail=why))
-        key = facts.key = stored.key
-        facts.client = key.name
-        tags, meter = facts.tags, facts.meter_tag_keys
-        for k, v in key.tags.items():  # over other tools' tags (read before); X-Meter-* wins
-            if k not in meter:
-                tags[k] = v
-        if not allows(key.upstreams, route.upstream.name):
-            self._forbid(facts, route, f"upstream {route.upstream.name!r}", key.upstreams)
-        self._key_allows_model(facts, route, route.path_model)
-
-    def _forbid(self, facts: CallFacts, route: Route, what: str,
-                allowed: tuple[str, ...]) -> None:
-        assert facts.key is not None
-        raise _Ended(refuse(
-            facts, End.KEY_FORBIDDEN, "permission_error",
-            f"consumer key {facts.key.id} ({facts.key.name}) may not use {what}; allowed: "
-            + ", ".join(allowed), route.provider, detail=what))
-
-    def _key_allows_model(self, facts: CallFacts, route: Route, model: str | None) -> None:
-        """A model the call names (its path, its body, a socket's query), against the
-        consumer key's model globs."""
-        key = facts.key
-        if key is not None and not allows(key.models, model):
-            self._forbid(facts, route, f"model {model!r}", key.models)
 
     async def _read_body(self, request: web.Request, route: Route, facts: CallFacts) -> bytes:
         """The whole request body, up to server.max_body_bytes."""
@@ -290,7 +223,7 @@ class Forwarder:
                           f"request body exceeds server.max_body_bytes ({cap} bytes)",
                           route.provider)
             resp.force_close()  # the rest of the body is never read
-            raise _Ended(resp) from None
+            raise Refused(resp) from None
         facts.request_body = body
         return body
 
@@ -338,8 +271,8 @@ class Forwarder:
         if denied is None:
             return view if isinstance(view, RateView) else None
         if denied.check == "rate":
-            raise _Ended(rate_refusal(facts, route, denied))
-        raise _Ended(budget_refusal(facts, route, denied))
+            raise Refused(rate_refusal(facts, route, denied))
+        raise Refused(budget_refusal(facts, route, denied))
 
     async def _open(self, request: web.Request, route: Route, url: str, body: bytes,
                     injected: bool, replace_auth: dict[str, str] | None,

@@ -3,7 +3,8 @@ keys, body size, rate limits, budgets) and the 502/504 of an upstream that never
 Each is an error in the shape the caller's SDK reads (its provider's), with the call's
 `X-Meter-Call-Id`; a refusal sets its `End` on the call's facts and takes its status from
 `proxy.outcome`'s table; rate-limit and budget refusals add the headers that tell the SDKs
-whether and when to retry. `error_response` is also the admin API's error shape.
+whether and when to retry. A step of a call that refuses it raises `Refused` with its
+response. `error_response` is also the admin API's error shape.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from proxy.outcome import End, ending
 from proxy.record import CallFacts
 from proxy.routing import Route
 
-__all__ = ["budget_refusal", "error_response", "rate_refusal", "refuse", "unanswered"]
+__all__ = ["Refused", "budget_refusal", "error_response", "rate_refusal", "refuse",
+           "unanswered"]
+
+
+class Refused(Exception):
+    """The call ended early with this response (already decided)."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
 
 
 def error_response(status: int, kind: str, message: str, *, call_id: str | None = None,
