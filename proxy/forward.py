@@ -13,7 +13,6 @@ import asyncio
 import logging
 import posixpath
 import time
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -35,17 +34,17 @@ from proxy.dialects.base import Dialect
 from proxy.idle import IdleWatch
 from proxy.keyring import KeyRegistry
 from proxy.lifecycle import Lifecycle
+from proxy.live import live_call, update_live
 from proxy.meter import Meter
 from proxy.outcome import End
 from proxy.quota import Quota
-from proxy.record import CallFacts, LiveCall, iso_utc
+from proxy.record import CallFacts, LiveCall
 from proxy.recorder import Recorder
 from proxy.refusals import Refused, budget_refusal, error_response, rate_refusal, refuse, unanswered
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
 from proxy.sockets import SocketRelay, is_upgrade
 from proxy.tracecontext import SpanIds, start_span_ids
 from proxy.upstream import UpstreamPool, UpstreamResponse, handles
-from proxy.usage import Usage
 
 __all__ = ["Forwarder"]
 
@@ -158,7 +157,7 @@ class Forwarder:
         dialect = await self._read_request(request, route, body, facts)
         info = facts.request_info
         key_allows_model(facts, route, info.model if info is not None else None)
-        live = self._live(facts, route, dialect, len(body))
+        live = live_call(facts, route, dialect, len(body))
         view = None
         if (admission := self.admission) is not None and admission.needed(facts):
             view = await self._admit(admission, facts, route)
@@ -248,18 +247,6 @@ class Forwarder:
         attribution.read_body(facts, self.config.attribution)
         _attribute(facts, route.provider.tags(request.headers))
         return dialect
-
-    def _live(self, facts: CallFacts, route: Route, dialect: Dialect | None,
-              request_bytes: int) -> LiveCall:
-        """The call as the live feed shows it from the start (with the model it names)."""
-        info, tags = facts.request_info, facts.tags
-        return LiveCall(facts.call_id, iso_utc(facts.started), facts.upstream, route.operation,
-                        False, tags.get("agent"), tags.get("session"), tags.get("run"),
-                        (info.model if info is not None else None) or route.path_model,
-                        tags=tags, price_provider=route.price_provider,
-                        free=route.upstream.free or (dialect is not None and dialect.free),
-                        dialect=dialect, request_doc=facts.request_doc,
-                        request_bytes=request_bytes)
 
     async def _admit(self, admission: Admission, facts: CallFacts,
                      route: Route) -> RateView | None:
@@ -431,26 +418,9 @@ class Forwarder:
     def _progress(self, live: LiveCall, obs: Observation | None) -> None:
         """Running counts for the live feed; a failure here never touches the call."""
         try:
-            self._update_live(live, obs)
+            update_live(self.recorder, live, obs)
         except Exception:
             log.exception("live progress failed for call %s", live.call_id)
-
-    def _update_live(self, live: LiveCall, obs: Observation | None) -> None:
-        if obs is None:
-            return
-        usage = obs.usage
-        if usage is not None and usage.output_tokens is not None:
-            live.usage_source = "reported"
-            live.usage = usage  # every billed unit: priced as the final record will be
-        else:
-            live.usage_source = "estimated"
-            out = (len(obs.output_text) + obs.output_chars_dropped + 3) // 4
-            live.usage = replace(usage or Usage(), output_tokens=out, reasoning_tokens=None)
-        # input not reported yet (OpenAI streams report it at the end): the recorder estimates
-        live.input_tokens, live.output_tokens = live.usage.input_tokens, live.usage.output_tokens
-        if obs.response_model:
-            live.model = obs.response_model
-        self.recorder.progress(live)
 
 
 def _quota(route: Route, headers: Any) -> Quota | None:
