@@ -25,9 +25,9 @@ from proxy import headers as hdr
 from proxy import state
 from proxy.admission.base import matches
 from proxy.backends import query
-from proxy.forward import error_response
 from proxy.keys import KeySpecError, StoredKey, limits_json, parse_spec
 from proxy.record import COLUMNS
+from proxy.refusals import error_response
 
 __all__ = ["routes"]
 

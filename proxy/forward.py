@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import posixpath
 import time
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -24,29 +22,31 @@ from yarl import URL
 
 from proxy import attribution
 from proxy import headers as hdr
-from proxy.admission import Admission, Denied
+from proxy.admission import Admission
 from proxy.admission.rate_headers import RateView, headers_for
+from proxy.auth import authenticate, key_allows_model
 from proxy.bodies import parse_json as _parse
 from proxy.bodies import parse_json_encoded as _parse_encoded
+from proxy.callids import new_call_id
 from proxy.config import Config, Upstream
 from proxy.dialects import DIALECTS, PROVIDERS, Observation, provider_by_headers
 from proxy.dialects.base import Dialect
 from proxy.idle import IdleWatch
 from proxy.keyring import KeyRegistry
-from proxy.keys import SECRET_PREFIX, allows
 from proxy.lifecycle import Lifecycle
+from proxy.live import live_call, update_live
 from proxy.meter import Meter
-from proxy.outcome import End, ending
+from proxy.outcome import End
 from proxy.quota import Quota
-from proxy.record import CallFacts, LiveCall, iso_utc
+from proxy.record import CallFacts, LiveCall
 from proxy.recorder import Recorder
+from proxy.refusals import Refused, budget_refusal, error_response, rate_refusal, refuse, unanswered
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
-from proxy.sockets import SocketRelay, is_upgrade, subprotocol_key
+from proxy.sockets import SocketRelay, is_upgrade
 from proxy.tracecontext import SpanIds, start_span_ids
 from proxy.upstream import UpstreamPool, UpstreamResponse, handles
-from proxy.usage import Usage
 
-__all__ = ["Forwarder", "error_response"]
+__all__ = ["Forwarder"]
 
 log = logging.getLogger("tokenbooth.forward")
 PROGRESS_SECONDS = 0.5
@@ -54,45 +54,6 @@ _THREAD_PARSE_BYTES = 256 * 1024
 Answer = aiohttp.ClientResponse | UpstreamResponse  # an upstream's answer, either client's
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "apim-request-id",
                        "x-amzn-requestid")
-
-
-class _CallIds:
-    """Call ids: 12 random bytes from the OS as 24 hex digits, drawn 256 at a time (one
-    getrandom() system call per 256 calls instead of one per call; a forked child draws
-    its own)."""
-
-    _BATCH = 256
-
-    def __init__(self) -> None:
-        self._hex = ""
-        self._at = 0
-        os.register_at_fork(after_in_child=self._drop)
-
-    def _drop(self) -> None:
-        self._hex, self._at = "", 0
-
-    def __call__(self) -> str:
-        at = self._at
-        if at >= len(self._hex):
-            self._hex, at = os.urandom(12 * self._BATCH).hex(), 0
-        self._at = at + 24
-        return self._hex[at:at + 24]
-
-
-new_call_id = _CallIds()
-
-
-def error_response(status: int, kind: str, message: str, *, call_id: str | None = None,
-                   extra: dict[str, Any] | None = None, provider: Any = None) -> web.Response:
-    """Our own refusals, in the error shape the caller's SDK reads (its provider's)."""
-    if provider is not None:
-        body, headers = provider.error(status, kind, message, extra or {})
-    else:
-        body, headers = {"error": {"type": kind, "message": message, **(extra or {})}}, {}
-    resp = web.json_response(body, status=status, headers=headers)
-    if call_id:
-        resp.headers["X-Meter-Call-Id"] = call_id
-    return resp
 
 
 def _attribute(facts: CallFacts, provider_tags: dict[str, str]) -> None:
@@ -110,13 +71,6 @@ class _WithFirstChunk(web.StreamResponse):
     web.Response does), for a body already received when the head is prepared."""
 
     _send_headers_immediately = False
-
-
-class _Ended(Exception):
-    """Internal: the call ended early with this response (already decided)."""
-
-    def __init__(self, response: web.StreamResponse) -> None:
-        self.response = response
 
 
 class Forwarder:
@@ -149,7 +103,7 @@ class Forwarder:
         lifecycle.enter()
         try:
             return await self._call(request, facts)
-        except _Ended as ended:  # refused: the facts say why
+        except Refused as ended:  # refused: the facts say why
             return ended.response
         except asyncio.CancelledError:
             facts.end = End.SHUTDOWN if lifecycle.cutting else End.CLIENT_GONE
@@ -169,13 +123,13 @@ class Forwarder:
         try:
             up = self._upstream(request, facts)
             route = self._route(request, up, facts)
-            replace_auth = self._authenticate(request, route, facts)
+            replace_auth = authenticate(request, route, facts, self.keys, self._client_keys)
             # a Realtime socket names its model in the query
-            self._key_allows_model(facts, route, request.query.get("model"))
+            key_allows_model(facts, route, request.query.get("model"))
             if (admission := self.admission) is not None and admission.needed(facts):
                 await self._admit(admission, facts, route)
             return await relay.run(request, route, replace_auth)
-        except _Ended as ended:
+        except Refused as ended:
             return ended.response
         except asyncio.CancelledError:
             if facts.end is None and relay.closed is None:
@@ -195,15 +149,15 @@ class Forwarder:
         self._progress(live, obs)
 
     async def _call(self, request: web.Request, facts: CallFacts) -> web.StreamResponse:
-        """The steps of a call, in order; a step that refuses raises _Ended."""
+        """The steps of a call, in order; a step that refuses raises Refused."""
         up = self._upstream(request, facts)
         route = self._route(request, up, facts)
-        replace_auth = self._authenticate(request, route, facts)
+        replace_auth = authenticate(request, route, facts, self.keys, self._client_keys)
         body = await self._read_body(request, route, facts)
         dialect = await self._read_request(request, route, body, facts)
         info = facts.request_info
-        self._key_allows_model(facts, route, info.model if info is not None else None)
-        live = self._live(facts, route, dialect, len(body))
+        key_allows_model(facts, route, info.model if info is not None else None)
+        live = live_call(facts, route, dialect, len(body))
         view = None
         if (admission := self.admission) is not None and admission.needed(facts):
             view = await self._admit(admission, facts, route)
@@ -227,21 +181,11 @@ class Forwarder:
                                          h.getall("tracestate", ()))
         return facts
 
-    def _refuse(self, facts: CallFacts, end: End, kind: str, message: str, provider: Any,
-                detail: str | None = None, extra: dict[str, Any] | None = None
-                ) -> web.Response:
-        """Our own refusal: the table gives its status, the provider its error shape."""
-        facts.end, facts.end_detail = end, detail
-        status = ending(end, detail=detail).status_code
-        assert status is not None  # a refusal's status is always its own
-        return error_response(status, kind, message, call_id=facts.call_id, extra=extra,
-                              provider=provider)
-
     def _upstream(self, request: web.Request, facts: CallFacts) -> Upstream:
         """The configured upstream the path names (refused in the caller's SDK's shape)."""
         up = self.config.upstreams.get(facts.upstream)
         if up is None:
-            raise _Ended(self._refuse(
+            raise Refused(refuse(
                 facts, End.UNKNOWN_UPSTREAM, "unknown_upstream",
                 f"unknown upstream {facts.upstream!r}; known: {self._known}",
                 provider_by_headers(request.headers)))
@@ -255,7 +199,7 @@ class Forwarder:
             rest, raw_rest = normalize_rest(rest, _raw_rest(request, name))
         except PathEscape:
             facts.path = f"/{name}{posixpath.normpath('/' + rest)}"  # never a raw `..`
-            raise _Ended(self._refuse(
+            raise Refused(refuse(
                 facts, End.PATH_ESCAPE, "bad_request",
                 "the path's '..' segments leave the upstream's base path",
                 PROVIDERS[up.dialect])) from None
@@ -266,66 +210,6 @@ class Forwarder:
         facts.batch_id, facts.price_provider = route.batch_id, route.price_provider
         return route
 
-    def _authenticate(self, request: web.Request, route: Route,
-                      facts: CallFacts) -> dict[str, str] | None:
-        """A consumer key (issued at run time) or, with `api_key` on the upstream, a client
-        key from auth.client_keys; with either, we supply the provider's key (a consumer
-        key on an upstream without one is removed: the call goes without a credential)."""
-        facts.credential = cred = hdr.credential(request.headers) or (
-            subprotocol_key(request.headers) if is_upgrade(request) else None)
-        up = route.upstream
-        if cred is not None and cred.startswith(SECRET_PREFIX) and self.keys is not None:
-            self._consumer_key(cred, route, facts)
-        elif not up.api_key and up.aws is None:
-            return None
-        else:
-            client = self._client_keys.get(cred or "")
-            if client is None:
-                raise _Ended(self._refuse(
-                    facts, End.CLIENT_KEY, "authentication_error",
-                    "this upstream needs a client key (a consumer key, or one from "
-                    "auth.client_keys)", route.provider))
-            facts.client = client
-        # ours; or none: signed with the upstream's aws keys, or sent without a credential
-        return route.provider.key_headers(up.api_key) if up.api_key else {}
-
-    def _consumer_key(self, credential: str, route: Route, facts: CallFacts) -> None:
-        """A `tb-` credential: a live consumer key, allowed this upstream (and the model the
-        path names), or the call is refused (401, 403) in the caller's SDK's shape."""
-        assert self.keys is not None
-        stored = self.keys.lookup(credential)
-        why = "unknown" if stored is None else stored.refusal(time.time())
-        if why is not None:
-            raise _Ended(self._refuse(
-                facts, End.KEY_REFUSED, "authentication_error",
-                f"this consumer key is {why}" + ("" if stored is None else
-                                                 f" ({stored.key.id})"), route.provider,
-                detail=why))
-        key = facts.key = stored.key
-        facts.client = key.name
-        tags, meter = facts.tags, facts.meter_tag_keys
-        for k, v in key.tags.items():  # over other tools' tags (read before); X-Meter-* wins
-            if k not in meter:
-                tags[k] = v
-        if not allows(key.upstreams, route.upstream.name):
-            self._forbid(facts, route, f"upstream {route.upstream.name!r}", key.upstreams)
-        self._key_allows_model(facts, route, route.path_model)
-
-    def _forbid(self, facts: CallFacts, route: Route, what: str,
-                allowed: tuple[str, ...]) -> None:
-        assert facts.key is not None
-        raise _Ended(self._refuse(
-            facts, End.KEY_FORBIDDEN, "permission_error",
-            f"consumer key {facts.key.id} ({facts.key.name}) may not use {what}; allowed: "
-            + ", ".join(allowed), route.provider, detail=what))
-
-    def _key_allows_model(self, facts: CallFacts, route: Route, model: str | None) -> None:
-        """A model the call names (its path, its body, a socket's query), against the
-        consumer key's model globs."""
-        key = facts.key
-        if key is not None and not allows(key.models, model):
-            self._forbid(facts, route, f"model {model!r}", key.models)
-
     async def _read_body(self, request: web.Request, route: Route, facts: CallFacts) -> bytes:
         """The whole request body, up to server.max_body_bytes."""
         cap = self.config.server.max_body_bytes
@@ -334,11 +218,11 @@ class Forwarder:
                 raise web.HTTPRequestEntityTooLarge(cap, request.content_length or 0)
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            resp = self._refuse(facts, End.BODY_TOO_LARGE, "request_too_large",
-                                f"request body exceeds server.max_body_bytes ({cap} bytes)",
-                                route.provider)
+            resp = refuse(facts, End.BODY_TOO_LARGE, "request_too_large",
+                          f"request body exceeds server.max_body_bytes ({cap} bytes)",
+                          route.provider)
             resp.force_close()  # the rest of the body is never read
-            raise _Ended(resp) from None
+            raise Refused(resp) from None
         facts.request_body = body
         return body
 
@@ -364,18 +248,6 @@ class Forwarder:
         _attribute(facts, route.provider.tags(request.headers))
         return dialect
 
-    def _live(self, facts: CallFacts, route: Route, dialect: Dialect | None,
-              request_bytes: int) -> LiveCall:
-        """The call as the live feed shows it from the start (with the model it names)."""
-        info, tags = facts.request_info, facts.tags
-        return LiveCall(facts.call_id, iso_utc(facts.started), facts.upstream, route.operation,
-                        False, tags.get("agent"), tags.get("session"), tags.get("run"),
-                        (info.model if info is not None else None) or route.path_model,
-                        tags=tags, price_provider=route.price_provider,
-                        free=route.upstream.free or (dialect is not None and dialect.free),
-                        dialect=dialect, request_doc=facts.request_doc,
-                        request_bytes=request_bytes)
-
     async def _admit(self, admission: Admission, facts: CallFacts,
                      route: Route) -> RateView | None:
         """Admission's word: a budget's refusal is a 429 the SDKs do not retry (or a 503 they
@@ -386,42 +258,8 @@ class Forwarder:
         if denied is None:
             return view if isinstance(view, RateView) else None
         if denied.check == "rate":
-            raise _Ended(self._rate_refusal(facts, route, denied))
-        if denied.ledger_down:
-            # `on_ledger_down: refuse`: fail closed while the shared ledger is away; a retry
-            # may well succeed (the SDKs retry a 503 by themselves)
-            resp = self._refuse(facts, End.BUDGET_UNVERIFIABLE, "budget_unavailable",
-                                denied.message, route.provider, detail=denied.name,
-                                extra={"budget": denied.name})
-            resp.headers["X-Meter-Budget"] = denied.name
-            resp.headers["Retry-After"] = str(denied.retry_after_seconds or 1)
-            raise _Ended(resp)
-        resp = self._refuse(facts, End.BUDGET, "budget_exceeded", denied.message,
-                            route.provider, detail=denied.name, extra={"budget": denied.name})
-        resp.headers["X-Meter-Budget"] = denied.name
-        # A retry cannot succeed before the window ends: tell the SDKs so
-        # (the openai and anthropic SDKs obey x-should-retry).
-        resp.headers["x-should-retry"] = "false"
-        if denied.retry_after_seconds is not None:
-            resp.headers["Retry-After"] = str(denied.retry_after_seconds)
-        raise _Ended(resp)
-
-    def _rate_refusal(self, facts: CallFacts, route: Route, denied: Denied) -> web.Response:
-        """A rate limit's 429: `Retry-After` (whole seconds) and `retry-after-ms` (the SDKs
-        prefer it), the limit's figures in the caller's SDK's header style; no
-        `x-should-retry` (the SDKs retry a 429 after Retry-After by themselves), unless
-        the call can never fit (its reservation alone exceeds the limit's whole window):
-        `x-should-retry: false`, which the openai and anthropic SDKs obey."""
-        resp = self._refuse(facts, End.RATE_LIMIT, "rate_limit_exceeded", denied.message,
-                            route.provider, detail=denied.name,
-                            extra={"rate_limit": denied.name})
-        resp.headers.update(headers_for(denied.view, route.provider.name))
-        resp.headers["X-Meter-Rate-Limit"] = denied.name
-        resp.headers["Retry-After"] = str(denied.retry_after_seconds or 1)
-        resp.headers["retry-after-ms"] = str(denied.retry_after_ms or 1)
-        if denied.never:
-            resp.headers["x-should-retry"] = "false"
-        return resp
+            raise Refused(rate_refusal(facts, route, denied))
+        raise Refused(budget_refusal(facts, route, denied))
 
     async def _open(self, request: web.Request, route: Route, url: str, body: bytes,
                     injected: bool, replace_auth: dict[str, str] | None,
@@ -478,30 +316,23 @@ class Forwarder:
                                         facts.trace)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, TimeoutError):
-                return self._unanswered(facts, route, End.CONNECT_TIMEOUT, 504,
-                                        "upstream_timeout", "did not accept a connection in time")
-            return self._unanswered(facts, route, End.UNREACHABLE, 502, "upstream_unreachable",
-                                    "is unreachable")
+                return unanswered(facts, route, End.CONNECT_TIMEOUT, 504,
+                                  "upstream_timeout", "did not accept a connection in time")
+            return unanswered(facts, route, End.UNREACHABLE, 502, "upstream_unreachable",
+                              "is unreachable")
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            return self._unanswered(facts, route, End.NO_ANSWER, 504, "upstream_timeout",
-                                    "did not answer in time")
+            return unanswered(facts, route, End.NO_ANSWER, 504, "upstream_timeout",
+                              "did not answer in time")
         except aiohttp.ClientError as exc:
             kind = type(exc).__name__
-            return self._unanswered(facts, route, End.CONNECT_FAILED, 502,
-                                    "upstream_unreachable", f"failed: {kind}", kind)
+            return unanswered(facts, route, End.CONNECT_FAILED, 502,
+                              "upstream_unreachable", f"failed: {kind}", kind)
         try:
             return await self._relay(request, route, resp, facts, live,
                                      injector if injected_body is not None else None, view)
         except BaseException:  # never relayed whole: its connection goes, not back to the pool
             resp.close()
             raise
-
-    def _unanswered(self, facts: CallFacts, route: Route, end: End, status: int, kind: str,
-                    what: str, detail: str | None = None) -> web.Response:
-        """The upstream never answered: our 502 or 504, in its provider's error shape."""
-        facts.end, facts.end_detail = end, detail
-        return error_response(status, kind, f"upstream {route.upstream.name} {what}",
-                              call_id=facts.call_id, provider=route.provider)
 
     async def _relay(self, request: web.Request, route: Route, resp: Answer,
                      facts: CallFacts, live: LiveCall, injector: Any,
@@ -586,31 +417,14 @@ class Forwarder:
                 resp.close()  # closes the upstream connection: generation stops promptly
         return out
 
-    socket_unanswered = _unanswered
+    socket_unanswered = staticmethod(unanswered)
 
     def _progress(self, live: LiveCall, obs: Observation | None) -> None:
         """Running counts for the live feed; a failure here never touches the call."""
         try:
-            self._update_live(live, obs)
+            update_live(self.recorder, live, obs)
         except Exception:
             log.exception("live progress failed for call %s", live.call_id)
-
-    def _update_live(self, live: LiveCall, obs: Observation | None) -> None:
-        if obs is None:
-            return
-        usage = obs.usage
-        if usage is not None and usage.output_tokens is not None:
-            live.usage_source = "reported"
-            live.usage = usage  # every billed unit: priced as the final record will be
-        else:
-            live.usage_source = "estimated"
-            out = (len(obs.output_text) + obs.output_chars_dropped + 3) // 4
-            live.usage = replace(usage or Usage(), output_tokens=out, reasoning_tokens=None)
-        # input not reported yet (OpenAI streams report it at the end): the recorder estimates
-        live.input_tokens, live.output_tokens = live.usage.input_tokens, live.usage.output_tokens
-        if obs.response_model:
-            live.model = obs.response_model
-        self.recorder.progress(live)
 
 
 def _quota(route: Route, headers: Any) -> Quota | None:

@@ -1,12 +1,11 @@
-"""The Forwarder's own per-call pieces that are not a whole call through the proxy (those
-are the end-to-end tests in tests/e2e/)."""
+"""Call ids (proxy/callids.py): random, never repeated, a forked child's its own."""
 
 from __future__ import annotations
 
 import os
 import re
 
-from proxy.forward import _CallIds
+from proxy.callids import _CallIds
 
 
 def test_call_ids_are_random_24_hex_digits_and_never_repeat_across_draws() -> None:
