@@ -1,11 +1,12 @@
-"""Admission, before forwarding: may this call go upstream? (Client authentication is the
-Forwarder's.) One decision from a list of checks, asked in order; each admits (holding what
-the call may use) or refuses with a reason and a retry hint, and the first refusal is the
-answer. The checks are the rate limits' (`proxy/admission/rates.py`) then the budgets'
-(`proxy/admission/budgets.py`), their stores injected once the ledger is open. On a shared
-PostgreSQL ledger the rate limits' reservation is not made on its own: it joins the
-budgets' round trip (one SQL call decides both), or, when no budget check runs, is made
-alone at the end: one round trip per call either way.
+"""Admission, before forwarding: may this call go upstream? (Client authentication is
+`proxy/auth.py`'s, a step before.) One decision from a list of checks, asked in order;
+each admits (holding what the call may use) or refuses with a reason and a retry hint,
+and the first refusal is the answer. The checks are the rate limits'
+(`proxy/admission/rates.py`) then the budgets' (`proxy/admission/budgets.py`), their
+stores injected once the ledger is open. On a shared PostgreSQL ledger the rate limits'
+reservation is not made on its own: it joins the budgets' round trip (one SQL call
+decides both), or, when no budget check runs, is made alone at the end: one round trip
+per call either way.
 
 Not a sink: it answers from the request alone. The record of every call, refused or not,
 settles what was held (`BudgetCheck.settle` and `RateCheck.settle`, called by the budgets

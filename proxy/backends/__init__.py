@@ -2,7 +2,8 @@
 one process) and PostgreSQL (a ledger shared by a fleet of proxies, also a
 `FleetBackend`). `open_backend(target)` picks one from `ledger.url` or `--db` through the
 registry (`sqlite:///path`, a bare path, or `postgresql://...`); the SQL both run is
-`query` and `schema`.
+`query` and `schema` (a fleet's own, PostgreSQL only, is `fleet_schema`). Each backend keeps
+its features beyond rows in modules beside it (`sqlite_keys`, `postgres_admission`, ...).
 
 Failures a backend cannot help are instances of `backend.unavailable`: the ledger sink
 spools the rows and replays them once writing works again. Only `postgres` imports asyncpg,

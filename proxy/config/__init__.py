@@ -2,7 +2,8 @@
 
 `model` holds the dataclasses (each default written once, as a field default), `parsing`
 validates a loaded YAML tree into a `Config` (errors name the YAML path of the bad key),
-`yamlfile` reads a file.
+with `reader` (walking the tree: `${NAME}` expansion, keys, defaults, numbers) and `limits`
+(the budgets, notify and rate_limits sections); `yamlfile` reads a file.
 """
 
 from __future__ import annotations
