@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -32,6 +33,7 @@ from proxy.refusals import error_response
 __all__ = ["routes"]
 
 KEEPALIVE_SECONDS = 15.0
+ANNOUNCE_SECONDS = 2.0  # a fleet page's snapshot waits this long at most for the others to know
 
 
 def _authorized(request: web.Request) -> bool:
@@ -352,6 +354,9 @@ async def api_live(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     sub = feed.subscribe()
     try:
+        if sub.announced is not None:  # a fleet: the others relay to this watcher from now
+            with contextlib.suppress(TimeoutError):  # the ledger is away: show what is here
+                await asyncio.wait_for(asyncio.shield(sub.announced), ANNOUNCE_SECONDS)
         snapshot = [c.to_json() for c in recorder.inflight.values()]
         await resp.write(f"event: snapshot\ndata: {json.dumps({'calls': snapshot})}\n\n"
                          .encode())

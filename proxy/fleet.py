@@ -29,6 +29,7 @@ log = logging.getLogger("tokenbooth.fleet")
 INTERVAL_SECONDS = 1.0
 PAYLOAD_BYTES = 7900  # NOTIFY takes up to 8000 bytes
 QUEUE_EVENTS = 10_000
+ECHOES_KEPT = 256  # watcher announcements waiting for their echo
 
 
 class Fleet:
@@ -47,7 +48,9 @@ class Fleet:
         self.stopping = False  # set at shutdown: the ledger closes under the heartbeat
         budgets.replica = self.replica
         feed.relay = self.send
-        feed.on_watch = lambda: self.send("watch", "1")
+        feed.on_watch = self._announce
+        # a watcher's announcement (by its token), done when it comes back through the ledger
+        self._echoes: dict[str, asyncio.Future[None]] = {}
 
     async def start(self) -> None:
         """Heartbeat once (this replica's reservations count from now), then run."""
@@ -81,6 +84,16 @@ class Fleet:
                 self._healthy = False
                 if not expected:  # a driver error it does not name: start on a new pool
                     await self._backend.reset(broken=True)
+
+    def _announce(self) -> asyncio.Future[None]:
+        """Tell the others a watcher arrived here; done once the NOTIFY comes back to this
+        replica's own LISTEN (the others have been sent it by then)."""
+        token = secrets.token_hex(6)
+        done = self._echoes[token] = asyncio.get_running_loop().create_future()
+        while len(self._echoes) > ECHOES_KEPT:  # the ledger was away: never echoed
+            del self._echoes[next(iter(self._echoes))]  # its page waited its bound already
+        self.send("watch", token)
+        return done
 
     def send(self, kind: str, data: str) -> None:
         """Queue one event for the other replicas (never blocks; oldest dropped)."""
@@ -116,7 +129,12 @@ class Fleet:
 
     def _received(self, payload: str) -> None:
         replica, _, body = payload.partition("\n")
-        if replica == self.replica:
+        if replica == self.replica:  # ours, back: only a watcher's announcement matters
+            for line in body.split("\n"):
+                kind, _, data = line.partition("\t")
+                done = self._echoes.pop(data, None) if kind == "watch" else None
+                if done is not None and not done.done():
+                    done.set_result(None)
             return
         for line in body.split("\n"):
             kind, _, data = line.partition("\t")

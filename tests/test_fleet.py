@@ -16,7 +16,8 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from tests.conftest import FakeUpstream, Reply, served
+from proxy.admin import ANNOUNCE_SECONDS
+from tests.conftest import FakeUpstream, Reply, StartProxy, served
 
 PRICE = 1.0  # USD per million output tokens; input is free
 OUT = 1000
@@ -382,3 +383,28 @@ pricing: {{models: {{fleet-model: {{input: 0, output: {PRICE}}}}}}}
             assert {(r[0], r[1], r[2]) for r in got} == {(made["id"], "fleet-key", 200)}
         finally:
             await db.close()
+
+
+async def test_a_new_watchers_snapshot_waits_for_the_fleet_to_know_it_within_a_bound(
+        upstream: FakeUpstream, start_proxy: StartProxy, pg_server: Any,
+        pg_url: str) -> None:
+    """The page's snapshot comes once its watcher's announcement is back from the shared
+    ledger (so a call finished on another replica right after is relayed); with the
+    ledger away the announcement never comes back, and the snapshot comes after the
+    bound, not never."""
+    proxy = await start_proxy(ledger={"url": pg_url})
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as s:
+        t0 = loop.time()
+        async with s.get(f"{proxy.url}/api/live") as r:
+            assert (await r.content.readline()).startswith(b"event: snapshot")
+        assert loop.time() - t0 < ANNOUNCE_SECONDS  # the echo came back: no wait for the bound
+        pg_server.stop()
+        try:
+            t0 = loop.time()
+            async with s.get(f"{proxy.url}/api/live") as r:
+                assert (await asyncio.wait_for(r.content.readline(), 30)).startswith(
+                    b"event: snapshot")
+            assert loop.time() - t0 >= ANNOUNCE_SECONDS * 0.9  # it waited, then showed
+        finally:
+            pg_server.start()

@@ -4,7 +4,10 @@ On a shared ledger, `relay` (set by the fleet) carries this replica's events (st
 progress, finished) to the others while any replica has a watcher, and `deliver` hands
 theirs to the subscribers here. A new subscriber here is announced at once (`on_watch`):
 the other replicas start relaying without waiting for a heartbeat, and announce the calls
-they have in flight (`watched_elsewhere`), so the new watcher sees the whole fleet."""
+they have in flight (`watched_elsewhere`), so the new watcher sees the whole fleet. The
+announcement's future (`Subscription.announced`) is done once it has come back through the
+shared ledger, that is once the other replicas have been sent it too: the page's snapshot
+waits for that (bounded), so a call finished elsewhere right after is not missed."""
 
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ class Subscription:
     def __init__(self, size: int) -> None:
         self.queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(size)
         self.dropped = 0
+        # on a fleet: done when the other replicas have been told of this watcher
+        self.announced: asyncio.Future[None] | None = None
 
     def put(self, event: tuple[str, str]) -> None:
         while True:
@@ -45,7 +50,8 @@ class Broadcaster:
         self._size = queue_size
         self.dropped = 0
         self.relay: Callable[[str, str], None] | None = None
-        self.on_watch: Callable[[], None] | None = None  # a subscriber arrived here
+        # a subscriber arrived here: tell the fleet (a future done once it has been told)
+        self.on_watch: Callable[[], asyncio.Future[None] | None] | None = None
         self.remote_watchers = 0  # subscribers on other replicas (from the heartbeat)
         self.remote_until = 0.0  # monotonic: a watcher elsewhere just announced itself
         self.calls: Mapping[str, LiveCall] = {}  # this replica's calls in flight
@@ -66,7 +72,7 @@ class Broadcaster:
         sub = Subscription(self._size)
         self._subs.add(sub)
         if self.on_watch is not None:
-            self.on_watch()
+            sub.announced = self.on_watch()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:

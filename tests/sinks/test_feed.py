@@ -4,6 +4,7 @@ anywhere, and a watcher arriving elsewhere gets this replica's calls in flight."
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from proxy.record import LiveCall
@@ -37,10 +38,15 @@ async def test_nobody_watching_nothing_published() -> None:
 
 async def test_a_subscriber_sees_started_progress_finished_in_order() -> None:
     feed = Broadcaster()
-    announced: list[bool] = []
-    feed.on_watch = lambda: announced.append(True)
+    announced: list[asyncio.Future[None]] = []
+
+    def on_watch() -> asyncio.Future[None]:  # the fleet's: done once the others know
+        announced.append(asyncio.get_running_loop().create_future())
+        return announced[-1]
+    feed.on_watch = on_watch
     sub = feed.subscribe()
-    assert announced == [True] and feed.active and feed.local_watchers == 1
+    assert len(announced) == 1 and sub.announced is announced[0]
+    assert feed.active and feed.local_watchers == 1
     call = live("c1")
     feed.started(call)
     call.output_tokens = 5
