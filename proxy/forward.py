@@ -40,7 +40,7 @@ from proxy.outcome import End
 from proxy.quota import Quota
 from proxy.record import CallFacts, LiveCall
 from proxy.recorder import Recorder
-from proxy.refusals import Refused, budget_refusal, error_response, rate_refusal, refuse, unanswered
+from proxy.refusals import Refused, budget_refusal, rate_refusal, refuse, upstream_failed
 from proxy.routing import PathEscape, Route, normalize_rest, resolve
 from proxy.sockets import SocketRelay, is_upgrade
 from proxy.tracecontext import SpanIds, start_span_ids
@@ -138,15 +138,6 @@ class Forwarder:
         finally:
             relay.record()
             lifecycle.leave()
-
-    def socket_refusal(self, facts: CallFacts, route: Route, status: int, kind: str,
-                       message: str) -> web.Response:
-        """The upstream refused a socket's upgrade: its status, in its provider's shape."""
-        return error_response(status, kind, message, call_id=facts.call_id,
-                              provider=route.provider)
-
-    def progress(self, live: LiveCall, obs: Observation | None) -> None:
-        self._progress(live, obs)
 
     async def _call(self, request: web.Request, facts: CallFacts) -> web.StreamResponse:
         """The steps of a call, in order; a step that refuses raises Refused."""
@@ -314,19 +305,8 @@ class Forwarder:
                 injected_body = None
                 resp = await self._open(request, route, url, body, False, replace_auth,
                                         facts.trace)
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, TimeoutError):
-                return unanswered(facts, route, End.CONNECT_TIMEOUT, 504,
-                                  "upstream_timeout", "did not accept a connection in time")
-            return unanswered(facts, route, End.UNREACHABLE, 502, "upstream_unreachable",
-                              "is unreachable")
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            return unanswered(facts, route, End.NO_ANSWER, 504, "upstream_timeout",
-                              "did not answer in time")
-        except aiohttp.ClientError as exc:
-            kind = type(exc).__name__
-            return unanswered(facts, route, End.CONNECT_FAILED, 502,
-                              "upstream_unreachable", f"failed: {kind}", kind)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return upstream_failed(facts, route, exc)
         try:
             return await self._relay(request, route, resp, facts, live,
                                      injector if injected_body is not None else None, view)
@@ -390,7 +370,7 @@ class Forwarder:
                 feed(chunk)
                 if t >= progress_at and watching():
                     progress_at = t + PROGRESS_SECONDS
-                    self._progress(live, meter.progress())
+                    self.progress(live, meter.progress())
             if client_filter is not None:
                 tail = client_filter.flush()
                 if tail:
@@ -417,9 +397,7 @@ class Forwarder:
                 resp.close()  # closes the upstream connection: generation stops promptly
         return out
 
-    socket_unanswered = staticmethod(unanswered)
-
-    def _progress(self, live: LiveCall, obs: Observation | None) -> None:
+    def progress(self, live: LiveCall, obs: Observation | None) -> None:
         """Running counts for the live feed; a failure here never touches the call."""
         try:
             update_live(self.recorder, live, obs)

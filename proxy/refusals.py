@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from proxy.admission import Denied
@@ -20,7 +21,7 @@ from proxy.record import CallFacts
 from proxy.routing import Route
 
 __all__ = ["Refused", "budget_refusal", "error_response", "rate_refusal", "refuse",
-           "unanswered"]
+           "unanswered", "upstream_failed"]
 
 
 class Refused(Exception):
@@ -99,3 +100,21 @@ def unanswered(facts: CallFacts, route: Route, end: End, status: int, kind: str,
     facts.end, facts.end_detail = end, detail
     return error_response(status, kind, f"upstream {route.upstream.name} {what}",
                           call_id=facts.call_id, provider=route.provider)
+
+
+def upstream_failed(facts: CallFacts, route: Route,
+                    exc: aiohttp.ClientError | TimeoutError) -> web.Response:
+    """The upstream never answered a call or a socket's upgrade: which `End` that was (from
+    the client's exception), and our 502 or 504 for it."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, TimeoutError):
+            return unanswered(facts, route, End.CONNECT_TIMEOUT, 504, "upstream_timeout",
+                              "did not accept a connection in time")
+        return unanswered(facts, route, End.UNREACHABLE, 502, "upstream_unreachable",
+                          "is unreachable")
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+        return unanswered(facts, route, End.NO_ANSWER, 504, "upstream_timeout",
+                          "did not answer in time")
+    kind = type(exc).__name__
+    return unanswered(facts, route, End.CONNECT_FAILED, 502, "upstream_unreachable",
+                      f"failed: {kind}", kind)

@@ -95,12 +95,10 @@ class Body:
                 self._waiter = None
         data = chunks.popleft() if len(chunks) == 1 else b"".join(
             [chunks.popleft() for _ in range(len(chunks))])
-        if self._waiting > HIGH_WATER:
-            self._waiting -= len(data)
-            if self._waiting <= HIGH_WATER:
-                self._conn.resume()
-        else:
-            self._waiting -= len(data)
+        was = self._waiting
+        self._waiting = was - len(data)
+        if was > HIGH_WATER >= self._waiting:  # below the mark again: read on
+            self._conn.resume()
         return data
 
 

@@ -117,13 +117,19 @@ class UpstreamPool:
 
     def _idle_conn(self, key: tuple[str, str, int]) -> Connection | None:
         """A kept connection to this origin, if one is free and a slot too."""
-        idle = self._idle.get(key)
-        if not idle or (self.limit and len(self._busy) + self._pending >= self.limit):
+        if self.limit and len(self._busy) + self._pending >= self.limit:
             return None
+        conn = self._pop_idle(key)
+        if conn is not None:
+            self._busy.add(conn)
+        return conn
+
+    def _pop_idle(self, key: tuple[str, str, int]) -> Connection | None:
+        """The most recently kept open connection to this origin, taken from the pool."""
+        idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
             if not conn.closed:
-                self._busy.add(conn)
                 return conn
         return None
 
@@ -143,13 +149,7 @@ class UpstreamPool:
         else:
             self._pending += 1  # its slot, until it has a connection
         try:
-            idle = self._idle.get(key)
-            while idle:
-                conn = idle.pop()
-                if not conn.closed:
-                    break
-            else:  # none kept (or all closed): a new one
-                conn = await self._connect(key)
+            conn = self._pop_idle(key) or await self._connect(key)
         except BaseException:
             self._pending -= 1
             self._wake_one()  # the slot is free again: the next waiter's
