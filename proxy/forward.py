@@ -417,8 +417,6 @@ class Forwarder:
                 resp.close()  # closes the upstream connection: generation stops promptly
         return out
 
-    socket_unanswered = staticmethod(unanswered)
-
     def _progress(self, live: LiveCall, obs: Observation | None) -> None:
         """Running counts for the live feed; a failure here never touches the call."""
         try:

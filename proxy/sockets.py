@@ -31,6 +31,7 @@ from proxy import headers as hdr
 from proxy.dialects.base import Observation, RequestInfo, SocketDialect, SocketState
 from proxy.outcome import End
 from proxy.record import CallFacts, LiveCall, iso_utc
+from proxy.refusals import unanswered
 from proxy.routing import Route
 
 if TYPE_CHECKING:
@@ -160,15 +161,14 @@ class SocketRelay:
         except aiohttp.ClientConnectorError as exc:
             end = End.CONNECT_TIMEOUT if isinstance(exc.os_error, TimeoutError) \
                 else End.UNREACHABLE
-            return fw.socket_unanswered(facts, route, end, 504 if end is End.CONNECT_TIMEOUT
-                                        else 502, "upstream_unreachable", "is unreachable")
+            return unanswered(facts, route, end, 504 if end is End.CONNECT_TIMEOUT else 502,
+                              "upstream_unreachable", "is unreachable")
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            return fw.socket_unanswered(facts, route, End.NO_ANSWER, 504, "upstream_timeout",
-                                        "did not answer in time")
+            return unanswered(facts, route, End.NO_ANSWER, 504, "upstream_timeout",
+                              "did not answer in time")
         except aiohttp.ClientError as exc:
-            return fw.socket_unanswered(facts, route, End.CONNECT_FAILED, 502,
-                                        "upstream_unreachable", f"failed: {type(exc).__name__}",
-                                        type(exc).__name__)
+            return unanswered(facts, route, End.CONNECT_FAILED, 502, "upstream_unreachable",
+                              f"failed: {type(exc).__name__}", type(exc).__name__)
 
     async def _relay(self, request: web.Request, client: web.WebSocketResponse,
                      up: aiohttp.ClientWebSocketResponse) -> None:
