@@ -6,7 +6,6 @@ them all (further ones are closed at once). Each refusal is counted by its reaso
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,6 @@ from aiohttp.web_protocol import RequestHandler
 
 __all__ = ["GuardedRunner", "default_max_client_connections"]
 
-log = logging.getLogger("tokenbooth.server")
 _408 = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 

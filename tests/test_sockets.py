@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import state
 from proxy.record import CallRecord
-from tests.conftest import FakeUpstream, Proxy, StartProxy, served, wait_until
+from tests.conftest import FakeUpstream, Proxy, StartProxy, free_port, served, wait_until
 
 # The realtime response's usage, as OpenAI reports it on `response.done`.
 USAGE = {"total_tokens": 253, "input_tokens": 132, "output_tokens": 121,
@@ -306,6 +306,17 @@ async def test_upstream_refusing_the_upgrade_is_its_status_and_a_row(
     assert err.value.status == 401
     (row,) = await proxy.collector.wait_for(1)
     assert (row.outcome, row.status_code) == ("upstream_error", 401)
+
+
+async def test_an_unreachable_upstream_refuses_the_upgrade_with_502_and_a_row(
+        start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(upstreams={"dead": {"url": f"http://127.0.0.1:{free_port()}"}})
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await s.ws_connect(f"{proxy.url}/dead/v1/realtime?model=gpt-realtime")
+    assert err.value.status == 502
+    (row,) = await proxy.collector.wait_for(1)
+    assert (row.outcome, row.status_code) == ("unreachable", None)
 
 
 async def _open_running(proxy_url: str, s: aiohttp.ClientSession

@@ -16,7 +16,6 @@ never in a call's path) and come in on a LISTEN connection.
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
@@ -29,21 +28,19 @@ from proxy.backends.base import FleetBackend
 from proxy.backends.postgres_admission import STALE_SECONDS, PgAdmission
 from proxy.backends.postgres_keys import KEYS_CHANNEL, PgKeys
 from proxy.backends.postgres_notices import PgNotices
-from proxy.backends.postgres_sql import LOCK, STAGE, WRITE, pg
+from proxy.backends.postgres_sql import COLS, LOCK, STAGE, WRITE, pg
 from proxy.backends.schema import COST_SCALE, PG_MIGRATIONS, rollups
 from proxy.record import COLUMNS
 
 __all__ = ["CHANNEL", "PgExportCursor", "PostgresBackend"]
 
-log = logging.getLogger("tokenbooth.ledger")
 CHANNEL = "tokenbooth_live"
 _EXPORT_LOCK = 0x7B_0075  # advisory lock class: one replica delivers a given export sink
-_COLS = ", ".join(COLUMNS)
 
 
 async def _stage(conn: asyncpg.Connection) -> None:
     await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} ON COMMIT DELETE ROWS AS "
-                       f"SELECT {_COLS} FROM llm_usage WITH NO DATA")
+                       f"SELECT {COLS} FROM llm_usage WITH NO DATA")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -208,7 +205,7 @@ class PostgresBackend(PgAdmission, PgKeys, PgNotices):
 
     async def rows_after(self, after: int, limit: int) -> list[tuple[int, tuple[Any, ...]]]:
         """(id, row in COLUMNS order) of the next `limit` rows after id `after`."""
-        rows = await self._fetch(f"SELECT id, {_COLS} FROM llm_usage WHERE id > ? "
+        rows = await self._fetch(f"SELECT id, {COLS} FROM llm_usage WHERE id > ? "
                                  f"ORDER BY id LIMIT ?", [after, limit])
         return [(r[0], tuple(r[1:])) for r in rows]
 
@@ -324,7 +321,7 @@ class PgExportCursor:
         """((tx, id), row in COLUMNS order) of up to `limit` rows after the cursor."""
         assert self._conn is not None and self._after is not None
         found = await self._conn.fetch(
-            f"SELECT tx::text, id, {_COLS} FROM llm_usage "
+            f"SELECT tx::text, id, {COLS} FROM llm_usage "
             f"WHERE (tx, id) > ($1::text::xid8, $2) "
             f"AND tx < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx, id LIMIT $3",
             self._after[0], self._after[1], limit)

@@ -1,10 +1,10 @@
 """The PostgreSQL backend's own statement text, beside the shared `query`, `notices` and
-`schema`: `WRITE`, the batch write (one statement over the rows COPYed into the
-per-connection `STAGE` table: the new rows, their roll-up, their rate-limit events settled,
-their budget reservations released and their cost charged); `LOCK`, the advisory lock
-writers take shared and migrations and budget (re)definitions alone; and `pg()`, which
-spells the shared `?`-placeholder text in asyncpg's `$n`. Text only, no I/O: the backend
-and its parts run it."""
+`schema`: `COLS`, the ledger's column list; `WRITE`, the batch write (one statement over the
+rows COPYed into the per-connection `STAGE` table: the new rows, their roll-up, their
+rate-limit events settled, their budget reservations released and their cost charged);
+`LOCK`, the advisory lock writers take shared and migrations and budget (re)definitions
+alone; and `pg()`, which spells the shared `?`-placeholder text in asyncpg's `$n`. Text
+only, no I/O: the backend and its parts run it."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import re
 from proxy.backends.schema import rollups
 from proxy.record import COLUMNS
 
-__all__ = ["LOCK", "STAGE", "WRITE", "pg"]
+__all__ = ["COLS", "LOCK", "STAGE", "WRITE", "pg"]
 
 LOCK = 0x7B_0074  # advisory lock key: migrations and budget (re)definition
 STAGE = "tb_incoming"
-_COLS = ", ".join(COLUMNS)
+COLS = ", ".join(COLUMNS)  # the ledger's columns, in COLUMNS order, as SQL text
 _CTX = ("(COALESCE(i.tags, '{{}}')::jsonb || jsonb_build_object('upstream', i.upstream, "
         "'model', i.{model}, 'client', i.client, 'key', i.consumer_key))")
 # --- rate limits (issue 20, item 2): a row settles its call's rate-limit reservations to
@@ -31,7 +31,7 @@ _RATE_SETTLE = ("UPDATE tb_rate_event e SET "
 # --- end rate limits ---
 WRITE = f"""
 WITH ins AS (
-    INSERT INTO llm_usage ({_COLS}) SELECT {_COLS} FROM {STAGE}
+    INSERT INTO llm_usage ({COLS}) SELECT {COLS} FROM {STAGE}
     ON CONFLICT (call_id) DO NOTHING RETURNING *
 ), rated AS (
     {_RATE_SETTLE}
