@@ -20,9 +20,10 @@ import io
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from proxy.value import value
 
 if TYPE_CHECKING:
     import tiktoken
@@ -60,7 +61,7 @@ SHORT_CHARS = 12  # texts this short (a message's role, a name) are counted once
 _SHORT_KEPT = 4096  # at most this many of them per encoding
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Estimate:
     tokens: int
     estimator: str  # e.g. "tiktoken:o200k_base" or "tiktoken:o200k_base*1.2" or "chars/4"

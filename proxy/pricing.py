@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
@@ -27,6 +26,7 @@ from typing import Any
 
 from proxy.config import ModelPrice, PriceAdjustment
 from proxy.usage import STANDARD_TIERS, Usage
+from proxy.value import value
 
 __all__ = ["FREE_UNITS", "Adjuster", "Price", "PriceBook", "candidate_names", "price_context"]
 
@@ -44,7 +44,7 @@ _Rates = tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None, D
 _Entry = tuple[float, Any, _Rates | None, bool, bool]  # see PriceBook._prices
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Price:
     cost_usd: Decimal | None  # charged: the list cost under the matching adjustment
     source: str | None

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from proxy.value import value
+
 __all__ = ["MAX_HEADERS", "MAX_VALUE_CHARS", "Quota", "QuotaCall", "QuotaWindow", "Share",
            "kept_headers", "limit_window", "parse_number", "parse_reset", "session_shares",
            "used_fraction"]
@@ -24,7 +26,7 @@ MAX_HEADERS = 64  # a response's quota headers kept at most (they are a few doze
 MAX_VALUE_CHARS = 200  # each value cut there: a header is a number, a time or a word
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class QuotaWindow:
     """One window a provider counts against: Anthropic's unified `5h` and `7d` (and
     model-scoped ones such as `7d_opus`), or a limit/remaining pair (`requests`, `tokens`)."""
@@ -42,7 +44,7 @@ class QuotaWindow:
                 "remaining": self.remaining}
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Quota:
     """A response's quota headers (what the ledger keeps) and the windows read from them."""
 
@@ -62,12 +64,12 @@ class Quota:
 def kept_headers(headers: Mapping[str, str], prefixes: tuple[str, ...]) -> dict[str, str]:
     """The headers whose lowercased name starts with one of `prefixes`, keys lowercased,
     at most MAX_HEADERS of them, each value cut at MAX_VALUE_CHARS."""
-    found = [(key, value) for name, value in headers.items()
+    found = [(key, text) for name, text in headers.items()
              for key in (name.lower(),) if key.startswith(prefixes)]
     out: dict[str, str] = {}
-    for key, value in found:  # the first of a name wins
+    for key, text in found:  # the first of a name wins
         if key not in out:
-            out[key] = value[:MAX_VALUE_CHARS]
+            out[key] = text[:MAX_VALUE_CHARS]
             if len(out) >= MAX_HEADERS:
                 break
     return out
@@ -138,7 +140,7 @@ def limit_window(name: str, limit: str | None, remaining: str | None, reset: str
                        limit=_whole(lim), remaining=_whole(left))
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class QuotaCall:
     """One ledger row's part in a window: who made the call, and the window's utilization
     its response reported."""

@@ -19,6 +19,7 @@ from proxy.outcome import End
 from proxy.quota import Quota
 from proxy.tracecontext import SpanIds
 from proxy.usage import Usage
+from proxy.value import value
 
 __all__ = ["COLUMNS", "CallFacts", "CallRecord", "LiveCall", "iso_utc"]
 
@@ -102,7 +103,7 @@ from a client's own log. `build.build_record` turns them into the CallRecord."""
     trace: SpanIds | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CallRecord:
     call_id: str
     started_at: str

@@ -7,13 +7,13 @@ forwarded and recorded (operation `other`, usage none or estimated).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
 from proxy.config import Upstream
 from proxy.dialects import PROVIDERS, price_provider
+from proxy.value import value
 
 __all__ = ["PathEscape", "Route", "normalize_rest", "resolve"]
 
@@ -44,7 +44,7 @@ def normalize_rest(rest: str, raw_rest: str | None) -> tuple[str, str | None]:
     return unquote(raw), (raw if raw_rest is not None else None)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Route:
     upstream: Upstream
     url: str  # full upstream URL without the query string

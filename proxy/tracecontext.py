@@ -13,7 +13,8 @@ import os
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from proxy.value import value
 
 __all__ = ["SpanIds", "parse_tracestate", "start_span_ids"]
 
@@ -27,7 +28,7 @@ _rand = random.Random()  # ids need uniqueness, not secrecy (the SDK's own gener
 os.register_at_fork(after_in_child=_rand.seed)  # a forked child draws its own ids
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SpanIds:
     """A call's span: its trace, its own id, its parent (the client's span, when it sent
     one), the trace flags (bit 0: sampled) and the incoming `tracestate`, passed on."""

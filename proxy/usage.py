@@ -9,8 +9,9 @@ object and returns a Usage; a part/total disagreement is logged, never raised.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
+
+from proxy.value import value
 
 __all__ = ["STANDARD_TIERS", "Usage", "as_int", "as_str", "check_total", "dig", "units"]
 
@@ -22,7 +23,7 @@ STANDARD_TIERS = frozenset({"default", "standard", "auto", "on_demand", "ON_DEMA
                             "standard_only"})
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Usage:
     """Every billed unit of one call. The six token columns, then `units`: the billed units
     beyond them, named as genai-prices names them (`input_audio_tokens`, `web_searches`,

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ("proxy/framing", "proxy/dialects", "proxy/usage.py", "proxy/record.py",
         "proxy/estimate.py", "proxy/pricing.py", "proxy/meter.py", "proxy/outcome.py",
-        "proxy/build.py")
+        "proxy/build.py", "proxy/value.py")
 
 
 def test_the_core_is_what_mypy_checks() -> None:

@@ -4,14 +4,15 @@ refusal (`Denied`: which check, the reason, and when a retry may succeed)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
+
+from proxy.value import value
 
 __all__ = ["Ask", "Check", "Denied", "context", "matches"]
 
 
-@dataclass(frozen=True)
+@value
 class Denied:
     """One check's refusal: the call is not sent. `name` is what refused (a budget's or a
     rate limit's name), `retry_after_seconds` when a retry may succeed (None: not in this

@@ -36,6 +36,7 @@ from proxy.config import BudgetConfig
 from proxy.config.model import BUDGET_ROLLING
 from proxy.record import CallRecord
 from proxy.tasks import spawn
+from proxy.value import value
 
 __all__ = ["BudgetCheck", "BudgetStore", "FleetBudgets", "LocalBudgets", "Window",
            "WindowSpec", "expand", "matches", "window_bounds"]
@@ -64,7 +65,7 @@ def window_bounds(window: str, now: datetime,
     return None, None
 
 
-@dataclass(frozen=True)
+@value
 class WindowSpec:
     """One window of one budget, as the stores see it: `name` is its key (the budget's name
     for the single-window form, `<budget>:<window id>` for each of a layered budget's)."""

@@ -10,17 +10,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 
 from proxy.admission.rate_window import MINUTE, Figures
 from proxy.config import RateLimitConfig
+from proxy.value import value
 
 __all__ = ["Dim", "RateView", "headers_for", "openai_duration", "view_of"]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Dim:
     """One kind of limit for the headers: its limit, what remains, seconds to full reset."""
 
@@ -29,7 +29,7 @@ class Dim:
     reset: float
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RateView:
     """What the response's rate-limit headers say: the tightest requests and tokens limit
     among those the call matched (None: no limit of that kind applied)."""

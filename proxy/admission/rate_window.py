@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
 from proxy.config import RateLimitConfig
+from proxy.value import value
 
 __all__ = ["HOUR", "MINUTE", "Figures", "Log", "never_fits", "refused_dims"]
 
@@ -28,7 +28,7 @@ def _dec(x: float | None) -> Decimal | None:
     return None if x is None else Decimal(repr(x))
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Figures:
     """One limit's window as a decision reads it, before the call: requests and tokens in
     the last minute, dollars in the last minute and hour, and how long ago the newest

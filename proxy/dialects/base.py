@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 from proxy.framing import NdjsonFramer, SseFramer
 from proxy.quota import Quota
 from proxy.usage import Usage
+from proxy.value import value
 
 __all__ = ["NOTHING_OBSERVED", "BaseStream", "BatchLine", "BodyFilter", "Dialect", "DialectBase",
            "Extract", "FrameText", "Injector", "Match", "Observation", "Provider", "RequestInfo",
@@ -38,7 +39,7 @@ def loads(data: bytes | str) -> Any:
 _OPENERS = (b"{", b"[")
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RequestInfo:
     """What the request says, read once per call for every consumer (injection, budgets,
     estimation, record)."""
@@ -51,7 +52,7 @@ class RequestInfo:
     session: str | None = None  # a session the client's own metadata names (Claude Code)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Match:
     """What a provider's route table says of one request path."""
 
@@ -62,7 +63,7 @@ class Match:
     batch_id: str | None = None  # a batch-results download: the file or batch id
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class BatchLine:
     """One result line of a downloaded batch file: one call, billed at the batch rate."""
 
@@ -70,7 +71,7 @@ class BatchLine:
     observation: Observation
 
 
-@dataclass(frozen=True)
+@value
 class Observation:
     """What a response told us. `usage` None = the provider reported nothing."""
 
@@ -115,7 +116,7 @@ Extract = Callable[[dict[str, Any], "TextBuffer"], None]
 FrameText = Callable[[str | None, bytes, "TextBuffer"], None]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Skipped:
     """Whole frames the meter passed over unread (nothing in them could matter but their
     text, and that only for an estimate): kept as bytes, read by `read_skipped()` if an

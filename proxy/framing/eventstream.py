@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+
+from proxy.value import value
 
 __all__ = ["EventStreamFramer", "EventFrame", "encode_frame"]
 
@@ -20,7 +21,7 @@ _MAX_MESSAGE = 24 * 1024 * 1024  # the service's own limit is 16 MiB
 _FIXED = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class EventFrame:
     name: str  # `:event-type`, or `:exception-type` / `:error-code` for errors
     data: bytes  # the payload (JSON for Bedrock)

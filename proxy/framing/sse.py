@@ -8,12 +8,12 @@ end is only appended, so a several-MiB event costs linear time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from proxy.value import value
 
 __all__ = ["SseEvent", "SseFramer"]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SseEvent:
     name: str | None
     data: bytes
