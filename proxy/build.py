@@ -143,7 +143,9 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         usage = obs.usage or Usage()
     in_reported, out_reported = usage.has_input, usage.has_output
     in_est = out_est = False
-    dialect_estimators = [e for e in (obs.input_estimator, obs.output_estimator) if e]
+    # the dialect's own estimators (rare): a list only when there is one
+    dialect_estimators = [e for e in (obs.input_estimator, obs.output_estimator) if e] \
+        if obs.input_estimator or obs.output_estimator else None
     if obs.input_estimator is not None and in_reported:
         in_reported, in_est = False, True
     if obs.output_estimator is not None and out_reported:

@@ -36,6 +36,7 @@ COLUMNS = (
 
 
 _second: list[object] = [None, ""]  # the last whole second formatted, and its text
+_MS = [f".{ms:03d}Z" for ms in range(1000)]  # each millisecond's tail, formatted once
 
 
 def iso_utc(ts: float) -> str:
@@ -51,7 +52,8 @@ def iso_utc(ts: float) -> str:
     if cached[0] != sec:
         cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         cached[0] = sec
-    return f"{cached[1]}.{micros // 1000:03d}Z"
+    text: str = cached[1]  # type: ignore[assignment]  # the str set above
+    return text + _MS[micros // 1000]
 
 
 @dataclass(slots=True)

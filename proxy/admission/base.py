@@ -98,7 +98,10 @@ def context(tags: Mapping[str, str], upstream: str, model: str | None,
 def matches(limit: Any, ctx: Mapping[str, str | None]) -> bool:
     """Whether a budget's or a rate limit's `match` (its `.match`: field to value) holds
     for a `context`."""
-    return all(ctx.get(k) == v for k, v in limit.match.items())
+    for k, v in limit.match.items():  # a loop, not all(<generator>): asked a few times a call
+        if ctx.get(k) != v:
+            return False
+    return True
 
 
 class Check(Protocol):
