@@ -45,7 +45,10 @@ class Admission:
     @property
     def active(self) -> bool:
         """Nothing to decide for a call without a check that can refuse it."""
-        return any(c.active for c in self._checks)
+        for c in self._checks:  # a loop, not any(<generator>): asked for every call
+            if c.active:
+                return True
+        return False
 
     def needed(self, facts: CallFacts) -> bool:
         """Is there anything to decide for this call: a check that can refuse any call, or

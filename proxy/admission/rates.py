@@ -240,6 +240,8 @@ class RateCheck:
     def settle(self, record: CallRecord) -> None:
         """The call's record: what it reserved becomes what it used (0 when it was never
         answered), or, refused before forwarding, it leaves the log."""
+        if not self.logs and not self._keys:  # no limit configured, no key's seen
+            return
         admitted = record.outcome != "rejected"
         answered = record.status_code is not None
         tokens = (record.total_tokens or 0) if answered else 0
