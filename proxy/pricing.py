@@ -16,12 +16,12 @@ in both, free stays 0 in both.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from importlib.metadata import version
+from time import monotonic
 from typing import Any
 
 from proxy.config import ModelPrice, PriceAdjustment
@@ -42,6 +42,7 @@ _CLASSES = ("input_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h
             "output_mtok")
 _Rates = tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None, Decimal | None]
 _Entry = tuple[float, Any, _Rates | None, bool, bool]  # see PriceBook._prices
+_Plain = tuple[float, _Rates, str]  # (expiry, plain rates, model priced): see PriceBook.price
 
 
 @value
@@ -172,6 +173,7 @@ class PriceBook:
         self._cache: dict[tuple[str, str | None], Any] = {}
         self._mp_cache: dict[tuple[int, tuple[tuple[str, str], ...]], _Entry] = {}
         self._override_cache: dict[str, tuple[str, ModelPrice] | None] = {}
+        self._plain: dict[tuple[str | None, str | None], _Plain] = {}  # see PriceBook.price
         self._known: frozenset[str] | None = None
         self.library_version = f"genai-prices {version('genai-prices')}"
 
@@ -230,6 +232,23 @@ class PriceBook:
               upstream: str | None = None) -> Price:
         """`provider_id` is the genai-prices provider (None: whichever knows the model).
         `upstream`: the route's name, which `pricing.adjustments` match."""
+        # The usual call (this runs twice a call): tokens only, at the standard price, of a
+        # model with plain rates and both an input and an output price, already priced once
+        # by _list, which left its rates here with the expiry of the ModelPrice they came
+        # from. Anything else, or a class the rates cannot price, goes the whole way (the
+        # same answer either way).
+        hit = self._plain.get((model, provider_id))
+        if hit is not None and provider_cost is None and not free and not usage.units \
+                and not usage.batch and usage.speed is None \
+                and (usage.input_tokens or usage.output_tokens) \
+                and (usage.service_tier is None or usage.service_tier in STANDARD_TIERS) \
+                and hit[0] > monotonic():
+            cost = _plain_cost(hit[1], usage)
+            if cost is not None:
+                if self.adjuster.adjustments:
+                    return Price(self.adjuster.charged(cost, upstream, model, hit[2]),
+                                 self.library_version, hit[2], cost)
+                return Price(cost, self.library_version, hit[2], cost)
         cost, source, priced = self._list(model, provider_id, usage, free, provider_cost)
         # Called twice per call: without adjustments the charged cost is the list cost.
         charged = cost if not self.adjuster.adjustments else \
@@ -272,7 +291,10 @@ class PriceBook:
         provider, info = found
         if context and not _has_variant(info, context):
             return None, None, info.id  # served at a tier with no known price
-        _, mp, rates, no_input, no_output = self._prices(info, context)
+        expiry, mp, rates, no_input, no_output = self._prices(info, context)
+        if rates is not None and not context and not no_input and not no_output \
+                and len(self._plain) < 10_000:  # model names come from clients: bounded
+            self._plain[model, provider_id] = (expiry, rates, info.id)
         if units and _speech_only(info.id, mp, usage):
             # A text-to-speech model outputs nothing but audio: its output rate is its
             # audio output rate (Gemini TTS reports AUDIO candidates; genai-prices lists
@@ -305,7 +327,7 @@ class PriceBook:
         of the bundled snapshot: bounded."""
         key = (id(info), tuple(sorted(context.items())) if context else ())
         hit = self._mp_cache.get(key)
-        now = time.monotonic()
+        now = monotonic()
         if hit is not None and hit[0] > now:
             return hit
         mp = info.get_prices(datetime.now(UTC), context or None)
@@ -418,14 +440,31 @@ def _plain_cost(rates: _Rates, u: Usage) -> Decimal | None:
     uncached = inp - read - write
     if uncached < 0 or write_5m < 0:
         return None
+    rate_in, rate_read, rate_write, rate_1h, rate_out = rates
     total = _ZERO
-    # a class with no tokens adds nothing, not even a zero: the Decimal's exponent, so its
-    # digits, stay those of the library's sum
-    for count, rate in zip((uncached, read, write_5m, write_1h, out), rates, strict=True):
-        if count:
-            if rate is None:
-                return None
-            total += rate * count
+    # The five classes in the library's order, unrolled (this runs twice a call). A class
+    # with no tokens adds nothing, not even a zero: the Decimal's exponent, so its digits,
+    # stay those of the library's sum.
+    if uncached:
+        if rate_in is None:
+            return None
+        total += rate_in * uncached
+    if read:
+        if rate_read is None:
+            return None
+        total += rate_read * read
+    if write_5m:
+        if rate_write is None:
+            return None
+        total += rate_write * write_5m
+    if write_1h:
+        if rate_1h is None:
+            return None
+        total += rate_1h * write_1h
+    if out:
+        if rate_out is None:
+            return None
+        total += rate_out * out
     return total / MILLION
 
 

@@ -3,6 +3,7 @@ long context, served tier, batch, modalities, web searches, override, unpriced, 
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 from proxy.config import ModelPrice
@@ -367,3 +368,105 @@ def test_config_prices_and_a_provider_charge_are_list_prices_too() -> None:
                      provider_cost=Decimal("0.00031"), upstream="openrouter")
     assert (p.list_cost_usd, p.cost_usd, p.source) == (
         Decimal("0.00031"), Decimal("0.00031") * Decimal("0.95"), "provider")
+
+
+# --- the usual call priced again: from the rates its first pricing left ---
+
+def test_a_model_priced_again_is_priced_from_its_rates_and_the_rest_goes_the_whole_way(
+        ) -> None:
+    """gpt-4o (OpenAI's price list): $2.50 input, $1.25 cached input, $10 output per million;
+    batch half ($1.25 / $5), priority $4.25 / $17, no flex price, no cache-write price."""
+    book = PriceBook()
+    first = book.price("gpt-4o-2024-08-06", "openai", Usage(1000, 200, 0, None, 100, 0))
+    assert first.cost_usd == (800 * Decimal("2.5") + 200 * Decimal("1.25") + 100 * 10) / M
+    assert ("gpt-4o-2024-08-06", "openai") in book._plain  # its rates, kept
+    again = book.price("gpt-4o-2024-08-06", "openai", Usage(25, 0, 0, None, 12, 0))
+    assert again == first.__class__(Decimal(25 * Decimal("2.5") + 12 * 10) / M, first.source,
+                                    "gpt-4o", (25 * Decimal("2.5") + 12 * 10) / M)
+    assert str(again.cost_usd) == "0.0001825"  # digit for digit, exponent included
+    # what the kept rates do not price goes the whole way, to the same answers as before
+    u = Usage(1000, 0, 0, None, 100, 0)
+    assert book.price("gpt-4o-2024-08-06", "openai", u, free=True).source == "free"
+    assert book.price("gpt-4o-2024-08-06", "openai", u,
+                      provider_cost=Decimal("0.01")).cost_usd == Decimal("0.01")
+    assert book.price("gpt-4o-2024-08-06", "openai",
+                      Usage(1000, 0, 0, None, 100, 0, batch=True)).cost_usd == \
+        (1000 * Decimal("1.25") + 100 * 5) / M
+    assert book.price("gpt-4o-2024-08-06", "openai",
+                      Usage(1000, 0, 0, None, 100, 0, service_tier="priority")).cost_usd == \
+        (1000 * Decimal("4.25") + 100 * 17) / M
+    assert book.price("gpt-4o-2024-08-06", "openai",
+                      Usage(1000, 0, 0, None, 100, 0, service_tier="flex")).cost_usd is None
+    assert book.price("gpt-4o-2024-08-06", "openai",
+                      Usage(1000, 0, 0, None, 100, 0, {"web_searches": 1})).cost_usd == \
+        (1000 * Decimal("2.5") + 100 * 10) / M + Decimal(10) / 1000  # $10 per 1,000 calls
+    nothing = book.price("gpt-4o-2024-08-06", "openai", Usage(0, 0, 0, None, 0, 0))
+    assert (nothing.cost_usd, nothing.source) == (0, "free")
+    assert book.price("gpt-4o-2024-08-06", "openai", Usage()).cost_usd is None
+    # no cache-write rate: the library's rule (here: at the input rate) decides, not the rates
+    assert book.price("gpt-4o-2024-08-06", "openai",
+                      Usage(1000, 0, 200, None, 100, 0)).cost_usd == \
+        (1000 * Decimal("2.5") + 100 * 10) / M
+    # a model without an input price, or with tiered prices, keeps nothing
+    book.price("whisper-1", "openai", Usage(50, 0, 0, None, 10, None))
+    book.price("gemini-2.5-pro", "google", Usage(100, 0, 0, None, 10, 0))
+    assert ("whisper-1", "openai") not in book._plain
+    assert ("gemini-2.5-pro", "google") not in book._plain
+
+
+def test_a_model_priced_again_keeps_its_negotiated_price() -> None:
+    book = _adjusted_book()
+    u = Usage(1000, 0, 0, None, 500, 0)
+    # gpt-4.1-mini (OpenAI): $0.40 input, $1.60 output per million; the catch-all +50 %
+    for _ in range(2):
+        p = book.price("gpt-4.1-mini", "openai", u, upstream="openai")
+        listed = (1000 * Decimal("0.4") + 500 * Decimal("1.6")) / M
+        assert (p.list_cost_usd, p.cost_usd) == (listed, listed * Decimal("1.5"))
+    assert ("gpt-4.1-mini", "openai") in book._plain
+    # another upstream: the list price
+    assert book.price("gpt-4.1-mini", "openai", u, upstream="azure").cost_usd == listed
+
+
+def test_kept_rates_last_the_hour_of_the_prices_they_came_from() -> None:
+    """Prices change by date: the rates a model's pricing kept are used until the hour of
+    the ModelPrice they came from is over, never after (here: made to be over)."""
+    book = PriceBook()
+    u = Usage(1000, 0, 0, None, 100, 0)
+    hand = (1000 * Decimal("2.5") + 100 * 10) / M
+    assert book.price("gpt-4o", "openai", u).cost_usd == hand
+    key = ("gpt-4o", "openai")
+    expiry, rates, priced = book._plain[key]
+    (mp_key, entry), = book._mp_cache.items()
+    assert expiry == entry[0] > time.monotonic()  # the hour of its ModelPrice
+    # wrong rates, to tell: used while their hour lasts, not after it
+    wrong = (Decimal(1),) * 5
+    book._plain[key] = (expiry, wrong, priced)
+    assert book.price("gpt-4o", "openai", u).cost_usd == Decimal(1100) / M
+    book._plain[key] = (time.monotonic() - 1, wrong, priced)
+    assert book.price("gpt-4o", "openai", u).cost_usd == hand
+    assert book._plain[key] == (expiry, rates, priced)  # renewed from the ModelPrice's entry
+    # the hour over for both: the ModelPrice is read again, and the rates kept anew
+    book._mp_cache[mp_key] = (time.monotonic() - 1, *entry[1:])
+    book._plain[key] = (time.monotonic() - 1, wrong, priced)
+    assert book.price("gpt-4o", "openai", u).cost_usd == hand
+    assert book._plain[key][0] == book._mp_cache[mp_key][0] > expiry
+    assert book._plain[key][1] == rates
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(MODELS + [("gpt-4o-2024-08-06", "openai"), ("whisper-1", "openai")]),
+       st.integers(0, 300_000), st.integers(0, 50_000), st.integers(0, 20_000),
+       st.integers(0, 20_000), st.integers(0, 20_000),
+       st.sampled_from([None, "default", "priority", "flex"]), st.booleans())
+def test_kept_rates_give_what_the_whole_way_gives(
+        model: tuple[str, str], uncached: int, read: int, write: int, write_1h: int,
+        out: int, tier: str | None, batch: bool) -> None:
+    """Digit for digit, exponent included, source and model priced too."""
+    write_1h = min(write_1h, write)
+    u = Usage(uncached + read + write, read, write, write_1h or None, out, 0,
+              service_tier=tier, batch=batch)
+    book = PriceBook()
+    book.price(model[0], model[1], Usage(10, 0, 0, None, 1, 0))  # keeps the rates, if plain
+    kept = book.price(model[0], model[1], u)
+    cost, source, priced = book._list(model[0], model[1], u, False, None)
+    assert (str(kept.cost_usd), kept.source, kept.model) == (str(cost), source, priced)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from proxy.admission.base import Ask, Check, Denied, context
@@ -30,6 +31,7 @@ from proxy.usage import Usage
 __all__ = ["Admission", "Ask", "Check", "Denied"]
 
 _THREAD_BYTES = 64 * 1024  # a larger request is estimated in a worker thread
+_ZERO = Decimal(0)
 
 
 class Admission:
@@ -65,14 +67,11 @@ class Admission:
         None when no rate limit applies)."""
         info = facts.request_info
         model = (info.model if info else None) or route.path_model
-
-        async def worst() -> tuple[int, Decimal]:
-            return await self._worst(facts, route, model)
-
         key = facts.key
+        # a partial, not a closure: no cells, no frame of its own when awaited
         ask = Ask(facts.call_id, context(facts.tags, facts.upstream, model, facts.client,
                                           key.id if key else None),
-                  worst, key)
+                  partial(self._worst, facts, route, model), key)
         for check in self._checks:
             if not (check.active or (key is not None and check in self._per_key)):
                 continue
@@ -92,7 +91,7 @@ class Admission:
         dialect = DIALECTS.get(route.parser) if route.parser else None
         doc, info = facts.request_doc, facts.request_info
         if dialect is None or doc is None:
-            return 0, Decimal(0)
+            return 0, _ZERO
         if len(facts.request_body) > _THREAD_BYTES:
             est = await asyncio.to_thread(self._estimator.input, dialect, doc, model)
         else:
@@ -101,4 +100,4 @@ class Admission:
         price = self._prices.price(model, route.price_provider,
                                    Usage(est.tokens, 0, 0, None, out, None),
                                    free=route.upstream.free, upstream=facts.upstream)
-        return est.tokens + out, price.cost_usd or Decimal(0)
+        return est.tokens + out, price.cost_usd or _ZERO
