@@ -66,14 +66,22 @@ class Mailbox(Generic[T]):
     async def get(self) -> T:
         """The next item, waiting for one (one consumer: a second concurrent get() is a bug
         of the caller). Cancelled while waiting, it takes nothing."""
-        while not self._items:
+        items = self._items
+        while not items:
             getter = self._getter = asyncio.get_running_loop().create_future()
             try:
                 await getter
             finally:
                 if self._getter is getter:
                     self._getter = None
-        return self.get_nowait()
+        # get_nowait() inlined (one call fewer per item)
+        item = items.popleft()
+        space = self._space
+        if space is not None:
+            self._space = None
+            if not space.done():
+                space.set_result(None)
+        return item
 
     def task_done(self) -> None:
         if self._unfinished <= 0:
