@@ -48,7 +48,10 @@ class Recorder:
         # Each hook only for the sinks that implement it.
         self._started = [(s.name, s.started) for s in sinks if hasattr(s, "started")]
         self._progress = [(s.name, s.progress) for s in sinks if hasattr(s, "progress")]
-        self._handlers = [(s.name, s.handle) for s in sinks if hasattr(s, "handle")]
+        # (name, observe, handle): `observe` when the sink has it (no coroutine per record),
+        # else None and `handle` is awaited
+        self._handlers = [(s.name, getattr(s, "observe", None), s.handle) for s in sinks
+                          if hasattr(s, "handle")]
         # a call whose record will never be built (the queue was full): what admission
         # holds for it is released (`Budgets.lost`), else it would be held for good
         self._lost = [(s.name, s.lost) for s in sinks if hasattr(s, "lost")]
@@ -157,9 +160,10 @@ class Recorder:
     def _settled(self, call_id: str) -> None:
         """The call's record is built (or never will be): wake whoever waits for it."""
         self._pending.discard(call_id)
-        waiter = self._waiters.pop(call_id, None)
-        if waiter is not None:
-            waiter.set()
+        if self._waiters:  # most often nobody waits
+            waiter = self._waiters.pop(call_id, None)
+            if waiter is not None:
+                waiter.set()
 
     async def find(self, call_id: str) -> CallRecord | None:
         """A recent call's record: at once when built, else (in flight or queued) when it
@@ -195,10 +199,11 @@ class Recorder:
         text = obs.text
         big = len(facts.request_body) > _THREAD_BYTES or (text is not None and
                                                           text.size > _THREAD_BYTES)
-        needs_estimate = obs.status != "pending" and (
-            obs.usage is None or not (obs.usage.has_input and obs.usage.has_output))
-        # a large body to estimate, or batch lines (maybe thousands): off the loop
-        if (big and needs_estimate) or obs.batch_lines:
+        # a large body to estimate, or batch lines (maybe thousands): off the loop (whether
+        # it needs an estimate is asked only of a large one)
+        if (big and obs.status != "pending" and (
+                obs.usage is None or not (obs.usage.has_input and obs.usage.has_output))) \
+                or obs.batch_lines:
             return await asyncio.to_thread(build_records, facts, self.estimator, self.prices,
                                            self.fingerprint)
         return build_records(facts, self.estimator, self.prices, self.fingerprint)
@@ -229,16 +234,20 @@ class Recorder:
                 self._settled(facts.call_id)
                 continue
             self.inflight.pop(facts.call_id, None)
+            recent = self.recent
             for record in records:
-                self.recent[record.call_id] = record
-                if len(self.recent) > RECENT:
-                    self.recent.popitem(last=False)
+                recent[record.call_id] = record
+                if len(recent) > RECENT:
+                    recent.popitem(last=False)
             self._settled(facts.call_id)
             for record in records:
                 self.recorded += 1
-                for name, handle in self._handlers:
+                for name, observe, handle in self._handlers:
                     try:
-                        await handle(record)
+                        if observe is not None:
+                            observe(record)
+                        else:
+                            await handle(record)
                     except Exception:
                         log.exception("sink %s failed on call %s", name, record.call_id)
                         self._sink_failed(name)

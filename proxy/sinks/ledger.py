@@ -107,6 +107,9 @@ class Ledger:
             await asyncio.sleep(RETENTION_SECONDS)
 
     async def handle(self, record: CallRecord) -> None:
+        self.observe(record)
+
+    def observe(self, record: CallRecord) -> None:
         try:
             self.queue.put_nowait(record.to_row())
         except asyncio.QueueFull:
