@@ -240,3 +240,15 @@ async def test_sinks_that_observe_are_called_in_order_without_a_coroutine(
     assert seen == ["first", "collector", "last"]
     assert failed == ["first"]
     assert recorder.recorded == 1
+    # every sink observes: the same, without the async one
+    seen.clear()
+    recorder = Recorder(estimator, PriceBook(), lambda c: None,
+                        [Observer("first", fail=True), Observer("last")],
+                        on_sink_error=failed.append)
+    recorder.start()
+    meter = Meter(DIALECTS["openai.chat"], "application/json", None)
+    meter.feed(b'{"model":"gpt-4o","usage":{"prompt_tokens":5,"completion_tokens":2}}')
+    recorder.submit(facts_for("openai.chat", "openai", meter.finish(), end=None))
+    await recorder.aclose()  # drains: the record is handed on before it returns
+    assert seen == ["first", "last"]
+    assert failed == ["first", "first"]
