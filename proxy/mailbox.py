@@ -4,7 +4,7 @@ What `asyncio.Queue` does for the recorder and the ledger writer (each has exact
 consumer), at a fraction of its cost per item: `asyncio.Queue` keeps waiter deques for any
 number of getters and putters and runs ~150 lines of Python per item put and taken; every
 call passes through two of them. The API is the subset they use, with the same meaning
-(`QueueFull`, `QueueEmpty`, `task_done`, `join`).
+(`QueueFull`, `QueueEmpty`, `task_done`, `join`), and `take()`, a batch at once.
 """
 
 from __future__ import annotations
@@ -63,22 +63,52 @@ class Mailbox(Generic[T]):
                 space.set_result(None)
         return item
 
+    def take(self, limit: int, end: T) -> list[T]:
+        """The items waiting, at most `limit` and none after the first `end` (an end marker,
+        taken last; `in`/`index` find it, by identity first): what a loop of get_nowait()
+        stopping at `end` takes, without a Python call per item (the ledger's batch)."""
+        items = self._items
+        if len(items) <= limit:
+            out = list(items)
+            items.clear()
+        else:
+            out = [items.popleft() for _ in range(limit)]
+        if end in out:  # what came after the end marker stays queued, in order
+            cut = out.index(end) + 1
+            items.extendleft(reversed(out[cut:]))
+            del out[cut:]
+        space = self._space
+        if out and space is not None:
+            self._space = None
+            if not space.done():
+                space.set_result(None)
+        return out
+
     async def get(self) -> T:
         """The next item, waiting for one (one consumer: a second concurrent get() is a bug
         of the caller). Cancelled while waiting, it takes nothing."""
-        while not self._items:
+        items = self._items
+        while not items:
             getter = self._getter = asyncio.get_running_loop().create_future()
             try:
                 await getter
             finally:
                 if self._getter is getter:
                     self._getter = None
-        return self.get_nowait()
+        # get_nowait() inlined (one call fewer per item)
+        item = items.popleft()
+        space = self._space
+        if space is not None:
+            self._space = None
+            if not space.done():
+                space.set_result(None)
+        return item
 
-    def task_done(self) -> None:
-        if self._unfinished <= 0:
+    def task_done(self, n: int = 1) -> None:
+        """`n` items done (1, as asyncio.Queue's; more: a batch at once)."""
+        if self._unfinished < n:
             raise ValueError("task_done() called too many times")
-        self._unfinished -= 1
+        self._unfinished -= n
         if not self._unfinished and self._idle is not None:
             self._idle.set()
 

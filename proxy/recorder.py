@@ -48,7 +48,14 @@ class Recorder:
         # Each hook only for the sinks that implement it.
         self._started = [(s.name, s.started) for s in sinks if hasattr(s, "started")]
         self._progress = [(s.name, s.progress) for s in sinks if hasattr(s, "progress")]
-        self._handlers = [(s.name, s.handle) for s in sinks if hasattr(s, "handle")]
+        # (name, observe, handle): `observe` when the sink has it (no coroutine per record),
+        # else None and `handle` is awaited
+        self._handlers = [(s.name, getattr(s, "observe", None), s.handle) for s in sinks
+                          if hasattr(s, "handle")]
+        # when every one observes (the built-in sinks do): that loop, with no await test
+        self._observers = [(name, observe) for name, observe, _ in self._handlers
+                           if observe is not None]
+        self._all_observe = len(self._observers) == len(self._handlers)
         # a call whose record will never be built (the queue was full): what admission
         # holds for it is released (`Budgets.lost`), else it would be held for good
         self._lost = [(s.name, s.lost) for s in sinks if hasattr(s, "lost")]
@@ -157,9 +164,10 @@ class Recorder:
     def _settled(self, call_id: str) -> None:
         """The call's record is built (or never will be): wake whoever waits for it."""
         self._pending.discard(call_id)
-        waiter = self._waiters.pop(call_id, None)
-        if waiter is not None:
-            waiter.set()
+        if self._waiters:  # most often nobody waits
+            waiter = self._waiters.pop(call_id, None)
+            if waiter is not None:
+                waiter.set()
 
     async def find(self, call_id: str) -> CallRecord | None:
         """A recent call's record: at once when built, else (in flight or queued) when it
@@ -195,10 +203,11 @@ class Recorder:
         text = obs.text
         big = len(facts.request_body) > _THREAD_BYTES or (text is not None and
                                                           text.size > _THREAD_BYTES)
-        needs_estimate = obs.status != "pending" and (
-            obs.usage is None or not (obs.usage.has_input and obs.usage.has_output))
-        # a large body to estimate, or batch lines (maybe thousands): off the loop
-        if (big and needs_estimate) or obs.batch_lines:
+        # a large body to estimate, or batch lines (maybe thousands): off the loop (whether
+        # it needs an estimate is asked only of a large one)
+        if (big and obs.status != "pending" and (
+                obs.usage is None or not (obs.usage.has_input and obs.usage.has_output))) \
+                or obs.batch_lines:
             return await asyncio.to_thread(build_records, facts, self.estimator, self.prices,
                                            self.fingerprint)
         return build_records(facts, self.estimator, self.prices, self.fingerprint)
@@ -229,19 +238,33 @@ class Recorder:
                 self._settled(facts.call_id)
                 continue
             self.inflight.pop(facts.call_id, None)
+            recent = self.recent
             for record in records:
-                self.recent[record.call_id] = record
-                if len(self.recent) > RECENT:
-                    self.recent.popitem(last=False)
+                recent[record.call_id] = record
+                if len(recent) > RECENT:
+                    recent.popitem(last=False)
             self._settled(facts.call_id)
             for record in records:
                 self.recorded += 1
-                for name, handle in self._handlers:
+                if self._all_observe:
+                    for name, observe in self._observers:
+                        try:
+                            observe(record)
+                        except Exception:
+                            self._handler_failed(name, record)
+                    continue
+                for name, maybe, handle in self._handlers:
                     try:
-                        await handle(record)
+                        if maybe is not None:
+                            maybe(record)
+                        else:
+                            await handle(record)
                     except Exception:
-                        log.exception("sink %s failed on call %s", name, record.call_id)
-                        self._sink_failed(name)
+                        self._handler_failed(name, record)
+
+    def _handler_failed(self, name: str, record: CallRecord) -> None:
+        log.exception("sink %s failed on call %s", name, record.call_id)
+        self._sink_failed(name)
 
     def _sink_failed(self, name: str) -> None:
         if self._on_sink_error is not None:

@@ -78,3 +78,30 @@ async def test_join_waits_for_every_item_to_be_done() -> None:
     await asyncio.wait_for(second, 1)
     with pytest.raises(ValueError):
         box.task_done()
+
+
+async def test_take_is_a_loop_of_get_nowait_stopping_at_the_end_marker() -> None:
+    box: Mailbox[int | None] = Mailbox(8)
+    assert box.take(5, None) == []  # nothing waiting: nothing, no wait
+    for i in (1, 2, 3):
+        box.put_nowait(i)
+    assert box.take(2, None) == [1, 2]  # at most `limit`, in order
+    box.put_nowait(None)  # an end marker, then an item put after it
+    box.put_nowait(4)
+    assert box.take(10, None) == [3, None]  # up to the marker, taken last
+    assert box.qsize() == 1 and box.get_nowait() == 4  # what came after it stays queued
+    box.task_done(5)  # the five items taken, done at once
+    await asyncio.wait_for(box.join(), 1)
+    with pytest.raises(ValueError):
+        box.task_done(1)
+
+
+async def test_take_makes_room_for_a_waiting_put() -> None:
+    box: Mailbox[int] = Mailbox(1)
+    box.put_nowait(1)
+    putter = asyncio.ensure_future(box.put(2))
+    await asyncio.sleep(0)
+    assert not putter.done()
+    assert box.take(10, -1) == [1]
+    await asyncio.wait_for(putter, 1)
+    assert box.take(10, -1) == [2]

@@ -17,7 +17,7 @@ from proxy.dialects import DIALECTS, Observation
 from proxy.estimate import Estimator
 from proxy.meter import Meter
 from proxy.pricing import PriceBook
-from proxy.record import CallFacts, LiveCall, iso_utc
+from proxy.record import CallFacts, CallRecord, LiveCall, iso_utc
 from proxy.recorder import RECENT, Recorder
 from proxy.usage import Usage
 from tests.test_build import BODIES, background_body, facts_for, observed
@@ -196,3 +196,59 @@ async def test_a_dropped_call_releases_what_admission_held_for_it(
     # c0's $0.001 held, a second $0.001 would make 0.002 > 0.0015; released, it fits
     assert await admission.admit(*call(cfg, "c2")) is None
     assert isinstance(await admission.admit(*call(cfg, "c3")), Denied)  # as c2's is held
+
+
+async def test_sinks_that_observe_are_called_in_order_without_a_coroutine(
+        estimator: Estimator) -> None:
+    """A sink with `observe` gets each record there (its `handle` is not awaited); the
+    sinks still run in their order, sync and async mixed, and a failing one is counted
+    while the others still see the record."""
+    from tests.conftest import Collector
+
+    seen: list[str] = []
+
+    class Observer:
+        def __init__(self, name: str, fail: bool = False) -> None:
+            self.name, self.fail = name, fail
+
+        def observe(self, record: object) -> None:
+            seen.append(self.name)
+            if self.fail:
+                raise RuntimeError("sink broke")
+
+        async def handle(self, record: object) -> None:
+            seen.append(f"{self.name} handle")
+
+    class Tail(Collector):
+        async def handle(self, record: CallRecord) -> None:
+            seen.append("collector")
+            await super().handle(record)
+
+    failed: list[str] = []
+    tail = Tail()
+    recorder = Recorder(estimator, PriceBook(), lambda c: None,
+                        [Observer("first", fail=True), tail, Observer("last")],
+                        on_sink_error=failed.append)
+    recorder.start()
+    try:
+        meter = Meter(DIALECTS["openai.chat"], "application/json", None)
+        meter.feed(b'{"model":"gpt-4o","usage":{"prompt_tokens":5,"completion_tokens":2}}')
+        recorder.submit(facts_for("openai.chat", "openai", meter.finish(), end=None))
+        await tail.wait_for(1)
+    finally:
+        await recorder.aclose()
+    assert seen == ["first", "collector", "last"]
+    assert failed == ["first"]
+    assert recorder.recorded == 1
+    # every sink observes: the same, without the async one
+    seen.clear()
+    recorder = Recorder(estimator, PriceBook(), lambda c: None,
+                        [Observer("first", fail=True), Observer("last")],
+                        on_sink_error=failed.append)
+    recorder.start()
+    meter = Meter(DIALECTS["openai.chat"], "application/json", None)
+    meter.feed(b'{"model":"gpt-4o","usage":{"prompt_tokens":5,"completion_tokens":2}}')
+    recorder.submit(facts_for("openai.chat", "openai", meter.finish(), end=None))
+    await recorder.aclose()  # drains: the record is handed on before it returns
+    assert seen == ["first", "last"]
+    assert failed == ["first", "first"]

@@ -40,12 +40,19 @@ class Budgets:
         registry.register(self)
 
     async def handle(self, record: CallRecord) -> None:
+        self.observe(record)
+
+    def observe(self, record: CallRecord) -> None:
         touched = self._check.settle(record)
         if self._rates is not None:
             self._rates.settle(record)
         if self.notifier is not None and touched:
             now = datetime.now(UTC)
-            self.notifier.offer([n for w in touched for n in due(w, now)])
+            notices: list[Notice] = []
+            for w in touched:  # a loop, not a comprehension: usually one window, no notice
+                notices += due(w, now)
+            if notices:  # offering none does nothing
+                self.notifier.offer(notices)
 
     def lost(self, call_id: str) -> None:
         """A call whose record will never come (the recorder's queue was full): what

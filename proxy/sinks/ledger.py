@@ -107,6 +107,9 @@ class Ledger:
             await asyncio.sleep(RETENTION_SECONDS)
 
     async def handle(self, record: CallRecord) -> None:
+        self.observe(record)
+
+    def observe(self, record: CallRecord) -> None:
         try:
             self.queue.put_nowait(record.to_row())
         except asyncio.QueueFull:
@@ -153,24 +156,20 @@ class Ledger:
                 rows.append(first)
                 # Batch: let rows gather for one flush interval, then take all that came.
                 await asyncio.sleep(self.flush_seconds)
-                while len(rows) < BATCH_ROWS:
-                    try:
-                        item = self.queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        break
-                    if item is None:
-                        stop = True
-                        self.queue.task_done()
-                        break
-                    rows.append(item)
+                more = self.queue.take(BATCH_ROWS - 1, None)
+                if more and more[-1] is None:  # the end marker (aclose): the last batch
+                    stop = True
+                    self.queue.task_done()
+                    more.pop()
+                rows += more
                 await self._write(rows)
             except Exception:  # _write keeps its rows; this is a last guard for the loop
                 log.exception("ledger writer: unexpected error (the writer goes on)")
                 self._on_error()
                 await asyncio.sleep(RETRY_SECONDS)
             finally:
-                for _ in rows:
-                    self.queue.task_done()
+                if rows:
+                    self.queue.task_done(len(rows))
         if self.held or self.spool_path.exists():
             try:
                 await self._write([])  # last chance before exit; what fails stays spooled

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from proxy import __version__
 from proxy.record import CallRecord, LiveCall
 from proxy.sinks.labels import LabelCap, admits
-from proxy.sinks.tally import CounterTally, GaugeTally, HistogramTally, Tallies
+from proxy.sinks.tally import CounterTally, HistogramTally, LiveGauge, Tallies
 
 __all__ = ["Metrics"]
 
@@ -91,8 +91,11 @@ class Metrics:
         self.ttft = tallies.add(HistogramTally(
             "tokenbooth_time_to_first_token_seconds", "Time to the first body byte of a stream.",
             ("upstream", "operation", "model"), _TTFT_BUCKETS))
-        self.inflight = tallies.add(GaugeTally(
-            "tokenbooth_inflight_requests", "Calls in flight.", ("upstream",)))
+        self.inflight = tallies.add(LiveGauge(
+            "tokenbooth_inflight_requests", "Calls in flight.", "upstream"))
+        # the calls in flight (call id -> `upstream` label), counted at scrape
+        self._live = self.inflight.live
+        self._live_seen = self.inflight.seen
         r.register(tallies)
         self.ledger_rows = Counter("tokenbooth_ledger_rows", "Ledger rows by result.",
                                    ("result",), registry=r)
@@ -124,7 +127,6 @@ class Metrics:
         build = Gauge("tokenbooth_build_info", "Build information.", ("version", "prices"),
                       registry=r)
         build.labels(__version__, prices_version).set(1)
-        self._live: dict[str, str] = {}
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
@@ -139,7 +141,8 @@ class Metrics:
         if up not in self._kept_up:  # a kept value is its own label: no need to ask the cap
             up = self.cap("upstream", up)
         self._live[call.call_id] = up
-        self.inflight.add((up,), 1)
+        if up not in self._live_seen:
+            self.inflight.series(up)
 
     async def handle(self, record: CallRecord) -> None:
         self.observe(record)
@@ -167,18 +170,16 @@ class Metrics:
     def _kept_tag_values(self, rec: CallRecord) -> tuple[str, ...] | None:
         """The record's tag labels when every value is already kept, else None."""
         got = rec.tags
-        values = []
+        values: tuple[str, ...] = ()
         for t, kept in self._kept_tags:
             v = got.get(t) or "none"
             if v not in kept:
                 return None
-            values.append(v)
-        return tuple(values)
+            values += (v,)  # one or two tag labels: no list, no tuple() call
+        return values
 
     def observe(self, rec: CallRecord) -> None:
-        live_up = self._live.pop(rec.call_id, None)
-        if live_up is not None:
-            self.inflight.add((live_up,), -1)
+        self._live.pop(rec.call_id, None)  # no longer in flight
         # Fast path: a value the cap already keeps (or a model the price list knows) is its
         # own label for good (the cap's sets only grow), so when every value of the record is
         # one, the cap would answer each as it is: take them without asking it.
@@ -189,7 +190,7 @@ class Metrics:
             else self._kept_tag_values(rec)
         if not (tags is not None and up in self._own_up and op in self._kept_op
                 and agent in self._kept_agent
-                and (model in self._kept_model or (known is not None and model in known))):
+                and ((known is not None and model in known) or model in self._kept_model)):
             up, op, model, agent, tags = self._labels(rec)
         code = _STATUS.get(rec.status_code) or str(rec.status_code)
         self.requests.inc((up, op, model, agent, rec.outcome, code) + tags)
@@ -199,8 +200,9 @@ class Metrics:
             src = rec.input_source
             inc = self.input_tokens.inc
             # the cache classes in this order (a series' first call orders /metrics)
-            if n - read - write:
-                inc((up, model, agent, "none", src) + tags, n - read - write)
+            uncached = n - read - write
+            if uncached:
+                inc((up, model, agent, "none", src) + tags, uncached)
             if read:
                 inc((up, model, agent, "read", src) + tags, read)
             if write:
@@ -210,8 +212,9 @@ class Metrics:
             reasoning = rec.reasoning_tokens or 0
             src = rec.output_source
             inc = self.output_tokens.inc
-            if n - reasoning:
-                inc((up, model, agent, "response", src) + tags, n - reasoning)
+            response = n - reasoning
+            if response:
+                inc((up, model, agent, "response", src) + tags, response)
             if reasoning:
                 inc((up, model, agent, "reasoning", src) + tags, reasoning)
         cost = rec.cost_usd

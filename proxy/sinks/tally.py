@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["CounterTally", "GaugeTally", "HistogramTally", "Tallies"]
+__all__ = ["CounterTally", "GaugeTally", "HistogramTally", "LiveGauge", "Tallies"]
 
 Key = tuple[str, ...]
 T = TypeVar("T", bound="CounterTally | HistogramTally")
@@ -68,6 +68,36 @@ class GaugeTally(CounterTally):
     def add(self, key: Key, n: float) -> None:
         values = self.values
         values[key] = values.get(key, 0.0) + n
+
+
+class LiveGauge(GaugeTally):
+    """How many calls in flight carry each label value, counted when scraped: a call moves
+    it by one dict set when it starts and one pop when it ends (`live`: call id -> value),
+    not by two float updates on label tuples. A series appears when its first call starts
+    (`seen`; `values` keeps that order, its numbers unused) and stays, at 0, when none is
+    left."""
+
+    __slots__ = ("live", "seen")
+
+    def __init__(self, name: str, doc: str, label: str) -> None:
+        super().__init__(name, doc, (label,))
+        self.live: dict[str, str] = {}
+        self.seen: set[str] = set()
+
+    def series(self, value: str) -> None:
+        """`value`'s series, from its first call on (its callers test `seen` first)."""
+        if value not in self.seen:
+            self.seen.add(value)
+            self.values[(value,)] = 0.0
+
+    def family(self) -> Metric:
+        counts = dict.fromkeys(self.values, 0.0)
+        for value in self.live.values():
+            counts[(value,)] += 1
+        fam = self._family(self.name, self.doc, labels=self.labels)
+        for key, n in counts.items():
+            fam.add_metric(list(key), n)
+        return fam
 
 
 class HistogramTally:
