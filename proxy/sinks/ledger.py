@@ -41,7 +41,7 @@ _CALL_ID = COLUMNS.index("call_id")
 class Ledger:
     name = "ledger"
 
-    def __init__(self, target: str, *, queue_rows: int = 100_000, flush_seconds: float = 0.2,
+    def __init__(self, target: str, *, queue_rows: int = 100_000, flush_seconds: float = 1.0,
                  on_rows: Callable[[str, int], None] | None = None,
                  on_error: Callable[[], None] | None = None,
                  spool_path: str | None = None, retention_days: float | None = None) -> None:
@@ -55,6 +55,7 @@ class Ledger:
         self.held: list[tuple[Any, ...]] = []
         self._hold_limit = queue_rows
         self.flush_seconds = flush_seconds
+        self._closing = asyncio.Event()
         self.queue: Mailbox[tuple[Any, ...] | None] = Mailbox(queue_rows)
         self._on_rows = on_rows or (lambda result, n: None)
         self._on_error = on_error or (lambda: None)
@@ -154,8 +155,13 @@ class Ledger:
                     self.queue.task_done()
                     break
                 rows.append(first)
-                # Batch: let rows gather for one flush interval, then take all that came.
-                await asyncio.sleep(self.flush_seconds)
+                # Batch: let rows gather for one flush interval (cut short by aclose), then
+                # take all that came.
+                try:
+                    async with asyncio.timeout(self.flush_seconds):
+                        await self._closing.wait()
+                except TimeoutError:
+                    pass
                 more = self.queue.take(BATCH_ROWS - 1, None)
                 if more and more[-1] is None:  # the end marker (aclose): the last batch
                     stop = True
@@ -296,6 +302,7 @@ class Ledger:
             self._retention = None
         if self._task is not None:
             await self.queue.put(None)
+            self._closing.set()  # the last batch goes now, not after the flush interval
             await self._task
             self._task = None
         await self.backend.aclose()
