@@ -37,6 +37,10 @@ COLUMNS = (
 
 _second: list[object] = [None, ""]  # the last whole second formatted, and its text
 _MS = [f".{ms:03d}Z" for ms in range(1000)]  # each millisecond's tail, formatted once
+# json.dumps(x, sort_keys=True, ...) as encoders built once: json.dumps with any option
+# builds a new JSONEncoder for every call (the text is the same)
+_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode
+_TAGS_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 
 
 def iso_utc(ts: float) -> str:
@@ -183,13 +187,13 @@ class CallRecord:
             self.total_tokens, self.usage_source, self.estimator,
             None if self.cost_usd is None else float(self.cost_usd), self.price_source,
             self.agent, self.session, self.run,
-            json.dumps(self.tags, ensure_ascii=False, sort_keys=True) if self.tags else "{}",
+            _TAGS_JSON(self.tags) if self.tags else "{}",
             self.end_user,
             self.client, self.key_id, self.upstream_request_id, self.error, self.usage_raw,
             self.service_tier,
-            json.dumps(self.priced_units, sort_keys=True) if self.priced_units else None,
+            _SORTED_JSON(self.priced_units) if self.priced_units else None,
             self.batch_id,
-            json.dumps(dict(self.quota.headers), sort_keys=True) if self.quota else None,
+            _SORTED_JSON(dict(self.quota.headers)) if self.quota else None,
             None if self.list_cost_usd is None else float(self.list_cost_usd),
             self.consumer_key,
         )
