@@ -56,11 +56,8 @@ class Mailbox(Generic[T]):
         if not self._items:
             raise asyncio.QueueEmpty
         item = self._items.popleft()
-        space = self._space
-        if space is not None:
-            self._space = None
-            if not space.done():
-                space.set_result(None)
+        if self._space is not None:  # a put() waits for room (the queue was full)
+            self._room()
         return item
 
     def take(self, limit: int, end: T) -> list[T]:
@@ -77,12 +74,15 @@ class Mailbox(Generic[T]):
             cut = out.index(end) + 1
             items.extendleft(reversed(out[cut:]))
             del out[cut:]
-        space = self._space
-        if out and space is not None:
-            self._space = None
-            if not space.done():
-                space.set_result(None)
+        if out and self._space is not None:
+            self._room()
         return out
+
+    def _room(self) -> None:
+        """Wake the put() waiting for room."""
+        space, self._space = self._space, None
+        if space is not None and not space.done():
+            space.set_result(None)
 
     async def get(self) -> T:
         """The next item, waiting for one (one consumer: a second concurrent get() is a bug
@@ -97,11 +97,8 @@ class Mailbox(Generic[T]):
                     self._getter = None
         # get_nowait() inlined (one call fewer per item)
         item = items.popleft()
-        space = self._space
-        if space is not None:
-            self._space = None
-            if not space.done():
-                space.set_result(None)
+        if self._space is not None:
+            self._room()
         return item
 
     def task_done(self, n: int = 1) -> None:
