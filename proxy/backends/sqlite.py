@@ -147,6 +147,7 @@ class SqliteBackend(SqliteNotices, SqliteKeys):
         return seen
 
     async def aclose(self) -> None:
+        self._close_keys()
         if self._conn is not None:
             await self._conn.close()
             self._conn = None

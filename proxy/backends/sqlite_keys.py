@@ -19,8 +19,6 @@ from proxy.backends.schema import COST_SCALE, KEY_COLUMNS
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    import aiosqlite
-
 __all__ = ["SqliteKeys"]
 
 T = TypeVar("T")
@@ -31,13 +29,13 @@ class SqliteKeys:
 
     path: str
     kind: str
+    _keys_conn: sqlite3.Connection | None = None  # the keys poll's (`keys_version`)
 
     if TYPE_CHECKING:  # the backend's own (`SqliteBackend`)
         def _short(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
         async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
-        async def _connect(self) -> aiosqlite.Connection: ...
 
     # Consumer keys: written in short transactions of their own (the CLI writes from another
     # process); serving processes poll `keys_version()`.
@@ -64,13 +62,32 @@ class SqliteKeys:
         return await self._read(run)
 
     async def keys_version(self) -> int:
-        """Read on the ledger's own open connection, in one trip to its thread: the poll
-        asks after every ledger write (the write moves the signature), and a fresh read
-        connection (`_read`) costs ~450 µs CPU to open, mostly reading the schema."""
-        conn = await self._connect()
-        raw = conn._conn  # aiosqlite's sqlite3 connection, used on its thread only
-        return int(await conn._execute(  # type: ignore[no-untyped-call]
-            lambda: raw.execute("SELECT version FROM tb_keys_version").fetchone()[0]))
+        """Read on a read-only connection kept open for the poll: the poll asks after every
+        ledger write (the write moves the signature), and opening a read connection costs
+        ~450 µs CPU, mostly reading the schema. A read connection of its own, not the
+        writer's: in WAL mode it never waits for a write (ours, or another process's
+        holding the lock)."""
+        return await asyncio.to_thread(self._keys_version)
+
+    def _keys_version(self) -> int:
+        """In a worker thread; one poll at a time (the keys registry's loop awaits each)."""
+        conn = self._keys_conn
+        if conn is None:
+            if not os.path.exists(self.path):
+                raise query.QueryError("--db", f"no ledger at {self.path}")
+            conn = self._keys_conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
+        try:
+            return int(conn.execute("SELECT version FROM tb_keys_version").fetchone()[0])
+        except BaseException:
+            self._keys_conn = None  # the next poll starts on a fresh connection
+            conn.close()
+            raise
+
+    def _close_keys(self) -> None:
+        conn, self._keys_conn = self._keys_conn, None
+        if conn is not None:
+            conn.close()
 
     def keys_signature(self) -> tuple[int, ...]:
         """The database file's and its write-ahead log's identity, size and change time: a

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -188,4 +189,31 @@ async def test_on_sqlite_a_key_written_by_another_connection_moves_the_signature
     finally:
         await registry.aclose()
         await cli.aclose()
+        await serving.aclose()
+
+
+async def test_the_keys_poll_never_waits_for_the_ledger_writer(tmp_path: Path) -> None:
+    """The poll reads the version on a read-only connection of its own: while the ledger's
+    writer is busy (a long batch, a write waiting for a lock another process holds) and
+    while another process holds the write lock, it answers at once (WAL: reads never wait
+    for a write), and it sees a change another connection commits."""
+    path = str(tmp_path / "ledger.db")
+    serving = open_backend(path)
+    await serving.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    gate = threading.Event()
+    writer = await serving._connect()  # type: ignore[attr-defined]  # the ledger's writer
+    busy = asyncio.ensure_future(writer._execute(gate.wait, 10))  # its thread, held busy
+    try:
+        v0 = await asyncio.wait_for(serving.keys_version(), 5)
+        other.execute("BEGIN IMMEDIATE")  # another process takes the write lock
+        other.execute("UPDATE tb_keys_version SET version = version + 1")
+        assert await asyncio.wait_for(serving.keys_version(), 5) == v0  # not committed
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(serving.keys_version(), 5) == v0 + 1
+        assert not busy.done()  # all of it while the writer's thread was busy
+    finally:
+        gate.set()
+        await busy
+        other.close()
         await serving.aclose()
