@@ -59,6 +59,11 @@ class LedgerBackend(Protocol):
     def fleet(self) -> FleetBackend | None:
         """This ledger as shared by a fleet of proxies, or None for a local one."""
 
+    @property
+    def flush_seconds(self) -> float:
+        """How long the ledger's writer gathers rows into one commit, unless
+        `ledger.flush_seconds` says (the backend's trade-off between commits and delay)."""
+
     async def open(self) -> None:
         """Connect and bring the schema up to date."""
 

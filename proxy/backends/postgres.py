@@ -63,6 +63,9 @@ class PostgresBackend(PgAdmission, PgKeys, PgNotices):
     """A `LedgerBackend` on a server, shared by a fleet: also its `FleetBackend`."""
 
     kind = "postgresql"
+    # A batch's commit also releases its calls' fleet reservations and charges their spend:
+    # kept short, so other replicas' budgets see it soon.
+    flush_seconds = 0.2
     unavailable: tuple[type[BaseException], ...] = (
         asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
     path: str | None = None  # no local file

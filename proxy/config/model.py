@@ -236,7 +236,9 @@ class ServerConfig:
 class LedgerConfig:
     path: str = "./tokenbooth.db"  # the SQLite file; local files (secret, spools) beside it
     queue_rows: int = 100_000
-    flush_seconds: float = 1.0  # see README: one commit a second at most, at low rates
+    # None: the backend's (SQLite 1.0: fewer commits, each rewriting the index pages its
+    # batch touched; PostgreSQL 0.2: a fleet's reservations and spend settle with them)
+    flush_seconds: float | None = None
     spool_path: str | None = None  # default: beside the database (`<path>.spool`)
     url: str | None = None  # postgresql://... for a fleet; sqlite:///path sets `path`
     retention_days: float | None = None  # raw rows older than this go (roll-up stays)

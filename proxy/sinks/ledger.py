@@ -41,7 +41,8 @@ _CALL_ID = COLUMNS.index("call_id")
 class Ledger:
     name = "ledger"
 
-    def __init__(self, target: str, *, queue_rows: int = 100_000, flush_seconds: float = 1.0,
+    def __init__(self, target: str, *, queue_rows: int = 100_000,
+                 flush_seconds: float | None = None,
                  on_rows: Callable[[str, int], None] | None = None,
                  on_error: Callable[[], None] | None = None,
                  spool_path: str | None = None, retention_days: float | None = None) -> None:
@@ -54,7 +55,9 @@ class Ledger:
         # retried, and dropped (counted) only past `queue_rows`.
         self.held: list[tuple[Any, ...]] = []
         self._hold_limit = queue_rows
-        self.flush_seconds = flush_seconds
+        # None: the backend's own (SQLite 1 s, PostgreSQL 0.2 s: see LedgerBackend)
+        self.flush_seconds = self.backend.flush_seconds if flush_seconds is None \
+            else flush_seconds
         self._closing = asyncio.Event()
         self.queue: Mailbox[tuple[Any, ...] | None] = Mailbox(queue_rows)
         self._on_rows = on_rows or (lambda result, n: None)
@@ -79,6 +82,7 @@ class Ledger:
             raise LedgerUnavailable(f"{self.backend!r}: {exc}") from None
         if self.spool_path.exists():  # left by a previous run: waits for its replay
             self.spooled_rows = await asyncio.to_thread(self._spool_lines)
+        self._closing = asyncio.Event()  # set by aclose(): the last batch goes at once
         self._task = spawn(self._writer(), name="tokenbooth-ledger")
         if self.retention_days:
             self._retention = spawn(self._retain(), name="tokenbooth-retention")

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import aiohttp
 import asyncpg
 
 from proxy import state
+from proxy.config import parse
 from proxy.sinks.ledger import Ledger
 from tests.conftest import FakeUpstream, Proxy, Reply, StartProxy, served, wait_until
 from tests.factories import make_record
@@ -260,3 +262,25 @@ async def test_a_row_spooled_before_list_costs_replays_with_its_cost_as_list_cos
         conn.close()
     assert got == {"priced": 0.25, "unpriced": None}
     assert units == (2_500_000_000,)
+
+
+async def test_the_flush_interval_is_the_backends_unless_configured(tmp_path: Path) -> None:
+    """SQLite gathers a second of rows into one commit (each commit rewrites the index
+    pages its batch touched); PostgreSQL commits every 0.2 s (the commit releases a fleet's
+    reservations and charges its spend); `ledger.flush_seconds` overrides both."""
+    assert Ledger(str(tmp_path / "a.db")).flush_seconds == 1.0
+    assert Ledger(str(tmp_path / "b.db"), flush_seconds=0.3).flush_seconds == 0.3
+    # nothing connects before the first use: the URL is only read
+    assert Ledger("postgresql://tb@127.0.0.1:9/none").flush_seconds == 0.2
+    assert parse({}, env={}).ledger.flush_seconds is None  # the backend's, by default
+
+
+async def test_shutdown_writes_the_last_batch_without_waiting_out_the_interval(
+        tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path / "s.db"), flush_seconds=60)
+    await ledger.open()
+    await ledger.handle(make_record(call_id="last"))
+    started = time.monotonic()
+    await ledger.aclose()
+    assert time.monotonic() - started < 10  # not the 60 s interval
+    assert count_rows(str(tmp_path / "s.db")) == (1, 1)
