@@ -232,11 +232,9 @@ class PriceBook:
               upstream: str | None = None) -> Price:
         """`provider_id` is the genai-prices provider (None: whichever knows the model).
         `upstream`: the route's name, which `pricing.adjustments` match."""
-        # The usual call (this runs twice a call): tokens only, at the standard price, of a
-        # model with plain rates and both an input and an output price, already priced once
-        # by _list, which left its rates here with the expiry of the ModelPrice they came
-        # from. Anything else, or a class the rates cannot price, goes the whole way (the
-        # same answer either way).
+        # The usual call (twice a call): tokens only, standard price, a model with plain
+        # rates and both an input and an output price, whose rates _list kept here with the
+        # expiry of their ModelPrice. Anything else goes the whole way (same answer).
         hit = self._plain.get((model, provider_id))
         if hit is not None and provider_cost is None and not free and not usage.units \
                 and not usage.batch and usage.speed is None \
