@@ -48,14 +48,10 @@ class Recorder:
         # Each hook only for the sinks that implement it.
         self._started = [(s.name, s.started) for s in sinks if hasattr(s, "started")]
         self._progress = [(s.name, s.progress) for s in sinks if hasattr(s, "progress")]
-        # (name, observe, handle): `observe` when the sink has it (no coroutine per record),
-        # else None and `handle` is awaited
-        self._handlers = [(s.name, getattr(s, "observe", None), s.handle) for s in sinks
-                          if hasattr(s, "handle")]
-        # when every one observes (the built-in sinks do): that loop, with no await test
-        self._observers = [(name, observe) for name, observe, _ in self._handlers
-                           if observe is not None]
-        self._all_observe = len(self._observers) == len(self._handlers)
+        # Each finished record: to `observe` when the sink has it (no coroutine per record),
+        # else to `handle`, awaited
+        self._handlers = [(s.name, getattr(s, "observe", None), getattr(s, "handle", None))
+                          for s in sinks if hasattr(s, "observe") or hasattr(s, "handle")]
         # a call whose record will never be built (the queue was full): what admission
         # holds for it is released (`Budgets.lost`), else it would be held for good
         self._lost = [(s.name, s.lost) for s in sinks if hasattr(s, "lost")]
@@ -246,25 +242,15 @@ class Recorder:
             self._settled(facts.call_id)
             for record in records:
                 self.recorded += 1
-                if self._all_observe:
-                    for name, observe in self._observers:
-                        try:
-                            observe(record)
-                        except Exception:
-                            self._handler_failed(name, record)
-                    continue
-                for name, maybe, handle in self._handlers:
+                for name, observe, handle in self._handlers:
                     try:
-                        if maybe is not None:
-                            maybe(record)
-                        else:
+                        if observe is not None:
+                            observe(record)
+                        elif handle is not None:
                             await handle(record)
                     except Exception:
-                        self._handler_failed(name, record)
-
-    def _handler_failed(self, name: str, record: CallRecord) -> None:
-        log.exception("sink %s failed on call %s", name, record.call_id)
-        self._sink_failed(name)
+                        log.exception("sink %s failed on call %s", name, record.call_id)
+                        self._sink_failed(name)
 
     def _sink_failed(self, name: str) -> None:
         if self._on_sink_error is not None:

@@ -46,7 +46,7 @@ async def stale_ledger(tmp_path: Path) -> str:
                     batch_id="file-1", operation="batch", cost_usd=None, price_source=None),
         make_record(call_id="own", cost_usd=Decimal("0.5"), price_source="provider"),
     ):
-        await ledger.handle(rec)
+        ledger.observe(rec)
     await ledger.flush()
     await ledger.aclose()
     return path

@@ -1,9 +1,10 @@
 """The Sink interface (mitmproxy-addon style): react to records; failures are contained.
 
 Every hook but `name` is optional: a sink implements only the hooks it needs, and the
-recorder calls only those (`started` and `progress` for calls in flight, `handle` for each
-finished record, `aclose` at shutdown). A sink whose handling of a record never waits also
-has `observe`, the same without a coroutine: the recorder calls it instead of `handle`."""
+recorder calls only those (`started` and `progress` for calls in flight, `observe` or
+`handle` for each finished record, `aclose` at shutdown). A sink whose handling of a record
+never waits implements `observe` (called without a coroutine); one that must wait, `handle`
+(awaited)."""
 
 from __future__ import annotations
 

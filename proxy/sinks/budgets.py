@@ -39,9 +39,6 @@ class Budgets:
             notifier.source = self.due
         registry.register(self)
 
-    async def handle(self, record: CallRecord) -> None:
-        self.observe(record)
-
     def observe(self, record: CallRecord) -> None:
         touched = self._check.settle(record)
         if self._rates is not None:

@@ -117,9 +117,6 @@ class Broadcaster:
         if (self._subs or self.remote_watchers or self.remote_until) and self.active:
             self.publish("call_progress", call.to_json())
 
-    async def handle(self, record: CallRecord) -> None:
-        self.observe(record)
-
     def observe(self, record: CallRecord) -> None:
         if (self._subs or self.remote_watchers or self.remote_until) and self.active:
             self.publish("call_finished", record.to_json())

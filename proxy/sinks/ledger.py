@@ -1,7 +1,7 @@
 """The ledger sink: one writer task, a bounded queue, batched transactions, and a spool,
 over either backend (`proxy/backends/`: SQLite by default, PostgreSQL for a fleet).
 
-`handle()` only enqueues (never blocks, never fails the call). The writer flushes at least
+`observe()` only enqueues (never blocks, never fails the call). The writer flushes at least
 every `flush_seconds`. When the backend refuses (locked, read-only, full, unreachable), the
 batch is appended to the spool (JSON lines) and replayed once writing works again: `call_id`
 is UNIQUE and a duplicate is ignored, so a replay is exactly once even if it is interrupted.
@@ -110,9 +110,6 @@ class Ledger:
                 log.warning("retention: could not delete old rows (%s: %s)",
                             type(exc).__name__, exc)
             await asyncio.sleep(RETENTION_SECONDS)
-
-    async def handle(self, record: CallRecord) -> None:
-        self.observe(record)
 
     def observe(self, record: CallRecord) -> None:
         try:

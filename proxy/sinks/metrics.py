@@ -144,9 +144,6 @@ class Metrics:
         if up not in self._live_seen:
             self.inflight.series(up)
 
-    async def handle(self, record: CallRecord) -> None:
-        self.observe(record)
-
     def _labels(self, rec: CallRecord) -> tuple[str, str, str, str, tuple[str, ...]]:
         """The record's upstream, operation, model, agent and tag labels, as the cap gives
         them: only a call the upstream took may bring a new model, agent or tag value."""

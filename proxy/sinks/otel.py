@@ -184,9 +184,6 @@ class OtelSink:
 
     # -- records -----------------------------------------------------------------------
 
-    async def handle(self, record: CallRecord) -> None:
-        self.observe(record)
-
     def observe(self, rec: CallRecord) -> None:
         attrs = self._attributes(rec)
         if self._inst:

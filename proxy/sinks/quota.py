@@ -34,9 +34,6 @@ class QuotaBoard:
         self._max = max_accounts
         self.dropped = 0
 
-    async def handle(self, record: CallRecord) -> None:
-        self.observe(record)
-
     def observe(self, record: CallRecord) -> None:
         quota = record.quota
         if quota is None or not quota.windows:

@@ -55,7 +55,7 @@ async def test_a_keys_calls_and_last_use_come_from_its_rows(target: str) -> None
                 (ROW["id"], "2026-12-03T08:00:00.000Z", Decimal("0.000125")),
                 (ROW["id"], "2026-12-03T09:30:00.000Z", None),  # unpriced: a call, no cost
                 (None, "2026-12-03T10:00:00.000Z", Decimal("1"))]):  # another client's
-            await ledger.handle(make_record(call_id=f"c{i}", started_at=at, ended_at=at,
+            ledger.observe(make_record(call_id=f"c{i}", started_at=at, ended_at=at,
                                             cost_usd=cost, consumer_key=key))
         await ledger.flush()
         backend = ledger.backend
@@ -154,7 +154,7 @@ async def test_a_budget_matching_a_key_counts_its_rows(target: str) -> None:
         for i, (key, cost) in enumerate([(ROW["id"], Decimal("0.25")),
                                          (ROW["id"], Decimal("0.125")),
                                          ("key_other", Decimal("4")), (None, Decimal("8"))]):
-            await ledger.handle(make_record(call_id=f"b{i}", started_at="2026-12-03T10:00:00.000Z",
+            ledger.observe(make_record(call_id=f"b{i}", started_at="2026-12-03T10:00:00.000Z",
                                             ended_at="2026-12-03T10:00:01.000Z", cost_usd=cost,
                                             consumer_key=key))
         await ledger.flush()

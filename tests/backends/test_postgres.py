@@ -77,7 +77,7 @@ async def test_old_schema_is_migrated_in_place(pg_url: str) -> None:
     ledger = Ledger(pg_url, flush_seconds=0.01)
     await ledger.open()
     try:
-        await ledger.handle(make_record(call_id="new", agent="old", service_tier="flex",
+        ledger.observe(make_record(call_id="new", agent="old", service_tier="flex",
                                         cost_usd=Decimal("0.5")))
         await ledger.flush()
         result = await ledger.backend.usage(["agent"], None, None, {})
@@ -102,7 +102,7 @@ async def test_commands_work_on_postgres(pg_url: str, tmp_path: Path,
     await ledger.open()
     try:
         for i in range(6):
-            await ledger.handle(make_record(
+            ledger.observe(make_record(
                 call_id=f"p{i}", started_at=f"2026-11-2{i}T10:00:00.000Z", agent="ana",
                 session="s1", model="gpt-4o", request_model="gpt-4o",
                 response_model="gpt-4o-2024-08-06", input_tokens=1_000_000,
@@ -145,7 +145,7 @@ async def test_quota_headers_are_kept_and_reported_on_postgres(
             headers = {"anthropic-ratelimit-unified-5h-utilization": u,
                        "anthropic-ratelimit-unified-5h-reset": "1785182400"}
             quota = PROVIDERS["anthropic"].quota(headers, 1785170000.0 + i)
-            await ledger.handle(make_record(
+            ledger.observe(make_record(
                 call_id=f"q{i}", started_at=f"2026-11-20T10:0{i}:00.000Z", upstream="anthropic",
                 dialect="anthropic", key_id="k_acct", session=session, quota=quota))
         await ledger.flush()
@@ -168,7 +168,7 @@ async def test_copy_ledger_from_sqlite_once_even_when_run_twice(
     await ledger.open()
     try:
         for i in range(25):
-            await ledger.handle(make_record(call_id=f"s{i}", agent=f"a{i % 2}",
+            ledger.observe(make_record(call_id=f"s{i}", agent=f"a{i % 2}",
                                             cost_usd=Decimal("0.004")))
         await ledger.flush()
     finally:

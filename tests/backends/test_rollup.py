@@ -123,7 +123,7 @@ async def written(target: str, records: list[Any]) -> AsyncIterator[Ledger]:
     await ledger.open()
     try:
         for r in records:
-            await ledger.handle(r)
+            ledger.observe(r)
         await ledger.flush()
         yield ledger
     finally:
@@ -143,9 +143,9 @@ async def test_rollup_equals_raw_rows_on_random_data(target: str) -> None:
     await ledger.open()
     try:
         for r in records:
-            await ledger.handle(r)
+            ledger.observe(r)
         for r in rng.sample(records, 200):  # replays and duplicates count once
-            await ledger.handle(r)
+            ledger.observe(r)
         await ledger.flush()
         backend = ledger.backend
         keys = ["agent", "model", "upstream", "operation", "end_user", "client", "outcome",

@@ -72,7 +72,7 @@ async def test_a_ledger_from_before_the_rollups_gets_them_built_from_its_rows(
     ledger = Ledger(path, flush_seconds=0.01)
     await ledger.open()
     try:
-        await ledger.handle(make_record(call_id="n", agent="old", cost_usd=Decimal("0.25"),
+        ledger.observe(make_record(call_id="n", agent="old", cost_usd=Decimal("0.25"),
                                         started_at="2026-11-03T09:30:00.000Z"))
         await ledger.flush()
         result = await ledger.backend.usage(["agent", "day"], None, None, {})

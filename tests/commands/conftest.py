@@ -21,7 +21,7 @@ async def ledger_db(tmp_path: Path) -> str:
     for i in range(30):
         ts = (now - timedelta(hours=3 * i, minutes=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
         unpriced = i % 7 == 0
-        await ledger.handle(make_record(
+        ledger.observe(make_record(
             call_id=f"r{i}", started_at=ts, ended_at=ts, agent=["ana", "bob"][i % 2],
             session=f"s{i % 3}", model=["gpt-4o", "claude-x"][i % 2], input_tokens=100 * i,
             output_tokens=10 * i, total_tokens=110 * i, cache_read_tokens=i,

@@ -40,7 +40,7 @@ async def ledger_of_now(path: str, *records: dict[str, Any]) -> None:
     await ledger.open()
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     for fields in records:
-        await ledger.handle(make_record(**{"started_at": now, "ended_at": now, **fields}))
+        ledger.observe(make_record(**{"started_at": now, "ended_at": now, **fields}))
     await ledger.flush()
     await ledger.aclose()
 

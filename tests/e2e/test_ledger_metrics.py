@@ -191,7 +191,7 @@ async def test_ten_thousand_values_stay_capped(estimator: Any) -> None:
 
     metrics = Metrics(CollectorRegistry(), max_label_values=100)
     for i in range(10_000):
-        await metrics.handle(make_record(call_id=f"c{i}", agent=f"a{i}", model=f"m{i}",
+        metrics.observe(make_record(call_id=f"c{i}", agent=f"a{i}", model=f"m{i}",
                                          upstream="openai"))
     series = {tuple(sorted(s.labels.items()))
               for fam in metrics.registry.collect() if fam.name == "tokenbooth_requests"

@@ -58,7 +58,7 @@ async def test_a_record_releases_its_reservation_and_counts_its_cost(
         # say) costs $0.0002; a call nobody priced counts nothing
         for record in (today("c1", "0.0004", agent="bot"), today("c2", "0.0002", agent="bot"),
                        today("c3", None, agent="bot")):
-            await sink.handle(record)
+            sink.observe(record)
             await b.write([record])
         snap = by_name(sink)
         assert (snap["cap"]["spend_usd"], snap["cap"]["reserved_usd"]) == (0.0006, 0.0)
@@ -89,7 +89,7 @@ async def test_a_record_counts_by_the_model_answered_or_the_model_asked(
                    today("answered", "0.02", model="gpt-4o", request_model=None),
                    today("neither", "0.5", model="gpt-4o-mini", request_model="gpt-4o-mini")]
         for record in records:
-            await sink.handle(record)
+            sink.observe(record)
         await b.write(records)
         assert by_name(sink)["4o"]["spend_usd"] == 0.03  # 0.01 + 0.02
 
@@ -100,7 +100,7 @@ async def test_the_warning_state_starts_at_eighty_percent(tmp_path: Path) -> Non
         sink = Budgets(b.check, CollectorRegistry())
         states = []
         for i, cost in enumerate(("0.0079", "0.0001", "0.002")):  # 0.0079, 0.008, 0.01
-            await sink.handle(today(f"c{i}", cost))
+            sink.observe(today(f"c{i}", cost))
             states.append(by_name(sink)["b"]["state"])
         assert states == ["ok", "warning", "exceeded"]
 
@@ -126,7 +126,7 @@ async def test_a_layered_budget_is_a_row_and_a_gauge_series_per_window(
         registry = CollectorRegistry()
         sink = Budgets(b.check, registry)
         record = today("c1", "0.0015", agent="bot")
-        await sink.handle(record)
+        sink.observe(record)
         await b.write([record])
         now = datetime.now(UTC)
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)

@@ -32,7 +32,7 @@ async def test_nobody_watching_nothing_published() -> None:
     feed.relay = lambda kind, data: relayed.append((kind, data))
     assert not feed.active
     feed.started(live("c1"))
-    await feed.handle(make_record(call_id="c1"))
+    feed.observe(make_record(call_id="c1"))
     assert relayed == [] and feed.local_watchers == 0
 
 
@@ -51,7 +51,7 @@ async def test_a_subscriber_sees_started_progress_finished_in_order() -> None:
     feed.started(call)
     call.output_tokens = 5
     feed.progress(call)
-    await feed.handle(make_record(call_id="c1", output_tokens=10))
+    feed.observe(make_record(call_id="c1", output_tokens=10))
     got = drain(sub)
     assert [k for k, _ in got] == ["call_started", "call_progress", "call_finished"]
     assert got[1][1]["output_tokens"] == 5 and got[2][1]["output_tokens"] == 10

@@ -77,7 +77,7 @@ async def test_replay_twice_never_duplicates(tmp_path: Path) -> None:
         rows = [make_record(call_id=f"c{i}").to_row() for i in range(3)]
         ledger._spool(rows)
         ledger._spool(rows[:2])  # a crash between commit and unlink replays these again
-        await ledger.handle(make_record(call_id="c9"))
+        ledger.observe(make_record(call_id="c9"))
         await ledger.flush()
     finally:
         await ledger.aclose()
@@ -89,7 +89,7 @@ async def test_many_rows_in_batches_all_written_and_counted(tmp_path: Path) -> N
     await ledger.open()
     try:
         for i in range(5000):
-            await ledger.handle(make_record(call_id=f"t{i}"))
+            ledger.observe(make_record(call_id=f"t{i}"))
         await ledger.flush()
     finally:
         await ledger.aclose()
@@ -279,7 +279,7 @@ async def test_shutdown_writes_the_last_batch_without_waiting_out_the_interval(
         tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path / "s.db"), flush_seconds=60)
     await ledger.open()
-    await ledger.handle(make_record(call_id="last"))
+    ledger.observe(make_record(call_id="last"))
     started = time.monotonic()
     await ledger.aclose()
     assert time.monotonic() - started < 10  # not the 60 s interval

@@ -30,13 +30,13 @@ async def test_junk_from_refused_and_failed_calls_cannot_fill_the_cap() -> None:
     metrics = Metrics(CollectorRegistry(), max_label_values=100,
                       upstreams=("openai", "anthropic"))
     for i in range(150):  # unauthenticated callers: refused before forwarding
-        await metrics.handle(make_record(call_id=f"r{i}", upstream=f"nosuch{i}", model=f"junk{i}",
+        metrics.observe(make_record(call_id=f"r{i}", upstream=f"nosuch{i}", model=f"junk{i}",
                                          agent=f"bot{i}", outcome="rejected", status_code=401))
     for i in range(150):  # the provider does not know the model
-        await metrics.handle(make_record(call_id=f"e{i}", model=f"fake-{i}", agent=f"x{i}",
+        metrics.observe(make_record(call_id=f"e{i}", model=f"fake-{i}", agent=f"x{i}",
                                          outcome="upstream_error", status_code=404,
                                          input_tokens=None, output_tokens=None))
-    await metrics.handle(make_record(call_id="real", upstream="openai", model="gpt-4o",
+    metrics.observe(make_record(call_id="real", upstream="openai", model="gpt-4o",
                                      agent="researcher"))
     real = [s for s in series(metrics) if s["agent"] == "researcher"]
     assert real == [{**real[0], "upstream": "openai", "model": "gpt-4o", "agent": "researcher"}]
@@ -49,7 +49,7 @@ async def test_each_family_keeps_a_bounded_number_of_series() -> None:
     metrics = Metrics(CollectorRegistry(), max_label_values=100, max_series=500)
     for a in range(100):
         for m in range(100):
-            await metrics.handle(make_record(call_id=f"c{a}-{m}", agent=f"a{a}",
+            metrics.observe(make_record(call_id=f"c{a}-{m}", agent=f"a{a}",
                                              model=f"m{m}"))
     got = series(metrics)
     assert len(got) <= 500
@@ -125,14 +125,14 @@ async def test_an_ok_call_without_a_cost_is_unpriced_whatever_its_usage() -> Non
     none = dict.fromkeys(("input_tokens", "cache_read_tokens", "cache_write_tokens",
                           "output_tokens", "reasoning_tokens", "total_tokens"))
     for i in range(3):  # speech the proxy cannot read: no usage, no cost, succeeded
-        await metrics.handle(make_record(call_id=f"s{i}", model="tts-1", operation="audio",
+        metrics.observe(make_record(call_id=f"s{i}", model="tts-1", operation="audio",
                                          usage_source="none", cost_usd=None, **none))
-    await metrics.handle(make_record(call_id="e", model="tts-1", operation="audio",
+    metrics.observe(make_record(call_id="e", model="tts-1", operation="audio",
                                      outcome="upstream_error", status_code=500,
                                      usage_source="none", cost_usd=None, **none))
-    await metrics.handle(make_record(call_id="cut", model="mystery-7b", cost_usd=None,
+    metrics.observe(make_record(call_id="cut", model="mystery-7b", cost_usd=None,
                                      outcome="client_aborted", usage_source="partial"))
-    await metrics.handle(make_record(call_id="p"))  # priced
+    metrics.observe(make_record(call_id="p"))  # priced
     assert unpriced(metrics) == {"tts-1": 3, "mystery-7b": 1}
 
 
@@ -141,9 +141,9 @@ async def test_a_model_the_price_list_knows_keeps_its_label_after_junk_fills_the
     metrics = Metrics(CollectorRegistry(), max_label_values=100,
                       known_models=prices.known_models)
     for i in range(150):  # an upstream that accepts any model name (llama.cpp): ok calls
-        await metrics.handle(make_record(call_id=f"j{i}", model=f"junk-{i}", cost_usd=None))
-    await metrics.handle(make_record(call_id="real", model="gpt-4o"))
-    await metrics.handle(make_record(call_id="house", model="house-llama"))
+        metrics.observe(make_record(call_id=f"j{i}", model=f"junk-{i}", cost_usd=None))
+    metrics.observe(make_record(call_id="real", model="gpt-4o"))
+    metrics.observe(make_record(call_id="house", model="house-llama"))
     models = {s["model"] for s in series(metrics)}
     assert {"gpt-4o", "house-llama", "other"} <= models
     assert len(models - {"gpt-4o", "house-llama", "other"}) == 100  # junk shares the cap
@@ -167,7 +167,7 @@ async def test_kept_values_skip_the_cap_and_give_the_labels_it_would() -> None:
             ("openai", "red", 200, "ok"), ("openai", "green", 200, "ok"),
             ("openai", "yellow", 200, "ok"),  # the cap is full: other
             ("openai", "red", 200, "ok"), ("nosuch", "blue", 200, "ok")]):
-        await metrics.handle(make_record(call_id=f"l{i}", upstream=up, agent="a",
+        metrics.observe(make_record(call_id=f"l{i}", upstream=up, agent="a",
                                          tags={"team": team}, status_code=status,
                                          outcome=outcome))
     got = {(s.labels["upstream"], s.labels["team"], s.labels["code"]): s.value for fam
@@ -185,6 +185,6 @@ async def test_kept_values_skip_the_cap_and_give_the_labels_it_would() -> None:
 async def test_an_unusual_status_code_is_its_own_code_label() -> None:
     metrics = Metrics(CollectorRegistry())
     for i, status in enumerate((200, 599, 999, None)):
-        await metrics.handle(make_record(call_id=f"s{i}", status_code=status,
+        metrics.observe(make_record(call_id=f"s{i}", status_code=status,
                                          outcome="ok" if status else "client_aborted"))
     assert sorted(s["code"] for s in series(metrics)) == ["200", "599", "999", "none"]

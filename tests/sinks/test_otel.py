@@ -33,7 +33,7 @@ async def run(records: list[Any], registry: CollectorRegistry | None = None,
                         registry or CollectorRegistry(), upstreams=UPSTREAMS, **sink_args)
         sink.start()
         for rec in records:
-            await sink.handle(rec)
+            sink.observe(rec)
         await sink.aclose()
     return got, sink
 

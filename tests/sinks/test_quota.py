@@ -25,14 +25,14 @@ def gauge(board: QuotaBoard) -> dict[tuple[str, str, str], float]:
 
 async def test_the_latest_reading_wins_whatever_order_the_calls_end_in() -> None:
     board = QuotaBoard(CollectorRegistry())
-    await board.handle(make_record(call_id="a", upstream="anthropic", key_id="k_1",
+    board.observe(make_record(call_id="a", upstream="anthropic", key_id="k_1",
                                    quota=reading(100.0, **{"5h": 0.2, "7d": 0.5})))
     # a stream that started earlier (its head came at t=90) ends after `a`
-    await board.handle(make_record(call_id="old", upstream="anthropic", key_id="k_1",
+    board.observe(make_record(call_id="old", upstream="anthropic", key_id="k_1",
                                    quota=reading(90.0, **{"5h": 0.1, "7d": 0.4})))
     assert gauge(board) == {("anthropic", "k_1", "5h"): 0.2, ("anthropic", "k_1", "7d"): 0.5}
     # a newer reading without the 7d window: it leaves the gauge
-    await board.handle(make_record(call_id="b", upstream="anthropic", key_id="k_1",
+    board.observe(make_record(call_id="b", upstream="anthropic", key_id="k_1",
                                    quota=reading(110.0, **{"5h": 0.25, "7d": None})))
     assert gauge(board) == {("anthropic", "k_1", "5h"): 0.25}
     (acct,) = board.snapshot()
@@ -43,18 +43,18 @@ async def test_the_latest_reading_wins_whatever_order_the_calls_end_in() -> None
 
 async def test_records_without_windows_change_nothing_and_accounts_are_capped() -> None:
     board = QuotaBoard(CollectorRegistry(), max_accounts=2)
-    await board.handle(make_record(call_id="n", quota=None))
-    await board.handle(make_record(call_id="e", quota=Quota({"x-ratelimit-x": "1"}, (), 5.0)))
+    board.observe(make_record(call_id="n", quota=None))
+    board.observe(make_record(call_id="e", quota=Quota({"x-ratelimit-x": "1"}, (), 5.0)))
     assert board.snapshot() == [] and gauge(board) == {}
     for i in range(4):
-        await board.handle(make_record(call_id=f"k{i}", upstream="openai", key_id=f"k_{i}",
+        board.observe(make_record(call_id=f"k{i}", upstream="openai", key_id=f"k_{i}",
                                        quota=reading(float(i), requests=0.1 * i)))
-    await board.handle(make_record(call_id="nokey", upstream="openai", key_id=None,
+    board.observe(make_record(call_id="nokey", upstream="openai", key_id=None,
                                    quota=reading(9.0, requests=0.5)))
     assert [a["account"] for a in board.snapshot()] == ["k_0", "k_1"]
     assert board.dropped == 3
     # a known account still moves
-    await board.handle(make_record(call_id="k1b", upstream="openai", key_id="k_1",
+    board.observe(make_record(call_id="k1b", upstream="openai", key_id="k_1",
                                    quota=reading(20.0, requests=0.9)))
     assert gauge(board)[("openai", "k_1", "requests")] == 0.9
     await board.aclose()
@@ -62,6 +62,6 @@ async def test_records_without_windows_change_nothing_and_accounts_are_capped() 
 
 async def test_an_account_without_a_credential_is_none() -> None:
     board = QuotaBoard(CollectorRegistry())
-    await board.handle(make_record(call_id="x", upstream="groq", key_id=None,
+    board.observe(make_record(call_id="x", upstream="groq", key_id=None,
                                    quota=reading(1.0, tokens=0.3)))
     assert gauge(board) == {("groq", "none", "tokens"): 0.3}

@@ -59,7 +59,7 @@ async def test_import_then_again(transcripts: Path, tmp_path: Path,
     db = str(tmp_path / "l.db")
     ledger = Ledger(db, flush_seconds=0.01)  # the proxy metered msg_P already
     await ledger.open()
-    await ledger.handle(make_record(call_id="proxied", upstream="anthropic",
+    ledger.observe(make_record(call_id="proxied", upstream="anthropic",
                                     upstream_request_id="msg_P"))
     await ledger.flush()
     await ledger.aclose()
