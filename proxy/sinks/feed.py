@@ -58,14 +58,14 @@ class Broadcaster:
 
     @property
     def remote_active(self) -> bool:
-        return self.remote_watchers > 0 or time.monotonic() < self.remote_until
+        # the clock read only once a watcher elsewhere announced itself (remote_until > 0):
+        # every call asks `active` at its start and its end
+        return self.remote_watchers > 0 or (
+            self.remote_until > 0 and time.monotonic() < self.remote_until)
 
     @property
     def active(self) -> bool:
-        # remote_active inlined, and the clock read only after a watcher elsewhere
-        # announced itself: every call asks this at its start and its end
-        return bool(self._subs) or self.remote_watchers > 0 or (
-            self.remote_until > 0 and time.monotonic() < self.remote_until)
+        return bool(self._subs) or self.remote_active
 
     @property
     def local_watchers(self) -> int:
@@ -106,19 +106,18 @@ class Broadcaster:
             self.relay("call_started", json.dumps(call.to_json(), ensure_ascii=False,
                                                   default=str))
 
-    # With nobody watching (the usual case) no event is even built; the hooks first test
-    # the three fields `active` reads (all empty or 0: not active) without calling it.
+    # With nobody watching (the usual case) no event is even built.
 
     def started(self, call: LiveCall) -> None:
-        if (self._subs or self.remote_watchers or self.remote_until) and self.active:
+        if self.active:
             self.publish("call_started", call.to_json())
 
     def progress(self, call: LiveCall) -> None:
-        if (self._subs or self.remote_watchers or self.remote_until) and self.active:
+        if self.active:
             self.publish("call_progress", call.to_json())
 
     def observe(self, record: CallRecord) -> None:
-        if (self._subs or self.remote_watchers or self.remote_until) and self.active:
+        if self.active:
             self.publish("call_finished", record.to_json())
 
     async def aclose(self) -> None:
