@@ -95,7 +95,6 @@ class Metrics:
             "tokenbooth_inflight_requests", "Calls in flight.", "upstream"))
         # the calls in flight (call id -> `upstream` label), counted at scrape
         self._live = self.inflight.live
-        self._live_seen = self.inflight.seen
         r.register(tallies)
         self.ledger_rows = Counter("tokenbooth_ledger_rows", "Ledger rows by result.",
                                    ("result",), registry=r)
@@ -141,8 +140,7 @@ class Metrics:
         if up not in self._kept_up:  # a kept value is its own label: no need to ask the cap
             up = self.cap("upstream", up)
         self._live[call.call_id] = up
-        if up not in self._live_seen:
-            self.inflight.series(up)
+        self.inflight.series(up)
 
     def _labels(self, rec: CallRecord) -> tuple[str, str, str, str, tuple[str, ...]]:
         """The record's upstream, operation, model, agent and tag labels, as the cap gives

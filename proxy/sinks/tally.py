@@ -74,21 +74,17 @@ class LiveGauge(GaugeTally):
     """How many calls in flight carry each label value, counted when scraped: a call moves
     it by one dict set when it starts and one pop when it ends (`live`: call id -> value),
     not by two float updates on label tuples. A series appears when its first call starts
-    (`seen`; `values` keeps that order, its numbers unused) and stays, at 0, when none is
-    left."""
+    (`values` keeps that order, its numbers unused) and stays, at 0, when none is left."""
 
-    __slots__ = ("live", "seen")
+    __slots__ = ("live",)
 
     def __init__(self, name: str, doc: str, label: str) -> None:
         super().__init__(name, doc, (label,))
         self.live: dict[str, str] = {}
-        self.seen: set[str] = set()
 
     def series(self, value: str) -> None:
-        """`value`'s series, from its first call on (its callers test `seen` first)."""
-        if value not in self.seen:
-            self.seen.add(value)
-            self.values[(value,)] = 0.0
+        """`value`'s series, from its first call on."""
+        self.values.setdefault((value,), 0.0)
 
     def family(self) -> Metric:
         counts = dict.fromkeys(self.values, 0.0)

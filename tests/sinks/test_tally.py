@@ -55,8 +55,7 @@ def test_the_live_gauge_counts_calls_in_flight_as_a_gauge_would() -> None:
     for i, a in enumerate(("y", "x", "y", "z")):
         g.labels(a).inc()
         live.live[f"c{i}"] = a
-        if a not in live.seen:
-            live.series(a)
+        live.series(a)
     for i, a in ((0, "y"), (3, "z")):  # c0 and c3 end
         g.labels(a).dec()
         del live.live[f"c{i}"]
