@@ -31,6 +31,10 @@ __all__ = ["background_call_id", "batch_call_id", "build_record", "build_records
 _COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def _source(reported: bool, estimated: bool) -> str:
+    return "reported" if reported else "estimated" if estimated else "none"
+
+
 def batch_call_id(upstream: str, batch_id: str, line_id: str) -> str:
     """The same id every time a batch's result line is downloaded: written once."""
     digest = hashlib.sha256(f"{upstream}\0{batch_id}\0{line_id}".encode()).hexdigest()
@@ -137,8 +141,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         # what the provider bills by the request (audio seconds, characters), measured
         obs = dialect.settle(doc, obs)
         usage = obs.usage or Usage()
-    # the fields, not the properties: one frame fewer each (this runs for every call)
-    in_reported, out_reported = usage.input_tokens is not None, usage.output_tokens is not None
+    in_reported, out_reported = usage.has_input, usage.has_output
     in_est = out_est = False
     # the dialect's own estimators (rare): a list only when there is one
     dialect_estimators = [e for e in (obs.input_estimator, obs.output_estimator) if e] \
@@ -205,8 +208,6 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
     end = ending(facts.end, detail=facts.end_detail, status=facts.status_code,
                  answer=obs.status, answer_error=obs.error, line=line)
     tags = facts.tags
-    n_in, n_out = usage.input_tokens, usage.output_tokens  # Usage.total_tokens, inline
-    total = None if n_in is None and n_out is None else (n_in or 0) + (n_out or 0)
     return CallRecord(
         call_id=facts.call_id, started_at=started_at, ended_at=ended_at,
         duration_ms=round(duration * 1000, 3),
@@ -216,7 +217,7 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         stream=facts.stream, status_code=end.status_code, outcome=end.outcome,
         input_tokens=usage.input_tokens, cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
-        reasoning_tokens=usage.reasoning_tokens, total_tokens=total,
+        reasoning_tokens=usage.reasoning_tokens, total_tokens=usage.total_tokens,
         usage_source=usage_source, estimator=estimator_name if (in_est or out_est) else None,
         cost_usd=price_cost, price_source=price_src, agent=tags.get("agent"),
         session=tags.get("session"), run=tags.get("run"), tags=tags,
@@ -224,13 +225,10 @@ def build_record(facts: CallFacts, estimator: Estimator, prices: PriceBook,
         key_id=fingerprint(facts.credential),
         upstream_request_id=obs.upstream_request_id or facts.request_id_header, error=end.error,
         usage_raw=_COMPACT(obs.usage_raw) if obs.usage_raw is not None else None,
-        service_tier=usage.service_tier,
-        priced_units=(usage.priced_units() or None)
-        if usage.units or usage.cache_write_1h_tokens else None,
+        service_tier=usage.service_tier, priced_units=usage.priced_units() or None,
         batch_id=facts.batch_id if facts.operation == "batch" else None,
         quota=None if line else facts.quota,  # a batch's result lines: not this response
-        input_source="reported" if in_reported else "estimated" if in_est else "none",
-        output_source="reported" if out_reported else "estimated" if out_est else "none",
+        input_source=_source(in_reported, in_est), output_source=_source(out_reported, out_est),
         tags_cleaned=facts.tags_cleaned, parse_errors=obs.parse_errors,
         attribution_unreadable=facts.attribution_unreadable,
         list_cost_usd=list_cost,
