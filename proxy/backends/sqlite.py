@@ -37,9 +37,10 @@ sqlite3.register_adapter(type(None), _NULL)
 T = TypeVar("T")
 
 
-def connect_readonly(path: str) -> sqlite3.Connection:
+def connect_readonly(path: str, check_same_thread: bool = True) -> sqlite3.Connection:
     """A read connection for reports and the API (WAL lets it read while we write)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5,
+                           check_same_thread=check_same_thread)
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -158,11 +159,16 @@ class SqliteBackend(SqliteNotices, SqliteKeys):
 
     # Reads: a read-only connection per call, in a worker thread.
 
+    def _readonly(self, shared: bool = False) -> sqlite3.Connection:
+        """A read-only connection to the ledger file (`shared`: used from whichever worker
+        thread runs next, one at a time); a file that is not there is an error."""
+        if not Path(self.path).exists():
+            raise query.QueryError("--db", f"no ledger at {self.path}")
+        return connect_readonly(self.path, check_same_thread=not shared)
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
-            if not Path(self.path).exists():
-                raise query.QueryError("--db", f"no ledger at {self.path}")
-            conn = connect_readonly(self.path)
+            conn = self._readonly()
             try:
                 return fn(conn)
             finally:

@@ -36,6 +36,8 @@ class SqliteKeys:
 
         async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
+        def _readonly(self, shared: bool = False) -> sqlite3.Connection: ...
+
 
     # Consumer keys: written in short transactions of their own (the CLI writes from another
     # process); serving processes poll `keys_version()`.
@@ -73,10 +75,7 @@ class SqliteKeys:
         """In a worker thread; one poll at a time (the keys registry's loop awaits each)."""
         conn = self._keys_conn
         if conn is None:
-            if not os.path.exists(self.path):
-                raise query.QueryError("--db", f"no ledger at {self.path}")
-            conn = self._keys_conn = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
+            conn = self._keys_conn = self._readonly(shared=True)
         try:
             return int(conn.execute("SELECT version FROM tb_keys_version").fetchone()[0])
         except BaseException:
