@@ -100,7 +100,7 @@ async def one_round(label: str, path: str, n: int, inflight: int, est: Estimator
             raise SystemExit(f"refused: {denied.message}")
         headers_for(view, "openai")
         if i >= inflight:
-            await sink.handle(records[i - inflight])
+            sink.observe(records[i - inflight])
     t1 = time.process_time_ns()
     await backend.aclose()
     return (t1 - t0) / n / 1000

@@ -29,7 +29,7 @@ async def run(target: str, label: str, n: int) -> None:
                for i in range(n)]
     t0 = time.perf_counter()
     for r in records:
-        await ledger.handle(r)
+        ledger.observe(r)
     t1 = time.perf_counter()
     await ledger.flush()
     t2 = time.perf_counter()
