@@ -59,6 +59,11 @@ _ORDER = ("o200k_base", "cl100k_base")
 _ORDER_CL100K = ("cl100k_base", "o200k_base")
 SHORT_CHARS = 12  # texts this short (a message's role, a name) are counted once, remembered
 _SHORT_KEPT = 4096  # at most this many of them per encoding
+# Longer texts (a system prompt, the earlier turns an agent resends with every call) are
+# remembered by their hash only, never the text: an agent loop's conversation is counted
+# once per new message, not once per turn. At most this many counts per encoding; when
+# full, they are forgotten at once and counting starts over.
+_SEEN_KEPT = 8192
 
 
 @value
@@ -180,18 +185,29 @@ class _Counter:
     """One encoding's exact count. Every message of a conversation repeats its role
     ("user", "assistant"): a text of at most SHORT_CHARS characters is counted once and
     its count remembered (bounded), so a 40-message request does not call the tokenizer
-    40 times for the same few words."""
+    40 times for the same few words. Longer texts come back too (an agent resends its
+    whole conversation each turn): their counts are remembered under the text's hash
+    (a 64-bit keyed SipHash: a wrong count from a collision is not a practical concern
+    for an estimate), bounded, so no text is kept."""
 
-    __slots__ = ("_short", "enc", "label")
+    __slots__ = ("_seen", "_short", "enc", "label")
 
     def __init__(self, name: str, enc: tiktoken.Encoding) -> None:
         self.enc = enc
         self.label = f"tiktoken:{name}"
         self._short: dict[str, int] = {}
+        self._seen: dict[int, int] = {}
 
     def __call__(self, text: str) -> int:
         if len(text) > SHORT_CHARS:
-            return _count_tokens(self.enc, text)
+            key = hash(text)
+            n = self._seen.get(key)
+            if n is None:
+                n = _count_tokens(self.enc, text)
+                if len(self._seen) >= _SEEN_KEPT:
+                    self._seen.clear()
+                self._seen[key] = n
+            return n
         n = self._short.get(text)
         if n is None:
             n = _count_tokens(self.enc, text)

@@ -171,6 +171,27 @@ def test_short_texts_are_counted_once_and_remembered_within_a_bound(
     assert estimator._counter("gpt-4o")[1] is count  # one counter per encoding
 
 
+def test_longer_texts_are_remembered_by_hash_within_a_bound_and_never_kept(
+        estimator: Estimator) -> None:
+    """An agent resends its conversation every turn: a longer text's count is remembered
+    under its hash (the text itself is not kept), at most _SEEN_KEPT of them, then they
+    are forgotten and counted again; every count stays the tokenizer's own."""
+    from proxy import estimate
+
+    enc = estimator._enc["o200k_base"]
+    count = estimator._counter("gpt-4o")[1]
+    kept = estimator._counters["o200k_base"]._seen
+    kept.clear()
+    prompt = "You are a careful assistant. Answer in one short sentence, in English."
+    assert count(prompt) == len(enc.encode(prompt))
+    assert kept == {hash(prompt): len(enc.encode(prompt))}  # the hash, not the text
+    assert count(prompt) == len(enc.encode(prompt))  # read back
+    texts = [f"message number {i} of a long conversation" for i in range(estimate._SEEN_KEPT)]
+    assert [count(t) for t in texts] == [len(enc.encode(t)) for t in texts]
+    assert len(kept) == 1  # full at the last one: forgotten, then that one kept
+    assert hash(texts[-1]) in kept
+
+
 def test_a_deferred_vocabulary_is_asked_for_once_and_used_once_loaded(
         estimator: Estimator) -> None:
     """Loaded with o200k_base only, an older model's estimate asks for cl100k_base once and
